@@ -1,0 +1,1 @@
+//! logcluster-query
