@@ -1,1 +1,42 @@
-fn main() {}
+//! The `logcluster` binary: node roles and the client commands. It only wires library crates.
+
+mod query_cmd;
+mod send;
+
+use clap::{Parser, Subcommand};
+
+/// LogCluster: a distributed log processing system.
+#[derive(Parser)]
+#[command(name = "logcluster", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send logs: a load generator and a shipper (files, stdin) over TLS or UDP.
+    Send(send::SendArgs),
+    /// Search logs through the query API.
+    Query(query_cmd::QueryArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Send(args) => send::run(args).await,
+            Command::Query(args) => query_cmd::run(args).await,
+        }
+    })
+}

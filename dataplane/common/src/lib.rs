@@ -1,1 +1,1 @@
-//! logcluster-common
+//! Shared by every role: TLS, certificates, metrics helpers, shutdown.

@@ -1,1 +1,3 @@
-//! logcluster-ingest
+//! Ingestion: listeners, framing and decoding, validation and enrichment, batching.
+
+pub mod decode;

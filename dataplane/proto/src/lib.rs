@@ -10,6 +10,7 @@ pub mod entry;
 pub mod frame;
 pub mod json;
 pub mod time;
+pub mod tokens;
 
 pub use entry::{FieldValue, Level, LogBatch, LogEntry, field_value};
 pub use frame::{Ack, AckStatus, Format, FrameError, FrameHeader};

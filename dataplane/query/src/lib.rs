@@ -1,1 +1,3 @@
-//! logcluster-query
+//! Query: the query language, fan-out, merge and the HTTP API.
+
+pub mod lang;

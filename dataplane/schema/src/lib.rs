@@ -1,1 +1,1 @@
-//! logcluster-schema
+//! LogSchema resources: parsing, compiling and validating entries against them.

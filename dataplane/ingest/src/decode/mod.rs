@@ -1,0 +1,1 @@
+//! Decoders from every input format to LogEntry.

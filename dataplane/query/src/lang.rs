@@ -1,0 +1,1 @@
+//! The query language: parsing, printing, matching and planning hints.
