@@ -1,1 +1,111 @@
-//! logcluster-storage
+//! Storage: per-stream write-ahead logs, zstd segments with block indexes, retention and
+//! crash recovery.
+//!
+//! A *stream* is (tenant, service). Each stream lives in its own directory with one active
+//! WAL (`wal-N.log`), the segment being filled from it (`seg-N.open`) and sealed segments
+//! (`seg-M.seg`). An append is durable when its WAL record is fsynced; with the default
+//! [`FsyncPolicy::Always`] the caller's future resolves only then (group commit: one fsync
+//! covers every append that reached the file before it started). This crate must not know
+//! about networks, formats or replicas: it stores `LogEntry` values and answers scans.
+
+mod bloom;
+mod commit;
+mod metrics;
+pub mod scan;
+pub mod segment;
+mod store;
+mod stream;
+pub mod wal;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use metrics::StorageMetrics;
+pub use scan::{Cursor, ScanFilter, ScanStats, TopResult};
+pub use store::{AppendOutcome, Store, StoreStats};
+
+/// When an append counts as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Acknowledge only after the WAL record is fsynced (group commit). The default.
+    Always,
+    /// Acknowledge after the write reaches the OS; fsync dirty WALs on this interval. A crash
+    /// of the machine (not just the process) can lose up to one interval of acknowledged data.
+    Interval(Duration),
+}
+
+/// Storage settings (the node configuration maps onto this).
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// Root directory; streams live in `<data_dir>/streams/<tenant>/<service>/`.
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    /// Raw (uncompressed) bytes of WAL after which the stream's segment is sealed and a new
+    /// one started.
+    pub segment_max_bytes: u64,
+    /// Age after which a non-empty active segment is sealed even if small.
+    pub segment_max_age: Duration,
+    /// Raw bytes per compressed block (the unit of reading and skipping).
+    pub block_target_bytes: usize,
+    pub zstd_level: i32,
+    /// Delete sealed segments whose newest entry is older than this.
+    pub retention_max_age: Option<Duration>,
+    /// Delete the oldest sealed segments while stored bytes exceed this.
+    pub retention_max_bytes: Option<u64>,
+    /// How many sealed segments per stream keep their batch ids for de-duplicating retries.
+    pub dedup_segments: usize,
+}
+
+impl StorageConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StorageConfig {
+        StorageConfig {
+            data_dir: data_dir.into(),
+            fsync: FsyncPolicy::Always,
+            segment_max_bytes: 50 * 1024 * 1024,
+            segment_max_age: Duration::from_secs(3600),
+            block_target_bytes: 1024 * 1024,
+            zstd_level: 3,
+            retention_max_age: None,
+            retention_max_bytes: None,
+            dedup_segments: 4,
+        }
+    }
+}
+
+/// Storage failures, one variant per failed action.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("failed to {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("segment {path} is corrupt: {reason}")]
+    CorruptSegment { path: PathBuf, reason: String },
+    #[error("failed to compress a block")]
+    Compress {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to encode an entry: {0}")]
+    Encode(String),
+    #[error("fsync failed: {0}")]
+    Fsync(String),
+    #[error("storage is shutting down")]
+    ShuttingDown,
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+impl StorageError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> StorageError {
+        StorageError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

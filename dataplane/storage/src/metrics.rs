@@ -1,0 +1,101 @@
+//! Storage metrics (registered by the node into its Prometheus registry).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Counters and gauges of one store. Cloning shares the underlying values.
+#[derive(Clone, Debug)]
+pub struct StorageMetrics {
+    pub appended_entries: Counter,
+    pub appended_bytes: Counter,
+    pub duplicate_batches: Counter,
+    pub fsyncs: Counter,
+    pub fsync_seconds: Histogram,
+    pub rotations: Counter,
+    pub stored_bytes: Gauge,
+    pub segments: Gauge,
+    pub wal_truncated_bytes: Counter,
+    pub corrupt_segments: Counter,
+    pub corrupt_blocks: Counter,
+    pub retention_deleted_segments: Counter,
+}
+
+impl Default for StorageMetrics {
+    fn default() -> Self {
+        StorageMetrics {
+            appended_entries: Counter::default(),
+            appended_bytes: Counter::default(),
+            duplicate_batches: Counter::default(),
+            fsyncs: Counter::default(),
+            fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            rotations: Counter::default(),
+            stored_bytes: Gauge::default(),
+            segments: Gauge::default(),
+            wal_truncated_bytes: Counter::default(),
+            corrupt_segments: Counter::default(),
+            corrupt_blocks: Counter::default(),
+            retention_deleted_segments: Counter::default(),
+        }
+    }
+}
+
+impl StorageMetrics {
+    /// Registers every metric under the `logcluster_storage` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("logcluster_storage");
+        r.register(
+            "appended_entries",
+            "Entries written to the WAL",
+            self.appended_entries.clone(),
+        );
+        r.register(
+            "appended_bytes",
+            "Encoded bytes written to the WAL",
+            self.appended_bytes.clone(),
+        );
+        r.register(
+            "duplicate_batches",
+            "Batch parts skipped because their batch id was already stored",
+            self.duplicate_batches.clone(),
+        );
+        r.register("fsyncs", "WAL fsyncs (group commits)", self.fsyncs.clone());
+        r.register(
+            "fsync_seconds",
+            "Duration of WAL fsyncs",
+            self.fsync_seconds.clone(),
+        );
+        r.register(
+            "rotations",
+            "Segments sealed (rotations)",
+            self.rotations.clone(),
+        );
+        r.register(
+            "stored_bytes",
+            "Bytes on disk: sealed segments, open segments and WALs",
+            self.stored_bytes.clone(),
+        );
+        r.register("segments", "Sealed segments", self.segments.clone());
+        r.register(
+            "wal_truncated_bytes",
+            "Bytes cut from WAL tails at recovery (torn writes)",
+            self.wal_truncated_bytes.clone(),
+        );
+        r.register(
+            "corrupt_segments",
+            "Segments quarantined because their index failed verification",
+            self.corrupt_segments.clone(),
+        );
+        r.register(
+            "corrupt_blocks",
+            "Blocks skipped because their checksum failed",
+            self.corrupt_blocks.clone(),
+        );
+        r.register(
+            "retention_deleted_segments",
+            "Segments deleted by retention",
+            self.retention_deleted_segments.clone(),
+        );
+    }
+}

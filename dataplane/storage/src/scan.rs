@@ -1,0 +1,290 @@
+//! Reading: newest-first top-k with a stable cursor, and full scans for aggregations.
+//!
+//! Blocks are pruned by time range, level mask and token filter before they are read; a block
+//! whose checksum fails is skipped, counted and makes the answer `partial` — corrupt data is
+//! never returned. Order is (timestamp, id) descending, so a cursor (timestamp, id) of the last
+//! returned entry is stable even when many entries share a timestamp.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Instant;
+
+use logcluster_proto::LogEntry;
+
+use crate::bloom;
+use crate::segment::{self, BlockMeta};
+use crate::stream::StreamSnapshot;
+
+/// Position after which the next page starts: entries strictly older in (timestamp, id) order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub timestamp: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    /// Opaque text form used by the HTTP API.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.timestamp, self.id)
+    }
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let (ts, id) = text.split_once('_')?;
+        Some(Cursor {
+            timestamp: ts.parse().ok()?,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// What to read. `predicate` is the exact filter; the other fields are pruning hints that
+/// must be implied by it (never narrower).
+pub struct ScanFilter<'a> {
+    pub tenant: &'a str,
+    pub services: Option<&'a BTreeSet<String>>,
+    /// Inclusive lower bound, Unix ns.
+    pub from_ts: i64,
+    /// Exclusive upper bound, Unix ns.
+    pub to_ts: i64,
+    /// Bit n = level n may match.
+    pub level_mask: u32,
+    /// Tokens every match contains as whole tokens (see `logcluster_proto::tokens`).
+    pub required_tokens: &'a [String],
+    pub predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
+}
+
+impl ScanFilter<'_> {
+    fn entry_in_range(&self, entry: &LogEntry) -> bool {
+        entry.timestamp >= self.from_ts
+            && entry.timestamp < self.to_ts
+            && self.level_mask & (1 << entry.level.clamp(0, 31)) != 0
+            && (self.predicate)(entry)
+    }
+
+    fn block_may_match(&self, meta: &BlockMeta, token_hashes: &[u64]) -> bool {
+        meta.max_ts >= self.from_ts
+            && meta.min_ts < self.to_ts
+            && meta.level_mask & self.level_mask != 0
+            && token_hashes
+                .iter()
+                .all(|h| bloom::may_contain(&meta.bloom, *h))
+    }
+}
+
+/// Work done by a read, reported with every answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Blocks read from disk (plus in-memory tails scanned).
+    pub objects_read: u64,
+    /// Blocks skipped by the index without reading.
+    pub objects_skipped: u64,
+    pub events_scanned: u64,
+    /// Blocks that failed verification and were left out.
+    pub corrupt_blocks: u64,
+    pub duration_ms: u64,
+}
+
+/// Result of [`crate::Store::query_top`].
+#[derive(Debug)]
+pub struct TopResult {
+    pub items: Vec<LogEntry>,
+    pub next_cursor: Option<Cursor>,
+    pub stats: ScanStats,
+}
+
+enum Source {
+    Block {
+        file: Arc<File>,
+        meta: Arc<BlockMeta>,
+    },
+    Tail(Arc<Vec<LogEntry>>),
+}
+
+struct Candidate {
+    max_ts: i64,
+    source: Source,
+}
+
+fn candidates(
+    snapshots: &[StreamSnapshot],
+    filter: &ScanFilter<'_>,
+    stats: &mut ScanStats,
+) -> Vec<Candidate> {
+    let hashes: Vec<u64> = filter
+        .required_tokens
+        .iter()
+        .map(|t| bloom::fnv1a64(t.to_ascii_lowercase().as_bytes()))
+        .collect();
+    let mut out = Vec::new();
+    for snap in snapshots {
+        if let Some(services) = filter.services
+            && !services.contains(&snap.service)
+        {
+            continue;
+        }
+        for sealed in &snap.sealed {
+            if sealed.max_ts < filter.from_ts || sealed.min_ts >= filter.to_ts {
+                stats.objects_skipped += sealed.blocks.len() as u64;
+                continue;
+            }
+            for meta in &sealed.blocks {
+                if filter.block_may_match(meta, &hashes) {
+                    out.push(Candidate {
+                        max_ts: meta.max_ts,
+                        source: Source::Block {
+                            file: sealed.file.clone(),
+                            meta: meta.clone(),
+                        },
+                    });
+                } else {
+                    stats.objects_skipped += 1;
+                }
+            }
+        }
+        for meta in &snap.open_blocks {
+            if filter.block_may_match(meta, &hashes) {
+                out.push(Candidate {
+                    max_ts: meta.max_ts,
+                    source: Source::Block {
+                        file: snap.open_file.clone(),
+                        meta: meta.clone(),
+                    },
+                });
+            } else {
+                stats.objects_skipped += 1;
+            }
+        }
+        for chunk in &snap.tail {
+            let max_ts = chunk.iter().map(|e| e.timestamp).max().unwrap_or(i64::MIN);
+            out.push(Candidate {
+                max_ts,
+                source: Source::Tail(chunk.clone()),
+            });
+        }
+    }
+    out
+}
+
+/// Reads a candidate's entries; `None` when the block is corrupt or unreadable.
+fn load(candidate: &Candidate, stats: &mut ScanStats) -> Option<Arc<Vec<LogEntry>>> {
+    stats.objects_read += 1;
+    match &candidate.source {
+        Source::Tail(chunk) => Some(chunk.clone()),
+        Source::Block { file, meta } => {
+            match segment::read_block(file, meta)
+                .and_then(|bytes| segment::decode_block(&bytes, meta))
+            {
+                Ok(entries) => Some(Arc::new(entries)),
+                Err(_) => {
+                    stats.corrupt_blocks += 1;
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Newest-first top `limit` entries strictly after `cursor`.
+pub fn top(
+    snapshots: &[StreamSnapshot],
+    filter: &ScanFilter<'_>,
+    limit: usize,
+    cursor: Option<&Cursor>,
+) -> TopResult {
+    let started = Instant::now();
+    let mut stats = ScanStats::default();
+    let mut cands = candidates(snapshots, filter, &mut stats);
+    cands.sort_by_key(|c| Reverse(c.max_ts));
+    // Min-heap of the best `limit` keys so far; the entries ride along.
+    let mut heap: BinaryHeap<Reverse<(i64, String, usize)>> = BinaryHeap::new();
+    let mut kept: Vec<Option<LogEntry>> = Vec::new();
+    let limit = limit.max(1);
+    for cand in &cands {
+        if heap.len() >= limit
+            && let Some(Reverse((min_ts, _, _))) = heap.peek()
+            && cand.max_ts < *min_ts
+        {
+            stats.objects_skipped += 1;
+            continue;
+        }
+        if let (Some(c), Source::Block { meta, .. }) = (cursor, &cand.source)
+            && meta.min_ts > c.timestamp
+        {
+            stats.objects_skipped += 1;
+            continue;
+        }
+        let Some(entries) = load(cand, &mut stats) else {
+            continue;
+        };
+        for entry in entries.iter() {
+            stats.events_scanned += 1;
+            if let Some(c) = cursor
+                && (entry.timestamp, entry.id.as_str()) >= (c.timestamp, c.id.as_str())
+            {
+                continue;
+            }
+            if heap.len() >= limit
+                && let Some(Reverse((ts, id, _))) = heap.peek()
+                && (entry.timestamp, entry.id.as_str()) <= (*ts, id.as_str())
+            {
+                continue;
+            }
+            if !filter.entry_in_range(entry) {
+                continue;
+            }
+            kept.push(Some(entry.clone()));
+            heap.push(Reverse((entry.timestamp, entry.id.clone(), kept.len() - 1)));
+            if heap.len() > limit
+                && let Some(Reverse((_, _, slot))) = heap.pop()
+            {
+                kept[slot] = None;
+            }
+        }
+    }
+    let mut keys: Vec<(i64, String, usize)> = heap.into_iter().map(|Reverse(k)| k).collect();
+    keys.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    let full = keys.len() >= limit;
+    let items: Vec<LogEntry> = keys
+        .into_iter()
+        .filter_map(|(_, _, slot)| kept[slot].take())
+        .collect();
+    let next_cursor = if full {
+        items.last().map(|e| Cursor {
+            timestamp: e.timestamp,
+            id: e.id.clone(),
+        })
+    } else {
+        None
+    };
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    TopResult {
+        items,
+        next_cursor,
+        stats,
+    }
+}
+
+/// Calls `visit` with every matching entry (any order).
+pub fn scan(
+    snapshots: &[StreamSnapshot],
+    filter: &ScanFilter<'_>,
+    mut visit: impl FnMut(&LogEntry),
+) -> ScanStats {
+    let started = Instant::now();
+    let mut stats = ScanStats::default();
+    let cands = candidates(snapshots, filter, &mut stats);
+    for cand in &cands {
+        let Some(entries) = load(cand, &mut stats) else {
+            continue;
+        };
+        for entry in entries.iter() {
+            stats.events_scanned += 1;
+            if filter.entry_in_range(entry) {
+                visit(entry);
+            }
+        }
+    }
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    stats
+}

@@ -1,0 +1,400 @@
+//! Segments: zstd-compressed blocks of entries with a per-block index.
+//!
+//! File layout:
+//! ```text
+//! "LCSEG001"                                   8-byte magic
+//! block 0 … block n                            zstd frames of [u32 len LE][prost LogEntry]…
+//! index                                        prost SegmentIndex
+//! [u64 index_offset][u32 index_len][u32 crc32(index)]["LCSEGEND"]   24-byte footer
+//! ```
+//! Each block's index entry holds its offset, length, CRC of the compressed bytes, time range,
+//! level mask and token filter, so a query reads only blocks that can match and detects a
+//! corrupt block before decompressing it. A segment is written as `seg-N.open` while its
+//! stream is active (blocks only; its index lives in memory and the WAL is the durable copy),
+//! and sealed by appending index and footer, fsyncing and renaming to `seg-N.seg`.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use logcluster_proto::LogEntry;
+use logcluster_proto::entry::field_value::Kind;
+use logcluster_proto::tokens::for_each_token;
+use prost::Message;
+
+use crate::{StorageError, bloom};
+
+pub const SEG_MAGIC: &[u8; 8] = b"LCSEG001";
+pub const FOOTER_MAGIC: &[u8; 8] = b"LCSEGEND";
+pub const FOOTER_LEN: usize = 24;
+/// A block larger than this (compressed or raw) is treated as corrupt.
+const MAX_BLOCK_LEN: usize = 512 * 1024 * 1024;
+
+/// Index entry of one block.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BlockMeta {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(uint32, tag = "2")]
+    pub len: u32,
+    #[prost(uint32, tag = "3")]
+    pub crc: u32,
+    #[prost(int64, tag = "4")]
+    pub min_ts: i64,
+    #[prost(int64, tag = "5")]
+    pub max_ts: i64,
+    #[prost(uint32, tag = "6")]
+    pub count: u32,
+    /// Bit n set when an entry of level n is in the block.
+    #[prost(uint32, tag = "7")]
+    pub level_mask: u32,
+    #[prost(bytes = "vec", tag = "8")]
+    pub bloom: Vec<u8>,
+    #[prost(uint32, tag = "9")]
+    pub raw_len: u32,
+}
+
+/// The index of a sealed segment.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SegmentIndex {
+    #[prost(string, tag = "1")]
+    pub tenant: String,
+    #[prost(string, tag = "2")]
+    pub service: String,
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+    #[prost(message, repeated, tag = "4")]
+    pub blocks: Vec<BlockMeta>,
+    /// Batch ids stored in this segment, for idempotent retries after rotation.
+    #[prost(fixed64, repeated, tag = "5")]
+    pub batch_uids: Vec<u64>,
+}
+
+impl SegmentIndex {
+    pub fn min_ts(&self) -> i64 {
+        self.blocks
+            .iter()
+            .map(|b| b.min_ts)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+    pub fn max_ts(&self) -> i64 {
+        self.blocks
+            .iter()
+            .map(|b| b.max_ts)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+    pub fn entries(&self) -> u64 {
+        self.blocks.iter().map(|b| u64::from(b.count)).sum()
+    }
+}
+
+/// Calls `f` with the hash of every token that the block filter indexes for `entry`.
+pub fn for_each_indexed_token(entry: &LogEntry, mut f: impl FnMut(u64)) {
+    let mut hash_token = |t: &str| f(bloom::fnv1a64(t.as_bytes()));
+    for_each_token(&entry.message, &mut hash_token);
+    for_each_token(&entry.host, &mut hash_token);
+    for_each_token(&entry.trace_id, &mut hash_token);
+    for value in entry.fields.values() {
+        if let Some(Kind::Str(s)) = &value.kind {
+            for_each_token(s, &mut hash_token);
+        }
+    }
+}
+
+/// Compresses `entries` into a block; returns the compressed bytes and the block's metadata
+/// (offset left 0 for the caller to set).
+pub fn build_block(
+    entries: &[LogEntry],
+    zstd_level: i32,
+) -> Result<(Vec<u8>, BlockMeta), StorageError> {
+    let mut raw = Vec::with_capacity(entries.iter().map(|e| e.encoded_len() + 4).sum());
+    let mut meta = BlockMeta {
+        min_ts: i64::MAX,
+        max_ts: i64::MIN,
+        count: entries.len() as u32,
+        ..Default::default()
+    };
+    let mut tokens: HashSet<u64> = HashSet::with_capacity(entries.len() * 4);
+    for entry in entries {
+        raw.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
+        entry
+            .encode(&mut raw)
+            .map_err(|e| StorageError::Encode(e.to_string()))?;
+        meta.min_ts = meta.min_ts.min(entry.timestamp);
+        meta.max_ts = meta.max_ts.max(entry.timestamp);
+        meta.level_mask |= 1 << (entry.level.clamp(0, 31) as u32);
+        for_each_indexed_token(entry, |h| {
+            tokens.insert(h);
+        });
+    }
+    let hashes: Vec<u64> = tokens.into_iter().collect();
+    meta.bloom = bloom::build(&hashes);
+    meta.raw_len = raw.len() as u32;
+    let compressed = zstd::bulk::compress(&raw, zstd_level)
+        .map_err(|source| StorageError::Compress { source })?;
+    meta.len = compressed.len() as u32;
+    meta.crc = crc32fast::hash(&compressed);
+    Ok((compressed, meta))
+}
+
+/// Decodes a block read from disk; verifies its checksum first.
+pub fn decode_block(compressed: &[u8], meta: &BlockMeta) -> Result<Vec<LogEntry>, BlockError> {
+    if crc32fast::hash(compressed) != meta.crc {
+        return Err(BlockError::Checksum);
+    }
+    let capacity = (meta.raw_len as usize).min(MAX_BLOCK_LEN);
+    let raw = zstd::bulk::decompress(compressed, capacity).map_err(|_| BlockError::Decompress)?;
+    let mut entries = Vec::with_capacity(meta.count as usize);
+    let mut pos = 0;
+    while pos < raw.len() {
+        let len_bytes: [u8; 4] = raw
+            .get(pos..pos + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(BlockError::Truncated)?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let body = raw
+            .get(pos + 4..pos + 4 + len)
+            .ok_or(BlockError::Truncated)?;
+        entries.push(LogEntry::decode(body).map_err(|_| BlockError::Decode)?);
+        pos += 4 + len;
+    }
+    Ok(entries)
+}
+
+/// Why a block could not be read. The block is skipped and counted; the query says partial.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BlockError {
+    #[error("block checksum mismatch")]
+    Checksum,
+    #[error("block does not decompress")]
+    Decompress,
+    #[error("block is truncated")]
+    Truncated,
+    #[error("block entry does not decode")]
+    Decode,
+    #[error("block could not be read from disk")]
+    Io,
+}
+
+/// Reads a block's compressed bytes with a positional read (no shared cursor).
+pub fn read_block(file: &File, meta: &BlockMeta) -> Result<Vec<u8>, BlockError> {
+    let len = meta.len as usize;
+    if len > MAX_BLOCK_LEN {
+        return Err(BlockError::Truncated);
+    }
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, meta.offset)
+        .map_err(|_| BlockError::Io)?;
+    Ok(buf)
+}
+
+/// An active segment being filled with blocks.
+pub struct OpenSegment {
+    pub path: PathBuf,
+    pub file: File,
+    pub len: u64,
+}
+
+impl OpenSegment {
+    /// Creates (or replaces) `seg-N.open`.
+    pub fn create(path: PathBuf) -> Result<OpenSegment, StorageError> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StorageError::io("create segment", &path, source))?;
+        file.write_all(SEG_MAGIC)
+            .map_err(|source| StorageError::io("write segment header", &path, source))?;
+        Ok(OpenSegment {
+            path,
+            file,
+            len: SEG_MAGIC.len() as u64,
+        })
+    }
+
+    /// Appends a compressed block; returns its offset.
+    pub fn append_block(&mut self, bytes: &[u8]) -> Result<u64, StorageError> {
+        let offset = self.len;
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|source| StorageError::io("write block", &self.path, source))?;
+        self.len += bytes.len() as u64;
+        Ok(offset)
+    }
+
+    /// Writes index and footer, fsyncs, renames to `sealed_path` and fsyncs the directory.
+    pub fn seal(self, index: &SegmentIndex, sealed_path: &Path) -> Result<File, StorageError> {
+        let body = index.encode_to_vec();
+        let mut tail = Vec::with_capacity(body.len() + FOOTER_LEN);
+        tail.extend_from_slice(&body);
+        tail.extend_from_slice(&self.len.to_le_bytes());
+        tail.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        tail.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        tail.extend_from_slice(FOOTER_MAGIC);
+        self.file
+            .write_all_at(&tail, self.len)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|source| StorageError::io("seal segment", &self.path, source))?;
+        std::fs::rename(&self.path, sealed_path)
+            .map_err(|source| StorageError::io("rename segment", sealed_path, source))?;
+        sync_dir(sealed_path)?;
+        Ok(self.file)
+    }
+}
+
+/// Fsyncs the directory holding `path` so a create, rename or delete is durable.
+pub fn sync_dir(path: &Path) -> Result<(), StorageError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StorageError::io("sync directory", dir, source))
+}
+
+/// Opens a sealed segment and reads its index; any inconsistency is `CorruptSegment`.
+pub fn open_sealed(path: &Path) -> Result<(File, SegmentIndex, u64), StorageError> {
+    let corrupt = |why: &str| StorageError::CorruptSegment {
+        path: path.to_path_buf(),
+        reason: why.to_string(),
+    };
+    let mut file =
+        File::open(path).map_err(|source| StorageError::io("open segment", path, source))?;
+    let size = file
+        .metadata()
+        .map_err(|source| StorageError::io("stat segment", path, source))?
+        .len();
+    if size < (SEG_MAGIC.len() + FOOTER_LEN) as u64 {
+        return Err(corrupt("shorter than header and footer"));
+    }
+    let mut magic = [0u8; 8];
+    file.read_exact(&mut magic)
+        .map_err(|source| StorageError::io("read segment", path, source))?;
+    if &magic != SEG_MAGIC {
+        return Err(corrupt("bad header magic"));
+    }
+    let mut footer = [0u8; FOOTER_LEN];
+    file.seek(SeekFrom::Start(size - FOOTER_LEN as u64))
+        .and_then(|_| file.read_exact(&mut footer))
+        .map_err(|source| StorageError::io("read segment footer", path, source))?;
+    if &footer[16..24] != FOOTER_MAGIC {
+        return Err(corrupt("bad footer magic"));
+    }
+    let index_offset = u64::from_le_bytes(footer[0..8].try_into().expect("8 bytes"));
+    let index_len = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes")) as u64;
+    let crc = u32::from_le_bytes(footer[12..16].try_into().expect("4 bytes"));
+    if index_offset + index_len + FOOTER_LEN as u64 != size {
+        return Err(corrupt("footer offsets do not match the file size"));
+    }
+    let mut body = vec![0u8; index_len as usize];
+    file.read_exact_at(&mut body, index_offset)
+        .map_err(|source| StorageError::io("read segment index", path, source))?;
+    if crc32fast::hash(&body) != crc {
+        return Err(corrupt("index checksum mismatch"));
+    }
+    let index =
+        SegmentIndex::decode(body.as_slice()).map_err(|_| corrupt("index does not decode"))?;
+    if index
+        .blocks
+        .iter()
+        .any(|b| b.offset + u64::from(b.len) > index_offset)
+    {
+        return Err(corrupt("a block lies outside the data area"));
+    }
+    Ok((file, index, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logcluster_proto::Level;
+
+    fn entries(n: i64) -> Vec<LogEntry> {
+        (0..n)
+            .map(|i| LogEntry {
+                id: format!("{i:08}"),
+                timestamp: 1_000 + i,
+                level: if i % 2 == 0 {
+                    Level::Info
+                } else {
+                    Level::Error
+                } as i32,
+                message: format!("request {i} finished in {}ms", i * 3),
+                service: "api".into(),
+                tenant: "acme".into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sealed_segment_reads_back_every_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut open = OpenSegment::create(dir.path().join("seg-1.open")).expect("create");
+        let mut index = SegmentIndex {
+            tenant: "acme".into(),
+            service: "api".into(),
+            seq: 1,
+            ..Default::default()
+        };
+        let all = entries(300);
+        for chunk in all.chunks(100) {
+            let (bytes, mut meta) = build_block(chunk, 3).expect("block");
+            meta.offset = open.append_block(&bytes).expect("append");
+            index.blocks.push(meta);
+        }
+        index.batch_uids = vec![7, 8];
+        let sealed = dir.path().join("seg-1.seg");
+        open.seal(&index, &sealed).expect("seal");
+        let (file, read_index, _) = open_sealed(&sealed).expect("open");
+        assert_eq!(read_index, index);
+        let mut back = Vec::new();
+        for meta in &read_index.blocks {
+            assert_eq!(meta.level_mask, (1 << 3) | (1 << 5));
+            let bytes = read_block(&file, meta).expect("read");
+            back.extend(decode_block(&bytes, meta).expect("decode"));
+        }
+        assert_eq!(back, all);
+    }
+
+    #[test]
+    fn corrupt_block_and_corrupt_index_are_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut open = OpenSegment::create(dir.path().join("seg-1.open")).expect("create");
+        let (bytes, mut meta) = build_block(&entries(50), 3).expect("block");
+        meta.offset = open.append_block(&bytes).expect("append");
+        let index = SegmentIndex {
+            blocks: vec![meta.clone()],
+            ..Default::default()
+        };
+        let sealed = dir.path().join("seg-1.seg");
+        open.seal(&index, &sealed).expect("seal");
+        let mut raw = std::fs::read(&sealed).expect("read");
+        raw[meta.offset as usize + 10] ^= 0xff;
+        std::fs::write(&sealed, &raw).expect("write");
+        let (file, index, _) = open_sealed(&sealed).expect("index still fine");
+        let bytes = read_block(&file, &index.blocks[0]).expect("read");
+        assert_eq!(
+            decode_block(&bytes, &index.blocks[0]),
+            Err(BlockError::Checksum)
+        );
+        let len = raw.len();
+        raw[len - 30] ^= 0xff;
+        std::fs::write(&sealed, &raw).expect("write");
+        assert!(matches!(
+            open_sealed(&sealed),
+            Err(StorageError::CorruptSegment { .. })
+        ));
+    }
+
+    #[test]
+    fn block_filter_knows_message_tokens() {
+        let (_, meta) = build_block(&entries(10), 1).expect("block");
+        assert!(bloom::may_contain(&meta.bloom, bloom::fnv1a64(b"request")));
+        assert!(bloom::may_contain(&meta.bloom, bloom::fnv1a64(b"finished")));
+    }
+}

@@ -1,0 +1,383 @@
+//! The store: streams by (tenant, service), appends with group commit, reads, maintenance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use logcluster_proto::LogEntry;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::commit::{CommitRequest, run_committer, sync_streams};
+use crate::scan::{self, Cursor, ScanFilter, ScanStats, TopResult};
+use crate::stream::{Stream, StreamSnapshot};
+use crate::{FsyncPolicy, StorageConfig, StorageError, StorageMetrics};
+
+/// What happened to an appended batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Entries newly stored (durable when the future resolved).
+    pub stored: usize,
+    /// Entries skipped because their batch id was already stored in their stream.
+    pub duplicates: usize,
+}
+
+/// Summary figures for the stats log, metrics and the dashboard.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StoreStats {
+    pub streams: usize,
+    pub sealed_segments: usize,
+    pub stored_bytes: u64,
+}
+
+type StreamKey = (String, String);
+
+/// A node's log store. Cheap to share behind an `Arc`.
+pub struct Store {
+    config: StorageConfig,
+    streams: RwLock<HashMap<StreamKey, Arc<Stream>>>,
+    metrics: StorageMetrics,
+    commit_tx: mpsc::Sender<CommitRequest>,
+}
+
+/// Directory name for a tenant or service: bytes outside `[A-Za-z0-9_-]` (and a leading
+/// dot) are percent-encoded, so any name maps to exactly one safe directory and back.
+pub fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, byte) in name.bytes().enumerate() {
+        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || (byte == b'.' && i > 0) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if out.is_empty() { "%".to_string() } else { out }
+}
+
+/// Inverse of [`encode_name`].
+pub fn decode_name(text: &str) -> Option<String> {
+    if text == "%" {
+        return Some(String::new());
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Store {
+    /// Opens the store, recovering every stream found on disk, and starts the committer.
+    /// Must be called inside a tokio runtime.
+    pub async fn open(
+        config: StorageConfig,
+        metrics: StorageMetrics,
+    ) -> Result<Arc<Store>, StorageError> {
+        let recover_config = config.clone();
+        let recover_metrics = metrics.clone();
+        let streams =
+            tokio::task::spawn_blocking(move || recover(&recover_config, &recover_metrics))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))??;
+        let (commit_tx, commit_rx) = mpsc::channel(4096);
+        tokio::spawn(run_committer(commit_rx, metrics.clone()));
+        let store = Arc::new(Store {
+            config,
+            streams: RwLock::new(streams),
+            metrics,
+            commit_tx,
+        });
+        store.refresh_gauges();
+        Ok(store)
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &StorageMetrics {
+        &self.metrics
+    }
+
+    fn stream(&self, tenant: &str, service: &str) -> Result<Arc<Stream>, StorageError> {
+        let key = (tenant.to_string(), service.to_string());
+        if let Some(stream) = self
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(stream.clone());
+        }
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(stream) = streams.get(&key) {
+            return Ok(stream.clone());
+        }
+        let dir = stream_dir(&self.config.data_dir, tenant, service);
+        let stream = Arc::new(Stream::open(
+            tenant,
+            service,
+            dir,
+            &self.config,
+            &self.metrics,
+        )?);
+        streams.insert(key, stream.clone());
+        Ok(stream)
+    }
+
+    /// Appends a batch. Entries are routed to their (tenant, service) stream; each stream part
+    /// is skipped when that stream already stored `batch_uid` (an idempotent retry). With
+    /// [`FsyncPolicy::Always`] this resolves only once everything stored is fsynced.
+    pub async fn append(
+        self: &Arc<Self>,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+    ) -> Result<AppendOutcome, StorageError> {
+        let store = self.clone();
+        let (outcome, touched) =
+            tokio::task::spawn_blocking(move || store.append_blocking(batch_uid, entries))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))??;
+        if touched.is_empty() || !matches!(self.config.fsync, FsyncPolicy::Always) {
+            return Ok(outcome);
+        }
+        let (done, wait) = oneshot::channel();
+        self.commit_tx
+            .send(CommitRequest {
+                streams: touched,
+                done,
+            })
+            .await
+            .map_err(|_| StorageError::ShuttingDown)?;
+        wait.await
+            .map_err(|_| StorageError::ShuttingDown)?
+            .map_err(StorageError::Fsync)?;
+        Ok(outcome)
+    }
+
+    fn append_blocking(
+        &self,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+    ) -> Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError> {
+        let mut parts: BTreeMap<(String, String), Vec<LogEntry>> = BTreeMap::new();
+        for entry in entries {
+            parts
+                .entry((entry.tenant.clone(), entry.service.clone()))
+                .or_default()
+                .push(entry);
+        }
+        let mut outcome = AppendOutcome::default();
+        let mut touched = Vec::with_capacity(parts.len());
+        for ((tenant, service), part) in parts {
+            let stream = self.stream(&tenant, &service)?;
+            let count = part.len();
+            if stream.append(batch_uid, part, &self.config, &self.metrics)? {
+                outcome.stored += count;
+                touched.push(stream);
+            } else {
+                outcome.duplicates += count;
+            }
+        }
+        Ok((outcome, touched))
+    }
+
+    fn snapshots(&self, tenant: &str) -> Vec<StreamSnapshot> {
+        let streams: Vec<Arc<Stream>> = self
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, s)| s.clone())
+            .collect();
+        streams.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Newest-first page of matching entries (blocking: call from a blocking thread).
+    pub fn query_top(
+        &self,
+        filter: &ScanFilter<'_>,
+        limit: usize,
+        cursor: Option<&Cursor>,
+    ) -> TopResult {
+        let snaps = self.snapshots(filter.tenant);
+        let result = scan::top(&snaps, filter, limit, cursor);
+        self.metrics
+            .corrupt_blocks
+            .inc_by(result.stats.corrupt_blocks);
+        result
+    }
+
+    /// Visits every matching entry (blocking).
+    pub fn scan(&self, filter: &ScanFilter<'_>, visit: impl FnMut(&LogEntry)) -> ScanStats {
+        let snaps = self.snapshots(filter.tenant);
+        let stats = scan::scan(&snaps, filter, visit);
+        self.metrics.corrupt_blocks.inc_by(stats.corrupt_blocks);
+        stats
+    }
+
+    /// Tenants with data on this node.
+    pub fn tenants(&self) -> Vec<String> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let mut tenants: Vec<String> = streams.keys().map(|(t, _)| t.clone()).collect();
+        tenants.sort();
+        tenants.dedup();
+        tenants
+    }
+
+    fn all_streams(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Seals old segments and applies retention (blocking). Called periodically.
+    pub fn maintain(&self) -> Result<(), StorageError> {
+        for stream in self.all_streams() {
+            stream.rotate_if_old(&self.config, &self.metrics)?;
+        }
+        if let Some(max_age) = self.config.retention_max_age {
+            let cutoff = logcluster_proto::time::now_nanos() - max_age.as_nanos() as i64;
+            for stream in self.all_streams() {
+                for sealed in stream.sealed() {
+                    if sealed.max_ts < cutoff && stream.delete_sealed(sealed.seq)? {
+                        info!(tenant = %stream.tenant, service = %stream.service, seq = sealed.seq, "retention: deleted segment past max age");
+                        self.metrics.retention_deleted_segments.inc();
+                    }
+                }
+            }
+        }
+        if let Some(max_bytes) = self.config.retention_max_bytes {
+            let mut total = self.stats().stored_bytes;
+            let mut all: Vec<(i64, u64, u64, Arc<Stream>)> = Vec::new();
+            for stream in self.all_streams() {
+                for sealed in stream.sealed() {
+                    all.push((sealed.max_ts, sealed.seq, sealed.size, stream.clone()));
+                }
+            }
+            all.sort_by_key(|(max_ts, seq, _, _)| (*max_ts, *seq));
+            for (_, seq, size, stream) in all {
+                if total <= max_bytes {
+                    break;
+                }
+                if stream.delete_sealed(seq)? {
+                    info!(tenant = %stream.tenant, service = %stream.service, seq, "retention: deleted oldest segment over the byte limit");
+                    self.metrics.retention_deleted_segments.inc();
+                    total = total.saturating_sub(size);
+                }
+            }
+        }
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    fn refresh_gauges(&self) {
+        let stats = self.stats();
+        self.metrics.stored_bytes.set(stats.stored_bytes as i64);
+        self.metrics.segments.set(stats.sealed_segments as i64);
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let streams = self.all_streams();
+        let mut stats = StoreStats {
+            streams: streams.len(),
+            ..Default::default()
+        };
+        for stream in streams {
+            let sealed = stream.sealed();
+            stats.sealed_segments += sealed.len();
+            stats.stored_bytes +=
+                sealed.iter().map(|s| s.size).sum::<u64>() + stream.active_bytes();
+        }
+        stats
+    }
+
+    /// Fsyncs every dirty WAL (periodic flush under `FsyncPolicy::Interval`, and shutdown).
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        sync_streams(self.all_streams(), &self.metrics)
+            .await
+            .map_err(StorageError::Fsync)
+    }
+
+    /// Final flush before exit: every written record is fsynced.
+    pub async fn shutdown(&self) -> Result<(), StorageError> {
+        let streams = self.all_streams();
+        tokio::task::spawn_blocking(move || {
+            for stream in streams {
+                if let Err(error) = stream.sync() {
+                    warn!(%error, "final wal sync failed");
+                    return Err(error);
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+}
+
+fn stream_dir(root: &std::path::Path, tenant: &str, service: &str) -> PathBuf {
+    root.join("streams")
+        .join(encode_name(tenant))
+        .join(encode_name(service))
+}
+
+fn recover(
+    config: &StorageConfig,
+    metrics: &StorageMetrics,
+) -> Result<HashMap<StreamKey, Arc<Stream>>, StorageError> {
+    let root = config.data_dir.join("streams");
+    std::fs::create_dir_all(&root)
+        .map_err(|source| StorageError::io("create data dir", &root, source))?;
+    let mut streams = HashMap::new();
+    for tenant_dir in read_dirs(&root)? {
+        let Some(tenant) = tenant_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(decode_name)
+        else {
+            continue;
+        };
+        for service_dir in read_dirs(&tenant_dir)? {
+            let Some(service) = service_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(decode_name)
+            else {
+                continue;
+            };
+            let stream = Stream::open(&tenant, &service, service_dir, config, metrics)?;
+            streams.insert((tenant.clone(), service), Arc::new(stream));
+        }
+    }
+    if !streams.is_empty() {
+        info!(streams = streams.len(), "storage recovered");
+    }
+    Ok(streams)
+}
+
+fn read_dirs(dir: &std::path::Path) -> Result<Vec<PathBuf>, StorageError> {
+    let mut out = Vec::new();
+    for entry in
+        std::fs::read_dir(dir).map_err(|source| StorageError::io("list directory", dir, source))?
+    {
+        let entry = entry.map_err(|source| StorageError::io("list directory", dir, source))?;
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}

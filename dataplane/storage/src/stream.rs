@@ -1,0 +1,472 @@
+//! One stream's files and in-memory state: the active WAL, the open segment and its block
+//! index, the not-yet-compressed tail, sealed segments and the batch ids used for dedup.
+//!
+//! All mutation happens under the stream's mutex on blocking threads; queries take a cheap
+//! [`StreamSnapshot`] (Arcs only) and read without holding the lock.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use logcluster_proto::LogEntry;
+use tracing::{info, warn};
+
+use crate::segment::{self, BlockMeta, OpenSegment, SegmentIndex};
+use crate::{StorageConfig, StorageError, StorageMetrics, wal};
+
+/// A sealed segment, immutable once built.
+pub struct Sealed {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub blocks: Vec<Arc<BlockMeta>>,
+    pub size: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+/// What a query needs of a stream, taken under the lock in O(segments + blocks) Arc clones.
+pub struct StreamSnapshot {
+    pub service: String,
+    pub sealed: Vec<Arc<Sealed>>,
+    pub open_file: Arc<File>,
+    pub open_blocks: Vec<Arc<BlockMeta>>,
+    pub tail: Vec<Arc<Vec<LogEntry>>>,
+}
+
+pub struct Stream {
+    pub tenant: String,
+    pub service: String,
+    pub dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    seq: u64,
+    wal: File,
+    wal_path: PathBuf,
+    wal_bytes: u64,
+    opened_at: Instant,
+    /// Written since the last fsync.
+    dirty: bool,
+    open: OpenSegment,
+    open_read: Arc<File>,
+    open_blocks: Vec<Arc<BlockMeta>>,
+    tail: Vec<Arc<Vec<LogEntry>>>,
+    tail_bytes: usize,
+    uids_current: HashSet<u64>,
+    uids_recent: VecDeque<HashSet<u64>>,
+    sealed: Vec<Arc<Sealed>>,
+}
+
+fn wal_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("wal-{seq:016}.log"))
+}
+fn open_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("seg-{seq:016}.open"))
+}
+fn sealed_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("seg-{seq:016}.seg"))
+}
+fn parse_seq(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    name.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
+}
+
+impl Stream {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug; the data on disk stays consistent
+        // (WAL first), so continuing with the inner value is the safest choice.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens (recovering) or creates the stream in `dir`.
+    pub fn open(
+        tenant: &str,
+        service: &str,
+        dir: PathBuf,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+    ) -> Result<Stream, StorageError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| StorageError::io("create stream dir", &dir, source))?;
+        let mut sealed_seqs = Vec::new();
+        let mut wal_seqs = Vec::new();
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|source| StorageError::io("list stream dir", &dir, source))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|source| StorageError::io("list stream dir", &dir, source))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(seq) = parse_seq(&name, "seg-", ".seg") {
+                sealed_seqs.push(seq);
+            } else if let Some(seq) = parse_seq(&name, "wal-", ".log") {
+                wal_seqs.push(seq);
+            } else if name.ends_with(".open") || name.ends_with(".tmp") {
+                // Rebuilt from the WAL below.
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        sealed_seqs.sort_unstable();
+        wal_seqs.sort_unstable();
+        let mut sealed = Vec::new();
+        let mut uids_recent = VecDeque::new();
+        for seq in &sealed_seqs {
+            let path = sealed_path(&dir, *seq);
+            match segment::open_sealed(&path) {
+                Ok((file, index, size)) => {
+                    push_recent(
+                        &mut uids_recent,
+                        index.batch_uids.iter().copied().collect(),
+                        config.dedup_segments,
+                    );
+                    sealed.push(Arc::new(sealed_from(*seq, path, file, index, size)));
+                }
+                Err(error) => {
+                    warn!(%error, path = %path.display(), "quarantining corrupt segment");
+                    metrics.corrupt_segments.inc();
+                    let _ = std::fs::rename(&path, path.with_extension("seg.corrupt"));
+                }
+            }
+        }
+        let next_seq = sealed_seqs.last().copied().unwrap_or(0) + 1;
+        // Replay unsealed WALs in order. Older ones (a crash between sealing and deleting)
+        // are already in their segment when that exists; otherwise they are rebuilt.
+        let mut replayed: Vec<(u64, wal::Replay)> = Vec::new();
+        for seq in wal_seqs {
+            let path = wal_path(&dir, seq);
+            if sealed_seqs.contains(&seq) {
+                std::fs::remove_file(&path)
+                    .map_err(|source| StorageError::io("remove sealed wal", &path, source))?;
+                continue;
+            }
+            let replay = wal::replay(&path)?;
+            if replay.truncated_bytes > 0 {
+                warn!(path = %path.display(), bytes = replay.truncated_bytes, "truncated torn wal tail");
+                metrics.wal_truncated_bytes.inc_by(replay.truncated_bytes);
+            }
+            replayed.push((seq, replay));
+        }
+        let active_seq = next_seq;
+        let (seq, wal_file, wal_bytes) = match replayed.last() {
+            Some((seq, replay)) => {
+                let path = wal_path(&dir, *seq);
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| StorageError::io("open wal", &path, source))?;
+                (*seq, file, replay.valid_len)
+            }
+            None => {
+                let path = wal_path(&dir, active_seq);
+                let file = wal::create(&path)?;
+                segment::sync_dir(&path)?;
+                (active_seq, file, wal::WAL_MAGIC.len() as u64)
+            }
+        };
+        let open = OpenSegment::create(open_path(&dir, seq))?;
+        let open_read = Arc::new(
+            open.file
+                .try_clone()
+                .map_err(|source| StorageError::io("clone segment handle", &open.path, source))?,
+        );
+        let mut inner = Inner {
+            seq,
+            wal: wal_file,
+            wal_path: wal_path(&dir, seq),
+            wal_bytes,
+            opened_at: Instant::now(),
+            dirty: false,
+            open,
+            open_read,
+            open_blocks: Vec::new(),
+            tail: Vec::new(),
+            tail_bytes: 0,
+            uids_current: HashSet::new(),
+            uids_recent,
+            sealed,
+        };
+        let stream_dir = dir.clone();
+        let count = replayed.len();
+        for (i, (old_seq, replay)) in replayed.into_iter().enumerate() {
+            for record in replay.records {
+                inner.uids_current.insert(record.batch_uid);
+                inner.push_tail(record.entries, config)?;
+            }
+            if i + 1 < count {
+                // An older unsealed WAL: seal what it held into its own segment number.
+                inner.seal_into(
+                    &stream_dir,
+                    old_seq,
+                    tenant,
+                    service,
+                    config,
+                    metrics,
+                    false,
+                )?;
+            }
+        }
+        if count > 0 {
+            info!(tenant, service, seq, "recovered stream from wal");
+        }
+        Ok(Stream {
+            tenant: tenant.to_string(),
+            service: service.to_string(),
+            dir,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// Writes a batch part to the WAL (not yet fsynced) and makes it visible to queries.
+    /// Returns false when the batch id was already stored in this stream.
+    pub fn append(
+        &self,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+    ) -> Result<bool, StorageError> {
+        let mut inner = self.lock();
+        if inner.uids_current.contains(&batch_uid)
+            || inner.uids_recent.iter().any(|s| s.contains(&batch_uid))
+        {
+            metrics.duplicate_batches.inc();
+            return Ok(false);
+        }
+        let record = wal::encode_record(batch_uid, &entries);
+        inner
+            .wal
+            .write_all(&record)
+            .map_err(|source| StorageError::io("append to wal", &inner.wal_path, source))?;
+        inner.wal_bytes += record.len() as u64;
+        inner.dirty = true;
+        inner.uids_current.insert(batch_uid);
+        metrics.appended_entries.inc_by(entries.len() as u64);
+        metrics.appended_bytes.inc_by(record.len() as u64);
+        inner.push_tail(entries, config)?;
+        if inner.wal_bytes >= config.segment_max_bytes {
+            self.rotate_locked(&mut inner, config, metrics)?;
+        }
+        Ok(true)
+    }
+
+    /// A handle to the active WAL for fsync outside the lock, if anything is unsynced.
+    pub fn take_dirty_wal(&self) -> Result<Option<File>, StorageError> {
+        let mut inner = self.lock();
+        if !inner.dirty {
+            return Ok(None);
+        }
+        inner.dirty = false;
+        inner
+            .wal
+            .try_clone()
+            .map(Some)
+            .map_err(|source| StorageError::io("clone wal handle", &inner.wal_path, source))
+    }
+
+    /// Marks the WAL dirty again after a failed fsync so a later commit retries it.
+    pub fn mark_dirty(&self) {
+        self.lock().dirty = true;
+    }
+
+    /// Seals the active segment if it is non-empty and older than the configured age.
+    pub fn rotate_if_old(
+        &self,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+    ) -> Result<bool, StorageError> {
+        let mut inner = self.lock();
+        if inner.wal_bytes > wal::WAL_MAGIC.len() as u64
+            && inner.opened_at.elapsed() >= config.segment_max_age
+        {
+            self.rotate_locked(&mut inner, config, metrics)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn rotate_locked(
+        &self,
+        inner: &mut Inner,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+    ) -> Result<(), StorageError> {
+        let seq = inner.seq;
+        inner.seal_into(
+            &self.dir,
+            seq,
+            &self.tenant,
+            &self.service,
+            config,
+            metrics,
+            true,
+        )
+    }
+
+    pub fn snapshot(&self) -> StreamSnapshot {
+        let inner = self.lock();
+        StreamSnapshot {
+            service: self.service.clone(),
+            sealed: inner.sealed.clone(),
+            open_file: inner.open_read.clone(),
+            open_blocks: inner.open_blocks.clone(),
+            tail: inner.tail.clone(),
+        }
+    }
+
+    /// Sealed segments (for retention and stats).
+    pub fn sealed(&self) -> Vec<Arc<Sealed>> {
+        self.lock().sealed.clone()
+    }
+
+    /// Bytes on disk of the active WAL and open segment.
+    pub fn active_bytes(&self) -> u64 {
+        let inner = self.lock();
+        inner.wal_bytes + inner.open.len
+    }
+
+    /// Removes a sealed segment from the stream and deletes its file.
+    pub fn delete_sealed(&self, seq: u64) -> Result<bool, StorageError> {
+        let mut inner = self.lock();
+        let Some(pos) = inner.sealed.iter().position(|s| s.seq == seq) else {
+            return Ok(false);
+        };
+        let segment = inner.sealed.remove(pos);
+        drop(inner);
+        std::fs::remove_file(&segment.path)
+            .map_err(|source| StorageError::io("delete segment", &segment.path, source))?;
+        segment::sync_dir(&segment.path)?;
+        Ok(true)
+    }
+
+    /// Fsyncs the active WAL (shutdown path).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner.dirty = false;
+        inner
+            .wal
+            .sync_data()
+            .map_err(|source| StorageError::io("sync wal", &inner.wal_path, source))
+    }
+}
+
+fn push_recent(recent: &mut VecDeque<HashSet<u64>>, uids: HashSet<u64>, keep: usize) {
+    recent.push_back(uids);
+    while recent.len() > keep {
+        recent.pop_front();
+    }
+}
+
+fn sealed_from(seq: u64, path: PathBuf, file: File, index: SegmentIndex, size: u64) -> Sealed {
+    Sealed {
+        seq,
+        path,
+        file: Arc::new(file),
+        min_ts: index.min_ts(),
+        max_ts: index.max_ts(),
+        blocks: index.blocks.into_iter().map(Arc::new).collect(),
+        size,
+    }
+}
+
+impl Inner {
+    fn push_tail(
+        &mut self,
+        entries: Vec<LogEntry>,
+        config: &StorageConfig,
+    ) -> Result<(), StorageError> {
+        self.tail_bytes += entries.iter().map(LogEntry::approx_size).sum::<usize>();
+        self.tail.push(Arc::new(entries));
+        if self.tail_bytes >= config.block_target_bytes {
+            self.flush_tail(config)?;
+        }
+        Ok(())
+    }
+
+    /// Compresses the tail into a block of the open segment.
+    fn flush_tail(&mut self, config: &StorageConfig) -> Result<(), StorageError> {
+        if self.tail.is_empty() {
+            return Ok(());
+        }
+        let mut entries = Vec::new();
+        for chunk in self.tail.drain(..) {
+            entries.extend(Arc::unwrap_or_clone(chunk));
+        }
+        self.tail_bytes = 0;
+        let (bytes, mut meta) = segment::build_block(&entries, config.zstd_level)?;
+        meta.offset = self.open.append_block(&bytes)?;
+        self.open_blocks.push(Arc::new(meta));
+        Ok(())
+    }
+
+    /// Seals the open segment as `seg-<seq>` and starts WAL and segment `seq + 1` (when
+    /// `start_next`; recovery of an older WAL reuses the current active files instead).
+    #[allow(clippy::too_many_arguments)]
+    fn seal_into(
+        &mut self,
+        dir: &Path,
+        seq: u64,
+        tenant: &str,
+        service: &str,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+        start_next: bool,
+    ) -> Result<(), StorageError> {
+        self.flush_tail(config)?;
+        let next = self.seq.max(seq) + 1;
+        let index = SegmentIndex {
+            tenant: tenant.to_string(),
+            service: service.to_string(),
+            seq,
+            blocks: self.open_blocks.iter().map(|b| (**b).clone()).collect(),
+            batch_uids: self.uids_current.iter().copied().collect(),
+        };
+        let new_open = OpenSegment::create(open_path(dir, next))?;
+        let new_read =
+            Arc::new(new_open.file.try_clone().map_err(|source| {
+                StorageError::io("clone segment handle", &new_open.path, source)
+            })?);
+        let old_open = std::mem::replace(&mut self.open, new_open);
+        let sealed_at = sealed_path(dir, seq);
+        let file = old_open.seal(&index, &sealed_at)?;
+        let size = file
+            .metadata()
+            .map_err(|source| StorageError::io("stat segment", &sealed_at, source))?
+            .len();
+        self.sealed
+            .push(Arc::new(sealed_from(seq, sealed_at, file, index, size)));
+        self.open_read = new_read;
+        self.open_blocks.clear();
+        let uids = std::mem::take(&mut self.uids_current);
+        push_recent(&mut self.uids_recent, uids, config.dedup_segments);
+        metrics.rotations.inc();
+        let old_wal = wal_path(dir, seq);
+        if start_next || self.seq == seq {
+            let new_wal_path = wal_path(dir, next);
+            self.wal = wal::create(&new_wal_path)?;
+            self.wal_path = new_wal_path;
+            self.wal_bytes = wal::WAL_MAGIC.len() as u64;
+            self.dirty = false;
+            self.seq = next;
+        } else {
+            // Recovery of an older WAL: the active WAL/segment stay; renumber the open segment
+            // to the active sequence.
+            let active_open = open_path(dir, self.seq);
+            std::fs::rename(&self.open.path, &active_open)
+                .map_err(|source| StorageError::io("rename open segment", &active_open, source))?;
+            self.open.path = active_open;
+        }
+        self.opened_at = Instant::now();
+        std::fs::remove_file(&old_wal)
+            .map_err(|source| StorageError::io("remove sealed wal", &old_wal, source))?;
+        segment::sync_dir(&old_wal)?;
+        Ok(())
+    }
+}

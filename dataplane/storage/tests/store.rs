@@ -1,0 +1,415 @@
+//! Store behaviour through its public API on a real directory with real fsync.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use logcluster_proto::{Level, LogEntry};
+use logcluster_storage::{Cursor, ScanFilter, StorageConfig, StorageMetrics, Store};
+
+fn entry(
+    tenant: &str,
+    service: &str,
+    batch: u64,
+    i: u32,
+    ts: i64,
+    level: Level,
+    message: &str,
+) -> LogEntry {
+    LogEntry {
+        id: format!("{batch:016x}-{i:08x}"),
+        timestamp: ts,
+        received_at: ts,
+        tenant: tenant.into(),
+        service: service.into(),
+        level: level as i32,
+        message: message.into(),
+        host: "host-1".into(),
+        trace_id: format!("trace{}", i % 7),
+        ..Default::default()
+    }
+}
+
+fn all_levels() -> u32 {
+    u32::MAX
+}
+
+fn filter<'a>(
+    tenant: &'a str,
+    predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
+) -> ScanFilter<'a> {
+    ScanFilter {
+        tenant,
+        services: None,
+        from_ts: i64::MIN,
+        to_ts: i64::MAX,
+        level_mask: all_levels(),
+        required_tokens: &[],
+        predicate,
+    }
+}
+
+fn small_config(dir: &std::path::Path) -> StorageConfig {
+    let mut config = StorageConfig::new(dir);
+    config.block_target_bytes = 4 * 1024;
+    config.segment_max_bytes = 16 * 1024;
+    config
+}
+
+fn all_ids(store: &Store, tenant: &str) -> Vec<String> {
+    let everything = |_: &LogEntry| true;
+    let mut ids = Vec::new();
+    store.scan(&filter(tenant, &everything), |e| ids.push(e.id.clone()));
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn appended_entries_survive_restart_exactly_once_across_rotations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = StorageMetrics::default();
+    let store = Store::open(small_config(dir.path()), metrics.clone())
+        .await
+        .expect("open");
+    let mut expected = Vec::new();
+    for batch in 1..=60u64 {
+        let entries: Vec<LogEntry> = (0..20)
+            .map(|i| {
+                entry(
+                    "acme",
+                    if i % 2 == 0 { "api" } else { "db" },
+                    batch,
+                    i,
+                    batch as i64 * 1000 + i as i64,
+                    Level::Info,
+                    "request served in 12ms",
+                )
+            })
+            .collect();
+        expected.extend(entries.iter().map(|e| e.id.clone()));
+        let outcome = store.append(batch, entries).await.expect("append");
+        assert_eq!(outcome.stored, 20);
+    }
+    expected.sort();
+    assert!(
+        metrics.rotations.get() > 0,
+        "the small segment size must have caused rotations"
+    );
+    assert_eq!(all_ids(&store, "acme"), expected);
+    drop(store);
+    let store = Store::open(small_config(dir.path()), StorageMetrics::default())
+        .await
+        .expect("reopen");
+    assert_eq!(all_ids(&store, "acme"), expected);
+    // Retrying already stored batches (before and after rotation) stores nothing new.
+    for batch in [1u64, 59, 60] {
+        let entries: Vec<LogEntry> = (0..20)
+            .map(|i| {
+                entry(
+                    "acme",
+                    if i % 2 == 0 { "api" } else { "db" },
+                    batch,
+                    i,
+                    batch as i64 * 1000 + i as i64,
+                    Level::Info,
+                    "request served in 12ms",
+                )
+            })
+            .collect();
+        let outcome = store.append(batch, entries).await.expect("retry");
+        assert_eq!(outcome.stored, 0, "batch {batch} was stored again");
+        assert_eq!(outcome.duplicates, 20);
+    }
+    assert_eq!(all_ids(&store, "acme"), expected);
+}
+
+#[tokio::test]
+async fn torn_wal_tail_is_cut_and_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(StorageConfig::new(dir.path()), StorageMetrics::default())
+        .await
+        .expect("open");
+    store
+        .append(1, vec![entry("t", "s", 1, 0, 10, Level::Info, "first")])
+        .await
+        .expect("append");
+    store
+        .append(2, vec![entry("t", "s", 2, 0, 20, Level::Info, "second")])
+        .await
+        .expect("append");
+    drop(store);
+    let wal = std::fs::read_dir(dir.path().join("streams/t/s"))
+        .expect("stream dir")
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("wal-"))
+        .expect("wal file")
+        .path();
+    let len = std::fs::metadata(&wal).expect("stat").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .expect("open wal");
+    file.set_len(len - 7).expect("tear the tail");
+    drop(file);
+    let metrics = StorageMetrics::default();
+    let store = Store::open(StorageConfig::new(dir.path()), metrics.clone())
+        .await
+        .expect("reopen");
+    assert_eq!(all_ids(&store, "t"), vec![format!("{:016x}-{:08x}", 1, 0)]);
+    assert!(metrics.wal_truncated_bytes.get() > 0);
+    store
+        .append(3, vec![entry("t", "s", 3, 0, 30, Level::Info, "third")])
+        .await
+        .expect("append after recovery");
+    drop(store);
+    let store = Store::open(StorageConfig::new(dir.path()), StorageMetrics::default())
+        .await
+        .expect("reopen");
+    assert_eq!(all_ids(&store, "t").len(), 2);
+}
+
+#[tokio::test]
+async fn pagination_over_equal_timestamps_returns_every_entry_once_newest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(small_config(dir.path()), StorageMetrics::default())
+        .await
+        .expect("open");
+    for batch in 1..=10u64 {
+        // Only three distinct timestamps across 500 entries.
+        let entries: Vec<LogEntry> = (0..50)
+            .map(|i| {
+                entry(
+                    "acme",
+                    "api",
+                    batch,
+                    i,
+                    1_000 + (i % 3) as i64,
+                    Level::Warn,
+                    "same time",
+                )
+            })
+            .collect();
+        store.append(batch, entries).await.expect("append");
+    }
+    let everything = |_: &LogEntry| true;
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = store.query_top(&filter("acme", &everything), 37, cursor.as_ref());
+        for pair in page.items.windows(2) {
+            assert!((pair[0].timestamp, &pair[0].id) > (pair[1].timestamp, &pair[1].id));
+        }
+        seen.extend(page.items.iter().map(|e| e.id.clone()));
+        match page.next_cursor {
+            Some(next) => cursor = Some(Cursor::decode(&next.encode()).expect("cursor round trip")),
+            None => break,
+        }
+    }
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(seen.len(), 500);
+    assert_eq!(unique.len(), 500);
+}
+
+#[tokio::test]
+async fn tenants_are_separated_and_filters_prune_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(small_config(dir.path()), StorageMetrics::default())
+        .await
+        .expect("open");
+    for batch in 1..=40u64 {
+        let entries: Vec<LogEntry> = (0..25)
+            .map(|i| {
+                let level = if i == 0 && batch == 7 {
+                    Level::Error
+                } else {
+                    Level::Info
+                };
+                let message = if level == Level::Error {
+                    "upstream timeout calling payment"
+                } else {
+                    "ok"
+                };
+                entry(
+                    if batch % 2 == 0 { "a" } else { "b" },
+                    "api",
+                    batch,
+                    i,
+                    batch as i64 * 100 + i as i64,
+                    level,
+                    message,
+                )
+            })
+            .collect();
+        store.append(batch, entries).await.expect("append");
+    }
+    let everything = |_: &LogEntry| true;
+    assert_eq!(all_ids(&store, "a").len(), 500);
+    assert_eq!(all_ids(&store, "b").len(), 500);
+    let errors_only = |e: &LogEntry| e.level == Level::Error as i32;
+    let mut f = filter("b", &errors_only);
+    f.level_mask = 1 << Level::Error as u32;
+    let page = store.query_top(&f, 10, None);
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].message, "upstream timeout calling payment");
+    assert!(
+        page.stats.objects_skipped > 0,
+        "level mask should skip blocks: {:?}",
+        page.stats
+    );
+    let tokens = vec!["timeout".to_string()];
+    let has_timeout = |e: &LogEntry| e.message.contains("timeout");
+    let mut f = filter("b", &has_timeout);
+    f.required_tokens = &tokens;
+    let page = store.query_top(&f, 10, None);
+    assert_eq!(page.items.len(), 1);
+    assert!(
+        page.stats.objects_skipped > 0,
+        "the token filter should skip blocks: {:?}",
+        page.stats
+    );
+    let services: BTreeSet<String> = ["db".to_string()].into();
+    let mut f = filter("a", &everything);
+    f.services = Some(&services);
+    assert!(store.query_top(&f, 10, None).items.is_empty());
+    let mut f = filter("a", &everything);
+    f.from_ts = 2_000;
+    f.to_ts = 2_010;
+    let page = store.query_top(&f, 100, None);
+    assert_eq!(page.items.len(), 10);
+    assert!(
+        page.items
+            .iter()
+            .all(|e| (2_000..2_010).contains(&e.timestamp))
+    );
+}
+
+#[tokio::test]
+async fn corrupt_segment_is_quarantined_and_corrupt_block_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(small_config(dir.path()), StorageMetrics::default())
+        .await
+        .expect("open");
+    for batch in 1..=40u64 {
+        let entries: Vec<LogEntry> = (0..25)
+            .map(|i| {
+                entry(
+                    "t",
+                    "s",
+                    batch,
+                    i,
+                    batch as i64 * 100 + i as i64,
+                    Level::Info,
+                    "payload line",
+                )
+            })
+            .collect();
+        store.append(batch, entries).await.expect("append");
+    }
+    drop(store);
+    let stream_dir = dir.path().join("streams/t/s");
+    let mut segs: Vec<_> = std::fs::read_dir(&stream_dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 2, "need two sealed segments, got {segs:?}");
+    // Break the footer of the first and one block of the second.
+    let mut first = std::fs::read(&segs[0]).expect("read");
+    let n = first.len();
+    first[n - 3] ^= 0xff;
+    std::fs::write(&segs[0], &first).expect("write");
+    let mut second = std::fs::read(&segs[1]).expect("read");
+    second[20] ^= 0xff;
+    std::fs::write(&segs[1], &second).expect("write");
+    let metrics = StorageMetrics::default();
+    let store = Store::open(small_config(dir.path()), metrics.clone())
+        .await
+        .expect("reopen");
+    assert_eq!(metrics.corrupt_segments.get(), 1);
+    assert!(segs[0].with_extension("seg.corrupt").exists());
+    let everything = |_: &LogEntry| true;
+    let page = store.query_top(&filter("t", &everything), 10_000, None);
+    assert!(page.stats.corrupt_blocks >= 1);
+    assert!(page.items.iter().all(|e| e.message == "payload line"));
+    assert!(page.items.len() < 1000);
+}
+
+#[tokio::test]
+async fn retention_by_bytes_deletes_oldest_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(dir.path());
+    config.retention_max_bytes = Some(40 * 1024);
+    let metrics = StorageMetrics::default();
+    let store: Arc<Store> = Store::open(config, metrics.clone()).await.expect("open");
+    for batch in 1..=200u64 {
+        let entries: Vec<LogEntry> = (0..25)
+            .map(|i| {
+                entry(
+                    "t",
+                    "s",
+                    batch,
+                    i,
+                    batch as i64 * 100 + i as i64,
+                    Level::Info,
+                    &format!("unique payload {batch} {i} {}", batch * 7919 + i as u64),
+                )
+            })
+            .collect();
+        store.append(batch, entries).await.expect("append");
+    }
+    let before = store.stats();
+    store.maintain().expect("maintain");
+    let after = store.stats();
+    assert!(metrics.retention_deleted_segments.get() > 0);
+    assert!(after.sealed_segments < before.sealed_segments);
+    let everything = |_: &LogEntry| true;
+    let page = store.query_top(&filter("t", &everything), 1, None);
+    assert_eq!(
+        page.items[0].timestamp,
+        200 * 100 + 24,
+        "the newest entry must survive"
+    );
+    let oldest = store.query_top(&filter("t", &|e: &LogEntry| e.timestamp < 200), 1, None);
+    assert!(oldest.items.is_empty(), "the oldest entries must be gone");
+}
+
+#[tokio::test]
+async fn retention_by_age_and_rotation_by_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StorageConfig::new(dir.path());
+    config.segment_max_age = Duration::from_millis(1);
+    config.retention_max_age = Some(Duration::from_secs(3600));
+    let metrics = StorageMetrics::default();
+    let store = Store::open(config, metrics.clone()).await.expect("open");
+    let now = logcluster_proto::time::now_nanos();
+    store
+        .append(
+            1,
+            vec![entry(
+                "t",
+                "old",
+                1,
+                0,
+                now - 7_200_000_000_000,
+                Level::Info,
+                "two hours old",
+            )],
+        )
+        .await
+        .expect("append");
+    store
+        .append(2, vec![entry("t", "new", 2, 0, now, Level::Info, "fresh")])
+        .await
+        .expect("append");
+    std::thread::sleep(Duration::from_millis(5));
+    store.maintain().expect("maintain seals by age");
+    assert_eq!(metrics.rotations.get(), 2);
+    store.maintain().expect("maintain applies retention");
+    assert_eq!(metrics.retention_deleted_segments.get(), 1);
+    let everything = |_: &LogEntry| true;
+    let page = store.query_top(&filter("t", &everything), 10, None);
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].message, "fresh");
+}
