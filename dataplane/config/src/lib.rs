@@ -1,1 +1,644 @@
-//! logcluster-config
+//! The node configuration: one schema shared by the data plane (which parses it) and the
+//! operator (which renders it into a ConfigMap) — one source of truth.
+//!
+//! Two layers, as in Vector and linkerd: [`RawNodeConfig`] is the serde form with
+//! `deny_unknown_fields` (every field documented, because the docs are user documentation),
+//! and [`NodeConfig`] is the validated, typed form (`SocketAddr`, `Duration`, non-zero sizes)
+//! that the rest of the code uses. Durations are written as `500ms`, `10s`, `5m`, `1h`, `7d`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What a node does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Ingestor,
+    Storage,
+    Query,
+}
+
+/// The configuration file as written by users and the operator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawNodeConfig {
+    /// Stable node name (the pod name in Kubernetes). Defaults to the host name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Roles this process runs. Default: all three (a single node).
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+    /// Directory for WALs and segments (storage role).
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub listen: RawListen,
+    /// TLS for the framed ingest port and syslog over TLS. Required when the ingestor runs.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub ingest: RawIngest,
+    #[serde(default)]
+    pub enrichment: RawEnrichment,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub query: RawQuery,
+    /// Interval of the one-line stats log; `0s` disables it.
+    #[serde(default = "default_stats_interval")]
+    pub stats_log_interval: String,
+}
+
+/// Listen addresses. An empty string disables a listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawListen {
+    /// Universal framed protocol over TLS.
+    #[serde(default = "default_ingest_addr")]
+    pub ingest: String,
+    /// UDP JSON (lossy; every drop counted).
+    #[serde(default = "default_udp_addr")]
+    pub udp: String,
+    /// Syslog over plain TCP (octet counting or LF framing).
+    #[serde(default = "default_syslog_tcp_addr")]
+    pub syslog_tcp: String,
+    /// Syslog over TLS (RFC 5425).
+    #[serde(default = "default_syslog_tls_addr")]
+    pub syslog_tls: String,
+    /// Syslog over UDP.
+    #[serde(default = "default_syslog_udp_addr")]
+    pub syslog_udp: String,
+    /// HTTP: JSON/NDJSON ingest, query API, metrics, health, dashboard.
+    #[serde(default = "default_http_addr")]
+    pub http: String,
+}
+
+/// Certificate and key files (PEM).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Ingestion limits and behaviour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIngest {
+    /// Largest accepted frame payload, in bytes.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u32,
+    /// Frames a single connection may have in flight before the server stops reading from it
+    /// (TCP backpressure instead of dropping).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight_per_connection: u32,
+    /// Bytes of decoded-but-not-yet-durable payload across all connections; above it, readers
+    /// wait (bounded memory under any load).
+    #[serde(default = "default_max_pending_bytes")]
+    pub max_pending_bytes: u64,
+    /// Tenant for entries that name none and arrive without a frame tenant.
+    #[serde(default = "default_tenant")]
+    pub default_tenant: String,
+    /// Folder of LogSchema YAML files, reloaded on change.
+    #[serde(default)]
+    pub schema_dir: Option<PathBuf>,
+    /// How often the schema folder is checked for changes.
+    #[serde(default = "default_schema_poll")]
+    pub schema_poll_interval: String,
+    /// Largest syslog message over TCP/UDP, in bytes.
+    #[serde(default = "default_max_syslog_bytes")]
+    pub max_syslog_message_bytes: u32,
+}
+
+/// Fields added to every entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEnrichment {
+    /// `environment` field (e.g. production). Env var LOGCLUSTER_ENVIRONMENT overrides.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// `app_version` field. Env var LOGCLUSTER_APP_VERSION overrides.
+    #[serde(default)]
+    pub app_version: Option<String>,
+    /// Set `host` on entries that have none to the ingesting node's host name.
+    #[serde(default = "default_true")]
+    pub host_fallback: bool,
+}
+
+/// Storage tuning.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStorage {
+    /// `always` (acknowledge after fsync, the default) or an interval such as `100ms`
+    /// (acknowledge after write, fsync periodically).
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    /// Raw bytes per segment before it is sealed.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_max_bytes: u64,
+    /// Age after which a segment is sealed.
+    #[serde(default = "default_segment_age")]
+    pub segment_max_age: String,
+    /// Raw bytes per compressed block.
+    #[serde(default = "default_block_bytes")]
+    pub block_target_bytes: u64,
+    /// zstd level for blocks (1-19).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// Retention; absent values keep data forever.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRetention {
+    /// Delete segments whose newest entry is older than this (e.g. `7d`).
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// Delete the oldest segments while the node stores more than this many bytes.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// Query limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawQuery {
+    /// Largest `limit` a query may ask for.
+    #[serde(default = "default_max_limit")]
+    pub max_limit: u32,
+    /// Time budget of one query.
+    #[serde(default = "default_query_timeout")]
+    pub timeout: String,
+    /// Queries running at once; more wait.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: u32,
+}
+
+fn default_roles() -> Vec<Role> {
+    vec![Role::Ingestor, Role::Storage, Role::Query]
+}
+fn default_stats_interval() -> String {
+    "10s".into()
+}
+fn default_ingest_addr() -> String {
+    "0.0.0.0:3001".into()
+}
+fn default_udp_addr() -> String {
+    "0.0.0.0:3002".into()
+}
+fn default_syslog_tcp_addr() -> String {
+    "0.0.0.0:5514".into()
+}
+fn default_syslog_tls_addr() -> String {
+    "0.0.0.0:6514".into()
+}
+fn default_syslog_udp_addr() -> String {
+    "0.0.0.0:5514".into()
+}
+fn default_http_addr() -> String {
+    "0.0.0.0:3100".into()
+}
+fn default_max_frame_bytes() -> u32 {
+    8 * 1024 * 1024
+}
+fn default_max_in_flight() -> u32 {
+    64
+}
+fn default_max_pending_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_schema_poll() -> String {
+    "2s".into()
+}
+fn default_max_syslog_bytes() -> u32 {
+    64 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_fsync() -> String {
+    "always".into()
+}
+fn default_segment_bytes() -> u64 {
+    50 * 1024 * 1024
+}
+fn default_segment_age() -> String {
+    "1h".into()
+}
+fn default_block_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+fn default_max_limit() -> u32 {
+    10_000
+}
+fn default_query_timeout() -> String {
+    "30s".into()
+}
+fn default_max_concurrent() -> u32 {
+    8
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            ingest: default_ingest_addr(),
+            udp: default_udp_addr(),
+            syslog_tcp: default_syslog_tcp_addr(),
+            syslog_tls: default_syslog_tls_addr(),
+            syslog_udp: default_syslog_udp_addr(),
+            http: default_http_addr(),
+        }
+    }
+}
+impl Default for RawIngest {
+    fn default() -> Self {
+        RawIngest {
+            max_frame_bytes: default_max_frame_bytes(),
+            max_in_flight_per_connection: default_max_in_flight(),
+            max_pending_bytes: default_max_pending_bytes(),
+            default_tenant: default_tenant(),
+            schema_dir: None,
+            schema_poll_interval: default_schema_poll(),
+            max_syslog_message_bytes: default_max_syslog_bytes(),
+        }
+    }
+}
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            fsync: default_fsync(),
+            segment_max_bytes: default_segment_bytes(),
+            segment_max_age: default_segment_age(),
+            block_target_bytes: default_block_bytes(),
+            zstd_level: default_zstd_level(),
+            retention: RawRetention::default(),
+        }
+    }
+}
+impl Default for RawQuery {
+    fn default() -> Self {
+        RawQuery {
+            max_limit: default_max_limit(),
+            timeout: default_query_timeout(),
+            max_concurrent: default_max_concurrent(),
+        }
+    }
+}
+
+/// Why a configuration was refused. Messages name the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config is not valid YAML for a node: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h`, `7d` (and `0`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+fn duration_field(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text).ok_or_else(|| {
+        invalid(
+            field,
+            format!("{text:?} is not a duration like 500ms, 10s, 5m, 1h or 7d"),
+        )
+    })
+}
+
+fn addr_field(field: &'static str, text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        invalid(
+            field,
+            format!("{text:?} is not an address like 0.0.0.0:3001"),
+        )
+    })
+}
+
+/// Validated listen addresses; `None` = disabled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub ingest: Option<SocketAddr>,
+    pub udp: Option<SocketAddr>,
+    pub syslog_tcp: Option<SocketAddr>,
+    pub syslog_tls: Option<SocketAddr>,
+    pub syslog_udp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+/// Fsync policy (mirrors the storage crate's, which this crate must not depend on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    Always,
+    Interval(Duration),
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    pub roles: Vec<Role>,
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub tls: Option<RawTls>,
+    pub max_frame_bytes: u32,
+    pub max_in_flight_per_connection: usize,
+    pub max_pending_bytes: u64,
+    pub default_tenant: String,
+    pub schema_dir: Option<PathBuf>,
+    pub schema_poll_interval: Duration,
+    pub max_syslog_message_bytes: usize,
+    pub environment: Option<String>,
+    pub app_version: Option<String>,
+    pub host_fallback: bool,
+    pub fsync: Fsync,
+    pub segment_max_bytes: u64,
+    pub segment_max_age: Duration,
+    pub block_target_bytes: usize,
+    pub zstd_level: i32,
+    pub retention_max_age: Option<Duration>,
+    pub retention_max_bytes: Option<u64>,
+    pub query_max_limit: usize,
+    pub query_timeout: Duration,
+    pub query_max_concurrent: usize,
+    pub stats_log_interval: Option<Duration>,
+}
+
+impl NodeConfig {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Reads and validates a YAML file.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn from_yaml(text: &str) -> Result<NodeConfig, ConfigError> {
+        let raw: RawNodeConfig = serde_yaml::from_str(text)?;
+        raw.validate()
+    }
+}
+
+impl RawNodeConfig {
+    /// A single-node configuration on loopback with ephemeral ports, for tests and `up`.
+    pub fn for_test(data_dir: impl Into<PathBuf>) -> RawNodeConfig {
+        RawNodeConfig {
+            name: Some("test-node".into()),
+            roles: default_roles(),
+            data_dir: data_dir.into(),
+            listen: RawListen {
+                ingest: "127.0.0.1:0".into(),
+                udp: "127.0.0.1:0".into(),
+                syslog_tcp: "127.0.0.1:0".into(),
+                syslog_tls: "127.0.0.1:0".into(),
+                syslog_udp: "127.0.0.1:0".into(),
+                http: "127.0.0.1:0".into(),
+            },
+            tls: None,
+            ingest: RawIngest::default(),
+            enrichment: RawEnrichment::default(),
+            storage: RawStorage::default(),
+            query: RawQuery::default(),
+            stats_log_interval: default_stats_interval(),
+        }
+    }
+
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+
+    /// Checks every field and produces the typed configuration.
+    pub fn validate(self) -> Result<NodeConfig, ConfigError> {
+        if self.roles.is_empty() {
+            return Err(invalid(
+                "roles",
+                "at least one of ingestor, storage, query is required",
+            ));
+        }
+        let listen = Listen {
+            ingest: addr_field("listen.ingest", &self.listen.ingest)?,
+            udp: addr_field("listen.udp", &self.listen.udp)?,
+            syslog_tcp: addr_field("listen.syslogTcp", &self.listen.syslog_tcp)?,
+            syslog_tls: addr_field("listen.syslogTls", &self.listen.syslog_tls)?,
+            syslog_udp: addr_field("listen.syslogUdp", &self.listen.syslog_udp)?,
+            http: addr_field("listen.http", &self.listen.http)?,
+        };
+        let needs_tls = self.roles.contains(&Role::Ingestor)
+            && (listen.ingest.is_some() || listen.syslog_tls.is_some());
+        if needs_tls && self.tls.is_none() {
+            return Err(invalid(
+                "tls",
+                "certFile and keyFile are required for the TLS ingest and syslog-TLS listeners (or disable them with an empty address)",
+            ));
+        }
+        if self.ingest.max_frame_bytes < 1024 {
+            return Err(invalid("ingest.maxFrameBytes", "must be at least 1024"));
+        }
+        if self.ingest.max_in_flight_per_connection == 0 {
+            return Err(invalid(
+                "ingest.maxInFlightPerConnection",
+                "must be at least 1",
+            ));
+        }
+        if self.ingest.max_pending_bytes < u64::from(self.ingest.max_frame_bytes) {
+            return Err(invalid(
+                "ingest.maxPendingBytes",
+                "must be at least ingest.maxFrameBytes",
+            ));
+        }
+        if self.ingest.default_tenant.is_empty() {
+            return Err(invalid("ingest.defaultTenant", "must not be empty"));
+        }
+        let fsync = match self.storage.fsync.as_str() {
+            "always" => Fsync::Always,
+            other => match parse_duration(other) {
+                Some(d) if !d.is_zero() => Fsync::Interval(d),
+                _ => {
+                    return Err(invalid(
+                        "storage.fsync",
+                        format!("{other:?} is neither `always` nor an interval like 100ms"),
+                    ));
+                }
+            },
+        };
+        if !(1..=22).contains(&self.storage.zstd_level) {
+            return Err(invalid("storage.zstdLevel", "must be between 1 and 22"));
+        }
+        if self.storage.block_target_bytes < 1024
+            || self.storage.block_target_bytes > 64 * 1024 * 1024
+        {
+            return Err(invalid(
+                "storage.blockTargetBytes",
+                "must be between 1 KiB and 64 MiB",
+            ));
+        }
+        if self.storage.segment_max_bytes < self.storage.block_target_bytes {
+            return Err(invalid(
+                "storage.segmentMaxBytes",
+                "must be at least storage.blockTargetBytes",
+            ));
+        }
+        let retention_max_age = match &self.storage.retention.max_age {
+            Some(text) => Some(duration_field("storage.retention.maxAge", text)?),
+            None => None,
+        };
+        if self.query.max_limit == 0 || self.query.max_concurrent == 0 {
+            return Err(invalid(
+                "query",
+                "maxLimit and maxConcurrent must be at least 1",
+            ));
+        }
+        let stats = duration_field("statsLogInterval", &self.stats_log_interval)?;
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        Ok(NodeConfig {
+            name: self
+                .name
+                .or_else(|| env("POD_NAME"))
+                .or_else(|| env("HOSTNAME"))
+                .unwrap_or_else(|| "logcluster".into()),
+            roles: self.roles,
+            data_dir: self.data_dir,
+            listen,
+            tls: self.tls,
+            max_frame_bytes: self.ingest.max_frame_bytes,
+            max_in_flight_per_connection: self.ingest.max_in_flight_per_connection as usize,
+            max_pending_bytes: self.ingest.max_pending_bytes,
+            default_tenant: self.ingest.default_tenant,
+            schema_dir: self.ingest.schema_dir,
+            schema_poll_interval: duration_field(
+                "ingest.schemaPollInterval",
+                &self.ingest.schema_poll_interval,
+            )?,
+            max_syslog_message_bytes: self.ingest.max_syslog_message_bytes as usize,
+            environment: env("LOGCLUSTER_ENVIRONMENT").or(self.enrichment.environment),
+            app_version: env("LOGCLUSTER_APP_VERSION").or(self.enrichment.app_version),
+            host_fallback: self.enrichment.host_fallback,
+            fsync,
+            segment_max_bytes: self.storage.segment_max_bytes,
+            segment_max_age: duration_field(
+                "storage.segmentMaxAge",
+                &self.storage.segment_max_age,
+            )?,
+            block_target_bytes: self.storage.block_target_bytes as usize,
+            zstd_level: self.storage.zstd_level,
+            retention_max_age,
+            retention_max_bytes: self.storage.retention.max_bytes,
+            query_max_limit: self.query.max_limit as usize,
+            query_timeout: duration_field("query.timeout", &self.query.timeout)?,
+            query_max_concurrent: self.query.max_concurrent as usize,
+            stats_log_interval: if stats.is_zero() { None } else { Some(stats) },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_yaml_gets_the_documented_defaults() {
+        let config =
+            NodeConfig::from_yaml("dataDir: /tmp/x\ntls:\n  certFile: /c.pem\n  keyFile: /k.pem\n")
+                .expect("valid");
+        assert_eq!(
+            config.listen.ingest,
+            Some("0.0.0.0:3001".parse().expect("addr"))
+        );
+        assert_eq!(
+            config.listen.udp,
+            Some("0.0.0.0:3002".parse().expect("addr"))
+        );
+        assert_eq!(config.fsync, Fsync::Always);
+        assert_eq!(config.segment_max_bytes, 50 * 1024 * 1024);
+        assert_eq!(config.roles.len(), 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_field() {
+        let err = NodeConfig::from_yaml("dataDir: /x\nbogus: 1\n").expect_err("unknown key");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = NodeConfig::from_yaml(
+            "dataDir: /x\nlisten: {ingest: '', syslogTls: ''}\nstorage: {fsync: sometimes}\n",
+        )
+        .expect_err("bad fsync");
+        assert!(err.to_string().contains("storage.fsync"), "{err}");
+        let err = NodeConfig::from_yaml("dataDir: /x\n").expect_err("tls required");
+        assert!(err.to_string().starts_with("tls:"), "{err}");
+    }
+
+    #[test]
+    fn for_test_round_trips_through_yaml() {
+        let mut raw = RawNodeConfig::for_test("/data");
+        raw.tls = Some(RawTls {
+            cert_file: "/c".into(),
+            key_file: "/k".into(),
+            client_ca_file: None,
+        });
+        let yaml = raw.to_yaml().expect("yaml");
+        let back: RawNodeConfig = serde_yaml::from_str(&yaml).expect("parse");
+        assert_eq!(back, raw);
+        back.validate().expect("valid");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("1w"), None);
+    }
+}
