@@ -1,1 +1,9 @@
-//! Shared by every role: TLS, certificates, metrics helpers, shutdown.
+//! Shared by every role: TLS, certificates, metrics helpers, shutdown, stable ids.
+//!
+//! Nothing here knows about logs; it is the plumbing every node and client needs the same way.
+
+pub mod certs;
+pub mod ids;
+pub mod metrics;
+pub mod shutdown;
+pub mod tls;

@@ -47,7 +47,9 @@ mod tests {
     #[test]
     fn splits_on_punctuation_and_lowercases() {
         let mut out = Vec::new();
-        for_each_token("GET /api/v1/orders 200 txn_ABC-12", |t| out.push(t.to_string()));
+        for_each_token("GET /api/v1/orders 200 txn_ABC-12", |t| {
+            out.push(t.to_string())
+        });
         assert_eq!(out, ["get", "api", "v1", "orders", "200", "txn_abc", "12"]);
     }
 

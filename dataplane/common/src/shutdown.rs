@@ -1,0 +1,79 @@
+//! Graceful shutdown: a cloneable handle every task can wait on, and the OS signals that
+//! trigger it.
+
+use tokio::sync::watch;
+
+/// Cloneable; `trigger` once, every `wait` resolves.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    tx: std::sync::Arc<watch::Sender<bool>>,
+    rx: watch::Receiver<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        Shutdown {
+            tx: std::sync::Arc::new(tx),
+            rx,
+        }
+    }
+
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once `trigger` has been called (immediately if it already was).
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|triggered| *triggered).await;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM. If the handlers cannot be installed it never resolves
+/// (and logs why), rather than shutting the node down spuriously.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "cannot install signal handlers");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_clone_sees_the_trigger() {
+        let shutdown = Shutdown::new();
+        let waiter = shutdown.clone();
+        let task = tokio::spawn(async move { waiter.wait().await });
+        assert!(!shutdown.is_triggered());
+        shutdown.trigger();
+        task.await.expect("waiter finished");
+        assert!(shutdown.is_triggered());
+        shutdown.clone().wait().await;
+    }
+}

@@ -1,0 +1,643 @@
+//! JSON payloads (one object, an array of objects, or NDJSON) and the lenient mapping of a JSON
+//! object to a [`LogEntry`], shared by the JSON, Avro, raw, HTTP and UDP paths.
+//!
+//! Mapping of an object's keys (the first key present in each list wins; a later one of the
+//! same list is kept in `fields` under its own name):
+//! - timestamp: `timestamp`, `@timestamp`, `ts`, `time` — an RFC 3339 string, an epoch number
+//!   (seconds, milliseconds, microseconds or nanoseconds, told apart by magnitude) or a numeric
+//!   string; anything else is a `bad_timestamp` rejection.
+//! - level: `level`, `severity`, `lvl`, `log.level` — a level name, a syslog severity 0-7, or a
+//!   pino/bunyan number (10 trace … 60 fatal); an unknown value gives level `UNSPECIFIED` and
+//!   keeps the text in `fields["level_raw"]` (never a rejection).
+//! - message: `message`, `msg`, `log`, `MESSAGE`; a missing message is an empty message.
+//! - service: `service`, `service.name`, `app`, `application`, `SYSLOG_IDENTIFIER`.
+//! - host: `host`, `hostname`, `host.name`, `_HOSTNAME`.
+//! - trace id: `trace_id`, `traceId`, `trace.id`. Tenant: `tenant`, `tenant_id`.
+//!
+//! Dotted names match both a literal dotted key and a nested object (`{"service":{"name":…}}`,
+//! as ECS sends it): all other keys are flattened into `fields` with dotted keys first, and the
+//! dotted aliases are then taken out of `fields`. A `fields` object is merged into `fields`.
+//! Null values count as absent. An object that has both `id` and `received_at` is taken to be
+//! the canonical form of `logcluster_proto::json::to_json`, whose `id` and `received_at` are
+//! dropped (the pipeline assigns them); elsewhere those keys are ordinary fields.
+//!
+//! Only an empty object is rejected (`missing_message`): any other object carries something
+//! worth storing even without a message.
+
+use std::collections::BTreeMap;
+
+use logcluster_proto::json::flatten_into;
+use logcluster_proto::time::{nanos_from_epoch_int, nanos_from_epoch_number, parse_rfc3339};
+use logcluster_proto::{FieldValue, Level, LogEntry, field_value::Kind};
+use serde_json::{Map, Value};
+
+use super::{
+    DecodeContext, DecodeOutput, Decoded, PayloadError, RecordError, RejectReason,
+    level_from_severity,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Timestamp = 0,
+    Level = 1,
+    Message = 2,
+    Service = 3,
+    Host = 4,
+    Trace = 5,
+    Tenant = 6,
+}
+const SLOTS: usize = 7;
+const RANKS: usize = 5;
+
+/// Direct (top-level key) aliases: slot and rank within the slot's list.
+fn classify(key: &str) -> Option<(Slot, usize)> {
+    Some(match key {
+        "timestamp" => (Slot::Timestamp, 0),
+        "@timestamp" => (Slot::Timestamp, 1),
+        "ts" => (Slot::Timestamp, 2),
+        "time" => (Slot::Timestamp, 3),
+        "level" => (Slot::Level, 0),
+        "severity" => (Slot::Level, 1),
+        "lvl" => (Slot::Level, 2),
+        "message" => (Slot::Message, 0),
+        "msg" => (Slot::Message, 1),
+        "log" => (Slot::Message, 2),
+        "MESSAGE" => (Slot::Message, 3),
+        "service" => (Slot::Service, 0),
+        "app" => (Slot::Service, 2),
+        "application" => (Slot::Service, 3),
+        "SYSLOG_IDENTIFIER" => (Slot::Service, 4),
+        "host" => (Slot::Host, 0),
+        "hostname" => (Slot::Host, 1),
+        "_HOSTNAME" => (Slot::Host, 3),
+        "trace_id" => (Slot::Trace, 0),
+        "traceId" => (Slot::Trace, 1),
+        "tenant" => (Slot::Tenant, 0),
+        "tenant_id" => (Slot::Tenant, 1),
+        _ => return None,
+    })
+}
+
+/// Dotted aliases, looked up in the flattened fields: slot, rank, key.
+const DOTTED: [(Slot, usize, &str); 4] = [
+    (Slot::Level, 3, "log.level"),
+    (Slot::Service, 1, "service.name"),
+    (Slot::Host, 2, "host.name"),
+    (Slot::Trace, 2, "trace.id"),
+];
+
+/// Whether a value can fill a slot (otherwise it is kept as an ordinary field).
+fn usable(slot: Slot, value: &Value) -> bool {
+    match value {
+        Value::String(_) | Value::Number(_) => true,
+        Value::Bool(_) => slot == Slot::Message,
+        _ => false,
+    }
+}
+
+/// A value chosen for a slot.
+enum Pick<'a> {
+    Json(&'a Value),
+    Field(FieldValue),
+}
+
+impl Pick<'_> {
+    fn text(&self) -> String {
+        match self {
+            Pick::Json(Value::String(s)) => s.clone(),
+            Pick::Json(other) => other.to_string(),
+            Pick::Field(f) => f.to_text(),
+        }
+    }
+}
+
+/// Decodes one JSON value with the lenient mapping. The error's index is 0; callers that know
+/// the record's position set it.
+pub fn decode_json_value(value: Value, ctx: &DecodeContext) -> Result<Decoded, RecordError> {
+    let Value::Object(map) = &value else {
+        return Err(RecordError::new(
+            0,
+            RejectReason::NotAnObject,
+            format!("record is a JSON {}, not an object", kind_name(&value)),
+        ));
+    };
+    let entry = map_object(map, ctx)?;
+    Ok(Decoded {
+        entry,
+        original: Some(value),
+    })
+}
+
+fn kind_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn map_object(map: &Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry, RecordError> {
+    if map.is_empty() {
+        return Err(RecordError::new(
+            0,
+            RejectReason::MissingMessage,
+            "record is an empty object",
+        ));
+    }
+    let canonical = map.contains_key("id") && map.contains_key("received_at");
+    let mut picks: [[Option<(&str, &Value)>; RANKS]; SLOTS] = Default::default();
+    let mut fields = BTreeMap::new();
+    let mut extra_fields: Option<&Map<String, Value>> = None;
+    for (key, value) in map {
+        if value.is_null() {
+            continue;
+        }
+        if key == "fields"
+            && let Value::Object(inner) = value
+        {
+            extra_fields = Some(inner);
+            continue;
+        }
+        if canonical && (key == "id" || key == "received_at") {
+            continue;
+        }
+        match classify(key) {
+            Some((slot, rank)) if usable(slot, value) => {
+                picks[slot as usize][rank] = Some((key.as_str(), value));
+            }
+            _ => flatten_into(key, value, &mut fields),
+        }
+    }
+    if let Some(inner) = extra_fields {
+        for (key, value) in inner {
+            if !fields.contains_key(key) {
+                flatten_into(key, value, &mut fields);
+            }
+        }
+    }
+
+    let mut chosen: [Option<Pick<'_>>; SLOTS] = Default::default();
+    for (slot, (slot_picks, slot_choice)) in picks.iter().zip(chosen.iter_mut()).enumerate() {
+        for (rank, pick) in slot_picks.iter().enumerate() {
+            if let Some((key, value)) = *pick {
+                if slot_choice.is_none() {
+                    *slot_choice = Some(Pick::Json(value));
+                } else {
+                    flatten_into(key, value, &mut fields);
+                }
+                continue;
+            }
+            if slot_choice.is_some() {
+                continue;
+            }
+            let dotted = DOTTED
+                .iter()
+                .find(|(s, r, _)| *s as usize == slot && *r == rank);
+            if let Some((_, _, key)) = dotted
+                && let Some(value) = fields.get(*key)
+                && matches!(
+                    value.kind,
+                    Some(Kind::Str(_) | Kind::Int(_) | Kind::Float(_))
+                )
+                && let Some(value) = fields.remove(*key)
+            {
+                *slot_choice = Some(Pick::Field(value));
+            }
+        }
+    }
+    let [timestamp, level, message, service, host, trace, tenant] = chosen;
+
+    let timestamp = match timestamp {
+        None => 0,
+        Some(pick) => parse_timestamp(&pick)?,
+    };
+    let level = match level {
+        None => Level::Unspecified,
+        Some(pick) => match parse_level(&pick) {
+            Some(level) => level,
+            None => {
+                fields.insert("level_raw".to_string(), FieldValue::str(pick.text()));
+                Level::Unspecified
+            }
+        },
+    };
+    let text = |pick: Option<Pick<'_>>| pick.map(|p| p.text()).unwrap_or_default();
+    let mut entry = LogEntry {
+        id: String::new(),
+        timestamp,
+        received_at: 0,
+        tenant: text(tenant),
+        service: text(service),
+        level: level as i32,
+        message: text(message),
+        host: text(host),
+        trace_id: text(trace),
+        fields,
+    };
+    ctx.fill_service(&mut entry);
+    Ok(entry)
+}
+
+fn bad_timestamp(text: impl std::fmt::Display) -> RecordError {
+    RecordError::new(
+        0,
+        RejectReason::BadTimestamp,
+        format!("timestamp {text} is neither RFC 3339 nor an epoch number"),
+    )
+}
+
+fn parse_timestamp(pick: &Pick<'_>) -> Result<i64, RecordError> {
+    match pick {
+        Pick::Json(Value::String(s)) => timestamp_from_str(s),
+        Pick::Json(Value::Number(n)) => {
+            let nanos = match n.as_i64() {
+                Some(i) => nanos_from_epoch_int(i),
+                None if n.is_u64() => None,
+                None => n.as_f64().and_then(nanos_from_epoch_number),
+            };
+            nanos.ok_or_else(|| bad_timestamp(n))
+        }
+        Pick::Json(other) => Err(bad_timestamp(other)),
+        Pick::Field(f) => timestamp_from_str(&f.to_text()),
+    }
+}
+
+/// An RFC 3339 string or a numeric string holding an epoch number; empty means none.
+pub(crate) fn timestamp_from_str(text: &str) -> Result<i64, RecordError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Ok(0);
+    }
+    if let Some(nanos) = parse_rfc3339(trimmed) {
+        return Ok(nanos);
+    }
+    let nanos = if let Ok(i) = trimmed.parse::<i64>() {
+        nanos_from_epoch_int(i)
+    } else if let Ok(f) = trimmed.parse::<f64>() {
+        nanos_from_epoch_number(f)
+    } else {
+        None
+    };
+    nanos.ok_or_else(|| bad_timestamp(format_args!("{trimmed:?}")))
+}
+
+/// A level from a number: syslog severities 0-7 and pino/bunyan levels 10-60.
+fn level_from_number(n: i64) -> Option<Level> {
+    Some(match n {
+        0..=7 => level_from_severity(n as u8),
+        10 => Level::Trace,
+        20 => Level::Debug,
+        30 => Level::Info,
+        40 => Level::Warn,
+        50 => Level::Error,
+        60 => Level::Fatal,
+        _ => return None,
+    })
+}
+
+/// A level from text: a name, or a number as text.
+pub(crate) fn level_from_text(text: &str) -> Option<Level> {
+    // The common spellings without the allocation of `Level::parse` (hot path).
+    const COMMON: [(&str, Level); 8] = [
+        ("INFO", Level::Info),
+        ("ERROR", Level::Error),
+        ("WARN", Level::Warn),
+        ("DEBUG", Level::Debug),
+        ("WARNING", Level::Warn),
+        ("TRACE", Level::Trace),
+        ("FATAL", Level::Fatal),
+        ("UNSPECIFIED", Level::Unspecified),
+    ];
+    if let Some((_, level)) = COMMON
+        .iter()
+        .find(|(name, _)| text.eq_ignore_ascii_case(name))
+    {
+        return Some(*level);
+    }
+    Level::parse(text).or_else(|| text.trim().parse::<i64>().ok().and_then(level_from_number))
+}
+
+fn parse_level(pick: &Pick<'_>) -> Option<Level> {
+    match pick {
+        Pick::Json(Value::String(s)) => level_from_text(s),
+        Pick::Json(Value::Number(n)) => n.as_i64().and_then(level_from_number),
+        Pick::Json(_) => None,
+        Pick::Field(f) => match &f.kind {
+            Some(Kind::Int(i)) => level_from_number(*i),
+            _ => level_from_text(&f.to_text()),
+        },
+    }
+}
+
+/// Classifies a failed parse of `bytes` as invalid UTF-8 or invalid JSON.
+fn parse_error(index: usize, bytes: &[u8], error: &serde_json::Error) -> RecordError {
+    if std::str::from_utf8(bytes).is_err() {
+        RecordError::new(
+            index,
+            RejectReason::InvalidUtf8,
+            "record is not valid UTF-8",
+        )
+    } else {
+        RecordError::new(
+            index,
+            RejectReason::InvalidJson,
+            format!("invalid JSON: {error}"),
+        )
+    }
+}
+
+fn push(out: &mut DecodeOutput, index: usize, result: Result<Decoded, RecordError>) {
+    match result {
+        Ok(decoded) => out.records.push(decoded),
+        Err(mut error) => {
+            error.index = index;
+            out.errors.push(error);
+        }
+    }
+}
+
+/// Decodes one line that should hold a JSON object (NDJSON and raw payloads).
+pub(crate) fn decode_json_line(
+    line: &[u8],
+    index: usize,
+    ctx: &DecodeContext,
+    out: &mut DecodeOutput,
+) {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(value) => push(out, index, decode_json_value(value, ctx)),
+        Err(error) => out.errors.push(parse_error(index, line, &error)),
+    }
+}
+
+/// A JSON payload: one object, an array of objects, or NDJSON.
+pub(crate) fn decode_json_payload(
+    payload: &[u8],
+    ctx: &DecodeContext,
+) -> Result<DecodeOutput, PayloadError> {
+    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+    let mut out = DecodeOutput::default();
+    let Some(first) = payload.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return Ok(out);
+    };
+    if payload[first] == b'[' {
+        let values: Vec<Value> = serde_json::from_slice(payload).map_err(|error| {
+            if std::str::from_utf8(payload).is_err() {
+                PayloadError::InvalidUtf8
+            } else {
+                PayloadError::InvalidJson(error)
+            }
+        })?;
+        out.records.reserve(values.len());
+        for (index, value) in values.into_iter().enumerate() {
+            push(&mut out, index, decode_json_value(value, ctx));
+        }
+        return Ok(out);
+    }
+
+    let mut offset = 0usize;
+    let mut first_record = true;
+    for (index, raw_line) in payload.split(|b| *b == b'\n').enumerate() {
+        let line_start = offset;
+        offset += raw_line.len() + 1;
+        if raw_line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Value>(raw_line) {
+            Ok(value) => push(&mut out, index, decode_json_value(value, ctx)),
+            Err(error) if first_record && error.is_eof() => {
+                // Not NDJSON: a pretty-printed document (or a stream of them) spanning lines.
+                decode_json_stream(&payload[line_start..], index, ctx, &mut out);
+                return Ok(out);
+            }
+            Err(error) => out.errors.push(parse_error(index, raw_line, &error)),
+        }
+        first_record = false;
+    }
+    Ok(out)
+}
+
+/// Whitespace-separated JSON values spanning lines; the first error ends the payload.
+fn decode_json_stream(
+    bytes: &[u8],
+    first_index: usize,
+    ctx: &DecodeContext,
+    out: &mut DecodeOutput,
+) {
+    let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+    for (n, value) in stream.enumerate() {
+        let index = first_index + n;
+        match value {
+            Ok(value) => push(out, index, decode_json_value(value, ctx)),
+            Err(error) => {
+                out.errors.push(parse_error(index, bytes, &error));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logcluster_proto::json::to_json;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn ctx() -> DecodeContext {
+        DecodeContext {
+            default_service: "fallback".into(),
+        }
+    }
+
+    fn one(value: Value) -> LogEntry {
+        decode_json_value(value, &ctx()).expect("decodes").entry
+    }
+
+    #[test]
+    fn ecs_style_nested_object_maps_to_core_fields() {
+        let entry = one(json!({
+            "@timestamp": "2024-05-01T14:00:00.123Z",
+            "log": {"level": "warn", "logger": "http"},
+            "message": "slow request",
+            "service": {"name": "checkout", "version": "1.4.2"},
+            "host": {"name": "web-3", "ip": "10.1.2.3"},
+            "trace": {"id": "4bf92f3577b34da6a3ce929d0e0e4736"},
+            "http": {"response": {"status_code": 200}},
+        }));
+        assert_eq!(entry.timestamp, 1_714_572_000_123_000_000);
+        assert_eq!(entry.level_enum(), Level::Warn);
+        assert_eq!(entry.message, "slow request");
+        assert_eq!(entry.service, "checkout");
+        assert_eq!(entry.host, "web-3");
+        assert_eq!(entry.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            entry.fields.get("http.response.status_code"),
+            Some(&FieldValue::int(200))
+        );
+        assert_eq!(
+            entry.fields.get("service.version"),
+            Some(&FieldValue::str("1.4.2"))
+        );
+        assert_eq!(
+            entry.fields.get("host.ip"),
+            Some(&FieldValue::str("10.1.2.3"))
+        );
+        assert_eq!(
+            entry.fields.get("log.logger"),
+            Some(&FieldValue::str("http"))
+        );
+        assert!(!entry.fields.contains_key("log.level"));
+        assert_eq!(entry.tenant, "");
+        assert_eq!(entry.id, "");
+        assert_eq!(entry.received_at, 0);
+    }
+
+    #[test]
+    fn pino_record_uses_numeric_levels_and_epoch_millis() {
+        let entry = one(json!({
+            "level": 50, "time": 1714572000123u64, "pid": 4242, "hostname": "api-7",
+            "msg": "request failed", "app": "orders", "err": {"type": "TimeoutError"}
+        }));
+        assert_eq!(entry.level_enum(), Level::Error);
+        assert_eq!(entry.timestamp, 1_714_572_000_123_000_000);
+        assert_eq!(entry.host, "api-7");
+        assert_eq!(entry.service, "orders");
+        assert_eq!(entry.message, "request failed");
+        assert_eq!(entry.fields.get("pid"), Some(&FieldValue::int(4242)));
+        assert_eq!(
+            entry.fields.get("err.type"),
+            Some(&FieldValue::str("TimeoutError"))
+        );
+    }
+
+    #[test]
+    fn first_alias_wins_and_the_others_stay_as_fields() {
+        let entry =
+            one(json!({"msg": "second", "message": "first", "ts": "1714572000", "severity": 3}));
+        assert_eq!(entry.message, "first");
+        assert_eq!(entry.fields.get("msg"), Some(&FieldValue::str("second")));
+        assert_eq!(entry.timestamp, 1_714_572_000_000_000_000);
+        assert_eq!(entry.level_enum(), Level::Error);
+        assert_eq!(entry.service, "fallback");
+    }
+
+    #[test]
+    fn unknown_level_is_kept_raw_and_not_rejected() {
+        let entry = one(json!({"message": "x", "level": "chatty"}));
+        assert_eq!(entry.level_enum(), Level::Unspecified);
+        assert_eq!(
+            entry.fields.get("level_raw"),
+            Some(&FieldValue::str("chatty"))
+        );
+    }
+
+    #[test]
+    fn unparseable_timestamp_is_rejected() {
+        let err = decode_json_value(json!({"message": "x", "timestamp": "yesterday"}), &ctx())
+            .expect_err("bad timestamp");
+        assert_eq!(err.reason, RejectReason::BadTimestamp);
+        let err = decode_json_value(json!({"message": "x", "ts": -5}), &ctx()).expect_err("neg");
+        assert_eq!(err.reason, RejectReason::BadTimestamp);
+    }
+
+    #[test]
+    fn empty_object_is_rejected_but_a_missing_message_is_not() {
+        let err = decode_json_value(json!({}), &ctx()).expect_err("empty");
+        assert_eq!(err.reason, RejectReason::MissingMessage);
+        let entry = one(json!({"user": "ann", "action": "login"}));
+        assert_eq!(entry.message, "");
+        assert_eq!(entry.fields.len(), 2);
+        let err = decode_json_value(json!([1, 2]), &ctx()).expect_err("array");
+        assert_eq!(err.reason, RejectReason::NotAnObject);
+    }
+
+    #[test]
+    fn fields_object_is_merged_and_original_is_kept() {
+        let value = json!({"message": "m", "tenant_id": "acme", "traceId": "t-1",
+                           "fields": {"a": 1, "nested": {"b": true}}});
+        let decoded = decode_json_value(value.clone(), &ctx()).expect("decodes");
+        assert_eq!(decoded.original, Some(value));
+        assert_eq!(decoded.entry.tenant, "acme");
+        assert_eq!(decoded.entry.trace_id, "t-1");
+        assert_eq!(decoded.entry.fields.get("a"), Some(&FieldValue::int(1)));
+        assert_eq!(
+            decoded.entry.fields.get("nested.b"),
+            Some(&FieldValue::bool(true))
+        );
+    }
+
+    #[test]
+    fn ndjson_errors_are_isolated_per_line() {
+        let payload = b"{\"message\":\"one\",\"level\":\"info\"}\r\n\n{\"message\": oops}\n[1]\n{\"message\":\"bad \xff byte\"}\n{\"msg\":\"five\"}\n";
+        let out = decode_json_payload(payload, &ctx()).expect("decodes");
+        let messages: Vec<_> = out
+            .records
+            .iter()
+            .map(|r| r.entry.message.as_str())
+            .collect();
+        assert_eq!(messages, ["one", "five"]);
+        let errors: Vec<_> = out.errors.iter().map(|e| (e.index, e.reason)).collect();
+        assert_eq!(
+            errors,
+            [
+                (2, RejectReason::InvalidJson),
+                (3, RejectReason::NotAnObject),
+                (4, RejectReason::InvalidUtf8)
+            ]
+        );
+    }
+
+    #[test]
+    fn array_and_pretty_printed_payloads_decode() {
+        let out = decode_json_payload(br#" [{"message":"a"}, 7, {"message":"c"}]"#, &ctx())
+            .expect("decodes");
+        assert_eq!(out.records.len(), 2);
+        assert_eq!(out.errors[0].index, 1);
+        let pretty = b"{\n  \"message\": \"pretty\",\n  \"level\": \"debug\"\n}\n{\n  \"message\": \"two\"\n}\n";
+        let out = decode_json_payload(pretty, &ctx()).expect("decodes");
+        assert_eq!(out.records.len(), 2, "{:?}", out.errors);
+        assert_eq!(out.records[0].entry.level_enum(), Level::Debug);
+        assert!(matches!(
+            decode_json_payload(b"[{\"message\":", &ctx()),
+            Err(PayloadError::InvalidJson(_))
+        ));
+    }
+
+    fn arb_field() -> impl Strategy<Value = FieldValue> {
+        prop_oneof![
+            any::<i64>().prop_map(FieldValue::int),
+            any::<bool>().prop_map(FieldValue::bool),
+            "[a-zA-Z0-9 :/_-]{0,16}".prop_map(FieldValue::str),
+            (-1.0e9f64..1.0e9)
+                .prop_filter("not integral", |f| f.fract() != 0.0)
+                .prop_map(FieldValue::float),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn canonical_json_decodes_back_to_the_same_entry(
+            timestamp in 0i64..4_102_444_800_000_000_000,
+            tenant in "[a-z]{0,8}",
+            service in "[a-z][a-z-]{0,11}",
+            level in 0usize..7,
+            message in "\\PC{0,60}",
+            host in "[a-z0-9.-]{0,12}",
+            trace_id in "[0-9a-f]{0,32}",
+            fields in proptest::collection::btree_map("[a-z_]{1,8}(\\.[a-z_]{1,8})?", arb_field(), 0..6),
+        ) {
+            let entry = LogEntry {
+                id: "0000000000000001-00000007".into(),
+                timestamp,
+                received_at: 1_714_572_001_000_000_000,
+                tenant, service, level: Level::ALL[level] as i32, message, host, trace_id, fields,
+            };
+            let decoded = decode_json_value(to_json(&entry), &ctx()).expect("decodes");
+            let expected = LogEntry { id: String::new(), received_at: 0, ..entry };
+            prop_assert_eq!(decoded.entry, expected);
+        }
+    }
+}
