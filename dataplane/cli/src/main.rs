@@ -1,7 +1,9 @@
 //! The `logcluster` binary: node roles and the client commands. It only wires library crates.
 
+mod node;
 mod query_cmd;
 mod send;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole local cluster on 127.0.0.1 (the embedded default).
+    Up(up::UpArgs),
+    /// Run one node from a configuration file.
+    Node(node::NodeArgs),
     /// Send logs: a load generator and a shipper (files, stdin) over TLS or UDP.
     Send(send::SendArgs),
     /// Search logs through the query API.
@@ -35,6 +41,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Node(args) => node::run(args).await,
             Command::Send(args) => send::run(args).await,
             Command::Query(args) => query_cmd::run(args).await,
         }

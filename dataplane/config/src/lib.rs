@@ -116,7 +116,7 @@ pub struct RawIngest {
 }
 
 /// Fields added to every entry.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawEnrichment {
     /// `environment` field (e.g. production). Env var LOGCLUSTER_ENVIRONMENT overrides.
@@ -260,6 +260,15 @@ impl Default for RawListen {
             syslog_tls: default_syslog_tls_addr(),
             syslog_udp: default_syslog_udp_addr(),
             http: default_http_addr(),
+        }
+    }
+}
+impl Default for RawEnrichment {
+    fn default() -> Self {
+        RawEnrichment {
+            environment: None,
+            app_version: None,
+            host_fallback: true,
         }
     }
 }

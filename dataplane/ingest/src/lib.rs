@@ -1,3 +1,8 @@
 //! Ingestion: listeners, framing and decoding, validation and enrichment, batching.
 
 pub mod decode;
+pub mod framed;
+pub mod http;
+pub mod listeners;
+pub mod metrics;
+pub mod pipeline;

@@ -1,3 +1,4 @@
 //! Query: the query language, fan-out, merge and the HTTP API.
 
+pub mod api;
 pub mod lang;

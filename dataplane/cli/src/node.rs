@@ -1,0 +1,421 @@
+//! `logcluster node`: runs the roles of one node from a configuration file.
+//!
+//! Binds every listener first (so port 0 works and the ready-file reports real ports), then
+//! writes the ready-file, serves until SIGINT/SIGTERM, stops accepting, lets in-flight
+//! batches finish and fsyncs every WAL before exiting: nothing acknowledged is lost.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use logcluster_common::shutdown::Shutdown;
+use logcluster_config::{Fsync, NodeConfig};
+use logcluster_ingest::listeners::UdpKind;
+use logcluster_ingest::metrics::IngestMetrics;
+use logcluster_ingest::pipeline::{Enrichment, Pipeline};
+use logcluster_query::api::{QueryLimits, QueryService};
+use logcluster_schema::SchemaRegistry;
+use logcluster_storage::{FsyncPolicy, StorageConfig, StorageMetrics, Store};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::net::{TcpListener, UdpSocket};
+use tracing::{error, info, warn};
+
+/// Options of `logcluster node`.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// Node configuration file (YAML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Write a JSON file with the bound ports once every listener is up.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+struct HttpState {
+    registry: Registry,
+    schemas: SchemaRegistry,
+    store: Arc<Store>,
+    ready: std::sync::atomic::AtomicBool,
+    name: String,
+}
+
+pub fn storage_config(config: &NodeConfig) -> StorageConfig {
+    let mut storage = StorageConfig::new(&config.data_dir);
+    storage.fsync = match config.fsync {
+        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Interval(d) => FsyncPolicy::Interval(d),
+    };
+    storage.segment_max_bytes = config.segment_max_bytes;
+    storage.segment_max_age = config.segment_max_age;
+    storage.block_target_bytes = config.block_target_bytes;
+    storage.zstd_level = config.zstd_level;
+    storage.retention_max_age = config.retention_max_age;
+    storage.retention_max_bytes = config.retention_max_bytes;
+    storage
+}
+
+async fn bind_tcp(
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("failed to bind the {what} listener on {addr}")
+        })?)),
+    }
+}
+
+async fn bind_udp(
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+) -> anyhow::Result<Option<UdpSocket>> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => Ok(Some(UdpSocket::bind(addr).await.with_context(|| {
+            format!("failed to bind the {what} listener on {addr}")
+        })?)),
+    }
+}
+
+fn write_ready_file(path: &Path, ports: &BTreeMap<&str, u16>, name: &str) -> anyhow::Result<()> {
+    let body = json!({ "name": name, "pid": std::process::id(), "ports": ports });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)
+        .with_context(|| format!("failed to write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("failed to publish ready file {}", path.display()))?;
+    Ok(())
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let config = NodeConfig::from_file(&args.config)
+        .with_context(|| format!("invalid node configuration {}", args.config.display()))?;
+    let shutdown = Shutdown::new();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        logcluster_common::shutdown::wait_for_signal().await;
+        info!("signal received: stopping listeners, finishing in-flight batches, flushing");
+        signal_shutdown.trigger();
+    });
+    run_node(config, args.ready_file, shutdown).await
+}
+
+/// Runs a node until `shutdown` fires.
+pub async fn run_node(
+    config: NodeConfig,
+    ready_file: Option<PathBuf>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let storage_metrics = StorageMetrics::default();
+    storage_metrics.register(&mut registry);
+    let ingest_metrics = IngestMetrics::default();
+    ingest_metrics.register(&mut registry);
+
+    let store = Store::open(storage_config(&config), storage_metrics.clone())
+        .await
+        .with_context(|| format!("failed to open storage in {}", config.data_dir.display()))?;
+
+    let schemas = SchemaRegistry::new();
+    if let Some(dir) = &config.schema_dir {
+        match schemas.load_dir(dir) {
+            Ok(report) => info!(?report, dir = %dir.display(), "schemas loaded"),
+            Err(error) => {
+                warn!(%error, dir = %dir.display(), "schema folder could not be read; it is retried on change")
+            }
+        }
+        tokio::spawn(logcluster_schema::watch_dir(
+            schemas.clone(),
+            dir.clone(),
+            config.schema_poll_interval,
+            {
+                let shutdown = shutdown.clone();
+                async move { shutdown.wait().await }
+            },
+        ));
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| Some(config.name.clone()));
+    let enrichment = Enrichment::from_env(
+        if config.host_fallback { host } else { None },
+        config.environment.clone(),
+        config.app_version.clone(),
+    );
+    let pipeline = Pipeline::new(
+        Box::new(store.clone()),
+        schemas.clone(),
+        enrichment,
+        ingest_metrics.clone(),
+        config.default_tenant.clone(),
+        config.max_pending_bytes,
+    );
+
+    let tls = match &config.tls {
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
+            logcluster_common::tls::load_server_config(
+                &tls.cert_file,
+                &tls.key_file,
+                tls.client_ca_file.as_deref(),
+            )
+            .context("failed to load the TLS certificate and key")?,
+        )),
+        None => None,
+    };
+
+    let ingest = bind_tcp(config.listen.ingest, "framed ingest").await?;
+    let udp = bind_udp(config.listen.udp, "UDP JSON").await?;
+    let syslog_tcp = bind_tcp(config.listen.syslog_tcp, "syslog TCP").await?;
+    let syslog_tls = bind_tcp(config.listen.syslog_tls, "syslog TLS").await?;
+    let syslog_udp = bind_udp(config.listen.syslog_udp, "syslog UDP").await?;
+    let http = bind_tcp(config.listen.http, "HTTP").await?;
+
+    let mut ports: BTreeMap<&str, u16> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = ingest {
+        ports.insert("ingest", listener.local_addr()?.port());
+        let acceptor = tls
+            .clone()
+            .context("the framed ingest listener needs TLS")?;
+        let framed = logcluster_ingest::framed::FramedConfig {
+            max_frame_bytes: config.max_frame_bytes,
+            max_in_flight: config.max_in_flight_per_connection,
+            handshake_timeout: Duration::from_secs(10),
+        };
+        tasks.spawn(logcluster_ingest::framed::run(
+            listener,
+            acceptor,
+            pipeline.clone(),
+            framed,
+            shutdown.clone(),
+        ));
+    }
+    if let Some(socket) = udp {
+        ports.insert("udp", socket.local_addr()?.port());
+        tasks.spawn(logcluster_ingest::listeners::run_udp(
+            socket,
+            UdpKind::Json,
+            pipeline.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(listener) = syslog_tcp {
+        ports.insert("syslog_tcp", listener.local_addr()?.port());
+        tasks.spawn(logcluster_ingest::listeners::run_syslog_tcp(
+            listener,
+            None,
+            pipeline.clone(),
+            config.max_syslog_message_bytes,
+            shutdown.clone(),
+        ));
+    }
+    if let Some(listener) = syslog_tls {
+        ports.insert("syslog_tls", listener.local_addr()?.port());
+        let acceptor = tls.clone().context("the syslog TLS listener needs TLS")?;
+        tasks.spawn(logcluster_ingest::listeners::run_syslog_tcp(
+            listener,
+            Some(acceptor),
+            pipeline.clone(),
+            config.max_syslog_message_bytes,
+            shutdown.clone(),
+        ));
+    }
+    if let Some(socket) = syslog_udp {
+        ports.insert("syslog_udp", socket.local_addr()?.port());
+        tasks.spawn(logcluster_ingest::listeners::run_udp(
+            socket,
+            UdpKind::Syslog,
+            pipeline.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let query = QueryService::new(
+        store.clone(),
+        QueryLimits {
+            max_limit: config.query_max_limit,
+            timeout: config.query_timeout,
+            max_concurrent: config.query_max_concurrent,
+            default_tenant: config.default_tenant.clone(),
+        },
+    );
+    let state = Arc::new(HttpState {
+        registry,
+        schemas: schemas.clone(),
+        store: store.clone(),
+        ready: std::sync::atomic::AtomicBool::new(false),
+        name: config.name.clone(),
+    });
+    if let Some(listener) = http {
+        ports.insert("http", listener.local_addr()?.port());
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/api/v1/schemas", get(list_schemas))
+            .route("/api/v1/node", get(node_info))
+            .with_state(state.clone())
+            .merge(logcluster_ingest::http::router(
+                pipeline.clone(),
+                config.max_frame_bytes as usize,
+            ))
+            .merge(logcluster_query::api::router(query));
+        let http_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { http_shutdown.wait().await })
+                .await
+            {
+                error!(%error, "http server failed");
+            }
+        });
+    }
+    tokio::spawn(maintenance(store.clone(), config.fsync, shutdown.clone()));
+    if let Some(interval) = config.stats_log_interval {
+        tokio::spawn(stats_log(
+            ingest_metrics.clone(),
+            storage_metrics.clone(),
+            interval,
+            shutdown.clone(),
+        ));
+    }
+    state.ready.store(true, Ordering::SeqCst);
+    info!(name = %config.name, ?ports, data_dir = %config.data_dir.display(), "node ready");
+    if let Some(path) = &ready_file {
+        write_ready_file(path, &ports, &config.name)?;
+    }
+    shutdown.wait().await;
+    state.ready.store(false, Ordering::SeqCst);
+    while tasks.join_next().await.is_some() {}
+    store
+        .shutdown()
+        .await
+        .context("final flush of the write-ahead logs failed")?;
+    info!("node stopped cleanly; every acknowledged entry is on disk");
+    Ok(())
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        logcluster_common::metrics::encode_registry(&state.registry),
+    )
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn list_schemas(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let statuses = state.schemas.statuses();
+    let resources = state.schemas.resources();
+    let schemas: Vec<serde_json::Value> = statuses
+        .iter()
+        .map(|status| {
+            let resource = resources.iter().find(|r| r.metadata.name == status.name);
+            json!({ "name": status.name, "accepted": status.accepted, "error": status.error, "resource": resource })
+        })
+        .collect();
+    axum::Json(json!({ "schemas": schemas }))
+}
+
+async fn node_info(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    axum::Json(
+        json!({ "name": state.name, "storage": state.store.stats(), "tenants": state.store.tenants() }),
+    )
+}
+
+async fn maintenance(store: Arc<Store>, fsync: Fsync, shutdown: Shutdown) {
+    let flush_every = match fsync {
+        Fsync::Interval(d) => d,
+        Fsync::Always => Duration::from_secs(3600),
+    };
+    let mut flush = tokio::time::interval(flush_every);
+    let mut maintain = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = flush.tick() => {
+                if matches!(fsync, Fsync::Interval(_))
+                    && let Err(error) = store.flush().await
+                {
+                    error!(%error, "periodic wal flush failed");
+                }
+            }
+            _ = maintain.tick() => {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.maintain()).await {
+                    Ok(Err(error)) => error!(%error, "storage maintenance failed"),
+                    Err(error) => error!(%error, "storage maintenance panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            () = shutdown.wait() => return,
+        }
+    }
+}
+
+async fn stats_log(
+    ingest: IngestMetrics,
+    storage: StorageMetrics,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    let totals = ingest.totals.clone();
+    let read = || {
+        (
+            totals.entries.load(Ordering::Relaxed),
+            totals.bytes.load(Ordering::Relaxed),
+            totals.acks.load(Ordering::Relaxed),
+            totals.ack_micros.load(Ordering::Relaxed),
+        )
+    };
+    let mut last = read();
+    let mut last_at = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.wait() => return,
+        }
+        let now = read();
+        let secs = last_at.elapsed().as_secs_f64().max(1e-3);
+        let acks = now.2 - last.2;
+        let avg_ms = if acks > 0 {
+            (now.3 - last.3) as f64 / acks as f64 / 1000.0
+        } else {
+            0.0
+        };
+        info!(
+            "stats: {:.0} logs/s, {:.2} MB/s, ack avg {:.2} ms, queue {} B, inflight {}, rotations {}, rejected {}, dropped {}, stored {} B",
+            (now.0 - last.0) as f64 / secs,
+            (now.1 - last.1) as f64 / secs / 1e6,
+            avg_ms,
+            ingest.pending_bytes.get(),
+            ingest.inflight_batches.get(),
+            storage.rotations.get(),
+            totals.rejected.load(Ordering::Relaxed),
+            totals.dropped.load(Ordering::Relaxed),
+            storage.stored_bytes.get(),
+        );
+        last = now;
+        last_at = Instant::now();
+    }
+}

@@ -1,0 +1,133 @@
+//! Nothing acknowledged is ever lost: kill -9 in the middle of a send, restart, resend every
+//! batch with its original id — each acknowledged entry is present exactly once.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::TestNode;
+use logcluster_proto::frame::{AckStatus, Format};
+
+fn payload(batch: u64, per_batch: u64) -> Vec<u8> {
+    (0..per_batch)
+        .map(|i| format!("{{\"service\":\"svc-{}\",\"message\":\"batch {batch} entry {i}\",\"level\":\"INFO\"}}", batch % 3))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_duplicate()
+-> anyhow::Result<()> {
+    let mut node = TestNode::start(|raw, _| {
+        raw.storage.segment_max_bytes = 256 * 1024;
+        raw.storage.block_target_bytes = 16 * 1024;
+    })
+    .await?;
+    const PER_BATCH: u64 = 50;
+    let mut client = node.connect().await?;
+    // Pipeline frames so that some are in flight when the process dies.
+    let mut acked: HashSet<u64> = HashSet::new();
+    let mut sent = 0u64;
+    let mut next = 1u64;
+    let mut killed = false;
+    while !killed {
+        for _ in 0..8 {
+            client
+                .send(Format::Json, next, "dur", &payload(next, PER_BATCH))
+                .await?;
+            next += 1;
+            sent += 1;
+        }
+        for _ in 0..4 {
+            match client.read_ack().await {
+                Ok(Some(ack)) if ack.status == AckStatus::Accepted => {
+                    acked.insert(ack.batch_id);
+                }
+                other => anyhow::bail!("unexpected answer before the kill: {other:?}"),
+            }
+        }
+        if acked.len() >= 100 {
+            node.kill_9()?;
+            killed = true;
+        }
+    }
+    // Acks that were already on the wire may still be readable.
+    while let Ok(Some(ack)) = client.read_ack().await {
+        if ack.status == AckStatus::Accepted {
+            acked.insert(ack.batch_id);
+        }
+    }
+    drop(client);
+    node.spawn().await?;
+    let items = node.query_all("dur").await?;
+    let present: HashSet<String> = items
+        .iter()
+        .filter_map(|i| i["message"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(present.len(), items.len(), "no entry is stored twice");
+    for batch in &acked {
+        for i in 0..PER_BATCH {
+            assert!(
+                present.contains(&format!("batch {batch} entry {i}")),
+                "acknowledged batch {batch} entry {i} was lost"
+            );
+        }
+    }
+    // Retry every batch with its original id (what a client does after a crash).
+    let mut client = node.connect().await?;
+    let mut duplicates = 0;
+    for batch in 1..next {
+        let ack = client
+            .roundtrip(Format::Json, batch, "dur", &payload(batch, PER_BATCH))
+            .await?;
+        assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
+        if ack.duplicate {
+            duplicates += 1;
+        }
+    }
+    assert!(
+        duplicates >= acked.len(),
+        "every acknowledged batch is recognised as a duplicate ({duplicates} < {})",
+        acked.len()
+    );
+    let items = node.query_all("dur").await?;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for item in &items {
+        *counts
+            .entry(item["message"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        items.len() as u64,
+        sent * PER_BATCH,
+        "every batch stored exactly once after retries"
+    );
+    assert!(counts.values().all(|c| *c == 1), "an entry was duplicated");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_flushes_and_exits_cleanly_and_data_survives_restart() -> anyhow::Result<()> {
+    let mut node = TestNode::start(|raw, _| raw.storage.fsync = "1h".into()).await?;
+    let mut client = node.connect().await?;
+    for batch in 1..=20u64 {
+        let ack = client
+            .roundtrip(Format::Json, batch, "term", &payload(batch, 10))
+            .await?;
+        assert_eq!(ack.status, AckStatus::Accepted);
+    }
+    drop(client);
+    let status = node.terminate().await?;
+    assert!(status.success(), "node exit status {status}");
+    let log = node
+        .process
+        .as_ref()
+        .map(|p| p.log_contents())
+        .unwrap_or_default();
+    assert!(log.contains("stopped cleanly"), "{log}");
+    node.spawn().await?;
+    let items = node.query_all("term").await?;
+    assert_eq!(items.len(), 200);
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Bad input of every kind gets a clear error and a metric, never crashes the node, and never
+//! disturbs other connections or batches.
+
+mod common;
+
+use common::{FrameClient, TestNode, metric_sum};
+use logcluster_proto::frame::{AckStatus, FRAME_MAGIC, Format, encode_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn good_batch(client: &mut FrameClient, id: u64) -> anyhow::Result<logcluster_proto::Ack> {
+    let payload = format!("{{\"service\":\"ok\",\"message\":\"good {id}\"}}");
+    client
+        .roundtrip(Format::Json, id, "t", payload.as_bytes())
+        .await
+}
+
+#[tokio::test]
+async fn malformed_input_is_refused_clearly_and_other_connections_carry_on() -> anyhow::Result<()> {
+    let node = TestNode::start(|raw, dir| {
+        raw.ingest.max_frame_bytes = 64 * 1024;
+        raw.ingest.schema_dir = Some(dir.join("schemas"));
+        let _ = std::fs::create_dir_all(dir.join("schemas"));
+        let _ = std::fs::write(
+            dir.join("schemas/orders.yaml"),
+            "apiVersion: logcluster.io/v1alpha1\nkind: LogSchema\nmetadata: {name: orders}\nspec:\n  selector: {services: [orders]}\n  format: json\n  schema: {type: object, required: [order_id]}\n",
+        );
+    })
+    .await?;
+    // A long-lived healthy connection, opened first and used between every bad case.
+    let mut healthy = node.connect().await?;
+    assert_eq!(
+        good_batch(&mut healthy, 1).await?.status,
+        AckStatus::Accepted
+    );
+
+    // 1. Invalid UTF-8 and invalid JSON lines: those records are refused, the rest stored.
+    let mut c = node.connect().await?;
+    let mut payload = b"{\"service\":\"mixed\",\"message\":\"fine\"}\n".to_vec();
+    payload.extend_from_slice(b"{\"message\":\"bad \xff\xfe bytes\"}\n{broken json\n");
+    let ack = c.roundtrip(Format::Json, 500, "t", &payload).await?;
+    assert_eq!(ack.status, AckStatus::Partial, "{ack:?}");
+    assert_eq!((ack.accepted, ack.rejected), (1, 2));
+    assert!(
+        ack.error.contains("record 1"),
+        "first error names the record: {}",
+        ack.error
+    );
+
+    // 2. Schema violation: refused with the schema's name; the valid one is stored.
+    let ack = c
+        .roundtrip(Format::Json, 501, "t", b"{\"service\":\"orders\",\"message\":\"no id\"}\n{\"service\":\"orders\",\"message\":\"has id\",\"order_id\":7}")
+        .await?;
+    assert_eq!(ack.status, AckStatus::Partial, "{ack:?}");
+    assert!(ack.error.contains("orders"), "{}", ack.error);
+
+    // 3. An undecodable protobuf payload: the batch is rejected, the connection stays usable.
+    let ack = c
+        .roundtrip(Format::Protobuf, 502, "t", &[0xff, 0xff, 0xff, 0xff, 0x0f])
+        .await?;
+    assert_eq!(ack.status, AckStatus::Rejected, "{ack:?}");
+    let ack = c
+        .roundtrip(
+            Format::Json,
+            503,
+            "t",
+            b"{\"message\":\"after a bad batch\"}",
+        )
+        .await?;
+    assert_eq!(ack.status, AckStatus::Accepted);
+    assert_eq!(
+        good_batch(&mut healthy, 2).await?.status,
+        AckStatus::Accepted
+    );
+
+    // 4. Oversize frame: refused from the header with a protocol error, then closed.
+    let mut c = node.connect().await?;
+    let big = vec![b'x'; 64 * 1024 + 1];
+    c.send(Format::Raw, 600, "t", &big).await?;
+    let ack = c.read_ack().await?.expect("an ack before the close");
+    assert_eq!(ack.status, AckStatus::ProtocolError);
+    assert!(ack.error.contains("exceeds"), "{}", ack.error);
+    assert!(
+        c.read_ack().await?.is_none(),
+        "connection closed after a protocol error"
+    );
+
+    // 5. Random bytes instead of a frame (bad magic).
+    let mut c = node.connect().await?;
+    c.send_raw(b"\x13\x37random garbage that is not a frame at all")
+        .await?;
+    let ack = c.read_ack().await?.expect("ack");
+    assert_eq!(ack.status, AckStatus::ProtocolError);
+    assert!(ack.error.contains("magic"), "{}", ack.error);
+
+    // 6. Truncated frame: header promises more bytes than arrive, then the client leaves.
+    let mut c = node.connect().await?;
+    let frame = encode_frame(Format::Json, 700, "t", b"{\"message\":\"never complete\"}");
+    c.send_raw(&frame[..frame.len() - 5]).await?;
+    c.stream.shutdown().await?;
+    drop(c);
+    // A bad length that claims a huge payload is refused like an oversize frame.
+    let mut c = node.connect().await?;
+    let mut bad_len = encode_frame(Format::Json, 701, "", b"");
+    bad_len[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(&bad_len[..2], &FRAME_MAGIC);
+    c.send_raw(&bad_len).await?;
+    assert_eq!(
+        c.read_ack().await?.map(|a| a.status),
+        Some(AckStatus::ProtocolError)
+    );
+
+    // 7. Plaintext on the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", node.port("ingest"))).await?;
+    plain
+        .write_all(&encode_frame(
+            Format::Json,
+            800,
+            "t",
+            b"{\"message\":\"plaintext\"}",
+        ))
+        .await?;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        plain.read_to_end(&mut sink),
+    )
+    .await;
+
+    // The healthy connection still works and the node is alive.
+    assert_eq!(
+        good_batch(&mut healthy, 3).await?.status,
+        AckStatus::Accepted
+    );
+    let metrics = common::eventually(
+        "the tls handshake failure to be counted",
+        std::time::Duration::from_secs(10),
+        || async {
+            node.metrics().await.ok().filter(|text| {
+                metric_sum(
+                    text,
+                    "logcluster_ingest_protocol_errors_total",
+                    &["tls_handshake"],
+                ) >= 1.0
+            })
+        },
+    )
+    .await?;
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["invalid_utf8"]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["invalid_json"]
+        ) >= 1.0
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["reason=\"schema\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_schema_rejects_total",
+            &["schema=\"orders\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["invalid_protobuf"]
+        ) >= 1.0
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_protocol_errors_total",
+            &["oversize_frame"]
+        ) >= 2.0
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_protocol_errors_total",
+            &["bad_magic"]
+        ) >= 1.0
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_protocol_errors_total",
+            &["truncated_frame"]
+        ) >= 1.0
+    );
+    let items = node.query_all("t").await?;
+    let messages: Vec<&str> = items.iter().filter_map(|i| i["message"].as_str()).collect();
+    assert!(
+        messages.contains(&"fine")
+            && messages.contains(&"has id")
+            && messages.contains(&"after a bad batch")
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("never complete")
+            || m.contains("no id")
+            || m.contains("plaintext"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn udp_garbage_is_counted_and_the_listener_keeps_working() -> anyhow::Result<()> {
+    let node = TestNode::start(|_, _| {}).await?;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let target = ("127.0.0.1", node.port("udp"));
+    socket.send_to(b"\xff\xfe\x00 not json", target).await?;
+    socket
+        .send_to(
+            b"{\"service\":\"u\",\"message\":\"valid after garbage\"}",
+            target,
+        )
+        .await?;
+    common::eventually(
+        "the valid datagram to be stored",
+        std::time::Duration::from_secs(20),
+        || async {
+            node.query_all("default")
+                .await
+                .ok()
+                .filter(|items| items.iter().any(|i| i["message"] == "valid after garbage"))
+        },
+    )
+    .await?;
+    let metrics = node.metrics().await?;
+    assert!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["format=\"json\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Real third-party syslog senders: util-linux `logger` straight to the node, and rsyslog
+//! forwarding to it (both from Debian packages, installed by scripts/test.sh).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::TestNode;
+use serde_json::Value;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+async fn wait_for_message(node: &TestNode, needle: &str) -> anyhow::Result<Value> {
+    common::eventually(
+        &format!("an entry containing {needle:?}"),
+        Duration::from_secs(30),
+        || async {
+            let page = node
+                .query(serde_json::json!({"contains": needle, "limit": 10}))
+                .await
+                .ok()?;
+            page["items"]
+                .as_array()
+                .and_then(|items| items.first())
+                .cloned()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn util_linux_logger_over_tcp_and_udp_is_queryable() -> anyhow::Result<()> {
+    assert!(
+        have("logger"),
+        "util-linux logger is required (scripts/test.sh installs bsdutils)"
+    );
+    let node = TestNode::start(|_, _| {}).await?;
+    let port = node.port("syslog_tcp").to_string();
+    let status = Command::new("logger")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--tcp",
+            "--rfc5424",
+            "-t",
+            "billing",
+            "-p",
+            "local0.err",
+        ])
+        .args([
+            "--sd-id",
+            "app@32473",
+            "--sd-param",
+            "trace_id=\"feedbeef\"",
+        ])
+        .arg("invoice 42 failed: upstream timeout")
+        .status()?;
+    assert!(status.success());
+    let item = wait_for_message(&node, "invoice 42 failed").await?;
+    assert_eq!(item["service"], "billing");
+    assert_eq!(item["level"], "ERROR");
+    assert_eq!(item["trace_id"], "feedbeef");
+    let udp_port = node.port("syslog_udp").to_string();
+    let status = Command::new("logger")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &udp_port,
+            "--udp",
+            "--rfc3164",
+            "-t",
+            "cron",
+            "-p",
+            "user.warning",
+        ])
+        .arg("disk almost full on /var")
+        .status()?;
+    assert!(status.success());
+    let item = wait_for_message(&node, "disk almost full").await?;
+    assert_eq!(item["service"], "cron");
+    assert_eq!(item["level"], "WARN");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rsyslog_forwards_to_the_syslog_port() -> anyhow::Result<()> {
+    assert!(
+        have("rsyslogd"),
+        "rsyslog is required (scripts/test.sh installs it)"
+    );
+    let node = TestNode::start(|_, _| {}).await?;
+    let work = tempfile::tempdir()?;
+    // rsyslog listens on its own TCP port and forwards everything to the node, octet-counted,
+    // in RFC 5424 (the way production relays are configured).
+    let relay = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let relay_port = relay.local_addr()?.port();
+    drop(relay);
+    let conf = work.path().join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{dir}\")\n\
+             module(load=\"imtcp\")\n\
+             input(type=\"imtcp\" port=\"{relay_port}\" address=\"127.0.0.1\")\n\
+             action(type=\"omfwd\" target=\"127.0.0.1\" port=\"{port}\" protocol=\"tcp\" \
+             TCP_Framing=\"octet-counted\" template=\"RSYSLOG_SyslogProtocol23Format\")\n",
+            dir = work.path().display(),
+            port = node.port("syslog_tcp"),
+        ),
+    )?;
+    let mut rsyslog = Command::new("rsyslogd")
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(work.path().join("rsyslog.pid"))
+        .spawn()?;
+    let result = async {
+        common::eventually(
+            "rsyslog to listen",
+            Duration::from_secs(20),
+            || async move { std::net::TcpStream::connect(("127.0.0.1", relay_port)).ok() },
+        )
+        .await?;
+        let status = Command::new("logger")
+            .args([
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &relay_port.to_string(),
+                "--tcp",
+                "-t",
+                "relayed-app",
+                "-p",
+                "daemon.info",
+            ])
+            .arg("hello through rsyslog")
+            .status()?;
+        anyhow::ensure!(status.success());
+        let item = wait_for_message(&node, "hello through rsyslog").await?;
+        anyhow::ensure!(item["service"] == "relayed-app", "service: {item}");
+        anyhow::ensure!(item["level"] == "INFO", "level: {item}");
+        Ok(())
+    }
+    .await;
+    let _ = rsyslog.kill();
+    let _ = rsyslog.wait();
+    result
+}

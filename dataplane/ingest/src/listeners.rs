@@ -1,0 +1,293 @@
+//! Standard-protocol listeners: UDP JSON, syslog over UDP, syslog over TCP and TLS.
+//!
+//! UDP is lossy by nature: when the pipeline's byte budget or the batching queue is full a
+//! datagram is dropped and counted (`logcluster_ingest_udp_drops`), never queued without
+//! bound. TCP syslog reads the next chunk only after the previous one is durable, so a slow
+//! disk slows the sender (backpressure) instead of dropping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use logcluster_common::shutdown::Shutdown;
+use logcluster_proto::Format;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::decode::{self, DecodeContext, DecodeOutput, Decoded, RecordError, SyslogFramer};
+use crate::metrics::{label, labels2};
+use crate::pipeline::{BatchSource, Pipeline, Reservation};
+
+/// What a UDP listener expects in each datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpKind {
+    /// NDJSON: one or more JSON objects per datagram.
+    Json,
+    /// One syslog message per datagram.
+    Syslog,
+}
+
+impl UdpKind {
+    fn name(self) -> &'static str {
+        match self {
+            UdpKind::Json => "json",
+            UdpKind::Syslog => "syslog",
+        }
+    }
+}
+
+/// Largest batch handed to the pipeline at once from UDP.
+const UDP_BATCH_ENTRIES: usize = 4096;
+const UDP_QUEUE_DATAGRAMS: usize = 8192;
+
+fn decode_syslog_one(bytes: &[u8], index: usize, ctx: &DecodeContext, output: &mut DecodeOutput) {
+    match decode::decode_syslog_message(bytes, ctx) {
+        Ok(entry) => output.records.push(Decoded {
+            entry,
+            original: None,
+        }),
+        Err(mut error) => {
+            error.index = index;
+            output.errors.push(error);
+        }
+    }
+}
+
+/// Receives datagrams until shutdown.
+pub async fn run_udp(
+    socket: UdpSocket,
+    kind: UdpKind,
+    pipeline: Arc<Pipeline>,
+    shutdown: Shutdown,
+) {
+    let (tx, mut rx) = mpsc::channel::<(DecodeOutput, Reservation)>(UDP_QUEUE_DATAGRAMS);
+    let batch_pipeline = pipeline.clone();
+    let batcher = tokio::spawn(async move {
+        while let Some((first, reservation)) = rx.recv().await {
+            let mut output = first;
+            let mut reservations = vec![reservation];
+            while output.records.len() < UDP_BATCH_ENTRIES {
+                match rx.try_recv() {
+                    Ok((more, reservation)) => {
+                        let offset = output.records.len() + output.errors.len();
+                        output.records.extend(more.records);
+                        output.errors.extend(more.errors.into_iter().map(|mut e| {
+                            e.index += offset;
+                            e
+                        }));
+                        reservations.push(reservation);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let source = BatchSource {
+                format: kind.name(),
+                tenant: None,
+                batch_id: 0,
+            };
+            let result = batch_pipeline.ingest_decoded(source, output).await;
+            if result.status == logcluster_proto::AckStatus::RetryLater {
+                warn!(error = %result.error, "udp batch could not be stored");
+            }
+            drop(reservations);
+        }
+    });
+    let metrics = pipeline.metrics().clone();
+    let listener = kind.name();
+    let ctx = DecodeContext {
+        default_service: "unknown".to_string(),
+    };
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buf) => received,
+            () = shutdown.wait() => break,
+        };
+        let (len, _peer) = match received {
+            Ok(pair) => pair,
+            Err(error) => {
+                debug!(%error, "udp receive failed");
+                continue;
+            }
+        };
+        let datagram = &buf[..len];
+        metrics
+            .bytes
+            .get_or_create(&label("format", listener))
+            .inc_by(len as u64);
+        let Some(reservation) = pipeline.try_reserve(len) else {
+            metrics
+                .udp_drops
+                .get_or_create(&labels2("listener", listener, "reason", "memory_budget"))
+                .inc();
+            metrics
+                .totals
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        };
+        let output = match kind {
+            UdpKind::Json => match decode::decode_payload(Format::Json, datagram, &ctx) {
+                Ok(output) => output,
+                Err(error) => {
+                    metrics
+                        .rejected
+                        .get_or_create(&labels2(
+                            "format",
+                            listener,
+                            "reason",
+                            error.reason().label(),
+                        ))
+                        .inc();
+                    continue;
+                }
+            },
+            UdpKind::Syslog => {
+                let mut output = DecodeOutput::default();
+                decode_syslog_one(datagram, 0, &ctx, &mut output);
+                output
+            }
+        };
+        if let Err(error) = tx.try_send((output, reservation)) {
+            let reason = match error {
+                mpsc::error::TrySendError::Full(_) => "queue_full",
+                mpsc::error::TrySendError::Closed(_) => "shutting_down",
+            };
+            metrics
+                .udp_drops
+                .get_or_create(&labels2("listener", listener, "reason", reason))
+                .inc();
+            metrics
+                .totals
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    drop(tx);
+    let _ = batcher.await;
+    info!(listener, "udp listener stopped");
+}
+
+/// Syslog over TCP (plain) or TLS (when `acceptor` is set), RFC 6587 framing auto-detected.
+pub async fn run_syslog_tcp(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    pipeline: Arc<Pipeline>,
+    max_message: usize,
+    shutdown: Shutdown,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.wait() => break,
+        };
+        let Ok((tcp, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let pipeline = pipeline.clone();
+        let acceptor = acceptor.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let metrics = pipeline.metrics().clone();
+            metrics.connections.inc();
+            match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(tls)) => serve_syslog(tls, pipeline, max_message, shutdown).await,
+                        _ => {
+                            metrics
+                                .protocol_errors
+                                .get_or_create(&label("kind", "syslog_tls_handshake"))
+                                .inc();
+                            warn!(%peer, "syslog tls handshake failed");
+                        }
+                    }
+                }
+                None => serve_syslog(tcp, pipeline, max_message, shutdown).await,
+            }
+            metrics.connections.dec();
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_syslog<S: AsyncRead + Unpin>(
+    mut stream: S,
+    pipeline: Arc<Pipeline>,
+    max_message: usize,
+    shutdown: Shutdown,
+) {
+    let metrics = pipeline.metrics().clone();
+    let ctx = DecodeContext {
+        default_service: "unknown".to_string(),
+    };
+    let mut framer = SyslogFramer::new(max_message);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut index = 0usize;
+    loop {
+        let read = tokio::select! {
+            read = stream.read(&mut buf) => read,
+            () = shutdown.wait() => Ok(0),
+        };
+        let n = match read {
+            Ok(n) => n,
+            Err(error) => {
+                debug!(%error, "syslog connection read failed");
+                0
+            }
+        };
+        let mut output = DecodeOutput::default();
+        if n == 0 {
+            if let Some(last) = framer.finish() {
+                match last {
+                    Ok(message) => decode_syslog_one(&message, index, &ctx, &mut output),
+                    Err(error) => push_framing_error(&mut output, index, &error.to_string()),
+                }
+            }
+        } else {
+            metrics
+                .bytes
+                .get_or_create(&label("format", "syslog"))
+                .inc_by(n as u64);
+            framer.push(&buf[..n]);
+            while let Some(next) = framer.next_message() {
+                match next {
+                    Ok(message) => decode_syslog_one(&message, index, &ctx, &mut output),
+                    Err(error) => push_framing_error(&mut output, index, &error.to_string()),
+                }
+                index += 1;
+            }
+        }
+        if !output.records.is_empty() || !output.errors.is_empty() {
+            let reservation = pipeline.reserve(n.max(1)).await;
+            let source = BatchSource {
+                format: "syslog",
+                tenant: None,
+                batch_id: 0,
+            };
+            let result = pipeline.ingest_decoded(source, output).await;
+            drop(reservation);
+            if result.status == logcluster_proto::AckStatus::RetryLater {
+                warn!(error = %result.error, "syslog batch could not be stored; closing the connection so the sender retries");
+                return;
+            }
+        }
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn push_framing_error(output: &mut DecodeOutput, index: usize, message: &str) {
+    output.errors.push(RecordError {
+        index,
+        reason: decode::RejectReason::InvalidSyslog,
+        message: message.to_string(),
+    });
+}

@@ -1,0 +1,516 @@
+//! The ingest pipeline shared by every listener: decode → tenant → schema validation →
+//! enrichment → ids → durable append → acknowledgement.
+//!
+//! Listeners only frame bytes; everything that decides what is stored happens here, once.
+//! Memory is bounded by a byte budget ([`Pipeline::reserve`]): a listener reserves a
+//! payload's size before it reads or buffers more, so a slow disk turns into TCP backpressure
+//! (or counted UDP drops), never into unbounded queues.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use logcluster_proto::entry::FieldValue;
+use logcluster_proto::{AckStatus, Format, LogEntry};
+use logcluster_schema::SchemaRegistry;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::decode::{self, DecodeContext, DecodeOutput, Decoded, RecordError};
+use crate::metrics::{IngestMetrics, label, labels2};
+
+/// Durable storage as the pipeline sees it: the single-node store today, the replication
+/// client (write quorum) in a cluster.
+pub trait Sink: Send + Sync + 'static {
+    /// Stores a batch; resolves once it is durable. `Ok(duplicates)` counts entries skipped
+    /// because the batch id was already stored.
+    fn append(
+        &self,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+    ) -> Pin<Box<dyn Future<Output = Result<usize, String>> + Send>>;
+}
+
+impl Sink for Arc<logcluster_storage::Store> {
+    fn append(
+        &self,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+    ) -> Pin<Box<dyn Future<Output = Result<usize, String>> + Send>> {
+        let store = self.clone();
+        Box::pin(async move {
+            store
+                .append(batch_uid, entries)
+                .await
+                .map(|outcome| outcome.duplicates)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Fields added to every entry (enrichment).
+#[derive(Clone, Debug, Default)]
+pub struct Enrichment {
+    /// Host name of this node, for entries that carry none.
+    pub host: Option<String>,
+    pub environment: Option<String>,
+    pub app_version: Option<String>,
+    /// Kubernetes identity of the ingesting pod (from POD_NAME, POD_NAMESPACE, NODE_NAME).
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub node: Option<String>,
+}
+
+impl Enrichment {
+    /// Reads the Kubernetes downward-API variables.
+    pub fn from_env(
+        host: Option<String>,
+        environment: Option<String>,
+        app_version: Option<String>,
+    ) -> Enrichment {
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        Enrichment {
+            host,
+            environment,
+            app_version,
+            pod: env("POD_NAME"),
+            namespace: env("POD_NAMESPACE"),
+            node: env("NODE_NAME"),
+        }
+    }
+
+    fn apply(&self, entry: &mut LogEntry) {
+        if entry.host.is_empty()
+            && let Some(host) = &self.host
+        {
+            entry.host = host.clone();
+        }
+        let mut add = |key: &str, value: &Option<String>| {
+            if let Some(value) = value
+                && !entry.fields.contains_key(key)
+            {
+                entry
+                    .fields
+                    .insert(key.to_string(), FieldValue::str(value.clone()));
+            }
+        };
+        add("environment", &self.environment);
+        add("app_version", &self.app_version);
+        add("k8s.pod", &self.pod);
+        add("k8s.namespace", &self.namespace);
+        add("k8s.node", &self.node);
+    }
+}
+
+/// Where a batch came from.
+#[derive(Clone, Debug)]
+pub struct BatchSource {
+    /// Metric label: json, protobuf, avro, raw, syslog, journald.
+    pub format: &'static str,
+    /// Tenant set by the connection or frame; it wins over a tenant named in the entries.
+    pub tenant: Option<String>,
+    /// Client batch id; 0 = none (no idempotency).
+    pub batch_id: u64,
+}
+
+/// The answer for a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchResult {
+    pub status: AckStatus,
+    pub accepted: u32,
+    pub rejected: u32,
+    pub duplicate: bool,
+    /// The first error, empty when none.
+    pub error: String,
+}
+
+impl BatchResult {
+    pub fn to_ack(&self, batch_id: u64) -> logcluster_proto::Ack {
+        logcluster_proto::Ack {
+            status: self.status,
+            batch_id,
+            accepted: self.accepted,
+            rejected: self.rejected,
+            duplicate: self.duplicate,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// A reservation of pending bytes; released when dropped.
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+    metrics: IngestMetrics,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.metrics.pending_bytes.dec_by(self.bytes as i64);
+    }
+}
+
+/// Shared by every listener of a node.
+pub struct Pipeline {
+    sink: Box<dyn Sink>,
+    schemas: SchemaRegistry,
+    enrichment: Enrichment,
+    metrics: IngestMetrics,
+    default_tenant: String,
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
+}
+
+impl Pipeline {
+    pub fn new(
+        sink: Box<dyn Sink>,
+        schemas: SchemaRegistry,
+        enrichment: Enrichment,
+        metrics: IngestMetrics,
+        default_tenant: String,
+        max_pending_bytes: u64,
+    ) -> Arc<Pipeline> {
+        let budget_kib = (max_pending_bytes / 1024).clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        Arc::new(Pipeline {
+            sink,
+            schemas,
+            enrichment,
+            metrics,
+            default_tenant,
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
+        })
+    }
+
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
+    }
+
+    pub fn schemas(&self) -> &SchemaRegistry {
+        &self.schemas
+    }
+
+    fn permits_for(&self, bytes: usize) -> u32 {
+        ((bytes as u64).div_ceil(1024).max(1)).min(u64::from(self.budget_kib)) as u32
+    }
+
+    /// Waits until `bytes` fit in the pending budget (backpressure for TCP listeners).
+    pub async fn reserve(&self, bytes: usize) -> Reservation {
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(self.permits_for(bytes))
+            .await
+            .expect("the budget semaphore is never closed");
+        self.metrics.pending_bytes.inc_by(bytes as i64);
+        Reservation {
+            _permit: permit,
+            bytes: bytes as u64,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Reserves without waiting (UDP and HTTP answer "busy" instead of waiting).
+    pub fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(self.permits_for(bytes))
+            .ok()?;
+        self.metrics.pending_bytes.inc_by(bytes as i64);
+        Some(Reservation {
+            _permit: permit,
+            bytes: bytes as u64,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Decodes a payload of `format` and ingests it. Decoding runs on a blocking thread.
+    pub async fn ingest_payload(
+        self: &Arc<Self>,
+        format: Format,
+        source: BatchSource,
+        payload: Vec<u8>,
+    ) -> BatchResult {
+        let started = Instant::now();
+        self.metrics
+            .bytes
+            .get_or_create(&label("format", source.format))
+            .inc_by(payload.len() as u64);
+        self.metrics
+            .totals
+            .bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let pipeline = self.clone();
+        let src = source.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let ctx = DecodeContext {
+                default_service: "unknown".to_string(),
+            };
+            match decode::decode_payload(format, &payload, &ctx) {
+                Ok(output) => Ok(pipeline.prepare(&src, output)),
+                Err(error) => Err((error.reason(), error.to_string())),
+            }
+        })
+        .await;
+        match prepared {
+            Ok(Ok(prepared)) => self.commit(source, prepared, started).await,
+            Ok(Err((reason, message))) => {
+                self.metrics
+                    .rejected
+                    .get_or_create(&labels2("format", source.format, "reason", reason.label()))
+                    .inc();
+                self.finish(
+                    started,
+                    BatchResult {
+                        status: AckStatus::Rejected,
+                        accepted: 0,
+                        rejected: 1,
+                        duplicate: false,
+                        error: format!("payload rejected: {message}"),
+                    },
+                )
+            }
+            Err(join) => self.finish(
+                started,
+                BatchResult {
+                    status: AckStatus::RetryLater,
+                    accepted: 0,
+                    rejected: 0,
+                    duplicate: false,
+                    error: format!("internal error while decoding: {join}"),
+                },
+            ),
+        }
+    }
+
+    /// Ingests records that a listener already decoded (UDP, syslog).
+    pub async fn ingest_decoded(
+        self: &Arc<Self>,
+        source: BatchSource,
+        output: DecodeOutput,
+    ) -> BatchResult {
+        let started = Instant::now();
+        let prepared = self.prepare(&source, output);
+        self.commit(source, prepared, started).await
+    }
+
+    /// Tenant, validation, enrichment and ids (CPU only).
+    fn prepare(&self, source: &BatchSource, output: DecodeOutput) -> Prepared {
+        let received_at = logcluster_proto::time::now_nanos();
+        let batch_uid = if source.batch_id == 0 {
+            logcluster_common::ids::random_u64()
+        } else {
+            logcluster_common::ids::batch_uid(
+                source.tenant.as_deref().unwrap_or(""),
+                source.batch_id,
+            )
+        };
+        let mut errors: Vec<RecordError> = output.errors;
+        for error in &errors {
+            self.metrics
+                .rejected
+                .get_or_create(&labels2(
+                    "format",
+                    source.format,
+                    "reason",
+                    error.reason.label(),
+                ))
+                .inc();
+        }
+        let mut entries = Vec::with_capacity(output.records.len());
+        for (
+            position,
+            Decoded {
+                mut entry,
+                original,
+            },
+        ) in output.records.into_iter().enumerate()
+        {
+            if let Some(tenant) = &source.tenant {
+                entry.tenant = tenant.clone();
+            } else if entry.tenant.is_empty() {
+                entry.tenant = self.default_tenant.clone();
+            }
+            if entry.service.is_empty() {
+                entry.service = "unknown".to_string();
+            }
+            if self.schemas.has_schema_for(&entry.service, source.format) {
+                let view = original.unwrap_or_else(|| schema_view(&entry));
+                if let Err(violation) = self.schemas.validate(&entry.service, source.format, &view)
+                {
+                    self.metrics
+                        .schema_rejects
+                        .get_or_create(&labels2(
+                            "schema",
+                            &violation.schema,
+                            "reason",
+                            violation.reason,
+                        ))
+                        .inc();
+                    self.metrics
+                        .rejected
+                        .get_or_create(&labels2("format", source.format, "reason", "schema"))
+                        .inc();
+                    errors.push(RecordError {
+                        index: position,
+                        reason: decode::RejectReason::Schema,
+                        message: format!("schema {}: {}", violation.schema, violation.message),
+                    });
+                    continue;
+                }
+            }
+            entry.received_at = received_at;
+            if entry.timestamp == 0 {
+                entry.timestamp = received_at;
+            }
+            self.enrichment.apply(&mut entry);
+            entry.id = logcluster_common::ids::entry_id(batch_uid, position as u32);
+            entries.push(entry);
+        }
+        errors.sort_by_key(|e| e.index);
+        Prepared {
+            batch_uid,
+            entries,
+            first_error: errors
+                .first()
+                .map(|e| format!("record {}: {}", e.index, e.message)),
+            rejected: errors.len() as u32,
+        }
+    }
+
+    async fn commit(
+        &self,
+        source: BatchSource,
+        prepared: Prepared,
+        started: Instant,
+    ) -> BatchResult {
+        let Prepared {
+            batch_uid,
+            entries,
+            first_error,
+            rejected,
+        } = prepared;
+        let count = entries.len() as u32;
+        if count == 0 {
+            return self.finish(
+                started,
+                BatchResult {
+                    status: if rejected > 0 {
+                        AckStatus::Rejected
+                    } else {
+                        AckStatus::Accepted
+                    },
+                    accepted: 0,
+                    rejected,
+                    duplicate: false,
+                    error: first_error.unwrap_or_default(),
+                },
+            );
+        }
+        self.metrics.inflight_batches.inc();
+        let stored = self.sink.append(batch_uid, entries).await;
+        self.metrics.inflight_batches.dec();
+        match stored {
+            Ok(duplicates) => {
+                self.metrics.duplicate_entries.inc_by(duplicates as u64);
+                self.metrics
+                    .entries
+                    .get_or_create(&label("format", source.format))
+                    .inc_by(u64::from(count) - duplicates as u64);
+                self.metrics
+                    .totals
+                    .entries
+                    .fetch_add(u64::from(count) - duplicates as u64, Ordering::Relaxed);
+                self.finish(
+                    started,
+                    BatchResult {
+                        status: if rejected > 0 {
+                            AckStatus::Partial
+                        } else {
+                            AckStatus::Accepted
+                        },
+                        accepted: count,
+                        rejected,
+                        duplicate: duplicates > 0 && duplicates == count as usize,
+                        error: first_error.unwrap_or_default(),
+                    },
+                )
+            }
+            Err(message) => self.finish(
+                started,
+                BatchResult {
+                    status: AckStatus::RetryLater,
+                    accepted: 0,
+                    rejected,
+                    duplicate: false,
+                    error: format!("storage unavailable, retry later: {message}"),
+                },
+            ),
+        }
+    }
+
+    fn finish(&self, started: Instant, result: BatchResult) -> BatchResult {
+        let elapsed = started.elapsed();
+        self.metrics
+            .ack_latency_seconds
+            .observe(elapsed.as_secs_f64());
+        let totals = &self.metrics.totals;
+        totals.acks.fetch_add(1, Ordering::Relaxed);
+        totals
+            .ack_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        totals
+            .rejected
+            .fetch_add(u64::from(result.rejected), Ordering::Relaxed);
+        let status = match result.status {
+            AckStatus::Accepted => "accepted",
+            AckStatus::Partial => "partial",
+            AckStatus::Rejected => "rejected",
+            AckStatus::RetryLater => "retry_later",
+            AckStatus::ProtocolError => "protocol_error",
+        };
+        self.metrics
+            .batches
+            .get_or_create(&label("status", status))
+            .inc();
+        result
+    }
+}
+
+struct Prepared {
+    batch_uid: u64,
+    entries: Vec<LogEntry>,
+    first_error: Option<String>,
+    rejected: u32,
+}
+
+/// The JSON view a schema validates for entries that did not arrive as JSON: the core fields
+/// and the free-form fields side by side at the top level.
+pub fn schema_view(entry: &LogEntry) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (key, value) in &entry.fields {
+        map.insert(key.clone(), logcluster_proto::json::field_to_json(value));
+    }
+    let core = [
+        ("message", entry.message.clone()),
+        ("level", entry.level_enum().as_str().to_string()),
+        ("service", entry.service.clone()),
+        ("host", entry.host.clone()),
+        ("tenant", entry.tenant.clone()),
+        ("trace_id", entry.trace_id.clone()),
+    ];
+    for (key, value) in core {
+        if !value.is_empty() {
+            map.insert(key.to_string(), serde_json::Value::String(value));
+        }
+    }
+    if entry.timestamp != 0 {
+        map.insert(
+            "timestamp".into(),
+            serde_json::Value::String(logcluster_proto::time::format_rfc3339(entry.timestamp)),
+        );
+    }
+    serde_json::Value::Object(map)
+}

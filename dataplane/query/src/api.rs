@@ -1,0 +1,569 @@
+//! The query HTTP API of a node: `POST /v1/query` (newest-first pages with a stable cursor)
+//! and `GET /api/v1/stats` (counts by level per interval).
+//!
+//! A request is compiled once into an exact predicate (tenant, service, level, time range,
+//! `contains`, query string) plus pruning hints for the storage block index. Every answer
+//! carries stats; a query that hits its time budget or a corrupt block says `partial` instead
+//! of silently leaving data out. Concurrency is bounded; the node keeps serving others.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use logcluster_proto::{Level, LogEntry};
+use logcluster_storage::{Cursor, ScanFilter, ScanStats, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::lang;
+
+/// Query limits (from the node configuration).
+#[derive(Clone, Debug)]
+pub struct QueryLimits {
+    pub max_limit: usize,
+    pub timeout: Duration,
+    pub max_concurrent: usize,
+    pub default_tenant: String,
+}
+
+pub struct QueryService {
+    store: Arc<Store>,
+    limits: QueryLimits,
+    running: Semaphore,
+}
+
+/// Body of `POST /v1/query`. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub tenant_id: Option<String>,
+    /// One service or several separated by commas.
+    pub service: Option<String>,
+    /// One level or several separated by commas (`WARN,ERROR`).
+    pub level: Option<String>,
+    /// Inclusive start: RFC 3339 or a Unix epoch number (s, ms, µs or ns by magnitude).
+    pub from_ts: Option<Value>,
+    /// Exclusive end, same forms.
+    pub to_ts: Option<Value>,
+    /// Case-insensitive substring of the message.
+    pub contains: Option<String>,
+    /// Query string, e.g. `service:payment AND level:ERROR AND "timeout"`.
+    pub query: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// Stats reported with every answer.
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    pub objects_read: u64,
+    pub objects_skipped: u64,
+    pub events_scanned: u64,
+    pub duration_ms: u64,
+    pub partial: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial_reason: Option<String>,
+}
+
+/// A request that could not be understood: 400 with a message pointing at the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("too many concurrent queries, retry later")]
+    Busy,
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            QueryError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// Parses a time bound: RFC 3339 text, a numeric string, or a number.
+pub fn parse_time_bound(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(text) => logcluster_proto::time::parse_rfc3339(text).or_else(|| {
+            text.parse::<i64>()
+                .ok()
+                .and_then(logcluster_proto::time::nanos_from_epoch_int)
+        }),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => logcluster_proto::time::nanos_from_epoch_int(i),
+            None => n
+                .as_f64()
+                .and_then(logcluster_proto::time::nanos_from_epoch_number),
+        },
+        _ => None,
+    }
+}
+
+/// A compiled request: exact predicate plus conservative pruning hints.
+pub struct Compiled {
+    pub tenant: String,
+    pub services: Option<BTreeSet<String>>,
+    pub from_ts: i64,
+    pub to_ts: i64,
+    pub level_mask: u32,
+    pub tokens: Vec<String>,
+    contains: Option<String>,
+    query: Option<lang::Query>,
+}
+
+impl Compiled {
+    pub fn matches(&self, entry: &LogEntry) -> bool {
+        if let Some(needle) = &self.contains
+            && !contains_ignore_ascii_case(&entry.message, needle)
+        {
+            return false;
+        }
+        if let Some(services) = &self.services
+            && !services.contains(&entry.service)
+        {
+            return false;
+        }
+        match &self.query {
+            Some(query) => query.matches(entry),
+            None => true,
+        }
+    }
+}
+
+fn contains_ignore_ascii_case(haystack: &str, needle_lower: &str) -> bool {
+    if needle_lower.is_empty() {
+        return true;
+    }
+    let hay = haystack.as_bytes();
+    let needle = needle_lower.as_bytes();
+    if needle.len() > hay.len() {
+        return false;
+    }
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+fn split_list(text: &Option<String>) -> Option<Vec<String>> {
+    text.as_ref()
+        .map(|t| {
+            t.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// Compiles a request (pure; unit-tested without a store).
+pub fn compile(
+    request: &QueryRequest,
+    header_tenant: Option<String>,
+    default_tenant: &str,
+) -> Result<Compiled, QueryError> {
+    let tenant = header_tenant
+        .or_else(|| request.tenant_id.clone())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| default_tenant.to_string());
+    let mut services: Option<BTreeSet<String>> =
+        split_list(&request.service).map(|v| v.into_iter().collect());
+    let mut level_mask = u32::MAX;
+    if let Some(levels) = split_list(&request.level) {
+        let mut mask = 0u32;
+        for name in levels {
+            let level = Level::parse(&name).ok_or_else(|| {
+                QueryError::BadRequest(format!(
+                    "level: unknown level {name:?} (use TRACE, DEBUG, INFO, WARN, ERROR, FATAL)"
+                ))
+            })?;
+            mask |= 1 << level as u32;
+        }
+        level_mask = mask;
+    }
+    let bound = |value: &Option<Value>, name: &str, default: i64| -> Result<i64, QueryError> {
+        match value {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => parse_time_bound(v).ok_or_else(|| {
+                QueryError::BadRequest(format!("{name}: {v} is not RFC 3339 or an epoch number"))
+            }),
+        }
+    };
+    let mut from_ts = bound(&request.from_ts, "from_ts", i64::MIN)?;
+    let to_ts = bound(&request.to_ts, "to_ts", i64::MAX)?;
+    let mut tokens = Vec::new();
+    let contains = request
+        .contains
+        .as_ref()
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            tokens.extend(logcluster_proto::tokens::interior_tokens(c));
+            c.to_ascii_lowercase()
+        });
+    let query = match request
+        .query
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+    {
+        None => None,
+        Some(text) => {
+            let parsed =
+                lang::parse(text).map_err(|e| QueryError::BadRequest(format!("query: {e}")))?;
+            let hints = parsed.hints();
+            if let Some(hinted) = hints.services {
+                services = Some(match services {
+                    Some(existing) => existing.intersection(&hinted).cloned().collect(),
+                    None => hinted,
+                });
+            }
+            if let Some(mask) = hints.levels {
+                level_mask &= u32::from(mask);
+            }
+            tokens.extend(hints.required_tokens);
+            if let Some(last) = parsed.last {
+                from_ts = from_ts.max(logcluster_proto::time::now_nanos() - last.as_nanos() as i64);
+            }
+            Some(parsed)
+        }
+    };
+    Ok(Compiled {
+        tenant,
+        services,
+        from_ts,
+        to_ts,
+        level_mask,
+        tokens,
+        contains,
+        query,
+    })
+}
+
+/// A predicate wrapper that stops matching once the time budget is spent.
+struct Budget {
+    deadline: Instant,
+    checked: AtomicU64,
+    expired: AtomicBool,
+}
+
+impl Budget {
+    fn new(timeout: Duration) -> Budget {
+        Budget {
+            deadline: Instant::now() + timeout,
+            checked: AtomicU64::new(0),
+            expired: AtomicBool::new(false),
+        }
+    }
+    fn ok(&self) -> bool {
+        if self.expired.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self
+            .checked
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(4096)
+            && Instant::now() > self.deadline
+        {
+            self.expired.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+fn stats_from(scan: &ScanStats, budget: &Budget, started: Instant) -> Stats {
+    let mut stats = Stats {
+        objects_read: scan.objects_read,
+        objects_skipped: scan.objects_skipped,
+        events_scanned: scan.events_scanned,
+        duration_ms: started.elapsed().as_millis() as u64,
+        partial: false,
+        partial_reason: None,
+    };
+    if budget.expired.load(Ordering::Relaxed) {
+        stats.partial = true;
+        stats.partial_reason =
+            Some("time budget exceeded; results cover only the data read in time".into());
+    } else if scan.corrupt_blocks > 0 {
+        stats.partial = true;
+        stats.partial_reason = Some(format!(
+            "{} corrupt block(s) were skipped",
+            scan.corrupt_blocks
+        ));
+    }
+    stats
+}
+
+impl QueryService {
+    pub fn new(store: Arc<Store>, limits: QueryLimits) -> Arc<QueryService> {
+        Arc::new(QueryService {
+            running: Semaphore::new(limits.max_concurrent),
+            store,
+            limits,
+        })
+    }
+
+    /// Runs a page query (used by the HTTP handler and by tests).
+    pub async fn query(
+        self: &Arc<Self>,
+        request: QueryRequest,
+        header_tenant: Option<String>,
+    ) -> Result<Value, QueryError> {
+        let compiled = compile(&request, header_tenant, &self.limits.default_tenant)?;
+        let limit = request.limit.unwrap_or(100).clamp(1, self.limits.max_limit);
+        let cursor = match &request.cursor {
+            None => None,
+            Some(text) if text.is_empty() => None,
+            Some(text) => Some(Cursor::decode(text).ok_or_else(|| {
+                QueryError::BadRequest(format!(
+                    "cursor: {text:?} is not a cursor returned by this API"
+                ))
+            })?),
+        };
+        let _permit = self.running.try_acquire().map_err(|_| QueryError::Busy)?;
+        let service = self.clone();
+        let timeout = self.limits.timeout;
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let budget = Budget::new(timeout);
+            let predicate = |e: &LogEntry| budget.ok() && compiled.matches(e);
+            let filter = ScanFilter {
+                tenant: &compiled.tenant,
+                services: compiled.services.as_ref(),
+                from_ts: compiled.from_ts,
+                to_ts: compiled.to_ts,
+                level_mask: compiled.level_mask,
+                required_tokens: &compiled.tokens,
+                predicate: &predicate,
+            };
+            let result = service.store.query_top(&filter, limit, cursor.as_ref());
+            let stats = stats_from(&result.stats, &budget, started);
+            json!({
+                "items": result.items.iter().map(logcluster_proto::json::to_json).collect::<Vec<_>>(),
+                "next_cursor": result.next_cursor.map(|c| c.encode()),
+                "stats": stats,
+            })
+        })
+        .await
+        .map_err(|e| QueryError::Internal(e.to_string()))
+    }
+
+    /// Counts by level per interval.
+    pub async fn level_stats(
+        self: &Arc<Self>,
+        params: HashMap<String, String>,
+        header_tenant: Option<String>,
+    ) -> Result<Value, QueryError> {
+        let interval = match params.get("interval") {
+            None => Duration::from_secs(60),
+            Some(text) => parse_interval(text).ok_or_else(|| {
+                QueryError::BadRequest(format!(
+                    "interval: {text:?} is not a duration like 1m, 15m or 1h"
+                ))
+            })?,
+        };
+        let interval_ns = (interval.as_nanos() as i64).max(1);
+        let text_value = |key: &str| params.get(key).map(|v| Value::String(v.clone()));
+        let request = QueryRequest {
+            tenant_id: params
+                .get("tenant_id")
+                .or_else(|| params.get("tenant"))
+                .cloned(),
+            service: params.get("service").cloned(),
+            level: params.get("level").cloned(),
+            from_ts: text_value("from"),
+            to_ts: text_value("to"),
+            contains: params.get("contains").cloned(),
+            query: params.get("query").cloned(),
+            limit: None,
+            cursor: None,
+        };
+        let compiled = compile(&request, header_tenant, &self.limits.default_tenant)?;
+        let _permit = self.running.try_acquire().map_err(|_| QueryError::Busy)?;
+        let service = self.clone();
+        let timeout = self.limits.timeout;
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let budget = Budget::new(timeout);
+            let predicate = |e: &LogEntry| budget.ok() && compiled.matches(e);
+            let filter = ScanFilter {
+                tenant: &compiled.tenant,
+                services: compiled.services.as_ref(),
+                from_ts: compiled.from_ts,
+                to_ts: compiled.to_ts,
+                level_mask: compiled.level_mask,
+                required_tokens: &compiled.tokens,
+                predicate: &predicate,
+            };
+            let mut buckets: BTreeMap<i64, [u64; 7]> = BTreeMap::new();
+            let scan = service.store.scan(&filter, |entry| {
+                let start = entry.timestamp.div_euclid(interval_ns) * interval_ns;
+                buckets.entry(start).or_default()[entry.level.clamp(0, 6) as usize] += 1;
+            });
+            let mut totals = [0u64; 7];
+            let rows: Vec<Value> = buckets
+                .iter()
+                .map(|(start, counts)| {
+                    let mut by_level = serde_json::Map::new();
+                    for (i, count) in counts.iter().enumerate() {
+                        totals[i] += count;
+                        if *count > 0 {
+                            by_level.insert(Level::from_i32_lossy(i as i32).as_str().to_string(), json!(count));
+                        }
+                    }
+                    json!({ "start": logcluster_proto::time::format_rfc3339(*start), "counts": by_level })
+                })
+                .collect();
+            let total_map: serde_json::Map<String, Value> = totals
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (Level::from_i32_lossy(i as i32).as_str().to_string(), json!(c)))
+                .collect();
+            json!({
+                "interval_seconds": interval.as_secs_f64(),
+                "buckets": rows,
+                "totals": total_map,
+                "stats": stats_from(&scan, &budget, started),
+            })
+        })
+        .await
+        .map_err(|e| QueryError::Internal(e.to_string()))
+    }
+}
+
+/// `30s`, `1m`, `15m`, `1h`, `1d`.
+pub fn parse_interval(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = text[..split].parse().ok().filter(|n| *n > 0)?;
+    let secs = match &text[split..] {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+fn header_tenant(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-logcluster-tenant")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .filter(|t| !t.is_empty())
+}
+
+async fn post_query(
+    State(service): State<Arc<QueryService>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return QueryError::BadRequest(format!("request body: {error}")).into_response();
+        }
+    };
+    match service.query(request, header_tenant(&headers)).await {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn get_stats(
+    State(service): State<Arc<QueryService>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    match service.level_stats(params, header_tenant(&headers)).await {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The query routes, to be merged into the node's HTTP router.
+pub fn router(service: Arc<QueryService>) -> Router {
+    Router::new()
+        .route("/v1/query", post(post_query))
+        .route("/api/v1/stats", get(get_stats))
+        .with_state(service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_compiles_to_filter_and_hints() {
+        let request = QueryRequest {
+            service: Some("payment, billing".into()),
+            level: Some("warn,ERROR".into()),
+            from_ts: Some(json!("2024-05-01T14:00:00Z")),
+            to_ts: Some(json!(1_714_579_200)),
+            contains: Some("upstream timeout after".into()),
+            ..Default::default()
+        };
+        let compiled = compile(&request, None, "default").expect("compiles");
+        assert_eq!(compiled.tenant, "default");
+        assert_eq!(compiled.services.as_ref().map(|s| s.len()), Some(2));
+        assert_eq!(compiled.level_mask, (1 << 4) | (1 << 5));
+        assert_eq!(compiled.from_ts, 1_714_572_000_000_000_000);
+        assert_eq!(compiled.to_ts, 1_714_579_200_000_000_000);
+        assert_eq!(compiled.tokens, vec!["timeout".to_string()]);
+        let entry = LogEntry {
+            service: "payment".into(),
+            message: "UPSTREAM Timeout After 3s".into(),
+            ..Default::default()
+        };
+        assert!(compiled.matches(&entry));
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let bad_level = QueryRequest {
+            level: Some("LOUD".into()),
+            ..Default::default()
+        };
+        assert!(
+            compile(&bad_level, None, "d")
+                .err()
+                .is_some_and(|e| e.to_string().contains("LOUD"))
+        );
+        let bad_time = QueryRequest {
+            from_ts: Some(json!("yesterday")),
+            ..Default::default()
+        };
+        assert!(
+            compile(&bad_time, None, "d")
+                .err()
+                .is_some_and(|e| e.to_string().contains("from_ts"))
+        );
+    }
+
+    #[test]
+    fn header_tenant_wins() {
+        let request = QueryRequest {
+            tenant_id: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            compile(&request, Some("b".into()), "d")
+                .map(|c| c.tenant)
+                .ok(),
+            Some("b".to_string())
+        );
+    }
+}
