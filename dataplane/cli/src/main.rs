@@ -7,6 +7,12 @@ mod up;
 
 use clap::{Parser, Subcommand};
 
+/// The ingest path allocates many small strings per entry; glibc malloc spent over a third of
+/// the node's CPU in allocation and consolidation under load (perf, BENCHMARKS.md), mimalloc
+/// a fraction of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// LogCluster: a distributed log processing system.
 #[derive(Parser)]
 #[command(name = "logcluster", version, about)]
@@ -36,7 +42,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Blocking threads do decoding, WAL writes, fsyncs and scans; a small pool bounds memory
+    // (each thread keeps allocator caches) while leaving room for parallel fsyncs.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(16)
         .enable_all()
         .build()?;
     runtime.block_on(async move {

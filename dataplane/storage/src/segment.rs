@@ -111,7 +111,7 @@ pub fn build_block(
     entries: &[LogEntry],
     zstd_level: i32,
 ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
-    let mut raw = Vec::with_capacity(entries.iter().map(|e| e.encoded_len() + 4).sum());
+    let mut raw = Vec::with_capacity(entries.iter().map(|e| e.approx_size() + 4).sum());
     let mut meta = BlockMeta {
         min_ts: i64::MAX,
         max_ts: i64::MIN,

@@ -19,40 +19,26 @@ pub const WAL_MAGIC: &[u8; 8] = b"LCWAL001";
 /// Records larger than this are refused on write and treated as corruption on replay.
 pub const MAX_RECORD_LEN: usize = 256 * 1024 * 1024;
 
-/// Encodes one record (header + body).
+/// Encodes one record (header + body). The body is a `LogBatch` encoded by hand so that each
+/// entry's length is computed once (prost would compute nested map lengths twice).
 pub fn encode_record(batch_uid: u64, entries: &[LogEntry]) -> Vec<u8> {
-    let batch = LogBatchRef { entries };
-    let body_len = 8 + batch.encoded_len();
+    let lens: Vec<usize> = entries.iter().map(Message::encoded_len).collect();
+    let body_len = 8 + lens
+        .iter()
+        .map(|len| 1 + prost::encoding::encoded_len_varint(*len as u64) + len)
+        .sum::<usize>();
     let mut out = Vec::with_capacity(8 + body_len);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0u8; 4]);
     out.extend_from_slice(&batch_uid.to_le_bytes());
-    batch.encode(&mut out);
+    for (entry, len) in entries.iter().zip(lens) {
+        prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(len as u64, &mut out);
+        entry.encode_raw(&mut out);
+    }
     let crc = crc32fast::hash(&out[8..]);
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     out
-}
-
-/// Encodes `LogBatch { entries }` without cloning the entries.
-struct LogBatchRef<'a> {
-    entries: &'a [LogEntry],
-}
-
-impl LogBatchRef<'_> {
-    fn encoded_len(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|e| {
-                let len = e.encoded_len();
-                1 + prost::encoding::encoded_len_varint(len as u64) + len
-            })
-            .sum()
-    }
-    fn encode(&self, out: &mut Vec<u8>) {
-        for entry in self.entries {
-            prost::encoding::message::encode(1, entry, out);
-        }
-    }
 }
 
 /// One replayed record.
