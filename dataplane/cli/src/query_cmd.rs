@@ -1,9 +1,164 @@
-//! `logcluster query`: search logs from the terminal.
+//! `logcluster query`: search logs from the terminal (table, JSON or NDJSON output).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// Output formats.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+    Ndjson,
+}
 
 /// Options of `logcluster query`.
-#[derive(clap::Args)]
-pub struct QueryArgs {}
+#[derive(clap::Args, Clone, Debug)]
+pub struct QueryArgs {
+    /// Query string, e.g. `service:payment AND level:ERROR AND "timeout"`.
+    pub query: Option<String>,
+    /// Query API of a node.
+    #[arg(long, default_value = "http://127.0.0.1:3100")]
+    pub url: String,
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long)]
+    pub service: Option<String>,
+    /// One level or several separated by commas.
+    #[arg(long)]
+    pub level: Option<String>,
+    /// Start: RFC 3339, or a duration ago such as 15m, 2h, 7d.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End (exclusive): RFC 3339, or a duration ago.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Case-insensitive substring of the message.
+    #[arg(long)]
+    pub contains: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Follow cursors until every match is printed.
+    #[arg(long)]
+    pub all: bool,
+}
 
-pub async fn run(_args: QueryArgs) -> anyhow::Result<()> {
-    anyhow::bail!("query is being written")
+/// RFC 3339 as is; `15m` / `2h` / `7d` as that long before now.
+pub fn resolve_time(text: &str) -> anyhow::Result<String> {
+    if logcluster_proto::time::parse_rfc3339(text).is_some() {
+        return Ok(text.to_string());
+    }
+    let ago = logcluster_config::parse_duration(text)
+        .with_context(|| format!("{text:?} is neither RFC 3339 nor a duration like 15m"))?;
+    Ok(logcluster_proto::time::format_rfc3339(
+        logcluster_proto::time::now_nanos() - ago.as_nanos() as i64,
+    ))
+}
+
+/// One table row, cut to `width` characters.
+pub fn table_row(item: &Value, width: usize) -> String {
+    let text = |k: &str| item[k].as_str().unwrap_or("").to_string();
+    let row = format!(
+        "{:<24} {:<5} {:<16} {:<20} {}",
+        text("timestamp"),
+        text("level"),
+        text("service"),
+        text("host"),
+        text("message").replace('\n', " ")
+    );
+    row.chars().take(width).collect()
+}
+
+pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
+    let url = format!("{}/v1/query", args.url.trim_end_matches('/'));
+    let mut body = json!({
+        "tenant_id": args.tenant, "service": args.service, "level": args.level,
+        "contains": args.contains, "query": args.query, "limit": args.limit,
+        "from_ts": args.from.as_deref().map(resolve_time).transpose()?,
+        "to_ts": args.to.as_deref().map(resolve_time).transpose()?,
+    });
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(160);
+    let mut all_items = Vec::new();
+    let mut printed = 0usize;
+    if args.output == Output::Table {
+        println!(
+            "{:<24} {:<5} {:<16} {:<20} MESSAGE",
+            "TIMESTAMP", "LEVEL", "SERVICE", "HOST"
+        );
+    }
+    loop {
+        let response = logcluster_common::http_client::request(
+            "POST",
+            &url,
+            &[],
+            body.to_string().as_bytes(),
+            Duration::from_secs(120),
+        )
+        .await?;
+        let page: Value = serde_json::from_str(&response.body).with_context(|| {
+            format!(
+                "the node answered {} with a body that is not JSON",
+                response.status
+            )
+        })?;
+        if response.status != 200 {
+            bail!(
+                "query failed ({}): {}",
+                response.status,
+                page["error"].as_str().unwrap_or(&response.body)
+            );
+        }
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        printed += items.len();
+        match args.output {
+            Output::Table => items
+                .iter()
+                .for_each(|i| println!("{}", table_row(i, width))),
+            Output::Ndjson => items.iter().for_each(|i| println!("{i}")),
+            Output::Json => all_items.extend(items),
+        }
+        eprintln!("stats: {}", page["stats"]);
+        let next = page["next_cursor"].clone();
+        if !args.all || next.is_null() {
+            break;
+        }
+        body["cursor"] = next;
+    }
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&all_items)?);
+    }
+    eprintln!("{printed} entries");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_resolve_and_rfc3339_passes_through() {
+        assert_eq!(
+            resolve_time("2024-05-01T14:00:00Z").expect("rfc3339"),
+            "2024-05-01T14:00:00Z"
+        );
+        let ago = resolve_time("15m").expect("relative");
+        let nanos = logcluster_proto::time::parse_rfc3339(&ago).expect("formatted");
+        let delta = logcluster_proto::time::now_nanos() - nanos;
+        assert!((14 * 60 * 1_000_000_000..16 * 60 * 1_000_000_000).contains(&delta));
+        assert!(resolve_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn table_rows_are_cut_to_the_width() {
+        let item = json!({"timestamp": "2024-05-01T14:00:00Z", "level": "ERROR", "service": "payment", "host": "h", "message": "x".repeat(500)});
+        let row = table_row(&item, 120);
+        assert_eq!(row.chars().count(), 120);
+        assert!(row.starts_with("2024-05-01T14:00:00Z"));
+    }
 }

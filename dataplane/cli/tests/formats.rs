@@ -199,11 +199,18 @@ async fn every_format_sent_over_tls_comes_back_field_for_field() -> anyhow::Resu
                 // from it.
                 let plain = items
                     .iter()
-                    .find(|i| i["message"].as_str().is_some_and(|m| m.ends_with(&entries[2].message)))
+                    .find(|i| {
+                        i["message"]
+                            .as_str()
+                            .is_some_and(|m| m.ends_with(&entries[2].message))
+                    })
                     .cloned()
                     .expect("the plain line is stored");
                 assert_eq!(plain["level"], "ERROR");
-                assert!(plain["host"].as_str().is_some_and(|h| !h.is_empty()), "host enrichment fills a missing host");
+                assert!(
+                    plain["host"].as_str().is_some_and(|h| !h.is_empty()),
+                    "host enrichment fills a missing host"
+                );
                 assert_eq!(
                     plain["timestamp"],
                     format_rfc3339(entries[2].timestamp).as_str()

@@ -232,8 +232,8 @@ impl FrameClient {
     }
 }
 
-/// A minimal HTTP/1.1 request (Connection: close); returns status and JSON body (or the text
-/// as a JSON string when it is not JSON).
+/// One HTTP request to the node; returns status and JSON body (or the text as a JSON string
+/// when it is not JSON).
 pub async fn http(
     addr: &str,
     method: &str,
@@ -257,58 +257,16 @@ pub async fn http_raw(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-    {
-        request.push_str("Content-Type: application/json\r\n");
-    }
-    for (key, value) in headers {
-        request.push_str(&format!("{key}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut response)).await??;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .context("malformed http response")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .context("no status")?
-        .parse()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
+    let url = format!("http://{addr}{path}");
+    let response = logcluster_common::http_client::request(
+        method,
+        &url,
+        headers,
+        body,
+        Duration::from_secs(60),
+    )
+    .await?;
+    Ok((response.status, response.body))
 }
 
 /// Polls `check` until it yields a value or `deadline` (stretched by LOGCLUSTER_TEST_PATIENCE)

@@ -1,0 +1,206 @@
+//! The `send` and `query` commands, run as real processes against a real node.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestNode;
+use serde_json::Value;
+
+fn logcluster(args: &[String]) -> anyhow::Result<(bool, String, String)> {
+    let output = Command::new(logcluster_testkit::binary_path("logcluster"))
+        .args(args)
+        .output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+fn send_args(node: &TestNode, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "send".into(),
+        "--tls-ca".into(),
+        node.ca.display().to_string(),
+        "--tcp-port".into(),
+        node.port("ingest").to_string(),
+        "--udp-port".into(),
+        node.port("udp").to_string(),
+        "--query-url".into(),
+        format!("http://{}", node.http_addr()),
+        "--json-summary".into(),
+        "--burst".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn summary(stdout: &str) -> Value {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn send_ships_every_format_with_failover_and_query_prints_it() -> anyhow::Result<()> {
+    let node = TestNode::start(|_, _| {}).await?;
+    // Generated JSON over two connections; the first address refuses, so connections fail over.
+    let (ok, out, err) = logcluster(&send_args(
+        &node,
+        &[
+            "--count",
+            "5000",
+            "--batch",
+            "500",
+            "--connections",
+            "2",
+            "--tenant",
+            "cli",
+            "--address",
+            "127.0.0.2,127.0.0.1",
+        ],
+    ))?;
+    assert!(ok, "{err}");
+    let s = summary(&out);
+    assert_eq!(
+        (s["acked"].as_u64(), s["failed"].as_u64()),
+        (Some(5000), Some(0)),
+        "{out}\n{err}"
+    );
+    assert_eq!(node.query_all("cli").await?.len(), 5000);
+    for format in ["proto", "avro", "raw", "syslog"] {
+        let tenant = format!("f-{format}");
+        let (ok, out, err) = logcluster(&send_args(
+            &node,
+            &[
+                "--count", "300", "--batch", "100", "--format", format, "--tenant", &tenant,
+            ],
+        ))?;
+        assert!(ok, "{format}: {err}");
+        assert_eq!(
+            summary(&out)["acked"].as_u64(),
+            Some(300),
+            "{format}: {out}"
+        );
+        assert_eq!(node.query_all(&tenant).await?.len(), 300, "{format}");
+    }
+    // A file of NDJSON lines.
+    let file = node.dir.path().join("app.ndjson");
+    let lines: Vec<String> = (0..250)
+        .map(|i| {
+            format!("{{\"service\":\"file-app\",\"level\":\"WARN\",\"message\":\"line {i}\"}}")
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n"))?;
+    let (ok, out, err) = logcluster(&send_args(
+        &node,
+        &[
+            "--file",
+            &file.display().to_string(),
+            "--tenant",
+            "file",
+            "--batch",
+            "64",
+        ],
+    ))?;
+    assert!(ok, "{err}");
+    assert_eq!(summary(&out)["acked"].as_u64(), Some(250));
+    // UDP: datagrams under 1400 bytes; loopback delivers them.
+    let (ok, out, err) = logcluster(&send_args(
+        &node,
+        &[
+            "--udp", "--count", "200", "--batch", "50", "--tenant", "ignored",
+        ],
+    ))?;
+    assert!(ok, "{err}");
+    assert_eq!(summary(&out)["sent"].as_u64(), Some(200));
+    common::eventually(
+        "udp entries",
+        std::time::Duration::from_secs(20),
+        || async {
+            node.query_all("default")
+                .await
+                .ok()
+                .filter(|items| items.len() >= 190)
+        },
+    )
+    .await?;
+    // query: the command prints what the API returns.
+    let (ok, out, err) = logcluster(&[
+        "query".into(),
+        "--url".into(),
+        format!("http://{}", node.http_addr()),
+        "--tenant".into(),
+        "cli".into(),
+        "--limit".into(),
+        "5".into(),
+        "--output".into(),
+        "ndjson".into(),
+        "level:ERROR".into(),
+    ])?;
+    assert!(ok, "{err}");
+    let rows: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(rows.len(), 5, "{out}");
+    assert!(rows.iter().all(|r| r["level"] == "ERROR"));
+    let (ok, out, _) = logcluster(&[
+        "query".into(),
+        "--url".into(),
+        format!("http://{}", node.http_addr()),
+        "--tenant".into(),
+        "file".into(),
+        "--all".into(),
+        "--limit".into(),
+        "100".into(),
+    ])?;
+    assert!(ok);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("file-app")).count(),
+        250,
+        "table output follows cursors"
+    );
+    let (ok, _, err) = logcluster(&[
+        "query".into(),
+        "--url".into(),
+        format!("http://{}", node.http_addr()),
+        "level:(".into(),
+    ])?;
+    assert!(!ok && err.contains("query"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn send_checks_the_nodes_schemas_before_sending() -> anyhow::Result<()> {
+    let node = TestNode::start(|raw, dir| {
+        let _ = std::fs::create_dir_all(dir.join("schemas"));
+        let _ = std::fs::write(
+            dir.join("schemas/checkout.yaml"),
+            "apiVersion: logcluster.io/v1alpha1\nkind: LogSchema\nmetadata: {name: checkout-needs-order}\nspec:\n  selector: {services: [checkout]}\n  format: json\n  schema: {type: object, required: [order_id]}\n",
+        );
+        raw.ingest.schema_dir = Some(dir.join("schemas"));
+    })
+    .await?;
+    let (ok, out, err) = logcluster(&send_args(
+        &node,
+        &["--count", "100", "--service", "checkout", "--tenant", "sc"],
+    ))?;
+    assert!(ok, "{err}");
+    let s = summary(&out);
+    assert_eq!(
+        (s["invalid"].as_u64(), s["sent"].as_u64()),
+        (Some(100), Some(0)),
+        "{out}"
+    );
+    let (ok, out, err) = logcluster(&send_args(
+        &node,
+        &["--count", "100", "--service", "search", "--tenant", "sc"],
+    ))?;
+    assert!(ok, "{err}");
+    assert_eq!(summary(&out)["acked"].as_u64(), Some(100));
+    Ok(())
+}
