@@ -97,6 +97,8 @@ pub enum AvroError {
     BadSchema(#[source] apache_avro::Error),
     #[error("avro writer schema is refused: {0}")]
     RefusedSchema(String),
+    #[error("avro schema names {0:?}, which is not a valid Avro name")]
+    BadName(String),
     #[error("avro codec {0:?} is not supported (use null or deflate)")]
     UnsupportedCodec(String),
     #[error("avro block {block} is malformed: {reason}")]
@@ -183,6 +185,55 @@ pub fn encode_container(entries: &[LogEntry]) -> Result<Vec<u8>, AvroError> {
     writer.into_inner().map_err(AvroError::Encode)
 }
 
+/// Whether `name` is a valid Avro (full) name: dot-separated parts of `[A-Za-z_][A-Za-z0-9_]*`.
+fn valid_avro_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// The `name` of every named type (record, enum, fixed) in a schema's JSON.
+fn check_names(value: &Value) -> Result<(), AvroError> {
+    match value {
+        Value::Object(map) => {
+            let named = matches!(
+                map.get("type").and_then(Value::as_str),
+                Some("record" | "error" | "enum" | "fixed")
+            );
+            if named && let Some(name) = map.get("name") {
+                match name.as_str() {
+                    Some(text) if valid_avro_name(text) => {}
+                    _ => return Err(AvroError::BadName(name.to_string())),
+                }
+            }
+            map.values().try_for_each(check_names)
+        }
+        Value::Array(items) => items.iter().try_for_each(check_names),
+        _ => Ok(()),
+    }
+}
+
+/// Parses an untrusted Avro schema. apache-avro 0.21 panics (an `unwrap` in `Name::parse`)
+/// on an invalid type name, so names are checked first; the parse also runs under
+/// `catch_unwind` in case another input reaches a panic inside the library — bad input must
+/// never take a process down.
+pub fn parse_untrusted_schema(text: &str) -> Result<Schema, AvroError> {
+    if let Ok(json) = serde_json::from_str::<Value>(text) {
+        check_names(&json)?;
+    }
+    match std::panic::catch_unwind(|| Schema::parse_str(text)) {
+        Ok(parsed) => parsed.map_err(AvroError::BadSchema),
+        Err(_) => Err(AvroError::RefusedSchema(
+            "the schema could not be parsed".into(),
+        )),
+    }
+}
+
 /// Reads an Avro object container file written with any schema and returns each datum as JSON
 /// (see the module documentation for the mapping), with the default [`MAX_DECODED_BYTES`].
 pub fn decode_container(bytes: &[u8]) -> Result<Vec<Value>, AvroError> {
@@ -196,7 +247,7 @@ pub fn decode_container_with_limit(
 ) -> Result<Vec<Value>, AvroError> {
     init_allocation_limit();
     let container = Container::parse(bytes, max_decoded)?;
-    let schema = Schema::parse_str(container.schema_text).map_err(AvroError::BadSchema)?;
+    let schema = parse_untrusted_schema(container.schema_text)?;
     SchemaCheck::run(&schema)?;
     let canonical =
         matches!(&schema, Schema::Record(r) if r.name.fullname(None) == LOG_ENTRY_FULLNAME);
@@ -208,17 +259,26 @@ pub fn decode_container_with_limit(
     } else {
         bytes
     };
-    let reader = apache_avro::Reader::new(framed).map_err(AvroError::Decode)?;
-    let mut out = Vec::with_capacity(container.records);
-    for datum in reader {
-        let datum = datum.map_err(AvroError::Decode)?;
-        out.push(if canonical {
-            canonical_to_json(datum)
-        } else {
-            avro_to_json(datum)
-        });
-    }
-    Ok(out)
+    // The schema was checked above; the reader parses the header again, so it runs under
+    // the same guard.
+    let read = std::panic::catch_unwind(|| -> Result<Vec<Value>, AvroError> {
+        let reader = apache_avro::Reader::new(framed).map_err(AvroError::Decode)?;
+        let mut out = Vec::with_capacity(container.records);
+        for datum in reader {
+            let datum = datum.map_err(AvroError::Decode)?;
+            out.push(if canonical {
+                canonical_to_json(datum)
+            } else {
+                avro_to_json(datum)
+            });
+        }
+        Ok(out)
+    });
+    read.unwrap_or_else(|_| {
+        Err(AvroError::RefusedSchema(
+            "the container could not be decoded".into(),
+        ))
+    })
 }
 
 /// The framing of a container, validated.
@@ -899,5 +959,28 @@ mod tests {
             }
             let _ = decode_container(&bytes);
         }
+    }
+
+    #[test]
+    fn invalid_type_names_are_refused_not_panicked_on() {
+        for schema in [
+            r#"{"type":"record","name":"LogEnt~y","fields":[]}"#,
+            r#"{"type":"record","name":"ok","fields":[{"name":"f","type":{"type":"enum","name":"1bad","symbols":["A"]}}]}"#,
+        ] {
+            let error = parse_untrusted_schema(schema).expect_err(schema);
+            assert!(
+                error.to_string().contains("not a valid Avro name"),
+                "{error}"
+            );
+        }
+        assert!(parse_untrusted_schema(LOG_ENTRY_SCHEMA).is_ok());
+        // The same schema inside a container, as a client would send it.
+        let mut bytes = encode_container(&[]).expect("encodes");
+        let at = bytes
+            .windows(8)
+            .position(|w| w == b"LogEntry")
+            .expect("schema name in the header");
+        bytes[at + 6] = b'~';
+        assert!(decode_container(&bytes).is_err());
     }
 }

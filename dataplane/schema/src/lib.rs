@@ -136,8 +136,8 @@ pub fn compile(resource: &LogSchemaResource) -> Result<CompiledSchema, CompileEr
                 other => other.to_string(),
             };
             Validator::Avro(
-                apache_avro::Schema::parse_str(&text)
-                    .map_err(|e| CompileError::Avro(e.to_string()))?,
+                logcluster_proto::avro::parse_untrusted_schema(&text)
+                    .map_err(|e| CompileError::Avro(error_text(&e)))?,
             )
         }
         SchemaFormat::Protobuf => {
@@ -482,4 +482,16 @@ pub async fn watch_dir(
             Err(error) => warn!(%error, "schema reload task failed"),
         }
     }
+}
+
+/// An error with its sources, for a LogSchema's status.
+fn error_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
