@@ -1,5 +1,6 @@
 //! The `logcluster` binary: node roles and the client commands. It only wires library crates.
 
+mod cluster_wiring;
 mod node;
 mod query_cmd;
 mod send;

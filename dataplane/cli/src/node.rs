@@ -16,11 +16,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use logcluster_cluster::hints::HintStore;
+use logcluster_cluster::replication::{Cluster, ClusterMetrics};
 use logcluster_common::shutdown::Shutdown;
-use logcluster_config::{Fsync, NodeConfig};
+use logcluster_config::{Fsync, NodeConfig, Role};
 use logcluster_ingest::listeners::UdpKind;
 use logcluster_ingest::metrics::IngestMetrics;
-use logcluster_ingest::pipeline::{Enrichment, Pipeline};
+use logcluster_ingest::pipeline::{Enrichment, Pipeline, Sink};
 use logcluster_query::api::{QueryLimits, QueryService};
 use logcluster_schema::SchemaRegistry;
 use logcluster_storage::{FsyncPolicy, StorageConfig, StorageMetrics, Store};
@@ -43,7 +45,8 @@ pub struct NodeArgs {
 struct HttpState {
     registry: Registry,
     schemas: SchemaRegistry,
-    store: Arc<Store>,
+    store: Option<Arc<Store>>,
+    cluster: Option<Arc<Cluster>>,
     ready: std::sync::atomic::AtomicBool,
     name: String,
 }
@@ -121,10 +124,22 @@ pub async fn run_node(
     storage_metrics.register(&mut registry);
     let ingest_metrics = IngestMetrics::default();
     ingest_metrics.register(&mut registry);
+    let cluster_metrics = ClusterMetrics::default();
+    if config.cluster.is_some() {
+        cluster_metrics.register(&mut registry);
+    }
 
-    let store = Store::open(storage_config(&config), storage_metrics.clone())
-        .await
-        .with_context(|| format!("failed to open storage in {}", config.data_dir.display()))?;
+    let store = if config.has_role(Role::Storage) {
+        Some(
+            Store::open(storage_config(&config), storage_metrics.clone())
+                .await
+                .with_context(|| {
+                    format!("failed to open storage in {}", config.data_dir.display())
+                })?,
+        )
+    } else {
+        None
+    };
 
     let schemas = SchemaRegistry::new();
     if let Some(dir) = &config.schema_dir {
@@ -144,6 +159,84 @@ pub async fn run_node(
             },
         ));
     }
+
+    let tls_files = config.tls.clone();
+    let cluster = match &config.cluster {
+        Some(cluster_config) => Some(
+            crate::cluster_wiring::connect(
+                cluster_config,
+                tls_files
+                    .as_ref()
+                    .context("cluster mode needs tls.certFile and tls.keyFile (the node certificate used for mutual TLS)")?,
+                cluster_metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
+    let query_limits = QueryLimits {
+        max_limit: config.query_max_limit,
+        timeout: config.query_timeout,
+        max_concurrent: config.query_max_concurrent,
+        default_tenant: config.default_tenant.clone(),
+    };
+    let local_query = store
+        .as_ref()
+        .map(|store| QueryService::new(store.clone(), query_limits.clone()));
+
+    let mut ports: BTreeMap<&str, u16> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // The storage member's side of the cluster: replica writes, hints, local queries.
+    if let (Some(cluster_config), Some(cluster), Some(store), Some(local_query)) =
+        (&config.cluster, &cluster, &store, &local_query)
+        && let Some(addr) = cluster_config.listen
+    {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("failed to bind the cluster listener on {addr}"))?;
+        ports.insert("cluster", listener.local_addr()?.port());
+        let hints = Arc::new(
+            HintStore::open(config.data_dir.join("hints"))
+                .context("failed to open the hint store")?,
+        );
+        let tls = tls_files
+            .as_ref()
+            .context("cluster mode needs tls.certFile and tls.keyFile")?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(
+            logcluster_common::tls::load_server_config(
+                &tls.cert_file,
+                &tls.key_file,
+                Some(&cluster_config.ca_file),
+            )
+            .context("failed to load the cluster TLS configuration")?,
+        );
+        let handler = crate::cluster_wiring::StorageHandler::new(
+            config.name.clone(),
+            store.clone(),
+            hints.clone(),
+            local_query.clone(),
+        );
+        let stop = shutdown.clone();
+        tasks.spawn(logcluster_cluster::rpc::serve(
+            listener,
+            acceptor,
+            Arc::new(handler),
+            256,
+            async move { stop.wait().await },
+        ));
+        let stop = shutdown.clone();
+        tokio::spawn(logcluster_cluster::server::run_handoff(
+            cluster.clone(),
+            hints,
+            cluster_config.hint_window,
+            cluster_config.handoff_interval,
+            async move { stop.wait().await },
+        ));
+    }
+
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -153,14 +246,24 @@ pub async fn run_node(
         config.environment.clone(),
         config.app_version.clone(),
     );
-    let pipeline = Pipeline::new(
-        Box::new(store.clone()),
-        schemas.clone(),
-        enrichment,
-        ingest_metrics.clone(),
-        config.default_tenant.clone(),
-        config.max_pending_bytes,
-    );
+    let sink: Option<Box<dyn Sink>> = match (&cluster, &store) {
+        (Some(cluster), _) => Some(Box::new(crate::cluster_wiring::ClusterSink(
+            cluster.clone(),
+        ))),
+        (None, Some(store)) => Some(Box::new(store.clone())),
+        (None, None) => None,
+    };
+    let pipeline = match sink {
+        Some(sink) if config.has_role(Role::Ingestor) => Some(Pipeline::new(
+            sink,
+            schemas.clone(),
+            enrichment,
+            ingest_metrics.clone(),
+            config.default_tenant.clone(),
+            config.max_pending_bytes,
+        )),
+        _ => None,
+    };
 
     let tls = match &config.tls {
         Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
@@ -174,102 +277,110 @@ pub async fn run_node(
         None => None,
     };
 
-    let ingest = bind_tcp(config.listen.ingest, "framed ingest").await?;
-    let udp = bind_udp(config.listen.udp, "UDP JSON").await?;
-    let syslog_tcp = bind_tcp(config.listen.syslog_tcp, "syslog TCP").await?;
-    let syslog_tls = bind_tcp(config.listen.syslog_tls, "syslog TLS").await?;
-    let syslog_udp = bind_udp(config.listen.syslog_udp, "syslog UDP").await?;
-    let http = bind_tcp(config.listen.http, "HTTP").await?;
+    if let Some(pipeline) = &pipeline {
+        let ingest = bind_tcp(config.listen.ingest, "framed ingest").await?;
+        let udp = bind_udp(config.listen.udp, "UDP JSON").await?;
+        let syslog_tcp = bind_tcp(config.listen.syslog_tcp, "syslog TCP").await?;
+        let syslog_tls = bind_tcp(config.listen.syslog_tls, "syslog TLS").await?;
+        let syslog_udp = bind_udp(config.listen.syslog_udp, "syslog UDP").await?;
+        if let Some(listener) = ingest {
+            ports.insert("ingest", listener.local_addr()?.port());
+            let acceptor = tls
+                .clone()
+                .context("the framed ingest listener needs TLS")?;
+            let framed = logcluster_ingest::framed::FramedConfig {
+                max_frame_bytes: config.max_frame_bytes,
+                max_in_flight: config.max_in_flight_per_connection,
+                handshake_timeout: Duration::from_secs(10),
+            };
+            tasks.spawn(logcluster_ingest::framed::run(
+                listener,
+                acceptor,
+                pipeline.clone(),
+                framed,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(socket) = udp {
+            ports.insert("udp", socket.local_addr()?.port());
+            tasks.spawn(logcluster_ingest::listeners::run_udp(
+                socket,
+                UdpKind::Json,
+                pipeline.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(listener) = syslog_tcp {
+            ports.insert("syslog_tcp", listener.local_addr()?.port());
+            tasks.spawn(logcluster_ingest::listeners::run_syslog_tcp(
+                listener,
+                None,
+                pipeline.clone(),
+                config.max_syslog_message_bytes,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(listener) = syslog_tls {
+            ports.insert("syslog_tls", listener.local_addr()?.port());
+            let acceptor = tls.clone().context("the syslog TLS listener needs TLS")?;
+            tasks.spawn(logcluster_ingest::listeners::run_syslog_tcp(
+                listener,
+                Some(acceptor),
+                pipeline.clone(),
+                config.max_syslog_message_bytes,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(socket) = syslog_udp {
+            ports.insert("syslog_udp", socket.local_addr()?.port());
+            tasks.spawn(logcluster_ingest::listeners::run_udp(
+                socket,
+                UdpKind::Syslog,
+                pipeline.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
 
-    let mut ports: BTreeMap<&str, u16> = BTreeMap::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(listener) = ingest {
-        ports.insert("ingest", listener.local_addr()?.port());
-        let acceptor = tls
-            .clone()
-            .context("the framed ingest listener needs TLS")?;
-        let framed = logcluster_ingest::framed::FramedConfig {
-            max_frame_bytes: config.max_frame_bytes,
-            max_in_flight: config.max_in_flight_per_connection,
-            handshake_timeout: Duration::from_secs(10),
-        };
-        tasks.spawn(logcluster_ingest::framed::run(
-            listener,
-            acceptor,
-            pipeline.clone(),
-            framed,
-            shutdown.clone(),
-        ));
-    }
-    if let Some(socket) = udp {
-        ports.insert("udp", socket.local_addr()?.port());
-        tasks.spawn(logcluster_ingest::listeners::run_udp(
-            socket,
-            UdpKind::Json,
-            pipeline.clone(),
-            shutdown.clone(),
-        ));
-    }
-    if let Some(listener) = syslog_tcp {
-        ports.insert("syslog_tcp", listener.local_addr()?.port());
-        tasks.spawn(logcluster_ingest::listeners::run_syslog_tcp(
-            listener,
-            None,
-            pipeline.clone(),
-            config.max_syslog_message_bytes,
-            shutdown.clone(),
-        ));
-    }
-    if let Some(listener) = syslog_tls {
-        ports.insert("syslog_tls", listener.local_addr()?.port());
-        let acceptor = tls.clone().context("the syslog TLS listener needs TLS")?;
-        tasks.spawn(logcluster_ingest::listeners::run_syslog_tcp(
-            listener,
-            Some(acceptor),
-            pipeline.clone(),
-            config.max_syslog_message_bytes,
-            shutdown.clone(),
-        ));
-    }
-    if let Some(socket) = syslog_udp {
-        ports.insert("syslog_udp", socket.local_addr()?.port());
-        tasks.spawn(logcluster_ingest::listeners::run_udp(
-            socket,
-            UdpKind::Syslog,
-            pipeline.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let query = QueryService::new(
-        store.clone(),
-        QueryLimits {
-            max_limit: config.query_max_limit,
-            timeout: config.query_timeout,
-            max_concurrent: config.query_max_concurrent,
-            default_tenant: config.default_tenant.clone(),
-        },
-    );
+    let query = if config.has_role(Role::Query) {
+        match &cluster {
+            Some(cluster) => Some(QueryService::new_cluster(cluster.clone(), query_limits)),
+            None => local_query.clone(),
+        }
+    } else {
+        None
+    };
     let state = Arc::new(HttpState {
         registry,
         schemas: schemas.clone(),
         store: store.clone(),
+        cluster: cluster.clone(),
         ready: std::sync::atomic::AtomicBool::new(false),
         name: config.name.clone(),
     });
+    let http = bind_tcp(config.listen.http, "HTTP").await?;
     if let Some(listener) = http {
         ports.insert("http", listener.local_addr()?.port());
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/api/v1/schemas", get(list_schemas))
             .route("/api/v1/node", get(node_info))
-            .with_state(state.clone())
-            .merge(logcluster_ingest::http::router(
+            .route("/api/v1/cluster", get(cluster_status))
+            .with_state(state.clone());
+        if let Some(pipeline) = &pipeline {
+            app = app.merge(logcluster_ingest::http::router(
                 pipeline.clone(),
                 config.max_frame_bytes as usize,
-            ))
-            .merge(logcluster_query::api::router(query));
+            ));
+        }
+        if let Some(query) = &query {
+            app = app.merge(logcluster_query::api::router(query.clone()));
+        }
+        if let (Some(local), Some(_)) = (&local_query, &cluster) {
+            app = app.merge(logcluster_query::api::local_router(local.clone()));
+        }
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(error) = axum::serve(listener, app)
@@ -280,7 +391,9 @@ pub async fn run_node(
             }
         });
     }
-    tokio::spawn(maintenance(store.clone(), config.fsync, shutdown.clone()));
+    if let Some(store) = &store {
+        tokio::spawn(maintenance(store.clone(), config.fsync, shutdown.clone()));
+    }
     if let Some(interval) = config.stats_log_interval {
         tokio::spawn(stats_log(
             ingest_metrics.clone(),
@@ -290,17 +403,19 @@ pub async fn run_node(
         ));
     }
     state.ready.store(true, Ordering::SeqCst);
-    info!(name = %config.name, ?ports, data_dir = %config.data_dir.display(), "node ready");
+    info!(name = %config.name, roles = ?config.roles, ?ports, data_dir = %config.data_dir.display(), "node ready");
     if let Some(path) = &ready_file {
         write_ready_file(path, &ports, &config.name)?;
     }
     shutdown.wait().await;
     state.ready.store(false, Ordering::SeqCst);
     while tasks.join_next().await.is_some() {}
-    store
-        .shutdown()
-        .await
-        .context("final flush of the write-ahead logs failed")?;
+    if let Some(store) = &store {
+        store
+            .shutdown()
+            .await
+            .context("final flush of the write-ahead logs failed")?;
+    }
     info!("node stopped cleanly; every acknowledged entry is on disk");
     Ok(())
 }
@@ -337,9 +452,24 @@ async fn list_schemas(State(state): State<Arc<HttpState>>) -> impl IntoResponse 
 }
 
 async fn node_info(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    axum::Json(
-        json!({ "name": state.name, "storage": state.store.stats(), "tenants": state.store.tenants() }),
-    )
+    axum::Json(json!({
+        "name": state.name,
+        "storage": state.store.as_ref().map(|s| s.stats()),
+        "tenants": state.store.as_ref().map(|s| s.tenants()).unwrap_or_default(),
+    }))
+}
+
+/// Members, readiness as this node sees it, ring ownership and each member's own status
+/// (hints pending, stored bytes).
+async fn cluster_status(State(state): State<Arc<HttpState>>) -> axum::response::Response {
+    match &state.cluster {
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": "this node runs alone, not in a cluster" })),
+        )
+            .into_response(),
+        Some(cluster) => axum::Json(crate::cluster_wiring::status(cluster).await).into_response(),
+    }
 }
 
 async fn maintenance(store: Arc<Store>, fsync: Fsync, shutdown: Shutdown) {

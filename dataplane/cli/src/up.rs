@@ -1,15 +1,21 @@
 //! `logcluster up`: the embedded default — a whole local cluster on 127.0.0.1.
 //!
-//! Generates (or reuses) a self-signed CA and node certificate in the data directory, writes
-//! the node configuration, starts the node as a child process, waits for its ready-file,
-//! prints the endpoints and example commands, and on Ctrl+C / SIGTERM stops the node with
-//! SIGTERM so it flushes before exiting.
+//! Generates (or reuses) a self-signed CA and node certificate in the data directory, then
+//! starts, as child processes: `--storage N` storage members (default 3), one ingestor and
+//! one query node, all talking mutual TLS. Storage members start first with ephemeral or
+//! fixed cluster ports; once they are ready `up` writes `members.yaml`, which every node
+//! watches. Prints the endpoints, writes `<data-dir>/ready.json` (ports and pids, for scripts
+//! and tests), and on Ctrl+C / SIGTERM stops the ingestor first (in-flight batches finish),
+//! then the query node, then the storage members — each with SIGTERM, so they flush.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use logcluster_config::{RawNodeConfig, RawTls};
+use logcluster_cluster::membership::{Member, MemberList, write_members_file};
+use logcluster_config::{RawCluster, RawNodeConfig, RawTls, Role};
+use serde_json::json;
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
@@ -25,6 +31,18 @@ pub struct UpArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Number of storage members.
+    #[arg(long, default_value_t = 3)]
+    pub storage: usize,
+    /// Copies of every entry (capped at the number of storage members).
+    #[arg(long, default_value_t = 3)]
+    pub replication_factor: u32,
+    /// Durable replica acknowledgements before a client is acknowledged.
+    #[arg(long, default_value_t = 2)]
+    pub write_quorum: u32,
+    /// Replicas a query must hear from per stream.
+    #[arg(long, default_value_t = 2)]
+    pub read_quorum: u32,
     /// Framed TLS ingest port.
     #[arg(long, default_value_t = 3001)]
     pub ingest_port: u16,
@@ -37,9 +55,18 @@ pub struct UpArgs {
     /// Syslog over TLS port.
     #[arg(long, default_value_t = 6514)]
     pub syslog_tls_port: u16,
-    /// HTTP port: ingest, query API, metrics, health.
+    /// HTTP port of the query node: query API, schemas, metrics, health.
     #[arg(long, default_value_t = 3100)]
     pub http_port: u16,
+    /// HTTP port of the ingestor: JSON/NDJSON ingest, metrics, health.
+    #[arg(long, default_value_t = 3101)]
+    pub ingest_http_port: u16,
+    /// First cluster (node-to-node) port; storage member i uses this + i.
+    #[arg(long, default_value_t = 7000)]
+    pub cluster_port: u16,
+    /// First HTTP port of the storage members (metrics, health); member i uses this + i.
+    #[arg(long, default_value_t = 3110)]
+    pub storage_http_port: u16,
     /// Use ephemeral ports everywhere (tests; the ports are printed and written to
     /// `<data-dir>/ready.json`).
     #[arg(long)]
@@ -49,35 +76,162 @@ pub struct UpArgs {
     pub fsync: String,
 }
 
-fn node_config(
-    args: &UpArgs,
-    data_dir: &Path,
-    schemas: &Path,
-    pki: &logcluster_common::certs::DevPki,
-) -> RawNodeConfig {
-    let mut raw = RawNodeConfig::for_test(data_dir.join("node-1"));
-    raw.name = Some("node-1".into());
-    let addr = |port: u16| {
+struct Paths {
+    data_dir: PathBuf,
+    schemas: PathBuf,
+    members: PathBuf,
+    pki: logcluster_common::certs::DevPki,
+}
+
+/// A child node of `up`.
+struct Node {
+    name: String,
+    raw: RawNodeConfig,
+    child: Child,
+    ready: serde_json::Value,
+}
+
+impl Node {
+    /// Rewrites the configuration with the ports the node bound, so a restart (after a crash)
+    /// keeps its address — the members file and clients stay valid, as for a pod with a
+    /// stable identity.
+    fn pin_ports(&mut self, paths: &Paths) -> anyhow::Result<()> {
+        let ports = &self.ready["ports"];
+        let pin = |addr: &mut String, key: &str| {
+            if let (false, Some(port)) = (addr.is_empty(), ports[key].as_u64())
+                && let Some((host, _)) = addr.rsplit_once(':')
+            {
+                *addr = format!("{host}:{port}");
+            }
+        };
+        let listen = &mut self.raw.listen;
+        pin(&mut listen.ingest, "ingest");
+        pin(&mut listen.udp, "udp");
+        pin(&mut listen.syslog_tcp, "syslog_tcp");
+        pin(&mut listen.syslog_udp, "syslog_udp");
+        pin(&mut listen.syslog_tls, "syslog_tls");
+        pin(&mut listen.http, "http");
+        if let Some(cluster) = self.raw.cluster.as_mut() {
+            pin(&mut cluster.listen, "cluster");
+        }
+        let config_path = paths.data_dir.join(format!("{}.yaml", self.name));
+        std::fs::write(&config_path, self.raw.to_yaml()?)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        Ok(())
+    }
+}
+
+impl UpArgs {
+    fn addr(&self, port: u16) -> String {
         format!(
             "{}:{}",
-            args.host,
-            if args.ephemeral_ports { 0 } else { port }
+            self.host,
+            if self.ephemeral_ports { 0 } else { port }
         )
-    };
-    raw.listen.ingest = addr(args.ingest_port);
-    raw.listen.udp = addr(args.udp_port);
-    raw.listen.syslog_tcp = addr(args.syslog_port);
-    raw.listen.syslog_udp = addr(args.syslog_port);
-    raw.listen.syslog_tls = addr(args.syslog_tls_port);
-    raw.listen.http = addr(args.http_port);
-    raw.tls = Some(RawTls {
-        cert_file: pki.node_cert.clone(),
-        key_file: pki.node_key.clone(),
-        client_ca_file: None,
-    });
-    raw.ingest.schema_dir = Some(schemas.to_path_buf());
-    raw.storage.fsync = args.fsync.clone();
-    raw
+    }
+
+    fn base_config(&self, name: &str, paths: &Paths, roles: Vec<Role>) -> RawNodeConfig {
+        let mut raw = RawNodeConfig::for_test(paths.data_dir.join(name));
+        raw.name = Some(name.to_string());
+        raw.roles = roles;
+        raw.listen.ingest = String::new();
+        raw.listen.udp = String::new();
+        raw.listen.syslog_tcp = String::new();
+        raw.listen.syslog_udp = String::new();
+        raw.listen.syslog_tls = String::new();
+        raw.listen.http = String::new();
+        raw.tls = Some(RawTls {
+            cert_file: paths.pki.node_cert.clone(),
+            key_file: paths.pki.node_key.clone(),
+            client_ca_file: None,
+        });
+        raw.storage.fsync = self.fsync.clone();
+        let mut cluster = RawCluster::for_test(&paths.pki.ca_cert, &paths.members);
+        cluster.listen = String::new();
+        cluster.replication_factor = self.replication_factor;
+        cluster.write_quorum = self.write_quorum;
+        cluster.read_quorum = self.read_quorum;
+        raw.cluster = Some(cluster);
+        raw
+    }
+
+    fn storage_config(&self, index: usize, paths: &Paths) -> RawNodeConfig {
+        let name = format!("storage-{index}");
+        let mut raw = self.base_config(&name, paths, vec![Role::Storage]);
+        raw.listen.http = self.addr(self.storage_http_port + index as u16);
+        if let Some(cluster) = raw.cluster.as_mut() {
+            cluster.listen = self.addr(self.cluster_port + index as u16);
+        }
+        raw
+    }
+
+    fn ingestor_config(&self, paths: &Paths) -> RawNodeConfig {
+        let mut raw = self.base_config("ingestor", paths, vec![Role::Ingestor]);
+        raw.listen.ingest = self.addr(self.ingest_port);
+        raw.listen.udp = self.addr(self.udp_port);
+        raw.listen.syslog_tcp = self.addr(self.syslog_port);
+        raw.listen.syslog_udp = self.addr(self.syslog_port);
+        raw.listen.syslog_tls = self.addr(self.syslog_tls_port);
+        raw.listen.http = self.addr(self.ingest_http_port);
+        raw.ingest.schema_dir = Some(paths.schemas.clone());
+        raw
+    }
+
+    fn query_config(&self, paths: &Paths) -> RawNodeConfig {
+        let mut raw = self.base_config("query", paths, vec![Role::Query]);
+        raw.listen.http = self.addr(self.http_port);
+        // The query node lists the schemas too (`logcluster send` checks them before sending).
+        raw.ingest.schema_dir = Some(paths.schemas.clone());
+        raw
+    }
+}
+
+async fn start(name: &str, config: RawNodeConfig, paths: &Paths) -> anyhow::Result<Node> {
+    let config_path = paths.data_dir.join(format!("{name}.yaml"));
+    std::fs::write(&config_path, config.to_yaml()?)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let ready = paths.data_dir.join(format!("{name}.ready.json"));
+    let _ = std::fs::remove_file(&ready);
+    let log_path = paths.data_dir.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the logcluster executable")?;
+    let mut child = Command::new(exe)
+        .arg("node")
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to start {name}"))?;
+    match wait_ready(&mut child, &ready, Duration::from_secs(60)).await {
+        Ok(info) => {
+            let mut node = Node {
+                name: name.to_string(),
+                raw: config,
+                child,
+                ready: info,
+            };
+            node.pin_ports(paths)?;
+            Ok(node)
+        }
+        Err(error) => {
+            terminate(name, &mut child).await;
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(error.context(format!(
+                "{name} failed to start; the end of {}:\n{}",
+                log_path.display(),
+                tail.join("\n")
+            )))
+        }
+    }
 }
 
 async fn wait_ready(
@@ -93,7 +247,7 @@ async fn wait_ready(
             return Ok(value);
         }
         if let Some(status) = child.try_wait()? {
-            bail!("the node exited during startup ({status}); see its log above");
+            bail!("the node exited during startup ({status})");
         }
         if started.elapsed() > deadline {
             bail!("the node did not become ready within {deadline:?}");
@@ -102,7 +256,7 @@ async fn wait_ready(
     }
 }
 
-async fn terminate(child: &mut Child) {
+async fn terminate(name: &str, child: &mut Child) {
     if let Some(pid) = child.id() {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -111,15 +265,69 @@ async fn terminate(child: &mut Child) {
             .await;
     }
     match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-        Ok(Ok(status)) => info!(%status, "node stopped"),
+        Ok(Ok(status)) => info!(node = name, %status, "stopped"),
         _ => {
-            warn!("node did not stop in 30s; killing it");
+            warn!(node = name, "did not stop in 30s; killing it");
             let _ = child.kill().await;
         }
     }
 }
 
+async fn stop_all(nodes: &mut [Node]) {
+    // Ingestor first so in-flight batches still reach the storage members, storage last.
+    for node in nodes.iter_mut().rev() {
+        terminate(&node.name, &mut node.child).await;
+    }
+}
+
+fn port(node: &Node, name: &str) -> u64 {
+    node.ready["ports"][name].as_u64().unwrap_or(0)
+}
+
+/// Writes `<data-dir>/ready.json`: every endpoint and pid (rewritten after restarts).
+fn write_summary(nodes: &[Node], paths: &Paths, ready_path: &Path) -> anyhow::Result<()> {
+    let by_name: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let (Some(ingestor), Some(query)) = (by_name.get("ingestor"), by_name.get("query")) else {
+        bail!("the ingestor or the query node is missing");
+    };
+    let storage: Vec<serde_json::Value> = nodes
+        .iter()
+        .filter(|n| n.name.starts_with("storage-"))
+        .map(|n| {
+            json!({
+                "name": n.name,
+                "pid": n.child.id(),
+                "cluster": port(n, "cluster"),
+                "http": port(n, "http"),
+                "config": paths.data_dir.join(format!("{}.yaml", n.name)),
+            })
+        })
+        .collect();
+    let summary = json!({
+        "ports": {
+            "ingest": port(ingestor, "ingest"),
+            "udp": port(ingestor, "udp"),
+            "syslog_tcp": port(ingestor, "syslog_tcp"),
+            "syslog_udp": port(ingestor, "syslog_udp"),
+            "syslog_tls": port(ingestor, "syslog_tls"),
+            "ingest_http": port(ingestor, "http"),
+            "http": port(query, "http"),
+        },
+        "pids": { "ingestor": ingestor.child.id(), "query": query.child.id(), "up": std::process::id() },
+        "storage": storage,
+        "ca": paths.pki.ca_cert,
+        "members_file": paths.members,
+    });
+    let tmp = ready_path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&summary)?)?;
+    std::fs::rename(&tmp, ready_path)?;
+    Ok(())
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.storage == 0 {
+        bail!("--storage must be at least 1");
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
@@ -134,71 +342,124 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &["localhost", "127.0.0.1", "::1", &args.host],
     )
     .context("failed to create the development certificates")?;
-    let config_path = data_dir.join("node-1.yaml");
-    std::fs::write(
-        &config_path,
-        node_config(&args, &data_dir, &schemas, &pki).to_yaml()?,
-    )?;
-    let ready = data_dir.join("ready.json");
-    let _ = std::fs::remove_file(&ready);
-    let exe = std::env::current_exe().context("cannot find the logcluster executable")?;
-    let mut child = Command::new(exe)
-        .arg("node")
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--ready-file")
-        .arg(&ready)
-        .kill_on_drop(true)
-        .spawn()
-        .context("failed to start the node process")?;
-    let info = match wait_ready(&mut child, &ready, Duration::from_secs(60)).await {
-        Ok(info) => info,
-        Err(error) => {
-            terminate(&mut child).await;
-            return Err(error);
-        }
+    let paths = Paths {
+        members: data_dir.join("members.yaml"),
+        data_dir: data_dir.clone(),
+        schemas,
+        pki,
     };
-    let port = |name: &str| info["ports"][name].as_u64().unwrap_or(0);
+    let ready_path = data_dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready_path);
+    // Members are published once they listen; nodes watch the file.
+    write_members_file(&paths.members, &MemberList::default())
+        .with_context(|| format!("cannot write {}", paths.members.display()))?;
+
+    let mut nodes: Vec<Node> = Vec::new();
+    let started: anyhow::Result<()> = async {
+        for index in 0..args.storage {
+            let name = format!("storage-{index}");
+            nodes.push(start(&name, args.storage_config(index, &paths), &paths).await?);
+        }
+        let members = MemberList::new(
+            nodes
+                .iter()
+                .map(|n| Member {
+                    id: n.name.clone(),
+                    addr: format!("{}:{}", args.host, port(n, "cluster")),
+                    ready: true,
+                    leaving: false,
+                })
+                .collect(),
+        );
+        write_members_file(&paths.members, &members)
+            .with_context(|| format!("cannot write {}", paths.members.display()))?;
+        nodes.push(start("query", args.query_config(&paths), &paths).await?);
+        nodes.push(start("ingestor", args.ingestor_config(&paths), &paths).await?);
+        Ok(())
+    }
+    .await;
+    if let Err(error) = started {
+        stop_all(&mut nodes).await;
+        return Err(error);
+    }
+
+    write_summary(&nodes, &paths, &ready_path)?;
+    let by_name: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let ingestor = by_name["ingestor"];
+    let query = by_name["query"];
     let host = &args.host;
-    let ca = pki.ca_cert.display();
+    let ca = paths.pki.ca_cert.display();
+    let http = port(query, "http");
+    let ingest = port(ingestor, "ingest");
     println!(
-        "LogCluster is up (1 node: ingestor + storage + query).\n\n\
+        "LogCluster is up: {storage} storage members (replication {rf}, write quorum {w}, read quorum {r}), \
+         an ingestor and a query node.\n\n\
          Endpoints\n\
          \x20 TLS ingest (framed)   {host}:{ingest}\n\
          \x20 UDP JSON              {host}:{udp}\n\
          \x20 syslog TCP / UDP      {host}:{syslog_tcp} / {host}:{syslog_udp}\n\
          \x20 syslog TLS            {host}:{syslog_tls}\n\
-         \x20 HTTP (query, ingest)  http://{host}:{http}\n\
-         \x20 metrics               http://{host}:{http}/metrics\n\
+         \x20 HTTP ingest           http://{host}:{ingest_http}/api/v1/ingest\n\
+         \x20 query API             http://{host}:{http}\n\
+         \x20 cluster status        http://{host}:{http}/api/v1/cluster\n\
+         \x20 metrics               http://{host}:{http}/metrics (each node has its own)\n\
          \x20 CA certificate        {ca}\n\
          \x20 schemas folder        {schemas}\n\
-         \x20 data                  {data}\n\n\
+         \x20 data and node logs    {data}\n\n\
          Try\n\
          \x20 logcluster send --tls-ca {ca} --tcp-port {ingest} --count 100000 --burst\n\
          \x20 logcluster query --url http://{host}:{http} 'level:ERROR AND timeout' --limit 20\n\
          \x20 logger --server {host} --port {syslog_tcp} --tcp 'hello from logger'\n\
          \x20 curl -s http://{host}:{http}/api/v1/stats?interval=1m\n\n\
          Ctrl+C stops everything cleanly.",
-        ingest = port("ingest"),
-        udp = port("udp"),
-        syslog_tcp = port("syslog_tcp"),
-        syslog_udp = port("syslog_udp"),
-        syslog_tls = port("syslog_tls"),
-        http = port("http"),
-        schemas = schemas.display(),
+        storage = args.storage,
+        rf = args.replication_factor.min(args.storage as u32),
+        w = args.write_quorum,
+        r = args.read_quorum,
+        udp = port(ingestor, "udp"),
+        syslog_tcp = port(ingestor, "syslog_tcp"),
+        syslog_udp = port(ingestor, "syslog_udp"),
+        syslog_tls = port(ingestor, "syslog_tls"),
+        ingest_http = port(ingestor, "http"),
+        schemas = paths.schemas.display(),
         data = data_dir.display(),
     );
+    drop(by_name);
+
+    // Supervise: a node that exits (a crash, or kill -9 while trying things out) is
+    // restarted with the same identity, ports and data, as Kubernetes would restart a pod.
+    let supervise = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut restarted_any = false;
+            for node in nodes.iter_mut() {
+                let Ok(Some(status)) = node.child.try_wait() else {
+                    continue;
+                };
+                warn!(node = %node.name, %status, "node exited; restarting it (its log is in the data directory)");
+                match start(&node.name, node.raw.clone(), &paths).await {
+                    Ok(restarted) => {
+                        info!(node = %node.name, "node restarted");
+                        *node = restarted;
+                        restarted_any = true;
+                    }
+                    Err(error) => {
+                        warn!(node = %node.name, error = %format!("{error:#}"), "restart failed; trying again")
+                    }
+                }
+            }
+            if restarted_any && let Err(error) = write_summary(&nodes, &paths, &ready_path) {
+                warn!(%error, "cannot rewrite ready.json");
+            }
+        }
+    };
     tokio::select! {
         () = logcluster_common::shutdown::wait_for_signal() => {
             info!("stopping the local cluster");
-            terminate(&mut child).await;
         }
-        status = child.wait() => {
-            let status = status?;
-            if !status.success() {
-                bail!("the node exited unexpectedly ({status})");
-            }
-        }
+        () = supervise => {}
     }
+    stop_all(&mut nodes).await;
+    let _ = std::fs::remove_file(&ready_path);
     Ok(())
 }

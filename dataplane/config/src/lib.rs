@@ -46,6 +46,10 @@ pub struct RawNodeConfig {
     pub storage: RawStorage,
     #[serde(default)]
     pub query: RawQuery,
+    /// Cluster mode: replication over storage members. Absent = a single node that stores
+    /// locally.
+    #[serde(default)]
+    pub cluster: Option<RawCluster>,
     /// Interval of the one-line stats log; `0s` disables it.
     #[serde(default = "default_stats_interval")]
     pub stats_log_interval: String,
@@ -166,6 +170,46 @@ pub struct RawRetention {
     pub max_bytes: Option<u64>,
 }
 
+/// Cluster membership and replication.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCluster {
+    /// Listen address of the cluster RPC (mutual TLS), on storage members.
+    #[serde(default = "default_cluster_addr")]
+    pub listen: String,
+    /// CA that signs every node certificate; peers must present a certificate from it.
+    pub ca_file: PathBuf,
+    /// Name every peer certificate must carry; default: the host part of the member address.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// YAML file listing the storage members (`members: [{id, addr, ready, leaving}]`),
+    /// re-read when it changes. Exactly one of membersFile and members is required outside
+    /// Kubernetes.
+    #[serde(default)]
+    pub members_file: Option<PathBuf>,
+    /// A fixed list of storage members: `id=host:port` each.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Copies of every entry.
+    #[serde(default = "default_rf")]
+    pub replication_factor: u32,
+    /// Durable replica acknowledgements before a client is acknowledged.
+    #[serde(default = "default_quorum")]
+    pub write_quorum: u32,
+    /// Replicas asked per key range by a query.
+    #[serde(default = "default_quorum")]
+    pub read_quorum: u32,
+    /// Time a replica may take to answer one call before it counts as failed.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout: String,
+    /// Hints older than this are dropped (anti-entropy repairs what they carried).
+    #[serde(default = "default_hint_window")]
+    pub hint_window: String,
+    /// How often hints are offered to their members.
+    #[serde(default = "default_handoff_interval")]
+    pub handoff_interval: String,
+}
+
 /// Query limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -251,6 +295,24 @@ fn default_query_timeout() -> String {
 }
 fn default_max_concurrent() -> u32 {
     8
+}
+fn default_cluster_addr() -> String {
+    "0.0.0.0:7000".into()
+}
+fn default_rf() -> u32 {
+    3
+}
+fn default_quorum() -> u32 {
+    2
+}
+fn default_call_timeout() -> String {
+    "5s".into()
+}
+fn default_hint_window() -> String {
+    "3h".into()
+}
+fn default_handoff_interval() -> String {
+    "1s".into()
 }
 
 impl Default for RawListen {
@@ -422,6 +484,120 @@ pub struct NodeConfig {
     pub query_timeout: Duration,
     pub query_max_concurrent: usize,
     pub stats_log_interval: Option<Duration>,
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Where the storage members come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembersSource {
+    /// A YAML members file, watched for changes.
+    File(PathBuf),
+    /// A fixed list of (id, host:port).
+    Static(Vec<(String, String)>),
+    /// Kubernetes EndpointSlices of the storage headless Service (set by the operator).
+    Kubernetes,
+}
+
+/// Validated cluster settings.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub listen: Option<SocketAddr>,
+    pub ca_file: PathBuf,
+    pub tls_server_name: Option<String>,
+    pub members: MembersSource,
+    pub replication_factor: usize,
+    pub write_quorum: usize,
+    pub read_quorum: usize,
+    pub call_timeout: Duration,
+    pub hint_window: Duration,
+    pub handoff_interval: Duration,
+}
+
+impl RawCluster {
+    fn validate(self) -> Result<ClusterConfig, ConfigError> {
+        let (rf, w, r) = (self.replication_factor, self.write_quorum, self.read_quorum);
+        if rf == 0 || w == 0 || r == 0 {
+            return Err(invalid(
+                "cluster",
+                "replicationFactor, writeQuorum and readQuorum must be at least 1",
+            ));
+        }
+        if w > rf || r > rf {
+            return Err(invalid(
+                "cluster",
+                format!(
+                    "writeQuorum ({w}) and readQuorum ({r}) cannot exceed replicationFactor ({rf})"
+                ),
+            ));
+        }
+        if w + r <= rf {
+            return Err(invalid(
+                "cluster",
+                format!(
+                    "writeQuorum + readQuorum ({}) must exceed replicationFactor ({rf}) so every read sees the latest acknowledged write",
+                    w + r
+                ),
+            ));
+        }
+        let members = match (self.members_file, self.members.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "cluster.members",
+                    "give either membersFile or members, not both",
+                ));
+            }
+            (Some(path), true) => MembersSource::File(path),
+            (None, false) => {
+                let mut list = Vec::new();
+                for item in &self.members {
+                    let Some((id, addr)) = item.split_once('=') else {
+                        return Err(invalid(
+                            "cluster.members",
+                            format!("{item:?} is not id=host:port"),
+                        ));
+                    };
+                    if id.is_empty() || addr.rsplit_once(':').is_none() {
+                        return Err(invalid(
+                            "cluster.members",
+                            format!("{item:?} is not id=host:port"),
+                        ));
+                    }
+                    list.push((id.to_string(), addr.to_string()));
+                }
+                MembersSource::Static(list)
+            }
+            (None, true) => MembersSource::Kubernetes,
+        };
+        Ok(ClusterConfig {
+            listen: addr_field("cluster.listen", &self.listen)?,
+            ca_file: self.ca_file,
+            tls_server_name: self.tls_server_name.filter(|s| !s.is_empty()),
+            members,
+            replication_factor: rf as usize,
+            write_quorum: w as usize,
+            read_quorum: r as usize,
+            call_timeout: duration_field("cluster.callTimeout", &self.call_timeout)?,
+            hint_window: duration_field("cluster.hintWindow", &self.hint_window)?,
+            handoff_interval: duration_field("cluster.handoffInterval", &self.handoff_interval)?,
+        })
+    }
+
+    /// A cluster section for tests and `up`: the given members file, RF3/W2/R2.
+    pub fn for_test(ca_file: impl Into<PathBuf>, members_file: impl Into<PathBuf>) -> RawCluster {
+        RawCluster {
+            listen: "127.0.0.1:0".into(),
+            ca_file: ca_file.into(),
+            tls_server_name: None,
+            members_file: Some(members_file.into()),
+            members: Vec::new(),
+            replication_factor: default_rf(),
+            write_quorum: default_quorum(),
+            read_quorum: default_quorum(),
+            call_timeout: default_call_timeout(),
+            hint_window: default_hint_window(),
+            handoff_interval: default_handoff_interval(),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -464,6 +640,7 @@ impl RawNodeConfig {
             enrichment: RawEnrichment::default(),
             storage: RawStorage::default(),
             query: RawQuery::default(),
+            cluster: None,
             stats_log_interval: default_stats_interval(),
         }
     }
@@ -554,6 +731,16 @@ impl RawNodeConfig {
             ));
         }
         let stats = duration_field("statsLogInterval", &self.stats_log_interval)?;
+        let cluster = match self.cluster {
+            Some(raw) => Some(raw.validate()?),
+            None => None,
+        };
+        if cluster.is_none() && !(self.roles.contains(&Role::Storage)) {
+            return Err(invalid(
+                "cluster",
+                "a node without the storage role needs a cluster section to reach storage members",
+            ));
+        }
         let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
         Ok(NodeConfig {
             name: self
@@ -592,6 +779,7 @@ impl RawNodeConfig {
             query_timeout: duration_field("query.timeout", &self.query.timeout)?,
             query_max_concurrent: self.query.max_concurrent as usize,
             stats_log_interval: if stats.is_zero() { None } else { Some(stats) },
+            cluster,
         })
     }
 }
@@ -629,6 +817,48 @@ mod tests {
         assert!(err.to_string().contains("storage.fsync"), "{err}");
         let err = NodeConfig::from_yaml("dataDir: /x\n").expect_err("tls required");
         assert!(err.to_string().starts_with("tls:"), "{err}");
+    }
+
+    #[test]
+    fn cluster_quorums_are_checked_and_members_parsed() {
+        let base = "dataDir: /x\nlisten: {ingest: '', syslogTls: ''}\n";
+        let config = NodeConfig::from_yaml(&format!(
+            "{base}cluster: {{caFile: /ca.pem, members: ['s-0=127.0.0.1:7000', 's-1=127.0.0.1:7001']}}\n"
+        ))
+        .expect("valid cluster");
+        let cluster = config.cluster.expect("cluster section");
+        assert_eq!(
+            (
+                cluster.replication_factor,
+                cluster.write_quorum,
+                cluster.read_quorum
+            ),
+            (3, 2, 2)
+        );
+        assert_eq!(
+            cluster.members,
+            MembersSource::Static(vec![
+                ("s-0".into(), "127.0.0.1:7000".into()),
+                ("s-1".into(), "127.0.0.1:7001".into())
+            ])
+        );
+        for (fields, needle) in [
+            (
+                "replicationFactor: 3, writeQuorum: 1, readQuorum: 2",
+                "must exceed",
+            ),
+            ("replicationFactor: 2, writeQuorum: 3", "cannot exceed"),
+            ("writeQuorum: 0", "at least 1"),
+            ("members: ['nope']", "id=host:port"),
+        ] {
+            let err =
+                NodeConfig::from_yaml(&format!("{base}cluster: {{caFile: /ca.pem, {fields}}}\n"))
+                    .expect_err(fields);
+            assert!(err.to_string().contains(needle), "{fields}: {err}");
+        }
+        let err =
+            NodeConfig::from_yaml(&format!("{base}roles: [query]\n")).expect_err("query alone");
+        assert!(err.to_string().starts_with("cluster:"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use logcluster_cluster::replication::Cluster;
 use logcluster_proto::{Level, LogEntry};
 use logcluster_storage::{Cursor, ScanFilter, ScanStats, Store};
 use serde::{Deserialize, Serialize};
@@ -33,44 +34,75 @@ pub struct QueryLimits {
     pub default_tenant: String,
 }
 
+/// Answers queries: from the local store on a single node or a storage member, by fanning
+/// out to the storage members on a query node of a cluster.
 pub struct QueryService {
-    store: Arc<Store>,
+    store: Option<Arc<Store>>,
+    cluster: Option<Arc<Cluster>>,
     limits: QueryLimits,
     running: Semaphore,
 }
 
 /// Body of `POST /v1/query`. Every field is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
     /// One service or several separated by commas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     /// One level or several separated by commas (`WARN,ERROR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
     /// Inclusive start: RFC 3339 or a Unix epoch number (s, ms, µs or ns by magnitude).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_ts: Option<Value>,
     /// Exclusive end, same forms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ts: Option<Value>,
     /// Case-insensitive substring of the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contains: Option<String>,
     /// Query string, e.g. `service:payment AND level:ERROR AND "timeout"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
 }
 
 /// Stats reported with every answer.
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Stats {
     pub objects_read: u64,
     pub objects_skipped: u64,
     pub events_scanned: u64,
     pub duration_ms: u64,
     pub partial: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial_reason: Option<String>,
+    /// Storage members asked and answering (cluster mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_asked: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_answered: Option<u64>,
 }
+
+/// One page of results as a storage member computes it.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub items: Vec<LogEntry>,
+    pub next_cursor: Option<Cursor>,
+    pub stats: Stats,
+    /// Services of the tenant this member holds (that the request's service filter admits):
+    /// the query node checks each against the read quorum.
+    pub services: Vec<String>,
+}
+
+/// Per (service, interval start) counts by level, as one member computes them.
+pub type LevelCounts = BTreeMap<(String, i64), [u64; 7]>;
 
 /// A request that could not be understood: 400 with a message pointing at the problem.
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +322,8 @@ fn stats_from(scan: &ScanStats, budget: &Budget, started: Instant) -> Stats {
         duration_ms: started.elapsed().as_millis() as u64,
         partial: false,
         partial_reason: None,
+        replicas_asked: None,
+        replicas_answered: None,
     };
     if budget.expired.load(Ordering::Relaxed) {
         stats.partial = true;
@@ -309,9 +343,36 @@ impl QueryService {
     pub fn new(store: Arc<Store>, limits: QueryLimits) -> Arc<QueryService> {
         Arc::new(QueryService {
             running: Semaphore::new(limits.max_concurrent),
-            store,
+            store: Some(store),
+            cluster: None,
             limits,
         })
+    }
+
+    /// A query service that reads through the cluster (read quorum, read repair).
+    pub fn new_cluster(cluster: Arc<Cluster>, limits: QueryLimits) -> Arc<QueryService> {
+        Arc::new(QueryService {
+            running: Semaphore::new(limits.max_concurrent),
+            store: None,
+            cluster: Some(cluster),
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    fn parse_cursor(request: &QueryRequest) -> Result<Option<Cursor>, QueryError> {
+        match &request.cursor {
+            None => Ok(None),
+            Some(text) if text.is_empty() => Ok(None),
+            Some(text) => Cursor::decode(text).map(Some).ok_or_else(|| {
+                QueryError::BadRequest(format!(
+                    "cursor: {text:?} is not a cursor returned by this API"
+                ))
+            }),
+        }
     }
 
     /// Runs a page query (used by the HTTP handler and by tests).
@@ -322,17 +383,42 @@ impl QueryService {
     ) -> Result<Value, QueryError> {
         let compiled = compile(&request, header_tenant, &self.limits.default_tenant)?;
         let limit = request.limit.unwrap_or(100).clamp(1, self.limits.max_limit);
-        let cursor = match &request.cursor {
-            None => None,
-            Some(text) if text.is_empty() => None,
-            Some(text) => Some(Cursor::decode(text).ok_or_else(|| {
-                QueryError::BadRequest(format!(
-                    "cursor: {text:?} is not a cursor returned by this API"
-                ))
-            })?),
-        };
+        let cursor = Self::parse_cursor(&request)?;
         let _permit = self.running.try_acquire().map_err(|_| QueryError::Busy)?;
-        let service = self.clone();
+        let page = match &self.cluster {
+            Some(cluster) => {
+                let mut forwarded = request.clone();
+                forwarded.tenant_id = Some(compiled.tenant.clone());
+                forwarded.limit = Some(limit);
+                crate::fanout::query(cluster, forwarded, limit, self.limits.timeout).await?
+            }
+            None => self.local_page_compiled(compiled, limit, cursor).await?,
+        };
+        Ok(json!({
+            "items": page.items.iter().map(logcluster_proto::json::to_json).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor.map(|c| c.encode()),
+            "stats": page.stats,
+        }))
+    }
+
+    /// One page from the local store (a storage member answering a query node).
+    pub async fn local_page(self: &Arc<Self>, request: QueryRequest) -> Result<Page, QueryError> {
+        let compiled = compile(&request, None, &self.limits.default_tenant)?;
+        let limit = request.limit.unwrap_or(100).clamp(1, self.limits.max_limit);
+        let cursor = Self::parse_cursor(&request)?;
+        self.local_page_compiled(compiled, limit, cursor).await
+    }
+
+    async fn local_page_compiled(
+        self: &Arc<Self>,
+        compiled: Compiled,
+        limit: usize,
+        cursor: Option<Cursor>,
+    ) -> Result<Page, QueryError> {
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| QueryError::Internal("this node holds no data".into()))?;
         let timeout = self.limits.timeout;
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -347,13 +433,19 @@ impl QueryService {
                 required_tokens: &compiled.tokens,
                 predicate: &predicate,
             };
-            let result = service.store.query_top(&filter, limit, cursor.as_ref());
+            let result = store.query_top(&filter, limit, cursor.as_ref());
             let stats = stats_from(&result.stats, &budget, started);
-            json!({
-                "items": result.items.iter().map(logcluster_proto::json::to_json).collect::<Vec<_>>(),
-                "next_cursor": result.next_cursor.map(|c| c.encode()),
-                "stats": stats,
-            })
+            let services = store
+                .services(&compiled.tenant)
+                .into_iter()
+                .filter(|s| compiled.services.as_ref().is_none_or(|set| set.contains(s)))
+                .collect();
+            Page {
+                items: result.items,
+                next_cursor: result.next_cursor,
+                stats,
+                services,
+            }
         })
         .await
         .map_err(|e| QueryError::Internal(e.to_string()))
@@ -362,36 +454,80 @@ impl QueryService {
     /// Counts by level per interval.
     pub async fn level_stats(
         self: &Arc<Self>,
-        params: HashMap<String, String>,
+        mut params: HashMap<String, String>,
         header_tenant: Option<String>,
     ) -> Result<Value, QueryError> {
-        let interval = match params.get("interval") {
-            None => Duration::from_secs(60),
-            Some(text) => parse_interval(text).ok_or_else(|| {
-                QueryError::BadRequest(format!(
-                    "interval: {text:?} is not a duration like 1m, 15m or 1h"
-                ))
-            })?,
-        };
-        let interval_ns = (interval.as_nanos() as i64).max(1);
-        let text_value = |key: &str| params.get(key).map(|v| Value::String(v.clone()));
-        let request = QueryRequest {
-            tenant_id: params
-                .get("tenant_id")
-                .or_else(|| params.get("tenant"))
-                .cloned(),
-            service: params.get("service").cloned(),
-            level: params.get("level").cloned(),
-            from_ts: text_value("from"),
-            to_ts: text_value("to"),
-            contains: params.get("contains").cloned(),
-            query: params.get("query").cloned(),
-            limit: None,
-            cursor: None,
-        };
+        let interval = stats_interval(&params)?;
+        let request = stats_request(&params);
         let compiled = compile(&request, header_tenant, &self.limits.default_tenant)?;
         let _permit = self.running.try_acquire().map_err(|_| QueryError::Busy)?;
-        let service = self.clone();
+        let (counts, stats) = match &self.cluster {
+            Some(cluster) => {
+                params.remove("tenant");
+                params.insert("tenant_id".into(), compiled.tenant.clone());
+                crate::fanout::level_counts(cluster, &params, self.limits.timeout).await?
+            }
+            None => self.local_counts_compiled(compiled, interval).await?,
+        };
+        let mut buckets: BTreeMap<i64, [u64; 7]> = BTreeMap::new();
+        for ((_, start), by_level) in &counts {
+            let bucket = buckets.entry(*start).or_default();
+            for (i, count) in by_level.iter().enumerate() {
+                bucket[i] += count;
+            }
+        }
+        let mut totals = [0u64; 7];
+        let level_map = |counts: &[u64; 7]| -> serde_json::Map<String, Value> {
+            counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| {
+                    (
+                        Level::from_i32_lossy(i as i32).as_str().to_string(),
+                        json!(c),
+                    )
+                })
+                .collect()
+        };
+        let rows: Vec<Value> = buckets
+            .iter()
+            .map(|(start, counts)| {
+                for (i, count) in counts.iter().enumerate() {
+                    totals[i] += count;
+                }
+                json!({ "start": logcluster_proto::time::format_rfc3339(*start), "counts": level_map(counts) })
+            })
+            .collect();
+        Ok(json!({
+            "interval_seconds": interval.as_secs_f64(),
+            "buckets": rows,
+            "totals": level_map(&totals),
+            "stats": stats,
+        }))
+    }
+
+    /// Counts by (service, interval start) and level from the local store (a storage member
+    /// answering a query node).
+    pub async fn local_counts(
+        self: &Arc<Self>,
+        params: HashMap<String, String>,
+    ) -> Result<(LevelCounts, Stats), QueryError> {
+        let interval = stats_interval(&params)?;
+        let compiled = compile(&stats_request(&params), None, &self.limits.default_tenant)?;
+        self.local_counts_compiled(compiled, interval).await
+    }
+
+    async fn local_counts_compiled(
+        self: &Arc<Self>,
+        compiled: Compiled,
+        interval: Duration,
+    ) -> Result<(LevelCounts, Stats), QueryError> {
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| QueryError::Internal("this node holds no data".into()))?;
+        let interval_ns = (interval.as_nanos() as i64).max(1);
         let timeout = self.limits.timeout;
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -406,40 +542,45 @@ impl QueryService {
                 required_tokens: &compiled.tokens,
                 predicate: &predicate,
             };
-            let mut buckets: BTreeMap<i64, [u64; 7]> = BTreeMap::new();
-            let scan = service.store.scan(&filter, |entry| {
+            let mut counts: LevelCounts = BTreeMap::new();
+            let scan = store.scan(&filter, |entry| {
                 let start = entry.timestamp.div_euclid(interval_ns) * interval_ns;
-                buckets.entry(start).or_default()[entry.level.clamp(0, 6) as usize] += 1;
+                let slot = counts.entry((entry.service.clone(), start)).or_default();
+                slot[entry.level.clamp(0, 6) as usize] += 1;
             });
-            let mut totals = [0u64; 7];
-            let rows: Vec<Value> = buckets
-                .iter()
-                .map(|(start, counts)| {
-                    let mut by_level = serde_json::Map::new();
-                    for (i, count) in counts.iter().enumerate() {
-                        totals[i] += count;
-                        if *count > 0 {
-                            by_level.insert(Level::from_i32_lossy(i as i32).as_str().to_string(), json!(count));
-                        }
-                    }
-                    json!({ "start": logcluster_proto::time::format_rfc3339(*start), "counts": by_level })
-                })
-                .collect();
-            let total_map: serde_json::Map<String, Value> = totals
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, c)| (Level::from_i32_lossy(i as i32).as_str().to_string(), json!(c)))
-                .collect();
-            json!({
-                "interval_seconds": interval.as_secs_f64(),
-                "buckets": rows,
-                "totals": total_map,
-                "stats": stats_from(&scan, &budget, started),
-            })
+            (counts, stats_from(&scan, &budget, started))
         })
         .await
         .map_err(|e| QueryError::Internal(e.to_string()))
+    }
+}
+
+fn stats_interval(params: &HashMap<String, String>) -> Result<Duration, QueryError> {
+    match params.get("interval") {
+        None => Ok(Duration::from_secs(60)),
+        Some(text) => parse_interval(text).ok_or_else(|| {
+            QueryError::BadRequest(format!(
+                "interval: {text:?} is not a duration like 1m, 15m or 1h"
+            ))
+        }),
+    }
+}
+
+fn stats_request(params: &HashMap<String, String>) -> QueryRequest {
+    let text_value = |key: &str| params.get(key).map(|v| Value::String(v.clone()));
+    QueryRequest {
+        tenant_id: params
+            .get("tenant_id")
+            .or_else(|| params.get("tenant"))
+            .cloned(),
+        service: params.get("service").cloned(),
+        level: params.get("level").cloned(),
+        from_ts: text_value("from"),
+        to_ts: text_value("to"),
+        contains: params.get("contains").cloned(),
+        query: params.get("query").cloned(),
+        limit: None,
+        cursor: None,
     }
 }
 
@@ -490,6 +631,39 @@ async fn get_stats(
 ) -> Response {
     match service.level_stats(params, header_tenant(&headers)).await {
         Ok(value) => axum::Json(value).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /v1/local/query`: what this storage member holds, without fan-out (for operators
+/// checking one replica, and for tests).
+pub fn local_router(service: Arc<QueryService>) -> Router {
+    Router::new()
+        .route("/v1/local/query", post(post_local_query))
+        .with_state(service)
+}
+
+async fn post_local_query(
+    State(service): State<Arc<QueryService>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return QueryError::BadRequest(format!("request body: {error}")).into_response();
+        }
+    };
+    if let Some(tenant) = header_tenant(&headers) {
+        request.tenant_id = Some(tenant);
+    }
+    match service.local_page(request).await {
+        Ok(page) => axum::Json(json!({
+            "items": page.items.iter().map(logcluster_proto::json::to_json).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor.map(|c| c.encode()),
+            "stats": page.stats,
+        }))
+        .into_response(),
         Err(error) => error.into_response(),
     }
 }

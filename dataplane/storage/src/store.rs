@@ -164,6 +164,96 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Appends repair writes (read repair, anti-entropy, hand-off of partial batches): only
+    /// entries whose id the stream does not hold yet are stored, whatever batch they first
+    /// came in, so repairing never duplicates. Slower than [`Store::append`] (it reads the
+    /// stream's blocks in the entries' time range), which is fine for the rare repair path.
+    pub async fn append_missing(
+        self: &Arc<Self>,
+        entries: Vec<LogEntry>,
+    ) -> Result<AppendOutcome, StorageError> {
+        let store = self.clone();
+        let (missing, present) = tokio::task::spawn_blocking(move || {
+            let mut parts: BTreeMap<(String, String), Vec<LogEntry>> = BTreeMap::new();
+            for entry in entries {
+                parts
+                    .entry((entry.tenant.clone(), entry.service.clone()))
+                    .or_default()
+                    .push(entry);
+            }
+            let mut missing = Vec::new();
+            let mut present = 0usize;
+            for ((tenant, service), part) in parts {
+                let from = part.iter().map(|e| e.timestamp).min().unwrap_or(0);
+                let to = part.iter().map(|e| e.timestamp).max().unwrap_or(0);
+                let services = std::collections::BTreeSet::from([service.clone()]);
+                let wanted: std::collections::HashSet<&str> =
+                    part.iter().map(|e| e.id.as_str()).collect();
+                let mut held: std::collections::HashSet<String> = std::collections::HashSet::new();
+                let always = |_: &LogEntry| true;
+                let filter = ScanFilter {
+                    tenant: &tenant,
+                    services: Some(&services),
+                    from_ts: from,
+                    to_ts: to.saturating_add(1),
+                    level_mask: u32::MAX,
+                    required_tokens: &[],
+                    predicate: &always,
+                };
+                store.scan(&filter, |entry| {
+                    if wanted.contains(entry.id.as_str()) {
+                        held.insert(entry.id.clone());
+                    }
+                });
+                // An entry whose original batch this stream stored is here, whatever its
+                // timestamp (a retried batch without timestamps gets new ones).
+                let existing = store.existing_stream(&tenant, &service);
+                let mut seen = std::collections::HashSet::new();
+                for entry in part {
+                    let stored_batch = existing.as_ref().is_some_and(|stream| {
+                        batch_uid_of(&entry.id).is_some_and(|uid| stream.has_batch(uid))
+                    });
+                    if stored_batch || held.contains(&entry.id) || !seen.insert(entry.id.clone()) {
+                        present += 1;
+                    } else {
+                        missing.push(entry);
+                    }
+                }
+            }
+            (missing, present)
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?;
+        if missing.is_empty() {
+            return Ok(AppendOutcome {
+                stored: 0,
+                duplicates: present,
+            });
+        }
+        // A uid derived from the ids: the same repair sent twice is a duplicate batch, and a
+        // repair never poisons the dedup of the batch the entries first came in.
+        let mut ids: Vec<&str> = missing.iter().map(|e| e.id.as_str()).collect();
+        ids.sort_unstable();
+        let mut uid: u64 = 0x6c63_7265_7061_6972; // "lcrepair"
+        for id in ids {
+            for byte in id.bytes().chain(std::iter::once(0xff)) {
+                uid ^= u64::from(byte);
+                uid = uid.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        let mut outcome = self.append(uid | 1, missing).await?;
+        outcome.duplicates += present;
+        Ok(outcome)
+    }
+
+    fn existing_stream(&self, tenant: &str, service: &str) -> Option<Arc<Stream>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.to_string(), service.to_string()))
+            .cloned()
+    }
+
     fn append_blocking(
         &self,
         batch_uid: u64,
@@ -224,6 +314,18 @@ impl Store {
         let stats = scan::scan(&snaps, filter, visit);
         self.metrics.corrupt_blocks.inc_by(stats.corrupt_blocks);
         stats
+    }
+
+    /// Services of a tenant with data on this node, sorted.
+    pub fn services(&self, tenant: &str) -> Vec<String> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        streams
+            .keys()
+            .filter(|(t, _)| t == tenant)
+            .map(|(_, s)| s.clone())
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect()
     }
 
     /// Tenants with data on this node.
@@ -327,6 +429,12 @@ impl Store {
         .await
         .map_err(|e| StorageError::Task(e.to_string()))?
     }
+}
+
+/// The batch uid an entry id starts with (`<16 hex digits>-<position>`).
+fn batch_uid_of(entry_id: &str) -> Option<u64> {
+    let (uid, _) = entry_id.split_once('-')?;
+    (uid.len() == 16).then(|| u64::from_str_radix(uid, 16).ok())?
 }
 
 fn stream_dir(root: &std::path::Path, tenant: &str, service: &str) -> PathBuf {

@@ -224,6 +224,13 @@ impl Stream {
         })
     }
 
+    /// Whether this stream stored batch `batch_uid` (within the de-duplication horizon).
+    pub fn has_batch(&self, batch_uid: u64) -> bool {
+        let inner = self.lock();
+        inner.uids_current.contains(&batch_uid)
+            || inner.uids_recent.iter().any(|s| s.contains(&batch_uid))
+    }
+
     /// Writes a batch part to the WAL (not yet fsynced) and makes it visible to queries.
     /// Returns false when the batch id was already stored in this stream.
     pub fn append(

@@ -2,6 +2,8 @@
 //! generated TLS, a TLS frame client, and a minimal HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,231 @@
+//! Wiring of the cluster layer into a node: membership source → replication client, the
+//! storage member's RPC handler, the ingest pipeline's sink, and the cluster status view.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use logcluster_cluster::hints::HintStore;
+use logcluster_cluster::membership::{self, Member, MemberList};
+use logcluster_cluster::messages::Kind;
+use logcluster_cluster::replication::{Cluster, ClusterMetrics, ReplicationConfig};
+use logcluster_cluster::rpc::Handler;
+use logcluster_common::shutdown::Shutdown;
+use logcluster_config::{ClusterConfig, MembersSource, RawTls};
+use logcluster_ingest::pipeline::Sink;
+use logcluster_proto::LogEntry;
+use logcluster_query::api::{QueryRequest, QueryService};
+use logcluster_query::fanout;
+use logcluster_storage::Store;
+use serde_json::{Value, json};
+
+/// Follows the configured membership source and builds the replication client.
+pub async fn connect(
+    config: &ClusterConfig,
+    tls: &RawTls,
+    metrics: ClusterMetrics,
+    shutdown: Shutdown,
+) -> anyhow::Result<Arc<Cluster>> {
+    let members = match &config.members {
+        MembersSource::File(path) => {
+            membership::watch_members_file(path.clone(), Duration::from_millis(500), async move {
+                shutdown.wait().await
+            })
+            .with_context(|| format!("cannot read the members file {}", path.display()))?
+        }
+        MembersSource::Static(list) => {
+            let (sender, receiver) = membership::static_members(MemberList::new(
+                list.iter()
+                    .map(|(id, addr)| Member {
+                        id: id.clone(),
+                        addr: addr.clone(),
+                        ready: true,
+                        leaving: false,
+                    })
+                    .collect(),
+            ));
+            // The list never changes; keep the sender so receivers stay open.
+            tokio::spawn(async move {
+                shutdown.wait().await;
+                drop(sender);
+            });
+            receiver
+        }
+        MembersSource::Kubernetes => bail!(
+            "cluster.membersFile or cluster.members is required: EndpointSlice discovery runs only in Kubernetes"
+        ),
+    };
+    let client_config = logcluster_common::tls::load_client_config(
+        &config.ca_file,
+        Some((&tls.cert_file, &tls.key_file)),
+    )
+    .context("failed to load the cluster client TLS configuration")?;
+    let mut replication = ReplicationConfig::new(
+        config.replication_factor,
+        config.write_quorum,
+        config.read_quorum,
+    );
+    replication.call_timeout = config.call_timeout;
+    replication.tls_server_name = config.tls_server_name.clone();
+    Ok(Cluster::new(
+        replication,
+        members,
+        tokio_rustls::TlsConnector::from(client_config),
+        metrics,
+    ))
+}
+
+/// The ingest pipeline's sink in a cluster: a quorum write.
+pub struct ClusterSink(pub Arc<Cluster>);
+
+impl Sink for ClusterSink {
+    fn append(
+        &self,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+    ) -> Pin<Box<dyn Future<Output = Result<usize, String>> + Send>> {
+        let cluster = self.0.clone();
+        Box::pin(async move {
+            cluster
+                .append(batch_uid, entries)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A storage member's answers to cluster calls.
+pub struct StorageHandler {
+    inner: Arc<HandlerInner>,
+}
+
+struct HandlerInner {
+    name: String,
+    store: Arc<Store>,
+    hints: Arc<HintStore>,
+    query: Arc<QueryService>,
+}
+
+impl StorageHandler {
+    pub fn new(
+        name: String,
+        store: Arc<Store>,
+        hints: Arc<HintStore>,
+        query: Arc<QueryService>,
+    ) -> StorageHandler {
+        StorageHandler {
+            inner: Arc::new(HandlerInner {
+                name,
+                store,
+                hints,
+                query,
+            }),
+        }
+    }
+}
+
+impl Handler for StorageHandler {
+    fn handle(
+        &self,
+        kind: u8,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            match Kind::from_u8(kind) {
+                Some(Kind::Append) => {
+                    logcluster_cluster::server::handle_append(&inner.store, &inner.hints, &payload)
+                        .await
+                }
+                Some(Kind::Query) => {
+                    let request: QueryRequest = serde_json::from_slice(&payload)
+                        .map_err(|e| format!("{}request body: {e}", fanout::BAD_REQUEST))?;
+                    let limit = request
+                        .limit
+                        .unwrap_or(100)
+                        .clamp(1, inner.query.limits().max_limit);
+                    let page = inner
+                        .query
+                        .local_page(request)
+                        .await
+                        .map_err(|e| fanout::member_error(&e))?;
+                    Ok(fanout::encode_page(page, limit))
+                }
+                Some(Kind::Stats) => {
+                    let params: HashMap<String, String> = serde_json::from_slice(&payload)
+                        .map_err(|e| format!("{}stats parameters: {e}", fanout::BAD_REQUEST))?;
+                    let (counts, stats) = inner
+                        .query
+                        .local_counts(params)
+                        .await
+                        .map_err(|e| fanout::member_error(&e))?;
+                    Ok(fanout::encode_counts(&counts, &stats))
+                }
+                Some(Kind::Status) => {
+                    let hints = inner.hints.clone();
+                    let pending = tokio::task::spawn_blocking(move || hints.pending_bytes())
+                        .await
+                        .unwrap_or_default();
+                    let body = json!({
+                        "name": inner.name,
+                        "storage": inner.store.stats(),
+                        "hints_pending_bytes": pending,
+                    });
+                    serde_json::to_vec(&body).map_err(|e| e.to_string())
+                }
+                None => Err(format!("unknown request kind {kind}")),
+            }
+        })
+    }
+}
+
+/// The cluster as this node sees it, with each member's own status.
+pub async fn status(cluster: &Arc<Cluster>) -> Value {
+    let view = cluster.view();
+    let ownership = view.ring.ownership();
+    let mut calls = tokio::task::JoinSet::new();
+    for member in &view.members.members {
+        let cluster = cluster.clone();
+        let id = member.id.clone();
+        calls.spawn(async move {
+            let answer = cluster
+                .call(&id, Kind::Status, &[], Duration::from_secs(2))
+                .await;
+            (id, answer)
+        });
+    }
+    let mut answers: HashMap<String, Value> = HashMap::new();
+    while let Some(Ok((id, answer))) = calls.join_next().await {
+        let value = match answer {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            Err(error) => json!({ "error": error.to_string() }),
+        };
+        answers.insert(id, value);
+    }
+    let members: Vec<Value> = view
+        .members
+        .members
+        .iter()
+        .map(|m| {
+            let status = answers.remove(&m.id).unwrap_or(Value::Null);
+            json!({
+                "id": m.id,
+                "addr": m.addr,
+                "ready": m.ready,
+                "leaving": m.leaving,
+                "reachable": status.get("error").is_none() && !status.is_null(),
+                "ownership": ownership.get(&m.id).copied().unwrap_or(0.0),
+                "status": status,
+            })
+        })
+        .collect();
+    json!({
+        "replication_factor": cluster.config().replication_factor,
+        "write_quorum": cluster.config().write_quorum,
+        "read_quorum": cluster.config().read_quorum,
+        "members": members,
+    })
+}

@@ -1,0 +1,319 @@
+//! The cluster under faults, with real processes on loopback: three storage members
+//! (RF 3, W 2, R 2), an ingestor and a query node, mutual TLS between them.
+//! Guarantee checked throughout: every acknowledged entry is readable exactly once, and a
+//! client is never told "accepted" when the write quorum was not reached.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::cluster::ClusterSandbox;
+use common::{FrameClient, eventually, metric_sum};
+use logcluster_proto::frame::{AckStatus, Format};
+use serde_json::Value;
+
+const PER_BATCH: u64 = 20;
+
+fn payload(batch: u64) -> Vec<u8> {
+    (0..PER_BATCH)
+        .map(|i| {
+            format!(
+                "{{\"service\":\"svc-{}\",\"message\":\"batch {batch} entry {i}\",\"level\":\"INFO\"}}",
+                (batch + i) % 5
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
+}
+
+/// Sends `count` batches starting at `first`, 4 in flight; returns the acked batch ids and
+/// any non-accepted answers.
+async fn send_batches(
+    client: &mut FrameClient,
+    tenant: &str,
+    first: u64,
+    count: u64,
+) -> anyhow::Result<(Vec<u64>, Vec<String>)> {
+    let mut acked = Vec::new();
+    let mut other = Vec::new();
+    let mut sent = 0;
+    let mut answered = 0;
+    while answered < count {
+        while sent < count && sent - answered < 4 {
+            client
+                .send(Format::Json, first + sent, tenant, &payload(first + sent))
+                .await?;
+            sent += 1;
+        }
+        let ack = client
+            .read_ack()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("ingestor closed the connection"))?;
+        answered += 1;
+        match ack.status {
+            AckStatus::Accepted => acked.push(ack.batch_id),
+            status => other.push(format!("batch {}: {status:?} {}", ack.batch_id, ack.error)),
+        }
+    }
+    Ok((acked, other))
+}
+
+fn messages(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| i["message"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Every entry of the acked batches is present exactly once.
+fn assert_exactly_once(items: &[Value], acked: &HashSet<u64>, logs: &dyn Fn() -> String) {
+    let found = messages(items);
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for m in &found {
+        *counts.entry(m.as_str()).or_default() += 1;
+    }
+    let dupes: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(dupes.is_empty(), "entries returned twice: {dupes:?}");
+    for batch in acked {
+        for i in 0..PER_BATCH {
+            let want = format!("batch {batch} entry {i}");
+            assert!(
+                counts.contains_key(want.as_str()),
+                "acknowledged {want} is missing{}",
+                logs()
+            );
+        }
+    }
+}
+
+async fn converged(sandbox: &ClusterSandbox, tenant: &str, expected: usize) -> anyhow::Result<()> {
+    for node in &sandbox.storage {
+        let name = node.name.clone();
+        eventually(
+            &format!("{name} to hold all {expected} entries"),
+            Duration::from_secs(60),
+            || async {
+                let items = node.local_entries(tenant).await.ok()?;
+                (items.len() == expected).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}{}", sandbox.logs()))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_of_a_storage_member_keeps_acks_flowing_and_it_converges_after_restart()
+-> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start(3).await?;
+    let mut client = sandbox.connect().await?;
+    let mut acked: HashSet<u64> = HashSet::new();
+    let (ok, other) = send_batches(&mut client, "k9", 1, 30).await?;
+    assert!(other.is_empty(), "{other:?}");
+    acked.extend(ok);
+
+    sandbox.storage[1].kill_9()?;
+    let (ok, other) = send_batches(&mut client, "k9", 31, 60).await?;
+    let written = metric_sum(
+        &sandbox.ingestor.metrics().await?,
+        "logcluster_cluster_hints_written_total",
+        &[],
+    );
+    assert!(written > 0.0, "the dead member's copies went to hints");
+    assert!(
+        other.is_empty(),
+        "with one of three members down W=2 still holds: {other:?}{}",
+        sandbox.logs()
+    );
+    acked.extend(ok);
+    // Reads while the member is down: complete (two of three replicas answer).
+    let items = sandbox.query_all("k9").await?;
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+
+    sandbox.storage[1].spawn().await?;
+    let (ok, other) = send_batches(&mut client, "k9", 91, 10).await?;
+    assert!(other.is_empty(), "{other:?}");
+    acked.extend(ok);
+    let expected = acked.len() * PER_BATCH as usize;
+    // Hints deliver what storage-1 missed; it ends up with its full share (RF 3 of 3: all).
+    converged(&sandbox, "k9", expected).await?;
+    let items = sandbox.query_all("k9").await?;
+    assert_eq!(items.len(), expected);
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+    let delivered: f64 = {
+        let mut sum = 0.0;
+        for node in &sandbox.storage {
+            sum += metric_sum(
+                &node.metrics().await?,
+                "logcluster_cluster_hints_delivered_total",
+                &[],
+            );
+        }
+        sum
+    };
+    assert!(delivered > 0.0, "hints were handed off");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hung_member_does_not_stop_acks_and_catches_up_from_hints() -> anyhow::Result<()> {
+    let sandbox = ClusterSandbox::start(3).await?;
+    let mut client = sandbox.connect().await?;
+    let mut acked: HashSet<u64> = HashSet::new();
+    sandbox.storage[2].sigstop()?;
+    let (ok, other) = send_batches(&mut client, "stop", 1, 40).await?;
+    assert!(
+        other.is_empty(),
+        "a hung member must not fail writes: {other:?}"
+    );
+    acked.extend(ok);
+    let items = sandbox.query_all("stop").await?;
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+    let written = metric_sum(
+        &sandbox.ingestor.metrics().await?,
+        "logcluster_cluster_hints_written_total",
+        &[],
+    );
+    assert!(written > 0.0, "the hung member's copies went to hints");
+    sandbox.storage[2].sigcont()?;
+    converged(&sandbox, "stop", acked.len() * PER_BATCH as usize).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_write_quorum_the_client_is_told_to_retry_never_accepted() -> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start(3).await?;
+    let mut client = sandbox.connect().await?;
+    let (ok, _) = send_batches(&mut client, "wq", 1, 5).await?;
+    assert_eq!(ok.len(), 5);
+    sandbox.storage[0].kill_9()?;
+    sandbox.storage[1].kill_9()?;
+    let (ok, other) = send_batches(&mut client, "wq", 6, 5).await?;
+    assert!(ok.is_empty(), "accepted with one of three members: {ok:?}");
+    assert!(
+        other.iter().all(|o| o.contains("RetryLater")),
+        "every batch is refused with retry-later: {other:?}"
+    );
+    let metrics = sandbox.ingestor.metrics().await?;
+    assert!(metric_sum(&metrics, "logcluster_cluster_quorum_failures_total", &[]) >= 5.0);
+    // The same batch ids are accepted once the members are back.
+    sandbox.storage[0].spawn().await?;
+    sandbox.storage[1].spawn().await?;
+    // A client retries with the same ids until the quorum is back.
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(30).mul_f64(logcluster_testkit::patience());
+    let retried = loop {
+        let (ok, other) = send_batches(&mut client, "wq", 6, 5).await?;
+        if ok.len() == 5 {
+            break ok;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "writes still refused after the members came back: {other:?}{}",
+            sandbox.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(retried.len(), 5);
+    let items = sandbox.query_all("wq").await?;
+    assert_eq!(items.len(), 10 * PER_BATCH as usize);
+    Ok(())
+}
+
+#[tokio::test]
+async fn killing_every_process_mid_stream_loses_nothing_acknowledged() -> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start(3).await?;
+    let mut client = sandbox.connect().await?;
+    let mut acked: HashSet<u64> = HashSet::new();
+    // Pipeline a stream, and kill everything while batches are in flight.
+    for batch in 1..=40u64 {
+        client
+            .send(Format::Json, batch, "all", &payload(batch))
+            .await?;
+    }
+    for _ in 0..20 {
+        if let Some(ack) = client.read_ack().await?
+            && ack.status == AckStatus::Accepted
+        {
+            acked.insert(ack.batch_id);
+        }
+    }
+    sandbox.ingestor.kill_9()?;
+    sandbox.query.kill_9()?;
+    for node in sandbox.storage.iter_mut() {
+        node.kill_9()?;
+    }
+    while let Ok(Some(ack)) = client.read_ack().await {
+        if ack.status == AckStatus::Accepted {
+            acked.insert(ack.batch_id);
+        }
+    }
+    for node in sandbox.storage.iter_mut() {
+        node.spawn().await?;
+    }
+    sandbox.query.spawn().await?;
+    sandbox.ingestor.spawn().await?;
+    let items = sandbox.query_all("all").await?;
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_a_stream_is_repaired_by_quorum_reads() -> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start(3).await?;
+    let mut client = sandbox.connect().await?;
+    let (ok, other) = send_batches(&mut client, "rr", 1, 10).await?;
+    assert!(other.is_empty(), "{other:?}");
+    let acked: HashSet<u64> = ok.into_iter().collect();
+    let expected = acked.len() * PER_BATCH as usize;
+    converged(&sandbox, "rr", expected).await?;
+    // storage-2 loses everything of tenant rr (a wiped disk), then comes back.
+    sandbox.storage[2].terminate().await?;
+    let tenant_dir = sandbox.storage[2].raw.data_dir.join("streams").join("rr");
+    assert!(tenant_dir.exists(), "{}", tenant_dir.display());
+    std::fs::remove_dir_all(&tenant_dir)?;
+    sandbox.storage[2].spawn().await?;
+    assert!(sandbox.storage[2].local_entries("rr").await?.is_empty());
+    // A quorum read still returns everything, and writes it back to storage-2.
+    let items = sandbox.query_all("rr").await?;
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+    converged(&sandbox, "rr", expected).await?;
+    let metrics = sandbox.query.metrics().await?;
+    assert!(metric_sum(&metrics, "logcluster_cluster_read_repairs_total", &[]) >= expected as f64);
+    Ok(())
+}
+
+#[tokio::test]
+async fn reads_say_partial_when_fewer_than_the_read_quorum_answer() -> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start(3).await?;
+    let mut client = sandbox.connect().await?;
+    let (ok, _) = send_batches(&mut client, "part", 1, 5).await?;
+    assert_eq!(ok.len(), 5);
+    let page = sandbox
+        .query(serde_json::json!({"tenant_id": "part", "limit": 1000}))
+        .await?;
+    assert_eq!(page["stats"]["partial"], false, "{page}");
+    assert_eq!(page["stats"]["replicas_answered"], 3);
+    sandbox.storage[0].kill_9()?;
+    sandbox.storage[1].kill_9()?;
+    let page = sandbox
+        .query(serde_json::json!({"tenant_id": "part", "limit": 1000}))
+        .await?;
+    assert_eq!(page["stats"]["partial"], true, "{page}");
+    assert!(
+        page["stats"]["partial_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("read quorum"),
+        "{page}"
+    );
+    // What the remaining replica has is still returned.
+    assert_eq!(
+        page["items"].as_array().map(Vec::len),
+        Some(5 * PER_BATCH as usize)
+    );
+    Ok(())
+}

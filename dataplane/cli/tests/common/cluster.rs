@@ -1,0 +1,284 @@
+//! A cluster of real `logcluster node` processes on loopback: storage members, an ingestor
+//! and a query node, mutual TLS between them, a members file they watch. Each node keeps its
+//! ports across restarts (its configuration is rewritten with the ports it first bound), so
+//! kill -9 / restart / SIGSTOP behave as they would for a pod with a stable identity.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use logcluster_cluster::membership::{Member, MemberList, write_members_file};
+use logcluster_config::{RawCluster, RawNodeConfig, RawTls, Role};
+use logcluster_testkit::NodeProcess;
+use serde_json::{Value, json};
+
+use super::{FrameClient, READY, http, http_text};
+
+/// One node process of the sandbox.
+pub struct SandboxNode {
+    pub name: String,
+    pub config_path: PathBuf,
+    pub raw: RawNodeConfig,
+    pub process: Option<NodeProcess>,
+    pub ports: HashMap<String, u16>,
+}
+
+impl SandboxNode {
+    fn ready_path(&self) -> PathBuf {
+        self.config_path.with_extension("ready.json")
+    }
+
+    pub async fn spawn(&mut self) -> anyhow::Result<()> {
+        std::fs::write(&self.config_path, self.raw.to_yaml()?)?;
+        let ready = self.ready_path();
+        let _ = std::fs::remove_file(&ready);
+        let binary = logcluster_testkit::binary_path("logcluster");
+        let args = vec![
+            "node".to_string(),
+            "--config".to_string(),
+            self.config_path.display().to_string(),
+            "--ready-file".to_string(),
+            ready.display().to_string(),
+        ];
+        let mut process = NodeProcess::spawn(&binary, &args)?;
+        let ports = process
+            .wait_ready(&ready, READY)
+            .await
+            .with_context(|| format!("{} did not start", self.name))?;
+        // Pin the ports for restarts.
+        let pin = |addr: &mut String, port: Option<&u16>| {
+            if let Some(port) = port
+                && !addr.is_empty()
+            {
+                *addr = format!("127.0.0.1:{port}");
+            }
+        };
+        pin(&mut self.raw.listen.http, ports.get("http"));
+        pin(&mut self.raw.listen.ingest, ports.get("ingest"));
+        if let Some(cluster) = self.raw.cluster.as_mut() {
+            pin(&mut cluster.listen, ports.get("cluster"));
+        }
+        self.ports = ports;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.ports.get(name).copied().unwrap_or(0)
+    }
+
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port("http"))
+    }
+
+    pub fn kill_9(&mut self) -> anyhow::Result<()> {
+        if let Some(process) = self.process.as_mut() {
+            process.kill_9()?;
+        }
+        self.process = None;
+        Ok(())
+    }
+
+    pub fn sigstop(&self) -> anyhow::Result<()> {
+        self.process.as_ref().context("not running")?.sigstop()
+    }
+
+    pub fn sigcont(&self) -> anyhow::Result<()> {
+        self.process.as_ref().context("not running")?.sigcont()
+    }
+
+    pub async fn terminate(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.terminate(Duration::from_secs(30)).await?;
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.log_contents())
+            .unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        http_text(&self.http_addr(), "/metrics").await
+    }
+
+    /// Every entry of a tenant that this storage member holds (no fan-out).
+    pub async fn local_entries(&self, tenant: &str) -> anyhow::Result<Vec<Value>> {
+        follow(&self.http_addr(), "/v1/local/query", tenant).await
+    }
+}
+
+/// Follows cursors of a query endpoint until the end.
+pub async fn follow(addr: &str, path: &str, tenant: &str) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let body = json!({"tenant_id": tenant, "limit": 1000, "cursor": cursor});
+        let (status, page) = http(addr, "POST", path, &[], body.to_string().as_bytes()).await?;
+        anyhow::ensure!(status == 200, "{path} answered {status}: {page}");
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        cursor = page["next_cursor"].clone();
+        if cursor.is_null() {
+            return Ok(items);
+        }
+    }
+}
+
+pub struct ClusterSandbox {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub members_file: PathBuf,
+    pub storage: Vec<SandboxNode>,
+    pub ingestor: SandboxNode,
+    pub query: SandboxNode,
+}
+
+fn node_config(
+    name: &str,
+    dir: &Path,
+    pki: &logcluster_common::certs::DevPki,
+    members_file: &Path,
+    roles: Vec<Role>,
+) -> RawNodeConfig {
+    let mut raw = RawNodeConfig::for_test(dir.join(name));
+    raw.name = Some(name.to_string());
+    raw.roles = roles;
+    for addr in [
+        &mut raw.listen.ingest,
+        &mut raw.listen.udp,
+        &mut raw.listen.syslog_tcp,
+        &mut raw.listen.syslog_tls,
+        &mut raw.listen.syslog_udp,
+    ] {
+        addr.clear();
+    }
+    raw.tls = Some(RawTls {
+        cert_file: pki.node_cert.clone(),
+        key_file: pki.node_key.clone(),
+        client_ca_file: None,
+    });
+    raw.stats_log_interval = "0s".into();
+    let mut cluster = RawCluster::for_test(&pki.ca_cert, members_file);
+    cluster.listen.clear();
+    cluster.call_timeout = "2s".into();
+    cluster.handoff_interval = "200ms".into();
+    raw.cluster = Some(cluster);
+    raw
+}
+
+impl ClusterSandbox {
+    /// Starts `storage` storage members, then the query node and the ingestor.
+    pub async fn start(storage: usize) -> anyhow::Result<ClusterSandbox> {
+        let dir = tempfile::tempdir()?;
+        let pki = logcluster_common::certs::generate_dev_pki(
+            &dir.path().join("tls"),
+            &["localhost", "127.0.0.1"],
+        )?;
+        let members_file = dir.path().join("members.yaml");
+        write_members_file(&members_file, &MemberList::default())?;
+        let mut nodes = Vec::new();
+        for i in 0..storage {
+            let name = format!("storage-{i}");
+            let mut raw = node_config(&name, dir.path(), &pki, &members_file, vec![Role::Storage]);
+            if let Some(cluster) = raw.cluster.as_mut() {
+                cluster.listen = "127.0.0.1:0".into();
+            }
+            let mut node = SandboxNode {
+                config_path: dir.path().join(format!("{name}.yaml")),
+                name,
+                raw,
+                process: None,
+                ports: HashMap::new(),
+            };
+            node.spawn().await?;
+            nodes.push(node);
+        }
+        let mut sandbox = ClusterSandbox {
+            ca: pki.ca_cert.clone(),
+            members_file: members_file.clone(),
+            storage: nodes,
+            ingestor: SandboxNode {
+                name: "ingestor".into(),
+                config_path: dir.path().join("ingestor.yaml"),
+                raw: {
+                    let mut raw = node_config(
+                        "ingestor",
+                        dir.path(),
+                        &pki,
+                        &members_file,
+                        vec![Role::Ingestor],
+                    );
+                    raw.listen.ingest = "127.0.0.1:0".into();
+                    raw
+                },
+                process: None,
+                ports: HashMap::new(),
+            },
+            query: SandboxNode {
+                name: "query".into(),
+                config_path: dir.path().join("query.yaml"),
+                raw: node_config("query", dir.path(), &pki, &members_file, vec![Role::Query]),
+                process: None,
+                ports: HashMap::new(),
+            },
+            dir,
+        };
+        sandbox.publish_members(&[])?;
+        sandbox.query.spawn().await?;
+        sandbox.ingestor.spawn().await?;
+        Ok(sandbox)
+    }
+
+    /// Writes the members file from the storage nodes' cluster ports; `leaving` are marked.
+    pub fn publish_members(&self, leaving: &[&str]) -> anyhow::Result<()> {
+        let list = MemberList::new(
+            self.storage
+                .iter()
+                .map(|n| Member {
+                    id: n.name.clone(),
+                    addr: format!("127.0.0.1:{}", n.port("cluster")),
+                    ready: true,
+                    leaving: leaving.contains(&n.name.as_str()),
+                })
+                .collect(),
+        );
+        write_members_file(&self.members_file, &list)?;
+        Ok(())
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<FrameClient> {
+        FrameClient::connect(self.ingestor.port("ingest"), &self.ca).await
+    }
+
+    /// Every entry of a tenant through the query node (quorum read).
+    pub async fn query_all(&self, tenant: &str) -> anyhow::Result<Vec<Value>> {
+        follow(&self.query.http_addr(), "/v1/query", tenant).await
+    }
+
+    pub async fn query(&self, body: Value) -> anyhow::Result<Value> {
+        let (status, value) = http(
+            &self.query.http_addr(),
+            "POST",
+            "/v1/query",
+            &[],
+            body.to_string().as_bytes(),
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "query answered {status}: {value}");
+        Ok(value)
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in self.storage.iter().chain([&self.ingestor, &self.query]) {
+            out.push_str(&format!("\n===== {} =====\n{}", node.name, node.log()));
+        }
+        out
+    }
+}

@@ -1,0 +1,135 @@
+//! The README's first command: `logcluster up` runs a whole local cluster. Logs sent through
+//! it are queryable, a storage member killed with -9 is restarted with its identity and the
+//! data stays complete, and SIGTERM stops every process cleanly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::follow;
+use common::eventually;
+use logcluster_testkit::{NodeProcess, binary_path};
+use serde_json::Value;
+
+fn ready(dir: &std::path::Path) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(
+        dir.join("ready.json"),
+    )?)?)
+}
+
+fn send(ca: &str, ingest: u16, http: u16, count: u64, seed: u64) -> anyhow::Result<()> {
+    let output = std::process::Command::new(binary_path("logcluster"))
+        .args(["send", "--tls-ca", ca, "--tcp-port", &ingest.to_string()])
+        .args(["--query-url", &format!("http://127.0.0.1:{http}")])
+        .args(["--count", &count.to_string(), "--batch", "200", "--burst"])
+        .args(["--seed", &seed.to_string(), "--stats-interval", "60"])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "send failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test]
+async fn up_runs_a_cluster_that_survives_a_killed_member_and_stops_cleanly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let args: Vec<String> = ["up", "--ephemeral-ports", "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([data.display().to_string()])
+        .collect();
+    let mut up = NodeProcess::spawn(&binary_path("logcluster"), &args)?;
+    let ports = up
+        .wait_ready(&data.join("ready.json"), Duration::from_secs(60))
+        .await?;
+    let info = ready(&data)?;
+    let storage = info["storage"].as_array().cloned().unwrap_or_default();
+    assert_eq!(storage.len(), 3, "{info}");
+    let ca = info["ca"].as_str().unwrap_or_default().to_string();
+    let (ingest, http) = (ports["ingest"], ports["http"]);
+    let query_addr = format!("127.0.0.1:{http}");
+
+    send(&ca, ingest, http, 2000, 1)?;
+    let items = follow(&query_addr, "/v1/query", "default").await?;
+    assert_eq!(items.len(), 2000, "every acknowledged entry is queryable");
+
+    // kill -9 a storage member: `up` restarts it; writes and reads go on meanwhile.
+    let victim = storage[1]["pid"].as_u64().unwrap_or_default();
+    assert!(alive(victim));
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()?;
+    send(&ca, ingest, http, 1000, 2)?;
+    let restarted = eventually("storage-1 restarted", Duration::from_secs(30), || {
+        let data = data.clone();
+        async move {
+            let pid = ready(&data).ok()?["storage"][1]["pid"].as_u64()?;
+            (pid != victim && alive(pid)).then_some(pid)
+        }
+    })
+    .await?;
+    assert_ne!(restarted, victim);
+    let cluster = common::http(&query_addr, "GET", "/api/v1/cluster", &[], b"")
+        .await?
+        .1;
+    assert_eq!(
+        cluster["members"].as_array().map(Vec::len),
+        Some(3),
+        "{cluster}"
+    );
+    eventually(
+        "every member reachable again",
+        Duration::from_secs(30),
+        || {
+            let query_addr = query_addr.clone();
+            async move {
+                let cluster = common::http(&query_addr, "GET", "/api/v1/cluster", &[], b"")
+                    .await
+                    .ok()?
+                    .1;
+                cluster["members"]
+                    .as_array()?
+                    .iter()
+                    .all(|m| m["reachable"] == true)
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    let items = follow(&query_addr, "/v1/query", "default").await?;
+    assert_eq!(items.len(), 3000);
+
+    // SIGTERM: every child stops, `up` exits successfully.
+    let children: Vec<u64> = ready(&data)?["storage"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["pid"].as_u64())
+        .chain(
+            ["ingestor", "query"]
+                .iter()
+                .filter_map(|n| info["pids"][n].as_u64()),
+        )
+        .collect();
+    let status = up.terminate(Duration::from_secs(60)).await?;
+    assert!(
+        status.success(),
+        "up exit status {status}\n{}",
+        up.log_contents()
+    );
+    for pid in children {
+        assert!(!alive(pid), "child {pid} still running after up stopped");
+    }
+    Ok(())
+}

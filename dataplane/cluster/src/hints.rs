@@ -1,0 +1,294 @@
+//! Hinted hand-off: batches a fallback node keeps for a member that could not take them.
+//!
+//! Layout: `<dir>/<member>/hints-<seq>.log`, records `[u32 len][u32 crc32][u64 written
+//! unix ms][AppendRequest]`, fsynced before the write is acknowledged (a hint counts toward
+//! the write quorum, so it must be as durable as a replica). Delivery takes whole files,
+//! oldest first: the file being delivered is closed for appends, each record is sent with
+//! its original batch uid (the owner de-duplicates), and the file is deleted only after
+//! every record was confirmed. Hints older than the window are dropped and counted:
+//! anti-entropy repairs what they carried.
+//!
+//! Must not: hold hints only in memory, or delete a file before its records are confirmed.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use crate::messages::AppendRequest;
+
+/// Files are rotated past this size so delivery can start while writes go on.
+const FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HintError {
+    #[error("hint store i/o on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("member id {0:?} cannot name a hint folder")]
+    BadMember(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HintError + '_ {
+    move |source| HintError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+struct Open {
+    seq: u64,
+    file: File,
+    bytes: u64,
+}
+
+/// Durable hints, per target member.
+pub struct HintStore {
+    dir: PathBuf,
+    open: Mutex<BTreeMap<String, Open>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn valid_member(member: &str) -> bool {
+    !member.is_empty()
+        && member.len() <= 200
+        && member
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && member != "."
+        && member != ".."
+}
+
+fn seq_of(name: &str) -> Option<u64> {
+    name.strip_prefix("hints-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
+}
+
+/// One stored hint.
+pub struct Hint {
+    pub written_ms: u64,
+    pub request: AppendRequest,
+}
+
+impl HintStore {
+    pub fn open(dir: PathBuf) -> Result<HintStore, HintError> {
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(HintStore {
+            dir,
+            open: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn files(&self, member: &str) -> Vec<(u64, PathBuf)> {
+        let dir = self.dir.join(member);
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                seq_of(&name).map(|seq| (seq, e.path()))
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Members with hints on disk.
+    pub fn members(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|m| valid_member(m) && !self.files(m).is_empty())
+            .collect()
+    }
+
+    /// Bytes of hints on disk per member.
+    pub fn pending_bytes(&self) -> BTreeMap<String, u64> {
+        self.members()
+            .into_iter()
+            .map(|m| {
+                let bytes = self
+                    .files(&m)
+                    .iter()
+                    .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                    .map(|md| md.len())
+                    .sum();
+                (m, bytes)
+            })
+            .collect()
+    }
+
+    /// Stores a hint durably (written and fsynced before this returns). Blocking.
+    pub fn append(&self, member: &str, request: &AppendRequest) -> Result<(), HintError> {
+        if !valid_member(member) {
+            return Err(HintError::BadMember(member.to_string()));
+        }
+        let payload = request.encode_to_vec();
+        let mut record = Vec::with_capacity(16 + payload.len());
+        record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        let written = now_ms();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&written.to_be_bytes());
+        crc.update(&payload);
+        record.extend_from_slice(&crc.finalize().to_be_bytes());
+        record.extend_from_slice(&written.to_be_bytes());
+        record.extend_from_slice(&payload);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.get(member).is_none_or(|o| o.bytes >= FILE_BYTES) {
+            let dir = self.dir.join(member);
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let seq = self.files(member).last().map(|(s, _)| s + 1).unwrap_or(1);
+            let path = dir.join(format!("hints-{seq:012}.log"));
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&dir))?;
+            open.insert(
+                member.to_string(),
+                Open {
+                    seq,
+                    file,
+                    bytes: 0,
+                },
+            );
+        }
+        let current = open
+            .get_mut(member)
+            .ok_or_else(|| HintError::BadMember(member.to_string()))?;
+        let path = self.dir.join(member);
+        current.file.write_all(&record).map_err(io(&path))?;
+        current.file.sync_data().map_err(io(&path))?;
+        current.bytes += record.len() as u64;
+        Ok(())
+    }
+
+    /// The oldest closed-or-closable hint file of a member and its readable records (a torn
+    /// or corrupt tail ends the list). Closes the file for appends first. Blocking.
+    pub fn take_oldest(&self, member: &str) -> Result<Option<(PathBuf, Vec<Hint>)>, HintError> {
+        let Some((seq, path)) = self.files(member).into_iter().next() else {
+            return Ok(None);
+        };
+        {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            if open.get(member).is_some_and(|o| o.seq == seq) {
+                open.remove(member);
+            }
+        }
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io(&path))?;
+        let mut hints = Vec::new();
+        let mut at = 0usize;
+        while bytes.len() - at >= 16 {
+            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
+            let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap_or([0; 4]));
+            let Some(body) = bytes.get(at + 8..at + 16 + len) else {
+                break;
+            };
+            if crc32fast::hash(body) != crc {
+                break;
+            }
+            let written_ms = u64::from_be_bytes(body[..8].try_into().unwrap_or([0; 8]));
+            let Ok(request) = AppendRequest::decode(&body[8..]) else {
+                break;
+            };
+            hints.push(Hint {
+                written_ms,
+                request,
+            });
+            at += 16 + len;
+        }
+        Ok(Some((path, hints)))
+    }
+
+    /// Deletes a delivered (or expired) file.
+    pub fn remove(&self, path: &Path) -> Result<(), HintError> {
+        std::fs::remove_file(path).map_err(io(path))
+    }
+
+    /// Whether a hint is older than the window.
+    pub fn expired(hint: &Hint, window: Duration) -> bool {
+        now_ms().saturating_sub(hint.written_ms) > window.as_millis() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logcluster_proto::LogEntry;
+
+    fn request(uid: u64) -> AppendRequest {
+        AppendRequest {
+            batch_uid: uid,
+            hint_for: "storage-1".into(),
+            repair: false,
+            entries: vec![LogEntry {
+                id: format!("{uid:016x}-00000000"),
+                message: "hello".into(),
+                ..LogEntry::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn hints_survive_reopen_and_a_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = HintStore::open(dir.path().to_path_buf()).expect("open");
+        for uid in 1..=3 {
+            store.append("storage-1", &request(uid)).expect("append");
+        }
+        assert!(store.append("../evil", &request(9)).is_err());
+        drop(store);
+        let store = HintStore::open(dir.path().to_path_buf()).expect("reopen");
+        assert_eq!(store.members(), vec!["storage-1".to_string()]);
+        let (path, _) = store
+            .take_oldest("storage-1")
+            .expect("take")
+            .expect("a file");
+        // Tear the last record.
+        let len = std::fs::metadata(&path).expect("meta").len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len - 3))
+            .expect("truncate");
+        let (path, hints) = store
+            .take_oldest("storage-1")
+            .expect("take")
+            .expect("a file");
+        assert_eq!(
+            hints
+                .iter()
+                .map(|h| h.request.batch_uid)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        store.remove(&path).expect("remove");
+        assert!(store.members().is_empty());
+        assert!(store.pending_bytes().is_empty());
+    }
+}

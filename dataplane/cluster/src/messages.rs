@@ -1,0 +1,63 @@
+//! The messages of the cluster RPC (prost). Only this module knows their encoding.
+
+use logcluster_proto::LogEntry;
+
+/// Request kinds of the cluster RPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// [`AppendRequest`] → [`AppendReply`]: store a batch durably (or a hint for a member).
+    Append = 1,
+    /// JSON query request → [`EntriesReply`] (the storage node's newest-first page).
+    Query = 2,
+    /// JSON stats request → JSON stats (counts by level per interval).
+    Stats = 3,
+    /// Empty → JSON status of the node (hints pending, drain state, stored bytes).
+    Status = 4,
+}
+
+impl Kind {
+    pub fn from_u8(value: u8) -> Option<Kind> {
+        match value {
+            1 => Some(Kind::Append),
+            2 => Some(Kind::Query),
+            3 => Some(Kind::Stats),
+            4 => Some(Kind::Status),
+            _ => None,
+        }
+    }
+}
+
+/// A batch for one replica.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AppendRequest {
+    /// The ingest batch uid: replicas de-duplicate retries by it, per stream.
+    #[prost(uint64, tag = "1")]
+    pub batch_uid: u64,
+    /// Non-empty: the receiver is a fallback and keeps the batch as a hint for this member.
+    #[prost(string, tag = "2")]
+    pub hint_for: String,
+    /// Repair writes (read repair, anti-entropy): skip entries whose id the stream already
+    /// holds, whatever batch they came in.
+    #[prost(bool, tag = "3")]
+    pub repair: bool,
+    #[prost(message, repeated, tag = "4")]
+    pub entries: Vec<LogEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AppendReply {
+    #[prost(uint64, tag = "1")]
+    pub stored: u64,
+    #[prost(uint64, tag = "2")]
+    pub duplicates: u64,
+}
+
+/// Entries with metadata (JSON) — a storage node's answer to a query.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EntriesReply {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<LogEntry>,
+    #[prost(string, tag = "2")]
+    pub meta_json: String,
+}

@@ -1,0 +1,616 @@
+//! The replication client: quorum writes with sloppy-quorum hints, and calls to members.
+//!
+//! A batch is split by partition; each partition part goes to its `replicationFactor`
+//! owners in parallel. An owner that is known down (not ready, recent connection failure,
+//! too many calls in flight) is replaced by a fallback that keeps the part as a durable hint
+//! for it. The caller's future resolves as soon as every part is durably held by
+//! `writeQuorum` *distinct* members (in their store or as a hint); the remaining calls finish
+//! in the background, and an owner that fails after that gets a hint too. When the quorum
+//! cannot be reached the caller gets an error (the client is told to retry later) — never a
+//! false success. See `replication.md` beside this file.
+//!
+//! Must not: decide what is stored where on disk, or acknowledge on fewer than W holders.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use logcluster_proto::LogEntry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use rustls_pki_types::ServerName;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
+
+use crate::membership::{MemberList, Members};
+use crate::messages::{AppendReply, AppendRequest, Kind};
+use crate::ring::{PartitionId, Ring, partition_of};
+use crate::rpc::{RpcClient, RpcError};
+
+/// Replication settings (from the node configuration).
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    pub replication_factor: usize,
+    pub write_quorum: usize,
+    pub read_quorum: usize,
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long a member that failed a call is skipped before it is tried again.
+    pub down_backoff: Duration,
+    /// Calls in flight to one member before further parts go to fallbacks (bounds the memory
+    /// a hung member can hold).
+    pub max_in_flight_per_member: usize,
+    /// Certificate name to verify on every peer; `None` = the host of the member address.
+    pub tls_server_name: Option<String>,
+}
+
+impl ReplicationConfig {
+    pub fn new(replication_factor: usize, write_quorum: usize, read_quorum: usize) -> Self {
+        ReplicationConfig {
+            replication_factor,
+            write_quorum,
+            read_quorum,
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            down_backoff: Duration::from_secs(1),
+            max_in_flight_per_member: 256,
+            tls_server_name: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabel {
+    member: String,
+}
+
+/// Metrics of the cluster layer.
+#[derive(Clone, Default)]
+pub struct ClusterMetrics {
+    replica_writes: Family<ResultLabel, Counter>,
+    /// Parts stored as hints on a fallback.
+    pub hints_written: Counter,
+    pub hints_delivered: Counter,
+    pub hints_expired: Counter,
+    pub hints_pending_bytes: Gauge,
+    quorum_failures: Counter,
+    pub read_repairs: Counter,
+    member_up: Family<MemberLabel, Gauge>,
+}
+
+impl ClusterMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("logcluster_cluster");
+        r.register(
+            "replica_writes",
+            "Replica write calls by result (ok, failed)",
+            self.replica_writes.clone(),
+        );
+        r.register(
+            "hints_written",
+            "Batch parts stored as hints for an unavailable owner",
+            self.hints_written.clone(),
+        );
+        r.register(
+            "hints_delivered",
+            "Hinted batch parts delivered to their owner",
+            self.hints_delivered.clone(),
+        );
+        r.register(
+            "hints_expired",
+            "Hinted batch parts dropped after the hint window",
+            self.hints_expired.clone(),
+        );
+        r.register(
+            "hints_pending_bytes",
+            "Bytes of hints this node holds for other members",
+            self.hints_pending_bytes.clone(),
+        );
+        r.register(
+            "quorum_failures",
+            "Batches refused because the write quorum could not be reached",
+            self.quorum_failures.clone(),
+        );
+        r.register(
+            "read_repairs",
+            "Entries written back to a replica that lacked them during a read",
+            self.read_repairs.clone(),
+        );
+        r.register(
+            "member_up",
+            "1 when this node can reach the member, 0 when it is skipped as down",
+            self.member_up.clone(),
+        );
+    }
+}
+
+/// Why a quorum write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("no storage members are known")]
+    NoMembers,
+    #[error(
+        "write quorum not reached: {held} of {needed} replicas confirmed a part ({first_error})"
+    )]
+    Quorum {
+        needed: usize,
+        held: usize,
+        first_error: String,
+    },
+}
+
+/// The ring and member list in force.
+pub struct View {
+    pub members: Arc<MemberList>,
+    pub ring: Ring,
+}
+
+struct Peer {
+    addr: String,
+    client: RpcClient,
+    down_until: Option<Instant>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// The replication client shared by the ingest and query roles of a node.
+pub struct Cluster {
+    config: ReplicationConfig,
+    view: RwLock<Arc<View>>,
+    peers: Mutex<HashMap<String, Peer>>,
+    connector: TlsConnector,
+    metrics: ClusterMetrics,
+    batches: AtomicU64,
+}
+
+impl Cluster {
+    /// Starts following `members` (the ring is rebuilt on every change).
+    pub fn new(
+        config: ReplicationConfig,
+        mut members: Members,
+        connector: TlsConnector,
+        metrics: ClusterMetrics,
+    ) -> Arc<Cluster> {
+        let list = members.borrow_and_update().clone();
+        let view = View {
+            ring: Ring::new(&list.ring_ids(), config.replication_factor),
+            members: list,
+        };
+        let cluster = Arc::new(Cluster {
+            config,
+            view: RwLock::new(Arc::new(view)),
+            peers: Mutex::new(HashMap::new()),
+            connector,
+            metrics,
+            batches: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&cluster);
+        tokio::spawn(async move {
+            while members.changed().await.is_ok() {
+                let list = members.borrow_and_update().clone();
+                let Some(cluster) = weak.upgrade() else {
+                    return;
+                };
+                let ring = tokio::task::spawn_blocking({
+                    let ids = list.ring_ids();
+                    let rf = cluster.config.replication_factor;
+                    move || Ring::new(&ids, rf)
+                })
+                .await;
+                if let Ok(ring) = ring {
+                    *cluster.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(View {
+                        members: list,
+                        ring,
+                    });
+                }
+            }
+        });
+        cluster
+    }
+
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    /// The ring and members in force now.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes needed per part: W, or fewer when the cluster holds fewer replicas.
+    pub fn effective_write_quorum(&self, view: &View) -> usize {
+        self.config
+            .write_quorum
+            .min(view.ring.replicas_per_partition())
+            .max(1)
+    }
+
+    fn client(&self, member: &str, view: &View) -> Option<RpcClient> {
+        let addr = view.members.get(member)?.addr.clone();
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peer) = peers.get(member)
+            && peer.addr == addr
+        {
+            return Some(peer.client.clone());
+        }
+        let host = addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(&addr);
+        let name = self.config.tls_server_name.as_deref().unwrap_or(host);
+        let server_name = ServerName::try_from(name.to_string()).ok()?;
+        let client = RpcClient::new(
+            addr.clone(),
+            server_name,
+            self.connector.clone(),
+            self.config.connect_timeout,
+        );
+        peers.insert(
+            member.to_string(),
+            Peer {
+                addr,
+                client: client.clone(),
+                down_until: None,
+                in_flight: Arc::new(Semaphore::new(self.config.max_in_flight_per_member)),
+            },
+        );
+        Some(client)
+    }
+
+    /// Whether a member looks usable now: listed, ready, and not recently failed.
+    pub fn is_up(&self, member: &str, view: &View) -> bool {
+        let Some(info) = view.members.get(member) else {
+            return false;
+        };
+        if !info.ready {
+            return false;
+        }
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        match peers.get(member).and_then(|p| p.down_until) {
+            Some(until) => Instant::now() >= until,
+            None => true,
+        }
+    }
+
+    fn mark(&self, member: &str, ok: bool) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peer) = peers.get_mut(member) {
+            let was_down = peer.down_until.is_some();
+            peer.down_until = if ok {
+                None
+            } else {
+                Some(Instant::now() + self.config.down_backoff)
+            };
+            if ok == was_down {
+                debug!(member, up = ok, "member state changed");
+            }
+        }
+        self.metrics
+            .member_up
+            .get_or_create(&MemberLabel {
+                member: member.to_string(),
+            })
+            .set(i64::from(ok));
+    }
+
+    fn permit(&self, member: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .get(member)?
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .ok()
+    }
+
+    /// One call to a member; updates its health.
+    pub async fn call(
+        &self,
+        member: &str,
+        kind: Kind,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
+        let view = self.view();
+        let client = self
+            .client(member, &view)
+            .ok_or_else(|| RpcError::Connect {
+                addr: member.to_string(),
+                message: "not a known member (or its address is not a valid TLS name)".into(),
+            })?;
+        let result = client.call(kind as u8, payload, timeout).await;
+        match &result {
+            Ok(_) | Err(RpcError::Remote { .. }) => self.mark(member, true),
+            Err(_) => self.mark(member, false),
+        }
+        result
+    }
+
+    /// Stores a batch on W distinct replicas per part; resolves with the number of entries
+    /// that replicas already held (an idempotent retry).
+    pub async fn append(
+        self: &Arc<Self>,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+    ) -> Result<usize, WriteError> {
+        let view = self.view();
+        if view.ring.members().is_empty() {
+            return Err(WriteError::NoMembers);
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let needed = self.effective_write_quorum(&view);
+        let (done_tx, done_rx) = oneshot::channel();
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            cluster
+                .replicate(view, batch_uid, entries, needed, done_tx)
+                .await;
+        });
+        done_rx.await.unwrap_or(Err(WriteError::Quorum {
+            needed,
+            held: 0,
+            first_error: "replication task ended early".into(),
+        }))
+    }
+
+    /// Best fallback for `down` in a partition: the first up member in rank order that is
+    /// not an owner (so the hint adds a distinct holder), else an up owner other than `down`.
+    fn fallback(&self, view: &View, partition: PartitionId, down: &str) -> Option<String> {
+        let ranked = view.ring.ranked(partition);
+        let owners: Vec<&str> = view.ring.owners(partition).collect();
+        ranked
+            .iter()
+            .filter(|m| !owners.contains(m))
+            .chain(ranked.iter().filter(|m| owners.contains(m)))
+            .find(|m| **m != down && self.is_up(m, view))
+            .map(|m| m.to_string())
+    }
+
+    async fn replicate(
+        self: Arc<Self>,
+        view: Arc<View>,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+        needed: usize,
+        done: oneshot::Sender<Result<usize, WriteError>>,
+    ) {
+        // Parts by partition.
+        let mut parts: BTreeMap<PartitionId, Vec<LogEntry>> = BTreeMap::new();
+        for entry in entries {
+            parts
+                .entry(partition_of(&entry.tenant, &entry.service))
+                .or_default()
+                .push(entry);
+        }
+        let partitions: Vec<PartitionId> = parts.keys().copied().collect();
+        let mut holders: BTreeMap<PartitionId, BTreeSet<String>> = BTreeMap::new();
+        let mut duplicate_parts: BTreeSet<PartitionId> = BTreeSet::new();
+        // (target member, hint_for) -> partitions
+        let mut plan: BTreeMap<(String, String), Vec<PartitionId>> = BTreeMap::new();
+        for partition in &partitions {
+            for owner in view.ring.owners(*partition) {
+                if self.is_up(owner, &view) {
+                    plan.entry((owner.to_string(), String::new()))
+                        .or_default()
+                        .push(*partition);
+                } else if let Some(fallback) = self.fallback(&view, *partition, owner) {
+                    plan.entry((fallback, owner.to_string()))
+                        .or_default()
+                        .push(*partition);
+                }
+            }
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<CallOutcome>();
+        let mut outstanding = 0usize;
+        for ((member, hint_for), parts_of) in plan {
+            outstanding += 1;
+            self.spawn_write(&parts, batch_uid, member, hint_for, parts_of, tx.clone());
+        }
+        let mut done = Some(done);
+        let mut first_error = String::new();
+        let mut rerouted: BTreeSet<(String, PartitionId)> = BTreeSet::new();
+        let quorum_held = |holders: &BTreeMap<PartitionId, BTreeSet<String>>| {
+            partitions
+                .iter()
+                .all(|p| holders.get(p).map_or(0, |h| h.len()) >= needed)
+        };
+        while outstanding > 0 {
+            let Some(outcome) = rx.recv().await else {
+                break;
+            };
+            outstanding -= 1;
+            match outcome.result {
+                Ok(reply) => {
+                    for p in &outcome.partitions {
+                        holders
+                            .entry(*p)
+                            .or_default()
+                            .insert(outcome.member.clone());
+                    }
+                    if outcome.hint_for.is_empty() && reply.duplicates > 0 && reply.stored == 0 {
+                        duplicate_parts.extend(outcome.partitions.iter().copied());
+                    }
+                }
+                Err(error) => {
+                    if first_error.is_empty() {
+                        first_error = error.to_string();
+                    }
+                    // An owner failed: keep its copy as a hint on a fallback, once.
+                    let owner = if outcome.hint_for.is_empty() {
+                        Some(outcome.member.clone())
+                    } else {
+                        None
+                    };
+                    if let Some(owner) = owner {
+                        let mut by_fallback: BTreeMap<String, Vec<PartitionId>> = BTreeMap::new();
+                        for p in &outcome.partitions {
+                            if rerouted.insert((owner.clone(), *p))
+                                && let Some(fallback) = self.fallback(&view, *p, &owner)
+                            {
+                                by_fallback.entry(fallback).or_default().push(*p);
+                            }
+                        }
+                        for (fallback, parts_of) in by_fallback {
+                            outstanding += 1;
+                            self.spawn_write(
+                                &parts,
+                                batch_uid,
+                                fallback,
+                                owner.clone(),
+                                parts_of,
+                                tx.clone(),
+                            );
+                        }
+                    }
+                }
+            }
+            if done.is_some() && quorum_held(&holders) {
+                let duplicates = duplicate_parts
+                    .iter()
+                    .map(|p| parts.get(p).map_or(0, Vec::len))
+                    .sum();
+                if let Some(done) = done.take() {
+                    let _ = done.send(Ok(duplicates));
+                }
+            }
+        }
+        if let Some(done) = done.take() {
+            self.metrics.quorum_failures.inc();
+            let held = partitions
+                .iter()
+                .map(|p| holders.get(p).map_or(0, |h| h.len()))
+                .min()
+                .unwrap_or(0);
+            if first_error.is_empty() {
+                first_error = "not enough members are up".into();
+            }
+            warn!(batch_uid, held, needed, %first_error, "write quorum not reached");
+            let _ = done.send(Err(WriteError::Quorum {
+                needed,
+                held,
+                first_error,
+            }));
+        }
+    }
+
+    fn spawn_write(
+        self: &Arc<Self>,
+        parts: &BTreeMap<PartitionId, Vec<LogEntry>>,
+        batch_uid: u64,
+        member: String,
+        hint_for: String,
+        partitions: Vec<PartitionId>,
+        tx: mpsc::UnboundedSender<CallOutcome>,
+    ) {
+        let request = AppendRequest {
+            batch_uid,
+            hint_for: hint_for.clone(),
+            repair: false,
+            entries: partitions
+                .iter()
+                .filter_map(|p| parts.get(p))
+                .flatten()
+                .cloned()
+                .collect(),
+        };
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let result = match cluster.permit(&member) {
+                None if cluster.view().members.get(&member).is_some()
+                    && cluster.peers_known(&member) =>
+                {
+                    Err(RpcError::Io {
+                        addr: member.clone(),
+                        message: "too many calls in flight".into(),
+                    })
+                }
+                permit => {
+                    let payload = request.encode_to_vec();
+                    let answer = cluster
+                        .call(&member, Kind::Append, &payload, cluster.config.call_timeout)
+                        .await;
+                    drop(permit);
+                    answer.and_then(|bytes| {
+                        AppendReply::decode(bytes.as_slice()).map_err(|e| RpcError::Remote {
+                            addr: member.clone(),
+                            message: format!("undecodable append reply: {e}"),
+                        })
+                    })
+                }
+            };
+            let label = if result.is_ok() { "ok" } else { "failed" };
+            cluster
+                .metrics
+                .replica_writes
+                .get_or_create(&ResultLabel { result: label })
+                .inc();
+            if result.is_ok() && !hint_for.is_empty() {
+                cluster.metrics.hints_written.inc();
+            }
+            let _ = tx.send(CallOutcome {
+                member,
+                hint_for,
+                partitions,
+                result,
+            });
+        });
+    }
+
+    fn peers_known(&self, member: &str) -> bool {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(member)
+    }
+
+    /// Sends repair writes (entries a replica lacks) to one member, in the background.
+    pub fn repair(self: &Arc<Self>, member: String, entries: Vec<LogEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let count = entries.len() as u64;
+        let request = AppendRequest {
+            batch_uid: 0,
+            hint_for: String::new(),
+            repair: true,
+            entries,
+        };
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let payload = request.encode_to_vec();
+            match cluster
+                .call(&member, Kind::Append, &payload, cluster.config.call_timeout)
+                .await
+            {
+                Ok(bytes) => {
+                    let stored = AppendReply::decode(bytes.as_slice())
+                        .map(|r| r.stored)
+                        .unwrap_or(count);
+                    cluster.metrics.read_repairs.inc_by(stored);
+                }
+                Err(error) => debug!(%error, member, "read repair failed; anti-entropy will retry"),
+            }
+        });
+    }
+}
+
+struct CallOutcome {
+    member: String,
+    hint_for: String,
+    partitions: Vec<PartitionId>,
+    result: Result<AppendReply, RpcError>,
+}

@@ -1,0 +1,165 @@
+//! The storage member's side of replication: applying appends (replica writes, hints,
+//! repairs) and handing hints off to their owners.
+//!
+//! Must not: acknowledge an append before it is durable — the replication client counts
+//! the answer toward the write quorum.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use logcluster_storage::Store;
+use prost::Message;
+use tracing::{debug, info, warn};
+
+use crate::hints::HintStore;
+use crate::messages::{AppendReply, AppendRequest, Kind};
+use crate::replication::Cluster;
+
+/// Applies one `Append` call on this storage member.
+pub async fn handle_append(
+    store: &Arc<Store>,
+    hints: &Arc<HintStore>,
+    payload: &[u8],
+) -> Result<Vec<u8>, String> {
+    let request = AppendRequest::decode(payload)
+        .map_err(|e| format!("append request is not valid protobuf: {e}"))?;
+    let count = request.entries.len() as u64;
+    let reply = if !request.hint_for.is_empty() {
+        let hints = hints.clone();
+        tokio::task::spawn_blocking(move || hints.append(&request.hint_for.clone(), &request))
+            .await
+            .map_err(|e| format!("hint task failed: {e}"))?
+            .map_err(|e| format!("{e}: {}", error_chain(&e)))?;
+        AppendReply {
+            stored: count,
+            duplicates: 0,
+        }
+    } else if request.repair {
+        let outcome = store
+            .append_missing(request.entries)
+            .await
+            .map_err(|e| format!("repair write failed: {}", error_chain(&e)))?;
+        AppendReply {
+            stored: outcome.stored as u64,
+            duplicates: outcome.duplicates as u64,
+        }
+    } else {
+        let outcome = store
+            .append(request.batch_uid, request.entries)
+            .await
+            .map_err(|e| format!("replica write failed: {}", error_chain(&e)))?;
+        AppendReply {
+            stored: outcome.stored as u64,
+            duplicates: outcome.duplicates as u64,
+        }
+    };
+    Ok(reply.encode_to_vec())
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Offers stored hints to their members every `interval` until `stop` resolves.
+pub async fn run_handoff(
+    cluster: Arc<Cluster>,
+    hints: Arc<HintStore>,
+    window: Duration,
+    interval: Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = &mut stop => return,
+        }
+        let pending: u64 = {
+            let hints = hints.clone();
+            tokio::task::spawn_blocking(move || hints.pending_bytes().values().sum())
+                .await
+                .unwrap_or(0)
+        };
+        cluster.metrics().hints_pending_bytes.set(pending as i64);
+        if pending == 0 {
+            continue;
+        }
+        let members = {
+            let hints = hints.clone();
+            tokio::task::spawn_blocking(move || hints.members())
+                .await
+                .unwrap_or_default()
+        };
+        for member in members {
+            let view = cluster.view();
+            if view.members.get(&member).is_none() || !cluster.is_up(&member, &view) {
+                continue;
+            }
+            deliver_member(&cluster, &hints, &member, window).await;
+        }
+    }
+}
+
+async fn deliver_member(
+    cluster: &Arc<Cluster>,
+    hints: &Arc<HintStore>,
+    member: &str,
+    window: Duration,
+) {
+    loop {
+        let taken = {
+            let hints = hints.clone();
+            let member = member.to_string();
+            tokio::task::spawn_blocking(move || hints.take_oldest(&member)).await
+        };
+        let (path, records) = match taken {
+            Ok(Ok(Some(found))) => found,
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                warn!(%error, member, "cannot read hints");
+                return;
+            }
+            Err(_) => return,
+        };
+        let total = records.len();
+        for hint in records {
+            if HintStore::expired(&hint, window) {
+                cluster.metrics().hints_expired.inc();
+                continue;
+            }
+            let mut request = hint.request;
+            request.hint_for.clear();
+            let payload = request.encode_to_vec();
+            match cluster
+                .call(
+                    member,
+                    Kind::Append,
+                    &payload,
+                    cluster.config().call_timeout,
+                )
+                .await
+            {
+                Ok(_) => {
+                    cluster.metrics().hints_delivered.inc();
+                }
+                Err(error) => {
+                    debug!(%error, member, "hint delivery paused; retrying later");
+                    return;
+                }
+            }
+        }
+        if let Err(error) = hints.remove(&path) {
+            warn!(%error, "cannot delete a delivered hint file");
+            return;
+        }
+        info!(member, hints = total, "hints handed off");
+    }
+}

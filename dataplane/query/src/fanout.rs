@@ -1,0 +1,327 @@
+//! Reading through the cluster: ask every storage member, merge, de-duplicate, repair.
+//!
+//! A query node sends the query to every member that may hold data (owners and members
+//! that are leaving), merges the newest-first pages by (timestamp, id) and de-duplicates by
+//! entry id. The answer is marked partial when, for some service of the tenant, fewer than
+//! `readQuorum` of its owners answered, or when so many members failed that a stream could
+//! be missing entirely. Read repair: an entry of the merged page that an answering owner
+//! should have returned but did not is written back to it (repair writes skip ids the
+//! replica already has).
+//!
+//! Must not: return an entry twice, or hide that a part of the data was not read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use logcluster_cluster::messages::{EntriesReply, Kind};
+use logcluster_cluster::replication::Cluster;
+use logcluster_proto::LogEntry;
+use logcluster_storage::Cursor;
+use prost::Message;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::api::{LevelCounts, Page, QueryError, QueryRequest, Stats};
+
+/// Prefix of a storage member's error for a request it could not understand; the query
+/// node passes such errors to its caller as 400 instead of counting a failed replica.
+pub const BAD_REQUEST: &str = "bad request: ";
+
+/// The error text a storage member sends for a failed query.
+pub fn member_error(error: &QueryError) -> String {
+    match error {
+        QueryError::BadRequest(message) => format!("{BAD_REQUEST}{message}"),
+        other => other.to_string(),
+    }
+}
+
+/// What a storage member adds to its entries.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PageMeta {
+    pub stats: Stats,
+    pub services: Vec<String>,
+    pub full: bool,
+}
+
+/// Encodes a member's page for the query node.
+pub fn encode_page(page: Page, limit: usize) -> Vec<u8> {
+    let meta = PageMeta {
+        full: page.items.len() >= limit,
+        stats: page.stats,
+        services: page.services,
+    };
+    EntriesReply {
+        entries: page.items,
+        meta_json: serde_json::to_string(&meta).unwrap_or_default(),
+    }
+    .encode_to_vec()
+}
+
+struct Answer {
+    member: String,
+    items: Vec<LogEntry>,
+    meta: PageMeta,
+}
+
+async fn ask_all(
+    cluster: &Arc<Cluster>,
+    kind: Kind,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> (Vec<String>, Vec<(String, Result<Vec<u8>, String>)>) {
+    let view = cluster.view();
+    let members: Vec<String> = view.members.members.iter().map(|m| m.id.clone()).collect();
+    let payload = Arc::new(payload);
+    let mut calls = JoinSet::new();
+    for member in &members {
+        let cluster = cluster.clone();
+        let member = member.clone();
+        let payload = payload.clone();
+        calls.spawn(async move {
+            let result = cluster
+                .call(&member, kind, &payload, timeout)
+                .await
+                .map_err(|e| e.to_string());
+            (member, result)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    (members, answers)
+}
+
+/// Runs a page query across the cluster.
+pub async fn query(
+    cluster: &Arc<Cluster>,
+    request: QueryRequest,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Page, QueryError> {
+    let started = Instant::now();
+    let tenant = request.tenant_id.clone().unwrap_or_default();
+    let payload = serde_json::to_vec(&request).map_err(|e| QueryError::Internal(e.to_string()))?;
+    let (members, results) = ask_all(cluster, Kind::Query, payload, timeout).await;
+    let mut answers = Vec::new();
+    let mut failures = Vec::new();
+    for (member, result) in results {
+        let decoded = result.and_then(|bytes| {
+            let reply = EntriesReply::decode(bytes.as_slice())
+                .map_err(|e| format!("undecodable answer: {e}"))?;
+            let meta: PageMeta = serde_json::from_str(&reply.meta_json)
+                .map_err(|e| format!("undecodable answer metadata: {e}"))?;
+            Ok((reply.entries, meta))
+        });
+        match decoded {
+            Ok((items, meta)) => answers.push(Answer {
+                member,
+                items,
+                meta,
+            }),
+            Err(error) => {
+                if let Some(at) = error.find(BAD_REQUEST) {
+                    // Every member compiles the same request: a bad request is the caller's.
+                    return Err(QueryError::BadRequest(
+                        error[at + BAD_REQUEST.len()..].to_string(),
+                    ));
+                }
+                failures.push((member, error));
+            }
+        }
+    }
+    // Merge newest first by (timestamp, id), de-duplicated by id.
+    let mut merged: Vec<&LogEntry> = answers.iter().flat_map(|a| a.items.iter()).collect();
+    merged.sort_by(|a, b| (b.timestamp, &b.id).cmp(&(a.timestamp, &a.id)));
+    // By id alone: a batch retried after a refused write may carry other timestamps on the
+    // replicas that stored the first attempt (entries without their own timestamp).
+    let mut seen: HashSet<&str> = HashSet::new();
+    merged.retain(|e| seen.insert(e.id.as_str()));
+    let any_full = answers.iter().any(|a| a.meta.full);
+    merged.truncate(limit);
+    let items: Vec<LogEntry> = merged.into_iter().cloned().collect();
+    let next_cursor = if items.len() >= limit || (any_full && !items.is_empty()) {
+        items.last().map(|e| Cursor {
+            timestamp: e.timestamp,
+            id: e.id.clone(),
+        })
+    } else {
+        None
+    };
+
+    let view = cluster.view();
+    let read_quorum = cluster
+        .config()
+        .read_quorum
+        .min(view.ring.replicas_per_partition())
+        .max(1);
+    let answered: BTreeSet<&str> = answers.iter().map(|a| a.member.as_str()).collect();
+    let services: BTreeSet<&str> = answers
+        .iter()
+        .flat_map(|a| a.meta.services.iter().map(String::as_str))
+        .collect();
+    let mut short: Vec<String> = Vec::new();
+    for service in &services {
+        let owners = view.ring.owners_of(&tenant, service);
+        let got = owners.iter().filter(|o| answered.contains(*o)).count();
+        if got < read_quorum {
+            short.push(format!(
+                "{service} ({got} of {read_quorum} replicas answered)"
+            ));
+        }
+    }
+    let unreachable = failures.len();
+    let mut stats = Stats {
+        replicas_asked: Some(members.len() as u64),
+        replicas_answered: Some(answers.len() as u64),
+        ..Stats::default()
+    };
+    for answer in &answers {
+        stats.objects_read += answer.meta.stats.objects_read;
+        stats.objects_skipped += answer.meta.stats.objects_skipped;
+        stats.events_scanned += answer.meta.stats.events_scanned;
+        if answer.meta.stats.partial {
+            stats.partial = true;
+            stats.partial_reason = answer.meta.stats.partial_reason.clone();
+        }
+    }
+    if !short.is_empty() {
+        stats.partial = true;
+        stats.partial_reason = Some(format!("read quorum not met for: {}", short.join(", ")));
+    } else if unreachable > 0 && unreachable >= view.ring.replicas_per_partition().max(1) {
+        stats.partial = true;
+        stats.partial_reason = Some(format!(
+            "{unreachable} storage members did not answer; some streams may be missing: {}",
+            failures
+                .iter()
+                .map(|(m, e)| format!("{m}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+
+    read_repair(cluster, &tenant, &items, &answers, limit);
+    Ok(Page {
+        items,
+        next_cursor,
+        stats,
+        services: services.into_iter().map(str::to_string).collect(),
+    })
+}
+
+/// Writes entries of the merged page back to answering owners that should have returned
+/// them but did not.
+fn read_repair(
+    cluster: &Arc<Cluster>,
+    tenant: &str,
+    items: &[LogEntry],
+    answers: &[Answer],
+    limit: usize,
+) {
+    let view = cluster.view();
+    let by_member: HashMap<&str, &Answer> =
+        answers.iter().map(|a| (a.member.as_str(), a)).collect();
+    let mut missing: BTreeMap<String, Vec<LogEntry>> = BTreeMap::new();
+    for item in items {
+        for owner in view.ring.owners_of(tenant, &item.service) {
+            let Some(answer) = by_member.get(owner) else {
+                continue;
+            };
+            let ids: HashSet<&str> = answer.items.iter().map(|e| e.id.as_str()).collect();
+            if ids.contains(item.id.as_str()) {
+                continue;
+            }
+            // The member's page covers everything newer than its last item (or everything
+            // when it returned fewer than `limit`).
+            let covered = answer.items.len() < limit
+                || answer
+                    .items
+                    .last()
+                    .is_some_and(|last| (item.timestamp, &item.id) > (last.timestamp, &last.id));
+            if covered {
+                missing
+                    .entry(owner.to_string())
+                    .or_default()
+                    .push(item.clone());
+            }
+        }
+    }
+    for (member, entries) in missing {
+        cluster.repair(member, entries);
+    }
+}
+
+/// Counts by level per interval across the cluster: per (service, interval, level) the
+/// largest count any replica reports (replicas hold copies; a lagging one reports less).
+pub async fn level_counts(
+    cluster: &Arc<Cluster>,
+    params: &HashMap<String, String>,
+    timeout: Duration,
+) -> Result<(LevelCounts, Stats), QueryError> {
+    let started = Instant::now();
+    let payload = serde_json::to_vec(params).map_err(|e| QueryError::Internal(e.to_string()))?;
+    let (members, results) = ask_all(cluster, Kind::Stats, payload, timeout).await;
+    let mut counts: LevelCounts = BTreeMap::new();
+    let mut stats = Stats {
+        replicas_asked: Some(members.len() as u64),
+        ..Stats::default()
+    };
+    let mut answered = 0u64;
+    let mut failures = Vec::new();
+    for (member, result) in results {
+        let parsed = result.and_then(|bytes| {
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("undecodable answer: {e}"))
+        });
+        let value = match parsed {
+            Ok(value) => value,
+            Err(error) => {
+                if let Some(at) = error.find(BAD_REQUEST) {
+                    return Err(QueryError::BadRequest(
+                        error[at + BAD_REQUEST.len()..].to_string(),
+                    ));
+                }
+                failures.push(format!("{member}: {error}"));
+                continue;
+            }
+        };
+        answered += 1;
+        if let Ok(member_stats) = serde_json::from_value::<Stats>(value["stats"].clone()) {
+            stats.objects_read += member_stats.objects_read;
+            stats.events_scanned += member_stats.events_scanned;
+            stats.objects_skipped += member_stats.objects_skipped;
+        }
+        for row in value["counts"].as_array().into_iter().flatten() {
+            let (Some(service), Some(start)) = (row[0].as_str(), row[1].as_i64()) else {
+                continue;
+            };
+            let slot = counts.entry((service.to_string(), start)).or_default();
+            for (i, count) in row[2].as_array().into_iter().flatten().enumerate().take(7) {
+                slot[i] = slot[i].max(count.as_u64().unwrap_or(0));
+            }
+        }
+    }
+    stats.replicas_answered = Some(answered);
+    let rf = cluster.view().ring.replicas_per_partition().max(1);
+    if failures.len() >= rf.min(members.len()).max(1) && !failures.is_empty() {
+        stats.partial = true;
+        stats.partial_reason = Some(format!(
+            "storage members did not answer: {}",
+            failures.join("; ")
+        ));
+    }
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((counts, stats))
+}
+
+/// Encodes a member's counts for the query node.
+pub fn encode_counts(counts: &LevelCounts, stats: &Stats) -> Vec<u8> {
+    let rows: Vec<Value> = counts
+        .iter()
+        .map(|((service, start), by_level)| json!([service, start, by_level]))
+        .collect();
+    serde_json::to_vec(&json!({ "counts": rows, "stats": stats })).unwrap_or_default()
+}
