@@ -104,6 +104,8 @@ pub struct StorageHandler {
 
 struct HandlerInner {
     name: String,
+    digests: Arc<logcluster_cluster::antientropy::DigestCache>,
+    cluster: Arc<Cluster>,
     store: Arc<Store>,
     hints: Arc<HintStore>,
     query: Arc<QueryService>,
@@ -112,6 +114,8 @@ struct HandlerInner {
 impl StorageHandler {
     pub fn new(
         name: String,
+        digests: Arc<logcluster_cluster::antientropy::DigestCache>,
+        cluster: Arc<Cluster>,
         store: Arc<Store>,
         hints: Arc<HintStore>,
         query: Arc<QueryService>,
@@ -119,6 +123,8 @@ impl StorageHandler {
         StorageHandler {
             inner: Arc::new(HandlerInner {
                 name,
+                digests,
+                cluster,
                 store,
                 hints,
                 query,
@@ -165,21 +171,56 @@ impl Handler for StorageHandler {
                     Ok(fanout::encode_counts(&counts, &stats))
                 }
                 Some(Kind::Status) => {
-                    let hints = inner.hints.clone();
-                    let pending = tokio::task::spawn_blocking(move || hints.pending_bytes())
-                        .await
-                        .unwrap_or_default();
-                    let body = json!({
-                        "name": inner.name,
-                        "storage": inner.store.stats(),
-                        "hints_pending_bytes": pending,
-                    });
+                    let body =
+                        member_status(&inner.name, &inner.cluster, &inner.store, &inner.hints)
+                            .await;
                     serde_json::to_vec(&body).map_err(|e| e.to_string())
+                }
+                Some(kind @ (Kind::Digests | Kind::KeyDigests | Kind::Ids | Kind::Fetch)) => {
+                    logcluster_cluster::antientropy::handle(
+                        &inner.digests,
+                        &inner.cluster,
+                        &inner.store,
+                        &inner.name,
+                        kind,
+                        &payload,
+                    )
+                    .await
                 }
                 None => Err(format!("unknown request kind {kind}")),
             }
         })
     }
+}
+
+/// A storage member's own view: stored data, hints it holds for others, and its drain
+/// state (what the operator polls before removing it).
+pub async fn member_status(
+    name: &str,
+    cluster: &Arc<Cluster>,
+    store: &Arc<Store>,
+    hints: &Arc<HintStore>,
+) -> Value {
+    let view = cluster.view();
+    let leaving = view.members.get(name).is_some_and(|m| m.leaving);
+    let hints = hints.clone();
+    let pending = tokio::task::spawn_blocking(move || hints.pending_bytes())
+        .await
+        .unwrap_or_default();
+    let pending_total: u64 = pending.values().sum();
+    let to_hand_over =
+        logcluster_cluster::antientropy::streams_to_hand_over(store, &view.ring, name);
+    json!({
+        "name": name,
+        "storage": store.stats(),
+        "hints_pending_bytes": pending,
+        "drain": {
+            "leaving": leaving,
+            "streams_to_hand_over": to_hand_over.len(),
+            "hints_pending_bytes": pending_total,
+            "drained": leaving && to_hand_over.is_empty() && pending_total == 0,
+        },
+    })
 }
 
 /// The cluster as this node sees it, with each member's own status.

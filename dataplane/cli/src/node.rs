@@ -47,6 +47,8 @@ struct HttpState {
     schemas: SchemaRegistry,
     store: Option<Arc<Store>>,
     cluster: Option<Arc<Cluster>>,
+    /// Set on storage members of a cluster.
+    hints: Option<Arc<HintStore>>,
     ready: std::sync::atomic::AtomicBool,
     name: String,
 }
@@ -188,6 +190,7 @@ pub async fn run_node(
 
     let mut ports: BTreeMap<&str, u16> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut member_hints: Option<Arc<HintStore>> = None;
 
     // The storage member's side of the cluster: replica writes, hints, local queries.
     if let (Some(cluster_config), Some(cluster), Some(store), Some(local_query)) =
@@ -213,12 +216,29 @@ pub async fn run_node(
             )
             .context("failed to load the cluster TLS configuration")?,
         );
+        let digests = Arc::new(logcluster_cluster::antientropy::DigestCache::default());
         let handler = crate::cluster_wiring::StorageHandler::new(
             config.name.clone(),
+            digests.clone(),
+            cluster.clone(),
             store.clone(),
             hints.clone(),
             local_query.clone(),
         );
+        member_hints = Some(hints.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(logcluster_cluster::antientropy::run(
+            digests,
+            cluster.clone(),
+            store.clone(),
+            config.name.clone(),
+            logcluster_cluster::antientropy::MaintenanceConfig {
+                interval: cluster_config.anti_entropy_interval,
+                bucket: cluster_config.anti_entropy_bucket,
+                max_repair: cluster_config.anti_entropy_max_repair,
+            },
+            async move { stop.wait().await },
+        ));
         let stop = shutdown.clone();
         tasks.spawn(logcluster_cluster::rpc::serve(
             listener,
@@ -355,6 +375,7 @@ pub async fn run_node(
         schemas: schemas.clone(),
         store: store.clone(),
         cluster: cluster.clone(),
+        hints: member_hints,
         ready: std::sync::atomic::AtomicBool::new(false),
         name: config.name.clone(),
     });
@@ -368,6 +389,7 @@ pub async fn run_node(
             .route("/api/v1/schemas", get(list_schemas))
             .route("/api/v1/node", get(node_info))
             .route("/api/v1/cluster", get(cluster_status))
+            .route("/api/v1/drain", get(drain_status))
             .with_state(state.clone());
         if let Some(pipeline) = &pipeline {
             app = app.merge(logcluster_ingest::http::router(
@@ -457,6 +479,23 @@ async fn node_info(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
         "storage": state.store.as_ref().map(|s| s.stats()),
         "tenants": state.store.as_ref().map(|s| s.tenants()).unwrap_or_default(),
     }))
+}
+
+/// `GET /api/v1/drain` on a storage member: whether it is leaving and has handed everything
+/// over (the operator shrinks the StatefulSet only after `drained` is true).
+async fn drain_status(State(state): State<Arc<HttpState>>) -> axum::response::Response {
+    match (&state.cluster, &state.store, &state.hints) {
+        (Some(cluster), Some(store), Some(hints)) => axum::Json(
+            crate::cluster_wiring::member_status(&state.name, cluster, store, hints).await["drain"]
+                .clone(),
+        )
+        .into_response(),
+        _ => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": "only storage members of a cluster drain" })),
+        )
+            .into_response(),
+    }
 }
 
 /// Members, readiness as this node sees it, ring ownership and each member's own status

@@ -317,3 +317,296 @@ async fn reads_say_partial_when_fewer_than_the_read_quorum_answer() -> anyhow::R
     );
     Ok(())
 }
+
+fn with_anti_entropy(raw: &mut logcluster_config::RawNodeConfig) {
+    if let Some(cluster) = raw.cluster.as_mut() {
+        cluster.anti_entropy_interval = "1s".into();
+    }
+}
+
+fn small_segments_and_anti_entropy(raw: &mut logcluster_config::RawNodeConfig) {
+    with_anti_entropy(raw);
+    raw.storage.segment_max_bytes = 8 * 1024;
+    raw.storage.block_target_bytes = 1024;
+}
+
+#[tokio::test]
+async fn anti_entropy_restores_a_wiped_replica_without_any_read() -> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start_with(3, with_anti_entropy).await?;
+    let mut client = sandbox.connect().await?;
+    let (ok, other) = send_batches(&mut client, "ae", 1, 20).await?;
+    assert!(other.is_empty(), "{other:?}");
+    let expected = ok.len() * PER_BATCH as usize;
+    converged(&sandbox, "ae", expected).await?;
+    sandbox.storage[0].terminate().await?;
+    std::fs::remove_dir_all(sandbox.storage[0].raw.data_dir.join("streams").join("ae"))?;
+    sandbox.storage[0].spawn().await?;
+    // No query goes through the query node: only anti-entropy can bring the entries back.
+    converged(&sandbox, "ae", expected).await?;
+    let mut repaired = 0.0;
+    for node in &sandbox.storage {
+        repaired += metric_sum(
+            &node.metrics().await?,
+            "logcluster_cluster_anti_entropy_entries_repaired_total",
+            &[],
+        );
+    }
+    assert!(
+        repaired >= expected as f64,
+        "anti-entropy repaired {repaired}"
+    );
+    let read_repairs = metric_sum(
+        &sandbox.query.metrics().await?,
+        "logcluster_cluster_read_repairs_total",
+        &[],
+    );
+    assert_eq!(read_repairs, 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_corrupt_segment_is_quarantined_and_restored_from_the_replicas() -> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start_with(3, small_segments_and_anti_entropy).await?;
+    let mut client = sandbox.connect().await?;
+    let (ok, other) = send_batches(&mut client, "cor", 1, 60).await?;
+    assert!(other.is_empty(), "{other:?}");
+    let acked: HashSet<u64> = ok.into_iter().collect();
+    let expected = acked.len() * PER_BATCH as usize;
+    converged(&sandbox, "cor", expected).await?;
+    // Flip bytes inside the first block of a sealed segment of storage-1.
+    sandbox.storage[1].terminate().await?;
+    let tenant_dir = sandbox.storage[1].raw.data_dir.join("streams").join("cor");
+    let mut sealed = Vec::new();
+    for service in std::fs::read_dir(&tenant_dir)? {
+        for file in std::fs::read_dir(service?.path())? {
+            let path = file?.path();
+            if path.extension().is_some_and(|e| e == "seg") {
+                sealed.push(path);
+            }
+        }
+    }
+    sealed.sort();
+    let victim = sealed
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no sealed segment in {}", tenant_dir.display()))?;
+    let mut bytes = std::fs::read(&victim)?;
+    for b in &mut bytes[12..40] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&victim, &bytes)?;
+    sandbox.storage[1].spawn().await?;
+    // Reading the replica detects the corrupt block and quarantines the segment; anti-entropy
+    // restores its entries from the other replicas.
+    converged(&sandbox, "cor", expected).await?;
+    let metrics = sandbox.storage[1].metrics().await?;
+    assert!(metric_sum(&metrics, "logcluster_storage_corrupt_segments_total", &[]) >= 1.0);
+    assert!(
+        victim.with_extension("corrupt").exists(),
+        "quarantined copy kept for inspection"
+    );
+    let items = sandbox.query_all("cor").await?;
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+    let page = sandbox
+        .query(serde_json::json!({"tenant_id": "cor", "limit": 10}))
+        .await?;
+    assert_eq!(page["stats"]["partial"], false, "{page}");
+    Ok(())
+}
+
+/// Acked batch ids, answers that were not "accepted", and the next unused batch id.
+type SenderOutcome = (Vec<u64>, Vec<String>, u64);
+
+/// A sender that keeps writing until told to stop; returns the acked batch ids and anything
+/// that was not accepted.
+fn continuous_sender(
+    mut client: FrameClient,
+    tenant: &'static str,
+    first: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<anyhow::Result<SenderOutcome>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut other = Vec::new();
+        let mut next = first;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (ok, not) = send_batches(&mut client, tenant, next, 8).await?;
+            acked.extend(ok);
+            other.extend(not);
+            next += 8;
+        }
+        Ok((acked, other, next))
+    })
+}
+
+async fn settle(
+    sandbox: &ClusterSandbox,
+    names: &[&str],
+    tenant: &str,
+    acked: &HashSet<u64>,
+) -> anyhow::Result<()> {
+    // Every entry sits on exactly its RF owners of the final ring, and nowhere else.
+    let ring = logcluster_cluster::Ring::new(names, 3);
+    let per_service = |items: &[Value]| -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for item in items {
+            *counts
+                .entry(item["service"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+        counts
+    };
+    let queried = std::time::Instant::now();
+    let all = sandbox.query_all(tenant).await?;
+    eprintln!("query_all took {:?}", queried.elapsed());
+    assert_exactly_once(&all, acked, &|| sandbox.logs());
+    let totals = per_service(&all);
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(90).mul_f64(logcluster_testkit::patience());
+    for node in sandbox
+        .storage
+        .iter()
+        .filter(|n| names.contains(&n.name.as_str()))
+    {
+        loop {
+            let local = node.local_entries(tenant).await?;
+            let held = per_service(&local);
+            let wrong: Vec<String> = totals
+                .iter()
+                .filter_map(|(service, total)| {
+                    let owner = ring
+                        .owners_of(tenant, service)
+                        .contains(&node.name.as_str());
+                    let have = held.get(service).copied().unwrap_or(0);
+                    let want = if owner { *total } else { 0 };
+                    (have != want).then(|| format!("{service}: has {have}, should have {want}"))
+                })
+                .collect();
+            if wrong.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                let ids: Vec<&str> = local.iter().filter_map(|i| i["id"].as_str()).collect();
+                let distinct: HashSet<&str> = ids.iter().copied().collect();
+                let known: HashSet<&str> = all.iter().filter_map(|i| i["id"].as_str()).collect();
+                let mut dup_example = Vec::new();
+                let mut seen = HashSet::new();
+                for item in &local {
+                    let id = item["id"].as_str().unwrap_or_default();
+                    if !seen.insert(id) {
+                        dup_example.push(
+                            local
+                                .iter()
+                                .filter(|i| i["id"] == item["id"])
+                                .cloned()
+                                .collect::<Vec<_>>(),
+                        );
+                        if dup_example.len() >= 2 {
+                            break;
+                        }
+                    }
+                }
+                anyhow::bail!(
+                    "{} does not hold exactly the streams it owns: {wrong:?}; {} ids, {} distinct, {} unknown to the query node; duplicates like {dup_example:?}{}",
+                    node.name,
+                    ids.len(),
+                    distinct.len(),
+                    distinct.difference(&known).count(),
+                    sandbox.logs()
+                );
+            }
+            if std::env::var("SCALE_DEBUG").is_ok() {
+                eprintln!("waiting for {}: {wrong:?}", node.name);
+            }
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn scaling_3_to_5_to_3_under_load_loses_nothing_and_ends_on_exactly_the_owners()
+-> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut sandbox = ClusterSandbox::start_with(3, with_anti_entropy).await?;
+    let mut acked: HashSet<u64> = HashSet::new();
+
+    // 3 → 5 under load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = continuous_sender(sandbox.connect().await?, "scale", 1, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sandbox.add_storage().await?;
+    sandbox.add_storage().await?;
+    sandbox.publish_members(&[])?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, other, next) = sender.await??;
+    assert!(
+        other.is_empty(),
+        "writes refused while scaling up: {other:?}"
+    );
+    acked.extend(ok);
+    let started = std::time::Instant::now();
+    let five = [
+        "storage-0",
+        "storage-1",
+        "storage-2",
+        "storage-3",
+        "storage-4",
+    ];
+    settle(&sandbox, &five, "scale", &acked).await?;
+    eprintln!("settled on 5 members in {:?}", started.elapsed());
+
+    // 5 → 3 under load: mark two members leaving, wait for their drain, then remove them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = continuous_sender(sandbox.connect().await?, "scale", next, stop.clone());
+    sandbox.publish_members(&["storage-3", "storage-4"])?;
+    for node in &sandbox.storage[3..] {
+        eventually(
+            &format!("{} drained", node.name),
+            Duration::from_secs(90),
+            || async {
+                let drain = node.drain().await.ok()?;
+                (drain["drained"] == true).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}{}", sandbox.logs()))?;
+    }
+    eprintln!("leaving members drained in {:?}", started.elapsed());
+    let three = ["storage-0", "storage-1", "storage-2"];
+    sandbox.publish_only(&three, &[])?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let waited = std::time::Instant::now();
+    let (ok, other, _) = sender.await??;
+    eprintln!("sender stopped in {:?}", waited.elapsed());
+    assert!(
+        other.is_empty(),
+        "writes refused while scaling down: {other:?}"
+    );
+    acked.extend(ok);
+    for node in sandbox.storage[3..].iter_mut() {
+        let t = std::time::Instant::now();
+        node.terminate().await?;
+        eprintln!("{} stopped in {:?}", node.name, t.elapsed());
+    }
+    settle(&sandbox, &three, "scale", &acked).await?;
+    eprintln!(
+        "settled on 3 members in {:?}, {} batches acked",
+        started.elapsed(),
+        acked.len()
+    );
+    if std::env::var("SCALE_DEBUG").is_ok() {
+        for line in sandbox.logs().lines().filter(|l| {
+            l.contains("=====")
+                || l.contains("handed")
+                || l.contains("WARN")
+                || l.contains("changed")
+        }) {
+            eprintln!("{line}");
+        }
+    }
+    Ok(())
+}

@@ -11,6 +11,7 @@ pub mod ring;
 
 pub use membership::{Member, MemberList};
 pub use ring::{PartitionId, Ring};
+pub mod antientropy;
 pub mod hints;
 pub mod messages;
 pub mod replication;

@@ -22,6 +22,12 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// Adds another digest (the union of two disjoint sets).
+    pub fn merge(&mut self, other: &Digest) {
+        self.count += other.count;
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
     /// Adds one entry id.
     pub fn add(&mut self, entry_id: &str) {
         self.count += 1;

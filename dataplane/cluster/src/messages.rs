@@ -14,6 +14,68 @@ pub enum Kind {
     Stats = 3,
     /// Empty → JSON status of the node (hints pending, drain state, stored bytes).
     Status = 4,
+    /// JSON [`DigestsRequest`] → JSON [`DigestsReply`]: Merkle root, and leaves if they differ.
+    Digests = 5,
+    /// JSON [`KeysRequest`] → JSON list of (key, digest) in the given leaf slots.
+    KeyDigests = 6,
+    /// JSON [`IdsRequest`] → JSON list of [`IdRef`] for the given keys.
+    Ids = 7,
+    /// JSON [`FetchRequest`] → [`EntriesReply`] with the entries of those ids.
+    Fetch = 8,
+}
+
+/// Anti-entropy, step 1: compare roots over the partitions both members own.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DigestsRequest {
+    pub requester: String,
+    pub bucket_secs: u64,
+    pub depth: u32,
+    pub root: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DigestsReply {
+    pub root: u64,
+    /// The leaf level, only when the roots differ.
+    pub leaves: Option<Vec<u64>>,
+}
+
+/// Anti-entropy, step 2: the key digests behind differing leaf slots.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct KeysRequest {
+    pub requester: String,
+    pub bucket_secs: u64,
+    pub depth: u32,
+    pub slots: Vec<usize>,
+}
+
+/// Anti-entropy, step 3: the ids behind differing keys.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct IdsRequest {
+    pub requester: String,
+    pub bucket_secs: u64,
+    pub keys: Vec<crate::merkle::Key>,
+}
+
+/// An entry as anti-entropy names it.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct IdRef {
+    pub tenant: String,
+    pub service: String,
+    pub timestamp: i64,
+    pub id: String,
+}
+
+/// Anti-entropy, step 4: entries to pull.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct FetchRequest {
+    pub tenant: String,
+    pub service: String,
+    pub from_ts: i64,
+    pub to_ts: i64,
+    pub ids: Vec<String>,
 }
 
 impl Kind {
@@ -23,6 +85,10 @@ impl Kind {
             2 => Some(Kind::Query),
             3 => Some(Kind::Stats),
             4 => Some(Kind::Status),
+            5 => Some(Kind::Digests),
+            6 => Some(Kind::KeyDigests),
+            7 => Some(Kind::Ids),
+            8 => Some(Kind::Fetch),
             _ => None,
         }
     }

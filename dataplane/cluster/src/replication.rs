@@ -87,6 +87,12 @@ pub struct ClusterMetrics {
     quorum_failures: Counter,
     pub read_repairs: Counter,
     member_up: Family<MemberLabel, Gauge>,
+    /// Anti-entropy comparisons (one per peer per pass).
+    pub anti_entropy_comparisons: Counter,
+    pub anti_entropy_keys_differing: Counter,
+    pub anti_entropy_entries_repaired: Counter,
+    pub anti_entropy_last_pass_ms: Gauge,
+    pub rebalance_entries_moved: Counter,
 }
 
 impl ClusterMetrics {
@@ -126,6 +132,31 @@ impl ClusterMetrics {
             "read_repairs",
             "Entries written back to a replica that lacked them during a read",
             self.read_repairs.clone(),
+        );
+        r.register(
+            "anti_entropy_comparisons",
+            "Merkle comparisons with a peer (one per peer per pass)",
+            self.anti_entropy_comparisons.clone(),
+        );
+        r.register(
+            "anti_entropy_keys_differing",
+            "(partition, time bucket) ranges whose digests differed from a peer's",
+            self.anti_entropy_keys_differing.clone(),
+        );
+        r.register(
+            "anti_entropy_entries_repaired",
+            "Entries pushed to or pulled from a peer by anti-entropy",
+            self.anti_entropy_entries_repaired.clone(),
+        );
+        r.register(
+            "anti_entropy_last_pass_ms",
+            "Duration of the last full maintenance pass (hand-over and anti-entropy), ms",
+            self.anti_entropy_last_pass_ms.clone(),
+        );
+        r.register(
+            "rebalance_entries_moved",
+            "Entries handed over to new owners before the local copy was deleted",
+            self.rebalance_entries_moved.clone(),
         );
         r.register(
             "member_up",

@@ -208,6 +208,17 @@ pub struct RawCluster {
     /// How often hints are offered to their members.
     #[serde(default = "default_handoff_interval")]
     pub handoff_interval: String,
+    /// How often a storage member hands over streams it no longer owns and compares Merkle
+    /// trees with the other replicas.
+    #[serde(default = "default_anti_entropy_interval")]
+    pub anti_entropy_interval: String,
+    /// Time bucket of the anti-entropy digests (entries are compared per partition and
+    /// bucket of their timestamp).
+    #[serde(default = "default_anti_entropy_bucket")]
+    pub anti_entropy_bucket: String,
+    /// Entries repaired per peer per pass, at most (rate limit).
+    #[serde(default = "default_anti_entropy_max_repair")]
+    pub anti_entropy_max_repair: u64,
 }
 
 /// Query limits.
@@ -313,6 +324,15 @@ fn default_hint_window() -> String {
 }
 fn default_handoff_interval() -> String {
     "1s".into()
+}
+fn default_anti_entropy_interval() -> String {
+    "30s".into()
+}
+fn default_anti_entropy_bucket() -> String {
+    "1h".into()
+}
+fn default_anti_entropy_max_repair() -> u64 {
+    1_000_000
 }
 
 impl Default for RawListen {
@@ -425,6 +445,14 @@ fn duration_field(field: &'static str, text: &str) -> Result<Duration, ConfigErr
     })
 }
 
+fn nonzero(value: Duration, field: &'static str) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        Err(invalid(field, "must be longer than 0"))
+    } else {
+        Ok(value)
+    }
+}
+
 fn addr_field(field: &'static str, text: &str) -> Result<Option<SocketAddr>, ConfigError> {
     if text.trim().is_empty() {
         return Ok(None);
@@ -511,6 +539,9 @@ pub struct ClusterConfig {
     pub call_timeout: Duration,
     pub hint_window: Duration,
     pub handoff_interval: Duration,
+    pub anti_entropy_interval: Duration,
+    pub anti_entropy_bucket: Duration,
+    pub anti_entropy_max_repair: usize,
 }
 
 impl RawCluster {
@@ -579,6 +610,15 @@ impl RawCluster {
             call_timeout: duration_field("cluster.callTimeout", &self.call_timeout)?,
             hint_window: duration_field("cluster.hintWindow", &self.hint_window)?,
             handoff_interval: duration_field("cluster.handoffInterval", &self.handoff_interval)?,
+            anti_entropy_interval: nonzero(
+                duration_field("cluster.antiEntropyInterval", &self.anti_entropy_interval)?,
+                "cluster.antiEntropyInterval",
+            )?,
+            anti_entropy_bucket: nonzero(
+                duration_field("cluster.antiEntropyBucket", &self.anti_entropy_bucket)?,
+                "cluster.antiEntropyBucket",
+            )?,
+            anti_entropy_max_repair: self.anti_entropy_max_repair.max(1) as usize,
         })
     }
 
@@ -596,6 +636,9 @@ impl RawCluster {
             call_timeout: default_call_timeout(),
             hint_window: default_hint_window(),
             handoff_interval: default_handoff_interval(),
+            anti_entropy_interval: default_anti_entropy_interval(),
+            anti_entropy_bucket: default_anti_entropy_bucket(),
+            anti_entropy_max_repair: default_anti_entropy_max_repair(),
         }
     }
 }

@@ -223,15 +223,24 @@ fn read_repair(
     limit: usize,
 ) {
     let view = cluster.view();
-    let by_member: HashMap<&str, &Answer> =
-        answers.iter().map(|a| (a.member.as_str(), a)).collect();
+    // Each member's ids, built once per answer (not once per item).
+    let by_member: HashMap<&str, (&Answer, HashSet<&str>)> = answers
+        .iter()
+        .map(|a| {
+            let ids = a.items.iter().map(|e| e.id.as_str()).collect();
+            (a.member.as_str(), (a, ids))
+        })
+        .collect();
     let mut missing: BTreeMap<String, Vec<LogEntry>> = BTreeMap::new();
+    let mut owners_by_service: HashMap<&str, Vec<&str>> = HashMap::new();
     for item in items {
-        for owner in view.ring.owners_of(tenant, &item.service) {
-            let Some(answer) = by_member.get(owner) else {
+        let owners = owners_by_service
+            .entry(item.service.as_str())
+            .or_insert_with(|| view.ring.owners_of(tenant, &item.service));
+        for owner in owners.iter() {
+            let Some((answer, ids)) = by_member.get(owner) else {
                 continue;
             };
-            let ids: HashSet<&str> = answer.items.iter().map(|e| e.id.as_str()).collect();
             if ids.contains(item.id.as_str()) {
                 continue;
             }

@@ -20,6 +20,7 @@ pub struct StorageMetrics {
     pub corrupt_segments: Counter,
     pub corrupt_blocks: Counter,
     pub retention_deleted_segments: Counter,
+    pub streams_handed_over: Counter,
 }
 
 impl Default for StorageMetrics {
@@ -37,6 +38,7 @@ impl Default for StorageMetrics {
             corrupt_segments: Counter::default(),
             corrupt_blocks: Counter::default(),
             retention_deleted_segments: Counter::default(),
+            streams_handed_over: Counter::default(),
         }
     }
 }
@@ -84,7 +86,7 @@ impl StorageMetrics {
         );
         r.register(
             "corrupt_segments",
-            "Segments quarantined because their index failed verification",
+            "Segments quarantined because their index or a block failed verification",
             self.corrupt_segments.clone(),
         );
         r.register(
@@ -96,6 +98,11 @@ impl StorageMetrics {
             "retention_deleted_segments",
             "Segments deleted by retention",
             self.retention_deleted_segments.clone(),
+        );
+        r.register(
+            "streams_handed_over",
+            "Streams deleted after their new owners confirmed holding them (rebalancing, drain)",
+            self.streams_handed_over.clone(),
         );
     }
 }

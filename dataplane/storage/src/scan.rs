@@ -82,6 +82,9 @@ pub struct ScanStats {
     pub events_scanned: u64,
     /// Blocks that failed verification and were left out.
     pub corrupt_blocks: u64,
+    /// Sealed segments (service, sequence) those blocks belong to; the store quarantines
+    /// them so replicas can restore their entries.
+    pub corrupt_segments: Vec<(String, u64)>,
     pub duration_ms: u64,
 }
 
@@ -97,6 +100,9 @@ enum Source {
     Block {
         file: Arc<File>,
         meta: Arc<BlockMeta>,
+        /// (service, sequence) of the sealed segment; `None` for the open segment (its WAL
+        /// is the durable copy).
+        sealed: Option<(String, u64)>,
     },
     Tail(Arc<Vec<LogEntry>>),
 }
@@ -135,6 +141,7 @@ fn candidates(
                         source: Source::Block {
                             file: sealed.file.clone(),
                             meta: meta.clone(),
+                            sealed: Some((snap.service.clone(), sealed.seq)),
                         },
                     });
                 } else {
@@ -149,6 +156,7 @@ fn candidates(
                     source: Source::Block {
                         file: snap.open_file.clone(),
                         meta: meta.clone(),
+                        sealed: None,
                     },
                 });
             } else {
@@ -171,13 +179,18 @@ fn load(candidate: &Candidate, stats: &mut ScanStats) -> Option<Arc<Vec<LogEntry
     stats.objects_read += 1;
     match &candidate.source {
         Source::Tail(chunk) => Some(chunk.clone()),
-        Source::Block { file, meta } => {
+        Source::Block { file, meta, sealed } => {
             match segment::read_block(file, meta)
                 .and_then(|bytes| segment::decode_block(&bytes, meta))
             {
                 Ok(entries) => Some(Arc::new(entries)),
                 Err(_) => {
                     stats.corrupt_blocks += 1;
+                    if let Some(segment) = sealed
+                        && !stats.corrupt_segments.contains(segment)
+                    {
+                        stats.corrupt_segments.push(segment.clone());
+                    }
                     None
                 }
             }

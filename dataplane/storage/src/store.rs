@@ -35,6 +35,9 @@ type StreamKey = (String, String);
 /// A node's log store. Cheap to share behind an `Arc`.
 pub struct Store {
     config: StorageConfig,
+    /// Serialises repair writes (check, then append) so concurrent repairs never store an
+    /// entry twice.
+    repair_lock: std::sync::Mutex<()>,
     streams: RwLock<HashMap<StreamKey, Arc<Stream>>>,
     metrics: StorageMetrics,
     commit_tx: mpsc::Sender<CommitRequest>,
@@ -93,6 +96,7 @@ impl Store {
         let store = Arc::new(Store {
             config,
             streams: RwLock::new(streams),
+            repair_lock: std::sync::Mutex::new(()),
             metrics,
             commit_tx,
         });
@@ -147,9 +151,18 @@ impl Store {
             tokio::task::spawn_blocking(move || store.append_blocking(batch_uid, entries))
                 .await
                 .map_err(|e| StorageError::Task(e.to_string()))??;
+        self.commit(touched).await?;
+        Ok(outcome)
+    }
+
+    /// Waits until the touched streams' WAL writes are fsynced (group commit), under
+    /// [`FsyncPolicy::Always`].
+    async fn commit(&self, mut touched: Vec<Arc<Stream>>) -> Result<(), StorageError> {
         if touched.is_empty() || !matches!(self.config.fsync, FsyncPolicy::Always) {
-            return Ok(outcome);
+            return Ok(());
         }
+        touched.sort_by_key(|s| Arc::as_ptr(s) as usize);
+        touched.dedup_by_key(|s| Arc::as_ptr(s) as usize);
         let (done, wait) = oneshot::channel();
         self.commit_tx
             .send(CommitRequest {
@@ -160,90 +173,159 @@ impl Store {
             .map_err(|_| StorageError::ShuttingDown)?;
         wait.await
             .map_err(|_| StorageError::ShuttingDown)?
-            .map_err(StorageError::Fsync)?;
-        Ok(outcome)
+            .map_err(StorageError::Fsync)
     }
 
-    /// Appends repair writes (read repair, anti-entropy, hand-off of partial batches): only
-    /// entries whose id the stream does not hold yet are stored, whatever batch they first
-    /// came in, so repairing never duplicates. Slower than [`Store::append`] (it reads the
-    /// stream's blocks in the entries' time range), which is fine for the rare repair path.
+    /// Appends repair writes (read repair, anti-entropy, hand-over): only entries whose id
+    /// the stream does not hold yet are stored, whatever batch they first came in, so
+    /// repairing never duplicates. Checking and appending happen under one lock, so
+    /// concurrent repairs of the same entries (two old owners handing a stream over) store
+    /// them once. Slower than [`Store::append`] (it reads the stream's blocks in the
+    /// entries' time range), which is fine for the rare repair path.
     pub async fn append_missing(
         self: &Arc<Self>,
         entries: Vec<LogEntry>,
     ) -> Result<AppendOutcome, StorageError> {
         let store = self.clone();
-        let (missing, present) = tokio::task::spawn_blocking(move || {
-            let mut parts: BTreeMap<(String, String), Vec<LogEntry>> = BTreeMap::new();
-            for entry in entries {
-                parts
-                    .entry((entry.tenant.clone(), entry.service.clone()))
-                    .or_default()
-                    .push(entry);
-            }
-            let mut missing = Vec::new();
-            let mut present = 0usize;
-            for ((tenant, service), part) in parts {
-                let from = part.iter().map(|e| e.timestamp).min().unwrap_or(0);
-                let to = part.iter().map(|e| e.timestamp).max().unwrap_or(0);
-                let services = std::collections::BTreeSet::from([service.clone()]);
-                let wanted: std::collections::HashSet<&str> =
-                    part.iter().map(|e| e.id.as_str()).collect();
-                let mut held: std::collections::HashSet<String> = std::collections::HashSet::new();
-                let always = |_: &LogEntry| true;
-                let filter = ScanFilter {
-                    tenant: &tenant,
-                    services: Some(&services),
-                    from_ts: from,
-                    to_ts: to.saturating_add(1),
-                    level_mask: u32::MAX,
-                    required_tokens: &[],
-                    predicate: &always,
+        let (outcome, touched) = tokio::task::spawn_blocking(move || {
+            let _serial = store.repair_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let (missing, present) = store.find_missing(entries);
+            let (mut outcome, touched) = store.store_missing(missing)?;
+            outcome.duplicates += present;
+            Ok::<_, StorageError>((outcome, touched))
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
+        self.commit(touched).await?;
+        Ok(outcome)
+    }
+
+    /// Splits repair entries into those the store lacks and a count of those it holds.
+    fn find_missing(self: &Arc<Self>, entries: Vec<LogEntry>) -> (Vec<LogEntry>, usize) {
+        let store = self;
+        let mut parts: BTreeMap<(String, String), Vec<LogEntry>> = BTreeMap::new();
+        for entry in entries {
+            parts
+                .entry((entry.tenant.clone(), entry.service.clone()))
+                .or_default()
+                .push(entry);
+        }
+        let mut missing = Vec::new();
+        let mut present = 0usize;
+        for ((tenant, service), part) in parts {
+            let from = part.iter().map(|e| e.timestamp).min().unwrap_or(0);
+            let to = part.iter().map(|e| e.timestamp).max().unwrap_or(0);
+            let services = std::collections::BTreeSet::from([service.clone()]);
+            let wanted: std::collections::HashSet<&str> =
+                part.iter().map(|e| e.id.as_str()).collect();
+            let mut held: std::collections::HashSet<String> = std::collections::HashSet::new();
+            let always = |_: &LogEntry| true;
+            let filter = ScanFilter {
+                tenant: &tenant,
+                services: Some(&services),
+                from_ts: from,
+                to_ts: to.saturating_add(1),
+                level_mask: u32::MAX,
+                required_tokens: &[],
+                predicate: &always,
+            };
+            store.scan(&filter, |entry| {
+                if wanted.contains(entry.id.as_str()) {
+                    held.insert(entry.id.clone());
+                }
+            });
+            // An entry whose original batch this stream stored may sit at another
+            // timestamp (a retried batch without timestamps gets new ones): look for
+            // those ids in the whole stream. Only then is it present — a corrupt
+            // block may have lost it although its batch was stored.
+            let existing = store.existing_stream(&tenant, &service);
+            let elsewhere: std::collections::HashSet<&str> = part
+                .iter()
+                .filter(|e| !held.contains(&e.id))
+                .filter(|e| {
+                    existing.as_ref().is_some_and(|stream| {
+                        batch_uid_of(&e.id).is_some_and(|uid| stream.has_batch(uid))
+                    })
+                })
+                .map(|e| e.id.as_str())
+                .collect();
+            if !elsewhere.is_empty() {
+                let whole = ScanFilter {
+                    from_ts: i64::MIN,
+                    to_ts: i64::MAX,
+                    ..filter
                 };
-                store.scan(&filter, |entry| {
-                    if wanted.contains(entry.id.as_str()) {
+                store.scan(&whole, |entry| {
+                    if elsewhere.contains(entry.id.as_str()) {
                         held.insert(entry.id.clone());
                     }
                 });
-                // An entry whose original batch this stream stored is here, whatever its
-                // timestamp (a retried batch without timestamps gets new ones).
-                let existing = store.existing_stream(&tenant, &service);
-                let mut seen = std::collections::HashSet::new();
-                for entry in part {
-                    let stored_batch = existing.as_ref().is_some_and(|stream| {
-                        batch_uid_of(&entry.id).is_some_and(|uid| stream.has_batch(uid))
-                    });
-                    if stored_batch || held.contains(&entry.id) || !seen.insert(entry.id.clone()) {
-                        present += 1;
-                    } else {
-                        missing.push(entry);
-                    }
+            }
+            let mut seen = std::collections::HashSet::new();
+            for entry in part {
+                if held.contains(&entry.id) || !seen.insert(entry.id.clone()) {
+                    present += 1;
+                } else {
+                    missing.push(entry);
                 }
             }
-            (missing, present)
-        })
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))?;
-        if missing.is_empty() {
-            return Ok(AppendOutcome {
-                stored: 0,
-                duplicates: present,
-            });
         }
-        // A uid derived from the ids: the same repair sent twice is a duplicate batch, and a
-        // repair never poisons the dedup of the batch the entries first came in.
-        let mut ids: Vec<&str> = missing.iter().map(|e| e.id.as_str()).collect();
-        ids.sort_unstable();
-        let mut uid: u64 = 0x6c63_7265_7061_6972; // "lcrepair"
-        for id in ids {
-            for byte in id.bytes().chain(std::iter::once(0xff)) {
-                uid ^= u64::from(byte);
-                uid = uid.wrapping_mul(0x0000_0100_0000_01b3);
+        (missing, present)
+    }
+
+    /// Stores the entries `find_missing` found missing (see `append_missing`).
+    #[allow(clippy::type_complexity)]
+    fn store_missing(
+        self: &Arc<Self>,
+        missing: Vec<LogEntry>,
+    ) -> Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError> {
+        let store = self;
+        // Entries go in under their original batch uid when the stream has not recorded it,
+        // so a late copy of that batch (a hint, a slow replica write) is recognised as a
+        // duplicate. Entries of a batch the stream already recorded (some of them were lost,
+        // e.g. in a quarantined segment) go in under a uid derived from their ids.
+        let mut groups: BTreeMap<u64, Vec<LogEntry>> = BTreeMap::new();
+        let mut rest: Vec<LogEntry> = Vec::new();
+        for entry in missing {
+            match batch_uid_of(&entry.id) {
+                Some(uid) if uid != 0 => groups.entry(uid).or_default().push(entry),
+                _ => rest.push(entry),
             }
         }
-        let mut outcome = self.append(uid | 1, missing).await?;
-        outcome.duplicates += present;
-        Ok(outcome)
+        let mut outcome = AppendOutcome::default();
+        let mut touched: Vec<Arc<Stream>> = Vec::new();
+        let mut leftovers = rest;
+        for (uid, group) in groups {
+            let recorded = group.iter().any(|e| {
+                store
+                    .existing_stream(&e.tenant, &e.service)
+                    .is_some_and(|s| s.has_batch(uid))
+            });
+            if recorded {
+                leftovers.extend(group);
+                continue;
+            }
+            let (part, streams) = store.append_blocking(uid, group)?;
+            outcome.stored += part.stored;
+            outcome.duplicates += part.duplicates;
+            touched.extend(streams);
+        }
+        if !leftovers.is_empty() {
+            let mut ids: Vec<&str> = leftovers.iter().map(|e| e.id.as_str()).collect();
+            ids.sort_unstable();
+            let mut uid: u64 = 0x6c63_7265_7061_6972; // "lcrepair"
+            for id in ids {
+                for byte in id.bytes().chain(std::iter::once(0xff)) {
+                    uid ^= u64::from(byte);
+                    uid = uid.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            }
+            let (part, streams) = store.append_blocking(uid | 1, leftovers)?;
+            outcome.stored += part.stored;
+            outcome.duplicates += part.duplicates;
+            touched.extend(streams);
+        }
+        Ok((outcome, touched))
     }
 
     fn existing_stream(&self, tenant: &str, service: &str) -> Option<Arc<Stream>> {
@@ -305,6 +387,7 @@ impl Store {
         self.metrics
             .corrupt_blocks
             .inc_by(result.stats.corrupt_blocks);
+        self.quarantine(filter.tenant, &result.stats.corrupt_segments);
         result
     }
 
@@ -313,7 +396,63 @@ impl Store {
         let snaps = self.snapshots(filter.tenant);
         let stats = scan::scan(&snaps, filter, visit);
         self.metrics.corrupt_blocks.inc_by(stats.corrupt_blocks);
+        self.quarantine(filter.tenant, &stats.corrupt_segments);
         stats
+    }
+
+    /// Every (tenant, service) stream on this node, sorted.
+    pub fn streams(&self) -> Vec<(String, String)> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<(String, String)> = streams.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Appends a stream has seen since it was opened (`None`: no such stream).
+    pub fn stream_generation(&self, tenant: &str, service: &str) -> Option<u64> {
+        self.existing_stream(tenant, service)
+            .map(|s| s.generation())
+    }
+
+    /// Removes a stream whose data now lives on other members (rebalancing), but only if
+    /// nothing was appended since `generation` was read — otherwise returns false and the
+    /// caller hands over the newer entries first. Blocking.
+    pub fn remove_stream_if_unchanged(
+        &self,
+        tenant: &str,
+        service: &str,
+        generation: u64,
+    ) -> Result<bool, StorageError> {
+        let key = (tenant.to_string(), service.to_string());
+        let removed = {
+            let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+            match streams.get(&key) {
+                Some(stream) if stream.generation() == generation => streams.remove(&key),
+                _ => None,
+            }
+        };
+        let Some(stream) = removed else {
+            return Ok(false);
+        };
+        // Renamed under a unique name first, so a new stream of the same key (a late
+        // append) starts in a clean directory while the old one is deleted.
+        // `~` never appears in an encoded name, so recovery can tell these apart.
+        let mut doomed_name = stream.dir.file_name().unwrap_or_default().to_os_string();
+        doomed_name.push(format!(
+            "~removed-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let doomed = stream.dir.with_file_name(doomed_name);
+        std::fs::rename(&stream.dir, &doomed)
+            .map_err(|source| StorageError::io("rename handed-over stream", &stream.dir, source))?;
+        drop(stream);
+        std::fs::remove_dir_all(&doomed)
+            .map_err(|source| StorageError::io("delete handed-over stream", &doomed, source))?;
+        self.metrics.streams_handed_over.inc();
+        Ok(true)
     }
 
     /// Services of a tenant with data on this node, sorted.
@@ -326,6 +465,30 @@ impl Store {
             .collect::<std::collections::BTreeSet<String>>()
             .into_iter()
             .collect()
+    }
+
+    /// Quarantines sealed segments in which a read found a corrupt block.
+    fn quarantine(&self, tenant: &str, segments: &[(String, u64)]) {
+        for (service, seq) in segments {
+            let Some(stream) = self.existing_stream(tenant, service) else {
+                continue;
+            };
+            match stream.quarantine_sealed(*seq) {
+                Ok(true) => {
+                    self.metrics.corrupt_segments.inc();
+                    warn!(
+                        tenant,
+                        service,
+                        seq,
+                        "segment with a corrupt block quarantined; replicas restore its entries"
+                    );
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    warn!(%error, tenant, service, seq, "cannot quarantine a corrupt segment")
+                }
+            }
+        }
     }
 
     /// Tenants with data on this node.
@@ -460,6 +623,15 @@ fn recover(
             continue;
         };
         for service_dir in read_dirs(&tenant_dir)? {
+            // A handed-over stream whose deletion a crash interrupted.
+            if service_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains('~'))
+            {
+                let _ = std::fs::remove_dir_all(&service_dir);
+                continue;
+            }
             let Some(service) = service_dir
                 .file_name()
                 .and_then(|n| n.to_str())

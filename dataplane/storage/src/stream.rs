@@ -42,6 +42,10 @@ pub struct Stream {
     pub service: String,
     pub dir: PathBuf,
     inner: Mutex<Inner>,
+    /// Changes whenever the stream's content does (append, quarantine, retention):
+    /// rebalancing deletes a handed-over stream only if it did not change meanwhile, and
+    /// anti-entropy reuses a stream's digests while it is unchanged.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
@@ -221,7 +225,18 @@ impl Stream {
             service: service.to_string(),
             dir,
             inner: Mutex::new(inner),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The content version (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether this stream stored batch `batch_uid` (within the de-duplication horizon).
@@ -255,6 +270,8 @@ impl Stream {
         inner.wal_bytes += record.len() as u64;
         inner.dirty = true;
         inner.uids_current.insert(batch_uid);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         metrics.appended_entries.inc_by(entries.len() as u64);
         metrics.appended_bytes.inc_by(record.len() as u64);
         inner.push_tail(entries, config)?;
@@ -347,9 +364,27 @@ impl Stream {
         };
         let segment = inner.sealed.remove(pos);
         drop(inner);
+        self.bump();
         std::fs::remove_file(&segment.path)
             .map_err(|source| StorageError::io("delete segment", &segment.path, source))?;
         segment::sync_dir(&segment.path)?;
+        Ok(true)
+    }
+
+    /// Takes a sealed segment with a corrupt block out of service: it is renamed
+    /// `*.corrupt` (kept for inspection) and no longer read; replicas restore its entries.
+    pub fn quarantine_sealed(&self, seq: u64) -> Result<bool, StorageError> {
+        let mut inner = self.lock();
+        let Some(pos) = inner.sealed.iter().position(|s| s.seq == seq) else {
+            return Ok(false);
+        };
+        let segment = inner.sealed.remove(pos);
+        drop(inner);
+        self.bump();
+        let target = segment.path.with_extension("corrupt");
+        std::fs::rename(&segment.path, &target)
+            .map_err(|source| StorageError::io("quarantine segment", &segment.path, source))?;
+        segment::sync_dir(&target)?;
         Ok(true)
     }
 

@@ -107,6 +107,13 @@ impl SandboxNode {
         http_text(&self.http_addr(), "/metrics").await
     }
 
+    /// The member's drain status (`GET /api/v1/drain`).
+    pub async fn drain(&self) -> anyhow::Result<Value> {
+        let (status, body) = http(&self.http_addr(), "GET", "/api/v1/drain", &[], b"").await?;
+        anyhow::ensure!(status == 200, "drain answered {status}: {body}");
+        Ok(body)
+    }
+
     /// Every entry of a tenant that this storage member holds (no fan-out).
     pub async fn local_entries(&self, tenant: &str) -> anyhow::Result<Vec<Value>> {
         follow(&self.http_addr(), "/v1/local/query", tenant).await
@@ -132,6 +139,8 @@ pub async fn follow(addr: &str, path: &str, tenant: &str) -> anyhow::Result<Vec<
 pub struct ClusterSandbox {
     pub dir: tempfile::TempDir,
     pub ca: PathBuf,
+    pub pki: logcluster_common::certs::DevPki,
+    pub customize: fn(&mut RawNodeConfig),
     pub members_file: PathBuf,
     pub storage: Vec<SandboxNode>,
     pub ingestor: SandboxNode,
@@ -167,6 +176,8 @@ fn node_config(
     cluster.listen.clear();
     cluster.call_timeout = "2s".into();
     cluster.handoff_interval = "200ms".into();
+    // Off unless a test turns it on, so read repair is what repairs in read-repair tests.
+    cluster.anti_entropy_interval = "1h".into();
     raw.cluster = Some(cluster);
     raw
 }
@@ -174,6 +185,14 @@ fn node_config(
 impl ClusterSandbox {
     /// Starts `storage` storage members, then the query node and the ingestor.
     pub async fn start(storage: usize) -> anyhow::Result<ClusterSandbox> {
+        Self::start_with(storage, |_| {}).await
+    }
+
+    /// Like [`ClusterSandbox::start`], with `customize` applied to every node's config.
+    pub async fn start_with(
+        storage: usize,
+        customize: fn(&mut RawNodeConfig),
+    ) -> anyhow::Result<ClusterSandbox> {
         let dir = tempfile::tempdir()?;
         let pki = logcluster_common::certs::generate_dev_pki(
             &dir.path().join("tls"),
@@ -188,6 +207,7 @@ impl ClusterSandbox {
             if let Some(cluster) = raw.cluster.as_mut() {
                 cluster.listen = "127.0.0.1:0".into();
             }
+            customize(&mut raw);
             let mut node = SandboxNode {
                 config_path: dir.path().join(format!("{name}.yaml")),
                 name,
@@ -200,6 +220,7 @@ impl ClusterSandbox {
         }
         let mut sandbox = ClusterSandbox {
             ca: pki.ca_cert.clone(),
+            customize,
             members_file: members_file.clone(),
             storage: nodes,
             ingestor: SandboxNode {
@@ -222,16 +243,66 @@ impl ClusterSandbox {
             query: SandboxNode {
                 name: "query".into(),
                 config_path: dir.path().join("query.yaml"),
-                raw: node_config("query", dir.path(), &pki, &members_file, vec![Role::Query]),
+                raw: {
+                    let mut raw =
+                        node_config("query", dir.path(), &pki, &members_file, vec![Role::Query]);
+                    customize(&mut raw);
+                    raw
+                },
                 process: None,
                 ports: HashMap::new(),
             },
+            pki,
             dir,
         };
         sandbox.publish_members(&[])?;
         sandbox.query.spawn().await?;
         sandbox.ingestor.spawn().await?;
         Ok(sandbox)
+    }
+
+    /// Starts one more storage member (not yet in the members file).
+    pub async fn add_storage(&mut self) -> anyhow::Result<()> {
+        let name = format!("storage-{}", self.storage.len());
+        let mut raw = node_config(
+            &name,
+            self.dir.path(),
+            &self.pki,
+            &self.members_file,
+            vec![Role::Storage],
+        );
+        if let Some(cluster) = raw.cluster.as_mut() {
+            cluster.listen = "127.0.0.1:0".into();
+        }
+        (self.customize)(&mut raw);
+        let mut node = SandboxNode {
+            config_path: self.dir.path().join(format!("{name}.yaml")),
+            name,
+            raw,
+            process: None,
+            ports: HashMap::new(),
+        };
+        node.spawn().await?;
+        self.storage.push(node);
+        Ok(())
+    }
+
+    /// Writes the members file with only the named storage members.
+    pub fn publish_only(&self, names: &[&str], leaving: &[&str]) -> anyhow::Result<()> {
+        let list = MemberList::new(
+            self.storage
+                .iter()
+                .filter(|n| names.contains(&n.name.as_str()))
+                .map(|n| Member {
+                    id: n.name.clone(),
+                    addr: format!("127.0.0.1:{}", n.port("cluster")),
+                    ready: true,
+                    leaving: leaving.contains(&n.name.as_str()),
+                })
+                .collect(),
+        );
+        write_members_file(&self.members_file, &list)?;
+        Ok(())
     }
 
     /// Writes the members file from the storage nodes' cluster ports; `leaving` are marked.
