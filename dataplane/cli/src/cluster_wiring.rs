@@ -214,6 +214,13 @@ pub async fn member_status(
         "name": name,
         "storage": store.stats(),
         "hints_pending_bytes": pending,
+        "repair": {
+            "anti_entropy_comparisons": cluster.metrics().anti_entropy_comparisons.get(),
+            "anti_entropy_keys_differing": cluster.metrics().anti_entropy_keys_differing.get(),
+            "anti_entropy_entries_repaired": cluster.metrics().anti_entropy_entries_repaired.get(),
+            "last_pass_ms": cluster.metrics().anti_entropy_last_pass_ms.get(),
+            "rebalance_entries_moved": cluster.metrics().rebalance_entries_moved.get(),
+        },
         "drain": {
             "leaving": leaving,
             "streams_to_hand_over": to_hand_over.len(),

@@ -1,5 +1,6 @@
 //! The `logcluster` binary: node roles and the client commands. It only wires library crates.
 
+mod cluster_cmd;
 mod cluster_wiring;
 mod node;
 mod query_cmd;
@@ -32,6 +33,8 @@ enum Command {
     Send(send::SendArgs),
     /// Search logs through the query API.
     Query(query_cmd::QueryArgs),
+    /// Inspect the cluster: `logcluster cluster status`.
+    Cluster(cluster_cmd::ClusterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             Command::Node(args) => node::run(args).await,
             Command::Send(args) => send::run(args).await,
             Command::Query(args) => query_cmd::run(args).await,
+            Command::Cluster(args) => cluster_cmd::run(args).await,
         }
     })
 }

@@ -610,3 +610,89 @@ async fn scaling_3_to_5_to_3_under_load_loses_nothing_and_ends_on_exactly_the_ow
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_member_cut_off_by_a_partition_gets_its_hints_after_the_heal() -> anyhow::Result<()> {
+    use logcluster_testkit::{Fault, FaultProxy, SeededRng};
+    let mut sandbox = ClusterSandbox::start(3).await?;
+    let rng = SeededRng::new();
+    let target: std::net::SocketAddr =
+        format!("127.0.0.1:{}", sandbox.storage[1].port("cluster")).parse()?;
+    let proxy = FaultProxy::start(target, rng.seed).await?;
+    sandbox
+        .addr_override
+        .insert("storage-1".into(), proxy.addr.to_string());
+    sandbox.publish_members(&[])?;
+    let proxied = proxy.addr.to_string();
+    for node in [&sandbox.ingestor, &sandbox.query] {
+        eventually(
+            &format!("{} to use the proxy", node.name),
+            Duration::from_secs(20),
+            || {
+                let addr = node.http_addr();
+                let proxied = proxied.clone();
+                async move {
+                    let (_, cluster) = common::http(&addr, "GET", "/api/v1/cluster", &[], b"")
+                        .await
+                        .ok()?;
+                    cluster["members"]
+                        .as_array()?
+                        .iter()
+                        .any(|m| m["addr"] == proxied.as_str() && m["reachable"] == true)
+                        .then_some(())
+                }
+            },
+        )
+        .await?;
+    }
+    let mut client = sandbox.connect().await?;
+    let mut acked: HashSet<u64> = HashSet::new();
+    let (ok, other) = send_batches(&mut client, "part", 1, 10).await?;
+    assert!(other.is_empty(), "{other:?}");
+    acked.extend(ok);
+
+    proxy.set(Fault::Blackhole);
+    let (ok, other) = send_batches(&mut client, "part", 11, 40).await?;
+    assert!(
+        other.is_empty(),
+        "a partitioned member must not fail writes (seed {}): {other:?}",
+        rng.seed
+    );
+    acked.extend(ok);
+    let page = sandbox
+        .query(serde_json::json!({"tenant_id": "part", "limit": 2000}))
+        .await?;
+    assert_eq!(
+        page["stats"]["partial"], false,
+        "two of three replicas meet R=2: {page}"
+    );
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+    let written = metric_sum(
+        &sandbox.ingestor.metrics().await?,
+        "logcluster_cluster_hints_written_total",
+        &[],
+    );
+    assert!(written > 0.0, "copies for the cut-off member went to hints");
+
+    proxy.set(Fault::Pass);
+    converged(&sandbox, "part", acked.len() * PER_BATCH as usize).await?;
+    // Every hint is handed off (the owner de-duplicates what it already got).
+    eventually(
+        "hints delivered and none pending",
+        Duration::from_secs(30),
+        || async {
+            let mut delivered = 0.0;
+            let mut pending = 0.0;
+            for node in &sandbox.storage {
+                let metrics = node.metrics().await.ok()?;
+                delivered += metric_sum(&metrics, "logcluster_cluster_hints_delivered_total", &[]);
+                pending += metric_sum(&metrics, "logcluster_cluster_hints_pending_bytes", &[]);
+            }
+            (delivered > 0.0 && pending == 0.0).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e} (seed {}){}", rng.seed, sandbox.logs()))?;
+    Ok(())
+}

@@ -110,6 +110,33 @@ async fn up_runs_a_cluster_that_survives_a_killed_member_and_stops_cleanly() -> 
     let items = follow(&query_addr, "/v1/query", "default").await?;
     assert_eq!(items.len(), 3000);
 
+    // `logcluster cluster status` shows the three members, up, with their ring shares.
+    let output = std::process::Command::new(binary_path("logcluster"))
+        .args([
+            "cluster",
+            "status",
+            "--url",
+            &format!("http://{query_addr}"),
+        ])
+        .output()?;
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        table.contains("replication factor 3, write quorum 2, read quorum 2"),
+        "{table}"
+    );
+    for member in ["storage-0", "storage-1", "storage-2"] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(member))
+            .ok_or_else(|| anyhow::anyhow!("{member} missing:\n{table}"))?;
+        assert!(line.contains(" up ") && line.contains("100.0%"), "{line}");
+    }
+
     // SIGTERM: every child stops, `up` exits successfully.
     let children: Vec<u64> = ready(&data)?["storage"]
         .as_array()

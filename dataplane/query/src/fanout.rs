@@ -86,10 +86,37 @@ async fn ask_all(
             (member, result)
         });
     }
+    // Once all but (RF - R) members have answered, every partition has R answering
+    // replicas whatever the stragglers hold: give those at most one call timeout more
+    // instead of the whole query budget, so one hung replica does not stall every query.
+    let view = cluster.view();
+    let spare = view
+        .ring
+        .replicas_per_partition()
+        .saturating_sub(cluster.config().read_quorum);
+    let enough = members.len().saturating_sub(spare);
     let mut answers = Vec::new();
-    while let Some(joined) = calls.join_next().await {
+    let mut straggler_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match straggler_deadline {
+            None => calls.join_next().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, calls.join_next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    calls.abort_all();
+                    break;
+                }
+            },
+        };
+        let Some(joined) = next else {
+            break;
+        };
         if let Ok(answer) = joined {
             answers.push(answer);
+        }
+        if straggler_deadline.is_none() && answers.len() >= enough && answers.len() < members.len()
+        {
+            straggler_deadline = Some(tokio::time::Instant::now() + cluster.config().call_timeout);
         }
     }
     (members, answers)

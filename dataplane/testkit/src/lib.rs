@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod proxy;
+pub use proxy::{Fault, FaultProxy};
+
 /// Multiplier for every deadline, from `LOGCLUSTER_TEST_PATIENCE` (default 1): slow CI
 /// machines stretch waits instead of failing.
 pub fn patience() -> f64 {

@@ -141,6 +141,8 @@ pub struct ClusterSandbox {
     pub ca: PathBuf,
     pub pki: logcluster_common::certs::DevPki,
     pub customize: fn(&mut RawNodeConfig),
+    /// Addresses published instead of a member's own (a fault proxy in front of it).
+    pub addr_override: HashMap<String, String>,
     pub members_file: PathBuf,
     pub storage: Vec<SandboxNode>,
     pub ingestor: SandboxNode,
@@ -221,6 +223,7 @@ impl ClusterSandbox {
         let mut sandbox = ClusterSandbox {
             ca: pki.ca_cert.clone(),
             customize,
+            addr_override: HashMap::new(),
             members_file: members_file.clone(),
             storage: nodes,
             ingestor: SandboxNode {
@@ -295,7 +298,7 @@ impl ClusterSandbox {
                 .filter(|n| names.contains(&n.name.as_str()))
                 .map(|n| Member {
                     id: n.name.clone(),
-                    addr: format!("127.0.0.1:{}", n.port("cluster")),
+                    addr: self.member_addr(n),
                     ready: true,
                     leaving: leaving.contains(&n.name.as_str()),
                 })
@@ -305,6 +308,13 @@ impl ClusterSandbox {
         Ok(())
     }
 
+    fn member_addr(&self, node: &SandboxNode) -> String {
+        self.addr_override
+            .get(&node.name)
+            .cloned()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", node.port("cluster")))
+    }
+
     /// Writes the members file from the storage nodes' cluster ports; `leaving` are marked.
     pub fn publish_members(&self, leaving: &[&str]) -> anyhow::Result<()> {
         let list = MemberList::new(
@@ -312,7 +322,7 @@ impl ClusterSandbox {
                 .iter()
                 .map(|n| Member {
                     id: n.name.clone(),
-                    addr: format!("127.0.0.1:{}", n.port("cluster")),
+                    addr: self.member_addr(n),
                     ready: true,
                     leaving: leaving.contains(&n.name.as_str()),
                 })
