@@ -74,6 +74,10 @@ pub struct UpArgs {
     /// fsync policy: `always` or an interval such as `100ms`.
     #[arg(long, default_value = "always")]
     pub fsync: String,
+    /// How often storage members compare Merkle trees and hand over streams they no
+    /// longer own.
+    #[arg(long, default_value = "30s")]
+    pub anti_entropy_interval: String,
 }
 
 struct Paths {
@@ -151,6 +155,7 @@ impl UpArgs {
         cluster.replication_factor = self.replication_factor;
         cluster.write_quorum = self.write_quorum;
         cluster.read_quorum = self.read_quorum;
+        cluster.anti_entropy_interval = self.anti_entropy_interval.clone();
         raw.cluster = Some(cluster);
         raw
     }

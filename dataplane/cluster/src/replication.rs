@@ -428,6 +428,14 @@ impl Cluster {
                 .push(entry);
         }
         let partitions: Vec<PartitionId> = parts.keys().copied().collect();
+        // Each part is encoded once and shared by every replica's request (RF copies of a
+        // batch would otherwise be cloned and encoded RF times).
+        let encoded: Arc<BTreeMap<PartitionId, Vec<u8>>> = Arc::new(
+            parts
+                .iter()
+                .map(|(p, entries)| (*p, crate::messages::encode_entries(entries)))
+                .collect(),
+        );
         let mut holders: BTreeMap<PartitionId, BTreeSet<String>> = BTreeMap::new();
         let mut duplicate_parts: BTreeSet<PartitionId> = BTreeSet::new();
         // (target member, hint_for) -> partitions
@@ -449,7 +457,7 @@ impl Cluster {
         let mut outstanding = 0usize;
         for ((member, hint_for), parts_of) in plan {
             outstanding += 1;
-            self.spawn_write(&parts, batch_uid, member, hint_for, parts_of, tx.clone());
+            self.spawn_write(&encoded, batch_uid, member, hint_for, parts_of, tx.clone());
         }
         let mut done = Some(done);
         let mut first_error = String::new();
@@ -498,7 +506,7 @@ impl Cluster {
                         for (fallback, parts_of) in by_fallback {
                             outstanding += 1;
                             self.spawn_write(
-                                &parts,
+                                &encoded,
                                 batch_uid,
                                 fallback,
                                 owner.clone(),
@@ -540,24 +548,14 @@ impl Cluster {
 
     fn spawn_write(
         self: &Arc<Self>,
-        parts: &BTreeMap<PartitionId, Vec<LogEntry>>,
+        encoded: &Arc<BTreeMap<PartitionId, Vec<u8>>>,
         batch_uid: u64,
         member: String,
         hint_for: String,
         partitions: Vec<PartitionId>,
         tx: mpsc::UnboundedSender<CallOutcome>,
     ) {
-        let request = AppendRequest {
-            batch_uid,
-            hint_for: hint_for.clone(),
-            repair: false,
-            entries: partitions
-                .iter()
-                .filter_map(|p| parts.get(p))
-                .flatten()
-                .cloned()
-                .collect(),
-        };
+        let encoded = encoded.clone();
         let cluster = self.clone();
         tokio::spawn(async move {
             let result = match cluster.permit(&member) {
@@ -570,7 +568,12 @@ impl Cluster {
                     })
                 }
                 permit => {
-                    let payload = request.encode_to_vec();
+                    let payload = crate::messages::encode_append(
+                        batch_uid,
+                        &hint_for,
+                        false,
+                        partitions.iter().filter_map(|p| encoded.get(p)),
+                    );
                     let answer = cluster
                         .call(&member, Kind::Append, &payload, cluster.config.call_timeout)
                         .await;
