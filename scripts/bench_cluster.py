@@ -176,6 +176,7 @@ def main():
     data = tempfile.mkdtemp(prefix="lcclusterbench.")
     lines = sum(1 for _ in open(os.path.join(args.bench, "data/logs.ndjson"), "rb"))
     up = Up(args.bin, data)
+    ok = False
     try:
         if not args.skip_ingest:
             ingest(args.bin, args.bench, up, lines)
@@ -186,9 +187,13 @@ def main():
         expected = int(metric(up.storage_port("storage-0"), "logcluster_storage_appended_entries_total"))
         up = anti_entropy(args.bin, up, expected)
         scaling(args.bin, up)
+        ok = True
     finally:
         up.stop()
-        shutil.rmtree(data, ignore_errors=True)
+        if ok:
+            shutil.rmtree(data, ignore_errors=True)
+        else:
+            print(f"failed; node logs and data kept in {data}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -696,3 +696,54 @@ async fn a_member_cut_off_by_a_partition_gets_its_hints_after_the_heal() -> anyh
     .map_err(|e| anyhow::anyhow!("{e} (seed {}){}", rng.seed, sandbox.logs()))?;
     Ok(())
 }
+
+/// One `Status` call on the cluster port, as a peer would make it; `Err` when the TLS
+/// session is refused or the connection closes without an answer.
+async fn status_call(
+    port: u16,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let mut request = 9u32.to_be_bytes().to_vec();
+    request.push(4); // Kind::Status
+    request.extend_from_slice(&7u64.to_be_bytes());
+    tls.write_all(&request).await?;
+    tls.flush().await?;
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut len)).await??;
+    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
+    tls.read_exact(&mut rest).await?;
+    anyhow::ensure!(rest[0] == 0, "error status {}", rest[0]);
+    Ok(serde_json::from_slice(&rest[9..])?)
+}
+
+#[tokio::test]
+async fn the_cluster_port_answers_only_peers_with_a_certificate_of_the_cluster_ca()
+-> anyhow::Result<()> {
+    let sandbox = ClusterSandbox::start(3).await?;
+    let port = sandbox.storage[0].port("cluster");
+    // A member's own certificate: answered.
+    let member = logcluster_common::tls::load_client_config(
+        &sandbox.ca,
+        Some((&sandbox.pki.node_cert, &sandbox.pki.node_key)),
+    )?;
+    let status = status_call(port, member).await?;
+    assert_eq!(status["name"], "storage-0", "{status}");
+    // No client certificate: refused.
+    let anonymous = logcluster_common::tls::load_client_config(&sandbox.ca, None)?;
+    assert!(status_call(port, anonymous).await.is_err());
+    // A certificate from another CA: refused.
+    let other = tempfile::tempdir()?;
+    let foreign = logcluster_common::certs::generate_dev_pki(other.path(), &["localhost"])?;
+    let stranger = logcluster_common::tls::load_client_config(
+        &sandbox.ca,
+        Some((&foreign.node_cert, &foreign.node_key)),
+    )?;
+    assert!(status_call(port, stranger).await.is_err());
+    Ok(())
+}

@@ -75,7 +75,9 @@ async fn malformed_input_is_refused_clearly_and_other_connections_carry_on() -> 
     // 4. Oversize frame: refused from the header with a protocol error, then closed.
     let mut c = node.connect().await?;
     let big = vec![b'x'; 64 * 1024 + 1];
-    c.send(Format::Raw, 600, "t", &big).await?;
+    // The server may answer from the header and stop reading before the payload is sent;
+    // a failed write of the rest is expected, the ack must still arrive.
+    let _ = c.send(Format::Raw, 600, "t", &big).await;
     let ack = c.read_ack().await?.expect("an ack before the close");
     assert_eq!(ack.status, AckStatus::ProtocolError);
     assert!(ack.error.contains("exceeds"), "{}", ack.error);

@@ -273,15 +273,17 @@ pub async fn handle(
         Kind::Digests => {
             let request: DigestsRequest = serde_json::from_slice(payload).map_err(bad)?;
             let reply = tokio::task::spawn_blocking(move || {
-                let digests = local_digests(
-                    &cache,
-                    &store,
-                    &ring.ring,
-                    &me,
-                    &request.requester,
-                    request.bucket_secs,
+                let tree = MerkleTree::build(
+                    request.depth,
+                    local_digests(
+                        &cache,
+                        &store,
+                        &ring.ring,
+                        &me,
+                        &request.requester,
+                        request.bucket_secs,
+                    ),
                 );
-                let tree = MerkleTree::build(request.depth, digests);
                 DigestsReply {
                     root: tree.root(),
                     leaves: (tree.root() != request.root)
@@ -295,15 +297,17 @@ pub async fn handle(
         Kind::KeyDigests => {
             let request: KeysRequest = serde_json::from_slice(payload).map_err(bad)?;
             let keys = tokio::task::spawn_blocking(move || {
-                let digests = local_digests(
-                    &cache,
-                    &store,
-                    &ring.ring,
-                    &me,
-                    &request.requester,
-                    request.bucket_secs,
+                let tree = MerkleTree::build(
+                    request.depth,
+                    local_digests(
+                        &cache,
+                        &store,
+                        &ring.ring,
+                        &me,
+                        &request.requester,
+                        request.bucket_secs,
+                    ),
                 );
-                let tree = MerkleTree::build(request.depth, digests);
                 let mut slots = request.slots;
                 slots.sort_unstable();
                 tree.keys_in_slots(&slots)
@@ -499,7 +503,13 @@ async fn compare_with(
         },
     )
     .await?;
-    let theirs: BTreeMap<Key, Digest> = theirs.into_iter().collect();
+    // During a membership change the peer may still use the old ring and report partitions
+    // this member no longer owns: only keys shared under this member's own view count, or
+    // it would pull back streams it has just handed over.
+    let theirs: BTreeMap<Key, Digest> = theirs
+        .into_iter()
+        .filter(|(key, _)| shared(&view.ring, key.partition, me, peer))
+        .collect();
     let keys = diff_digests(&mine.keys_in_slots(&slots), &theirs);
     metrics
         .anti_entropy_keys_differing
@@ -535,6 +545,10 @@ async fn compare_with(
             .await
             .map_err(|e| e.to_string())?
         };
+        let theirs: BTreeSet<IdRef> = theirs
+            .into_iter()
+            .filter(|r| shared(&view.ring, partition_of(&r.tenant, &r.service), me, peer))
+            .collect();
         let their_ids: HashSet<&str> = theirs.iter().map(|r| r.id.as_str()).collect();
         let my_ids: HashSet<&str> = mine.iter().map(|r| r.id.as_str()).collect();
         let push: Vec<&IdRef> = mine

@@ -92,6 +92,10 @@ enum Pending {
 }
 
 /// Serves one connection (any byte stream, so tests can use plain TCP or in-memory pipes).
+/// How long a connection closed for a protocol error keeps discarding the client's input
+/// so the error ack reaches it (see the lingering close in `serve_connection`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn serve_connection<S>(
     stream: S,
     pipeline: Arc<Pipeline>,
@@ -197,6 +201,20 @@ pub async fn serve_connection<S>(
                             error: error.to_string(),
                         }))
                         .await;
+                    drop(tx);
+                    // Lingering close: the client may still be sending (an oversize frame's
+                    // payload). Closing with unread input makes the kernel send a reset,
+                    // which can destroy the error ack before the client reads it; so discard
+                    // input for a moment while the ack and the TLS close go out.
+                    let mut sink = vec![0u8; 64 * 1024];
+                    let _ = tokio::time::timeout(LINGER, async {
+                        while let Ok(n) = reader.read(&mut sink).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
                     return;
                 }
             };

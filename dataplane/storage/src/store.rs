@@ -203,13 +203,7 @@ impl Store {
     /// Splits repair entries into those the store lacks and a count of those it holds.
     fn find_missing(self: &Arc<Self>, entries: Vec<LogEntry>) -> (Vec<LogEntry>, usize) {
         let store = self;
-        let mut parts: BTreeMap<(String, String), Vec<LogEntry>> = BTreeMap::new();
-        for entry in entries {
-            parts
-                .entry((entry.tenant.clone(), entry.service.clone()))
-                .or_default()
-                .push(entry);
-        }
+        let parts = by_stream(entries);
         let mut missing = Vec::new();
         let mut present = 0usize;
         for ((tenant, service), part) in parts {
@@ -341,13 +335,7 @@ impl Store {
         batch_uid: u64,
         entries: Vec<LogEntry>,
     ) -> Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError> {
-        let mut parts: BTreeMap<(String, String), Vec<LogEntry>> = BTreeMap::new();
-        for entry in entries {
-            parts
-                .entry((entry.tenant.clone(), entry.service.clone()))
-                .or_default()
-                .push(entry);
-        }
+        let parts = by_stream(entries);
         let mut outcome = AppendOutcome::default();
         let mut touched = Vec::with_capacity(parts.len());
         for ((tenant, service), part) in parts {
@@ -592,6 +580,18 @@ impl Store {
         .await
         .map_err(|e| StorageError::Task(e.to_string()))?
     }
+}
+
+/// Entries grouped by their (tenant, service) stream.
+fn by_stream(entries: Vec<LogEntry>) -> BTreeMap<(String, String), Vec<LogEntry>> {
+    let mut parts: BTreeMap<(String, String), Vec<LogEntry>> = BTreeMap::new();
+    for entry in entries {
+        parts
+            .entry((entry.tenant.clone(), entry.service.clone()))
+            .or_default()
+            .push(entry);
+    }
+    parts
 }
 
 /// The batch uid an entry id starts with (`<16 hex digits>-<position>`).

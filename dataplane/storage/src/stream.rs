@@ -358,29 +358,31 @@ impl Stream {
 
     /// Removes a sealed segment from the stream and deletes its file.
     pub fn delete_sealed(&self, seq: u64) -> Result<bool, StorageError> {
-        let mut inner = self.lock();
-        let Some(pos) = inner.sealed.iter().position(|s| s.seq == seq) else {
+        let Some(segment) = self.take_sealed(seq) else {
             return Ok(false);
         };
-        let segment = inner.sealed.remove(pos);
-        drop(inner);
-        self.bump();
         std::fs::remove_file(&segment.path)
             .map_err(|source| StorageError::io("delete segment", &segment.path, source))?;
         segment::sync_dir(&segment.path)?;
         Ok(true)
     }
 
-    /// Takes a sealed segment with a corrupt block out of service: it is renamed
-    /// `*.corrupt` (kept for inspection) and no longer read; replicas restore its entries.
-    pub fn quarantine_sealed(&self, seq: u64) -> Result<bool, StorageError> {
+    /// Removes a sealed segment from the stream's read set (its file stays for the caller).
+    fn take_sealed(&self, seq: u64) -> Option<Arc<Sealed>> {
         let mut inner = self.lock();
-        let Some(pos) = inner.sealed.iter().position(|s| s.seq == seq) else {
-            return Ok(false);
-        };
+        let pos = inner.sealed.iter().position(|s| s.seq == seq)?;
         let segment = inner.sealed.remove(pos);
         drop(inner);
         self.bump();
+        Some(segment)
+    }
+
+    /// Takes a sealed segment with a corrupt block out of service: it is renamed
+    /// `*.corrupt` (kept for inspection) and no longer read; replicas restore its entries.
+    pub fn quarantine_sealed(&self, seq: u64) -> Result<bool, StorageError> {
+        let Some(segment) = self.take_sealed(seq) else {
+            return Ok(false);
+        };
         let target = segment.path.with_extension("corrupt");
         std::fs::rename(&segment.path, &target)
             .map_err(|source| StorageError::io("quarantine segment", &segment.path, source))?;

@@ -317,19 +317,8 @@ impl ClusterSandbox {
 
     /// Writes the members file from the storage nodes' cluster ports; `leaving` are marked.
     pub fn publish_members(&self, leaving: &[&str]) -> anyhow::Result<()> {
-        let list = MemberList::new(
-            self.storage
-                .iter()
-                .map(|n| Member {
-                    id: n.name.clone(),
-                    addr: self.member_addr(n),
-                    ready: true,
-                    leaving: leaving.contains(&n.name.as_str()),
-                })
-                .collect(),
-        );
-        write_members_file(&self.members_file, &list)?;
-        Ok(())
+        let names: Vec<&str> = self.storage.iter().map(|n| n.name.as_str()).collect();
+        self.publish_only(&names, leaving)
     }
 
     pub async fn connect(&self) -> anyhow::Result<FrameClient> {
