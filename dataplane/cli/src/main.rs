@@ -69,10 +69,12 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Blocking threads do decoding, WAL writes, fsyncs and scans; a small pool bounds memory
-    // (each thread keeps allocator caches) while leaving room for parallel fsyncs.
+    // Blocking threads do decoding, WAL writes, fsyncs, compression and scans. Each keeps an
+    // allocator heap of its own that retains freed pages: with 16 threads a single node
+    // peaked at ~480 MB under full ingest, with 6 at ~280-310 MB and the same throughput
+    // (BENCHMARKS.md). Six leave room for queries and parallel fsyncs on 2 cores.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(16)
+        .max_blocking_threads(6)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
