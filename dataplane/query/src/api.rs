@@ -542,12 +542,33 @@ impl QueryService {
                 required_tokens: &compiled.tokens,
                 predicate: &predicate,
             };
+            // Per thread: service -> interval start -> counts by level. Keyed by service
+            // first so the hot path looks a service up by &str and clones it only once per
+            // service, not once per entry; merged below.
+            let (parts, scan) = store.scan_parallel(
+                &filter,
+                HashMap::<String, HashMap<i64, [u64; 7]>>::new,
+                |acc, entry| {
+                    let start = entry.timestamp.div_euclid(interval_ns) * interval_ns;
+                    if !acc.contains_key(entry.service.as_str()) {
+                        acc.insert(entry.service.clone(), HashMap::new());
+                    }
+                    if let Some(by_start) = acc.get_mut(entry.service.as_str()) {
+                        by_start.entry(start).or_default()[entry.level.clamp(0, 6) as usize] += 1;
+                    }
+                },
+            );
             let mut counts: LevelCounts = BTreeMap::new();
-            let scan = store.scan(&filter, |entry| {
-                let start = entry.timestamp.div_euclid(interval_ns) * interval_ns;
-                let slot = counts.entry((entry.service.clone(), start)).or_default();
-                slot[entry.level.clamp(0, 6) as usize] += 1;
-            });
+            for part in parts {
+                for (service, by_start) in part {
+                    for (start, by_level) in by_start {
+                        let slot = counts.entry((service.clone(), start)).or_default();
+                        for (i, count) in by_level.iter().enumerate() {
+                            slot[i] += count;
+                        }
+                    }
+                }
+            }
             (counts, stats_from(&scan, &budget, started))
         })
         .await

@@ -301,3 +301,72 @@ pub fn scan(
     stats.duration_ms = started.elapsed().as_millis() as u64;
     stats
 }
+
+/// [`scan`] on up to `threads` threads: candidate blocks are dealt out round-robin and each
+/// thread folds the entries it visits into an accumulator of its own (no shared state on the
+/// hot path); the caller merges the accumulators. Small scans stay on the calling thread.
+pub fn scan_parallel<A: Send>(
+    snapshots: &[StreamSnapshot],
+    filter: &ScanFilter<'_>,
+    threads: usize,
+    init: impl Fn() -> A + Sync,
+    visit: impl Fn(&mut A, &LogEntry) + Sync,
+) -> (Vec<A>, ScanStats) {
+    let started = Instant::now();
+    let mut stats = ScanStats::default();
+    let cands = candidates(snapshots, filter, &mut stats);
+    let threads = if cands.len() < 8 {
+        1
+    } else {
+        threads.clamp(1, cands.len())
+    };
+    let work = |first: usize| {
+        let mut acc = init();
+        let mut local = ScanStats::default();
+        for cand in cands.iter().skip(first).step_by(threads) {
+            let Some(entries) = load(cand, &mut local) else {
+                continue;
+            };
+            for entry in entries.iter() {
+                local.events_scanned += 1;
+                if filter.entry_in_range(entry) {
+                    visit(&mut acc, entry);
+                }
+            }
+        }
+        (acc, local)
+    };
+    let parts: Vec<(A, ScanStats)> = if threads == 1 {
+        vec![work(0)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|first| {
+                    let work = &work;
+                    scope.spawn(move || work(first))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    };
+    let mut accs = Vec::with_capacity(parts.len());
+    for (acc, local) in parts {
+        stats.objects_read += local.objects_read;
+        stats.events_scanned += local.events_scanned;
+        stats.corrupt_blocks += local.corrupt_blocks;
+        for segment in local.corrupt_segments {
+            if !stats.corrupt_segments.contains(&segment) {
+                stats.corrupt_segments.push(segment);
+            }
+        }
+        accs.push(acc);
+    }
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    (accs, stats)
+}

@@ -388,6 +388,22 @@ impl Store {
         stats
     }
 
+    /// Like [`Store::scan`], on every core: each thread folds into its own accumulator
+    /// (blocking; see [`scan::scan_parallel`]).
+    pub fn scan_parallel<A: Send>(
+        &self,
+        filter: &ScanFilter<'_>,
+        init: impl Fn() -> A + Sync,
+        visit: impl Fn(&mut A, &LogEntry) + Sync,
+    ) -> (Vec<A>, ScanStats) {
+        let snaps = self.snapshots(filter.tenant);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (accs, stats) = scan::scan_parallel(&snaps, filter, threads, init, visit);
+        self.metrics.corrupt_blocks.inc_by(stats.corrupt_blocks);
+        self.quarantine(filter.tenant, &stats.corrupt_segments);
+        (accs, stats)
+    }
+
     /// Every (tenant, service) stream on this node, sorted.
     pub fn streams(&self) -> Vec<(String, String)> {
         let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
