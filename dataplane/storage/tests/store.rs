@@ -413,3 +413,51 @@ async fn retention_by_age_and_rotation_by_age() {
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].message, "fresh");
 }
+
+#[tokio::test]
+async fn a_parallel_scan_visits_exactly_what_a_sequential_scan_visits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(small_config(dir.path()), StorageMetrics::default())
+        .await
+        .expect("open");
+    let levels = [Level::Debug, Level::Info, Level::Warn, Level::Error];
+    for batch in 0..40u64 {
+        let entries: Vec<LogEntry> = (0..50u32)
+            .map(|i| {
+                let service = ["api", "db", "web"][(batch as usize + i as usize) % 3];
+                let level = levels[(i as usize) % levels.len()];
+                let message = if i % 5 == 0 { "upstream timeout" } else { "ok" };
+                entry(
+                    "t",
+                    service,
+                    batch + 1,
+                    i,
+                    (batch as i64) * 1000 + i64::from(i),
+                    level,
+                    message,
+                )
+            })
+            .collect();
+        store.append(batch + 1, entries).await.expect("append");
+    }
+    let wanted = |e: &LogEntry| e.message.contains("timeout");
+    let scan_filter = filter("t", &wanted);
+    let mut sequential: Vec<(String, i64, i32)> = Vec::new();
+    let stats = store.scan(&scan_filter, |e| {
+        sequential.push((e.id.clone(), e.timestamp, e.level));
+    });
+    assert!(
+        stats.objects_read >= 8,
+        "enough blocks for several threads: {stats:?}"
+    );
+    let (parts, parallel_stats) = store.scan_parallel(&scan_filter, Vec::new, |acc, e| {
+        acc.push((e.id.clone(), e.timestamp, e.level));
+    });
+    let mut parallel: Vec<(String, i64, i32)> = parts.into_iter().flatten().collect();
+    sequential.sort();
+    parallel.sort();
+    assert_eq!(sequential.len(), 40 * 10);
+    assert_eq!(parallel, sequential);
+    assert_eq!(parallel_stats.events_scanned, stats.events_scanned);
+    assert_eq!(parallel_stats.objects_read, stats.objects_read);
+}
