@@ -48,6 +48,10 @@ pub struct ReplicationConfig {
     pub max_in_flight_per_member: usize,
     /// Certificate name to verify on every peer; `None` = the host of the member address.
     pub tls_server_name: Option<String>,
+    /// Encoded bytes of batches whose replica calls have not all finished. The client's ack
+    /// comes at W, but the remaining calls still hold their payloads; past this budget new
+    /// batches wait (TCP backpressure to the clients) instead of piling up in memory.
+    pub max_in_flight_bytes: usize,
 }
 
 impl ReplicationConfig {
@@ -61,6 +65,7 @@ impl ReplicationConfig {
             down_backoff: Duration::from_secs(1),
             max_in_flight_per_member: 256,
             tls_server_name: None,
+            max_in_flight_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -202,7 +207,11 @@ pub struct Cluster {
     connector: TlsConnector,
     metrics: ClusterMetrics,
     batches: AtomicU64,
+    /// Permits of 1 KiB each: see [`ReplicationConfig::max_in_flight_bytes`].
+    in_flight_budget: Arc<Semaphore>,
 }
+
+const BUDGET_UNIT: usize = 1024;
 
 impl Cluster {
     /// Starts following `members` (the ring is rebuilt on every change).
@@ -217,7 +226,9 @@ impl Cluster {
             ring: Ring::new(&list.ring_ids(), config.replication_factor),
             members: list,
         };
+        let budget_units = (config.max_in_flight_bytes / BUDGET_UNIT).max(1);
         let cluster = Arc::new(Cluster {
+            in_flight_budget: Arc::new(Semaphore::new(budget_units)),
             config,
             view: RwLock::new(Arc::new(view)),
             peers: Mutex::new(HashMap::new()),
@@ -384,12 +395,28 @@ impl Cluster {
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
         let needed = self.effective_write_quorum(&view);
+        // Reserve the batch's share of the in-flight budget (one copy of the payload, shared
+        // by all replica calls); it is released when the last call finishes.
+        let bytes: usize = entries.iter().map(LogEntry::approx_size).sum();
+        let max_units = (self.config.max_in_flight_bytes / BUDGET_UNIT).max(1);
+        let units = (bytes / BUDGET_UNIT).clamp(1, max_units) as u32;
+        let permit = self
+            .in_flight_budget
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| WriteError::Quorum {
+                needed,
+                held: 0,
+                first_error: "replication is shutting down".into(),
+            })?;
         let (done_tx, done_rx) = oneshot::channel();
         let cluster = self.clone();
         tokio::spawn(async move {
             cluster
                 .replicate(view, batch_uid, entries, needed, done_tx)
                 .await;
+            drop(permit);
         });
         done_rx.await.unwrap_or(Err(WriteError::Quorum {
             needed,
@@ -436,6 +463,12 @@ impl Cluster {
                 .map(|(p, entries)| (*p, crate::messages::encode_entries(entries)))
                 .collect(),
         );
+        // Only the counts are needed from here on; the decoded entries go now.
+        let part_sizes: BTreeMap<PartitionId, usize> = parts
+            .iter()
+            .map(|(p, entries)| (*p, entries.len()))
+            .collect();
+        drop(parts);
         let mut holders: BTreeMap<PartitionId, BTreeSet<String>> = BTreeMap::new();
         let mut duplicate_parts: BTreeSet<PartitionId> = BTreeSet::new();
         // (target member, hint_for) -> partitions
@@ -520,7 +553,7 @@ impl Cluster {
             if done.is_some() && quorum_held(&holders) {
                 let duplicates = duplicate_parts
                     .iter()
-                    .map(|p| parts.get(p).map_or(0, Vec::len))
+                    .map(|p| part_sizes.get(p).copied().unwrap_or(0))
                     .sum();
                 if let Some(done) = done.take() {
                     let _ = done.send(Ok(duplicates));
