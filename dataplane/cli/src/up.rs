@@ -412,7 +412,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
          \x20 schemas folder        {schemas}\n\
          \x20 data and node logs    {data}\n\n\
          Try\n\
-         \x20 logcluster send --tls-ca {ca} --tcp-port {ingest} --count 100000 --burst\n\
+         \x20 logcluster send --tls-ca {ca} --tcp-port {ingest} --query-url http://{host}:{http} --count 100000 --burst\n\
          \x20 logcluster query --url http://{host}:{http} 'level:ERROR AND timeout' --limit 20\n\
          \x20 logger --server {host} --port {syslog_tcp} --tcp 'hello from logger'\n\
          \x20 curl -s http://{host}:{http}/api/v1/stats?interval=1m\n\n\
