@@ -747,3 +747,44 @@ async fn the_cluster_port_answers_only_peers_with_a_certificate_of_the_cluster_c
     assert!(status_call(port, stranger).await.is_err());
     Ok(())
 }
+
+fn tiny_hint_window_and_anti_entropy(raw: &mut logcluster_config::RawNodeConfig) {
+    with_anti_entropy(raw);
+    if let Some(cluster) = raw.cluster.as_mut() {
+        cluster.hint_window = "1ms".into();
+    }
+}
+
+#[tokio::test]
+async fn hints_older_than_the_window_are_dropped_and_counted_and_anti_entropy_repairs_instead()
+-> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start_with(3, tiny_hint_window_and_anti_entropy).await?;
+    let mut client = sandbox.connect().await?;
+    sandbox.storage[2].kill_9()?;
+    let (ok, other) = send_batches(&mut client, "win", 1, 20).await?;
+    assert!(other.is_empty(), "{other:?}");
+    let acked: HashSet<u64> = ok.into_iter().collect();
+    let written = metric_sum(
+        &sandbox.ingestor.metrics().await?,
+        "logcluster_cluster_hints_written_total",
+        &[],
+    );
+    assert!(written > 0.0, "copies for the dead member went to hints");
+    sandbox.storage[2].spawn().await?;
+    // The hints are past their 1 ms window when offered: dropped and counted, not delivered.
+    eventually("expired hints dropped", Duration::from_secs(30), || async {
+        let mut expired = 0.0;
+        let mut pending = 0.0;
+        for node in &sandbox.storage {
+            let metrics = node.metrics().await.ok()?;
+            expired += metric_sum(&metrics, "logcluster_cluster_hints_expired_total", &[]);
+            pending += metric_sum(&metrics, "logcluster_cluster_hints_pending_bytes", &[]);
+        }
+        (expired > 0.0 && pending == 0.0).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}{}", sandbox.logs()))?;
+    // Anti-entropy brings storage-2 the entries the dropped hints carried.
+    converged(&sandbox, "win", acked.len() * PER_BATCH as usize).await?;
+    Ok(())
+}
