@@ -708,6 +708,14 @@ async fn push_stream(
             .await
             .map_err(|e| e.to_string())?
         };
+        // A page that could not read some block must not lead to deleting the stream: the
+        // unread entries (still in the WAL or a segment) would go with it.
+        if page.stats.corrupt_blocks > 0 {
+            return Err(format!(
+                "{} unreadable block(s) in the stream; not handing it over",
+                page.stats.corrupt_blocks
+            ));
+        }
         if page.items.is_empty() {
             return Ok(moved);
         }

@@ -114,8 +114,9 @@ async fn ask_all(
         if let Ok(answer) = joined {
             answers.push(answer);
         }
-        if straggler_deadline.is_none() && answers.len() >= enough && answers.len() < members.len()
-        {
+        // Only answers count toward "enough": a failed call is no replica.
+        let answered = answers.iter().filter(|(_, r)| r.is_ok()).count();
+        if straggler_deadline.is_none() && answered >= enough && answers.len() < members.len() {
             straggler_deadline = Some(tokio::time::Instant::now() + cluster.config().call_timeout);
         }
     }
@@ -200,7 +201,8 @@ pub async fn query(
             ));
         }
     }
-    let unreachable = failures.len();
+    // Members that failed, and stragglers cut off at the deadline (in neither list).
+    let unreachable = members.len() - answers.len();
     let mut stats = Stats {
         replicas_asked: Some(members.len() as u64),
         replicas_answered: Some(answers.len() as u64),
@@ -342,7 +344,8 @@ pub async fn level_counts(
     }
     stats.replicas_answered = Some(answered);
     let rf = cluster.view().ring.replicas_per_partition().max(1);
-    if failures.len() >= rf.min(members.len()).max(1) && !failures.is_empty() {
+    let missing = members.len().saturating_sub(answered as usize);
+    if missing > 0 && missing >= rf.min(members.len()).max(1) {
         stats.partial = true;
         stats.partial_reason = Some(format!(
             "storage members did not answer: {}",

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::commit::{CommitRequest, run_committer, sync_streams};
 use crate::scan::{self, Cursor, ScanFilter, ScanStats, TopResult};
-use crate::stream::{Stream, StreamSnapshot};
+use crate::stream::{Appended, Stream, StreamSnapshot};
 use crate::{FsyncPolicy, StorageConfig, StorageError, StorageMetrics};
 
 /// What happened to an appended batch.
@@ -35,9 +35,10 @@ type StreamKey = (String, String);
 /// A node's log store. Cheap to share behind an `Arc`.
 pub struct Store {
     config: StorageConfig,
-    /// Serialises repair writes (check, then append) so concurrent repairs never store an
-    /// entry twice.
-    repair_lock: std::sync::Mutex<()>,
+    /// Repair writes (check, then append) hold it exclusively, normal appends shared: no
+    /// append of a batch can slip between a repair's check and its write, so an entry is
+    /// never stored twice.
+    repair_lock: std::sync::RwLock<()>,
     streams: RwLock<HashMap<StreamKey, Arc<Stream>>>,
     metrics: StorageMetrics,
     commit_tx: mpsc::Sender<CommitRequest>,
@@ -96,7 +97,7 @@ impl Store {
         let store = Arc::new(Store {
             config,
             streams: RwLock::new(streams),
-            repair_lock: std::sync::Mutex::new(()),
+            repair_lock: std::sync::RwLock::new(()),
             metrics,
             commit_tx,
         });
@@ -147,10 +148,12 @@ impl Store {
         entries: Vec<LogEntry>,
     ) -> Result<AppendOutcome, StorageError> {
         let store = self.clone();
-        let (outcome, touched) =
-            tokio::task::spawn_blocking(move || store.append_blocking(batch_uid, entries))
-                .await
-                .map_err(|e| StorageError::Task(e.to_string()))??;
+        let (outcome, touched) = tokio::task::spawn_blocking(move || {
+            let _shared = store.repair_lock.read().unwrap_or_else(|p| p.into_inner());
+            store.append_blocking(batch_uid, entries)
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
         self.commit(touched).await?;
         Ok(outcome)
     }
@@ -188,7 +191,7 @@ impl Store {
     ) -> Result<AppendOutcome, StorageError> {
         let store = self.clone();
         let (outcome, touched) = tokio::task::spawn_blocking(move || {
-            let _serial = store.repair_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _exclusive = store.repair_lock.write().unwrap_or_else(|p| p.into_inner());
             let (missing, present) = store.find_missing(entries);
             let (mut outcome, touched) = store.store_missing(missing)?;
             outcome.duplicates += present;
@@ -338,14 +341,24 @@ impl Store {
         let parts = by_stream(entries);
         let mut outcome = AppendOutcome::default();
         let mut touched = Vec::with_capacity(parts.len());
-        for ((tenant, service), part) in parts {
-            let stream = self.stream(&tenant, &service)?;
+        for ((tenant, service), mut part) in parts {
             let count = part.len();
-            if stream.append(batch_uid, part, &self.config, &self.metrics)? {
-                outcome.stored += count;
-                touched.push(stream);
-            } else {
-                outcome.duplicates += count;
+            // A stream removed by a hand-over between lookup and append is looked up again:
+            // the new incarnation takes the part (and hands it over in turn if needed).
+            loop {
+                let stream = self.stream(&tenant, &service)?;
+                match stream.append(batch_uid, part, &self.config, &self.metrics)? {
+                    Appended::Stored => {
+                        outcome.stored += count;
+                        touched.push(stream);
+                        break;
+                    }
+                    Appended::Duplicate => {
+                        outcome.duplicates += count;
+                        break;
+                    }
+                    Appended::Removed(back) => part = back,
+                }
             }
         }
         Ok((outcome, touched))
@@ -428,30 +441,36 @@ impl Store {
         generation: u64,
     ) -> Result<bool, StorageError> {
         let key = (tenant.to_string(), service.to_string());
-        let removed = {
+        let (stream, doomed) = {
             let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-            match streams.get(&key) {
-                Some(stream) if stream.generation() == generation => streams.remove(&key),
-                _ => None,
-            }
+            // Checked and marked under the stream's lock, so an append that already holds
+            // the stream either lands before (and changes the generation) or sees `removed`
+            // and retries on a new incarnation — it never writes into deleted files.
+            let Some(stream) = streams
+                .get(&key)
+                .filter(|s| s.mark_removed_if(generation))
+                .cloned()
+            else {
+                return Ok(false);
+            };
+            streams.remove(&key);
+            // Renamed while the map is still locked: a retried append can only create the
+            // new incarnation after the old files left the path. `~` never appears in an
+            // encoded name, so recovery can tell these apart.
+            let mut doomed_name = stream.dir.file_name().unwrap_or_default().to_os_string();
+            doomed_name.push(format!(
+                "~removed-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            ));
+            let doomed = stream.dir.with_file_name(doomed_name);
+            std::fs::rename(&stream.dir, &doomed).map_err(|source| {
+                StorageError::io("rename handed-over stream", &stream.dir, source)
+            })?;
+            (stream, doomed)
         };
-        let Some(stream) = removed else {
-            return Ok(false);
-        };
-        // Renamed under a unique name first, so a new stream of the same key (a late
-        // append) starts in a clean directory while the old one is deleted.
-        // `~` never appears in an encoded name, so recovery can tell these apart.
-        let mut doomed_name = stream.dir.file_name().unwrap_or_default().to_os_string();
-        doomed_name.push(format!(
-            "~removed-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        let doomed = stream.dir.with_file_name(doomed_name);
-        std::fs::rename(&stream.dir, &doomed)
-            .map_err(|source| StorageError::io("rename handed-over stream", &stream.dir, source))?;
         drop(stream);
         std::fs::remove_dir_all(&doomed)
             .map_err(|source| StorageError::io("delete handed-over stream", &doomed, source))?;

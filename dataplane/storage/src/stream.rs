@@ -37,6 +37,16 @@ pub struct StreamSnapshot {
     pub tail: Vec<Arc<Vec<LogEntry>>>,
 }
 
+/// What happened to a batch part offered to a stream.
+pub enum Appended {
+    Stored,
+    /// The batch uid was already stored in this stream.
+    Duplicate,
+    /// The stream was removed (handed over) meanwhile; the entries come back for its new
+    /// incarnation.
+    Removed(Vec<LogEntry>),
+}
+
 pub struct Stream {
     pub tenant: String,
     pub service: String,
@@ -64,6 +74,9 @@ struct Inner {
     uids_current: HashSet<u64>,
     uids_recent: VecDeque<HashSet<u64>>,
     sealed: Vec<Arc<Sealed>>,
+    /// Set (under this lock) when rebalancing removes the stream: later appends must go to
+    /// a new incarnation, never into the deleted files.
+    removed: bool,
 }
 
 fn wal_path(dir: &Path, seq: u64) -> PathBuf {
@@ -196,6 +209,7 @@ impl Stream {
             uids_current: HashSet::new(),
             uids_recent,
             sealed,
+            removed: false,
         };
         let stream_dir = dir.clone();
         let count = replayed.len();
@@ -234,6 +248,17 @@ impl Stream {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// Marks the stream removed if its content version is still `generation`, atomically
+    /// with respect to appends (both under the stream lock).
+    pub fn mark_removed_if(&self, generation: u64) -> bool {
+        let mut inner = self.lock();
+        if self.generation() != generation {
+            return false;
+        }
+        inner.removed = true;
+        true
+    }
+
     /// The content version (see the field).
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
@@ -254,13 +279,16 @@ impl Stream {
         entries: Vec<LogEntry>,
         config: &StorageConfig,
         metrics: &StorageMetrics,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Appended, StorageError> {
         let mut inner = self.lock();
+        if inner.removed {
+            return Ok(Appended::Removed(entries));
+        }
         if inner.uids_current.contains(&batch_uid)
             || inner.uids_recent.iter().any(|s| s.contains(&batch_uid))
         {
             metrics.duplicate_batches.inc();
-            return Ok(false);
+            return Ok(Appended::Duplicate);
         }
         let record = wal::encode_record(batch_uid, &entries);
         inner
@@ -278,7 +306,7 @@ impl Stream {
         if inner.wal_bytes >= config.segment_max_bytes {
             self.rotate_locked(&mut inner, config, metrics)?;
         }
-        Ok(true)
+        Ok(Appended::Stored)
     }
 
     /// A handle to the active WAL for fsync outside the lock, if anything is unsynced.
