@@ -70,6 +70,10 @@ pub struct SegmentIndex {
     /// Batch ids stored in this segment, for idempotent retries after rotation.
     #[prost(fixed64, repeated, tag = "5")]
     pub batch_uids: Vec<u64>,
+    /// Original batch ids of entries that arrived here by repair (under another uid): a
+    /// later copy of such a batch is filtered by id instead of refused or stored twice.
+    #[prost(fixed64, repeated, tag = "6")]
+    pub repaired_uids: Vec<u64>,
 }
 
 impl SegmentIndex {

@@ -277,36 +277,13 @@ impl Store {
         missing: Vec<LogEntry>,
     ) -> Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError> {
         let store = self;
-        // Entries go in under their original batch uid when the stream has not recorded it,
-        // so a late copy of that batch (a hint, a slow replica write) is recognised as a
-        // duplicate. Entries of a batch the stream already recorded (some of them were lost,
-        // e.g. in a quarantined segment) go in under a uid derived from their ids.
-        let mut groups: BTreeMap<u64, Vec<LogEntry>> = BTreeMap::new();
-        let mut rest: Vec<LogEntry> = Vec::new();
-        for entry in missing {
-            match batch_uid_of(&entry.id) {
-                Some(uid) if uid != 0 => groups.entry(uid).or_default().push(entry),
-                _ => rest.push(entry),
-            }
-        }
+        // Repairs never record the original batch uid (a repair may carry only part of a
+        // batch; recording it would make the real copy look like a duplicate). They go in
+        // under a uid derived from their ids, and the stream notes the original uids: a
+        // later copy of such a batch is filtered by id (see `Appended::Repaired`).
         let mut outcome = AppendOutcome::default();
         let mut touched: Vec<Arc<Stream>> = Vec::new();
-        let mut leftovers = rest;
-        for (uid, group) in groups {
-            let recorded = group.iter().any(|e| {
-                store
-                    .existing_stream(&e.tenant, &e.service)
-                    .is_some_and(|s| s.has_batch(uid))
-            });
-            if recorded {
-                leftovers.extend(group);
-                continue;
-            }
-            let (part, streams) = store.append_blocking(uid, group)?;
-            outcome.stored += part.stored;
-            outcome.duplicates += part.duplicates;
-            touched.extend(streams);
-        }
+        let leftovers = missing;
         if !leftovers.is_empty() {
             let mut ids: Vec<&str> = leftovers.iter().map(|e| e.id.as_str()).collect();
             ids.sort_unstable();
@@ -345,11 +322,14 @@ impl Store {
             let count = part.len();
             // A stream removed by a hand-over between lookup and append is looked up again:
             // the new incarnation takes the part (and hands it over in turn if needed).
+            let mut filtered = false;
+            let mut held = 0usize;
             loop {
                 let stream = self.stream(&tenant, &service)?;
-                match stream.append(batch_uid, part, &self.config, &self.metrics)? {
+                match stream.append(batch_uid, part, &self.config, &self.metrics, filtered)? {
                     Appended::Stored => {
-                        outcome.stored += count;
+                        outcome.stored += count - held;
+                        outcome.duplicates += held;
                         touched.push(stream);
                         break;
                     }
@@ -358,6 +338,42 @@ impl Store {
                         break;
                     }
                     Appended::Removed(back) => part = back,
+                    Appended::Repaired(back) => {
+                        // Some of this batch came earlier by repair: store only what the
+                        // stream does not hold (any timestamp: a retried batch may differ).
+                        let ids: std::collections::HashSet<String> =
+                            back.iter().map(|e| e.id.clone()).collect();
+                        let mut present = std::collections::HashSet::new();
+                        let services = std::collections::BTreeSet::from([service.clone()]);
+                        let always = |_: &LogEntry| true;
+                        self.scan(
+                            &ScanFilter {
+                                tenant: &tenant,
+                                services: Some(&services),
+                                from_ts: i64::MIN,
+                                to_ts: i64::MAX,
+                                level_mask: u32::MAX,
+                                required_tokens: &[],
+                                predicate: &always,
+                            },
+                            |entry| {
+                                if ids.contains(&entry.id) {
+                                    present.insert(entry.id.clone());
+                                }
+                            },
+                        );
+                        let rest: Vec<LogEntry> = back
+                            .into_iter()
+                            .filter(|e| !present.contains(&e.id))
+                            .collect();
+                        held = count - rest.len();
+                        if rest.is_empty() {
+                            outcome.duplicates += count;
+                            break;
+                        }
+                        part = rest;
+                        filtered = true;
+                    }
                 }
             }
         }

@@ -45,6 +45,9 @@ pub enum Appended {
     /// The stream was removed (handed over) meanwhile; the entries come back for its new
     /// incarnation.
     Removed(Vec<LogEntry>),
+    /// Some entries of this batch arrived earlier by repair: the caller filters out the ids
+    /// the stream holds and appends the rest with `filtered` set.
+    Repaired(Vec<LogEntry>),
 }
 
 pub struct Stream {
@@ -77,6 +80,10 @@ struct Inner {
     /// Set (under this lock) when rebalancing removes the stream: later appends must go to
     /// a new incarnation, never into the deleted files.
     removed: bool,
+    /// Original batch uids of entries stored by repair writes in the open segment, and in
+    /// the whole stream (see `SegmentIndex::repaired_uids`).
+    repaired_current: HashSet<u64>,
+    repaired: HashSet<u64>,
 }
 
 fn wal_path(dir: &Path, seq: u64) -> PathBuf {
@@ -135,10 +142,12 @@ impl Stream {
         wal_seqs.sort_unstable();
         let mut sealed = Vec::new();
         let mut uids_recent = VecDeque::new();
+        let mut repaired: HashSet<u64> = HashSet::new();
         for seq in &sealed_seqs {
             let path = sealed_path(&dir, *seq);
             match segment::open_sealed(&path) {
                 Ok((file, index, size)) => {
+                    repaired.extend(index.repaired_uids.iter().copied());
                     push_recent(
                         &mut uids_recent,
                         index.batch_uids.iter().copied().collect(),
@@ -210,12 +219,15 @@ impl Stream {
             uids_recent,
             sealed,
             removed: false,
+            repaired_current: HashSet::new(),
+            repaired,
         };
         let stream_dir = dir.clone();
         let count = replayed.len();
         for (i, (old_seq, replay)) in replayed.into_iter().enumerate() {
             for record in replay.records {
                 inner.uids_current.insert(record.batch_uid);
+                inner.note_repaired(record.batch_uid, &record.entries);
                 inner.push_tail(record.entries, config)?;
             }
             if i + 1 < count {
@@ -279,6 +291,7 @@ impl Stream {
         entries: Vec<LogEntry>,
         config: &StorageConfig,
         metrics: &StorageMetrics,
+        filtered: bool,
     ) -> Result<Appended, StorageError> {
         let mut inner = self.lock();
         if inner.removed {
@@ -290,6 +303,9 @@ impl Stream {
             metrics.duplicate_batches.inc();
             return Ok(Appended::Duplicate);
         }
+        if !filtered && inner.repaired.contains(&batch_uid) {
+            return Ok(Appended::Repaired(entries));
+        }
         let record = wal::encode_record(batch_uid, &entries);
         inner
             .wal
@@ -298,6 +314,7 @@ impl Stream {
         inner.wal_bytes += record.len() as u64;
         inner.dirty = true;
         inner.uids_current.insert(batch_uid);
+        inner.note_repaired(batch_uid, &entries);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         metrics.appended_entries.inc_by(entries.len() as u64);
@@ -449,6 +466,24 @@ fn sealed_from(seq: u64, path: PathBuf, file: File, index: SegmentIndex, size: u
 }
 
 impl Inner {
+    /// Records the original batch uids of entries written under another uid (repairs).
+    fn note_repaired(&mut self, record_uid: u64, entries: &[LogEntry]) {
+        let prefix = format!("{record_uid:016x}-");
+        for entry in entries {
+            if entry.id.starts_with(&prefix) {
+                continue;
+            }
+            if let Some(uid) = entry
+                .id
+                .split_once('-')
+                .and_then(|(hex, _)| u64::from_str_radix(hex, 16).ok())
+            {
+                self.repaired.insert(uid);
+                self.repaired_current.insert(uid);
+            }
+        }
+    }
+
     fn push_tail(
         &mut self,
         entries: Vec<LogEntry>,
@@ -499,6 +534,7 @@ impl Inner {
             seq,
             blocks: self.open_blocks.iter().map(|b| (**b).clone()).collect(),
             batch_uids: self.uids_current.iter().copied().collect(),
+            repaired_uids: self.repaired_current.drain().collect(),
         };
         let new_open = OpenSegment::create(open_path(dir, next))?;
         let new_read =

@@ -461,3 +461,38 @@ async fn a_parallel_scan_visits_exactly_what_a_sequential_scan_visits() {
     assert_eq!(parallel_stats.events_scanned, stats.events_scanned);
     assert_eq!(parallel_stats.objects_read, stats.objects_read);
 }
+
+#[tokio::test]
+async fn a_partial_repair_never_makes_the_real_batch_look_like_a_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(small_config(dir.path()), StorageMetrics::default())
+        .await
+        .expect("open");
+    let batch: Vec<LogEntry> = (0..10u32)
+        .map(|i| entry("t", "api", 77, i, 1_000 + i64::from(i), Level::Info, "m"))
+        .collect();
+    // A read repair brings 3 of the batch's 10 entries first.
+    let repaired = store
+        .append_missing(batch[..3].to_vec())
+        .await
+        .expect("repair");
+    assert_eq!(repaired.stored, 3);
+    // The real batch then arrives (a hint or a client retry): the 7 others are stored, the
+    // 3 repaired ones are not stored again, and it is not refused as a duplicate.
+    let outcome = store.append(77, batch.clone()).await.expect("append");
+    assert_eq!((outcome.stored, outcome.duplicates), (7, 3));
+    let ids = all_ids(&store, "t");
+    assert_eq!(ids.len(), 10, "{ids:?}");
+    // The same again is a plain duplicate; and all of it survives a restart.
+    let again = store.append(77, batch.clone()).await.expect("append");
+    assert_eq!(again.duplicates, 10);
+    store.shutdown().await.expect("shutdown");
+    drop(store);
+    let store = Store::open(small_config(dir.path()), StorageMetrics::default())
+        .await
+        .expect("reopen");
+    assert_eq!(all_ids(&store, "t").len(), 10);
+    let after = store.append(77, batch).await.expect("append after restart");
+    assert_eq!(after.stored, 0);
+    assert_eq!(all_ids(&store, "t").len(), 10);
+}
