@@ -179,8 +179,17 @@ impl HintStore {
             .get_mut(member)
             .ok_or_else(|| HintError::BadMember(member.to_string()))?;
         let path = self.dir.join(member);
-        current.file.write_all(&record).map_err(io(&path))?;
-        current.file.sync_data().map_err(io(&path))?;
+        let written = current
+            .file
+            .write_all(&record)
+            .and_then(|()| current.file.sync_data());
+        if let Err(source) = written {
+            // Cut the partly written record off and start a new file next time: a later,
+            // acknowledged hint must never sit behind a torn record (reading stops there).
+            let _ = current.file.set_len(current.bytes);
+            open.remove(member);
+            return Err(HintError::Io { path, source });
+        }
         current.bytes += record.len() as u64;
         Ok(())
     }

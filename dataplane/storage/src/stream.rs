@@ -307,10 +307,14 @@ impl Stream {
             return Ok(Appended::Repaired(entries));
         }
         let record = wal::encode_record(batch_uid, &entries);
-        inner
-            .wal
-            .write_all(&record)
-            .map_err(|source| StorageError::io("append to wal", &inner.wal_path, source))?;
+        if let Err(source) = inner.wal.write_all(&record) {
+            // Cut a partly written record off (disk full, I/O error): otherwise records
+            // written after it would sit behind a torn one, and replay stops at the tear.
+            let keep = inner.wal_bytes;
+            let _ = inner.wal.set_len(keep);
+            let _ = std::io::Seek::seek(&mut inner.wal, std::io::SeekFrom::Start(keep));
+            return Err(StorageError::io("append to wal", &inner.wal_path, source));
+        }
         inner.wal_bytes += record.len() as u64;
         inner.dirty = true;
         inner.uids_current.insert(batch_uid);
