@@ -133,8 +133,10 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
         let addr = self.inner.addr.clone();
+        let used: std::sync::Mutex<Option<Arc<Connection>>> = std::sync::Mutex::new(None);
         let work = async {
             let conn = self.connection().await?;
+            *used.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             conn.pending
@@ -167,13 +169,20 @@ impl RpcClient {
             }
             answer
         };
-        match tokio::time::timeout(timeout, work).await {
+        let outcome = tokio::time::timeout(timeout, work).await;
+        let used = used.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match outcome {
             Ok(result) => result,
             Err(_) => {
                 // A peer that stops answering (SIGSTOP, partition) would otherwise keep the
-                // connection "alive" forever: drop it so the next call reconnects.
-                if let Some(conn) = self.inner.connection.lock().await.take() {
-                    conn.alive.store(false, Ordering::Release);
+                // connection "alive" forever: drop it so the next call reconnects — only if
+                // it is still the one this call used, not a fresh one made meanwhile.
+                let mut slot = self.inner.connection.lock().await;
+                if let (Some(current), Some(used)) = (slot.as_ref(), used.as_ref())
+                    && Arc::ptr_eq(current, used)
+                {
+                    current.alive.store(false, Ordering::Release);
+                    *slot = None;
                 }
                 Err(RpcError::Timeout {
                     addr,

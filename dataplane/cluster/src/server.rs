@@ -100,7 +100,15 @@ pub async fn run_handoff(
         };
         for member in members {
             let view = cluster.view();
-            if view.members.get(&member).is_none() || !cluster.is_up(&member, &view) {
+            // Only a member missing from a known, non-empty membership has left; an empty
+            // view (this node is still starting) says nothing about it.
+            if view.members.get(&member).is_none() && !view.ring.members().is_empty() {
+                // The member left the cluster for good: its partitions have new owners,
+                // and the hinted entries go to them instead.
+                redirect_member(&cluster, &hints, &member, window).await;
+                continue;
+            }
+            if !cluster.is_up(&member, &view) {
                 continue;
             }
             deliver_member(&cluster, &hints, &member, window).await;
@@ -161,5 +169,76 @@ async fn deliver_member(
             return;
         }
         info!(member, hints = total, "hints handed off");
+    }
+}
+
+/// Hands the hints kept for a member that is no longer listed to the current owners of
+/// their partitions, as repair writes (which skip what an owner already holds).
+async fn redirect_member(
+    cluster: &Arc<Cluster>,
+    hints: &Arc<HintStore>,
+    member: &str,
+    window: Duration,
+) {
+    loop {
+        let taken = {
+            let hints = hints.clone();
+            let member = member.to_string();
+            tokio::task::spawn_blocking(move || hints.take_oldest(&member)).await
+        };
+        let Ok(Ok(Some((path, records)))) = taken else {
+            return;
+        };
+        for hint in records {
+            if HintStore::expired(&hint, window) {
+                cluster.metrics().hints_expired.inc();
+                continue;
+            }
+            let view = cluster.view();
+            let mut by_owner: std::collections::BTreeMap<String, Vec<logcluster_proto::LogEntry>> =
+                std::collections::BTreeMap::new();
+            for entry in hint.request.entries {
+                let owners = view.ring.owners_of(&entry.tenant, &entry.service);
+                if owners.is_empty() {
+                    // Nobody to give it to: keep the hints (the file stays) and try later.
+                    return;
+                }
+                for owner in owners {
+                    by_owner
+                        .entry(owner.to_string())
+                        .or_default()
+                        .push(entry.clone());
+                }
+            }
+            for (owner, entries) in by_owner {
+                let request = AppendRequest {
+                    batch_uid: 0,
+                    hint_for: String::new(),
+                    repair: true,
+                    entries,
+                };
+                if let Err(error) = cluster
+                    .call(
+                        &owner,
+                        Kind::Append,
+                        &request.encode_to_vec(),
+                        cluster.config().call_timeout,
+                    )
+                    .await
+                {
+                    debug!(%error, member, owner, "redirecting hints paused; retrying later");
+                    return;
+                }
+            }
+            cluster.metrics().hints_delivered.inc();
+        }
+        if let Err(error) = hints.remove(&path) {
+            warn!(%error, "cannot delete a redirected hint file");
+            return;
+        }
+        info!(
+            member,
+            "hints of a removed member handed to the current owners"
+        );
     }
 }

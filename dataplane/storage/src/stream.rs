@@ -37,6 +37,9 @@ pub struct StreamSnapshot {
     pub tail: Vec<Arc<Vec<LogEntry>>>,
 }
 
+/// Each stream incarnation starts its content version at a distinct base.
+static NEXT_GENERATION_BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What happened to a batch part offered to a stream.
 pub enum Appended {
     Stored,
@@ -251,7 +254,11 @@ impl Stream {
             service: service.to_string(),
             dir,
             inner: Mutex::new(inner),
-            generation: std::sync::atomic::AtomicU64::new(0),
+            // Distinct across incarnations of the same stream (a stream removed by a
+            // hand-over and created again), so cached digests never match by accident.
+            generation: std::sync::atomic::AtomicU64::new(
+                NEXT_GENERATION_BASE.fetch_add(1 << 40, std::sync::atomic::Ordering::Relaxed),
+            ),
         })
     }
 
