@@ -788,3 +788,46 @@ async fn hints_older_than_the_window_are_dropped_and_counted_and_anti_entropy_re
     converged(&sandbox, "win", acked.len() * PER_BATCH as usize).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn hints_for_a_member_removed_from_the_cluster_go_to_the_current_owners() -> anyhow::Result<()>
+{
+    let mut sandbox = ClusterSandbox::start(3).await?;
+    let mut client = sandbox.connect().await?;
+    sandbox.storage[1].kill_9()?;
+    let (ok, other) = send_batches(&mut client, "gone", 1, 20).await?;
+    assert!(other.is_empty(), "{other:?}");
+    let acked: HashSet<u64> = ok.into_iter().collect();
+    // storage-1 never comes back: the operator removes it from the members.
+    sandbox.publish_only(&["storage-0", "storage-2"], &[])?;
+    eventually(
+        "no hints left for the removed member",
+        Duration::from_secs(30),
+        || async {
+            let mut pending = 0.0;
+            for node in [&sandbox.storage[0], &sandbox.storage[2]] {
+                pending += metric_sum(
+                    &node.metrics().await.ok()?,
+                    "logcluster_cluster_hints_pending_bytes",
+                    &[],
+                );
+            }
+            (pending == 0.0).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}{}", sandbox.logs()))?;
+    let expected = acked.len() * PER_BATCH as usize;
+    for node in [&sandbox.storage[0], &sandbox.storage[2]] {
+        let items = node.local_entries("gone").await?;
+        assert_eq!(
+            items.len(),
+            expected,
+            "{} holds every entry once",
+            node.name
+        );
+    }
+    let items = sandbox.query_all("gone").await?;
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+    Ok(())
+}
