@@ -395,8 +395,9 @@ impl Cluster {
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
         let needed = self.effective_write_quorum(&view);
-        // Reserve the batch's share of the in-flight budget (one copy of the payload, shared
-        // by all replica calls); it is released when the last call finishes.
+        // Reserve the batch's share of the in-flight budget, counted as one copy of its
+        // payload (each replica call holds its own encoded request on top, so real memory
+        // is a small multiple of the budget); released when the last call finishes.
         let bytes: usize = entries.iter().map(LogEntry::approx_size).sum();
         let max_units = (self.config.max_in_flight_bytes / BUDGET_UNIT).max(1);
         let units = (bytes / BUDGET_UNIT).clamp(1, max_units) as u32;
