@@ -203,6 +203,22 @@ pub fn local_digests(
     digests
 }
 
+/// The Merkle tree of the partitions `me` and `peer` both own. Blocking.
+fn shared_tree(
+    cache: &DigestCache,
+    store: &Store,
+    ring: &Ring,
+    me: &str,
+    peer: &str,
+    bucket_secs: u64,
+    depth: u32,
+) -> MerkleTree {
+    MerkleTree::build(
+        depth,
+        local_digests(cache, store, ring, me, peer, bucket_secs),
+    )
+}
+
 /// Ids of the given keys. Blocking.
 pub fn local_ids(
     store: &Store,
@@ -273,16 +289,14 @@ pub async fn handle(
         Kind::Digests => {
             let request: DigestsRequest = serde_json::from_slice(payload).map_err(bad)?;
             let reply = tokio::task::spawn_blocking(move || {
-                let tree = MerkleTree::build(
+                let tree = shared_tree(
+                    &cache,
+                    &store,
+                    &ring.ring,
+                    &me,
+                    &request.requester,
+                    request.bucket_secs,
                     request.depth,
-                    local_digests(
-                        &cache,
-                        &store,
-                        &ring.ring,
-                        &me,
-                        &request.requester,
-                        request.bucket_secs,
-                    ),
                 );
                 DigestsReply {
                     root: tree.root(),
@@ -297,16 +311,14 @@ pub async fn handle(
         Kind::KeyDigests => {
             let request: KeysRequest = serde_json::from_slice(payload).map_err(bad)?;
             let keys = tokio::task::spawn_blocking(move || {
-                let tree = MerkleTree::build(
+                let tree = shared_tree(
+                    &cache,
+                    &store,
+                    &ring.ring,
+                    &me,
+                    &request.requester,
+                    request.bucket_secs,
                     request.depth,
-                    local_digests(
-                        &cache,
-                        &store,
-                        &ring.ring,
-                        &me,
-                        &request.requester,
-                        request.bucket_secs,
-                    ),
                 );
                 let mut slots = request.slots;
                 slots.sort_unstable();

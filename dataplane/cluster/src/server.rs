@@ -116,6 +116,19 @@ pub async fn run_handoff(
     }
 }
 
+/// The oldest hint file of a member and its records, read on a blocking thread.
+async fn take_oldest(
+    hints: &Arc<HintStore>,
+    member: &str,
+) -> Result<
+    Result<Option<(std::path::PathBuf, Vec<crate::hints::Hint>)>, crate::hints::HintError>,
+    tokio::task::JoinError,
+> {
+    let hints = hints.clone();
+    let member = member.to_string();
+    tokio::task::spawn_blocking(move || hints.take_oldest(&member)).await
+}
+
 async fn deliver_member(
     cluster: &Arc<Cluster>,
     hints: &Arc<HintStore>,
@@ -123,11 +136,7 @@ async fn deliver_member(
     window: Duration,
 ) {
     loop {
-        let taken = {
-            let hints = hints.clone();
-            let member = member.to_string();
-            tokio::task::spawn_blocking(move || hints.take_oldest(&member)).await
-        };
+        let taken = take_oldest(hints, member).await;
         let (path, records) = match taken {
             Ok(Ok(Some(found))) => found,
             Ok(Ok(None)) => return,
@@ -181,11 +190,7 @@ async fn redirect_member(
     window: Duration,
 ) {
     loop {
-        let taken = {
-            let hints = hints.clone();
-            let member = member.to_string();
-            tokio::task::spawn_blocking(move || hints.take_oldest(&member)).await
-        };
+        let taken = take_oldest(hints, member).await;
         let Ok(Ok(Some((path, records)))) = taken else {
             return;
         };
