@@ -285,49 +285,41 @@ pub async fn handle(
     let cache = cache.clone();
     let me = me.to_string();
     let bad = |e: serde_json::Error| format!("malformed anti-entropy request: {e}");
-    match kind {
-        Kind::Digests => {
-            let request: DigestsRequest = serde_json::from_slice(payload).map_err(bad)?;
-            let reply = tokio::task::spawn_blocking(move || {
-                let tree = shared_tree(
+    // This member's tree of the partitions it shares with the requester (blocking work).
+    let tree = |requester: String, bucket_secs: u64, depth: u32| {
+        let (cache, store, ring, me) = (cache.clone(), store.clone(), ring.clone(), me.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                shared_tree(
                     &cache,
                     &store,
                     &ring.ring,
                     &me,
-                    &request.requester,
-                    request.bucket_secs,
-                    request.depth,
-                );
-                DigestsReply {
-                    root: tree.root(),
-                    leaves: (tree.root() != request.root)
-                        .then(|| tree.level(tree.depth()).to_vec()),
-                }
+                    &requester,
+                    bucket_secs,
+                    depth,
+                )
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+        }
+    };
+    match kind {
+        Kind::Digests => {
+            let request: DigestsRequest = serde_json::from_slice(payload).map_err(bad)?;
+            let tree = tree(request.requester, request.bucket_secs, request.depth).await?;
+            let reply = DigestsReply {
+                root: tree.root(),
+                leaves: (tree.root() != request.root).then(|| tree.level(tree.depth()).to_vec()),
+            };
             serde_json::to_vec(&reply).map_err(|e| e.to_string())
         }
         Kind::KeyDigests => {
             let request: KeysRequest = serde_json::from_slice(payload).map_err(bad)?;
-            let keys = tokio::task::spawn_blocking(move || {
-                let tree = shared_tree(
-                    &cache,
-                    &store,
-                    &ring.ring,
-                    &me,
-                    &request.requester,
-                    request.bucket_secs,
-                    request.depth,
-                );
-                let mut slots = request.slots;
-                slots.sort_unstable();
-                tree.keys_in_slots(&slots)
-                    .into_iter()
-                    .collect::<Vec<(Key, Digest)>>()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            let tree = tree(request.requester, request.bucket_secs, request.depth).await?;
+            let mut slots = request.slots;
+            slots.sort_unstable();
+            let keys: Vec<(Key, Digest)> = tree.keys_in_slots(&slots).into_iter().collect();
             serde_json::to_vec(&keys).map_err(|e| e.to_string())
         }
         Kind::Ids => {

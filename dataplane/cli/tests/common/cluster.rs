@@ -14,7 +14,7 @@ use logcluster_config::{RawCluster, RawNodeConfig, RawTls, Role};
 use logcluster_testkit::NodeProcess;
 use serde_json::{Value, json};
 
-use super::{FrameClient, READY, http, http_text};
+use super::{FrameClient, http, http_text};
 
 /// One node process of the sandbox.
 pub struct SandboxNode {
@@ -32,19 +32,7 @@ impl SandboxNode {
 
     pub async fn spawn(&mut self) -> anyhow::Result<()> {
         std::fs::write(&self.config_path, self.raw.to_yaml()?)?;
-        let ready = self.ready_path();
-        let _ = std::fs::remove_file(&ready);
-        let binary = logcluster_testkit::binary_path("logcluster");
-        let args = vec![
-            "node".to_string(),
-            "--config".to_string(),
-            self.config_path.display().to_string(),
-            "--ready-file".to_string(),
-            ready.display().to_string(),
-        ];
-        let mut process = NodeProcess::spawn(&binary, &args)?;
-        let ports = process
-            .wait_ready(&ready, READY)
+        let (process, ports) = super::spawn_node(&self.config_path, &self.ready_path())
             .await
             .with_context(|| format!("{} did not start", self.name))?;
         // Pin the ports for restarts.

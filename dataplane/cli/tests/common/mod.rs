@@ -64,17 +64,7 @@ impl TestNode {
     /// (Re)starts the process on the same data directory and configuration.
     pub async fn spawn(&mut self) -> anyhow::Result<()> {
         let ready = self.dir.path().join("ready.json");
-        let _ = std::fs::remove_file(&ready);
-        let binary = logcluster_testkit::binary_path("logcluster");
-        let args = vec![
-            "node".to_string(),
-            "--config".to_string(),
-            self.config_path.display().to_string(),
-            "--ready-file".to_string(),
-            ready.display().to_string(),
-        ];
-        let mut process = NodeProcess::spawn(&binary, &args)?;
-        let ports = process.wait_ready(&ready, READY).await?;
+        let (process, ports) = spawn_node(&self.config_path, &ready).await?;
         self.ports = ports;
         self.process = Some(process);
         Ok(())
@@ -143,6 +133,26 @@ impl TestNode {
         anyhow::ensure!(status == 200, "healthz answered {status}");
         http_text(&self.http_addr(), "/metrics").await
     }
+}
+
+/// Starts `logcluster node --config <config>` and waits for its ready-file; returns the
+/// process and the ports it bound.
+pub async fn spawn_node(
+    config: &Path,
+    ready: &Path,
+) -> anyhow::Result<(NodeProcess, HashMap<String, u16>)> {
+    let _ = std::fs::remove_file(ready);
+    let binary = logcluster_testkit::binary_path("logcluster");
+    let args = vec![
+        "node".to_string(),
+        "--config".to_string(),
+        config.display().to_string(),
+        "--ready-file".to_string(),
+        ready.display().to_string(),
+    ];
+    let mut process = NodeProcess::spawn(&binary, &args)?;
+    let ports = process.wait_ready(ready, READY).await?;
+    Ok((process, ports))
 }
 
 /// Sum of every sample of a metric whose line contains all of `needles` (labels).
