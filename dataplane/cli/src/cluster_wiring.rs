@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use logcluster_cluster::hints::HintStore;
 use logcluster_cluster::membership::{self, Member, MemberList};
 use logcluster_cluster::messages::Kind;
@@ -54,9 +54,30 @@ pub async fn connect(
             });
             receiver
         }
-        MembersSource::Kubernetes => bail!(
-            "cluster.membersFile or cluster.members is required: EndpointSlice discovery runs only in Kubernetes"
-        ),
+        MembersSource::Kubernetes(k8s) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API for EndpointSlice discovery")?;
+            let namespace = k8s
+                .namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .context("cluster.kubernetes.namespace or POD_NAMESPACE is required")?;
+            let (sender, receiver) = membership::static_members(MemberList::default());
+            let source = logcluster_k8s::members::Source {
+                service: k8s.service.clone(),
+                namespace,
+                port: k8s.port,
+                leaving_file: k8s.leaving_file.clone(),
+            };
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = logcluster_k8s::members::watch_members(client, source, sender) => {}
+                    _ = shutdown.wait() => {}
+                }
+            });
+            receiver
+        }
     };
     let client_config = logcluster_common::tls::load_client_config(
         &config.ca_file,
@@ -169,6 +190,16 @@ impl Handler for StorageHandler {
                         .await
                         .map_err(|e| fanout::member_error(&e))?;
                     Ok(fanout::encode_counts(&counts, &stats))
+                }
+                Some(Kind::Aggregate) => {
+                    let spec: logcluster_query::agg::AggSpec = serde_json::from_slice(&payload)
+                        .map_err(|e| format!("{}aggregation: {e}", fanout::BAD_REQUEST))?;
+                    let answer = inner
+                        .query
+                        .local_aggregate(spec)
+                        .await
+                        .map_err(|e| fanout::member_error(&e))?;
+                    serde_json::to_vec(&answer).map_err(|e| e.to_string())
                 }
                 Some(Kind::Status) => {
                     let body =

@@ -33,6 +33,10 @@ enum Command {
     Send(send::SendArgs),
     /// Search logs through the query API.
     Query(query_cmd::QueryArgs),
+    /// Follow matching entries live as they are acknowledged (Server-Sent Events).
+    Tail(query_cmd::TailArgs),
+    /// Alert rules and their states.
+    Alerts(query_cmd::AlertsArgs),
     /// Inspect the cluster: `logcluster cluster status`.
     Cluster(cluster_cmd::ClusterArgs),
 }
@@ -83,6 +87,8 @@ fn main() -> anyhow::Result<()> {
             Command::Node(args) => node::run(args).await,
             Command::Send(args) => send::run(args).await,
             Command::Query(args) => query_cmd::run(args).await,
+            Command::Tail(args) => query_cmd::tail(args).await,
+            Command::Alerts(args) => query_cmd::alerts(args).await,
             Command::Cluster(args) => cluster_cmd::run(args).await,
         }
     })

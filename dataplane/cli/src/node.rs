@@ -4,7 +4,7 @@
 //! writes the ready-file, serves until SIGINT/SIGTERM, stops accepting, lets in-flight
 //! batches finish and fsyncs every WAL before exiting: nothing acknowledged is lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,7 +27,7 @@ use logcluster_query::api::{QueryLimits, QueryService};
 use logcluster_schema::SchemaRegistry;
 use logcluster_storage::{FsyncPolicy, StorageConfig, StorageMetrics, Store};
 use prometheus_client::registry::Registry;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{error, info, warn};
 
@@ -51,6 +51,15 @@ struct HttpState {
     hints: Option<Arc<HintStore>>,
     ready: std::sync::atomic::AtomicBool,
     name: String,
+    roles: Vec<&'static str>,
+    alerts: Option<Arc<logcluster_query::alerts::Alerts>>,
+    /// The query service (tenant tokens decide whose alert rules a request sees).
+    query: Option<Arc<QueryService>>,
+    /// HTTP base URLs of the nodes the dashboard's overview shows next to this one.
+    peers: Vec<String>,
+    /// Which of ingest and query this node serves at `/` (dashboard for browsers).
+    serves_query: bool,
+    serves_ingest: bool,
 }
 
 pub fn storage_config(config: &NodeConfig) -> StorageConfig {
@@ -144,6 +153,20 @@ pub async fn run_node(
     };
 
     let schemas = SchemaRegistry::new();
+    if config.schemas_from_kubernetes {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach the Kubernetes API to watch LogSchemas")?;
+        let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+        let registry = schemas.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = logcluster_k8s::schemas::watch_schemas(client, namespace, registry) => {}
+                _ = stop.wait() => {}
+            }
+        });
+    }
     if let Some(dir) = &config.schema_dir {
         match schemas.load_dir(dir) {
             Ok(report) => info!(?report, dir = %dir.display(), "schemas loaded"),
@@ -183,6 +206,9 @@ pub async fn run_node(
         timeout: config.query_timeout,
         max_concurrent: config.query_max_concurrent,
         default_tenant: config.default_tenant.clone(),
+        max_scan_bytes: config.query_max_scan_bytes,
+        max_groups: config.query_max_groups,
+        tenant_tokens: config.query_tenant_tokens.clone(),
     };
     let local_query = store
         .as_ref()
@@ -370,6 +396,34 @@ pub async fn run_node(
     } else {
         None
     };
+    let alerts = match (&query, &config.alerts.rule_dir) {
+        (Some(query), Some(_)) => {
+            let alerts = logcluster_query::alerts::Alerts::new(
+                logcluster_query::alerts::AlertSettings {
+                    rule_dir: config.alerts.rule_dir.clone(),
+                    interval: config.alerts_interval,
+                    webhook_url: config.alerts.webhook_url.clone(),
+                    evaluators: config.alerts.evaluators.clone(),
+                    node_name: config.name.clone(),
+                    leading: match &config.alerts.leader_lease {
+                        None => None,
+                        Some(lease) => {
+                            Some(alerts_leadership(lease, &config.name, shutdown.clone()).await?)
+                        }
+                    },
+                },
+                &mut registry,
+            );
+            let stop = shutdown.clone();
+            tokio::spawn(
+                alerts
+                    .clone()
+                    .run(query.clone(), async move { stop.wait().await }),
+            );
+            Some(alerts)
+        }
+        _ => None,
+    };
     let state = Arc::new(HttpState {
         registry,
         schemas: schemas.clone(),
@@ -378,6 +432,20 @@ pub async fn run_node(
         hints: member_hints,
         ready: std::sync::atomic::AtomicBool::new(false),
         name: config.name.clone(),
+        roles: config
+            .roles
+            .iter()
+            .map(|r| match r {
+                Role::Ingestor => "ingestor",
+                Role::Storage => "storage",
+                Role::Query => "query",
+            })
+            .collect(),
+        alerts,
+        query: query.clone(),
+        peers: config.query_peers.clone(),
+        serves_query: query.is_some(),
+        serves_ingest: pipeline.is_some(),
     });
     let http = bind_tcp(config.listen.http, "HTTP").await?;
     if let Some(listener) = http {
@@ -390,11 +458,24 @@ pub async fn run_node(
             .route("/api/v1/node", get(node_info))
             .route("/api/v1/cluster", get(cluster_status))
             .route("/api/v1/drain", get(drain_status))
+            .route("/", get(root).head(root_head))
+            .route("/api/v1/overview", get(overview))
+            .route("/api/v1/alerts", get(alerts_status))
             .with_state(state.clone());
         if let Some(pipeline) = &pipeline {
             app = app.merge(logcluster_ingest::http::router(
                 pipeline.clone(),
                 config.max_frame_bytes as usize,
+            ));
+            app = app.merge(logcluster_ingest::compat::router(
+                pipeline.clone(),
+                logcluster_ingest::compat::CompatOptions {
+                    max_body_bytes: config.max_frame_bytes as usize,
+                    elastic: logcluster_ingest::compat::elastic::ElasticOptions {
+                        service_field: config.elasticsearch.service_field.clone(),
+                        index_as_service: config.elasticsearch.index_as_service,
+                    },
+                },
             ));
         }
         if let Some(query) = &query {
@@ -476,9 +557,186 @@ async fn list_schemas(State(state): State<Arc<HttpState>>) -> impl IntoResponse 
 async fn node_info(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     axum::Json(json!({
         "name": state.name,
+        "roles": state.roles,
         "storage": state.store.as_ref().map(|s| s.stats()),
         "tenants": state.store.as_ref().map(|s| s.tenants()).unwrap_or_default(),
+        "overview": node_snapshot(&state),
     }))
+}
+
+/// This node's counters for the dashboard: totals since start (the page computes rates).
+fn node_snapshot(state: &HttpState) -> Value {
+    let text = logcluster_common::metrics::encode_registry(&state.registry);
+    let mut sums: HashMap<&str, f64> = HashMap::new();
+    let mut rejected_by_reason: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        *sums.entry(name).or_default() += value;
+        if name == "logcluster_ingest_rejected_total" {
+            let label = |key: &str| {
+                series
+                    .split(&format!("{key}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            *rejected_by_reason
+                .entry(format!("{}/{}", label("format"), label("reason")))
+                .or_default() += value;
+        }
+    }
+    let sum = |name: &str| sums.get(name).copied().unwrap_or(0.0);
+    json!({
+        "name": state.name,
+        "role": state.roles,
+        "url": Value::Null,
+        "up": true,
+        "ingest": state.serves_ingest.then(|| json!({
+            "entries": sum("logcluster_ingest_entries_total"),
+            "bytes": sum("logcluster_ingest_bytes_total"),
+            "rejected": sum("logcluster_ingest_rejected_total"),
+            "acks": sum("logcluster_ingest_ack_latency_seconds_count"),
+            "ack_micros": sum("logcluster_ingest_ack_latency_seconds_sum") * 1e6,
+            "pending_bytes": sum("logcluster_ingest_pending_bytes"),
+            "udp_drops": sum("logcluster_ingest_udp_drops_total"),
+            "rejected_by_reason": rejected_by_reason,
+        })),
+        "storage": state.store.as_ref().map(|store| json!({
+            "stored_bytes": sum("logcluster_storage_stored_bytes"),
+            "segments": sum("logcluster_storage_segments"),
+            "rotations": sum("logcluster_storage_rotations_total"),
+            "streams": store.stats().streams,
+        })),
+    })
+}
+
+/// `GET /api/v1/overview`: this node, its peers and the cluster, for the dashboard.
+async fn overview(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    let mut nodes = vec![node_snapshot(&state)];
+    let fetches = state.peers.iter().map(|peer| async move {
+        let url = format!("{}/api/v1/node", peer.trim_end_matches('/'));
+        let answer =
+            logcluster_common::http_client::request("GET", &url, &[], b"", Duration::from_secs(2))
+                .await;
+        let mut node = match answer {
+            Ok(r) if r.status == 200 => serde_json::from_str::<Value>(&r.body)
+                .ok()
+                .map(|v| v["overview"].clone())
+                .filter(|v| v.is_object())
+                .unwrap_or_else(|| json!({"up": false, "error": "undecodable answer"})),
+            Ok(r) => json!({"up": false, "error": format!("status {}", r.status)}),
+            Err(error) => json!({"up": false, "error": error.to_string()}),
+        };
+        node["url"] = Value::String(peer.clone());
+        if node.get("name").is_none() {
+            node["name"] = Value::String(peer.clone());
+        }
+        node
+    });
+    nodes.extend(futures_util::future::join_all(fetches).await);
+    let cluster = match &state.cluster {
+        None => Value::Null,
+        Some(cluster) => {
+            let status = crate::cluster_wiring::status(cluster).await;
+            let members: Vec<Value> = status["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let state = if m["reachable"] != true {
+                        "down"
+                    } else if m["leaving"] == true {
+                        "leaving"
+                    } else {
+                        "up"
+                    };
+                    json!({
+                        "id": m["id"], "address": m["addr"], "state": state,
+                        "ring_share": m["ownership"],
+                        "stored_bytes": m["status"]["storage"]["stored_bytes"],
+                        "hints_pending": m["status"]["hints_pending_bytes"],
+                    })
+                })
+                .collect();
+            json!({"members": members, "replication_factor": status["replication_factor"]})
+        }
+    };
+    axum::Json(json!({
+        "time": logcluster_proto::time::format_rfc3339(logcluster_proto::time::now_nanos()),
+        "nodes": nodes,
+        "cluster": cluster,
+    }))
+}
+
+async fn alerts_status(
+    State(state): State<Arc<HttpState>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let mut snapshot = match &state.alerts {
+        Some(alerts) => alerts.snapshot(),
+        None => json!({"rules": [], "errors": []}),
+    };
+    // With tenant tokens, a request sees only its own tenant's rules.
+    if let Some(query) = &state.query
+        && !query.limits().tenant_tokens.is_empty()
+    {
+        let tenant = match query.tenant_of(&headers, None) {
+            Ok(tenant) => tenant.unwrap_or_default(),
+            Err(error) => return error.into_response(),
+        };
+        let default = query.limits().default_tenant.clone();
+        if let Some(rules) = snapshot["rules"].as_array_mut() {
+            rules.retain(|rule| rule["tenant"].as_str().unwrap_or(&default) == tenant);
+        }
+        snapshot["errors"] = json!([]);
+    }
+    axum::Json(snapshot).into_response()
+}
+
+/// `/`: the dashboard for browsers on a query node; Elasticsearch's cluster info for
+/// shippers probing an ingestor (which send no `Accept: text/html`).
+async fn root(
+    State(state): State<Arc<HttpState>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let wants_html = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if state.serves_query && (wants_html || !state.serves_ingest) {
+        (
+            [
+                (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (axum::http::header::CACHE_CONTROL, "no-cache"),
+            ],
+            logcluster_query::DASHBOARD_HTML,
+        )
+            .into_response()
+    } else if state.serves_ingest {
+        logcluster_ingest::compat::elastic::info_response(&state.name)
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            "this node serves neither the dashboard nor ingestion",
+        )
+            .into_response()
+    }
+}
+
+async fn root_head(
+    State(state): State<Arc<HttpState>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let mut response = root(State(state), headers).await;
+    *response.body_mut() = axum::body::Body::empty();
+    response
 }
 
 /// `GET /api/v1/drain` on a storage member: whether it is leaving and has handed everything
@@ -587,4 +845,23 @@ async fn stats_log(
         last = now;
         last_at = Instant::now();
     }
+}
+
+/// Campaigns for the alerts Lease (Kubernetes); the receiver says whether this node leads.
+async fn alerts_leadership(
+    lease: &str,
+    identity: &str,
+    shutdown: Shutdown,
+) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API for the alerts Lease")?;
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let api = kube::Api::namespaced(client, &namespace);
+    let config = logcluster_k8s::lease::LeaseConfig::new(lease, &namespace, identity);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(logcluster_k8s::lease::run(api, config, tx, async move {
+        shutdown.wait().await
+    }));
+    Ok(rx)
 }

@@ -78,11 +78,18 @@ pub struct UpArgs {
     /// longer own.
     #[arg(long, default_value = "30s")]
     pub anti_entropy_interval: String,
+    /// Folder of alert rule files (created if missing; default `<data-dir>/alerts`).
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
+    /// Webhook that receives alert notifications (Alertmanager's JSON body).
+    #[arg(long)]
+    pub alert_webhook: Option<String>,
 }
 
 struct Paths {
     data_dir: PathBuf,
     schemas: PathBuf,
+    alerts: PathBuf,
     members: PathBuf,
     pki: logcluster_common::certs::DevPki,
 }
@@ -182,9 +189,12 @@ impl UpArgs {
         raw
     }
 
-    fn query_config(&self, paths: &Paths) -> RawNodeConfig {
+    fn query_config(&self, paths: &Paths, peers: Vec<String>) -> RawNodeConfig {
         let mut raw = self.base_config("query", paths, vec![Role::Query]);
         raw.listen.http = self.addr(self.http_port);
+        raw.query.peers = peers;
+        raw.alerts.rule_dir = Some(paths.alerts.clone());
+        raw.alerts.webhook_url = self.alert_webhook.clone();
         // The query node lists the schemas too (`logcluster send` checks them before sending).
         raw.ingest.schema_dir = Some(paths.schemas.clone());
         raw
@@ -342,6 +352,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&schemas)
         .with_context(|| format!("cannot create {}", schemas.display()))?;
+    let alerts = args
+        .alerts
+        .clone()
+        .unwrap_or_else(|| data_dir.join("alerts"));
+    std::fs::create_dir_all(&alerts)
+        .with_context(|| format!("cannot create {}", alerts.display()))?;
     let pki = logcluster_common::certs::generate_dev_pki(
         &data_dir.join("tls"),
         &["localhost", "127.0.0.1", "::1", &args.host],
@@ -351,6 +367,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         members: data_dir.join("members.yaml"),
         data_dir: data_dir.clone(),
         schemas,
+        alerts,
         pki,
     };
     let ready_path = data_dir.join("ready.json");
@@ -378,8 +395,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
         write_members_file(&paths.members, &members)
             .with_context(|| format!("cannot write {}", paths.members.display()))?;
-        nodes.push(start("query", args.query_config(&paths), &paths).await?);
         nodes.push(start("ingestor", args.ingestor_config(&paths), &paths).await?);
+        // The dashboard's overview shows every other node next to the query node's own.
+        let peers = nodes
+            .iter()
+            .map(|n| format!("http://{}:{}", args.host, port(n, "http")))
+            .collect();
+        nodes.push(start("query", args.query_config(&paths, peers), &paths).await?);
         Ok(())
     }
     .await;

@@ -22,6 +22,9 @@ pub enum Kind {
     Ids = 7,
     /// JSON [`FetchRequest`] → [`EntriesReply`] with the entries of those ids.
     Fetch = 8,
+    /// JSON aggregation spec → JSON cells per (service, bucket, group) (the query crate's
+    /// `agg::Answer`).
+    Aggregate = 9,
 }
 
 /// Anti-entropy, step 1: compare roots over the partitions both members own.
@@ -89,6 +92,7 @@ impl Kind {
             6 => Some(Kind::KeyDigests),
             7 => Some(Kind::Ids),
             8 => Some(Kind::Fetch),
+            9 => Some(Kind::Aggregate),
             _ => None,
         }
     }

@@ -133,22 +133,63 @@ pub fn generate_dev_pki(dir: &Path, hosts: &[&str]) -> Result<DevPki, CertError>
         return Ok(pki);
     }
     // Reuse the CA key when present so clients that trust ca.pem keep working.
-    let reused_ca_key = std::fs::read_to_string(&pki.ca_key)
-        .ok()
-        .and_then(|pem| KeyPair::from_pem(&pem).ok());
-    let ca_key = match reused_ca_key {
-        Some(key) if pki.ca_cert.exists() => key,
-        _ => {
+    let reused_ca = match (
+        std::fs::read_to_string(&pki.ca_key),
+        std::fs::read_to_string(&pki.ca_cert),
+    ) {
+        (Ok(key), Ok(cert)) if KeyPair::from_pem(&key).is_ok() => Some((cert, key)),
+        _ => None,
+    };
+    let issued = issue(
+        reused_ca.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        &names,
+        NODE_VALIDITY,
+    )?;
+    if reused_ca.is_none() {
+        write_file(&pki.ca_cert, &issued.ca_pem, false)?;
+        write_file(&pki.ca_key, &issued.ca_key_pem, true)?;
+    }
+    write_file(&pki.node_cert, &issued.cert_pem, false)?;
+    write_file(&pki.node_key, &issued.key_pem, true)?;
+    let manifest = Manifest {
+        node_not_after: now_secs() + NODE_VALIDITY.as_secs(),
+        hosts: names,
+    };
+    let body = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    write_file(&manifest_path, &body, false)?;
+    Ok(pki)
+}
+
+/// A CA and a node certificate, in memory (PEM).
+#[derive(Clone, Debug)]
+pub struct IssuedPki {
+    pub ca_pem: String,
+    pub ca_key_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Expiry of the node certificate, seconds since the Unix epoch.
+    pub not_after_secs: u64,
+}
+
+/// Issues a node certificate (server and client auth) for `names` (DNS names, wildcards
+/// or IP addresses), signed by the given CA (`(ca_pem, ca_key_pem)`) or by a new one.
+pub fn issue(
+    ca: Option<(&str, &str)>,
+    names: &[String],
+    validity: Duration,
+) -> Result<IssuedPki, CertError> {
+    let (ca_pem, ca_key) = match ca {
+        Some((pem, key)) => (pem.to_string(), KeyPair::from_pem(key)?),
+        None => {
             let key = KeyPair::generate()?;
             let cert = ca_params()?.self_signed(&key)?;
-            write_file(&pki.ca_cert, &cert.pem(), false)?;
-            write_file(&pki.ca_key, &key.serialize_pem(), true)?;
-            key
+            (cert.pem(), key)
         }
     };
+    let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params()?, ca_key);
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    for name in &names {
+    for name in names {
         params.subject_alt_names.push(match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(name.clone().try_into()?),
@@ -167,16 +208,14 @@ pub fn generate_dev_pki(dir: &Path, hosts: &[&str]) -> Result<DevPki, CertError>
     ];
     let now = SystemTime::now();
     params.not_before = (now - Duration::from_secs(3600)).into();
-    params.not_after = (now + NODE_VALIDITY).into();
-    let node_key = KeyPair::generate()?;
-    let node_cert = params.signed_by(&node_key, &issuer)?;
-    write_file(&pki.node_cert, &node_cert.pem(), false)?;
-    write_file(&pki.node_key, &node_key.serialize_pem(), true)?;
-    let manifest = Manifest {
-        node_not_after: now_secs() + NODE_VALIDITY.as_secs(),
-        hosts: names,
-    };
-    let body = serde_json::to_string_pretty(&manifest).unwrap_or_default();
-    write_file(&manifest_path, &body, false)?;
-    Ok(pki)
+    params.not_after = (now + validity).into();
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(IssuedPki {
+        ca_pem,
+        ca_key_pem,
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        not_after_secs: now_secs() + validity.as_secs(),
+    })
 }

@@ -29,11 +29,26 @@ pub enum HttpError {
     Malformed(String),
 }
 
-/// A response: status and body text.
+/// A response: status, headers and body.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    /// The body as text (invalid UTF-8 replaced).
     pub body: String,
+    /// The body as received.
+    pub bytes: Vec<u8>,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Splits `http://host:port/path?query` into (`host:port`, `/path?query`).
@@ -116,9 +131,19 @@ fn parse_response(raw: &[u8]) -> Option<Response> {
     } else {
         rest.to_vec()
     };
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        })
+        .collect();
     Some(Response {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
+        headers,
     })
 }
 

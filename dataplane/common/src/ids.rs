@@ -19,6 +19,17 @@ pub fn batch_uid(tenant: &str, client_batch_id: u64) -> u64 {
     hash
 }
 
+/// 64-bit FNV-1a of `bytes`: a stable hash (same on every platform and release) for values
+/// that are persisted or compared across processes (request fingerprints, rendezvous choices).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
 /// `<16 hex digits of batch uid>-<8 hex digits of position>`: ids of one batch sort together,
 /// and a retried batch yields identical ids.
 pub fn entry_id(batch_uid: u64, index: u32) -> String {

@@ -50,6 +50,9 @@ pub struct RawNodeConfig {
     /// locally.
     #[serde(default)]
     pub cluster: Option<RawCluster>,
+    /// Alert rules evaluated by a query node.
+    #[serde(default)]
+    pub alerts: RawAlerts,
     /// Interval of the one-line stats log; `0s` disables it.
     #[serde(default = "default_stats_interval")]
     pub stats_log_interval: String,
@@ -90,6 +93,52 @@ pub struct RawTls {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// Membership from Kubernetes EndpointSlices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawKubernetes {
+    /// The storage members' headless Service.
+    pub service: String,
+    /// Its namespace; default: this pod's (`POD_NAMESPACE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The members' cluster RPC port.
+    #[serde(default = "default_cluster_port")]
+    pub port: u16,
+    /// A file the operator writes with the members that are leaving (`leaving: [pod, …]`);
+    /// re-read when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving_file: Option<PathBuf>,
+}
+
+fn default_cluster_port() -> u16 {
+    7000
+}
+
+/// Alert rules (query role): where they are, how often they are evaluated, where
+/// notifications go.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAlerts {
+    /// Folder of rule files (`*.yaml`), reloaded when they change. No folder, no rules.
+    #[serde(default)]
+    pub rule_dir: Option<PathBuf>,
+    /// Evaluation interval (default 15s).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Webhook that receives firing and resolved notifications (Alertmanager's format).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Names of all query nodes that evaluate rules; each rule is evaluated by one of them.
+    /// Empty: this node evaluates every rule.
+    #[serde(default)]
+    pub evaluators: Vec<String>,
+    /// In Kubernetes: a Lease the query nodes elect a leader with; only the holder evaluates
+    /// rules (one evaluation and one notification per rule, whatever the replica count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_lease: Option<String>,
+}
+
 /// Ingestion limits and behaviour.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -117,6 +166,36 @@ pub struct RawIngest {
     /// Largest syslog message over TCP/UDP, in bytes.
     #[serde(default = "default_max_syslog_bytes")]
     pub max_syslog_message_bytes: u32,
+    /// How documents sent to the Elasticsearch-compatible `_bulk` API name their service.
+    #[serde(default)]
+    pub elasticsearch: RawElasticsearch,
+    /// Watch LogSchema resources in this pod's namespace (Kubernetes; set by the operator)
+    /// in addition to `schemaDir`.
+    #[serde(default)]
+    pub schemas_from_kubernetes: bool,
+}
+
+/// The service of an Elasticsearch `_bulk` document: the document's `serviceField` when it
+/// has one, else (with `indexAsService`) the index it was sent to, else the usual JSON aliases
+/// (`service`, `service.name`, `app`, …), else `unknown`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawElasticsearch {
+    /// A document field (dotted path) that names the service; checked first.
+    #[serde(default)]
+    pub service_field: Option<String>,
+    /// Whether the target index names the service of documents whose fields name none.
+    #[serde(default = "default_true")]
+    pub index_as_service: bool,
+}
+
+impl Default for RawElasticsearch {
+    fn default() -> Self {
+        RawElasticsearch {
+            service_field: None,
+            index_as_service: true,
+        }
+    }
 }
 
 /// Fields added to every entry.
@@ -190,6 +269,10 @@ pub struct RawCluster {
     /// A fixed list of storage members: `id=host:port` each.
     #[serde(default)]
     pub members: Vec<String>,
+    /// In Kubernetes: members from the EndpointSlices of the storage headless Service (the
+    /// operator sets this). Exactly one of membersFile, members and kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<RawKubernetes>,
     /// Copies of every entry.
     #[serde(default = "default_rf")]
     pub replication_factor: u32,
@@ -231,9 +314,23 @@ pub struct RawQuery {
     /// Time budget of one query.
     #[serde(default = "default_query_timeout")]
     pub timeout: String,
-    /// Queries running at once; more wait.
+    /// Queries running at once; more are refused with 429.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: u32,
+    /// Bytes of entries one query may scan (decoded size); over it the query fails with 422.
+    #[serde(default = "default_max_scan_bytes")]
+    pub max_scan_bytes: u64,
+    /// Groups one aggregation may hold in memory (per member); over it the query fails.
+    #[serde(default = "default_max_groups")]
+    pub max_groups: u64,
+    /// Bearer tokens and the tenant each one reads. When any is set, every query request
+    /// must carry one (`Authorization: Bearer …`) and sees only its tenant.
+    #[serde(default)]
+    pub tenant_tokens: std::collections::BTreeMap<String, String>,
+    /// HTTP base URLs of other nodes (ingestors, storage members) whose state the dashboard's
+    /// overview shows next to this node's.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 fn default_roles() -> Vec<Role> {
@@ -304,6 +401,12 @@ fn default_max_limit() -> u32 {
 fn default_query_timeout() -> String {
     "30s".into()
 }
+fn default_max_scan_bytes() -> u64 {
+    64 * 1024 * 1024 * 1024
+}
+fn default_max_groups() -> u64 {
+    100_000
+}
 fn default_max_concurrent() -> u32 {
     8
 }
@@ -366,6 +469,8 @@ impl Default for RawIngest {
             schema_dir: None,
             schema_poll_interval: default_schema_poll(),
             max_syslog_message_bytes: default_max_syslog_bytes(),
+            elasticsearch: RawElasticsearch::default(),
+            schemas_from_kubernetes: false,
         }
     }
 }
@@ -387,6 +492,10 @@ impl Default for RawQuery {
             max_limit: default_max_limit(),
             timeout: default_query_timeout(),
             max_concurrent: default_max_concurrent(),
+            max_scan_bytes: default_max_scan_bytes(),
+            max_groups: default_max_groups(),
+            tenant_tokens: Default::default(),
+            peers: Vec::new(),
         }
     }
 }
@@ -498,6 +607,8 @@ pub struct NodeConfig {
     pub schema_dir: Option<PathBuf>,
     pub schema_poll_interval: Duration,
     pub max_syslog_message_bytes: usize,
+    pub elasticsearch: RawElasticsearch,
+    pub schemas_from_kubernetes: bool,
     pub environment: Option<String>,
     pub app_version: Option<String>,
     pub host_fallback: bool,
@@ -511,8 +622,14 @@ pub struct NodeConfig {
     pub query_max_limit: usize,
     pub query_timeout: Duration,
     pub query_max_concurrent: usize,
+    pub query_max_scan_bytes: u64,
+    pub query_max_groups: usize,
+    pub query_tenant_tokens: std::collections::BTreeMap<String, String>,
+    pub query_peers: Vec<String>,
     pub stats_log_interval: Option<Duration>,
     pub cluster: Option<ClusterConfig>,
+    pub alerts: RawAlerts,
+    pub alerts_interval: Duration,
 }
 
 /// Where the storage members come from.
@@ -523,7 +640,7 @@ pub enum MembersSource {
     /// A fixed list of (id, host:port).
     Static(Vec<(String, String)>),
     /// Kubernetes EndpointSlices of the storage headless Service (set by the operator).
-    Kubernetes,
+    Kubernetes(RawKubernetes),
 }
 
 /// Validated cluster settings.
@@ -570,13 +687,17 @@ impl RawCluster {
                 ),
             ));
         }
+        let sources = usize::from(self.members_file.is_some())
+            + usize::from(!self.members.is_empty())
+            + usize::from(self.kubernetes.is_some());
+        if sources != 1 {
+            return Err(invalid(
+                "cluster",
+                "give exactly one of membersFile, members and kubernetes",
+            ));
+        }
         let members = match (self.members_file, self.members.is_empty()) {
-            (Some(_), false) => {
-                return Err(invalid(
-                    "cluster.members",
-                    "give either membersFile or members, not both",
-                ));
-            }
+            (Some(_), false) => unreachable!("counted above"),
             (Some(path), true) => MembersSource::File(path),
             (None, false) => {
                 let mut list = Vec::new();
@@ -597,7 +718,10 @@ impl RawCluster {
                 }
                 MembersSource::Static(list)
             }
-            (None, true) => MembersSource::Kubernetes,
+            (None, true) => match self.kubernetes {
+                Some(k8s) if !k8s.service.is_empty() => MembersSource::Kubernetes(k8s),
+                _ => return Err(invalid("cluster.kubernetes.service", "must not be empty")),
+            },
         };
         Ok(ClusterConfig {
             listen: addr_field("cluster.listen", &self.listen)?,
@@ -630,6 +754,7 @@ impl RawCluster {
             tls_server_name: None,
             members_file: Some(members_file.into()),
             members: Vec::new(),
+            kubernetes: None,
             replication_factor: default_rf(),
             write_quorum: default_quorum(),
             read_quorum: default_quorum(),
@@ -684,6 +809,7 @@ impl RawNodeConfig {
             storage: RawStorage::default(),
             query: RawQuery::default(),
             cluster: None,
+            alerts: RawAlerts::default(),
             stats_log_interval: default_stats_interval(),
         }
     }
@@ -694,6 +820,14 @@ impl RawNodeConfig {
 
     /// Checks every field and produces the typed configuration.
     pub fn validate(self) -> Result<NodeConfig, ConfigError> {
+        if let Some(url) = &self.alerts.webhook_url
+            && !url.starts_with("http://")
+        {
+            return Err(invalid(
+                "alerts.webhookUrl",
+                format!("{url:?} must be an http:// URL (the notifier has no TLS client)"),
+            ));
+        }
         if self.roles.is_empty() {
             return Err(invalid(
                 "roles",
@@ -805,6 +939,8 @@ impl RawNodeConfig {
                 &self.ingest.schema_poll_interval,
             )?,
             max_syslog_message_bytes: self.ingest.max_syslog_message_bytes as usize,
+            elasticsearch: self.ingest.elasticsearch.clone(),
+            schemas_from_kubernetes: self.ingest.schemas_from_kubernetes,
             environment: env("LOGCLUSTER_ENVIRONMENT").or(self.enrichment.environment),
             app_version: env("LOGCLUSTER_APP_VERSION").or(self.enrichment.app_version),
             host_fallback: self.enrichment.host_fallback,
@@ -821,8 +957,17 @@ impl RawNodeConfig {
             query_max_limit: self.query.max_limit as usize,
             query_timeout: duration_field("query.timeout", &self.query.timeout)?,
             query_max_concurrent: self.query.max_concurrent as usize,
+            query_max_scan_bytes: self.query.max_scan_bytes,
+            query_max_groups: self.query.max_groups as usize,
+            query_tenant_tokens: self.query.tenant_tokens.clone(),
+            query_peers: self.query.peers.clone(),
             stats_log_interval: if stats.is_zero() { None } else { Some(stats) },
             cluster,
+            alerts_interval: duration_field(
+                "alerts.interval",
+                self.alerts.interval.as_deref().unwrap_or("15s"),
+            )?,
+            alerts: self.alerts.clone(),
         })
     }
 }

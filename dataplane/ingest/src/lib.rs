@@ -1,5 +1,6 @@
 //! Ingestion: listeners, framing and decoding, validation and enrichment, batching.
 
+pub mod compat;
 pub mod decode;
 pub mod framed;
 pub mod http;

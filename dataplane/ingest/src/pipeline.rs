@@ -17,7 +17,7 @@ use logcluster_proto::{AckStatus, Format, LogEntry};
 use logcluster_schema::SchemaRegistry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::decode::{self, DecodeContext, DecodeOutput, Decoded, RecordError};
+use crate::decode::{self, DecodeContext, DecodeOutput, Decoded, RecordError, RejectReason};
 use crate::metrics::{IngestMetrics, label, labels2};
 
 /// Durable storage as the pipeline sees it: the single-node store today, the replication
@@ -123,6 +123,12 @@ pub struct BatchResult {
     pub duplicate: bool,
     /// The first error, empty when none.
     pub error: String,
+    /// Every refused record with its position in the payload, in position order (for the
+    /// protocols that answer per item).
+    pub record_errors: Vec<RecordError>,
+    /// The batch's uid (0 when nothing was stored): the k-th stored record's id is
+    /// `logcluster_common::ids::entry_id(batch_uid, k)`.
+    pub batch_uid: u64,
 }
 
 impl BatchResult {
@@ -233,25 +239,41 @@ impl Pipeline {
         source: BatchSource,
         payload: Vec<u8>,
     ) -> BatchResult {
+        let len = payload.len();
+        self.ingest_with(source, len, move || {
+            let ctx = DecodeContext {
+                default_service: "unknown".to_string(),
+            };
+            decode::decode_payload(format, &payload, &ctx)
+                .map_err(|error| (error.reason(), error.to_string()))
+        })
+        .await
+    }
+
+    /// Runs `decode` (a payload of `payload_len` bytes) on a blocking thread and ingests what
+    /// it yields; an `Err` refuses the whole payload with that reason and message.
+    pub async fn ingest_with<F>(
+        self: &Arc<Self>,
+        source: BatchSource,
+        payload_len: usize,
+        decode: F,
+    ) -> BatchResult
+    where
+        F: FnOnce() -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
+    {
         let started = Instant::now();
         self.metrics
             .bytes
             .get_or_create(&label("format", source.format))
-            .inc_by(payload.len() as u64);
+            .inc_by(payload_len as u64);
         self.metrics
             .totals
             .bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+            .fetch_add(payload_len as u64, Ordering::Relaxed);
         let pipeline = self.clone();
         let src = source.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            let ctx = DecodeContext {
-                default_service: "unknown".to_string(),
-            };
-            match decode::decode_payload(format, &payload, &ctx) {
-                Ok(output) => Ok(pipeline.prepare(&src, output)),
-                Err(error) => Err((error.reason(), error.to_string())),
-            }
+            decode().map(|output| pipeline.prepare(&src, output))
         })
         .await;
         match prepared {
@@ -269,6 +291,8 @@ impl Pipeline {
                         rejected: 1,
                         duplicate: false,
                         error: format!("payload rejected: {message}"),
+                        record_errors: Vec::new(),
+                        batch_uid: 0,
                     },
                 )
             }
@@ -280,6 +304,8 @@ impl Pipeline {
                     rejected: 0,
                     duplicate: false,
                     error: format!("internal error while decoding: {join}"),
+                    record_errors: Vec::new(),
+                    batch_uid: 0,
                 },
             ),
         }
@@ -320,6 +346,12 @@ impl Pipeline {
                 .inc();
         }
         let mut entries = Vec::with_capacity(output.records.len());
+        // Every payload item is either a record or a decode error, in order: the k-th record's
+        // payload index is the k-th index that no decode error took.
+        let mut decode_failed: Vec<usize> = errors.iter().map(|e| e.index).collect();
+        decode_failed.sort_unstable();
+        let mut failed = decode_failed.into_iter().peekable();
+        let mut next_index = 0usize;
         for (
             position,
             Decoded {
@@ -328,6 +360,17 @@ impl Pipeline {
             },
         ) in output.records.into_iter().enumerate()
         {
+            while let Some(&taken) = failed.peek() {
+                if taken > next_index {
+                    break;
+                }
+                failed.next();
+                if taken == next_index {
+                    next_index += 1;
+                }
+            }
+            let index = next_index;
+            next_index += 1;
             if let Some(tenant) = &source.tenant {
                 entry.tenant = tenant.clone();
             } else if entry.tenant.is_empty() {
@@ -354,7 +397,7 @@ impl Pipeline {
                         .get_or_create(&labels2("format", source.format, "reason", "schema"))
                         .inc();
                     errors.push(RecordError {
-                        index: position,
+                        index,
                         reason: decode::RejectReason::Schema,
                         message: format!("schema {}: {}", violation.schema, violation.message),
                     });
@@ -373,10 +416,7 @@ impl Pipeline {
         Prepared {
             batch_uid,
             entries,
-            first_error: errors
-                .first()
-                .map(|e| format!("record {}: {}", e.index, e.message)),
-            rejected: errors.len() as u32,
+            errors,
         }
     }
 
@@ -389,9 +429,13 @@ impl Pipeline {
         let Prepared {
             batch_uid,
             entries,
-            first_error,
-            rejected,
+            errors,
         } = prepared;
+        let rejected = errors.len() as u32;
+        let first_error = errors
+            .first()
+            .map(|e| format!("record {}: {}", e.index, e.message))
+            .unwrap_or_default();
         let count = entries.len() as u32;
         if count == 0 {
             return self.finish(
@@ -405,7 +449,9 @@ impl Pipeline {
                     accepted: 0,
                     rejected,
                     duplicate: false,
-                    error: first_error.unwrap_or_default(),
+                    error: first_error,
+                    record_errors: errors,
+                    batch_uid: 0,
                 },
             );
         }
@@ -434,7 +480,9 @@ impl Pipeline {
                         accepted: count,
                         rejected,
                         duplicate: duplicates > 0 && duplicates == count as usize,
-                        error: first_error.unwrap_or_default(),
+                        error: first_error,
+                        record_errors: errors,
+                        batch_uid,
                     },
                 )
             }
@@ -446,6 +494,8 @@ impl Pipeline {
                     rejected,
                     duplicate: false,
                     error: format!("storage unavailable, retry later: {message}"),
+                    record_errors: errors,
+                    batch_uid: 0,
                 },
             ),
         }
@@ -482,8 +532,8 @@ impl Pipeline {
 struct Prepared {
     batch_uid: u64,
     entries: Vec<LogEntry>,
-    first_error: Option<String>,
-    rejected: u32,
+    /// Refused records, in payload order.
+    errors: Vec<RecordError>,
 }
 
 /// The JSON view a schema validates for entries that did not arrive as JSON: the core fields

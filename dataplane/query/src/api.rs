@@ -3,12 +3,14 @@
 //!
 //! A request is compiled once into an exact predicate (tenant, service, level, time range,
 //! `contains`, query string) plus pruning hints for the storage block index. Every answer
-//! carries stats; a query that hits its time budget or a corrupt block says `partial` instead
-//! of silently leaving data out. Concurrency is bounded; the node keeps serving others.
+//! carries stats; an answer missing data (a corrupt block skipped, replicas that did not
+//! answer) says `partial` and why instead of silently leaving it out. A query over its budget
+//! (time, bytes scanned, groups held) fails with 422 and says which; concurrency is bounded
+//! (429); the node keeps serving everyone else.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use logcluster_cluster::replication::Cluster;
 use logcluster_proto::{Level, LogEntry};
+use logcluster_storage::segment::{BlockMeta, ROLLUP_NS};
 use logcluster_storage::{Cursor, ScanFilter, ScanStats, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -32,15 +35,21 @@ pub struct QueryLimits {
     pub timeout: Duration,
     pub max_concurrent: usize,
     pub default_tenant: String,
+    /// Decoded bytes one query may scan.
+    pub max_scan_bytes: u64,
+    /// Groups one aggregation may hold.
+    pub max_groups: usize,
+    /// Bearer token → tenant; when non-empty every request needs a token.
+    pub tenant_tokens: BTreeMap<String, String>,
 }
 
 /// Answers queries: from the local store on a single node or a storage member, by fanning
 /// out to the storage members on a query node of a cluster.
 pub struct QueryService {
-    store: Option<Arc<Store>>,
-    cluster: Option<Arc<Cluster>>,
-    limits: QueryLimits,
-    running: Semaphore,
+    pub(crate) store: Option<Arc<Store>>,
+    pub(crate) cluster: Option<Arc<Cluster>>,
+    pub(crate) limits: QueryLimits,
+    pub(crate) running: Semaphore,
 }
 
 /// Body of `POST /v1/query`. Every field is optional.
@@ -78,6 +87,9 @@ pub struct QueryRequest {
 pub struct Stats {
     pub objects_read: u64,
     pub objects_skipped: u64,
+    /// Blocks answered from their index rollup without being read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub objects_from_index: u64,
     pub events_scanned: u64,
     pub duration_ms: u64,
     pub partial: bool,
@@ -88,6 +100,10 @@ pub struct Stats {
     pub replicas_asked: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas_answered: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One page of results as a storage member computes it.
@@ -111,6 +127,13 @@ pub enum QueryError {
     BadRequest(String),
     #[error("too many concurrent queries, retry later")]
     Busy,
+    /// Over a per-query budget (time, bytes scanned, groups in memory).
+    #[error("{0}")]
+    Budget(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("query failed: {0}")]
     Internal(String),
 }
@@ -120,20 +143,30 @@ impl IntoResponse for QueryError {
         let status = match self {
             QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             QueryError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            QueryError::Budget(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            QueryError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            QueryError::Forbidden(_) => StatusCode::FORBIDDEN,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
     }
 }
 
-/// Parses a time bound: RFC 3339 text, a numeric string, or a number.
+/// Parses a time bound: RFC 3339 text, a numeric string, a number, or a duration before now
+/// (`15m`, `2h`, `7d`).
 pub fn parse_time_bound(value: &Value) -> Option<i64> {
     match value {
-        Value::String(text) => logcluster_proto::time::parse_rfc3339(text).or_else(|| {
-            text.parse::<i64>()
-                .ok()
-                .and_then(logcluster_proto::time::nanos_from_epoch_int)
-        }),
+        Value::String(text) if text == "now" => Some(logcluster_proto::time::now_nanos()),
+        Value::String(text) => logcluster_proto::time::parse_rfc3339(text)
+            .or_else(|| {
+                text.parse::<i64>()
+                    .ok()
+                    .and_then(logcluster_proto::time::nanos_from_epoch_int)
+            })
+            .or_else(|| {
+                parse_interval(text)
+                    .map(|d| logcluster_proto::time::now_nanos() - d.as_nanos() as i64)
+            }),
         Value::Number(n) => match n.as_i64() {
             Some(i) => logcluster_proto::time::nanos_from_epoch_int(i),
             None => n
@@ -157,6 +190,28 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// The storage scan for this request: pruning hints plus the exact `predicate`.
+    pub fn scan_filter<'a>(
+        &'a self,
+        predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
+    ) -> ScanFilter<'a> {
+        ScanFilter {
+            tenant: &self.tenant,
+            services: self.services.as_ref(),
+            from_ts: self.from_ts,
+            to_ts: self.to_ts,
+            level_mask: self.level_mask,
+            required_tokens: &self.tokens,
+            predicate,
+        }
+    }
+
+    /// Whether every entry of the scanned streams, time range and levels matches (no message
+    /// or query predicate): count aggregations can then use block rollups.
+    pub fn counts_from_index(&self) -> bool {
+        self.contains.is_none() && self.query.is_none()
+    }
+
     pub fn matches(&self, entry: &LogEntry) -> bool {
         if let Some(needle) = &self.contains
             && !contains_ignore_ascii_case(&entry.message, needle)
@@ -282,23 +337,41 @@ pub fn compile(
     })
 }
 
-/// A predicate wrapper that stops matching once the time budget is spent.
-struct Budget {
+/// The per-query budget: a predicate wrapper that stops matching once the time or the bytes
+/// to scan are spent (or an aggregation holds too many groups); [`Budget::check`] then turns
+/// that into a clear error.
+pub(crate) struct Budget {
     deadline: Instant,
+    timeout: Duration,
     checked: AtomicU64,
-    expired: AtomicBool,
+    bytes: AtomicU64,
+    max_bytes: u64,
+    max_groups: usize,
+    /// 0 within budget, then which budget ran out: 1 time, 2 bytes, 3 groups.
+    over: AtomicU8,
 }
 
 impl Budget {
-    fn new(timeout: Duration) -> Budget {
+    pub(crate) fn new(limits: &QueryLimits) -> Budget {
         Budget {
-            deadline: Instant::now() + timeout,
+            deadline: Instant::now() + limits.timeout,
+            timeout: limits.timeout,
             checked: AtomicU64::new(0),
-            expired: AtomicBool::new(false),
+            bytes: AtomicU64::new(0),
+            max_bytes: limits.max_scan_bytes,
+            max_groups: limits.max_groups,
+            over: AtomicU8::new(0),
         }
     }
-    fn ok(&self) -> bool {
-        if self.expired.load(Ordering::Relaxed) {
+
+    /// Charges an entry's decoded size; false once any budget is spent.
+    pub(crate) fn admit(&self, entry: &LogEntry) -> bool {
+        if self.over.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        let size = entry.approx_size() as u64;
+        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
+            self.over.store(2, Ordering::Relaxed);
             return false;
         }
         if self
@@ -307,17 +380,48 @@ impl Budget {
             .is_multiple_of(4096)
             && Instant::now() > self.deadline
         {
-            self.expired.store(true, Ordering::Relaxed);
+            self.over.store(1, Ordering::Relaxed);
             return false;
         }
         true
     }
+
+    /// Records that an aggregation holds `groups` groups; false when that is over budget.
+    pub(crate) fn groups(&self, groups: usize) -> bool {
+        if groups > self.max_groups {
+            self.over.store(3, Ordering::Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// The error for a spent budget.
+    pub(crate) fn check(&self) -> Result<(), QueryError> {
+        let scanned = self.bytes.load(Ordering::Relaxed);
+        match self.over.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            1 => Err(QueryError::Budget(format!(
+                "query exceeded its time budget of {:?} (after scanning {scanned} bytes); narrow the time range or add filters",
+                self.timeout
+            ))),
+            2 => Err(QueryError::Budget(format!(
+                "query would scan more than its budget of {} bytes; narrow the time range or add filters",
+                self.max_bytes
+            ))),
+            _ => Err(QueryError::Budget(format!(
+                "aggregation has more than {} groups; group by fewer or less distinct labels",
+                self.max_groups
+            ))),
+        }
+    }
 }
 
-fn stats_from(scan: &ScanStats, budget: &Budget, started: Instant) -> Stats {
+pub(crate) fn stats_from(scan: &ScanStats, started: Instant) -> Stats {
     let mut stats = Stats {
         objects_read: scan.objects_read,
         objects_skipped: scan.objects_skipped,
+        objects_from_index: scan.objects_from_index,
         events_scanned: scan.events_scanned,
         duration_ms: started.elapsed().as_millis() as u64,
         partial: false,
@@ -325,11 +429,7 @@ fn stats_from(scan: &ScanStats, budget: &Budget, started: Instant) -> Stats {
         replicas_asked: None,
         replicas_answered: None,
     };
-    if budget.expired.load(Ordering::Relaxed) {
-        stats.partial = true;
-        stats.partial_reason =
-            Some("time budget exceeded; results cover only the data read in time".into());
-    } else if scan.corrupt_blocks > 0 {
+    if scan.corrupt_blocks > 0 {
         stats.partial = true;
         stats.partial_reason = Some(format!(
             "{} corrupt block(s) were skipped",
@@ -359,6 +459,13 @@ impl QueryService {
         })
     }
 
+    /// The local store (single node, storage member); an error on a query-only node.
+    pub(crate) fn local_store(&self) -> Result<Arc<Store>, QueryError> {
+        self.store
+            .clone()
+            .ok_or_else(|| QueryError::Internal("this node holds no data".into()))
+    }
+
     pub fn limits(&self) -> &QueryLimits {
         &self.limits
     }
@@ -381,24 +488,42 @@ impl QueryService {
         request: QueryRequest,
         header_tenant: Option<String>,
     ) -> Result<Value, QueryError> {
-        let compiled = compile(&request, header_tenant, &self.limits.default_tenant)?;
-        let limit = request.limit.unwrap_or(100).clamp(1, self.limits.max_limit);
-        let cursor = Self::parse_cursor(&request)?;
-        let _permit = self.running.try_acquire().map_err(|_| QueryError::Busy)?;
-        let page = match &self.cluster {
-            Some(cluster) => {
-                let mut forwarded = request.clone();
-                forwarded.tenant_id = Some(compiled.tenant.clone());
-                forwarded.limit = Some(limit);
-                crate::fanout::query(cluster, forwarded, limit, self.limits.timeout).await?
-            }
-            None => self.local_page_compiled(compiled, limit, cursor).await?,
-        };
+        let page = self.query_page(request, header_tenant).await?;
         Ok(json!({
             "items": page.items.iter().map(logcluster_proto::json::to_json).collect::<Vec<_>>(),
             "next_cursor": page.next_cursor.map(|c| c.encode()),
             "stats": page.stats,
         }))
+    }
+
+    /// A page of entries and the cursor of the next one (live tail uses this).
+    pub async fn query_entries(
+        self: &Arc<Self>,
+        request: QueryRequest,
+        header_tenant: Option<String>,
+    ) -> Result<(Vec<LogEntry>, Option<String>), QueryError> {
+        let page = self.query_page(request, header_tenant).await?;
+        Ok((page.items, page.next_cursor.map(|c| c.encode())))
+    }
+
+    async fn query_page(
+        self: &Arc<Self>,
+        request: QueryRequest,
+        header_tenant: Option<String>,
+    ) -> Result<Page, QueryError> {
+        let compiled = compile(&request, header_tenant, &self.limits.default_tenant)?;
+        let limit = request.limit.unwrap_or(100).clamp(1, self.limits.max_limit);
+        let cursor = Self::parse_cursor(&request)?;
+        let _permit = self.running.try_acquire().map_err(|_| QueryError::Busy)?;
+        match &self.cluster {
+            Some(cluster) => {
+                let mut forwarded = request.clone();
+                forwarded.tenant_id = Some(compiled.tenant.clone());
+                forwarded.limit = Some(limit);
+                crate::fanout::query(cluster, forwarded, limit, self.limits.timeout).await
+            }
+            None => self.local_page_compiled(compiled, limit, cursor).await,
+        }
     }
 
     /// One page from the local store (a storage member answering a query node).
@@ -415,40 +540,30 @@ impl QueryService {
         limit: usize,
         cursor: Option<Cursor>,
     ) -> Result<Page, QueryError> {
-        let store = self
-            .store
-            .clone()
-            .ok_or_else(|| QueryError::Internal("this node holds no data".into()))?;
-        let timeout = self.limits.timeout;
+        let store = self.local_store()?;
+        let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let budget = Budget::new(timeout);
-            let predicate = |e: &LogEntry| budget.ok() && compiled.matches(e);
-            let filter = ScanFilter {
-                tenant: &compiled.tenant,
-                services: compiled.services.as_ref(),
-                from_ts: compiled.from_ts,
-                to_ts: compiled.to_ts,
-                level_mask: compiled.level_mask,
-                required_tokens: &compiled.tokens,
-                predicate: &predicate,
-            };
+            let budget = Budget::new(&limits);
+            let predicate = |e: &LogEntry| budget.admit(e) && compiled.matches(e);
+            let filter = compiled.scan_filter(&predicate);
             let result = store.query_top(&filter, limit, cursor.as_ref());
-            let stats = stats_from(&result.stats, &budget, started);
+            budget.check()?;
+            let stats = stats_from(&result.stats, started);
             let services = store
                 .services(&compiled.tenant)
                 .into_iter()
                 .filter(|s| compiled.services.as_ref().is_none_or(|set| set.contains(s)))
                 .collect();
-            Page {
+            Ok(Page {
                 items: result.items,
                 next_cursor: result.next_cursor,
                 stats,
                 services,
-            }
+            })
         })
         .await
-        .map_err(|e| QueryError::Internal(e.to_string()))
+        .map_err(|e| QueryError::Internal(e.to_string()))?
     }
 
     /// Counts by level per interval.
@@ -523,31 +638,46 @@ impl QueryService {
         compiled: Compiled,
         interval: Duration,
     ) -> Result<(LevelCounts, Stats), QueryError> {
-        let store = self
-            .store
-            .clone()
-            .ok_or_else(|| QueryError::Internal("this node holds no data".into()))?;
+        let store = self.local_store()?;
         let interval_ns = (interval.as_nanos() as i64).max(1);
-        let timeout = self.limits.timeout;
+        let limits = self.limits.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let budget = Budget::new(timeout);
-            let predicate = |e: &LogEntry| budget.ok() && compiled.matches(e);
-            let filter = ScanFilter {
-                tenant: &compiled.tenant,
-                services: compiled.services.as_ref(),
-                from_ts: compiled.from_ts,
-                to_ts: compiled.to_ts,
-                level_mask: compiled.level_mask,
-                required_tokens: &compiled.tokens,
-                predicate: &predicate,
-            };
+            let budget = Budget::new(&limits);
+            let predicate = |e: &LogEntry| budget.admit(e) && compiled.matches(e);
+            let filter = compiled.scan_filter(&predicate);
             // Per thread: service -> interval start -> counts by level. Keyed by service
             // first so the hot path looks a service up by &str and clones it only once per
             // service, not once per entry; merged below.
-            let (parts, scan) = store.scan_parallel(
+            type Acc = HashMap<String, HashMap<i64, [u64; 7]>>;
+            let level_mask = compiled.level_mask;
+            // Whole blocks from their (minute, level) rollup when nothing else filters and the
+            // interval is whole minutes (epoch-aligned buckets contain whole minutes).
+            let from_index = |acc: &mut Acc, service: &str, meta: &BlockMeta| -> bool {
+                if meta.rollup.is_empty() {
+                    return false;
+                }
+                let by_start = match acc.get_mut(service) {
+                    Some(by_start) => by_start,
+                    None => acc.entry(service.to_string()).or_default(),
+                };
+                for cell in &meta.rollup {
+                    if level_mask & (1 << cell.level.min(31)) == 0 {
+                        continue;
+                    }
+                    let ts = cell.minute * ROLLUP_NS;
+                    let start = ts.div_euclid(interval_ns) * interval_ns;
+                    by_start.entry(start).or_default()[(cell.level as usize).min(6)] +=
+                        u64::from(cell.count);
+                }
+                true
+            };
+            let summary: Option<logcluster_storage::scan::Summary<'_, Acc>> =
+                (compiled.counts_from_index() && interval_ns % ROLLUP_NS == 0)
+                    .then_some(&from_index);
+            let (parts, scan) = store.scan_parallel_summarized(
                 &filter,
-                HashMap::<String, HashMap<i64, [u64; 7]>>::new,
+                Acc::new,
                 |acc, entry| {
                     let start = entry.timestamp.div_euclid(interval_ns) * interval_ns;
                     if !acc.contains_key(entry.service.as_str()) {
@@ -557,6 +687,7 @@ impl QueryService {
                         by_start.entry(start).or_default()[entry.level.clamp(0, 6) as usize] += 1;
                     }
                 },
+                summary,
             );
             let mut counts: LevelCounts = BTreeMap::new();
             for part in parts {
@@ -569,10 +700,11 @@ impl QueryService {
                     }
                 }
             }
-            (counts, stats_from(&scan, &budget, started))
+            budget.check()?;
+            Ok((counts, stats_from(&scan, started)))
         })
         .await
-        .map_err(|e| QueryError::Internal(e.to_string()))
+        .map_err(|e| QueryError::Internal(e.to_string()))?
     }
 }
 
@@ -605,16 +737,18 @@ fn stats_request(params: &HashMap<String, String>) -> QueryRequest {
     }
 }
 
-/// `30s`, `1m`, `15m`, `1h`, `1d`.
+/// `500ms`, `30s`, `1m`, `15m`, `1h`, `1d`, `1w`.
 pub fn parse_interval(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let n: u64 = text[..split].parse().ok().filter(|n| *n > 0)?;
     let secs = match &text[split..] {
+        "ms" => return Some(Duration::from_millis(n)),
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
+        "w" => n * 7 * 86_400,
         _ => return None,
     };
     Some(Duration::from_secs(secs))
@@ -628,6 +762,42 @@ fn header_tenant(headers: &HeaderMap) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+impl QueryService {
+    /// The tenant a request reads. With tenant tokens configured, the bearer token decides
+    /// (401 without a valid one; 403 when the request names another tenant); otherwise the
+    /// `X-Logcluster-Tenant` header, then `requested` (a body's `tenant_id` or `?tenant=`),
+    /// then `None` (the default tenant).
+    pub fn tenant_of(
+        &self,
+        headers: &HeaderMap,
+        requested: Option<&str>,
+    ) -> Result<Option<String>, QueryError> {
+        let header = header_tenant(headers);
+        let requested = requested.filter(|t| !t.is_empty()).map(str::to_string);
+        if self.limits.tenant_tokens.is_empty() {
+            return Ok(header.or(requested));
+        }
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(tenant) = token.and_then(|t| self.limits.tenant_tokens.get(t)) else {
+            return Err(QueryError::Unauthorized(
+                "a valid bearer token is required (Authorization: Bearer <token>)".into(),
+            ));
+        };
+        for named in [&header, &requested].into_iter().flatten() {
+            if named != tenant {
+                return Err(QueryError::Forbidden(format!(
+                    "this token reads tenant {tenant:?}, not {named:?}"
+                )));
+            }
+        }
+        Ok(Some(tenant.clone()))
+    }
+}
+
 async fn post_query(
     State(service): State<Arc<QueryService>>,
     headers: HeaderMap,
@@ -639,7 +809,11 @@ async fn post_query(
             return QueryError::BadRequest(format!("request body: {error}")).into_response();
         }
     };
-    match service.query(request, header_tenant(&headers)).await {
+    let tenant = match service.tenant_of(&headers, request.tenant_id.as_deref()) {
+        Ok(tenant) => tenant,
+        Err(error) => return error.into_response(),
+    };
+    match service.query(request, tenant).await {
         Ok(value) => axum::Json(value).into_response(),
         Err(error) => error.into_response(),
     }
@@ -650,7 +824,11 @@ async fn get_stats(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    match service.level_stats(params, header_tenant(&headers)).await {
+    let tenant = match service.tenant_of(&headers, params.get("tenant").map(String::as_str)) {
+        Ok(tenant) => tenant,
+        Err(error) => return error.into_response(),
+    };
+    match service.level_stats(params, tenant).await {
         Ok(value) => axum::Json(value).into_response(),
         Err(error) => error.into_response(),
     }
@@ -694,7 +872,8 @@ pub fn router(service: Arc<QueryService>) -> Router {
     Router::new()
         .route("/v1/query", post(post_query))
         .route("/api/v1/stats", get(get_stats))
-        .with_state(service)
+        .with_state(service.clone())
+        .merge(crate::endpoints::router(service))
 }
 
 #[cfg(test)]

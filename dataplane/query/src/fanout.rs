@@ -27,13 +27,84 @@ use crate::api::{LevelCounts, Page, QueryError, QueryRequest, Stats};
 /// Prefix of a storage member's error for a request it could not understand; the query
 /// node passes such errors to its caller as 400 instead of counting a failed replica.
 pub const BAD_REQUEST: &str = "bad request: ";
+/// Prefix of a storage member's error for a query over its budget (passed on as 422).
+pub const OVER_BUDGET: &str = "over budget: ";
 
 /// The error text a storage member sends for a failed query.
 pub fn member_error(error: &QueryError) -> String {
     match error {
         QueryError::BadRequest(message) => format!("{BAD_REQUEST}{message}"),
+        QueryError::Budget(message) => format!("{OVER_BUDGET}{message}"),
         other => other.to_string(),
     }
+}
+
+/// A member's error that is the caller's to see (bad request, over budget) rather than a
+/// failed replica.
+fn caller_error(error: &str) -> Option<QueryError> {
+    if let Some(at) = error.find(BAD_REQUEST) {
+        return Some(QueryError::BadRequest(
+            error[at + BAD_REQUEST.len()..].to_string(),
+        ));
+    }
+    error
+        .find(OVER_BUDGET)
+        .map(|at| QueryError::Budget(error[at + OVER_BUDGET.len()..].to_string()))
+}
+
+/// An aggregation across the cluster: each member folds what it holds, and per service the
+/// most complete replica's cells are kept ([`crate::agg::merge_answers`]).
+pub async fn aggregate(
+    cluster: &Arc<Cluster>,
+    spec: &crate::agg::AggSpec,
+    timeout: Duration,
+) -> Result<(crate::agg::Groups, Stats), QueryError> {
+    let started = Instant::now();
+    let payload = serde_json::to_vec(spec).map_err(|e| QueryError::Internal(e.to_string()))?;
+    let (members, results) = ask_all(cluster, Kind::Aggregate, payload, timeout).await;
+    let mut answers = Vec::new();
+    let mut failures = Vec::new();
+    for (member, result) in results {
+        let parsed = result.and_then(|bytes| {
+            serde_json::from_slice::<crate::agg::Answer>(&bytes)
+                .map_err(|e| format!("undecodable answer: {e}"))
+        });
+        match parsed {
+            Ok(answer) => answers.push(answer),
+            Err(error) => {
+                if let Some(error) = caller_error(&error) {
+                    return Err(error);
+                }
+                failures.push(format!("{member}: {error}"));
+            }
+        }
+    }
+    let mut stats = Stats {
+        replicas_asked: Some(members.len() as u64),
+        replicas_answered: Some(answers.len() as u64),
+        ..Stats::default()
+    };
+    for answer in &answers {
+        stats.objects_read += answer.stats.objects_read;
+        stats.objects_skipped += answer.stats.objects_skipped;
+        stats.objects_from_index += answer.stats.objects_from_index;
+        stats.events_scanned += answer.stats.events_scanned;
+        if answer.stats.partial {
+            stats.partial = true;
+            stats.partial_reason = answer.stats.partial_reason.clone();
+        }
+    }
+    let rf = cluster.view().ring.replicas_per_partition().max(1);
+    let missing = members.len().saturating_sub(answers.len());
+    if missing > 0 && missing >= rf.min(members.len()).max(1) {
+        stats.partial = true;
+        stats.partial_reason = Some(format!(
+            "no replica answered for some services; storage members did not answer: {}",
+            failures.join("; ")
+        ));
+    }
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((crate::agg::merge_answers(&answers), stats))
 }
 
 /// What a storage member adds to its entries.
@@ -151,11 +222,9 @@ pub async fn query(
                 meta,
             }),
             Err(error) => {
-                if let Some(at) = error.find(BAD_REQUEST) {
-                    // Every member compiles the same request: a bad request is the caller's.
-                    return Err(QueryError::BadRequest(
-                        error[at + BAD_REQUEST.len()..].to_string(),
-                    ));
+                // Every member compiles the same request: a bad request is the caller's.
+                if let Some(error) = caller_error(&error) {
+                    return Err(error);
                 }
                 failures.push((member, error));
             }
@@ -317,10 +386,8 @@ pub async fn level_counts(
         let value = match parsed {
             Ok(value) => value,
             Err(error) => {
-                if let Some(at) = error.find(BAD_REQUEST) {
-                    return Err(QueryError::BadRequest(
-                        error[at + BAD_REQUEST.len()..].to_string(),
-                    ));
+                if let Some(error) = caller_error(&error) {
+                    return Err(error);
                 }
                 failures.push(format!("{member}: {error}"));
                 continue;
@@ -331,6 +398,7 @@ pub async fn level_counts(
             stats.objects_read += member_stats.objects_read;
             stats.events_scanned += member_stats.events_scanned;
             stats.objects_skipped += member_stats.objects_skipped;
+            stats.objects_from_index += member_stats.objects_from_index;
         }
         for row in value["counts"].as_array().into_iter().flatten() {
             let (Some(service), Some(start)) = (row[0].as_str(), row[1].as_i64()) else {

@@ -53,7 +53,7 @@
 //! `Display` shows the input with a caret under it:
 //!
 //! ```text
-//! unclosed parenthesis
+//! unbalanced parenthesis: `(` is never closed
 //!   (level:ERROR OR level:FATAL
 //!   ^
 //! ```
@@ -240,7 +240,7 @@ pub struct Hints {
 pub struct ParseError {
     /// Byte offset into the input of the offending place.
     pub position: usize,
-    /// What is wrong, lower case (`unclosed parenthesis`).
+    /// What is wrong, lower case (``unbalanced parenthesis: `(` is never closed``).
     pub message: String,
     /// The input, kept to render the caret.
     pub input: String,

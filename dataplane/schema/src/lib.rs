@@ -52,7 +52,8 @@ pub struct Selector {
     /// Services it applies to; empty = every service.
     #[serde(default)]
     pub services: Vec<String>,
-    /// Input formats it applies to (json, protobuf, avro, raw, syslog, journald); empty = all.
+    /// Input formats it applies to (json, protobuf, avro, raw, syslog, journald, and the
+    /// compatibility APIs elasticsearch, otlp, loki); empty = all.
     #[serde(default)]
     pub formats: Vec<String>,
 }
@@ -296,10 +297,7 @@ impl SchemaRegistry {
             .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
             .collect();
         files.sort();
-        let previous = self.snapshot();
-        let mut by_name: BTreeMap<String, (Arc<CompiledSchema>, SchemaStatus)> = BTreeMap::new();
-        let mut failures: Vec<SchemaStatus> = Vec::new();
-        let mut report = ReloadReport::default();
+        let mut documents = Vec::new();
         for file in files {
             let text = match std::fs::read_to_string(&file) {
                 Ok(text) => text,
@@ -319,58 +317,80 @@ impl SchemaRegistry {
                             .map(Some)
                             .map_err(|e| e.to_string())
                     });
-                let resource = match parsed {
-                    Ok(Some(resource)) => resource,
-                    Ok(None) => continue,
-                    Err(error) => {
-                        report.failed += 1;
-                        warn!(file = %file.display(), document = position, %error, "schema file is not a valid LogSchema");
-                        failures.push(SchemaStatus {
-                            name: format!(
-                                "{}#{position}",
-                                file.file_name()
-                                    .map(|n| n.to_string_lossy().into_owned())
-                                    .unwrap_or_default()
-                            ),
-                            version: None,
-                            format: None,
-                            file: file.clone(),
-                            accepted: false,
-                            error: Some(error),
-                            active: false,
-                        });
-                        continue;
-                    }
-                };
-                let name = resource.metadata.name.clone();
-                let mut status = SchemaStatus {
-                    name: name.clone(),
-                    version: resource.spec.version,
-                    format: Some(resource.spec.format),
-                    file: file.clone(),
-                    accepted: true,
-                    error: None,
-                    active: true,
-                };
-                match compile(&resource) {
-                    Ok(compiled) => {
-                        report.loaded += 1;
-                        by_name.insert(name, (Arc::new(compiled), status));
-                    }
-                    Err(error) => {
-                        report.failed += 1;
-                        warn!(schema = %name, file = %file.display(), %error, "schema does not compile; not applied");
-                        status.accepted = false;
-                        status.error = Some(error.to_string());
-                        match previous.schemas.iter().find(|s| s.name() == name) {
-                            Some(good) => {
-                                warn!(schema = %name, "keeping the previous good version in force");
-                                by_name.insert(name, (good.clone(), status));
-                            }
-                            None => {
-                                status.active = false;
-                                failures.push(status);
-                            }
+                let label = format!(
+                    "{}#{position}",
+                    file.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                );
+                match parsed {
+                    Ok(None) => {}
+                    Ok(Some(resource)) => documents.push((file.clone(), label, Ok(resource))),
+                    Err(error) => documents.push((file.clone(), label, Err(error))),
+                }
+            }
+        }
+        Ok(self.load_resources(documents))
+    }
+
+    /// Replaces the set with these resources (from files, or from the Kubernetes API: the
+    /// same path either way). Each item is (source, label for a resource that did not
+    /// parse, the parsed resource or why it did not parse). A resource that does not
+    /// compile keeps its previous good version in force.
+    pub fn load_resources(
+        &self,
+        documents: Vec<(PathBuf, String, Result<LogSchemaResource, String>)>,
+    ) -> ReloadReport {
+        let previous = self.snapshot();
+        let mut by_name: BTreeMap<String, (Arc<CompiledSchema>, SchemaStatus)> = BTreeMap::new();
+        let mut failures: Vec<SchemaStatus> = Vec::new();
+        let mut report = ReloadReport::default();
+        for (file, label, parsed) in documents {
+            let resource = match parsed {
+                Ok(resource) => resource,
+                Err(error) => {
+                    report.failed += 1;
+                    warn!(file = %file.display(), document = %label, %error, "not a valid LogSchema");
+                    failures.push(SchemaStatus {
+                        name: label,
+                        version: None,
+                        format: None,
+                        file: file.clone(),
+                        accepted: false,
+                        error: Some(error),
+                        active: false,
+                    });
+                    continue;
+                }
+            };
+            let name = resource.metadata.name.clone();
+            let mut status = SchemaStatus {
+                name: name.clone(),
+                version: resource.spec.version,
+                format: Some(resource.spec.format),
+                file: file.clone(),
+                accepted: true,
+                error: None,
+                active: true,
+            };
+            match compile(&resource) {
+                Ok(compiled) => {
+                    report.loaded += 1;
+                    by_name.insert(name, (Arc::new(compiled), status));
+                }
+                Err(error) => {
+                    report.failed += 1;
+                    warn!(schema = %name, file = %file.display(), %error, "schema does not compile; not applied");
+                    status.accepted = false;
+                    status.error = Some(error.to_string());
+                    match previous.schemas.iter().find(|s| s.name() == name) {
+                        Some(good) => {
+                            warn!(schema = %name, "keeping the previous good version in force");
+                            by_name.insert(name, (good.clone(), status));
+                        }
+                        None => {
+                            status.active = false;
+                            failures.push(status);
                         }
                     }
                 }
@@ -388,7 +408,7 @@ impl SchemaRegistry {
             statuses,
         };
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
-        Ok(report)
+        report
     }
 
     /// Fast check: does any schema apply? (Called for every record.)

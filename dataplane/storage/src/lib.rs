@@ -13,6 +13,7 @@ mod commit;
 mod metrics;
 pub mod scan;
 pub mod segment;
+pub mod sketch;
 mod store;
 mod stream;
 pub mod wal;

@@ -80,6 +80,8 @@ pub struct ScanStats {
     /// Blocks skipped by the index without reading.
     pub objects_skipped: u64,
     pub events_scanned: u64,
+    /// Blocks answered from their index rollup without being read (count aggregations).
+    pub objects_from_index: u64,
     /// Blocks that failed verification and were left out.
     pub corrupt_blocks: u64,
     /// Sealed segments (service, sequence) those blocks belong to; the store quarantines
@@ -109,6 +111,7 @@ enum Source {
 
 struct Candidate {
     max_ts: i64,
+    service: String,
     source: Source,
 }
 
@@ -138,6 +141,7 @@ fn candidates(
                 if filter.block_may_match(meta, &hashes) {
                     out.push(Candidate {
                         max_ts: meta.max_ts,
+                        service: snap.service.clone(),
                         source: Source::Block {
                             file: sealed.file.clone(),
                             meta: meta.clone(),
@@ -153,6 +157,7 @@ fn candidates(
             if filter.block_may_match(meta, &hashes) {
                 out.push(Candidate {
                     max_ts: meta.max_ts,
+                    service: snap.service.clone(),
                     source: Source::Block {
                         file: snap.open_file.clone(),
                         meta: meta.clone(),
@@ -167,6 +172,7 @@ fn candidates(
             let max_ts = chunk.iter().map(|e| e.timestamp).max().unwrap_or(i64::MIN);
             out.push(Candidate {
                 max_ts,
+                service: snap.service.clone(),
                 source: Source::Tail(chunk.clone()),
             });
         }
@@ -302,15 +308,22 @@ pub fn scan(
     stats
 }
 
+/// Folds a whole block into an accumulator from its metadata alone (`(acc, service, meta)`),
+/// or declines (false) so the block is read. Only offered blocks lie entirely inside the
+/// filter's time range; the caller must know its predicate holds for every entry.
+pub type Summary<'a, A> = &'a (dyn Fn(&mut A, &str, &BlockMeta) -> bool + Sync);
+
 /// [`scan`] on up to `threads` threads: candidate blocks are dealt out round-robin and each
 /// thread folds the entries it visits into an accumulator of its own (no shared state on the
 /// hot path); the caller merges the accumulators. Small scans stay on the calling thread.
+/// With a `summary`, blocks it can account for from their index are not read at all.
 pub fn scan_parallel<A: Send>(
     snapshots: &[StreamSnapshot],
     filter: &ScanFilter<'_>,
     threads: usize,
     init: impl Fn() -> A + Sync,
     visit: impl Fn(&mut A, &LogEntry) + Sync,
+    summary: Option<Summary<'_, A>>,
 ) -> (Vec<A>, ScanStats) {
     let started = Instant::now();
     let mut stats = ScanStats::default();
@@ -324,6 +337,14 @@ pub fn scan_parallel<A: Send>(
         let mut acc = init();
         let mut local = ScanStats::default();
         for cand in cands.iter().skip(first).step_by(threads) {
+            if let (Some(summary), Source::Block { meta, .. }) = (summary, &cand.source)
+                && meta.min_ts >= filter.from_ts
+                && meta.max_ts < filter.to_ts
+                && summary(&mut acc, &cand.service, meta)
+            {
+                local.objects_from_index += 1;
+                continue;
+            }
             let Some(entries) = load(cand, &mut local) else {
                 continue;
             };
@@ -359,6 +380,7 @@ pub fn scan_parallel<A: Send>(
     for (acc, local) in parts {
         stats.objects_read += local.objects_read;
         stats.events_scanned += local.events_scanned;
+        stats.objects_from_index += local.objects_from_index;
         stats.corrupt_blocks += local.corrupt_blocks;
         for segment in local.corrupt_segments {
             if !stats.corrupt_segments.contains(&segment) {

@@ -54,7 +54,124 @@ pub struct BlockMeta {
     pub bloom: Vec<u8>,
     #[prost(uint32, tag = "9")]
     pub raw_len: u32,
+    /// Entries per (minute, level): count aggregations over whole blocks are answered from
+    /// here without decoding. Absent in blocks written before it existed (those are decoded).
+    #[prost(message, repeated, tag = "10")]
+    pub rollup: Vec<RollupCell>,
+    /// Per numeric free-form field: count, sum, min, max and a quantile sketch of its values
+    /// in this block (metric functions over whole blocks are answered from here).
+    #[prost(message, repeated, tag = "11")]
+    pub numeric: Vec<NumericSummary>,
+    /// Whether `numeric` covers every numeric field of the block (false when the block has
+    /// more than [`MAX_NUMERIC_FIELDS`]; then a field missing from `numeric` may still be in
+    /// the entries).
+    #[prost(bool, tag = "12")]
+    pub numeric_complete: bool,
 }
+
+/// Numeric fields summarized per block, at most.
+pub const MAX_NUMERIC_FIELDS: usize = 32;
+
+/// The values of one numeric field in a block.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NumericSummary {
+    #[prost(string, tag = "1")]
+    pub field: String,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+    #[prost(double, tag = "3")]
+    pub sum: f64,
+    #[prost(double, tag = "4")]
+    pub min: f64,
+    #[prost(double, tag = "5")]
+    pub max: f64,
+    #[prost(sint32, repeated, tag = "6")]
+    pub positive_index: Vec<i32>,
+    #[prost(uint64, repeated, tag = "7")]
+    pub positive_count: Vec<u64>,
+    #[prost(sint32, repeated, tag = "8")]
+    pub negative_index: Vec<i32>,
+    #[prost(uint64, repeated, tag = "9")]
+    pub negative_count: Vec<u64>,
+    #[prost(uint64, tag = "10")]
+    pub zeros: u64,
+}
+
+impl NumericSummary {
+    /// The quantile sketch of the values.
+    pub fn sketch(&self) -> crate::sketch::Sketch {
+        crate::sketch::Sketch {
+            positive: self
+                .positive_index
+                .iter()
+                .copied()
+                .zip(self.positive_count.iter().copied())
+                .collect(),
+            negative: self
+                .negative_index
+                .iter()
+                .copied()
+                .zip(self.negative_count.iter().copied())
+                .collect(),
+            zeros: self.zeros,
+        }
+    }
+}
+
+/// Accumulates a field's values the way query aggregations fold them.
+#[derive(Default)]
+struct NumericFold {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    sketch: crate::sketch::Sketch,
+}
+
+impl NumericFold {
+    fn add(&mut self, v: f64) {
+        if self.count == 0 {
+            self.min = v;
+            self.max = v;
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+        self.sum += v;
+        self.count += 1;
+        self.sketch.add(v);
+    }
+
+    fn into_summary(self, field: String) -> NumericSummary {
+        NumericSummary {
+            field,
+            count: self.count,
+            sum: self.sum,
+            min: self.min,
+            max: self.max,
+            positive_index: self.sketch.positive.keys().copied().collect(),
+            positive_count: self.sketch.positive.values().copied().collect(),
+            negative_index: self.sketch.negative.keys().copied().collect(),
+            negative_count: self.sketch.negative.values().copied().collect(),
+            zeros: self.sketch.zeros,
+        }
+    }
+}
+
+/// One cell of a block's rollup.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct RollupCell {
+    /// Minutes since the Unix epoch (`timestamp.div_euclid(60 s)`).
+    #[prost(int64, tag = "1")]
+    pub minute: i64,
+    #[prost(uint32, tag = "2")]
+    pub level: u32,
+    #[prost(uint32, tag = "3")]
+    pub count: u32,
+}
+
+/// Nanoseconds per rollup minute.
+pub const ROLLUP_NS: i64 = 60_000_000_000;
 
 /// The index of a sealed segment.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -123,7 +240,27 @@ pub fn build_block(
         ..Default::default()
     };
     let mut tokens: HashSet<u64> = HashSet::with_capacity(entries.len() * 4);
+    let mut rollup: std::collections::BTreeMap<(i64, u32), u32> = std::collections::BTreeMap::new();
+    let mut numeric: std::collections::BTreeMap<&str, NumericFold> =
+        std::collections::BTreeMap::new();
+    let mut numeric_complete = true;
     for entry in entries {
+        for (key, value) in &entry.fields {
+            let Some(v) = value.as_f64() else {
+                continue;
+            };
+            if numeric.contains_key(key.as_str()) || numeric.len() < MAX_NUMERIC_FIELDS {
+                numeric.entry(key.as_str()).or_default().add(v);
+            } else {
+                numeric_complete = false;
+            }
+        }
+        *rollup
+            .entry((
+                entry.timestamp.div_euclid(ROLLUP_NS),
+                entry.level.clamp(0, 31) as u32,
+            ))
+            .or_default() += 1;
         raw.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
         entry
             .encode(&mut raw)
@@ -137,6 +274,19 @@ pub fn build_block(
     }
     let hashes: Vec<u64> = tokens.into_iter().collect();
     meta.bloom = bloom::build(&hashes);
+    meta.numeric_complete = numeric_complete;
+    meta.numeric = numeric
+        .into_iter()
+        .map(|(field, fold)| fold.into_summary(field.to_string()))
+        .collect();
+    meta.rollup = rollup
+        .into_iter()
+        .map(|((minute, level), count)| RollupCell {
+            minute,
+            level,
+            count,
+        })
+        .collect();
     meta.raw_len = raw.len() as u32;
     let compressed = zstd::bulk::compress(&raw, zstd_level)
         .map_err(|source| StorageError::Compress { source })?;
@@ -333,6 +483,64 @@ mod tests {
                 ..Default::default()
             })
             .collect()
+    }
+
+    #[test]
+    fn blocks_summarize_numeric_fields_like_folding_every_value() {
+        use logcluster_proto::FieldValue;
+        let mut block = entries(300);
+        for (i, entry) in block.iter_mut().enumerate() {
+            entry.fields.insert(
+                "duration_ms".into(),
+                FieldValue::int((i as i64 * 37) % 1000),
+            );
+            if i % 3 == 0 {
+                entry
+                    .fields
+                    .insert("ratio".into(), FieldValue::float(i as f64 / -7.0));
+            }
+            entry.fields.insert(
+                "status".into(),
+                FieldValue::str(if i % 2 == 0 { "200" } else { "ok" }),
+            );
+        }
+        let (_, meta) = build_block(&block, 1).expect("build");
+        assert!(meta.numeric_complete);
+        let fields: Vec<&str> = meta.numeric.iter().map(|n| n.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["duration_ms", "ratio", "status"],
+            "numeric strings count, as in queries"
+        );
+        for summary in &meta.numeric {
+            let values: Vec<f64> = block
+                .iter()
+                .filter_map(|e| e.fields.get(&summary.field)?.as_f64())
+                .collect();
+            let mut sketch = crate::sketch::Sketch::default();
+            values.iter().for_each(|v| sketch.add(*v));
+            assert_eq!(summary.count, values.len() as u64);
+            assert_eq!(summary.sum, values.iter().sum::<f64>());
+            assert_eq!(
+                summary.min,
+                values.iter().copied().fold(f64::INFINITY, f64::min)
+            );
+            assert_eq!(
+                summary.max,
+                values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            );
+            assert_eq!(summary.sketch(), sketch);
+        }
+        // More numeric fields than are summarized: the block says its summary is incomplete.
+        let mut wide = entries(2);
+        for i in 0..(MAX_NUMERIC_FIELDS + 1) {
+            wide[0]
+                .fields
+                .insert(format!("f{i:02}"), FieldValue::int(i as i64));
+        }
+        let (_, meta) = build_block(&wide, 1).expect("build");
+        assert!(!meta.numeric_complete);
+        assert_eq!(meta.numeric.len(), MAX_NUMERIC_FIELDS);
     }
 
     #[test]

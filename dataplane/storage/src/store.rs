@@ -425,9 +425,21 @@ impl Store {
         init: impl Fn() -> A + Sync,
         visit: impl Fn(&mut A, &LogEntry) + Sync,
     ) -> (Vec<A>, ScanStats) {
+        self.scan_parallel_summarized(filter, init, visit, None)
+    }
+
+    /// [`Store::scan_parallel`] answering whole blocks from their index rollup where `summary`
+    /// can (count aggregations without an entry predicate).
+    pub fn scan_parallel_summarized<A: Send>(
+        &self,
+        filter: &ScanFilter<'_>,
+        init: impl Fn() -> A + Sync,
+        visit: impl Fn(&mut A, &LogEntry) + Sync,
+        summary: Option<scan::Summary<'_, A>>,
+    ) -> (Vec<A>, ScanStats) {
         let snaps = self.snapshots(filter.tenant);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (accs, stats) = scan::scan_parallel(&snaps, filter, threads, init, visit);
+        let (accs, stats) = scan::scan_parallel(&snaps, filter, threads, init, visit, summary);
         self.metrics.corrupt_blocks.inc_by(stats.corrupt_blocks);
         self.quarantine(filter.tenant, &stats.corrupt_segments);
         (accs, stats)

@@ -496,3 +496,87 @@ async fn a_partial_repair_never_makes_the_real_batch_look_like_a_duplicate() {
     assert_eq!(after.stored, 0);
     assert_eq!(all_ids(&store, "t").len(), 10);
 }
+
+#[tokio::test]
+async fn block_rollups_answer_counts_exactly_like_reading_every_entry() {
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(small_config(dir.path()), StorageMetrics::default())
+        .await
+        .expect("open");
+    let levels = [Level::Debug, Level::Info, Level::Warn, Level::Error];
+    let minute = 60_000_000_000i64;
+    for batch in 0..60u64 {
+        let entries: Vec<LogEntry> = (0..40u32)
+            .map(|i| {
+                let service = ["api", "db"][(batch as usize + i as usize) % 2];
+                // Spread over ~45 minutes, several minutes per block.
+                let ts =
+                    1_795_428_000_000_000_000 + (batch as i64 * 40 + i64::from(i)) * (minute / 53);
+                entry(
+                    "t",
+                    service,
+                    batch + 1,
+                    i,
+                    ts,
+                    levels[(i as usize * 7 + batch as usize) % 4],
+                    "m",
+                )
+            })
+            .collect();
+        store.append(batch + 1, entries).await.expect("append");
+    }
+    let everything = |_: &LogEntry| true;
+    // A time range that cuts blocks at both ends: those are read, the inner ones summarized.
+    let mut scan_filter = filter("t", &everything);
+    scan_filter.from_ts = 1_795_428_000_000_000_000 + 7 * minute + 13;
+    scan_filter.to_ts = 1_795_428_000_000_000_000 + 38 * minute;
+    scan_filter.level_mask = (1 << Level::Info as u32) | (1 << Level::Error as u32);
+    type Acc = BTreeMap<(String, i64, i32), u64>;
+    let interval = 5 * minute;
+    let visit = |acc: &mut Acc, e: &LogEntry| {
+        *acc.entry((
+            e.service.clone(),
+            e.timestamp.div_euclid(interval) * interval,
+            e.level,
+        ))
+        .or_default() += 1;
+    };
+    let summary = |acc: &mut Acc, service: &str, meta: &logcluster_storage::segment::BlockMeta| {
+        if meta.rollup.is_empty() {
+            return false;
+        }
+        for cell in &meta.rollup {
+            if scan_filter.level_mask & (1 << cell.level) == 0 {
+                continue;
+            }
+            let ts = cell.minute * logcluster_storage::segment::ROLLUP_NS;
+            *acc.entry((
+                service.to_string(),
+                ts.div_euclid(interval) * interval,
+                cell.level as i32,
+            ))
+            .or_default() += u64::from(cell.count);
+        }
+        true
+    };
+    let merge = |parts: Vec<Acc>| {
+        let mut all = Acc::new();
+        for part in parts {
+            for (k, v) in part {
+                *all.entry(k).or_default() += v;
+            }
+        }
+        all
+    };
+    let (read, read_stats) = store.scan_parallel(&scan_filter, Acc::new, visit);
+    let (indexed, index_stats) =
+        store.scan_parallel_summarized(&scan_filter, Acc::new, visit, Some(&summary));
+    assert_eq!(merge(indexed), merge(read.clone()));
+    assert!(!merge(read).is_empty());
+    assert!(index_stats.objects_from_index >= 5, "{index_stats:?}");
+    assert!(
+        index_stats.events_scanned < read_stats.events_scanned / 2,
+        "{index_stats:?} vs {read_stats:?}"
+    );
+}

@@ -103,6 +103,8 @@ pub enum RejectReason {
     BadTimestamp,
     BadLevel,
     TooLarge,
+    /// A Loki stream's label set that does not parse.
+    InvalidLabels,
     /// Refused by a registered schema (set by the pipeline, not by decoders).
     Schema,
 }
@@ -122,6 +124,7 @@ impl RejectReason {
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::BadLevel => "bad_level",
             RejectReason::TooLarge => "too_large",
+            RejectReason::InvalidLabels => "invalid_labels",
             RejectReason::Schema => "schema",
         }
     }

@@ -1,0 +1,189 @@
+//! Leader election with a `coordination.k8s.io/v1` Lease: the operator's replicas (only the
+//! holder reconciles) and the query nodes (only the holder evaluates alert rules).
+//!
+//! The holder renews every `renew_every`; a standby takes over once `renewTime +
+//! leaseDurationSeconds` has passed. Every write carries the resourceVersion it read, so two
+//! candidates racing for an expired lease cannot both win (the loser gets 409 Conflict). A
+//! holder that cannot renew stops acting as leader `renew_every` before anyone else may take
+//! over (each attempt is bounded by a timeout, so a hung API call cannot delay that). On shutdown the holder releases the lease so a standby takes over at
+//! once.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub name: String,
+    pub namespace: String,
+    /// This candidate (the pod name).
+    pub identity: String,
+    /// How long a lease is valid without renewal (default 15 s).
+    pub duration: Duration,
+    /// How often the holder renews and standbys retry.
+    pub renew_every: Duration,
+}
+
+impl LeaseConfig {
+    pub fn new(name: &str, namespace: &str, identity: &str) -> LeaseConfig {
+        LeaseConfig {
+            name: name.into(),
+            namespace: namespace.into(),
+            identity: identity.into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }
+    }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+/// One attempt: acquires, renews, or finds the lease held by someone else. `Ok(true)` when
+/// this candidate holds the lease afterwards.
+pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::Error> {
+    let now = Timestamp::now();
+    let fresh_spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
+        holder_identity: Some(config.identity.clone()),
+        lease_duration_seconds: Some(config.duration.as_secs() as i32),
+        acquire_time: acquired.or(Some(MicroTime(now))),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    };
+    let Some(current) = api.get_opt(&config.name).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(config.name.clone()),
+                namespace: Some(config.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(fresh_spec(0, None)),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => {
+                info!(lease = %config.name, identity = %config.identity, "lease created and acquired");
+                Ok(true)
+            }
+            Err(error) if is_conflict(&error) => Ok(false),
+            Err(error) => Err(error),
+        };
+    };
+    let spec = current.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+    let mine = holder.as_deref() == Some(config.identity.as_str());
+    let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
+        (Some(renewed), Some(seconds)) => {
+            renewed.0.as_second() + i64::from(seconds) < now.as_second()
+        }
+        _ => true,
+    };
+    if !(mine || holder.is_none() || expired) {
+        return Ok(false);
+    }
+    let transitions = spec.lease_transitions.unwrap_or(0) + if mine { 0 } else { 1 };
+    let acquired = if mine {
+        spec.acquire_time.clone()
+    } else {
+        None
+    };
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(config.name.clone()),
+            namespace: Some(config.namespace.clone()),
+            resource_version: current.metadata.resource_version.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: Some(fresh_spec(transitions, acquired)),
+    };
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => {
+            if !mine {
+                info!(lease = %config.name, identity = %config.identity, previous = ?holder, "lease taken over");
+            }
+            Ok(true)
+        }
+        Err(error) if is_conflict(&error) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Gives the lease up (if held) so a standby takes over without waiting for expiry.
+pub async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
+    let Some(current) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
+    let mut spec = current.spec.clone().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    spec.acquire_time = None;
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(config.name.clone()),
+            namespace: Some(config.namespace.clone()),
+            resource_version: current.metadata.resource_version.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+    };
+    api.replace(&config.name, &PostParams::default(), &lease)
+        .await?;
+    info!(lease = %config.name, identity = %config.identity, "lease released");
+    Ok(())
+}
+
+/// Campaigns until `stop` resolves, publishing whether this candidate leads; releases the
+/// lease on the way out.
+pub async fn run(
+    api: Api<Lease>,
+    config: LeaseConfig,
+    leader: watch::Sender<bool>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    // When the last successful renewal *started*: the renewTime it wrote is no later, so the
+    // lease is ours until at least this + duration.
+    let mut last_renewal: Option<tokio::time::Instant> = None;
+    // Step down this long after the last renewal, before others may take over.
+    let margin = config.duration.saturating_sub(config.renew_every);
+    loop {
+        let started = tokio::time::Instant::now();
+        // Bounded: a hung API call must not keep a stale leader acting.
+        match tokio::time::timeout(config.renew_every, try_acquire(&api, &config)).await {
+            Ok(Ok(true)) => {
+                last_renewal = Some(started);
+                leader.send_if_modified(|l| !std::mem::replace(l, true));
+            }
+            Ok(Ok(false)) => {
+                last_renewal = None;
+                leader.send_if_modified(|l| std::mem::replace(l, false));
+            }
+            Ok(Err(error)) => warn!(%error, lease = %config.name, "lease renewal failed"),
+            Err(_) => warn!(lease = %config.name, "lease renewal timed out"),
+        }
+        if last_renewal.is_some_and(|t| t.elapsed() >= margin) {
+            last_renewal = None;
+            leader.send_if_modified(|l| std::mem::replace(l, false));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.renew_every) => {}
+            _ = &mut stop => break,
+        }
+    }
+    leader.send_if_modified(|l| std::mem::replace(l, false));
+    if let Err(error) = release(&api, &config).await {
+        warn!(%error, lease = %config.name, "could not release the lease");
+    }
+}

@@ -1,0 +1,93 @@
+//! Leader election against the fake API: acquire, renew, a standby refused while the lease is
+//! fresh, takeover after expiry, a lost race, and release on shutdown.
+
+mod common;
+
+use common::FakeApi;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use logcluster_k8s::lease::{LeaseConfig, release, try_acquire};
+use serde_json::json;
+
+const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/logcluster-operator";
+
+#[tokio::test]
+async fn acquire_renew_refuse_take_over_and_release() -> anyhow::Result<()> {
+    let api = FakeApi::start();
+    let leases: Api<Lease> = Api::namespaced(api.client.clone(), "ops");
+    let a = LeaseConfig::new("logcluster-operator", "ops", "operator-a");
+    let b = LeaseConfig::new("logcluster-operator", "ops", "operator-b");
+
+    // No lease yet: a creates it and leads.
+    assert!(try_acquire(&leases, &a).await?);
+    let created = api
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "POST")
+        .expect("a create");
+    assert_eq!(
+        created.path,
+        "/apis/coordination.k8s.io/v1/namespaces/ops/leases"
+    );
+    assert_eq!(created.body["spec"]["holderIdentity"], "operator-a");
+    assert_eq!(created.body["spec"]["leaseDurationSeconds"], 15);
+
+    // a renews (PUT with the resourceVersion it read); b is refused while the lease is fresh.
+    api.clear_calls();
+    assert!(try_acquire(&leases, &a).await?);
+    let renew = api
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "PUT")
+        .expect("a renewal");
+    assert_eq!(renew.body["spec"]["holderIdentity"], "operator-a");
+    assert!(renew.body["metadata"]["resourceVersion"].is_string());
+    assert!(!try_acquire(&leases, &b).await?);
+    assert_eq!(
+        api.get(PATH).expect("lease")["spec"]["holderIdentity"],
+        "operator-a"
+    );
+
+    // a stops renewing: once renewTime + duration has passed, b takes over.
+    let mut lease = api.get(PATH).expect("lease");
+    lease["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
+    api.put(PATH, lease);
+    assert!(try_acquire(&leases, &b).await?);
+    let now = api.get(PATH).expect("lease");
+    assert_eq!(now["spec"]["holderIdentity"], "operator-b");
+    assert_eq!(now["spec"]["leaseTransitions"], 1);
+    // a comes back: refused.
+    assert!(!try_acquire(&leases, &a).await?);
+
+    // Two candidates race for an expired lease: the stale write loses with 409.
+    let mut lease = api.get(PATH).expect("lease");
+    lease["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
+    lease["metadata"]["resourceVersion"] = json!("old");
+    api.put(PATH, lease.clone());
+    let stale = leases.get("logcluster-operator").await?;
+    lease["metadata"]["resourceVersion"] = json!("newer");
+    api.put(PATH, lease);
+    let mut racing = stale.clone();
+    racing.spec.as_mut().expect("spec").holder_identity = Some("operator-a".into());
+    let result = leases
+        .replace("logcluster-operator", &Default::default(), &racing)
+        .await;
+    assert!(
+        matches!(result, Err(kube::Error::Api(ref s)) if s.code == 409),
+        "{result:?}"
+    );
+
+    // b releases on shutdown: a acquires immediately, without waiting for expiry.
+    let mut lease = api.get(PATH).expect("lease");
+    lease["spec"]["renewTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
+    api.put(PATH, lease);
+    assert!(!try_acquire(&leases, &a).await?);
+    release(&leases, &b).await?;
+    assert!(api.get(PATH).expect("lease")["spec"]["holderIdentity"].is_null());
+    assert!(try_acquire(&leases, &a).await?);
+    assert_eq!(
+        api.get(PATH).expect("lease")["spec"]["holderIdentity"],
+        "operator-a"
+    );
+    Ok(())
+}
