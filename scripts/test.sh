@@ -33,6 +33,10 @@ fi
 export LOGCLUSTER_PYTHON="$PWD/$venv/bin/python"
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest >/dev/null 2>&1 || true
 
+# No incremental caches: a fresh CI build gains nothing from them and they double the disk
+# footprint of the target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -665,7 +665,21 @@ async fn through_a_cluster_each_protocol_is_acknowledged_after_the_write_quorum(
     sandbox.storage[0].sigcont()?;
     sandbox.storage[1].sigcont()?;
     let r = r?;
-    assert_eq!(r.status, 503, "{}", r.body);
+    if r.status != 503 {
+        // Diagnostics for an unexpected success: what the ingestor saw of each replica.
+        let metrics = sandbox.ingestor.metrics().await.unwrap_or_default();
+        let replication: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.contains("replica") || l.contains("hint") || l.contains("quorum"))
+            .collect();
+        panic!(
+            "a write with 2 of 3 members stopped answered {} {}\n{}\ningestor log:\n{}",
+            r.status,
+            r.body,
+            replication.join("\n"),
+            sandbox.ingestor.log()
+        );
+    }
     assert_eq!(r.header("retry-after"), Some("1"));
     Ok(())
 }
