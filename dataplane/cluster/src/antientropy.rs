@@ -68,6 +68,7 @@ fn every_entry<'a>(
         to_ts,
         level_mask: u32::MAX,
         required_tokens: &[],
+        record_needle: None,
         predicate,
     }
 }

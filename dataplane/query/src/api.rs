@@ -187,6 +187,8 @@ pub struct Compiled {
     pub tokens: Vec<String>,
     contains: Option<String>,
     query: Option<lang::Query>,
+    /// Bytes every match's record holds (see `ScanFilter::record_needle`).
+    record_needle: Option<String>,
 }
 
 impl Compiled {
@@ -202,6 +204,7 @@ impl Compiled {
             to_ts: self.to_ts,
             level_mask: self.level_mask,
             required_tokens: &self.tokens,
+            record_needle: self.record_needle.as_deref().map(str::as_bytes),
             predicate,
         }
     }
@@ -290,6 +293,7 @@ pub fn compile(
     let mut from_ts = bound(&request.from_ts, "from_ts", i64::MIN)?;
     let to_ts = bound(&request.to_ts, "to_ts", i64::MAX)?;
     let mut tokens = Vec::new();
+    let mut record_needle = None;
     let contains = request
         .contains
         .as_ref()
@@ -319,13 +323,22 @@ pub fn compile(
                 level_mask &= u32::from(mask);
             }
             tokens.extend(hints.required_tokens);
+            record_needle = hints.record_needle;
             if let Some(last) = parsed.last {
                 from_ts = from_ts.max(logcluster_proto::time::now_nanos() - last.as_nanos() as i64);
             }
             Some(parsed)
         }
     };
+    // `contains` is matched ASCII-case-insensitively on the message, so its bytes are in
+    // every match's record; of two needles the longer is the more selective.
+    if let Some(needle) = &contains
+        && needle.len() > record_needle.as_ref().map_or(0, String::len)
+    {
+        record_needle = Some(needle.clone());
+    }
     Ok(Compiled {
+        record_needle,
         tenant,
         services,
         from_ts,

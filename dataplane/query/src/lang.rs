@@ -232,6 +232,10 @@ pub struct Hints {
     /// Lower-cased tokens ([`logcluster_proto::tokens`]) that every match contains as whole
     /// tokens of its message, host, trace id or a string field value. Sorted, no duplicates.
     pub required_tokens: Vec<String>,
+    /// ASCII-lowercase text that every match's encoded record contains, ignoring ASCII case
+    /// (a substring of its message or an exact string field value): storage passes over
+    /// records without it before decoding them.
+    pub record_needle: Option<String>,
 }
 
 /// A query string that could not be parsed.

@@ -51,6 +51,10 @@ pub struct ScanFilter<'a> {
     pub level_mask: u32,
     /// Tokens every match contains as whole tokens (see `logcluster_proto::tokens`).
     pub required_tokens: &'a [String],
+    /// ASCII-lowercase bytes that every match's encoded record contains, ignoring ASCII case
+    /// (e.g. a message substring; protobuf keeps strings verbatim). Records without it are
+    /// passed over before they are decoded. Must be implied by `predicate`.
+    pub record_needle: Option<&'a [u8]>,
     pub predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
 }
 
@@ -181,15 +185,28 @@ fn candidates(
 }
 
 /// Reads a candidate's entries; `None` when the block is corrupt or unreadable.
-fn load(candidate: &Candidate, stats: &mut ScanStats) -> Option<Arc<Vec<LogEntry>>> {
+fn load(
+    candidate: &Candidate,
+    filter: &ScanFilter<'_>,
+    stats: &mut ScanStats,
+) -> Option<Arc<Vec<LogEntry>>> {
     stats.objects_read += 1;
     match &candidate.source {
         Source::Tail(chunk) => Some(chunk.clone()),
         Source::Block { file, meta, sealed } => {
-            match segment::read_block(file, meta)
-                .and_then(|bytes| segment::decode_block(&bytes, meta))
-            {
-                Ok(entries) => Some(Arc::new(entries)),
+            let decoded =
+                segment::read_block(file, meta).and_then(|bytes| match filter.record_needle {
+                    Some(needle) => segment::decode_block_where(&bytes, meta, |record| {
+                        segment::contains_ignore_ascii_case(record, needle)
+                    }),
+                    None => segment::decode_block(&bytes, meta).map(|entries| (entries, 0)),
+                });
+            match decoded {
+                Ok((entries, passed_over)) => {
+                    // Passed-over records were scanned (and did not match).
+                    stats.events_scanned += passed_over;
+                    Some(Arc::new(entries))
+                }
                 Err(_) => {
                     stats.corrupt_blocks += 1;
                     if let Some(segment) = sealed
@@ -233,7 +250,7 @@ pub fn top(
             stats.objects_skipped += 1;
             continue;
         }
-        let Some(entries) = load(cand, &mut stats) else {
+        let Some(entries) = load(cand, filter, &mut stats) else {
             continue;
         };
         for entry in entries.iter() {
@@ -294,7 +311,7 @@ pub fn scan(
     let mut stats = ScanStats::default();
     let cands = candidates(snapshots, filter, &mut stats);
     for cand in &cands {
-        let Some(entries) = load(cand, &mut stats) else {
+        let Some(entries) = load(cand, filter, &mut stats) else {
             continue;
         };
         for entry in entries.iter() {
@@ -345,7 +362,7 @@ pub fn scan_parallel<A: Send>(
                 local.objects_from_index += 1;
                 continue;
             }
-            let Some(entries) = load(cand, &mut local) else {
+            let Some(entries) = load(cand, filter, &mut local) else {
                 continue;
             };
             for entry in entries.iter() {

@@ -297,12 +297,23 @@ pub fn build_block(
 
 /// Decodes a block read from disk; verifies its checksum first.
 pub fn decode_block(compressed: &[u8], meta: &BlockMeta) -> Result<Vec<LogEntry>, BlockError> {
+    decode_block_where(compressed, meta, |_| true).map(|(entries, _)| entries)
+}
+
+/// [`decode_block`] that decodes only the records whose encoded bytes pass `keep` (a cheap
+/// byte-level prefilter run before the protobuf decode); also returns how many it passed over.
+pub fn decode_block_where(
+    compressed: &[u8],
+    meta: &BlockMeta,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<(Vec<LogEntry>, u64), BlockError> {
     if crc32fast::hash(compressed) != meta.crc {
         return Err(BlockError::Checksum);
     }
     let capacity = (meta.raw_len as usize).min(MAX_BLOCK_LEN);
     let raw = zstd::bulk::decompress(compressed, capacity).map_err(|_| BlockError::Decompress)?;
     let mut entries = Vec::with_capacity(meta.count as usize);
+    let mut skipped = 0u64;
     let mut pos = 0;
     while pos < raw.len() {
         let len_bytes: [u8; 4] = raw
@@ -313,10 +324,28 @@ pub fn decode_block(compressed: &[u8], meta: &BlockMeta) -> Result<Vec<LogEntry>
         let body = raw
             .get(pos + 4..pos + 4 + len)
             .ok_or(BlockError::Truncated)?;
-        entries.push(LogEntry::decode(body).map_err(|_| BlockError::Decode)?);
+        if keep(body) {
+            entries.push(LogEntry::decode(body).map_err(|_| BlockError::Decode)?);
+        } else {
+            skipped += 1;
+        }
         pos += 4 + len;
     }
-    Ok(entries)
+    Ok((entries, skipped))
+}
+
+/// Whether `haystack` contains `needle_lower` (ASCII lowercase), ignoring ASCII case.
+pub fn contains_ignore_ascii_case(haystack: &[u8], needle_lower: &[u8]) -> bool {
+    let Some((&first, rest)) = needle_lower.split_first() else {
+        return true;
+    };
+    if needle_lower.len() > haystack.len() {
+        return false;
+    }
+    let last_start = haystack.len() - needle_lower.len();
+    let candidates = &haystack[..=last_start];
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), candidates)
+        .any(|at| haystack[at + 1..at + needle_lower.len()].eq_ignore_ascii_case(rest))
 }
 
 /// Why a block could not be read. The block is skipped and counted; the query says partial.
@@ -608,5 +637,39 @@ mod tests {
         let (_, meta) = build_block(&entries(10), 1).expect("block");
         assert!(bloom::may_contain(&meta.bloom, bloom::fnv1a64(b"request")));
         assert!(bloom::may_contain(&meta.bloom, bloom::fnv1a64(b"finished")));
+    }
+
+    #[test]
+    fn substring_prefilter_ignores_ascii_case_and_never_drops_a_match() {
+        assert!(contains_ignore_ascii_case(b"upstream TIMEOUT", b"timeout"));
+        assert!(contains_ignore_ascii_case(b"Timeout", b"timeout"));
+        assert!(contains_ignore_ascii_case(b"anything", b""));
+        assert!(!contains_ignore_ascii_case(b"timeou", b"timeout"));
+        assert!(!contains_ignore_ascii_case(b"time out", b"timeout"));
+        assert!(contains_ignore_ascii_case(b"tttimeout", b"ttimeout"));
+
+        let mut all = entries(50);
+        for (i, entry) in all.iter_mut().enumerate() {
+            match i % 5 {
+                0 => entry.message = format!("upstream TimeOut after {i}ms"),
+                1 => entry.host = "timeout-host".into(),
+                _ => {}
+            }
+        }
+        let (bytes, meta) = build_block(&all, 1).expect("block");
+        let (kept, passed_over) = decode_block_where(&bytes, &meta, |record| {
+            contains_ignore_ascii_case(record, b"timeout")
+        })
+        .expect("decodes");
+        // Records with the needle anywhere are decoded (the caller's predicate decides);
+        // every record whose message has it is among them; the rest were passed over.
+        assert_eq!(kept.len(), 20);
+        assert_eq!(passed_over, 30);
+        let with_message = kept
+            .iter()
+            .filter(|e| e.message.to_ascii_lowercase().contains("timeout"))
+            .count();
+        assert_eq!(with_message, 10);
+        assert_eq!(decode_block(&bytes, &meta).expect("decodes"), all);
     }
 }

@@ -224,6 +224,7 @@ impl Store {
                 to_ts: to.saturating_add(1),
                 level_mask: u32::MAX,
                 required_tokens: &[],
+                record_needle: None,
                 predicate: &always,
             };
             store.scan(&filter, |entry| {
@@ -354,6 +355,7 @@ impl Store {
                                 to_ts: i64::MAX,
                                 level_mask: u32::MAX,
                                 required_tokens: &[],
+                                record_needle: None,
                                 predicate: &always,
                             },
                             |entry| {

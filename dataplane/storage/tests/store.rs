@@ -45,6 +45,7 @@ fn filter<'a>(
         to_ts: i64::MAX,
         level_mask: all_levels(),
         required_tokens: &[],
+        record_needle: None,
         predicate,
     }
 }

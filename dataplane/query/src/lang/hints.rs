@@ -14,6 +14,8 @@ struct Facts {
     services: Option<BTreeSet<String>>,
     levels: Option<u8>,
     tokens: BTreeSet<String>,
+    /// ASCII-lowercase bytes every match's encoded record holds, ignoring ASCII case.
+    needle: Option<String>,
 }
 
 impl Facts {
@@ -22,6 +24,7 @@ impl Facts {
             services: None,
             levels: None,
             tokens: BTreeSet::new(),
+            needle: None,
         }
     }
 }
@@ -32,6 +35,7 @@ pub(super) fn of(expr: &Expr) -> Hints {
         services: facts.services,
         levels: facts.levels,
         required_tokens: facts.tokens.into_iter().collect(),
+        record_needle: facts.needle,
     }
 }
 
@@ -39,6 +43,7 @@ fn facts(expr: &Expr) -> Facts {
     match expr {
         Expr::Text(needle) => Facts {
             tokens: substring_tokens(needle),
+            needle: substring_needle(needle),
             ..Facts::nothing()
         },
         Expr::Match { field, value } => field_facts(field, value),
@@ -57,6 +62,12 @@ fn facts(expr: &Expr) -> Facts {
                     (a, b) => a.or(b),
                 };
                 all.tokens.extend(next.tokens);
+                // Any one operand's needle will do: the longest is the most selective.
+                if next.needle.as_ref().map_or(0, String::len)
+                    > all.needle.as_ref().map_or(0, String::len)
+                {
+                    all.needle = next.needle;
+                }
             }
             all
         }
@@ -79,6 +90,8 @@ fn facts(expr: &Expr) -> Facts {
                 };
                 // Only tokens every branch requires are required by the whole.
                 any.tokens.retain(|t| next.tokens.contains(t));
+                // Branches may hold different text: no single needle is certain.
+                any.needle = None;
             }
             any
         }
@@ -93,6 +106,19 @@ fn substring_tokens(needle: &str) -> BTreeSet<String> {
         return BTreeSet::new();
     }
     interior_tokens(needle).into_iter().collect()
+}
+
+/// The record needle of a case-insensitive message substring: only ASCII needles, which
+/// are matched byte-wise with ASCII folding (a non-ASCII one is matched after Unicode
+/// lower-casing, which the record's bytes need not show).
+fn substring_needle(needle: &str) -> Option<String> {
+    (!needle.is_empty() && needle.is_ascii()).then(|| needle.to_ascii_lowercase())
+}
+
+/// The record needle of a string field equal to `value`: its bytes are in the record as
+/// they are (protobuf keeps strings verbatim).
+fn exact_needle(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_ascii_lowercase())
 }
 
 /// All tokens of a value that a field equals exactly.
@@ -139,11 +165,17 @@ fn field_facts(field: &Field, value: &Value) -> Facts {
                 Value::Compare(..) | Value::Range(..) => return facts,
             });
         }
-        (Field::Host | Field::TraceId, Value::Exact(text)) => facts.tokens = all_tokens(text),
+        (Field::Host | Field::TraceId, Value::Exact(text)) => {
+            facts.tokens = all_tokens(text);
+            facts.needle = exact_needle(text);
+        }
         (Field::Host | Field::TraceId, Value::Pattern(pattern)) => {
             facts.tokens = pattern_tokens(pattern, false)
         }
-        (Field::Message, Value::Exact(needle)) => facts.tokens = substring_tokens(needle),
+        (Field::Message, Value::Exact(needle)) => {
+            facts.tokens = substring_tokens(needle);
+            facts.needle = substring_needle(needle);
+        }
         (Field::Message, Value::Pattern(pattern)) => facts.tokens = pattern_tokens(pattern, true),
         // Only string values are token-indexed: a value that could equal a number, a boolean
         // or a JSON value promises nothing.
@@ -154,6 +186,7 @@ fn field_facts(field: &Field, value: &Value) -> Facts {
                 && !is_json_like(text) =>
         {
             facts.tokens = all_tokens(text);
+            facts.needle = exact_needle(text);
         }
         _ => {}
     }

@@ -796,6 +796,32 @@ fn conjunctions_collect_services_levels_and_tokens() {
 }
 
 #[test]
+fn record_needles_come_from_substrings_and_exact_string_values() {
+    assert_eq!(hints("Timeout").record_needle.as_deref(), Some("timeout"));
+    assert_eq!(
+        hints("service:api AND trace_id:C662dcc5f3 AND timeout")
+            .record_needle
+            .as_deref(),
+        Some("c662dcc5f3")
+    );
+    assert_eq!(
+        hints("db.table:orders").record_needle.as_deref(),
+        Some("orders")
+    );
+    // Numbers, booleans, alternatives, negations and non-ASCII text promise no bytes.
+    for input in [
+        "http.status:500",
+        "ok:true",
+        "a OR b",
+        "NOT timeout",
+        "\"échec\"",
+        "level:ERROR",
+    ] {
+        assert_eq!(hints(input).record_needle, None, "{input}");
+    }
+}
+
+#[test]
 fn substrings_only_promise_interior_tokens() {
     assert!(hints("timeout").required_tokens.is_empty());
     assert!(hints("\"upstream timeout\"").required_tokens.is_empty());
@@ -993,6 +1019,13 @@ proptest! {
             let tokens = indexed_tokens(entry);
             for token in &hints.required_tokens {
                 prop_assert!(tokens.contains(token), "token {:?} missing from {:?} ({:?})", token, tokens, entry);
+            }
+            if let Some(needle) = &hints.record_needle {
+                let record = prost::Message::encode_to_vec(entry);
+                prop_assert!(
+                    logcluster_storage::segment::contains_ignore_ascii_case(&record, needle.as_bytes()),
+                    "needle {:?} missing from the record of {:?}", needle, entry
+                );
             }
         }
     }
