@@ -152,8 +152,42 @@ impl NodeProcess {
     }
 
     /// SIGSTOP: the process hangs, its sockets stay open.
+    /// SIGSTOP, then waits until every thread of the process is stopped: a group stop is
+    /// asynchronous (each thread stops when it next runs), and on a loaded machine a worker
+    /// thread can still answer a request after `kill` returned.
     pub fn sigstop(&self) -> anyhow::Result<()> {
-        self.signal("STOP")
+        self.signal("STOP")?;
+        let until = Instant::now() + Duration::from_secs(10).mul_f64(patience());
+        loop {
+            if self.all_threads_stopped()? {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "process {} did not stop after SIGSTOP",
+                self.pid
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Whether every thread in `/proc/<pid>/task` is stopped (T), traced (t) or has exited
+    /// (Z, X).
+    fn all_threads_stopped(&self) -> anyhow::Result<bool> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .with_context(|| format!("process {} has no /proc entry", self.pid))?;
+        for task in tasks {
+            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+            // The state is the first field after the parenthesised name (which may hold
+            // spaces and parentheses, hence the last ')').
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            if !matches!(state, Some("T" | "t" | "Z" | "X")) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     pub fn sigcont(&self) -> anyhow::Result<()> {
