@@ -582,21 +582,11 @@ impl QueryService {
     /// Counts by level per interval.
     pub async fn level_stats(
         self: &Arc<Self>,
-        mut params: HashMap<String, String>,
+        params: HashMap<String, String>,
         header_tenant: Option<String>,
     ) -> Result<Value, QueryError> {
         let interval = stats_interval(&params)?;
-        let request = stats_request(&params);
-        let compiled = compile(&request, header_tenant, &self.limits.default_tenant)?;
-        let _permit = self.running.try_acquire().map_err(|_| QueryError::Busy)?;
-        let (counts, stats) = match &self.cluster {
-            Some(cluster) => {
-                params.remove("tenant");
-                params.insert("tenant_id".into(), compiled.tenant.clone());
-                crate::fanout::level_counts(cluster, &params, self.limits.timeout).await?
-            }
-            None => self.local_counts_compiled(compiled, interval).await?,
-        };
+        let (counts, stats) = self.level_counts(params, header_tenant).await?;
         let mut buckets: BTreeMap<i64, [u64; 7]> = BTreeMap::new();
         for ((_, start), by_level) in &counts {
             let bucket = buckets.entry(*start).or_default();
@@ -633,6 +623,29 @@ impl QueryService {
             "totals": level_map(&totals),
             "stats": stats,
         }))
+    }
+
+    /// Entries per (service, epoch-aligned interval start) by level, filtered as
+    /// `/api/v1/stats` is (`service`, `level`, `from`, `to`, `contains`, `query`,
+    /// `interval`): from block rollups where they answer; in a cluster through the fan-out,
+    /// one replica per service.
+    pub async fn level_counts(
+        self: &Arc<Self>,
+        mut params: HashMap<String, String>,
+        header_tenant: Option<String>,
+    ) -> Result<(LevelCounts, Stats), QueryError> {
+        let interval = stats_interval(&params)?;
+        let request = stats_request(&params);
+        let compiled = compile(&request, header_tenant, &self.limits.default_tenant)?;
+        let _permit = self.running.try_acquire().map_err(|_| QueryError::Busy)?;
+        match &self.cluster {
+            Some(cluster) => {
+                params.remove("tenant");
+                params.insert("tenant_id".into(), compiled.tenant.clone());
+                crate::fanout::level_counts(cluster, &params, self.limits.timeout).await
+            }
+            None => self.local_counts_compiled(compiled, interval).await,
+        }
     }
 
     /// Counts by (service, interval start) and level from the local store (a storage member
@@ -680,7 +693,7 @@ impl QueryService {
                     }
                     let ts = cell.minute * ROLLUP_NS;
                     let start = ts.div_euclid(interval_ns) * interval_ns;
-                    by_start.entry(start).or_default()[(cell.level as usize).min(6)] +=
+                    by_start.entry(start).or_default()[level_slot(cell.level as i32)] +=
                         u64::from(cell.count);
                 }
                 true
@@ -697,7 +710,7 @@ impl QueryService {
                         acc.insert(entry.service.clone(), HashMap::new());
                     }
                     if let Some(by_start) = acc.get_mut(entry.service.as_str()) {
-                        by_start.entry(start).or_default()[entry.level.clamp(0, 6) as usize] += 1;
+                        by_start.entry(start).or_default()[level_slot(entry.level)] += 1;
                     }
                 },
                 summary,
@@ -718,6 +731,16 @@ impl QueryService {
         })
         .await
         .map_err(|e| QueryError::Internal(e.to_string()))?
+    }
+}
+
+/// The slot of a stored level in per-level counts: levels outside the enum count as
+/// UNSPECIFIED (slot 0), as the query language matches them.
+fn level_slot(level: i32) -> usize {
+    if (0..=6).contains(&level) {
+        level as usize
+    } else {
+        0
     }
 }
 

@@ -334,14 +334,6 @@ async fn histogram(
                     (to - origin) / step
                 )));
             }
-            let spec = AggSpec {
-                filter: filter_of(&params, from, to),
-                by: vec![group_by.to_string()],
-                step_ns: step,
-                origin_ns: origin,
-                ..AggSpec::default()
-            };
-            let (groups, stats) = service.aggregate(spec, tenant).await?;
             // Every bucket of the range, empty ones included, so charts keep their time axis.
             let mut buckets: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
             let mut start = origin;
@@ -350,11 +342,60 @@ async fn histogram(
                 start += step;
             }
             let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-            for ((bucket, group), cell) in groups {
-                let name = group.into_iter().next().unwrap_or_default();
-                *buckets.entry(bucket).or_default().entry(name.clone()).or_default() += cell.count;
-                *totals.entry(name).or_default() += cell.count;
-            }
+            let mut add = |bucket: i64, name: &str, count: u64| {
+                if count == 0 {
+                    return;
+                }
+                let slot = buckets.entry(bucket).or_default();
+                match slot.get_mut(name) {
+                    Some(n) => *n += count,
+                    None => {
+                        slot.insert(name.to_string(), count);
+                    }
+                }
+                match totals.get_mut(name) {
+                    Some(n) => *n += count,
+                    None => {
+                        totals.insert(name.to_string(), count);
+                    }
+                }
+            };
+            let stats = if interval.subsec_nanos() == 0 {
+                // Whole-second buckets are epoch-aligned like `/api/v1/stats`'s: count on its
+                // path (block rollups; one replica per service in a cluster) and reshape.
+                let mut counting: Params = ["service", "level", "contains", "query"]
+                    .into_iter()
+                    .filter_map(|key| Some((key.to_string(), params.get(key)?.clone())))
+                    .collect();
+                counting.insert("from".into(), from.to_string());
+                counting.insert("to".into(), to.to_string());
+                counting.insert("interval".into(), format!("{}s", interval.as_secs()));
+                let (counts, stats) = service.level_counts(counting, tenant).await?;
+                for ((service_name, bucket), by_level) in &counts {
+                    for (level, count) in by_level.iter().enumerate() {
+                        let name = if group_by == "service" {
+                            service_name.as_str()
+                        } else {
+                            logcluster_proto::Level::from_i32_lossy(level as i32).as_str()
+                        };
+                        add(*bucket, name, *count);
+                    }
+                }
+                stats
+            } else {
+                let spec = AggSpec {
+                    filter: filter_of(&params, from, to),
+                    by: vec![group_by.to_string()],
+                    step_ns: step,
+                    origin_ns: origin,
+                    ..AggSpec::default()
+                };
+                let (groups, stats) = service.aggregate(spec, tenant).await?;
+                for ((bucket, group), cell) in groups {
+                    add(bucket, group.first().map_or("", String::as_str), cell.count);
+                }
+                stats
+            };
             Ok(json!({
                 "interval_seconds": interval.as_secs_f64(),
                 "group_by": group_by,
