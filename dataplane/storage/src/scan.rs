@@ -194,13 +194,30 @@ fn load(
     match &candidate.source {
         Source::Tail(chunk) => Some(chunk.clone()),
         Source::Block { file, meta, sealed } => {
-            let decoded =
-                segment::read_block(file, meta).and_then(|bytes| match filter.record_needle {
-                    Some(needle) => segment::decode_block_where(&bytes, meta, |record| {
-                        segment::contains_ignore_ascii_case(record, needle)
-                    }),
-                    None => segment::decode_block(&bytes, meta).map(|entries| (entries, 0)),
-                });
+            // Records are passed over before decoding when their level or timestamp (read
+            // from the bytes) or a missing needle rules them out; only worth it when the
+            // filter narrows levels or time inside the block, or has a needle.
+            let by_level = meta.level_mask & !filter.level_mask != 0;
+            let by_time = meta.min_ts < filter.from_ts || meta.max_ts >= filter.to_ts;
+            let decoded = segment::read_block(file, meta).and_then(|bytes| {
+                if !by_level && !by_time && filter.record_needle.is_none() {
+                    return segment::decode_block(&bytes, meta).map(|entries| (entries, 0));
+                }
+                segment::decode_block_where(&bytes, meta, |record| {
+                    // A malformed record is kept: its full decode reports it.
+                    if (by_level || by_time)
+                        && let Some((ts, level)) = segment::record_time_and_level(record)
+                        && (ts < filter.from_ts
+                            || ts >= filter.to_ts
+                            || filter.level_mask & (1 << level.clamp(0, 31)) == 0)
+                    {
+                        return false;
+                    }
+                    filter
+                        .record_needle
+                        .is_none_or(|needle| segment::contains_ignore_ascii_case(record, needle))
+                })
+            });
             match decoded {
                 Ok((entries, passed_over)) => {
                     // Passed-over records were scanned (and did not match).

@@ -334,6 +334,34 @@ pub fn decode_block_where(
     Ok((entries, skipped))
 }
 
+/// The timestamp and level of an encoded `LogEntry`, read by walking its top-level fields
+/// without decoding them (absent fields are proto3 zeros; a repeated field's last value
+/// wins, as in a full decode). `None` when the bytes are not a well-formed message.
+pub fn record_time_and_level(mut record: &[u8]) -> Option<(i64, i32)> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let (mut timestamp, mut level) = (0i64, 0i32);
+    while !record.is_empty() {
+        let (tag, wire_type) = decode_key(&mut record).ok()?;
+        let skip = match wire_type {
+            WireType::Varint => {
+                let value = decode_varint(&mut record).ok()?;
+                match tag {
+                    2 => timestamp = value as i64,
+                    6 => level = value as i32,
+                    _ => {}
+                }
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => usize::try_from(decode_varint(&mut record).ok()?).ok()?,
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        record = record.get(skip..)?;
+    }
+    Some((timestamp, level))
+}
+
 /// Whether `haystack` contains `needle_lower` (ASCII lowercase), ignoring ASCII case.
 pub fn contains_ignore_ascii_case(haystack: &[u8], needle_lower: &[u8]) -> bool {
     let Some((&first, rest)) = needle_lower.split_first() else {
@@ -671,5 +699,23 @@ mod tests {
             .count();
         assert_eq!(with_message, 10);
         assert_eq!(decode_block(&bytes, &meta).expect("decodes"), all);
+    }
+
+    #[test]
+    fn time_and_level_are_read_without_decoding() {
+        use logcluster_proto::FieldValue;
+        let mut entry = entries(2).remove(1);
+        entry.timestamp = -5;
+        entry.host = "h".into();
+        entry.fields.insert("n".into(), FieldValue::float(2.5));
+        let bytes = entry.encode_to_vec();
+        assert_eq!(
+            record_time_and_level(&bytes),
+            Some((-5, Level::Error as i32))
+        );
+        let plain = LogEntry::default().encode_to_vec();
+        assert_eq!(record_time_and_level(&plain), Some((0, 0)));
+        assert_eq!(record_time_and_level(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(record_time_and_level(&[0x0b]), None);
     }
 }
