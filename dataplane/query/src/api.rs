@@ -217,7 +217,10 @@ impl Compiled {
 
     pub fn matches(&self, entry: &LogEntry) -> bool {
         if let Some(needle) = &self.contains
-            && !contains_ignore_ascii_case(&entry.message, needle)
+            && !logcluster_storage::segment::contains_ignore_ascii_case(
+                entry.message.as_bytes(),
+                needle.as_bytes(),
+            )
         {
             return false;
         }
@@ -231,19 +234,6 @@ impl Compiled {
             None => true,
         }
     }
-}
-
-fn contains_ignore_ascii_case(haystack: &str, needle_lower: &str) -> bool {
-    if needle_lower.is_empty() {
-        return true;
-    }
-    let hay = haystack.as_bytes();
-    let needle = needle_lower.as_bytes();
-    if needle.len() > hay.len() {
-        return false;
-    }
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn split_list(text: &Option<String>) -> Option<Vec<String>> {

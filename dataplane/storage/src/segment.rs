@@ -362,18 +362,20 @@ pub fn record_time_and_level(mut record: &[u8]) -> Option<(i64, i32)> {
     Some((timestamp, level))
 }
 
-/// Whether `haystack` contains `needle_lower` (ASCII lowercase), ignoring ASCII case.
-pub fn contains_ignore_ascii_case(haystack: &[u8], needle_lower: &[u8]) -> bool {
-    let Some((&first, rest)) = needle_lower.split_first() else {
+/// Whether `haystack` contains `needle`, ignoring ASCII case (other bytes compare as they
+/// are). The one substring test of the query path: record prefilter and entry predicates.
+pub fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
         return true;
     };
-    if needle_lower.len() > haystack.len() {
+    if needle.len() > haystack.len() {
         return false;
     }
-    let last_start = haystack.len() - needle_lower.len();
+    let last_start = haystack.len() - needle.len();
     let candidates = &haystack[..=last_start];
+    let first = first.to_ascii_lowercase();
     memchr::memchr2_iter(first, first.to_ascii_uppercase(), candidates)
-        .any(|at| haystack[at + 1..at + needle_lower.len()].eq_ignore_ascii_case(rest))
+        .any(|at| haystack[at + 1..at + needle.len()].eq_ignore_ascii_case(rest))
 }
 
 /// Why a block could not be read. The block is skipped and counted; the query says partial.
@@ -675,6 +677,7 @@ mod tests {
         assert!(!contains_ignore_ascii_case(b"timeou", b"timeout"));
         assert!(!contains_ignore_ascii_case(b"time out", b"timeout"));
         assert!(contains_ignore_ascii_case(b"tttimeout", b"ttimeout"));
+        assert!(contains_ignore_ascii_case(b"upstream timeout", b"TimeOut"));
 
         let mut all = entries(50);
         for (i, entry) in all.iter_mut().enumerate() {

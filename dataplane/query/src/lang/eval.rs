@@ -119,20 +119,7 @@ pub(super) fn contains_folded(haystack: &str, needle: &str) -> bool {
     if !needle.is_ascii() {
         return haystack.to_lowercase().contains(needle);
     }
-    let (hay, pattern) = (haystack.as_bytes(), needle.as_bytes());
-    let Some(&first) = pattern.first() else {
-        return true;
-    };
-    let first = first.to_ascii_lowercase();
-    if pattern.len() > hay.len() {
-        return false;
-    }
-    hay.windows(pattern.len()).any(|window| {
-        window
-            .first()
-            .is_some_and(|b| b.to_ascii_lowercase() == first)
-            && window.eq_ignore_ascii_case(pattern)
-    })
+    logcluster_storage::segment::contains_ignore_ascii_case(haystack.as_bytes(), needle.as_bytes())
 }
 
 /// Length of the UTF-8 sequence starting with `byte` (1 for stray continuation bytes).
