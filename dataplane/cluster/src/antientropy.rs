@@ -69,6 +69,7 @@ fn every_entry<'a>(
         level_mask: u32::MAX,
         required_tokens: &[],
         record_needle: None,
+        core_and_message_only: false,
         predicate,
     }
 }

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use logcluster_cluster::replication::Cluster;
 use logcluster_proto::{Level, LogEntry};
-use logcluster_storage::segment::{BlockMeta, ROLLUP_NS};
+use logcluster_storage::segment::{BlockMeta, NeedleScope, ROLLUP_NS};
 use logcluster_storage::{Cursor, ScanFilter, ScanStats, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -187,8 +187,10 @@ pub struct Compiled {
     pub tokens: Vec<String>,
     contains: Option<String>,
     query: Option<lang::Query>,
-    /// Bytes every match's record holds (see `ScanFilter::record_needle`).
-    record_needle: Option<String>,
+    /// Bytes every match holds (see `ScanFilter::record_needle`).
+    record_needle: Option<(String, NeedleScope)>,
+    /// Matching reads only id, tenant, service, level and message.
+    core_and_message_only: bool,
 }
 
 impl Compiled {
@@ -204,8 +206,25 @@ impl Compiled {
             to_ts: self.to_ts,
             level_mask: self.level_mask,
             required_tokens: &self.tokens,
-            record_needle: self.record_needle.as_deref().map(str::as_bytes),
+            record_needle: self
+                .record_needle
+                .as_ref()
+                .map(|(needle, scope)| (needle.as_bytes(), *scope)),
+            core_and_message_only: false,
             predicate,
+        }
+    }
+
+    /// [`Compiled::scan_filter`] for a consumer that reads only an entry's id, timestamps,
+    /// tenant, service, level and message: when the predicate reads no more either, storage
+    /// leaves host, trace id and fields undecoded.
+    pub fn core_scan_filter<'a>(
+        &'a self,
+        predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
+    ) -> ScanFilter<'a> {
+        ScanFilter {
+            core_and_message_only: self.core_and_message_only,
+            ..self.scan_filter(predicate)
         }
     }
 
@@ -284,6 +303,7 @@ pub fn compile(
     let to_ts = bound(&request.to_ts, "to_ts", i64::MAX)?;
     let mut tokens = Vec::new();
     let mut record_needle = None;
+    let mut core_and_message_only = true;
     let contains = request
         .contains
         .as_ref()
@@ -314,6 +334,7 @@ pub fn compile(
             }
             tokens.extend(hints.required_tokens);
             record_needle = hints.record_needle;
+            core_and_message_only = hints.core_and_message_only;
             if let Some(last) = parsed.last {
                 from_ts = from_ts.max(logcluster_proto::time::now_nanos() - last.as_nanos() as i64);
             }
@@ -323,12 +344,13 @@ pub fn compile(
     // `contains` is matched ASCII-case-insensitively on the message, so its bytes are in
     // every match's record; of two needles the longer is the more selective.
     if let Some(needle) = &contains
-        && needle.len() > record_needle.as_ref().map_or(0, String::len)
+        && needle.len() > record_needle.as_ref().map_or(0, |(n, _)| n.len())
     {
-        record_needle = Some(needle.clone());
+        record_needle = Some((needle.clone(), NeedleScope::Message));
     }
     Ok(Compiled {
         record_needle,
+        core_and_message_only,
         tenant,
         services,
         from_ts,
@@ -661,7 +683,8 @@ impl QueryService {
             let started = Instant::now();
             let budget = Budget::new(&limits);
             let predicate = |e: &LogEntry| budget.admit(e) && compiled.matches(e);
-            let filter = compiled.scan_filter(&predicate);
+            // Counting reads service, timestamp and level only.
+            let filter = compiled.core_scan_filter(&predicate);
             // Per thread: service -> interval start -> counts by level. Keyed by service
             // first so the hot path looks a service up by &str and clones it only once per
             // service, not once per entry; merged below.

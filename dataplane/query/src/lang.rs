@@ -87,6 +87,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use logcluster_proto::Level;
+use logcluster_storage::segment::NeedleScope;
 
 pub use parser::{MAX_DEPTH, parse};
 
@@ -232,10 +233,13 @@ pub struct Hints {
     /// Lower-cased tokens ([`logcluster_proto::tokens`]) that every match contains as whole
     /// tokens of its message, host, trace id or a string field value. Sorted, no duplicates.
     pub required_tokens: Vec<String>,
-    /// ASCII-lowercase text that every match's encoded record contains, ignoring ASCII case
-    /// (a substring of its message or an exact string field value): storage passes over
-    /// records without it before decoding them.
-    pub record_needle: Option<String>,
+    /// ASCII-lowercase text that every match holds, ignoring ASCII case, in the given string
+    /// (a substring of its message, or an exact host, trace id or string field value):
+    /// storage passes over records without it before decoding them.
+    pub record_needle: Option<(String, NeedleScope)>,
+    /// Matching reads only an entry's id, tenant, service, level and message (storage may
+    /// leave host, trace id and fields undecoded when the consumer needs no more either).
+    pub core_and_message_only: bool,
 }
 
 /// A query string that could not be parsed.
@@ -280,7 +284,10 @@ impl Query {
     pub fn hints(&self) -> Hints {
         match &self.expr {
             Some(expr) => hints::of(expr),
-            None => Hints::default(),
+            None => Hints {
+                core_and_message_only: true,
+                ..Hints::default()
+            },
         }
     }
 }

@@ -9,6 +9,7 @@
 //! about networks, formats or replicas: it stores `LogEntry` values and answers scans.
 
 mod bloom;
+mod columnar;
 mod commit;
 mod metrics;
 pub mod scan;

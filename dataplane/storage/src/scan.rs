@@ -14,7 +14,7 @@ use std::time::Instant;
 use logcluster_proto::LogEntry;
 
 use crate::bloom;
-use crate::segment::{self, BlockMeta};
+use crate::segment::{self, BlockMeta, NeedleScope};
 use crate::stream::StreamSnapshot;
 
 /// Position after which the next page starts: entries strictly older in (timestamp, id) order.
@@ -51,10 +51,14 @@ pub struct ScanFilter<'a> {
     pub level_mask: u32,
     /// Tokens every match contains as whole tokens (see `logcluster_proto::tokens`).
     pub required_tokens: &'a [String],
-    /// ASCII-lowercase bytes that every match's encoded record contains, ignoring ASCII case
-    /// (e.g. a message substring; protobuf keeps strings verbatim). Records without it are
-    /// passed over before they are decoded. Must be implied by `predicate`.
-    pub record_needle: Option<&'a [u8]>,
+    /// ASCII-lowercase bytes that every match holds, ignoring ASCII case, in the given
+    /// string (e.g. a message substring or an exact trace id). Records without it are passed
+    /// over before they are decoded. Must be implied by `predicate`.
+    pub record_needle: Option<(&'a [u8], NeedleScope)>,
+    /// `predicate` and the consumer read only id, timestamps, tenant, service, level and
+    /// message of an entry: host, trace id and fields may be left empty (and are then not
+    /// decompressed).
+    pub core_and_message_only: bool,
     pub predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
 }
 
@@ -194,30 +198,15 @@ fn load(
     match &candidate.source {
         Source::Tail(chunk) => Some(chunk.clone()),
         Source::Block { file, meta, sealed } => {
-            // Records are passed over before decoding when their level or timestamp (read
-            // from the bytes) or a missing needle rules them out; only worth it when the
-            // filter narrows levels or time inside the block, or has a needle.
-            let by_level = meta.level_mask & !filter.level_mask != 0;
-            let by_time = meta.min_ts < filter.from_ts || meta.max_ts >= filter.to_ts;
-            let decoded = segment::read_block(file, meta).and_then(|bytes| {
-                if !by_level && !by_time && filter.record_needle.is_none() {
-                    return segment::decode_block(&bytes, meta).map(|entries| (entries, 0));
-                }
-                segment::decode_block_where(&bytes, meta, |record| {
-                    // A malformed record is kept: its full decode reports it.
-                    if (by_level || by_time)
-                        && let Some((ts, level)) = segment::record_time_and_level(record)
-                        && (ts < filter.from_ts
-                            || ts >= filter.to_ts
-                            || filter.level_mask & (1 << level.clamp(0, 31)) == 0)
-                    {
-                        return false;
-                    }
-                    filter
-                        .record_needle
-                        .is_none_or(|needle| segment::contains_ignore_ascii_case(record, needle))
-                })
-            });
+            let rows = segment::RowFilter {
+                from_ts: filter.from_ts,
+                to_ts: filter.to_ts,
+                level_mask: filter.level_mask,
+                needle: filter.record_needle,
+                core_and_message_only: filter.core_and_message_only,
+            };
+            let decoded = segment::read_block(file, meta)
+                .and_then(|bytes| segment::decode_block_filtered(&bytes, meta, &rows));
             match decoded {
                 Ok((entries, passed_over)) => {
                     // Passed-over records were scanned (and did not match).

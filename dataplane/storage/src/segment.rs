@@ -3,7 +3,7 @@
 //! File layout:
 //! ```text
 //! "LCSEG001"                                   8-byte magic
-//! block 0 … block n                            zstd frames of [u32 len LE][prost LogEntry]…
+//! block 0 … block n                            see below
 //! index                                        prost SegmentIndex
 //! [u64 index_offset][u32 index_len][u32 crc32(index)]["LCSEGEND"]   24-byte footer
 //! ```
@@ -30,7 +30,7 @@ pub const SEG_MAGIC: &[u8; 8] = b"LCSEG001";
 pub const FOOTER_MAGIC: &[u8; 8] = b"LCSEGEND";
 pub const FOOTER_LEN: usize = 24;
 /// A block larger than this (compressed or raw) is treated as corrupt.
-const MAX_BLOCK_LEN: usize = 512 * 1024 * 1024;
+pub(crate) const MAX_BLOCK_LEN: usize = 512 * 1024 * 1024;
 
 /// Index entry of one block.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -67,6 +67,65 @@ pub struct BlockMeta {
     /// the entries).
     #[prost(bool, tag = "12")]
     pub numeric_complete: bool,
+    /// [`FORMAT_ROWS`] (0, blocks written before the column layout) or [`FORMAT_COLUMNS`].
+    #[prost(uint32, tag = "13")]
+    pub format: u32,
+    /// Column blocks: compressed and raw lengths of their sections (`columnar::Sections`).
+    #[prost(uint32, repeated, tag = "14")]
+    pub sections: Vec<u32>,
+}
+
+/// Block format: one zstd frame of length-prefixed protobuf records.
+pub const FORMAT_ROWS: u32 = 0;
+/// Block format: entries stored column by column in three zstd frames (`columnar`).
+pub const FORMAT_COLUMNS: u32 = 1;
+
+/// Which of a record's strings holds a record needle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NeedleScope {
+    /// Any of them (id, tenant, service, message, host, trace id, field keys and values).
+    #[default]
+    Record,
+    Message,
+    Host,
+    TraceId,
+}
+
+/// Which rows of a block to decode: a cheap prefilter run before rows are materialized (it
+/// may keep rows that the query's predicate then refuses, never the other way round).
+#[derive(Clone, Copy, Debug)]
+pub struct RowFilter<'a> {
+    /// Inclusive lower bound, Unix ns.
+    pub from_ts: i64,
+    /// Exclusive upper bound, Unix ns.
+    pub to_ts: i64,
+    /// Bit n = level n (levels outside 0..=31 clamped) may be kept.
+    pub level_mask: u32,
+    /// ASCII-lowercase bytes every kept row holds (ignoring ASCII case) in the given string.
+    pub needle: Option<(&'a [u8], NeedleScope)>,
+    /// The consumer reads only id, timestamps, tenant, service, level and message: column
+    /// blocks may leave host, trace id and fields empty. Row blocks decode everything.
+    pub core_and_message_only: bool,
+}
+
+impl RowFilter<'_> {
+    /// Every row, every field.
+    pub fn everything() -> RowFilter<'static> {
+        RowFilter {
+            from_ts: i64::MIN,
+            to_ts: i64::MAX,
+            level_mask: u32::MAX,
+            needle: None,
+            core_and_message_only: false,
+        }
+    }
+
+    /// Whether a row with this timestamp and level is kept (before the needle).
+    pub fn keeps(&self, timestamp: i64, level: i32) -> bool {
+        timestamp >= self.from_ts
+            && timestamp < self.to_ts
+            && self.level_mask & (1 << level.clamp(0, 31)) != 0
+    }
 }
 
 /// Numeric fields summarized per block, at most.
@@ -232,7 +291,6 @@ pub fn build_block(
     entries: &[LogEntry],
     zstd_level: i32,
 ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
-    let mut raw = Vec::with_capacity(entries.iter().map(|e| e.approx_size() + 4).sum());
     let mut meta = BlockMeta {
         min_ts: i64::MAX,
         max_ts: i64::MIN,
@@ -261,10 +319,6 @@ pub fn build_block(
                 entry.level.clamp(0, 31) as u32,
             ))
             .or_default() += 1;
-        raw.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
-        entry
-            .encode(&mut raw)
-            .map_err(|e| StorageError::Encode(e.to_string()))?;
         meta.min_ts = meta.min_ts.min(entry.timestamp);
         meta.max_ts = meta.max_ts.max(entry.timestamp);
         meta.level_mask |= 1 << (entry.level.clamp(0, 31) as u32);
@@ -287,9 +341,10 @@ pub fn build_block(
             count,
         })
         .collect();
-    meta.raw_len = raw.len() as u32;
-    let compressed = zstd::bulk::compress(&raw, zstd_level)
-        .map_err(|source| StorageError::Compress { source })?;
+    let (compressed, sections) = crate::columnar::encode(entries, zstd_level)?;
+    meta.format = FORMAT_COLUMNS;
+    meta.raw_len = sections[1] + sections[3] + sections[5];
+    meta.sections = sections.to_vec();
     meta.len = compressed.len() as u32;
     meta.crc = crc32fast::hash(&compressed);
     Ok((compressed, meta))
@@ -297,19 +352,35 @@ pub fn build_block(
 
 /// Decodes a block read from disk; verifies its checksum first.
 pub fn decode_block(compressed: &[u8], meta: &BlockMeta) -> Result<Vec<LogEntry>, BlockError> {
-    decode_block_where(compressed, meta, |_| true).map(|(entries, _)| entries)
+    decode_block_filtered(compressed, meta, &RowFilter::everything()).map(|(entries, _)| entries)
 }
 
-/// [`decode_block`] that decodes only the records whose encoded bytes pass `keep` (a cheap
-/// byte-level prefilter run before the protobuf decode); also returns how many it passed over.
-pub fn decode_block_where(
+/// [`decode_block`] of only the rows `rows` keeps; also returns how many it passed over.
+pub fn decode_block_filtered(
     compressed: &[u8],
     meta: &BlockMeta,
-    keep: impl Fn(&[u8]) -> bool,
+    rows: &RowFilter<'_>,
 ) -> Result<(Vec<LogEntry>, u64), BlockError> {
     if crc32fast::hash(compressed) != meta.crc {
         return Err(BlockError::Checksum);
     }
+    match meta.format {
+        FORMAT_COLUMNS => crate::columnar::decode(compressed, &meta.sections, rows),
+        FORMAT_ROWS => decode_rows(compressed, meta, rows),
+        _ => Err(BlockError::Decode),
+    }
+}
+
+/// A [`FORMAT_ROWS`] block: records are passed over by their level and timestamp (read from
+/// the bytes) and by a needle anywhere in their bytes; a malformed record is kept so that
+/// its full decode reports it.
+fn decode_rows(
+    compressed: &[u8],
+    meta: &BlockMeta,
+    rows: &RowFilter<'_>,
+) -> Result<(Vec<LogEntry>, u64), BlockError> {
+    let by_level = meta.level_mask & !rows.level_mask != 0;
+    let by_time = meta.min_ts < rows.from_ts || meta.max_ts >= rows.to_ts;
     let capacity = (meta.raw_len as usize).min(MAX_BLOCK_LEN);
     let raw = zstd::bulk::decompress(compressed, capacity).map_err(|_| BlockError::Decompress)?;
     let mut entries = Vec::with_capacity(meta.count as usize);
@@ -324,10 +395,15 @@ pub fn decode_block_where(
         let body = raw
             .get(pos + 4..pos + 4 + len)
             .ok_or(BlockError::Truncated)?;
-        if keep(body) {
-            entries.push(LogEntry::decode(body).map_err(|_| BlockError::Decode)?);
-        } else {
+        let passed_over = ((by_level || by_time)
+            && record_time_and_level(body).is_some_and(|(ts, level)| !rows.keeps(ts, level)))
+            || rows
+                .needle
+                .is_some_and(|(needle, _)| !contains_ignore_ascii_case(body, needle));
+        if passed_over {
             skipped += 1;
+        } else {
+            entries.push(LogEntry::decode(body).map_err(|_| BlockError::Decode)?);
         }
         pos += 4 + len;
     }
@@ -687,21 +763,112 @@ mod tests {
                 _ => {}
             }
         }
+        let needle = |scope| RowFilter {
+            needle: Some((&b"timeout"[..], scope)),
+            ..RowFilter::everything()
+        };
+        for (bytes, meta) in [build_block(&all, 1).expect("block"), row_block(&all)] {
+            let (kept, passed_over) =
+                decode_block_filtered(&bytes, &meta, &needle(NeedleScope::Record))
+                    .expect("decodes");
+            // Records with the needle anywhere are decoded (the caller's predicate decides);
+            // every record whose message has it is among them; the rest were passed over.
+            assert_eq!(
+                (kept.len(), passed_over),
+                (20, 30),
+                "format {}",
+                meta.format
+            );
+            let with_message = kept
+                .iter()
+                .filter(|e| e.message.to_ascii_lowercase().contains("timeout"))
+                .count();
+            assert_eq!(with_message, 10);
+            assert_eq!(decode_block(&bytes, &meta).expect("decodes"), all);
+        }
+        // A column block tests a scoped needle on that string alone.
         let (bytes, meta) = build_block(&all, 1).expect("block");
-        let (kept, passed_over) = decode_block_where(&bytes, &meta, |record| {
-            contains_ignore_ascii_case(record, b"timeout")
-        })
-        .expect("decodes");
-        // Records with the needle anywhere are decoded (the caller's predicate decides);
-        // every record whose message has it is among them; the rest were passed over.
-        assert_eq!(kept.len(), 20);
-        assert_eq!(passed_over, 30);
-        let with_message = kept
+        for (scope, expected) in [
+            (NeedleScope::Message, 0),
+            (NeedleScope::Host, 1),
+            (NeedleScope::TraceId, 99),
+        ] {
+            let (kept, passed_over) =
+                decode_block_filtered(&bytes, &meta, &needle(scope)).expect("decodes");
+            let wanted: Vec<&LogEntry> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 5 == expected)
+                .map(|(_, e)| e)
+                .collect();
+            assert_eq!(kept.iter().collect::<Vec<_>>(), wanted, "{scope:?}");
+            assert_eq!(passed_over, 50 - wanted.len() as u64);
+        }
+    }
+
+    /// A block in the layout written before the column one ([`FORMAT_ROWS`]).
+    fn row_block(entries: &[LogEntry]) -> (Vec<u8>, BlockMeta) {
+        let (_, mut meta) = build_block(entries, 1).expect("block");
+        let mut raw = Vec::new();
+        for entry in entries {
+            raw.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
+            entry.encode(&mut raw).expect("encode");
+        }
+        let bytes = zstd::bulk::compress(&raw, 1).expect("compress");
+        meta.format = FORMAT_ROWS;
+        meta.sections.clear();
+        meta.raw_len = raw.len() as u32;
+        meta.len = bytes.len() as u32;
+        meta.crc = crc32fast::hash(&bytes);
+        (bytes, meta)
+    }
+
+    #[test]
+    fn both_formats_pass_over_rows_by_time_and_level() {
+        let all = entries(40);
+        let rows = RowFilter {
+            from_ts: 1_010,
+            to_ts: 1_030,
+            level_mask: 1 << Level::Error as u32,
+            ..RowFilter::everything()
+        };
+        let wanted: Vec<LogEntry> = all
             .iter()
-            .filter(|e| e.message.to_ascii_lowercase().contains("timeout"))
-            .count();
-        assert_eq!(with_message, 10);
-        assert_eq!(decode_block(&bytes, &meta).expect("decodes"), all);
+            .filter(|e| (1_010..1_030).contains(&e.timestamp) && e.level == Level::Error as i32)
+            .cloned()
+            .collect();
+        for (bytes, meta) in [build_block(&all, 3).expect("block"), row_block(&all)] {
+            let (kept, passed_over) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
+            assert_eq!(kept, wanted, "format {}", meta.format);
+            assert_eq!(passed_over, 30);
+        }
+    }
+
+    #[test]
+    fn a_core_and_message_reader_gets_no_host_trace_or_fields() {
+        use logcluster_proto::FieldValue;
+        let mut all = entries(10);
+        for entry in &mut all {
+            entry.host = "h1".into();
+            entry.trace_id = "t1".into();
+            entry.fields.insert("n".into(), FieldValue::int(7));
+        }
+        let (bytes, meta) = build_block(&all, 3).expect("block");
+        let rows = RowFilter {
+            core_and_message_only: true,
+            ..RowFilter::everything()
+        };
+        let (kept, _) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
+        let expected: Vec<LogEntry> = all
+            .iter()
+            .map(|e| LogEntry {
+                host: String::new(),
+                trace_id: String::new(),
+                fields: Default::default(),
+                ..e.clone()
+            })
+            .collect();
+        assert_eq!(kept, expected);
     }
 
     #[test]
@@ -720,5 +887,139 @@ mod tests {
         assert_eq!(record_time_and_level(&plain), Some((0, 0)));
         assert_eq!(record_time_and_level(&bytes[..bytes.len() - 1]), None);
         assert_eq!(record_time_and_level(&[0x0b]), None);
+    }
+
+    fn arb_field() -> impl proptest::strategy::Strategy<Value = logcluster_proto::FieldValue> {
+        use logcluster_proto::FieldValue;
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<String>().prop_map(FieldValue::str),
+            any::<i64>().prop_map(FieldValue::int),
+            any::<f64>().prop_map(FieldValue::float),
+            prop_oneof![
+                Just(0.1),
+                Just(-0.0),
+                Just(1e300),
+                Just(f64::NAN),
+                Just(12.34)
+            ]
+            .prop_map(FieldValue::float),
+            any::<bool>().prop_map(FieldValue::bool),
+            any::<String>().prop_map(|s| FieldValue {
+                kind: Some(Kind::Json(s))
+            }),
+            Just(FieldValue { kind: None }),
+        ]
+    }
+
+    fn arb_entries() -> impl proptest::strategy::Strategy<Value = Vec<LogEntry>> {
+        use proptest::prelude::*;
+        let id = prop_oneof![
+            any::<String>(),
+            (any::<u64>(), 0u32..4).prop_map(|(uid, p)| format!("{uid:016x}-{p:08x}")),
+            Just("00000000000000ab-00000001".to_string()),
+            Just("00000000000000ab-00000002".to_string()),
+            Just("00000000000000AB-00000003".to_string()),
+            Just("00000000000000ab-ffffffff".to_string()),
+        ];
+        let entry = (
+            id,
+            prop_oneof![any::<i64>(), (0i64..1_000).prop_map(|t| t * 1_000_000)],
+            any::<i64>(),
+            prop_oneof![Just("acme".to_string()), any::<String>()],
+            prop_oneof![Just("api".to_string()), Just(String::new())],
+            prop_oneof![0i32..7, any::<i32>()],
+            any::<String>(),
+            prop_oneof![Just("h".to_string()), any::<String>()],
+            prop_oneof![Just(String::new()), "[0-9a-f]{32}"],
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("n".to_string()),
+                    Just("m".to_string()),
+                    any::<String>()
+                ],
+                arb_field(),
+                0..4,
+            ),
+        )
+            .prop_map(
+                |(
+                    id,
+                    timestamp,
+                    received_at,
+                    tenant,
+                    service,
+                    level,
+                    message,
+                    host,
+                    trace_id,
+                    fields,
+                )| {
+                    LogEntry {
+                        id,
+                        timestamp,
+                        received_at,
+                        tenant,
+                        service,
+                        level,
+                        message,
+                        host,
+                        trace_id,
+                        fields,
+                    }
+                },
+            );
+        prop::collection::vec(entry, 0..24)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Column blocks give back every entry bit for bit (compared as protobuf bytes, so
+        /// NaN payloads and -0.0 count too).
+        #[test]
+        fn column_blocks_round_trip(all in arb_entries()) {
+            let (bytes, meta) = build_block(&all, 1).expect("block");
+            proptest::prop_assert_eq!(meta.format, FORMAT_COLUMNS);
+            let back = decode_block(&bytes, &meta).expect("decodes");
+            let encode = |entries: &[LogEntry]| -> Vec<Vec<u8>> {
+                entries.iter().map(Message::encode_to_vec).collect()
+            };
+            proptest::prop_assert_eq!(encode(&back), encode(&all));
+        }
+
+        /// A damaged section (with a matching CRC, as if written that way) is an error or
+        /// some entries, never a panic.
+        #[test]
+        fn damaged_column_sections_are_errors(all in arb_entries(), at in 0usize..4096, byte in 0u8..=255, cut in 0usize..64) {
+            let (_, meta) = build_block(&all, 1).expect("block");
+            let raws = [
+                crate::columnar::raw_sections(&all).0,
+                crate::columnar::raw_sections(&all).1,
+                crate::columnar::raw_sections(&all).2,
+            ];
+            for damaged in 0..3 {
+                let mut sections = Vec::new();
+                let mut bytes = Vec::new();
+                for (i, raw) in raws.iter().enumerate() {
+                    let mut raw = raw.clone();
+                    if i == damaged && !raw.is_empty() {
+                        let at = at % raw.len();
+                        raw[at] = byte;
+                        raw.truncate(raw.len().saturating_sub(cut % 3));
+                    }
+                    let frame = zstd::bulk::compress(&raw, 1).expect("compress");
+                    sections.extend([frame.len() as u32, raw.len() as u32]);
+                    bytes.extend_from_slice(&frame);
+                }
+                let meta = BlockMeta {
+                    crc: crc32fast::hash(&bytes),
+                    len: bytes.len() as u32,
+                    sections,
+                    ..meta.clone()
+                };
+                let _ = decode_block(&bytes, &meta);
+            }
+        }
     }
 }

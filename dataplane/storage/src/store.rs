@@ -225,6 +225,7 @@ impl Store {
                 level_mask: u32::MAX,
                 required_tokens: &[],
                 record_needle: None,
+                core_and_message_only: false,
                 predicate: &always,
             };
             store.scan(&filter, |entry| {
@@ -356,6 +357,7 @@ impl Store {
                                 level_mask: u32::MAX,
                                 required_tokens: &[],
                                 record_needle: None,
+                                core_and_message_only: false,
                                 predicate: &always,
                             },
                             |entry| {

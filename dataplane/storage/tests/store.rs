@@ -46,6 +46,7 @@ fn filter<'a>(
         level_mask: all_levels(),
         required_tokens: &[],
         record_needle: None,
+        core_and_message_only: false,
         predicate,
     }
 }

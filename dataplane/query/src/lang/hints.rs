@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use logcluster_proto::Level;
 use logcluster_proto::tokens::{for_each_token, interior_tokens};
+use logcluster_storage::segment::NeedleScope;
 
 use super::eval::{glob, is_json_like};
 use super::{Expr, Field, Hints, Value};
@@ -14,8 +15,8 @@ struct Facts {
     services: Option<BTreeSet<String>>,
     levels: Option<u8>,
     tokens: BTreeSet<String>,
-    /// ASCII-lowercase bytes every match's encoded record holds, ignoring ASCII case.
-    needle: Option<String>,
+    /// ASCII-lowercase bytes every match holds in the given string, ignoring ASCII case.
+    needle: Option<(String, NeedleScope)>,
 }
 
 impl Facts {
@@ -36,6 +37,20 @@ pub(super) fn of(expr: &Expr) -> Hints {
         levels: facts.levels,
         required_tokens: facts.tokens.into_iter().collect(),
         record_needle: facts.needle,
+        core_and_message_only: reads_core_and_message(expr),
+    }
+}
+
+/// Whether matching `expr` reads only an entry's id, tenant, service, level and message.
+fn reads_core_and_message(expr: &Expr) -> bool {
+    match expr {
+        Expr::Text(_) => true,
+        Expr::Match { field, .. } => matches!(
+            field,
+            Field::Service | Field::Level | Field::Tenant | Field::Message | Field::Id
+        ),
+        Expr::Not(inner) => reads_core_and_message(inner),
+        Expr::And(operands) | Expr::Or(operands) => operands.iter().all(reads_core_and_message),
     }
 }
 
@@ -43,7 +58,7 @@ fn facts(expr: &Expr) -> Facts {
     match expr {
         Expr::Text(needle) => Facts {
             tokens: substring_tokens(needle),
-            needle: substring_needle(needle),
+            needle: substring_needle(needle, NeedleScope::Message),
             ..Facts::nothing()
         },
         Expr::Match { field, value } => field_facts(field, value),
@@ -63,8 +78,8 @@ fn facts(expr: &Expr) -> Facts {
                 };
                 all.tokens.extend(next.tokens);
                 // Any one operand's needle will do: the longest is the most selective.
-                if next.needle.as_ref().map_or(0, String::len)
-                    > all.needle.as_ref().map_or(0, String::len)
+                if next.needle.as_ref().map_or(0, |(n, _)| n.len())
+                    > all.needle.as_ref().map_or(0, |(n, _)| n.len())
                 {
                     all.needle = next.needle;
                 }
@@ -111,14 +126,13 @@ fn substring_tokens(needle: &str) -> BTreeSet<String> {
 /// The record needle of a case-insensitive message substring: only ASCII needles, which
 /// are matched byte-wise with ASCII folding (a non-ASCII one is matched after Unicode
 /// lower-casing, which the record's bytes need not show).
-fn substring_needle(needle: &str) -> Option<String> {
-    (!needle.is_empty() && needle.is_ascii()).then(|| needle.to_ascii_lowercase())
+fn substring_needle(needle: &str, scope: NeedleScope) -> Option<(String, NeedleScope)> {
+    (!needle.is_empty() && needle.is_ascii()).then(|| (needle.to_ascii_lowercase(), scope))
 }
 
-/// The record needle of a string field equal to `value`: its bytes are in the record as
-/// they are (protobuf keeps strings verbatim).
-fn exact_needle(value: &str) -> Option<String> {
-    (!value.is_empty()).then(|| value.to_ascii_lowercase())
+/// The record needle of a string field equal to `value`: its bytes are stored as they are.
+fn exact_needle(value: &str, scope: NeedleScope) -> Option<(String, NeedleScope)> {
+    (!value.is_empty()).then(|| (value.to_ascii_lowercase(), scope))
 }
 
 /// All tokens of a value that a field equals exactly.
@@ -167,14 +181,19 @@ fn field_facts(field: &Field, value: &Value) -> Facts {
         }
         (Field::Host | Field::TraceId, Value::Exact(text)) => {
             facts.tokens = all_tokens(text);
-            facts.needle = exact_needle(text);
+            let scope = if *field == Field::Host {
+                NeedleScope::Host
+            } else {
+                NeedleScope::TraceId
+            };
+            facts.needle = exact_needle(text, scope);
         }
         (Field::Host | Field::TraceId, Value::Pattern(pattern)) => {
             facts.tokens = pattern_tokens(pattern, false)
         }
         (Field::Message, Value::Exact(needle)) => {
             facts.tokens = substring_tokens(needle);
-            facts.needle = substring_needle(needle);
+            facts.needle = substring_needle(needle, NeedleScope::Message);
         }
         (Field::Message, Value::Pattern(pattern)) => facts.tokens = pattern_tokens(pattern, true),
         // Only string values are token-indexed: a value that could equal a number, a boolean
@@ -186,7 +205,7 @@ fn field_facts(field: &Field, value: &Value) -> Facts {
                 && !is_json_like(text) =>
         {
             facts.tokens = all_tokens(text);
-            facts.needle = exact_needle(text);
+            facts.needle = exact_needle(text, NeedleScope::Record);
         }
         _ => {}
     }

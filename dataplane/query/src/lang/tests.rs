@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use logcluster_proto::tokens::for_each_token;
 use logcluster_proto::{FieldValue, Level, LogEntry};
+use logcluster_storage::segment::NeedleScope;
 use proptest::prelude::*;
 
 use super::*;
@@ -797,16 +798,24 @@ fn conjunctions_collect_services_levels_and_tokens() {
 
 #[test]
 fn record_needles_come_from_substrings_and_exact_string_values() {
-    assert_eq!(hints("Timeout").record_needle.as_deref(), Some("timeout"));
+    let needle = |input: &str| hints(input).record_needle;
+    let scoped = |text: &str, scope| Some((text.to_string(), scope));
+    assert_eq!(needle("Timeout"), scoped("timeout", NeedleScope::Message));
     assert_eq!(
-        hints("service:api AND trace_id:C662dcc5f3 AND timeout")
-            .record_needle
-            .as_deref(),
-        Some("c662dcc5f3")
+        needle("message:Upstream"),
+        scoped("upstream", NeedleScope::Message)
     );
     assert_eq!(
-        hints("db.table:orders").record_needle.as_deref(),
-        Some("orders")
+        needle("service:api AND trace_id:C662dcc5f3 AND timeout"),
+        scoped("c662dcc5f3", NeedleScope::TraceId)
+    );
+    assert_eq!(
+        needle("host:web-1 AND x"),
+        scoped("web-1", NeedleScope::Host)
+    );
+    assert_eq!(
+        needle("db.table:orders"),
+        scoped("orders", NeedleScope::Record)
     );
     // Numbers, booleans, alternatives, negations and non-ASCII text promise no bytes.
     for input in [
@@ -1009,6 +1018,18 @@ proptest! {
     fn every_match_satisfies_the_hints(expr in arb_vocab_expr(), entries in prop::collection::vec(arb_entry(), 1..16)) {
         let query = Query { expr: Some(expr), last: None };
         let hints = query.hints();
+        if hints.core_and_message_only {
+            // Matching does not depend on host, trace id or fields.
+            for entry in &entries {
+                let core = LogEntry {
+                    host: String::new(),
+                    trace_id: String::new(),
+                    fields: BTreeMap::new(),
+                    ..entry.clone()
+                };
+                prop_assert_eq!(query.matches(&core), query.matches(entry), "{:?} on {:?}", query, entry);
+            }
+        }
         for entry in entries.iter().filter(|e| query.matches(e)) {
             if let Some(services) = &hints.services {
                 prop_assert!(services.contains(&entry.service), "service {:?} not in {:?}", entry.service, services);
@@ -1020,13 +1041,20 @@ proptest! {
             for token in &hints.required_tokens {
                 prop_assert!(tokens.contains(token), "token {:?} missing from {:?} ({:?})", token, tokens, entry);
             }
-            if let Some(needle) = &hints.record_needle {
+            if let Some((needle, scope)) = &hints.record_needle {
                 let record = prost::Message::encode_to_vec(entry);
+                let holder: &[u8] = match scope {
+                    NeedleScope::Record => &record,
+                    NeedleScope::Message => entry.message.as_bytes(),
+                    NeedleScope::Host => entry.host.as_bytes(),
+                    NeedleScope::TraceId => entry.trace_id.as_bytes(),
+                };
                 prop_assert!(
-                    logcluster_storage::segment::contains_ignore_ascii_case(&record, needle.as_bytes()),
-                    "needle {:?} missing from the record of {:?}", needle, entry
+                    logcluster_storage::segment::contains_ignore_ascii_case(holder, needle.as_bytes()),
+                    "needle {:?} missing from the {:?} of {:?}", needle, scope, entry
                 );
             }
+
         }
     }
 }

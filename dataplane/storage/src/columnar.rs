@@ -1,0 +1,648 @@
+//! The column layout of a block (format 1): entries stored field by field in three
+//! separately compressed sections, so that
+//! - like values sit together (timestamps as scaled deltas, levels, repeated strings as one
+//!   flag byte) and compress far better than whole records do;
+//! - a query reads only the sections it needs: time and level prune rows from the small
+//!   *core* section; a message substring is tested on the *message* section alone; the
+//!   *rest* (host, trace id, free-form fields) is decompressed only when a row survives and
+//!   its consumer wants those fields.
+//!
+//! ```text
+//! core     varint n, u8 e, n × zigzag Δ(timestamp / 10^e), n × zigzag Δ(received_at),
+//!          n × zigzag level, n × id cell, tenant column, service column
+//! message  n × (varint len, bytes)
+//! rest     host column, trace_id column, varint k, k × (varint len, key, n × field cell)
+//! ```
+//! A *string column* is n cells: 0 = the previous row's value ("" before the first row), or
+//! 1 + varint len + bytes. An *id cell* is 0 + varint len + bytes, 1 = the previous id's
+//! batch at the next position, or 2 + u64 LE batch uid + varint position (ids of the form
+//! `<16 hex>-<8 hex>`). A *field cell* is 0 absent, 1 string, 2 zigzag int, 3 f64 LE,
+//! 4 bool byte, 5 JSON text, 6 present without a value, 7 f64 as its shortest decimal text
+//! (u8 len + ASCII; used only when it parses back to the same bits).
+//! Each section is one zstd frame; the block's metadata holds their compressed and raw
+//! lengths, and its CRC covers all three.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use logcluster_proto::entry::field_value::Kind;
+use logcluster_proto::{FieldValue, LogEntry};
+use prost::encoding::{decode_varint, encode_varint};
+
+use crate::StorageError;
+use crate::segment::{
+    BlockError, MAX_BLOCK_LEN, NeedleScope, RowFilter, contains_ignore_ascii_case,
+};
+
+/// Compressed and raw lengths of the three sections: `[core, core_raw, message,
+/// message_raw, rest, rest_raw]`.
+pub type Sections = [u32; 6];
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// Appends a string column: each value is written once per run of equal values.
+fn put_string_column<'e>(out: &mut Vec<u8>, values: impl Iterator<Item = &'e str>) {
+    let mut previous = "";
+    for value in values {
+        if value == previous {
+            out.push(0);
+        } else {
+            out.push(1);
+            put_bytes(out, value.as_bytes());
+            previous = value;
+        }
+    }
+}
+
+/// `(batch uid, position)` of an id of the `<16 hex>-<8 hex>` form the ingest path makes
+/// (lower-case only, so that formatting them again gives back the very same bytes).
+fn parse_batch_id(id: &str) -> Option<(u64, u32)> {
+    let bytes = id.as_bytes();
+    if bytes.len() != 25 || bytes[16] != b'-' {
+        return None;
+    }
+    let lower_hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower_hex(&bytes[..16]) || !lower_hex(&bytes[17..]) {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(&id[..16], 16).ok()?,
+        u32::from_str_radix(&id[17..], 16).ok()?,
+    ))
+}
+
+fn format_batch_id(uid: u64, position: u32) -> String {
+    let mut id = String::with_capacity(25);
+    let _ = write!(id, "{uid:016x}-{position:08x}");
+    id
+}
+
+/// The largest power of ten (up to 10^9) dividing every timestamp, as its exponent.
+fn timestamp_scale(entries: &[LogEntry]) -> u8 {
+    let mut exponent = 9u8;
+    let mut unit = 1_000_000_000i64;
+    for entry in entries {
+        while exponent > 0 && entry.timestamp % unit != 0 {
+            exponent -= 1;
+            unit /= 10;
+        }
+        if exponent == 0 {
+            break;
+        }
+    }
+    exponent
+}
+
+fn encode_core(entries: &[LogEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 16);
+    encode_varint(entries.len() as u64, &mut out);
+    let exponent = timestamp_scale(entries);
+    out.push(exponent);
+    let unit = 10i64.pow(u32::from(exponent));
+    let mut previous = 0i64;
+    for entry in entries {
+        let scaled = entry.timestamp / unit;
+        encode_varint(zigzag(scaled.wrapping_sub(previous)), &mut out);
+        previous = scaled;
+    }
+    let mut previous = 0i64;
+    for entry in entries {
+        encode_varint(zigzag(entry.received_at.wrapping_sub(previous)), &mut out);
+        previous = entry.received_at;
+    }
+    for entry in entries {
+        encode_varint(zigzag(i64::from(entry.level)), &mut out);
+    }
+    let mut previous: Option<(u64, u32)> = None;
+    for entry in entries {
+        let parsed = parse_batch_id(&entry.id);
+        match parsed {
+            Some((uid, position))
+                if previous
+                    .is_some_and(|(u, p)| u == uid && p.checked_add(1) == Some(position)) =>
+            {
+                out.push(1)
+            }
+            Some((uid, position)) => {
+                out.push(2);
+                out.extend_from_slice(&uid.to_le_bytes());
+                encode_varint(u64::from(position), &mut out);
+            }
+            None => {
+                out.push(0);
+                put_bytes(&mut out, entry.id.as_bytes());
+            }
+        }
+        previous = parsed;
+    }
+    put_string_column(&mut out, entries.iter().map(|e| e.tenant.as_str()));
+    put_string_column(&mut out, entries.iter().map(|e| e.service.as_str()));
+    out
+}
+
+fn encode_messages(entries: &[LogEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| e.message.len() + 2).sum());
+    for entry in entries {
+        put_bytes(&mut out, entry.message.as_bytes());
+    }
+    out
+}
+
+fn encode_rest(entries: &[LogEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_string_column(&mut out, entries.iter().map(|e| e.host.as_str()));
+    put_string_column(&mut out, entries.iter().map(|e| e.trace_id.as_str()));
+    let mut keys: Vec<&str> = entries
+        .iter()
+        .flat_map(|e| e.fields.keys().map(String::as_str))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    encode_varint(keys.len() as u64, &mut out);
+    let mut text = String::new();
+    for key in keys {
+        put_bytes(&mut out, key.as_bytes());
+        for entry in entries {
+            let Some(value) = entry.fields.get(key) else {
+                out.push(0);
+                continue;
+            };
+            match &value.kind {
+                Some(Kind::Str(s)) => {
+                    out.push(1);
+                    put_bytes(&mut out, s.as_bytes());
+                }
+                Some(Kind::Int(i)) => {
+                    out.push(2);
+                    encode_varint(zigzag(*i), &mut out);
+                }
+                Some(Kind::Float(f)) => {
+                    text.clear();
+                    let _ = write!(text, "{f:?}");
+                    if text.len() < 256 && text.parse::<f64>().map(f64::to_bits) == Ok(f.to_bits())
+                    {
+                        out.push(7);
+                        out.push(text.len() as u8);
+                        out.extend_from_slice(text.as_bytes());
+                    } else {
+                        out.push(3);
+                        out.extend_from_slice(&f.to_le_bytes());
+                    }
+                }
+                Some(Kind::Bool(b)) => {
+                    out.push(4);
+                    out.push(u8::from(*b));
+                }
+                Some(Kind::Json(s)) => {
+                    out.push(5);
+                    put_bytes(&mut out, s.as_bytes());
+                }
+                None => out.push(6),
+            }
+        }
+    }
+    out
+}
+
+/// The uncompressed core, message and rest sections of `entries`.
+pub(crate) fn raw_sections(entries: &[LogEntry]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    (
+        encode_core(entries),
+        encode_messages(entries),
+        encode_rest(entries),
+    )
+}
+
+/// Encodes and compresses `entries`; returns the block bytes (three zstd frames) and the
+/// sections' lengths.
+pub fn encode(entries: &[LogEntry], zstd_level: i32) -> Result<(Vec<u8>, Sections), StorageError> {
+    let mut block = Vec::new();
+    let mut sections = [0u32; 6];
+    let (core, messages, rest) = raw_sections(entries);
+    let raws = [core, messages, rest];
+    for (i, raw) in raws.iter().enumerate() {
+        let compressed = zstd::bulk::compress(raw, zstd_level)
+            .map_err(|source| StorageError::Compress { source })?;
+        sections[2 * i] = compressed.len() as u32;
+        sections[2 * i + 1] = raw.len() as u32;
+        block.extend_from_slice(&compressed);
+    }
+    Ok((block, sections))
+}
+
+/// A byte range of a decompressed section.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn of(self, bytes: &[u8]) -> &[u8] {
+        &bytes[self.start as usize..(self.start + self.len) as usize]
+    }
+}
+
+/// A reader over one decompressed section.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, BlockError> {
+        let mut rest = &self.bytes[self.pos..];
+        let before = rest.len();
+        let value = decode_varint(&mut rest).map_err(|_| BlockError::Truncated)?;
+        self.pos += before - rest.len();
+        Ok(value)
+    }
+
+    fn byte(&mut self) -> Result<u8, BlockError> {
+        let byte = *self.bytes.get(self.pos).ok_or(BlockError::Truncated)?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    fn take(&mut self, len: usize) -> Result<Span, BlockError> {
+        let end = self.pos.checked_add(len).ok_or(BlockError::Truncated)?;
+        if end > self.bytes.len() {
+            return Err(BlockError::Truncated);
+        }
+        let span = Span {
+            start: self.pos as u32,
+            len: len as u32,
+        };
+        self.pos = end;
+        Ok(span)
+    }
+
+    fn counted(&mut self) -> Result<Span, BlockError> {
+        let len = usize::try_from(self.varint()?).map_err(|_| BlockError::Truncated)?;
+        self.take(len)
+    }
+
+    fn string_column(&mut self, n: usize) -> Result<Vec<Span>, BlockError> {
+        let mut out = Vec::with_capacity(n);
+        let mut previous = Span::default();
+        for _ in 0..n {
+            match self.byte()? {
+                0 => {}
+                1 => previous = self.counted()?,
+                _ => return Err(BlockError::Decode),
+            }
+            out.push(previous);
+        }
+        Ok(out)
+    }
+
+    fn done(&self) -> Result<(), BlockError> {
+        if self.pos == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(BlockError::Decode)
+        }
+    }
+}
+
+fn text(bytes: &[u8], span: Span) -> Result<String, BlockError> {
+    std::str::from_utf8(span.of(bytes))
+        .map(str::to_owned)
+        .map_err(|_| BlockError::Decode)
+}
+
+#[derive(Clone, Copy)]
+enum IdCell {
+    Literal(Span),
+    Batch(u64, u32),
+}
+
+struct Core {
+    timestamps: Vec<i64>,
+    received: Vec<i64>,
+    levels: Vec<i32>,
+    ids: Vec<IdCell>,
+    tenants: Vec<Span>,
+    services: Vec<Span>,
+}
+
+fn parse_core(bytes: &[u8]) -> Result<Core, BlockError> {
+    let mut r = Reader::new(bytes);
+    let n = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+    // Every row takes at least a byte in each of the columns below.
+    if n > bytes.len() {
+        return Err(BlockError::Decode);
+    }
+    let exponent = r.byte()?;
+    if exponent > 9 {
+        return Err(BlockError::Decode);
+    }
+    let unit = 10i64.pow(u32::from(exponent));
+    let mut timestamps = Vec::with_capacity(n);
+    let mut previous = 0i64;
+    for _ in 0..n {
+        previous = previous.wrapping_add(unzigzag(r.varint()?));
+        timestamps.push(previous.wrapping_mul(unit));
+    }
+    let mut received = Vec::with_capacity(n);
+    let mut previous = 0i64;
+    for _ in 0..n {
+        previous = previous.wrapping_add(unzigzag(r.varint()?));
+        received.push(previous);
+    }
+    let mut levels = Vec::with_capacity(n);
+    for _ in 0..n {
+        levels.push(i32::try_from(unzigzag(r.varint()?)).map_err(|_| BlockError::Decode)?);
+    }
+    let mut ids = Vec::with_capacity(n);
+    let mut previous: Option<(u64, u32)> = None;
+    for _ in 0..n {
+        let cell = match r.byte()? {
+            0 => {
+                previous = None;
+                IdCell::Literal(r.counted()?)
+            }
+            1 => {
+                let (uid, position) = previous.ok_or(BlockError::Decode)?;
+                let next = position.checked_add(1).ok_or(BlockError::Decode)?;
+                previous = Some((uid, next));
+                IdCell::Batch(uid, next)
+            }
+            2 => {
+                let span = r.take(8)?;
+                let uid =
+                    u64::from_le_bytes(span.of(bytes).try_into().map_err(|_| BlockError::Decode)?);
+                let position = u32::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+                previous = Some((uid, position));
+                IdCell::Batch(uid, position)
+            }
+            _ => return Err(BlockError::Decode),
+        };
+        ids.push(cell);
+    }
+    let tenants = r.string_column(n)?;
+    let services = r.string_column(n)?;
+    r.done()?;
+    Ok(Core {
+        timestamps,
+        received,
+        levels,
+        ids,
+        tenants,
+        services,
+    })
+}
+
+fn parse_messages(bytes: &[u8], n: usize) -> Result<Vec<Span>, BlockError> {
+    let mut r = Reader::new(bytes);
+    let spans = (0..n).map(|_| r.counted()).collect::<Result<Vec<_>, _>>()?;
+    r.done()?;
+    Ok(spans)
+}
+
+#[derive(Clone, Copy)]
+enum Cell {
+    Absent,
+    Str(Span),
+    Int(i64),
+    Float(f64),
+    FloatText(Span),
+    Bool(bool),
+    Json(Span),
+    NoValue,
+}
+
+struct Rest {
+    hosts: Vec<Span>,
+    traces: Vec<Span>,
+    fields: Vec<(String, Vec<Cell>)>,
+}
+
+fn parse_rest(bytes: &[u8], n: usize) -> Result<Rest, BlockError> {
+    let mut r = Reader::new(bytes);
+    let hosts = r.string_column(n)?;
+    let traces = r.string_column(n)?;
+    let keys = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+    if keys > bytes.len() {
+        return Err(BlockError::Decode);
+    }
+    let mut fields = Vec::with_capacity(keys);
+    for _ in 0..keys {
+        let key = text(bytes, r.counted()?)?;
+        let mut cells = Vec::with_capacity(n);
+        for _ in 0..n {
+            cells.push(match r.byte()? {
+                0 => Cell::Absent,
+                1 => Cell::Str(r.counted()?),
+                2 => Cell::Int(unzigzag(r.varint()?)),
+                3 => {
+                    let span = r.take(8)?;
+                    Cell::Float(f64::from_le_bytes(
+                        span.of(bytes).try_into().map_err(|_| BlockError::Decode)?,
+                    ))
+                }
+                4 => Cell::Bool(r.byte()? != 0),
+                5 => Cell::Json(r.counted()?),
+                6 => Cell::NoValue,
+                7 => {
+                    let len = usize::from(r.byte()?);
+                    Cell::FloatText(r.take(len)?)
+                }
+                _ => return Err(BlockError::Decode),
+            });
+        }
+        fields.push((key, cells));
+    }
+    r.done()?;
+    Ok(Rest {
+        hosts,
+        traces,
+        fields,
+    })
+}
+
+fn decompress(frame: &[u8], raw_len: u32) -> Result<Vec<u8>, BlockError> {
+    let capacity = (raw_len as usize).min(MAX_BLOCK_LEN);
+    let raw = zstd::bulk::decompress(frame, capacity).map_err(|_| BlockError::Decompress)?;
+    if raw.len() != raw_len as usize {
+        return Err(BlockError::Decode);
+    }
+    Ok(raw)
+}
+
+/// Whether any string of row `i` in the rest section contains `needle`.
+fn rest_row_contains(rest: &Rest, bytes: &[u8], i: usize, needle: &[u8]) -> bool {
+    contains_ignore_ascii_case(rest.hosts[i].of(bytes), needle)
+        || contains_ignore_ascii_case(rest.traces[i].of(bytes), needle)
+        || rest.fields.iter().any(|(key, cells)| match cells[i] {
+            Cell::Absent => false,
+            Cell::Str(s) | Cell::Json(s) | Cell::FloatText(s) => {
+                contains_ignore_ascii_case(s.of(bytes), needle)
+                    || contains_ignore_ascii_case(key.as_bytes(), needle)
+            }
+            _ => contains_ignore_ascii_case(key.as_bytes(), needle),
+        })
+}
+
+/// Decodes the rows of a column block that `rows` keeps; returns them and how many rows it
+/// passed over. The CRC has been checked by the caller.
+pub fn decode(
+    block: &[u8],
+    sections: &[u32],
+    rows: &RowFilter<'_>,
+) -> Result<(Vec<LogEntry>, u64), BlockError> {
+    let &[
+        core_len,
+        core_raw,
+        message_len,
+        message_raw,
+        rest_len,
+        rest_raw,
+    ] = sections
+    else {
+        return Err(BlockError::Decode);
+    };
+    let (core_len, message_len, rest_len) =
+        (core_len as usize, message_len as usize, rest_len as usize);
+    if core_len + message_len + rest_len != block.len() {
+        return Err(BlockError::Truncated);
+    }
+    let (core_frame, tail) = block.split_at(core_len);
+    let (message_frame, rest_frame) = tail.split_at(message_len);
+    let core_bytes = decompress(core_frame, core_raw)?;
+    let core = parse_core(&core_bytes)?;
+    let n = core.timestamps.len();
+    let mut keep: Vec<bool> = (0..n)
+        .map(|i| rows.keeps(core.timestamps[i], core.levels[i]))
+        .collect();
+
+    let mut messages: Option<(Vec<u8>, Vec<Span>)> = None;
+    let mut rest: Option<(Vec<u8>, Rest)> = None;
+    let load_messages = || -> Result<(Vec<u8>, Vec<Span>), BlockError> {
+        let bytes = decompress(message_frame, message_raw)?;
+        let spans = parse_messages(&bytes, n)?;
+        Ok((bytes, spans))
+    };
+    let load_rest = || -> Result<(Vec<u8>, Rest), BlockError> {
+        let bytes = decompress(rest_frame, rest_raw)?;
+        let parsed = parse_rest(&bytes, n)?;
+        Ok((bytes, parsed))
+    };
+    if let Some((needle, scope)) = rows.needle
+        && keep.iter().any(|k| *k)
+    {
+        match scope {
+            NeedleScope::Message => {
+                let (bytes, spans) = messages.insert(load_messages()?);
+                for (k, span) in keep.iter_mut().zip(spans.iter()) {
+                    *k = *k && contains_ignore_ascii_case(span.of(bytes), needle);
+                }
+            }
+            NeedleScope::Host | NeedleScope::TraceId => {
+                let (bytes, parsed) = rest.insert(load_rest()?);
+                let column = if scope == NeedleScope::Host {
+                    &parsed.hosts
+                } else {
+                    &parsed.traces
+                };
+                for (k, span) in keep.iter_mut().zip(column.iter()) {
+                    *k = *k && contains_ignore_ascii_case(span.of(bytes), needle);
+                }
+            }
+            NeedleScope::Record => {
+                let (message_bytes, spans) = messages.insert(load_messages()?);
+                let (rest_bytes, parsed) = rest.insert(load_rest()?);
+                for (i, k) in keep.iter_mut().enumerate() {
+                    *k = *k
+                        && (contains_ignore_ascii_case(spans[i].of(message_bytes), needle)
+                            || rest_row_contains(parsed, rest_bytes, i, needle)
+                            || contains_ignore_ascii_case(
+                                core.services[i].of(&core_bytes),
+                                needle,
+                            )
+                            || contains_ignore_ascii_case(core.tenants[i].of(&core_bytes), needle)
+                            || match core.ids[i] {
+                                IdCell::Literal(s) => {
+                                    contains_ignore_ascii_case(s.of(&core_bytes), needle)
+                                }
+                                IdCell::Batch(uid, position) => contains_ignore_ascii_case(
+                                    format_batch_id(uid, position).as_bytes(),
+                                    needle,
+                                ),
+                            });
+                }
+            }
+        }
+    }
+    let kept = keep.iter().filter(|k| **k).count();
+    let passed_over = (n - kept) as u64;
+    if kept == 0 {
+        return Ok((Vec::new(), passed_over));
+    }
+    let (message_bytes, message_spans) = match messages {
+        Some(loaded) => loaded,
+        None => load_messages()?,
+    };
+    let rest = match rest {
+        Some(loaded) => Some(loaded),
+        None if rows.core_and_message_only => None,
+        None => Some(load_rest()?),
+    };
+    let mut entries = Vec::with_capacity(kept);
+    for i in (0..n).filter(|i| keep[*i]) {
+        let mut entry = LogEntry {
+            id: match core.ids[i] {
+                IdCell::Literal(span) => text(&core_bytes, span)?,
+                IdCell::Batch(uid, position) => format_batch_id(uid, position),
+            },
+            timestamp: core.timestamps[i],
+            received_at: core.received[i],
+            tenant: text(&core_bytes, core.tenants[i])?,
+            service: text(&core_bytes, core.services[i])?,
+            level: core.levels[i],
+            message: text(&message_bytes, message_spans[i])?,
+            ..Default::default()
+        };
+        if let Some((bytes, rest)) = &rest {
+            entry.host = text(bytes, rest.hosts[i])?;
+            entry.trace_id = text(bytes, rest.traces[i])?;
+            let mut fields = BTreeMap::new();
+            for (key, cells) in &rest.fields {
+                let kind = match cells[i] {
+                    Cell::Absent => continue,
+                    Cell::Str(span) => Some(Kind::Str(text(bytes, span)?)),
+                    Cell::Int(v) => Some(Kind::Int(v)),
+                    Cell::Float(v) => Some(Kind::Float(v)),
+                    Cell::FloatText(span) => Some(Kind::Float(
+                        std::str::from_utf8(span.of(bytes))
+                            .ok()
+                            .and_then(|t| t.parse().ok())
+                            .ok_or(BlockError::Decode)?,
+                    )),
+                    Cell::Bool(v) => Some(Kind::Bool(v)),
+                    Cell::Json(span) => Some(Kind::Json(text(bytes, span)?)),
+                    Cell::NoValue => None,
+                };
+                fields.insert(key.clone(), FieldValue { kind });
+            }
+            entry.fields = fields;
+        }
+        entries.push(entry);
+    }
+    Ok((entries, passed_over))
+}
