@@ -22,6 +22,7 @@
 //! Each section is one zstd frame; the block's metadata holds their compressed and raw
 //! lengths, and its CRC covers all three.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -476,13 +477,67 @@ fn parse_rest(bytes: &[u8], n: usize) -> Result<Rest, BlockError> {
     })
 }
 
+thread_local! {
+    /// One decompression context per thread (creating one per frame costs more than a small
+    /// frame's decompression).
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+    /// Scratch space for a lower-cased copy of a message section.
+    static LOWERED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 fn decompress(frame: &[u8], raw_len: u32) -> Result<Vec<u8>, BlockError> {
     let capacity = (raw_len as usize).min(MAX_BLOCK_LEN);
-    let raw = zstd::bulk::decompress(frame, capacity).map_err(|_| BlockError::Decompress)?;
+    let raw = DECOMPRESSOR
+        .with_borrow_mut(|slot| {
+            let decompressor = match slot {
+                Some(decompressor) => decompressor,
+                None => slot.insert(zstd::bulk::Decompressor::new()?),
+            };
+            decompressor.decompress(frame, capacity)
+        })
+        .map_err(|_| BlockError::Decompress)?;
     if raw.len() != raw_len as usize {
         return Err(BlockError::Decode);
     }
     Ok(raw)
+}
+
+/// Clears `keep[i]` for every row whose message lacks `needle` (ASCII case ignored). The
+/// whole section is searched at once: one lower-cased copy, one substring search, and each
+/// hit mapped to the message holding it (a hit across two messages counts for neither).
+fn keep_rows_containing(bytes: &[u8], spans: &[Span], needle: &[u8], keep: &mut [bool]) {
+    let needle = needle.to_ascii_lowercase();
+    if needle.is_empty() {
+        return;
+    }
+    let finder = memchr::memmem::Finder::new(&needle);
+    LOWERED.with_borrow_mut(|lowered| {
+        lowered.clear();
+        lowered.extend_from_slice(bytes);
+        lowered.make_ascii_lowercase();
+        let mut found = vec![false; spans.len()];
+        let mut row = 0;
+        let mut from = 0;
+        while let Some(at) = finder.find(&lowered[from..]).map(|at| at + from) {
+            while row < spans.len() && (spans[row].start + spans[row].len) as usize <= at {
+                row += 1;
+            }
+            let Some(span) = spans.get(row) else {
+                break;
+            };
+            if span.start as usize <= at && at + needle.len() <= (span.start + span.len) as usize {
+                found[row] = true;
+                // The rest of this message need not be searched.
+                from = (span.start + span.len) as usize;
+            } else {
+                from = at + 1;
+            }
+        }
+        for (k, hit) in keep.iter_mut().zip(found) {
+            *k = *k && hit;
+        }
+    });
 }
 
 /// Whether any string of row `i` in the rest section contains `needle`.
@@ -549,9 +604,7 @@ pub fn decode(
         match scope {
             NeedleScope::Message => {
                 let (bytes, spans) = messages.insert(load_messages()?);
-                for (k, span) in keep.iter_mut().zip(spans.iter()) {
-                    *k = *k && contains_ignore_ascii_case(span.of(bytes), needle);
-                }
+                keep_rows_containing(bytes, spans, needle, &mut keep);
             }
             NeedleScope::Host | NeedleScope::TraceId => {
                 let (bytes, parsed) = rest.insert(load_rest()?);
@@ -645,4 +698,35 @@ pub fn decode(
         entries.push(entry);
     }
     Ok((entries, passed_over))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_needle_is_found_only_inside_one_message() {
+        let messages = ["xa", "b", "a\u{1}b", "TIMEOUT", "no", "time", "out"];
+        let mut raw = Vec::new();
+        for message in messages {
+            put_bytes(&mut raw, message.as_bytes());
+        }
+        let spans = parse_messages(&raw, messages.len()).expect("parses");
+        let rows = |needle: &[u8], keep: &mut [bool]| {
+            keep_rows_containing(&raw, &spans, needle, keep);
+            keep.iter()
+                .enumerate()
+                .filter(|(_, k)| **k)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        // "xa" + length byte 1 + "b" holds the needle in the section, not in a message.
+        assert_eq!(rows(b"a\x01b", &mut [true; 7]), vec![2]);
+        assert_eq!(rows(b"timeout", &mut [true; 7]), vec![3]);
+        assert_eq!(rows(b"Time", &mut [true; 7]), vec![3, 5]);
+        // Rows already passed over stay so.
+        let mut keep = [true, true, true, false, true, true, true];
+        assert_eq!(rows(b"time", &mut keep), vec![5]);
+        assert_eq!(rows(b"absent", &mut [true; 7]), Vec::<usize>::new());
+    }
 }
