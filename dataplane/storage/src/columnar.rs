@@ -266,7 +266,15 @@ impl<'a> Reader<'a> {
         Reader { bytes, pos: 0 }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, BlockError> {
+        // Most values (lengths, deltas, levels) fit in one byte.
+        if let Some(&byte) = self.bytes.get(self.pos)
+            && byte < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(byte));
+        }
         let mut rest = &self.bytes[self.pos..];
         let before = rest.len();
         let value = decode_varint(&mut rest).map_err(|_| BlockError::Truncated)?;
