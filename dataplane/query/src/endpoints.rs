@@ -334,32 +334,13 @@ async fn histogram(
                     (to - origin) / step
                 )));
             }
-            // Every bucket of the range, empty ones included, so charts keep their time axis.
-            let mut buckets: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
-            let mut start = origin;
-            while start < to {
-                buckets.insert(start, BTreeMap::new());
-                start += step;
-            }
-            let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-            let mut add = |bucket: i64, name: &str, count: u64| {
-                if count == 0 {
-                    return;
-                }
-                let slot = buckets.entry(bucket).or_default();
-                match slot.get_mut(name) {
-                    Some(n) => *n += count,
-                    None => {
-                        slot.insert(name.to_string(), count);
-                    }
-                }
-                match totals.get_mut(name) {
-                    Some(n) => *n += count,
-                    None => {
-                        totals.insert(name.to_string(), count);
-                    }
-                }
-            };
+            // Every bucket of the range, empty ones included, so charts keep their time axis:
+            // bucket i starts at origin + i * step. Group names borrow from the answers below.
+            let bucket_count = usize::try_from((to - origin + step - 1) / step).unwrap_or(0);
+            let mut buckets: Vec<BTreeMap<&str, u64>> = vec![BTreeMap::new(); bucket_count];
+            let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+            let counted;
+            let aggregated;
             let stats = if interval.subsec_nanos() == 0 {
                 // Whole-second buckets are epoch-aligned like `/api/v1/stats`'s: count on its
                 // path (block rollups; one replica per service in a cluster) and reshape.
@@ -371,14 +352,23 @@ async fn histogram(
                 counting.insert("to".into(), to.to_string());
                 counting.insert("interval".into(), format!("{}s", interval.as_secs()));
                 let (counts, stats) = service.level_counts(counting, tenant).await?;
-                for ((service_name, bucket), by_level) in &counts {
+                counted = counts;
+                for ((service_name, bucket), by_level) in &counted {
                     for (level, count) in by_level.iter().enumerate() {
                         let name = if group_by == "service" {
                             service_name.as_str()
                         } else {
                             logcluster_proto::Level::from_i32_lossy(level as i32).as_str()
                         };
-                        add(*bucket, name, *count);
+                        add_to(
+                            &mut buckets,
+                            &mut totals,
+                            origin,
+                            step,
+                            *bucket,
+                            name,
+                            *count,
+                        );
                     }
                 }
                 stats
@@ -391,23 +381,64 @@ async fn histogram(
                     ..AggSpec::default()
                 };
                 let (groups, stats) = service.aggregate(spec, tenant).await?;
-                for ((bucket, group), cell) in groups {
-                    add(bucket, group.first().map_or("", String::as_str), cell.count);
+                aggregated = groups;
+                for ((bucket, group), cell) in &aggregated {
+                    let name = group.first().map_or("", String::as_str);
+                    add_to(
+                        &mut buckets,
+                        &mut totals,
+                        origin,
+                        step,
+                        *bucket,
+                        name,
+                        cell.count,
+                    );
                 }
                 stats
             };
+            let buckets: Vec<Value> = buckets
+                .into_iter()
+                .enumerate()
+                .map(|(i, counts)| {
+                    json!({"start": rfc3339(origin + i as i64 * step), "counts": counts})
+                })
+                .collect();
             Ok(json!({
                 "interval_seconds": interval.as_secs_f64(),
                 "group_by": group_by,
                 "from": rfc3339(from),
                 "to": rfc3339(to),
-                "buckets": buckets.into_iter().map(|(start, counts)| json!({"start": rfc3339(start), "counts": counts})).collect::<Vec<_>>(),
+                "buckets": buckets,
                 "totals": totals,
                 "stats": stats,
             }))
         }
         .await,
     )
+}
+
+/// Adds `count` entries of group `name` to the histogram bucket starting at `bucket` (buckets
+/// are `step` apart from `origin`; counts outside the range are dropped) and to the totals.
+fn add_to<'a>(
+    buckets: &mut [BTreeMap<&'a str, u64>],
+    totals: &mut BTreeMap<&'a str, u64>,
+    origin: i64,
+    step: i64,
+    bucket: i64,
+    name: &'a str,
+    count: u64,
+) {
+    if count == 0 {
+        return;
+    }
+    let Some(slot) = usize::try_from((bucket - origin).div_euclid(step))
+        .ok()
+        .and_then(|i| buckets.get_mut(i))
+    else {
+        return;
+    };
+    *slot.entry(name).or_default() += count;
+    *totals.entry(name).or_default() += count;
 }
 
 async fn top(
