@@ -336,9 +336,7 @@ async fn histogram(
             }
             // Every bucket of the range, empty ones included, so charts keep their time axis:
             // bucket i starts at origin + i * step. Group names borrow from the answers below.
-            let bucket_count = usize::try_from((to - origin + step - 1) / step).unwrap_or(0);
-            let mut buckets: Vec<BTreeMap<&str, u64>> = vec![BTreeMap::new(); bucket_count];
-            let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+            let mut histogram = Histogram::new(origin, to, step);
             let counted;
             let aggregated;
             let stats = if interval.subsec_nanos() == 0 {
@@ -360,15 +358,7 @@ async fn histogram(
                         } else {
                             logcluster_proto::Level::from_i32_lossy(level as i32).as_str()
                         };
-                        add_to(
-                            &mut buckets,
-                            &mut totals,
-                            origin,
-                            step,
-                            *bucket,
-                            name,
-                            *count,
-                        );
+                        histogram.add(*bucket, name, *count);
                     }
                 }
                 stats
@@ -384,19 +374,13 @@ async fn histogram(
                 aggregated = groups;
                 for ((bucket, group), cell) in &aggregated {
                     let name = group.first().map_or("", String::as_str);
-                    add_to(
-                        &mut buckets,
-                        &mut totals,
-                        origin,
-                        step,
-                        *bucket,
-                        name,
-                        cell.count,
-                    );
+                    histogram.add(*bucket, name, cell.count);
                 }
                 stats
             };
-            let buckets: Vec<Value> = buckets
+            let totals = histogram.totals;
+            let buckets: Vec<Value> = histogram
+                .buckets
                 .into_iter()
                 .enumerate()
                 .map(|(i, counts)| {
@@ -417,28 +401,41 @@ async fn histogram(
     )
 }
 
-/// Adds `count` entries of group `name` to the histogram bucket starting at `bucket` (buckets
-/// are `step` apart from `origin`; counts outside the range are dropped) and to the totals.
-fn add_to<'a>(
-    buckets: &mut [BTreeMap<&'a str, u64>],
-    totals: &mut BTreeMap<&'a str, u64>,
+/// Histogram counts per bucket (bucket i starts at `origin + i * step`) and group name.
+struct Histogram<'a> {
+    buckets: Vec<BTreeMap<&'a str, u64>>,
+    totals: BTreeMap<&'a str, u64>,
     origin: i64,
     step: i64,
-    bucket: i64,
-    name: &'a str,
-    count: u64,
-) {
-    if count == 0 {
-        return;
+}
+
+impl<'a> Histogram<'a> {
+    /// Every bucket from `origin` up to `to`, empty ones included.
+    fn new(origin: i64, to: i64, step: i64) -> Histogram<'a> {
+        let count = usize::try_from((to - origin + step - 1) / step).unwrap_or(0);
+        Histogram {
+            buckets: vec![BTreeMap::new(); count],
+            totals: BTreeMap::new(),
+            origin,
+            step,
+        }
     }
-    let Some(slot) = usize::try_from((bucket - origin).div_euclid(step))
-        .ok()
-        .and_then(|i| buckets.get_mut(i))
-    else {
-        return;
-    };
-    *slot.entry(name).or_default() += count;
-    *totals.entry(name).or_default() += count;
+
+    /// Adds `count` entries of group `name` to the bucket starting at `bucket` (counts
+    /// outside the range are dropped) and to the totals.
+    fn add(&mut self, bucket: i64, name: &'a str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let Some(slot) = usize::try_from((bucket - self.origin).div_euclid(self.step))
+            .ok()
+            .and_then(|i| self.buckets.get_mut(i))
+        else {
+            return;
+        };
+        *slot.entry(name).or_default() += count;
+        *self.totals.entry(name).or_default() += count;
+    }
 }
 
 async fn top(
