@@ -41,16 +41,28 @@ enum Command {
     Cluster(cluster_cmd::ClusterArgs),
 }
 
-/// mimalloc gives freed memory back to the OS 10 ms after it is freed; under ingest load it
-/// faults the same memory back in at once, and the kernel zeroes every page again (2 MiB at a
-/// time where mimalloc asked for transparent huge pages): 23 % of a node's CPU in a profile.
-/// With a 250 ms delay the memory is reused instead: +10-25 % acknowledged ingest for about
-/// +90 MB of peak RSS under full load (BENCHMARKS.md, "Allocator purge delay"). mimalloc reads its options from the environment when the
-/// process starts, before `main`, so the process re-executes itself once with the option set
-/// (same pid; an explicit setting by the operator is left alone).
+/// mimalloc settings, read from the environment when the process starts (before `main`), so
+/// the process re-executes itself once with them set (same pid; a setting the operator made
+/// is left alone):
+/// - `MIMALLOC_PURGE_DELAY=250`: mimalloc gives freed memory back to the OS 10 ms after it is
+///   freed; under ingest load it faults the same memory back in at once and the kernel zeroes
+///   every page again. With a 250 ms delay the memory is reused instead: +10-25 % acknowledged
+///   ingest (BENCHMARKS.md, "Allocator purge delay").
+/// - `MIMALLOC_ALLOW_THP=0`: without it mimalloc asks for transparent huge pages, so each
+///   first touch of its memory faults in and zeroes 2 MiB and partly used huge pages count
+///   whole in the resident set: 11 % of the node's CPU went to zeroing huge pages under
+///   ingest, and peak RSS fell from 308 to 232-252 MB without them at the same ingest rate
+///   (BENCHMARKS.md, "Transparent huge pages").
+const ALLOCATOR_SETTINGS: [(&str, &str); 2] =
+    [("MIMALLOC_PURGE_DELAY", "250"), ("MIMALLOC_ALLOW_THP", "0")];
+
 fn tune_allocator() {
     use std::os::unix::process::CommandExt;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+    let missing: Vec<(&str, &str)> = ALLOCATOR_SETTINGS
+        .into_iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .collect();
+    if missing.is_empty() {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
@@ -59,7 +71,7 @@ fn tune_allocator() {
     // `exec` returns only when it failed; the process then goes on with the defaults.
     let _failed = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("MIMALLOC_PURGE_DELAY", "250")
+        .envs(missing)
         .exec();
 }
 

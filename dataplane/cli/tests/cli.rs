@@ -204,3 +204,40 @@ async fn send_checks_the_nodes_schemas_before_sending() -> anyhow::Result<()> {
     assert_eq!(summary(&out)["acked"].as_u64(), Some(100));
     Ok(())
 }
+
+/// The node re-executes itself once with its allocator settings (mimalloc reads them before
+/// `main`): a purge delay, and no transparent huge pages, so its memory is faulted in 4 KiB
+/// at a time and counted as used.
+#[tokio::test]
+async fn a_node_runs_with_its_allocator_settings() -> anyhow::Result<()> {
+    let node = TestNode::start(|_, _| {}).await?;
+    let pid = node.process.as_ref().expect("started").pid();
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    for expected in ["MIMALLOC_PURGE_DELAY=250", "MIMALLOC_ALLOW_THP=0"] {
+        assert!(
+            vars.contains(&expected.as_bytes()),
+            "{expected} missing from the node's environment"
+        );
+    }
+    // Where huge pages are given only on request (the kernel's `madvise` mode, as on these
+    // machines), the node holds none.
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[madvise]") {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+        let huge = rollup
+            .lines()
+            .find(|l| l.starts_with("AnonHugePages:"))
+            .unwrap_or_default();
+        assert!(
+            huge.split_whitespace().nth(1) == Some("0"),
+            "the node holds transparent huge pages: {huge}"
+        );
+    } else {
+        eprintln!(
+            "transparent huge pages are {thp:?}, not madvise: the huge page check is skipped"
+        );
+    }
+    Ok(())
+}
