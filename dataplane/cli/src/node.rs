@@ -72,6 +72,7 @@ pub fn storage_config(config: &NodeConfig) -> StorageConfig {
     storage.segment_max_age = config.segment_max_age;
     storage.block_target_bytes = config.block_target_bytes;
     storage.zstd_level = config.zstd_level;
+    storage.row_blocks = config.row_blocks;
     storage.retention_max_age = config.retention_max_age;
     storage.retention_max_bytes = config.retention_max_bytes;
     storage

@@ -233,6 +233,11 @@ pub struct RawStorage {
     /// zstd level for blocks (1-19).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// Layout of new blocks: `columns` (the default) or `rows`, the layout of releases
+    /// before column blocks, which they can read (set it while a rollback to one must
+    /// stay possible; every release reads both).
+    #[serde(default = "default_block_format")]
+    pub block_format: String,
     #[serde(default)]
     pub retention: RawRetention,
 }
@@ -392,6 +397,9 @@ fn default_segment_age() -> String {
 fn default_block_bytes() -> u64 {
     1024 * 1024
 }
+fn default_block_format() -> String {
+    "columns".into()
+}
 fn default_zstd_level() -> i32 {
     3
 }
@@ -482,6 +490,7 @@ impl Default for RawStorage {
             segment_max_age: default_segment_age(),
             block_target_bytes: default_block_bytes(),
             zstd_level: default_zstd_level(),
+            block_format: default_block_format(),
             retention: RawRetention::default(),
         }
     }
@@ -617,6 +626,8 @@ pub struct NodeConfig {
     pub segment_max_age: Duration,
     pub block_target_bytes: usize,
     pub zstd_level: i32,
+    /// Write blocks in the row layout of earlier releases (`storage.blockFormat: rows`).
+    pub row_blocks: bool,
     pub retention_max_age: Option<Duration>,
     pub retention_max_bytes: Option<u64>,
     pub query_max_limit: usize,
@@ -883,6 +894,9 @@ impl RawNodeConfig {
         if !(1..=22).contains(&self.storage.zstd_level) {
             return Err(invalid("storage.zstdLevel", "must be between 1 and 22"));
         }
+        if !matches!(self.storage.block_format.as_str(), "columns" | "rows") {
+            return Err(invalid("storage.blockFormat", "must be columns or rows"));
+        }
         if self.storage.block_target_bytes < 1024
             || self.storage.block_target_bytes > 64 * 1024 * 1024
         {
@@ -952,6 +966,7 @@ impl RawNodeConfig {
             )?,
             block_target_bytes: self.storage.block_target_bytes as usize,
             zstd_level: self.storage.zstd_level,
+            row_blocks: self.storage.block_format == "rows",
             retention_max_age,
             retention_max_bytes: self.storage.retention.max_bytes,
             query_max_limit: self.query.max_limit as usize,
@@ -991,6 +1006,7 @@ mod tests {
         );
         assert_eq!(config.fsync, Fsync::Always);
         assert_eq!(config.segment_max_bytes, 50 * 1024 * 1024);
+        assert!(!config.row_blocks, "column blocks by default");
         assert_eq!(config.roles.len(), 3);
     }
 
@@ -1003,6 +1019,15 @@ mod tests {
         )
         .expect_err("bad fsync");
         assert!(err.to_string().contains("storage.fsync"), "{err}");
+        let with_format = |format: &str| {
+            NodeConfig::from_yaml(&format!(
+                "dataDir: /x\nlisten: {{ingest: '', syslogTls: ''}}\nstorage: {{blockFormat: {format}}}\n"
+            ))
+        };
+        assert!(with_format("rows").expect("rows").row_blocks);
+        assert!(!with_format("columns").expect("columns").row_blocks);
+        let err = with_format("parquet").expect_err("bad block format");
+        assert!(err.to_string().contains("storage.blockFormat"), "{err}");
         let err = NodeConfig::from_yaml("dataDir: /x\n").expect_err("tls required");
         assert!(err.to_string().starts_with("tls:"), "{err}");
     }

@@ -412,7 +412,11 @@ struct Histogram<'a> {
 impl<'a> Histogram<'a> {
     /// Every bucket from `origin` up to `to`, empty ones included.
     fn new(origin: i64, to: i64, step: i64) -> Histogram<'a> {
-        let count = usize::try_from((to - origin + step - 1) / step).unwrap_or(0);
+        let count = if to <= origin {
+            0
+        } else {
+            usize::try_from((to - origin - 1) / step + 1).unwrap_or(0)
+        };
         Histogram {
             buckets: vec![BTreeMap::new(); count],
             totals: BTreeMap::new(),

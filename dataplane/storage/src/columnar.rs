@@ -235,8 +235,8 @@ pub fn encode(entries: &[LogEntry], zstd_level: i32) -> Result<(Vec<u8>, Section
     for (i, raw) in raws.iter().enumerate() {
         let compressed = zstd::bulk::compress(raw, zstd_level)
             .map_err(|source| StorageError::Compress { source })?;
-        sections[2 * i] = compressed.len() as u32;
-        sections[2 * i + 1] = raw.len() as u32;
+        sections[2 * i] = crate::segment::block_len(compressed.len())?;
+        sections[2 * i + 1] = crate::segment::block_len(raw.len())?;
         block.extend_from_slice(&compressed);
     }
     Ok((block, sections))
@@ -350,11 +350,13 @@ struct Core {
     services: Vec<Span>,
 }
 
-fn parse_core(bytes: &[u8]) -> Result<Core, BlockError> {
+/// Parses the core section of a block whose index says it holds `count` rows.
+fn parse_core(bytes: &[u8], count: u32) -> Result<Core, BlockError> {
     let mut r = Reader::new(bytes);
     let n = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
-    // Every row takes at least a byte in each of the columns below.
-    if n > bytes.len() {
+    // The section and the index must agree (and every row takes at least a byte in each of
+    // the six columns), before anything is sized by `n`.
+    if n != count as usize || n > bytes.len() / 6 {
         return Err(BlockError::Decode);
     }
     let exponent = r.byte()?;
@@ -485,6 +487,9 @@ fn parse_rest(bytes: &[u8], n: usize) -> Result<Rest, BlockError> {
     })
 }
 
+/// Capacity of the lower-cased scratch copy kept between blocks, per thread.
+const LOWERED_KEEP: usize = 8 * 1024 * 1024;
+
 thread_local! {
     /// One decompression context per thread (creating one per frame costs more than a small
     /// frame's decompression).
@@ -545,6 +550,10 @@ fn keep_rows_containing(bytes: &[u8], spans: &[Span], needle: &[u8], keep: &mut 
         for (k, hit) in keep.iter_mut().zip(found) {
             *k = *k && hit;
         }
+        // Sections are about a block's size; an unusually large one is not kept around.
+        if lowered.capacity() > LOWERED_KEEP {
+            *lowered = Vec::new();
+        }
     });
 }
 
@@ -567,6 +576,7 @@ fn rest_row_contains(rest: &Rest, bytes: &[u8], i: usize, needle: &[u8]) -> bool
 pub fn decode(
     block: &[u8],
     sections: &[u32],
+    count: u32,
     rows: &RowFilter<'_>,
 ) -> Result<(Vec<LogEntry>, u64), BlockError> {
     let &[
@@ -588,7 +598,7 @@ pub fn decode(
     let (core_frame, tail) = block.split_at(core_len);
     let (message_frame, rest_frame) = tail.split_at(message_len);
     let core_bytes = decompress(core_frame, core_raw)?;
-    let core = parse_core(&core_bytes)?;
+    let core = parse_core(&core_bytes, count)?;
     let n = core.timestamps.len();
     let mut keep: Vec<bool> = (0..n)
         .map(|i| rows.keeps(core.timestamps[i], core.levels[i]))

@@ -50,6 +50,9 @@ pub struct StorageConfig {
     /// Raw bytes per compressed block (the unit of reading and skipping).
     pub block_target_bytes: usize,
     pub zstd_level: i32,
+    /// Write new blocks in the row layout ([`segment::FORMAT_ROWS`]) that releases before
+    /// column blocks read, instead of columns (every release since reads both).
+    pub row_blocks: bool,
     /// Delete sealed segments whose newest entry is older than this.
     pub retention_max_age: Option<Duration>,
     /// Delete the oldest sealed segments while stored bytes exceed this.
@@ -68,6 +71,7 @@ impl StorageConfig {
             segment_max_age: Duration::from_secs(3600),
             block_target_bytes: 1024 * 1024,
             zstd_level: 3,
+            row_blocks: false,
             retention_max_age: None,
             retention_max_bytes: None,
             dedup_segments: 4,

@@ -285,11 +285,20 @@ pub fn for_each_indexed_token(entry: &LogEntry, mut f: impl FnMut(u64)) {
     }
 }
 
-/// Compresses `entries` into a block; returns the compressed bytes and the block's metadata
-/// (offset left 0 for the caller to set).
+/// Compresses `entries` into a column block; returns the compressed bytes and the block's
+/// metadata (offset left 0 for the caller to set).
 pub fn build_block(
     entries: &[LogEntry],
     zstd_level: i32,
+) -> Result<(Vec<u8>, BlockMeta), StorageError> {
+    build_block_in(entries, zstd_level, FORMAT_COLUMNS)
+}
+
+/// [`build_block`] in the given layout ([`FORMAT_COLUMNS`] or [`FORMAT_ROWS`]).
+pub fn build_block_in(
+    entries: &[LogEntry],
+    zstd_level: i32,
+    format: u32,
 ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
     let mut meta = BlockMeta {
         min_ts: i64::MAX,
@@ -341,13 +350,38 @@ pub fn build_block(
             count,
         })
         .collect();
-    let (compressed, sections) = crate::columnar::encode(entries, zstd_level)?;
-    meta.format = FORMAT_COLUMNS;
-    meta.raw_len = sections[1] + sections[3] + sections[5];
-    meta.sections = sections.to_vec();
-    meta.len = compressed.len() as u32;
+    let compressed = if format == FORMAT_ROWS {
+        let mut raw = Vec::with_capacity(entries.iter().map(|e| e.encoded_len() + 4).sum());
+        for entry in entries {
+            raw.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
+            entry
+                .encode(&mut raw)
+                .map_err(|e| StorageError::Encode(e.to_string()))?;
+        }
+        meta.raw_len = block_len(raw.len())?;
+        zstd::bulk::compress(&raw, zstd_level)
+            .map_err(|source| StorageError::Compress { source })?
+    } else {
+        let (compressed, sections) = crate::columnar::encode(entries, zstd_level)?;
+        meta.raw_len =
+            block_len(sections[1] as usize + sections[3] as usize + sections[5] as usize)?;
+        meta.sections = sections.to_vec();
+        compressed
+    };
+    meta.format = format;
+    meta.len = block_len(compressed.len())?;
     meta.crc = crc32fast::hash(&compressed);
     Ok((compressed, meta))
+}
+
+/// A block length as stored in its metadata; blocks over [`MAX_BLOCK_LEN`] are refused.
+pub(crate) fn block_len(len: usize) -> Result<u32, StorageError> {
+    if len > MAX_BLOCK_LEN {
+        return Err(StorageError::Encode(format!(
+            "a block of {len} bytes is over the {MAX_BLOCK_LEN}-byte limit"
+        )));
+    }
+    Ok(len as u32)
 }
 
 /// Decodes a block read from disk; verifies its checksum first.
@@ -365,7 +399,7 @@ pub fn decode_block_filtered(
         return Err(BlockError::Checksum);
     }
     match meta.format {
-        FORMAT_COLUMNS => crate::columnar::decode(compressed, &meta.sections, rows),
+        FORMAT_COLUMNS => crate::columnar::decode(compressed, &meta.sections, meta.count, rows),
         FORMAT_ROWS => decode_rows(compressed, meta, rows),
         _ => Err(BlockError::Decode),
     }
@@ -760,6 +794,12 @@ mod tests {
             match i % 5 {
                 0 => entry.message = format!("upstream TimeOut after {i}ms"),
                 1 => entry.host = "timeout-host".into(),
+                2 => {
+                    entry.fields.insert(
+                        "note".into(),
+                        logcluster_proto::FieldValue::str("an upstream TIMEOUT"),
+                    );
+                }
                 _ => {}
             }
         }
@@ -775,7 +815,7 @@ mod tests {
             // every record whose message has it is among them; the rest were passed over.
             assert_eq!(
                 (kept.len(), passed_over),
-                (20, 30),
+                (30, 20),
                 "format {}",
                 meta.format
             );
@@ -808,19 +848,7 @@ mod tests {
 
     /// A block in the layout written before the column one ([`FORMAT_ROWS`]).
     fn row_block(entries: &[LogEntry]) -> (Vec<u8>, BlockMeta) {
-        let (_, mut meta) = build_block(entries, 1).expect("block");
-        let mut raw = Vec::new();
-        for entry in entries {
-            raw.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
-            entry.encode(&mut raw).expect("encode");
-        }
-        let bytes = zstd::bulk::compress(&raw, 1).expect("compress");
-        meta.format = FORMAT_ROWS;
-        meta.sections.clear();
-        meta.raw_len = raw.len() as u32;
-        meta.len = bytes.len() as u32;
-        meta.crc = crc32fast::hash(&bytes);
-        (bytes, meta)
+        build_block_in(entries, 1, FORMAT_ROWS).expect("block")
     }
 
     #[test]

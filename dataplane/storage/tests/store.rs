@@ -582,3 +582,86 @@ async fn block_rollups_answer_counts_exactly_like_reading_every_entry() {
         "{index_stats:?} vs {read_stats:?}"
     );
 }
+
+/// `row_blocks` (`storage.blockFormat: rows`) writes the layout releases before column blocks
+/// read; a store holding both layouts, in sealed segments and open ones, serves every entry
+/// field for field.
+#[tokio::test]
+async fn segments_in_either_block_layout_are_read_together() {
+    use logcluster_proto::FieldValue;
+    use logcluster_storage::segment::{FORMAT_COLUMNS, FORMAT_ROWS, open_sealed};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let batch_entries = |batch: u64| -> Vec<LogEntry> {
+        (0..20)
+            .map(|i| {
+                let mut e = entry(
+                    "acme",
+                    "api",
+                    batch,
+                    i,
+                    batch as i64 * 1000 + i as i64,
+                    Level::Warn,
+                    &format!("upstream answered {i} in {}ms", batch * 3),
+                );
+                e.fields.insert("n".into(), FieldValue::int(i64::from(i)));
+                e.fields
+                    .insert("ratio".into(), FieldValue::float(f64::from(i) / 7.0));
+                e
+            })
+            .collect()
+    };
+    let mut expected = Vec::new();
+    let mut config = small_config(dir.path());
+    config.row_blocks = true;
+    let store = Store::open(config.clone(), StorageMetrics::default())
+        .await
+        .expect("open");
+    for batch in 1..=30u64 {
+        expected.extend(batch_entries(batch));
+        store
+            .append(batch, batch_entries(batch))
+            .await
+            .expect("append");
+    }
+    drop(store);
+    config.row_blocks = false;
+    let store = Store::open(config.clone(), StorageMetrics::default())
+        .await
+        .expect("reopen");
+    for batch in 31..=60u64 {
+        expected.extend(batch_entries(batch));
+        store
+            .append(batch, batch_entries(batch))
+            .await
+            .expect("append");
+    }
+    let read_all = |store: &Store| {
+        let everything = |_: &LogEntry| true;
+        let mut all = Vec::new();
+        store.scan(&filter("acme", &everything), |e| all.push(e.clone()));
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    };
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(read_all(&store), expected);
+    drop(store);
+    let store = Store::open(config, StorageMetrics::default())
+        .await
+        .expect("reopen");
+    assert_eq!(read_all(&store), expected);
+    // Both layouts are on disk.
+    let mut formats = BTreeSet::new();
+    let mut pending = vec![dir.path().to_path_buf()];
+    while let Some(path) = pending.pop() {
+        for item in std::fs::read_dir(&path).expect("read dir") {
+            let path = item.expect("dir entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|x| x == "seg") {
+                let (_, index, _) = open_sealed(&path).expect("sealed segment");
+                formats.extend(index.blocks.iter().map(|b| b.format));
+            }
+        }
+    }
+    assert_eq!(formats, BTreeSet::from([FORMAT_ROWS, FORMAT_COLUMNS]));
+}
