@@ -232,8 +232,13 @@ pub fn encode(entries: &[LogEntry], zstd_level: i32) -> Result<(Vec<u8>, Section
     let mut sections = [0u32; 6];
     let (core, messages, rest) = raw_sections(entries);
     let raws = [core, messages, rest];
+    // One compression context for the three sections: setting one up (allocating and
+    // clearing its tables) costs more than compressing a small section.
+    let mut compressor = zstd::bulk::Compressor::new(zstd_level)
+        .map_err(|source| StorageError::Compress { source })?;
     for (i, raw) in raws.iter().enumerate() {
-        let compressed = zstd::bulk::compress(raw, zstd_level)
+        let compressed = compressor
+            .compress(raw)
             .map_err(|source| StorageError::Compress { source })?;
         sections[2 * i] = crate::segment::block_len(compressed.len())?;
         sections[2 * i + 1] = crate::segment::block_len(raw.len())?;
