@@ -612,29 +612,25 @@ async fn segments_in_either_block_layout_are_read_together() {
     };
     let mut expected = Vec::new();
     let mut config = small_config(dir.path());
-    config.row_blocks = true;
-    let store = Store::open(config.clone(), StorageMetrics::default())
-        .await
-        .expect("open");
-    for batch in 1..=30u64 {
-        expected.extend(batch_entries(batch));
-        store
-            .append(batch, batch_entries(batch))
-            .await
-            .expect("append");
+    // Batches 1-30 written in rows, then 31-60 in columns after a restart.
+    let mut store = None;
+    for (batches, row_blocks) in [(1..=30u64, true), (31..=60u64, false)] {
+        drop(store.take());
+        config.row_blocks = row_blocks;
+        let opened = store.insert(
+            Store::open(config.clone(), StorageMetrics::default())
+                .await
+                .expect("open"),
+        );
+        for batch in batches {
+            expected.extend(batch_entries(batch));
+            opened
+                .append(batch, batch_entries(batch))
+                .await
+                .expect("append");
+        }
     }
-    drop(store);
-    config.row_blocks = false;
-    let store = Store::open(config.clone(), StorageMetrics::default())
-        .await
-        .expect("reopen");
-    for batch in 31..=60u64 {
-        expected.extend(batch_entries(batch));
-        store
-            .append(batch, batch_entries(batch))
-            .await
-            .expect("append");
-    }
+    let store = store.expect("opened");
     let read_all = |store: &Store| {
         let everything = |_: &LogEntry| true;
         let mut all = Vec::new();
