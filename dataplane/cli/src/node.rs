@@ -425,6 +425,8 @@ pub async fn run_node(
         }
         _ => None,
     };
+    let query_metrics = logcluster_query::api::QueryMetrics::default();
+    query_metrics.register(&mut registry);
     let state = Arc::new(HttpState {
         registry,
         schemas: schemas.clone(),
@@ -480,10 +482,16 @@ pub async fn run_node(
             ));
         }
         if let Some(query) = &query {
-            app = app.merge(logcluster_query::api::router(query.clone()));
+            app = app.merge(logcluster_query::api::router(
+                query.clone(),
+                query_metrics.clone(),
+            ));
         }
         if let (Some(local), Some(_)) = (&local_query, &cluster) {
-            app = app.merge(logcluster_query::api::local_router(local.clone()));
+            app = app.merge(logcluster_query::api::local_router(
+                local.clone(),
+                query_metrics.clone(),
+            ));
         }
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {

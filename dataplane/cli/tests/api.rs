@@ -159,6 +159,26 @@ async fn pagination_filters_stats_and_tenants_agree_with_what_was_sent() -> anyh
             .is_some_and(|e| e.contains("query")),
         "{answer}"
     );
+    // Error answers are counted by route and status; successful ones are not.
+    let (status, _) = common::http(
+        &node.http_addr(),
+        "GET",
+        "/api/v1/stats?interval=forever",
+        &[],
+        b"",
+    )
+    .await?;
+    assert_eq!(status, 400);
+    let metrics = node.metrics().await?;
+    let errors =
+        |needles: &[&str]| common::metric_sum(&metrics, "logcluster_query_errors_total", needles);
+    assert_eq!(
+        errors(&["route=\"/v1/query\"", "status=\"400\""]),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(errors(&["route=\"/api/v1/stats\"", "status=\"400\""]), 1.0);
+    assert_eq!(errors(&[]), 2.0, "only the two bad requests are errors");
     Ok(())
 }
 

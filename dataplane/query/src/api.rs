@@ -22,6 +22,9 @@ use logcluster_cluster::replication::Cluster;
 use logcluster_proto::{Level, LogEntry};
 use logcluster_storage::segment::{BlockMeta, NeedleScope, ROLLUP_NS};
 use logcluster_storage::{Cursor, ScanFilter, ScanStats, Store};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -885,10 +888,11 @@ async fn get_stats(
 
 /// `POST /v1/local/query`: what this storage member holds, without fan-out (for operators
 /// checking one replica, and for tests).
-pub fn local_router(service: Arc<QueryService>) -> Router {
+pub fn local_router(service: Arc<QueryService>, metrics: QueryMetrics) -> Router {
     Router::new()
         .route("/v1/local/query", post(post_local_query))
         .with_state(service)
+        .route_layer(axum::middleware::from_fn_with_state(metrics, count_errors))
 }
 
 async fn post_local_query(
@@ -916,13 +920,54 @@ async fn post_local_query(
     }
 }
 
-/// The query routes, to be merged into the node's HTTP router.
-pub fn router(service: Arc<QueryService>) -> Router {
+/// The query routes, to be merged into the node's HTTP router; error answers are counted in
+/// `metrics`.
+pub fn router(service: Arc<QueryService>, metrics: QueryMetrics) -> Router {
     Router::new()
         .route("/v1/query", post(post_query))
         .route("/api/v1/stats", get(get_stats))
         .with_state(service.clone())
         .merge(crate::endpoints::router(service))
+        .route_layer(axum::middleware::from_fn_with_state(metrics, count_errors))
+}
+
+/// Metrics of the query API.
+#[derive(Clone, Default)]
+pub struct QueryMetrics {
+    /// Answers with an error status, by route and status (bad requests, budgets, busy, auth).
+    pub errors: Family<Vec<(String, String)>, Counter>,
+}
+
+impl QueryMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "logcluster_query_errors",
+            "Query API answers with an error status (4xx/5xx), by route and status",
+            self.errors.clone(),
+        );
+    }
+}
+
+async fn count_errors(
+    State(metrics): State<QueryMetrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A route layer runs only for matched routes, and the query routes have no path
+    // parameters: the path is the route (a bounded label set).
+    let route = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        metrics
+            .errors
+            .get_or_create(&vec![
+                ("route".to_string(), route),
+                ("status".to_string(), status.as_u16().to_string()),
+            ])
+            .inc();
+    }
+    response
 }
 
 #[cfg(test)]
