@@ -18,7 +18,7 @@
 //! batch at the next position, or 2 + u64 LE batch uid + varint position (ids of the form
 //! `<16 hex>-<8 hex>`). A *field cell* is 0 absent, 1 string, 2 zigzag int, 3 f64 LE,
 //! 4 bool byte, 5 JSON text, 6 present without a value, 7 f64 as its shortest decimal text
-//! (u8 len + ASCII; used only when it parses back to the same bits).
+//! (u8 len + ASCII; every value but a NaN, which keeps its bits under 3).
 //! Each section is one zstd frame; the block's metadata holds their compressed and raw
 //! lengths, and its CRC covers all three.
 
@@ -170,50 +170,67 @@ fn encode_rest(entries: &[LogEntry]) -> Vec<u8> {
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    encode_varint(keys.len() as u64, &mut out);
+    // One pass over the entries fills every key's column: an entry's fields and `keys` are
+    // both in byte order, so they are walked side by side (no map lookup per key and entry).
+    let mut columns: Vec<Vec<u8>> = vec![Vec::with_capacity(entries.len()); keys.len()];
     let mut text = String::new();
-    for key in keys {
-        put_bytes(&mut out, key.as_bytes());
-        for entry in entries {
-            let Some(value) = entry.fields.get(key) else {
-                out.push(0);
-                continue;
-            };
-            match &value.kind {
-                Some(Kind::Str(s)) => {
-                    out.push(1);
-                    put_bytes(&mut out, s.as_bytes());
-                }
-                Some(Kind::Int(i)) => {
-                    out.push(2);
-                    encode_varint(zigzag(*i), &mut out);
-                }
-                Some(Kind::Float(f)) => {
-                    text.clear();
-                    let _ = write!(text, "{f:?}");
-                    if text.len() < 256 && text.parse::<f64>().map(f64::to_bits) == Ok(f.to_bits())
-                    {
-                        out.push(7);
-                        out.push(text.len() as u8);
-                        out.extend_from_slice(text.as_bytes());
-                    } else {
-                        out.push(3);
-                        out.extend_from_slice(&f.to_le_bytes());
-                    }
-                }
-                Some(Kind::Bool(b)) => {
-                    out.push(4);
-                    out.push(u8::from(*b));
-                }
-                Some(Kind::Json(s)) => {
-                    out.push(5);
-                    put_bytes(&mut out, s.as_bytes());
-                }
-                None => out.push(6),
+    for entry in entries {
+        let mut next = 0;
+        for (name, value) in &entry.fields {
+            while keys[next] != name.as_str() {
+                columns[next].push(0);
+                next += 1;
             }
+            put_field(&mut columns[next], value, &mut text);
+            next += 1;
+        }
+        for column in &mut columns[next..] {
+            column.push(0);
         }
     }
+    encode_varint(keys.len() as u64, &mut out);
+    for (key, column) in keys.iter().zip(&columns) {
+        put_bytes(&mut out, key.as_bytes());
+        out.extend_from_slice(column);
+    }
     out
+}
+
+/// Appends one present field cell (see the module docs for the tags).
+fn put_field(out: &mut Vec<u8>, value: &FieldValue, text: &mut String) {
+    match &value.kind {
+        Some(Kind::Str(s)) => {
+            out.push(1);
+            put_bytes(out, s.as_bytes());
+        }
+        Some(Kind::Int(i)) => {
+            out.push(2);
+            encode_varint(zigzag(*i), out);
+        }
+        // Rust prints the shortest decimal that parses back to the same value, so only a
+        // NaN (whose payload the text loses) or an unusually long text is stored as bits.
+        Some(Kind::Float(f)) => {
+            text.clear();
+            let _ = write!(text, "{f:?}");
+            if !f.is_nan() && text.len() < 256 {
+                out.push(7);
+                out.push(text.len() as u8);
+                out.extend_from_slice(text.as_bytes());
+            } else {
+                out.push(3);
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+        }
+        Some(Kind::Bool(b)) => {
+            out.push(4);
+            out.push(u8::from(*b));
+        }
+        Some(Kind::Json(s)) => {
+            out.push(5);
+            put_bytes(out, s.as_bytes());
+        }
+        None => out.push(6),
+    }
 }
 
 /// The uncompressed core, message and rest sections of `entries`.

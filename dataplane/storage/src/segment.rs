@@ -316,7 +316,9 @@ pub fn build_block_in(
             let Some(v) = value.as_f64() else {
                 continue;
             };
-            if numeric.contains_key(key.as_str()) || numeric.len() < MAX_NUMERIC_FIELDS {
+            if let Some(fold) = numeric.get_mut(key.as_str()) {
+                fold.add(v);
+            } else if numeric.len() < MAX_NUMERIC_FIELDS {
                 numeric.entry(key.as_str()).or_default().add(v);
             } else {
                 numeric_complete = false;
