@@ -164,7 +164,10 @@ fn node_config(
     raw.stats_log_interval = "0s".into();
     let mut cluster = RawCluster::for_test(&pki.ca_cert, members_file);
     cluster.listen.clear();
-    cluster.call_timeout = "2s".into();
+    // The production default. Shorter timeouts made tests flaky on a loaded 2-core machine:
+    // a debug build's replica call (a new stream's first fsyncs, a hand-over) has taken over
+    // 2 s while several clusters ran at once, turning latency into refused writes.
+    cluster.call_timeout = "5s".into();
     cluster.handoff_interval = "200ms".into();
     // Off unless a test turns it on, so read repair is what repairs in read-repair tests.
     cluster.anti_entropy_interval = "1h".into();
