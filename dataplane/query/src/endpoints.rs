@@ -62,14 +62,26 @@ fn tenant_param(
     service.tenant_of(headers, params.get("tenant").map(String::as_str))
 }
 
+/// A time already resolved to epoch nanoseconds, as text that every filter parses back to
+/// exactly it: RFC 3339 (a bare number would have its unit guessed from its magnitude, so
+/// times before March 1973 would be misread), or the number where RFC 3339 cannot hold it.
+fn bound_text(nanos: i64) -> String {
+    let text = rfc3339(nanos);
+    if logcluster_proto::time::parse_rfc3339(&text) == Some(nanos) {
+        text
+    } else {
+        nanos.to_string()
+    }
+}
+
 /// The log filter named by the usual parameters.
 fn filter_of(params: &Params, from: i64, to: i64) -> QueryRequest {
     QueryRequest {
         tenant_id: None,
         service: params.get("service").cloned(),
         level: params.get("level").cloned(),
-        from_ts: Some(json!(from)),
-        to_ts: Some(json!(to)),
+        from_ts: Some(Value::String(bound_text(from))),
+        to_ts: Some(Value::String(bound_text(to))),
         contains: params.get("contains").cloned(),
         query: params
             .get("query")
@@ -346,8 +358,8 @@ async fn histogram(
                     .into_iter()
                     .filter_map(|key| Some((key.to_string(), params.get(key)?.clone())))
                     .collect();
-                counting.insert("from".into(), from.to_string());
-                counting.insert("to".into(), to.to_string());
+                counting.insert("from".into(), bound_text(from));
+                counting.insert("to".into(), bound_text(to));
                 counting.insert("interval".into(), format!("{}s", interval.as_secs()));
                 let (counts, stats) = service.level_counts(counting, tenant).await?;
                 counted = counts;
