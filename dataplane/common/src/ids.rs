@@ -1,40 +1,7 @@
-//! Stable identifiers. `batch_uid` and `entry_id` are persisted (entry ids are stored, batch
-//! uids de-duplicate retries across restarts), so their definitions must never change.
+//! Stable identifiers (defined in `logcluster_proto::ids`, where storage can use them too),
+//! and random batch uids.
 
-/// 64-bit FNV-1a over the tenant, a 0xff separator (never valid UTF-8, so no tenant can
-/// imitate it) and the client batch id in big-endian bytes. Seedless and identical on every
-/// platform and release.
-pub fn batch_uid(tenant: &str, client_batch_id: u64) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |byte: u8| {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    tenant.bytes().for_each(&mut feed);
-    feed(0xff);
-    client_batch_id
-        .to_be_bytes()
-        .into_iter()
-        .for_each(&mut feed);
-    hash
-}
-
-/// 64-bit FNV-1a of `bytes`: a stable hash (same on every platform and release) for values
-/// that are persisted or compared across processes (request fingerprints, rendezvous choices).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-/// `<16 hex digits of batch uid>-<8 hex digits of position>`: ids of one batch sort together,
-/// and a retried batch yields identical ids.
-pub fn entry_id(batch_uid: u64, index: u32) -> String {
-    format!("{batch_uid:016x}-{index:08x}")
-}
+pub use logcluster_proto::ids::*;
 
 /// A random non-zero u64 (batch uids of batches sent without a client batch id).
 pub fn random_u64() -> u64 {
@@ -43,23 +10,5 @@ pub fn random_u64() -> u64 {
         if value != 0 {
             return value;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_stable_regression_vectors() {
-        // Computed once by this implementation; a change here breaks de-duplication of data
-        // already on disk, so these values must never be updated casually.
-        // Cross-checked with an independent FNV-1a implementation (Python).
-        assert_eq!(batch_uid("", 0), 0x2032_dd64_3620_252e);
-        assert_eq!(batch_uid("acme", 42), 0x8711_2cc5_44ed_066e);
-        assert_eq!(entry_id(0xab, 3), "00000000000000ab-00000003");
-        assert_ne!(batch_uid("acme", 1), batch_uid("acme", 2));
-        assert_ne!(batch_uid("acme", 1), batch_uid("acm", 1));
-        assert_eq!(batch_uid("acme", 42), batch_uid("acme", 42));
     }
 }

@@ -4,16 +4,8 @@
 //! It only ever answers "maybe" or "certainly not", so a query can skip a block that cannot
 //! contain a required token without reading or decompressing it.
 
-/// FNV-1a 64: stable across platforms and releases, which matters because filters are
-/// persisted in segment indexes.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
+/// The token hash of the filters (FNV-1a, fixed by the filters on disk).
+pub use logcluster_proto::ids::fnv1a64;
 
 /// Probes per key. Fixed for good: filters already on disk were built with it, and a reader
 /// probing more positions than the writer set would answer "certainly not" wrongly.

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use logcluster_proto::entry::field_value::Kind;
+use logcluster_proto::ids::{entry_id, parse_entry_id};
 use logcluster_proto::{FieldValue, LogEntry};
 use prost::encoding::{decode_varint, encode_varint};
 
@@ -64,29 +65,6 @@ fn put_string_column<'e>(out: &mut Vec<u8>, values: impl Iterator<Item = &'e str
             previous = value;
         }
     }
-}
-
-/// `(batch uid, position)` of an id of the `<16 hex>-<8 hex>` form the ingest path makes
-/// (lower-case only, so that formatting them again gives back the very same bytes).
-fn parse_batch_id(id: &str) -> Option<(u64, u32)> {
-    let bytes = id.as_bytes();
-    if bytes.len() != 25 || bytes[16] != b'-' {
-        return None;
-    }
-    let lower_hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-    if !lower_hex(&bytes[..16]) || !lower_hex(&bytes[17..]) {
-        return None;
-    }
-    Some((
-        u64::from_str_radix(&id[..16], 16).ok()?,
-        u32::from_str_radix(&id[17..], 16).ok()?,
-    ))
-}
-
-fn format_batch_id(uid: u64, position: u32) -> String {
-    let mut id = String::with_capacity(25);
-    let _ = write!(id, "{uid:016x}-{position:08x}");
-    id
 }
 
 /// The largest power of ten (up to 10^9) dividing every timestamp, as its exponent.
@@ -127,7 +105,7 @@ fn encode_core(entries: &[LogEntry]) -> Vec<u8> {
     }
     let mut previous: Option<(u64, u32)> = None;
     for entry in entries {
-        let parsed = parse_batch_id(&entry.id);
+        let parsed = parse_entry_id(&entry.id);
         match parsed {
             Some((uid, position))
                 if previous
@@ -674,7 +652,7 @@ pub fn decode(
                                     contains_ignore_ascii_case(s.of(&core_bytes), needle)
                                 }
                                 IdCell::Batch(uid, position) => contains_ignore_ascii_case(
-                                    format_batch_id(uid, position).as_bytes(),
+                                    entry_id(uid, position).as_bytes(),
                                     needle,
                                 ),
                             });
@@ -701,7 +679,7 @@ pub fn decode(
         let mut entry = LogEntry {
             id: match core.ids[i] {
                 IdCell::Literal(span) => text(&core_bytes, span)?,
-                IdCell::Batch(uid, position) => format_batch_id(uid, position),
+                IdCell::Batch(uid, position) => entry_id(uid, position),
             },
             timestamp: core.timestamps[i],
             received_at: core.received[i],

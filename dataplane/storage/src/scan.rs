@@ -63,11 +63,19 @@ pub struct ScanFilter<'a> {
 }
 
 impl ScanFilter<'_> {
+    /// The row prefilter of a block read: the same time range, levels and needle.
+    fn rows(&self) -> segment::RowFilter<'_> {
+        segment::RowFilter {
+            from_ts: self.from_ts,
+            to_ts: self.to_ts,
+            level_mask: self.level_mask,
+            needle: self.record_needle,
+            core_and_message_only: self.core_and_message_only,
+        }
+    }
+
     fn entry_in_range(&self, entry: &LogEntry) -> bool {
-        entry.timestamp >= self.from_ts
-            && entry.timestamp < self.to_ts
-            && self.level_mask & (1 << entry.level.clamp(0, 31)) != 0
-            && (self.predicate)(entry)
+        self.rows().keeps(entry.timestamp, entry.level) && (self.predicate)(entry)
     }
 
     fn block_may_match(&self, meta: &BlockMeta, token_hashes: &[u64]) -> bool {
@@ -198,15 +206,8 @@ fn load(
     match &candidate.source {
         Source::Tail(chunk) => Some(chunk.clone()),
         Source::Block { file, meta, sealed } => {
-            let rows = segment::RowFilter {
-                from_ts: filter.from_ts,
-                to_ts: filter.to_ts,
-                level_mask: filter.level_mask,
-                needle: filter.record_needle,
-                core_and_message_only: filter.core_and_message_only,
-            };
             let decoded = segment::read_block(file, meta)
-                .and_then(|bytes| segment::decode_block_filtered(&bytes, meta, &rows));
+                .and_then(|bytes| segment::decode_block_filtered(&bytes, meta, &filter.rows()));
             match decoded {
                 Ok((entries, passed_over)) => {
                     // Passed-over records were scanned (and did not match).
