@@ -19,13 +19,13 @@ use axum::routing::get;
 use logcluster_cluster::hints::HintStore;
 use logcluster_cluster::replication::{Cluster, ClusterMetrics};
 use logcluster_common::shutdown::Shutdown;
-use logcluster_config::{Fsync, NodeConfig, Role};
+use logcluster_config::{BlockFormat, Fsync, NodeConfig, Role};
 use logcluster_ingest::listeners::UdpKind;
 use logcluster_ingest::metrics::IngestMetrics;
 use logcluster_ingest::pipeline::{Enrichment, Pipeline, Sink};
 use logcluster_query::api::{QueryLimits, QueryService};
 use logcluster_schema::SchemaRegistry;
-use logcluster_storage::{FsyncPolicy, StorageConfig, StorageMetrics, Store};
+use logcluster_storage::{FsyncPolicy, StorageConfig, StorageMetrics, Store, segment};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, UdpSocket};
@@ -72,7 +72,11 @@ pub fn storage_config(config: &NodeConfig) -> StorageConfig {
     storage.segment_max_age = config.segment_max_age;
     storage.block_target_bytes = config.block_target_bytes;
     storage.zstd_level = config.zstd_level;
-    storage.row_blocks = config.row_blocks;
+    storage.block_format = match config.block_format {
+        BlockFormat::Templates => segment::FORMAT_TEMPLATES,
+        BlockFormat::Columns => segment::FORMAT_COLUMNS,
+        BlockFormat::Rows => segment::FORMAT_ROWS,
+    };
     storage.retention_max_age = config.retention_max_age;
     storage.retention_max_bytes = config.retention_max_bytes;
     storage

@@ -141,6 +141,43 @@ async fn pagination_filters_stats_and_tenants_agree_with_what_was_sent() -> anyh
         .count() as u64;
     assert_eq!(buckets[0]["counts"]["INFO"].as_u64(), Some(first_truth));
 
+    // Counts of the entries holding a substring, by level. With a day's interval every
+    // block lies in one bucket and is counted from its message templates where they decide
+    // the needle (fixed text, or no value can hold it); the rest are read row by row.
+    for needle in ["timeout", "TIMEOUT", "ok #", "3000ms", "#14", "1", "zzz"] {
+        for (interval, services) in [("1d", ""), ("5m", ""), ("1d", "&service=payment,search")] {
+            let (status, stats) = common::http(
+                &node.http_addr(),
+                "GET",
+                &format!(
+                    "/api/v1/stats?tenant_id=acme&interval={interval}&contains={}{services}",
+                    needle.replace('#', "%23").replace(' ', "%20")
+                ),
+                &[],
+                b"",
+            )
+            .await?;
+            assert_eq!(status, 200, "{stats}");
+            for level in ["INFO", "WARN", "ERROR", "DEBUG"] {
+                let truth = sent
+                    .iter()
+                    .filter(|s| {
+                        s.2 == level
+                            && s.4
+                                .to_ascii_lowercase()
+                                .contains(&needle.to_ascii_lowercase())
+                            && (services.is_empty() || s.3 == "payment" || s.3 == "search")
+                    })
+                    .count() as u64;
+                assert_eq!(
+                    stats["totals"][level].as_u64().unwrap_or(0),
+                    truth,
+                    "{needle} {interval} {services} {level}: {stats}"
+                );
+            }
+        }
+    }
+
     // Tenant isolation, and a clear error for a bad query.
     let globex = node.query_all("globex").await?;
     assert_eq!(globex.len(), 1);

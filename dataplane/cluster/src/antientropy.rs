@@ -70,6 +70,7 @@ fn every_entry<'a>(
         required_tokens: &[],
         record_needle: None,
         core_and_message_only: false,
+        message_unread: false,
         predicate,
     }
 }

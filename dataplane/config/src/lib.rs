@@ -233,13 +233,26 @@ pub struct RawStorage {
     /// zstd level for blocks (1-19).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
-    /// Layout of new blocks: `columns` (the default) or `rows`, the layout of releases
-    /// before column blocks, which they can read (set it while a rollback to one must
-    /// stay possible; every release reads both).
+    /// Layout of new blocks: `templates` (the default: columns, with messages stored as
+    /// templates and values), `columns` (columns with whole messages, the layout the
+    /// previous release writes) or `rows` (the layout of releases before columns). Set an
+    /// older one while a rollback to a release that reads only that must stay possible;
+    /// every release reads all the layouts before its own.
     #[serde(default = "default_block_format")]
     pub block_format: String,
     #[serde(default)]
     pub retention: RawRetention,
+}
+
+/// Layout of new storage blocks (`storage.blockFormat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// Columns, messages as templates and values (the default).
+    Templates,
+    /// Columns with whole messages.
+    Columns,
+    /// One record after another.
+    Rows,
 }
 
 /// Retention; absent values keep data forever.
@@ -398,7 +411,7 @@ fn default_block_bytes() -> u64 {
     1024 * 1024
 }
 fn default_block_format() -> String {
-    "columns".into()
+    "templates".into()
 }
 fn default_zstd_level() -> i32 {
     3
@@ -626,8 +639,8 @@ pub struct NodeConfig {
     pub segment_max_age: Duration,
     pub block_target_bytes: usize,
     pub zstd_level: i32,
-    /// Write blocks in the row layout of earlier releases (`storage.blockFormat: rows`).
-    pub row_blocks: bool,
+    /// Layout of new blocks (`storage.blockFormat`).
+    pub block_format: BlockFormat,
     pub retention_max_age: Option<Duration>,
     pub retention_max_bytes: Option<u64>,
     pub query_max_limit: usize,
@@ -894,9 +907,17 @@ impl RawNodeConfig {
         if !(1..=22).contains(&self.storage.zstd_level) {
             return Err(invalid("storage.zstdLevel", "must be between 1 and 22"));
         }
-        if !matches!(self.storage.block_format.as_str(), "columns" | "rows") {
-            return Err(invalid("storage.blockFormat", "must be columns or rows"));
-        }
+        let block_format = match self.storage.block_format.as_str() {
+            "templates" => BlockFormat::Templates,
+            "columns" => BlockFormat::Columns,
+            "rows" => BlockFormat::Rows,
+            _ => {
+                return Err(invalid(
+                    "storage.blockFormat",
+                    "must be templates, columns or rows",
+                ));
+            }
+        };
         if self.storage.block_target_bytes < 1024
             || self.storage.block_target_bytes > 64 * 1024 * 1024
         {
@@ -966,7 +987,7 @@ impl RawNodeConfig {
             )?,
             block_target_bytes: self.storage.block_target_bytes as usize,
             zstd_level: self.storage.zstd_level,
-            row_blocks: self.storage.block_format == "rows",
+            block_format,
             retention_max_age,
             retention_max_bytes: self.storage.retention.max_bytes,
             query_max_limit: self.query.max_limit as usize,
@@ -1006,7 +1027,7 @@ mod tests {
         );
         assert_eq!(config.fsync, Fsync::Always);
         assert_eq!(config.segment_max_bytes, 50 * 1024 * 1024);
-        assert!(!config.row_blocks, "column blocks by default");
+        assert_eq!(config.block_format, BlockFormat::Templates);
         assert_eq!(config.roles.len(), 3);
     }
 
@@ -1024,8 +1045,13 @@ mod tests {
                 "dataDir: /x\nlisten: {{ingest: '', syslogTls: ''}}\nstorage: {{blockFormat: {format}}}\n"
             ))
         };
-        assert!(with_format("rows").expect("rows").row_blocks);
-        assert!(!with_format("columns").expect("columns").row_blocks);
+        for (name, format) in [
+            ("rows", BlockFormat::Rows),
+            ("columns", BlockFormat::Columns),
+            ("templates", BlockFormat::Templates),
+        ] {
+            assert_eq!(with_format(name).expect(name).block_format, format);
+        }
         let err = with_format("parquet").expect_err("bad block format");
         assert!(err.to_string().contains("storage.blockFormat"), "{err}");
         let err = NodeConfig::from_yaml("dataDir: /x\n").expect_err("tls required");

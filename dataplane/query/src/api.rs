@@ -214,8 +214,38 @@ impl Compiled {
                 .as_ref()
                 .map(|(needle, scope)| (needle.as_bytes(), *scope)),
             core_and_message_only: false,
+            message_unread: false,
             predicate,
         }
+    }
+
+    /// Whether a consumer that reads no message can leave messages unread: with no query
+    /// string, the only message predicate is `contains`, which storage then applies exactly
+    /// (see [`Compiled::message_free_scan_filter`]).
+    pub fn messages_needed(&self) -> bool {
+        self.query.is_some()
+    }
+
+    /// [`Compiled::scan_filter`] for a consumer that reads only an entry's timestamp,
+    /// tenant, service and level, when [`Compiled::messages_needed`] is false: `predicate`
+    /// must then not read messages ([`Compiled::matches_without_message`]).
+    pub fn message_free_scan_filter<'a>(
+        &'a self,
+        predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
+    ) -> ScanFilter<'a> {
+        ScanFilter {
+            core_and_message_only: true,
+            message_unread: true,
+            ..self.scan_filter(predicate)
+        }
+    }
+
+    /// [`Compiled::matches`] but for `contains`, for a scan that applies it itself.
+    pub fn matches_without_message(&self, entry: &LogEntry) -> bool {
+        debug_assert!(!self.messages_needed());
+        self.services
+            .as_ref()
+            .is_none_or(|services| services.contains(&entry.service))
     }
 
     /// [`Compiled::scan_filter`] for a consumer that reads only an entry's id, timestamps,
@@ -685,9 +715,22 @@ impl QueryService {
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let budget = Budget::new(&limits);
-            let predicate = |e: &LogEntry| budget.admit(e) && compiled.matches(e);
-            // Counting reads service, timestamp and level only.
-            let filter = compiled.core_scan_filter(&predicate);
+            // Counting reads service, timestamp and level only; with no query string, storage
+            // applies `contains` and messages stay compressed where the layout allows.
+            let messages_needed = compiled.messages_needed();
+            let predicate = |e: &LogEntry| {
+                budget.admit(e)
+                    && if messages_needed {
+                        compiled.matches(e)
+                    } else {
+                        compiled.matches_without_message(e)
+                    }
+            };
+            let filter = if messages_needed {
+                compiled.core_scan_filter(&predicate)
+            } else {
+                compiled.message_free_scan_filter(&predicate)
+            };
             // Per thread: service -> interval start -> counts by level. Keyed by service
             // first so the hot path looks a service up by &str and clones it only once per
             // service, not once per entry; merged below.
@@ -717,6 +760,26 @@ impl QueryService {
             let summary: Option<logcluster_storage::scan::Summary<'_, Acc>> =
                 (compiled.counts_from_index() && interval_ns % ROLLUP_NS == 0)
                     .then_some(&from_index);
+            // Whole blocks within one interval from their message templates' counts by level
+            // (when no query string asks more of a row than `contains`).
+            let wants = |meta: &BlockMeta| {
+                meta.min_ts.div_euclid(interval_ns) == meta.max_ts.div_euclid(interval_ns)
+            };
+            let add = |acc: &mut Acc, service: &str, meta: &BlockMeta, counts: &[(i32, u64)]| {
+                let start = meta.min_ts.div_euclid(interval_ns) * interval_ns;
+                let by_start = match acc.get_mut(service) {
+                    Some(by_start) => by_start,
+                    None => acc.entry(service.to_string()).or_default(),
+                };
+                let slot = by_start.entry(start).or_default();
+                for (level, count) in counts {
+                    slot[level_slot(*level)] += count;
+                }
+            };
+            let by_level = (!messages_needed).then_some(logcluster_storage::scan::LevelCounts {
+                wants: &wants,
+                add: &add,
+            });
             let (parts, scan) = store.scan_parallel_summarized(
                 &filter,
                 Acc::new,
@@ -730,6 +793,7 @@ impl QueryService {
                     }
                 },
                 summary,
+                by_level,
             );
             let mut counts: LevelCounts = BTreeMap::new();
             for part in parts {

@@ -257,6 +257,7 @@ impl QueryService {
                     cell.add(value, spec.quantiles);
                 },
                 summary,
+                None,
             );
             budget.check()?;
             let mut merged = PerService::new();

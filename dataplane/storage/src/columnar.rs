@@ -13,6 +13,9 @@
 //! message  n × (varint len, bytes)
 //! rest     host column, trace_id column, varint k, k × (varint len, key, n × field cell)
 //! ```
+//! With templates ([`FORMAT_TEMPLATES`]) the message section is replaced by the shape and
+//! vars sections of [`templates`], and the core puts what counting reads first: n, e,
+//! timestamps, levels, tenant and service columns, then received times and ids.
 //! A *string column* is n cells: 0 = the previous row's value ("" before the first row), or
 //! 1 + varint len + bytes. An *id cell* is 0 + varint len + bytes, 1 = the previous id's
 //! batch at the next position, or 2 + u64 LE batch uid + varint position (ids of the form
@@ -20,7 +23,7 @@
 //! 4 bool byte, 5 JSON text, 6 present without a value, 7 f64 as its shortest decimal text
 //! (u8 len + ASCII; every value but a NaN, which keeps its bits under 3).
 //! Each section is one zstd frame; the block's metadata holds their compressed and raw
-//! lengths, and its CRC covers all three.
+//! lengths, and its CRC covers them all.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -33,12 +36,10 @@ use prost::encoding::{decode_varint, encode_varint};
 
 use crate::StorageError;
 use crate::segment::{
-    BlockError, MAX_BLOCK_LEN, NeedleScope, RowFilter, contains_ignore_ascii_case,
+    BlockError, FORMAT_TEMPLATES, MAX_BLOCK_LEN, NeedleScope, RowFilter, contains_ignore_ascii_case,
 };
 
-/// Compressed and raw lengths of the three sections: `[core, core_raw, message,
-/// message_raw, rest, rest_raw]`.
-pub type Sections = [u32; 6];
+mod templates;
 
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
@@ -83,50 +84,105 @@ fn timestamp_scale(entries: &[LogEntry]) -> u8 {
     exponent
 }
 
-fn encode_core(entries: &[LogEntry]) -> Vec<u8> {
+/// The parts of the core section, in the order [`FORMAT_COLUMNS`] writes them;
+/// [`FORMAT_TEMPLATES`] writes [`TEMPLATES_CORE_ORDER`], so that a reader of timestamps,
+/// levels, tenant and service can stop there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CorePart {
+    Timestamps,
+    Received,
+    Levels,
+    Ids,
+    Tenants,
+    Services,
+}
+
+const COLUMNS_CORE_ORDER: [CorePart; 6] = [
+    CorePart::Timestamps,
+    CorePart::Received,
+    CorePart::Levels,
+    CorePart::Ids,
+    CorePart::Tenants,
+    CorePart::Services,
+];
+const TEMPLATES_CORE_ORDER: [CorePart; 6] = [
+    CorePart::Timestamps,
+    CorePart::Levels,
+    CorePart::Tenants,
+    CorePart::Services,
+    CorePart::Received,
+    CorePart::Ids,
+];
+
+fn core_order(format: u32) -> &'static [CorePart; 6] {
+    if format == FORMAT_TEMPLATES {
+        &TEMPLATES_CORE_ORDER
+    } else {
+        &COLUMNS_CORE_ORDER
+    }
+}
+
+fn encode_core(entries: &[LogEntry], format: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * 16);
     encode_varint(entries.len() as u64, &mut out);
     let exponent = timestamp_scale(entries);
     out.push(exponent);
-    let unit = 10i64.pow(u32::from(exponent));
-    let mut previous = 0i64;
-    for entry in entries {
-        let scaled = entry.timestamp / unit;
-        encode_varint(zigzag(scaled.wrapping_sub(previous)), &mut out);
-        previous = scaled;
-    }
-    let mut previous = 0i64;
-    for entry in entries {
-        encode_varint(zigzag(entry.received_at.wrapping_sub(previous)), &mut out);
-        previous = entry.received_at;
-    }
-    for entry in entries {
-        encode_varint(zigzag(i64::from(entry.level)), &mut out);
-    }
-    let mut previous: Option<(u64, u32)> = None;
-    for entry in entries {
-        let parsed = parse_entry_id(&entry.id);
-        match parsed {
-            Some((uid, position))
-                if previous
-                    .is_some_and(|(u, p)| u == uid && p.checked_add(1) == Some(position)) =>
-            {
-                out.push(1)
+    for part in core_order(format) {
+        match part {
+            CorePart::Timestamps => {
+                let unit = 10i64.pow(u32::from(exponent));
+                let mut previous = 0i64;
+                for entry in entries {
+                    let scaled = entry.timestamp / unit;
+                    encode_varint(zigzag(scaled.wrapping_sub(previous)), &mut out);
+                    previous = scaled;
+                }
             }
-            Some((uid, position)) => {
-                out.push(2);
-                out.extend_from_slice(&uid.to_le_bytes());
-                encode_varint(u64::from(position), &mut out);
+            CorePart::Received => {
+                let mut previous = 0i64;
+                for entry in entries {
+                    encode_varint(zigzag(entry.received_at.wrapping_sub(previous)), &mut out);
+                    previous = entry.received_at;
+                }
             }
-            None => {
-                out.push(0);
-                put_bytes(&mut out, entry.id.as_bytes());
+            CorePart::Levels => {
+                for entry in entries {
+                    encode_varint(zigzag(i64::from(entry.level)), &mut out);
+                }
+            }
+            CorePart::Ids => {
+                let mut previous: Option<(u64, u32)> = None;
+                for entry in entries {
+                    let parsed = parse_entry_id(&entry.id);
+                    match parsed {
+                        Some((uid, position))
+                            if previous.is_some_and(|(u, p)| {
+                                u == uid && p.checked_add(1) == Some(position)
+                            }) =>
+                        {
+                            out.push(1)
+                        }
+                        Some((uid, position)) => {
+                            out.push(2);
+                            out.extend_from_slice(&uid.to_le_bytes());
+                            encode_varint(u64::from(position), &mut out);
+                        }
+                        None => {
+                            out.push(0);
+                            put_bytes(&mut out, entry.id.as_bytes());
+                        }
+                    }
+                    previous = parsed;
+                }
+            }
+            CorePart::Tenants => {
+                put_string_column(&mut out, entries.iter().map(|e| e.tenant.as_str()))
+            }
+            CorePart::Services => {
+                put_string_column(&mut out, entries.iter().map(|e| e.service.as_str()))
             }
         }
-        previous = parsed;
     }
-    put_string_column(&mut out, entries.iter().map(|e| e.tenant.as_str()));
-    put_string_column(&mut out, entries.iter().map(|e| e.service.as_str()));
     out
 }
 
@@ -211,32 +267,48 @@ fn put_field(out: &mut Vec<u8>, value: &FieldValue, text: &mut String) {
     }
 }
 
-/// The uncompressed core, message and rest sections of `entries`.
-pub(crate) fn raw_sections(entries: &[LogEntry]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    (
-        encode_core(entries),
-        encode_messages(entries),
-        encode_rest(entries),
-    )
+/// The uncompressed sections of `entries` in a column layout: core, message and rest
+/// ([`FORMAT_COLUMNS`]), or core, shape, rows, vars and rest ([`FORMAT_TEMPLATES`]).
+pub(crate) fn raw_sections(entries: &[LogEntry], format: u32) -> Vec<Vec<u8>> {
+    if format == FORMAT_TEMPLATES {
+        let [shape, rows, vars] =
+            templates::encode(entries.iter().map(|e| (e.message.as_bytes(), e.level)));
+        vec![
+            encode_core(entries, format),
+            shape,
+            rows,
+            vars,
+            encode_rest(entries),
+        ]
+    } else {
+        vec![
+            encode_core(entries, format),
+            encode_messages(entries),
+            encode_rest(entries),
+        ]
+    }
 }
 
-/// Encodes and compresses `entries`; returns the block bytes (three zstd frames) and the
-/// sections' lengths.
-pub fn encode(entries: &[LogEntry], zstd_level: i32) -> Result<(Vec<u8>, Sections), StorageError> {
+/// Encodes and compresses `entries` in a column layout; returns the block bytes (one zstd
+/// frame per section) and the sections' compressed and raw lengths, interleaved.
+pub fn encode(
+    entries: &[LogEntry],
+    zstd_level: i32,
+    format: u32,
+) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
     let mut block = Vec::new();
-    let mut sections = [0u32; 6];
-    let (core, messages, rest) = raw_sections(entries);
-    let raws = [core, messages, rest];
-    // One compression context for the three sections: setting one up (allocating and
-    // clearing its tables) costs more than compressing a small section.
+    let raws = raw_sections(entries, format);
+    let mut sections = Vec::with_capacity(2 * raws.len());
+    // One compression context for every section: setting one up (allocating and clearing
+    // its tables) costs more than compressing a small section.
     let mut compressor = zstd::bulk::Compressor::new(zstd_level)
         .map_err(|source| StorageError::Compress { source })?;
-    for (i, raw) in raws.iter().enumerate() {
+    for raw in &raws {
         let compressed = compressor
             .compress(raw)
             .map_err(|source| StorageError::Compress { source })?;
-        sections[2 * i] = crate::segment::block_len(compressed.len())?;
-        sections[2 * i + 1] = crate::segment::block_len(raw.len())?;
+        sections.push(crate::segment::block_len(compressed.len())?);
+        sections.push(crate::segment::block_len(raw.len())?);
         block.extend_from_slice(&compressed);
     }
     Ok((block, sections))
@@ -350,8 +422,10 @@ struct Core {
     services: Vec<Span>,
 }
 
-/// Parses the core section of a block whose index says it holds `count` rows.
-fn parse_core(bytes: &[u8], count: u32) -> Result<Core, BlockError> {
+/// Parses the core section of a block whose index says it holds `count` rows. `lite`
+/// stops after the parts that [`RowFilter::message_unread`] readers need when the layout
+/// puts them first (ids and received times are then left empty).
+fn parse_core(bytes: &[u8], count: u32, format: u32, lite: bool) -> Result<Core, BlockError> {
     let mut r = Reader::new(bytes);
     let n = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
     // The section and the index must agree (and every row takes at least a byte in each of
@@ -363,60 +437,82 @@ fn parse_core(bytes: &[u8], count: u32) -> Result<Core, BlockError> {
     if exponent > 9 {
         return Err(BlockError::Decode);
     }
-    let unit = 10i64.pow(u32::from(exponent));
-    let mut timestamps = Vec::with_capacity(n);
-    let mut previous = 0i64;
-    for _ in 0..n {
-        previous = previous.wrapping_add(unzigzag(r.varint()?));
-        timestamps.push(previous.wrapping_mul(unit));
-    }
-    let mut received = Vec::with_capacity(n);
-    let mut previous = 0i64;
-    for _ in 0..n {
-        previous = previous.wrapping_add(unzigzag(r.varint()?));
-        received.push(previous);
-    }
-    let mut levels = Vec::with_capacity(n);
-    for _ in 0..n {
-        levels.push(i32::try_from(unzigzag(r.varint()?)).map_err(|_| BlockError::Decode)?);
-    }
-    let mut ids = Vec::with_capacity(n);
-    let mut previous: Option<(u64, u32)> = None;
-    for _ in 0..n {
-        let cell = match r.byte()? {
-            0 => {
-                previous = None;
-                IdCell::Literal(r.counted()?)
+    let mut core = Core {
+        timestamps: Vec::new(),
+        received: Vec::new(),
+        levels: Vec::new(),
+        ids: Vec::new(),
+        tenants: Vec::new(),
+        services: Vec::new(),
+    };
+    let order = core_order(format);
+    let lite = lite && format == FORMAT_TEMPLATES;
+    for part in order {
+        if lite && *part == CorePart::Received {
+            return Ok(core);
+        }
+        match part {
+            CorePart::Timestamps => {
+                let unit = 10i64.pow(u32::from(exponent));
+                core.timestamps.reserve_exact(n);
+                let mut previous = 0i64;
+                for _ in 0..n {
+                    previous = previous.wrapping_add(unzigzag(r.varint()?));
+                    core.timestamps.push(previous.wrapping_mul(unit));
+                }
             }
-            1 => {
-                let (uid, position) = previous.ok_or(BlockError::Decode)?;
-                let next = position.checked_add(1).ok_or(BlockError::Decode)?;
-                previous = Some((uid, next));
-                IdCell::Batch(uid, next)
+            CorePart::Received => {
+                core.received.reserve_exact(n);
+                let mut previous = 0i64;
+                for _ in 0..n {
+                    previous = previous.wrapping_add(unzigzag(r.varint()?));
+                    core.received.push(previous);
+                }
             }
-            2 => {
-                let span = r.take(8)?;
-                let uid =
-                    u64::from_le_bytes(span.of(bytes).try_into().map_err(|_| BlockError::Decode)?);
-                let position = u32::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
-                previous = Some((uid, position));
-                IdCell::Batch(uid, position)
+            CorePart::Levels => {
+                core.levels.reserve_exact(n);
+                for _ in 0..n {
+                    core.levels.push(
+                        i32::try_from(unzigzag(r.varint()?)).map_err(|_| BlockError::Decode)?,
+                    );
+                }
             }
-            _ => return Err(BlockError::Decode),
-        };
-        ids.push(cell);
+            CorePart::Ids => {
+                core.ids.reserve_exact(n);
+                let mut previous: Option<(u64, u32)> = None;
+                for _ in 0..n {
+                    let cell = match r.byte()? {
+                        0 => {
+                            previous = None;
+                            IdCell::Literal(r.counted()?)
+                        }
+                        1 => {
+                            let (uid, position) = previous.ok_or(BlockError::Decode)?;
+                            let next = position.checked_add(1).ok_or(BlockError::Decode)?;
+                            previous = Some((uid, next));
+                            IdCell::Batch(uid, next)
+                        }
+                        2 => {
+                            let span = r.take(8)?;
+                            let uid = u64::from_le_bytes(
+                                span.of(bytes).try_into().map_err(|_| BlockError::Decode)?,
+                            );
+                            let position =
+                                u32::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+                            previous = Some((uid, position));
+                            IdCell::Batch(uid, position)
+                        }
+                        _ => return Err(BlockError::Decode),
+                    };
+                    core.ids.push(cell);
+                }
+            }
+            CorePart::Tenants => core.tenants = r.string_column(n)?,
+            CorePart::Services => core.services = r.string_column(n)?,
+        }
     }
-    let tenants = r.string_column(n)?;
-    let services = r.string_column(n)?;
     r.done()?;
-    Ok(Core {
-        timestamps,
-        received,
-        levels,
-        ids,
-        tenants,
-        services,
-    })
+    Ok(core)
 }
 
 fn parse_messages(bytes: &[u8], n: usize) -> Result<Vec<Span>, BlockError> {
@@ -571,34 +667,125 @@ fn rest_row_contains(rest: &Rest, bytes: &[u8], i: usize, needle: &[u8]) -> bool
         })
 }
 
-/// Decodes the rows of a column block that `rows` keeps; returns them and how many rows it
-/// passed over. The CRC has been checked by the caller.
+/// How a column block stores its messages.
+enum MessageFrames<'b> {
+    /// [`FORMAT_COLUMNS`]: one section of messages.
+    Plain(&'b [u8], u32),
+    /// [`FORMAT_TEMPLATES`]: shape, rows and vars sections (see [`templates`]).
+    Templated {
+        shape: (&'b [u8], u32),
+        rows: (&'b [u8], u32),
+        vars: (&'b [u8], u32),
+    },
+}
+
+/// A block's shape section with its rows.
+fn load_shape(
+    shape: (&[u8], u32),
+    rows: (&[u8], u32),
+    n: usize,
+) -> Result<(Vec<u8>, templates::Shape), BlockError> {
+    let shape_bytes = decompress(shape.0, shape.1)?;
+    let mut parsed = templates::parse_shape(&shape_bytes, n)?;
+    templates::parse_rows(&decompress(rows.0, rows.1)?, &mut parsed)?;
+    Ok((shape_bytes, parsed))
+}
+
+/// Every message of a block (the section's bytes and each one's span).
+/// Rows that `wanted` leaves out may get an empty span.
+fn load_messages(
+    frames: &MessageFrames<'_>,
+    n: usize,
+    wanted: &[bool],
+) -> Result<(Vec<u8>, Vec<Span>), BlockError> {
+    match *frames {
+        // Whole messages are simply all there.
+        MessageFrames::Plain(frame, raw) => {
+            let bytes = decompress(frame, raw)?;
+            let spans = parse_messages(&bytes, n)?;
+            Ok((bytes, spans))
+        }
+        MessageFrames::Templated { shape, rows, vars } => {
+            let (shape_bytes, parsed) = load_shape(shape, rows, n)?;
+            let vars_bytes = decompress(vars.0, vars.1)?;
+            let values = templates::parse_vars(&shape_bytes, &vars_bytes, &parsed)?;
+            Ok(templates::messages(
+                &shape_bytes,
+                &parsed,
+                &vars_bytes,
+                &values,
+                wanted,
+            ))
+        }
+    }
+}
+
+/// Counts by level of the `count` rows of a [`FORMAT_TEMPLATES`] block that hold `rows`'
+/// message needle (every row without one), from the block's shape section (`frame`, whose
+/// CRC the caller checked) alone; `None` when that cannot tell (another needle scope, or
+/// rows whose values must be read). Time and levels are not filtered here.
+pub fn level_counts(
+    frame: &[u8],
+    shape_raw: u32,
+    count: u32,
+    rows: &RowFilter<'_>,
+) -> Result<Option<Vec<(i32, u64)>>, BlockError> {
+    let needle = match rows.needle {
+        None => None,
+        Some((needle, NeedleScope::Message)) => Some(needle.to_ascii_lowercase()),
+        Some(_) => return Ok(None),
+    };
+    let shape_bytes = decompress(frame, shape_raw)?;
+    let shape = templates::parse_shape(&shape_bytes, count as usize)?;
+    Ok(templates::level_counts(
+        &shape_bytes,
+        &shape,
+        needle.as_deref(),
+    ))
+}
+
+/// Decodes the rows of a column block (`format` [`FORMAT_COLUMNS`] or
+/// [`FORMAT_TEMPLATES`]) that `rows` keeps; returns them and how many rows it passed over.
+/// The CRC has been checked by the caller.
 pub fn decode(
     block: &[u8],
+    format: u32,
     sections: &[u32],
     count: u32,
     rows: &RowFilter<'_>,
 ) -> Result<(Vec<LogEntry>, u64), BlockError> {
-    let &[
-        core_len,
-        core_raw,
-        message_len,
-        message_raw,
-        rest_len,
-        rest_raw,
-    ] = sections
-    else {
+    let frames_wanted = if format == FORMAT_TEMPLATES { 5 } else { 3 };
+    if sections.len() != 2 * frames_wanted {
         return Err(BlockError::Decode);
-    };
-    let (core_len, message_len, rest_len) =
-        (core_len as usize, message_len as usize, rest_len as usize);
-    if core_len + message_len + rest_len != block.len() {
+    }
+    let mut frames = Vec::with_capacity(frames_wanted);
+    let mut at = 0usize;
+    for pair in sections.chunks_exact(2) {
+        let end = at
+            .checked_add(pair[0] as usize)
+            .filter(|end| *end <= block.len())
+            .ok_or(BlockError::Truncated)?;
+        frames.push((&block[at..end], pair[1]));
+        at = end;
+    }
+    if at != block.len() {
         return Err(BlockError::Truncated);
     }
-    let (core_frame, tail) = block.split_at(core_len);
-    let (message_frame, rest_frame) = tail.split_at(message_len);
+    let (core_frame, core_raw) = frames[0];
+    let (rest_frame, rest_raw) = frames[frames_wanted - 1];
+    let message_frames = if format == FORMAT_TEMPLATES {
+        MessageFrames::Templated {
+            shape: frames[1],
+            rows: frames[2],
+            vars: frames[3],
+        }
+    } else {
+        MessageFrames::Plain(frames[1].0, frames[1].1)
+    };
     let core_bytes = decompress(core_frame, core_raw)?;
-    let core = parse_core(&core_bytes, count)?;
+    // A record needle may be in an id.
+    let lite = rows.message_unread && !matches!(rows.needle, Some((_, NeedleScope::Record)));
+    let core = parse_core(&core_bytes, count, format, lite)?;
     let n = core.timestamps.len();
     let mut keep: Vec<bool> = (0..n)
         .map(|i| rows.keeps(core.timestamps[i], core.levels[i]))
@@ -606,11 +793,6 @@ pub fn decode(
 
     let mut messages: Option<(Vec<u8>, Vec<Span>)> = None;
     let mut rest: Option<(Vec<u8>, Rest)> = None;
-    let load_messages = || -> Result<(Vec<u8>, Vec<Span>), BlockError> {
-        let bytes = decompress(message_frame, message_raw)?;
-        let spans = parse_messages(&bytes, n)?;
-        Ok((bytes, spans))
-    };
     let load_rest = || -> Result<(Vec<u8>, Rest), BlockError> {
         let bytes = decompress(rest_frame, rest_raw)?;
         let parsed = parse_rest(&bytes, n)?;
@@ -620,10 +802,22 @@ pub fn decode(
         && keep.iter().any(|k| *k)
     {
         match scope {
-            NeedleScope::Message => {
-                let (bytes, spans) = messages.insert(load_messages()?);
-                keep_rows_containing(bytes, spans, needle, &mut keep);
-            }
+            NeedleScope::Message => match message_frames {
+                MessageFrames::Plain(..) => {
+                    let (bytes, spans) = messages.insert(load_messages(&message_frames, n, &keep)?);
+                    keep_rows_containing(bytes, spans, needle, &mut keep);
+                }
+                MessageFrames::Templated { shape, rows, vars } => {
+                    let (shape_bytes, parsed) = load_shape(shape, rows, n)?;
+                    templates::keep_rows_containing(
+                        &shape_bytes,
+                        &parsed,
+                        &needle.to_ascii_lowercase(),
+                        &mut keep,
+                        || decompress(vars.0, vars.1),
+                    )?;
+                }
+            },
             NeedleScope::Host | NeedleScope::TraceId => {
                 let (bytes, parsed) = rest.insert(load_rest()?);
                 let column = if scope == NeedleScope::Host {
@@ -636,7 +830,8 @@ pub fn decode(
                 }
             }
             NeedleScope::Record => {
-                let (message_bytes, spans) = messages.insert(load_messages()?);
+                let (message_bytes, spans) =
+                    messages.insert(load_messages(&message_frames, n, &keep)?);
                 let (rest_bytes, parsed) = rest.insert(load_rest()?);
                 for (i, k) in keep.iter_mut().enumerate() {
                     *k = *k
@@ -665,28 +860,33 @@ pub fn decode(
     if kept == 0 {
         return Ok((Vec::new(), passed_over));
     }
-    let (message_bytes, message_spans) = match messages {
-        Some(loaded) => loaded,
-        None => load_messages()?,
+    let messages = match messages {
+        Some(loaded) => Some(loaded),
+        None if rows.message_unread => None,
+        None => Some(load_messages(&message_frames, n, &keep)?),
     };
     let rest = match rest {
         Some(loaded) => Some(loaded),
-        None if rows.core_and_message_only => None,
+        None if rows.core_and_message_only || rows.message_unread => None,
         None => Some(load_rest()?),
     };
     let mut entries = Vec::with_capacity(kept);
     for i in (0..n).filter(|i| keep[*i]) {
         let mut entry = LogEntry {
-            id: match core.ids[i] {
-                IdCell::Literal(span) => text(&core_bytes, span)?,
-                IdCell::Batch(uid, position) => entry_id(uid, position),
+            id: match core.ids.get(i) {
+                Some(IdCell::Literal(span)) => text(&core_bytes, *span)?,
+                Some(IdCell::Batch(uid, position)) => entry_id(*uid, *position),
+                None => String::new(),
             },
             timestamp: core.timestamps[i],
-            received_at: core.received[i],
+            received_at: core.received.get(i).copied().unwrap_or_default(),
             tenant: text(&core_bytes, core.tenants[i])?,
             service: text(&core_bytes, core.services[i])?,
             level: core.levels[i],
-            message: text(&message_bytes, message_spans[i])?,
+            message: match &messages {
+                Some((bytes, spans)) if !rows.message_unread => text(bytes, spans[i])?,
+                _ => String::new(),
+            },
             ..Default::default()
         };
         if let Some((bytes, rest)) = &rest {

@@ -50,9 +50,11 @@ pub struct StorageConfig {
     /// Raw bytes per compressed block (the unit of reading and skipping).
     pub block_target_bytes: usize,
     pub zstd_level: i32,
-    /// Write new blocks in the row layout ([`segment::FORMAT_ROWS`]) that releases before
-    /// column blocks read, instead of columns (every release since reads both).
-    pub row_blocks: bool,
+    /// Layout of new blocks: [`segment::FORMAT_TEMPLATES`] (the default),
+    /// [`segment::FORMAT_COLUMNS`] or [`segment::FORMAT_ROWS`], for as long as a rollback to
+    /// a release that reads only those must stay possible (every release reads the layouts
+    /// before its own).
+    pub block_format: u32,
     /// Delete sealed segments whose newest entry is older than this.
     pub retention_max_age: Option<Duration>,
     /// Delete the oldest sealed segments while stored bytes exceed this.
@@ -71,7 +73,7 @@ impl StorageConfig {
             segment_max_age: Duration::from_secs(3600),
             block_target_bytes: 1024 * 1024,
             zstd_level: 3,
-            row_blocks: false,
+            block_format: segment::FORMAT_TEMPLATES,
             retention_max_age: None,
             retention_max_bytes: None,
             dedup_segments: 4,

@@ -59,6 +59,11 @@ pub struct ScanFilter<'a> {
     /// message of an entry: host, trace id and fields may be left empty (and are then not
     /// decompressed).
     pub core_and_message_only: bool,
+    /// `predicate` and the consumer read only timestamps, tenant, service and level: the
+    /// scan applies a [`NeedleScope::Message`] `record_needle` exactly (the predicate need
+    /// not), and ids, received times, messages, host, trace id and fields may be left
+    /// empty.
+    pub message_unread: bool,
     pub predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
 }
 
@@ -71,6 +76,7 @@ impl ScanFilter<'_> {
             level_mask: self.level_mask,
             needle: self.record_needle,
             core_and_message_only: self.core_and_message_only,
+            message_unread: self.message_unread,
         }
     }
 
@@ -196,6 +202,48 @@ fn candidates(
     out
 }
 
+/// Counts of whole blocks by level for a count aggregation whose predicate reads nothing but
+/// levels, time and service ([`ScanFilter::message_unread`]) and whose time buckets are the
+/// consumer's business: `wants` says whether it can take a block's counts as a whole (say,
+/// the block lies in one bucket), `add` takes them (level, rows).
+pub struct LevelCounts<'a, A> {
+    pub wants: &'a (dyn Fn(&BlockMeta) -> bool + Sync),
+    pub add: AddLevelCounts<'a, A>,
+}
+
+/// Takes a block's (level, rows) counts into an accumulator, given the block's service.
+pub type AddLevelCounts<'a, A> = &'a (dyn Fn(&mut A, &str, &BlockMeta, &[(i32, u64)]) + Sync);
+
+/// A block's counts by level without decoding its rows: `Some(None)` when they cannot be
+/// had that way, `None` when the block is corrupt or unreadable (recorded in `stats`).
+fn count_by_level(
+    candidate: &Candidate,
+    filter: &ScanFilter<'_>,
+    stats: &mut ScanStats,
+) -> Option<Option<Vec<(i32, u64)>>> {
+    let Source::Block { file, meta, sealed } = &candidate.source else {
+        return Some(None);
+    };
+    let counted = segment::count_block_by_level(file, meta, &filter.rows());
+    match counted {
+        Ok(Some(counts)) => {
+            stats.objects_read += 1;
+            Some(Some(counts))
+        }
+        Ok(None) => Some(None),
+        Err(_) => {
+            stats.objects_read += 1;
+            stats.corrupt_blocks += 1;
+            if let Some(segment) = sealed
+                && !stats.corrupt_segments.contains(segment)
+            {
+                stats.corrupt_segments.push(segment.clone());
+            }
+            None
+        }
+    }
+}
+
 /// Reads a candidate's entries; `None` when the block is corrupt or unreadable.
 fn load(
     candidate: &Candidate,
@@ -204,7 +252,20 @@ fn load(
 ) -> Option<Arc<Vec<LogEntry>>> {
     stats.objects_read += 1;
     match &candidate.source {
-        Source::Tail(chunk) => Some(chunk.clone()),
+        Source::Tail(chunk) => match filter.rows().exact_message_needle() {
+            // Block reads apply such a needle themselves; in-memory entries are filtered
+            // here (the predicate does not read messages).
+            Some(needle) => {
+                let holding: Vec<LogEntry> = chunk
+                    .iter()
+                    .filter(|e| segment::contains_ignore_ascii_case(e.message.as_bytes(), needle))
+                    .cloned()
+                    .collect();
+                stats.events_scanned += (chunk.len() - holding.len()) as u64;
+                Some(Arc::new(holding))
+            }
+            None => Some(chunk.clone()),
+        },
         Source::Block { file, meta, sealed } => {
             let decoded = segment::read_block(file, meta)
                 .and_then(|bytes| segment::decode_block_filtered(&bytes, meta, &filter.rows()));
@@ -348,6 +409,7 @@ pub fn scan_parallel<A: Send>(
     init: impl Fn() -> A + Sync,
     visit: impl Fn(&mut A, &LogEntry) + Sync,
     summary: Option<Summary<'_, A>>,
+    by_level: Option<LevelCounts<'_, A>>,
 ) -> (Vec<A>, ScanStats) {
     let started = Instant::now();
     let mut stats = ScanStats::default();
@@ -368,6 +430,23 @@ pub fn scan_parallel<A: Send>(
             {
                 local.objects_from_index += 1;
                 continue;
+            }
+            if let (Some(by_level), Source::Block { meta, .. }) = (&by_level, &cand.source)
+                && filter.message_unread
+                && segment::may_count_by_level(meta, &filter.rows())
+                && (by_level.wants)(meta)
+            {
+                match count_by_level(cand, filter, &mut local) {
+                    Some(Some(counts)) => {
+                        local.events_scanned += u64::from(meta.count);
+                        (by_level.add)(&mut acc, &cand.service, meta, &counts);
+                        continue;
+                    }
+                    // Rows must be decoded.
+                    Some(None) => {}
+                    // Corrupt: counted and left out like a failed read.
+                    None => continue,
+                }
             }
             let Some(entries) = load(cand, filter, &mut local) else {
                 continue;

@@ -68,18 +68,26 @@ pub struct BlockMeta {
     /// the entries).
     #[prost(bool, tag = "12")]
     pub numeric_complete: bool,
-    /// [`FORMAT_ROWS`] (0, blocks written before the column layout) or [`FORMAT_COLUMNS`].
+    /// [`FORMAT_ROWS`] (0, blocks written before the column layout), [`FORMAT_COLUMNS`] or
+    /// [`FORMAT_TEMPLATES`].
     #[prost(uint32, tag = "13")]
     pub format: u32,
     /// Column blocks: compressed and raw lengths of their sections (`columnar::Sections`).
     #[prost(uint32, repeated, tag = "14")]
     pub sections: Vec<u32>,
+    /// [`FORMAT_TEMPLATES`] blocks: CRC of the shape section alone, so that counts read from
+    /// it ([`count_block_by_level`]) fetch and verify only that section.
+    #[prost(uint32, tag = "15")]
+    pub shape_crc: u32,
 }
 
 /// Block format: one zstd frame of length-prefixed protobuf records.
 pub const FORMAT_ROWS: u32 = 0;
 /// Block format: entries stored column by column in three zstd frames (`columnar`).
 pub const FORMAT_COLUMNS: u32 = 1;
+/// Block format: [`FORMAT_COLUMNS`] with messages stored as templates and values in two
+/// frames (`columnar::templates`); the default.
+pub const FORMAT_TEMPLATES: u32 = 2;
 
 /// Which of a record's strings holds a record needle.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,6 +115,11 @@ pub struct RowFilter<'a> {
     /// The consumer reads only id, timestamps, tenant, service, level and message: column
     /// blocks may leave host, trace id and fields empty. Row blocks decode everything.
     pub core_and_message_only: bool,
+    /// The consumer reads only timestamps, tenant, service and level: a
+    /// [`NeedleScope::Message`] needle is then applied exactly (ASCII case ignored), and
+    /// column blocks may leave ids, received times, messages, host, trace id and fields
+    /// empty.
+    pub message_unread: bool,
 }
 
 impl RowFilter<'_> {
@@ -118,6 +131,15 @@ impl RowFilter<'_> {
             level_mask: u32::MAX,
             needle: None,
             core_and_message_only: false,
+            message_unread: false,
+        }
+    }
+
+    /// The message needle that must be applied exactly ([`RowFilter::message_unread`]).
+    pub fn exact_message_needle(&self) -> Option<&[u8]> {
+        match self.needle {
+            Some((needle, NeedleScope::Message)) if self.message_unread => Some(needle),
+            _ => None,
         }
     }
 
@@ -309,10 +331,11 @@ pub fn build_block(
     entries: &[LogEntry],
     zstd_level: i32,
 ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
-    build_block_in(entries, zstd_level, FORMAT_COLUMNS)
+    build_block_in(entries, zstd_level, FORMAT_TEMPLATES)
 }
 
-/// [`build_block`] in the given layout ([`FORMAT_COLUMNS`] or [`FORMAT_ROWS`]).
+/// [`build_block`] in the given layout ([`FORMAT_TEMPLATES`], [`FORMAT_COLUMNS`] or
+/// [`FORMAT_ROWS`]).
 pub fn build_block_in(
     entries: &[LogEntry],
     zstd_level: i32,
@@ -383,10 +406,20 @@ pub fn build_block_in(
         zstd::bulk::compress(&raw, zstd_level)
             .map_err(|source| StorageError::Compress { source })?
     } else {
-        let (compressed, sections) = crate::columnar::encode(entries, zstd_level)?;
-        meta.raw_len =
-            block_len(sections[1] as usize + sections[3] as usize + sections[5] as usize)?;
-        meta.sections = sections.to_vec();
+        let (compressed, sections) = crate::columnar::encode(entries, zstd_level, format)?;
+        meta.raw_len = block_len(
+            sections
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .map(|l| *l as usize)
+                .sum(),
+        )?;
+        if format == FORMAT_TEMPLATES {
+            let start = sections[0] as usize;
+            meta.shape_crc = crc32fast::hash(&compressed[start..start + sections[2] as usize]);
+        }
+        meta.sections = sections;
         compressed
     };
     meta.format = format;
@@ -410,6 +443,51 @@ pub fn decode_block(compressed: &[u8], meta: &BlockMeta) -> Result<Vec<LogEntry>
     decode_block_filtered(compressed, meta, &RowFilter::everything()).map(|(entries, _)| entries)
 }
 
+/// Whether [`count_block_by_level`] may answer for a block without decoding its rows.
+pub fn may_count_by_level(meta: &BlockMeta, rows: &RowFilter<'_>) -> bool {
+    meta.format == FORMAT_TEMPLATES
+        && meta.min_ts >= rows.from_ts
+        && meta.max_ts < rows.to_ts
+        && matches!(rows.needle, None | Some((_, NeedleScope::Message)))
+}
+
+/// Counts by level of the rows of a block that `rows` keeps, read from the block's shape
+/// section alone (the message templates and their rows by level; only that section is read
+/// and verified), when [`may_count_by_level`] and the templates decide the needle;
+/// `Ok(None)` when the rows must be decoded instead.
+pub fn count_block_by_level(
+    file: &File,
+    meta: &BlockMeta,
+    rows: &RowFilter<'_>,
+) -> Result<Option<Vec<(i32, u64)>>, BlockError> {
+    if !may_count_by_level(meta, rows) {
+        return Ok(None);
+    }
+    let (Some(&core_len), Some(&shape_len), Some(&shape_raw)) = (
+        meta.sections.first(),
+        meta.sections.get(2),
+        meta.sections.get(3),
+    ) else {
+        return Err(BlockError::Decode);
+    };
+    if u64::from(core_len) + u64::from(shape_len) > u64::from(meta.len) {
+        return Err(BlockError::Truncated);
+    }
+    let mut frame = vec![0u8; shape_len as usize];
+    file.read_exact_at(&mut frame, meta.offset + u64::from(core_len))
+        .map_err(|_| BlockError::Io)?;
+    if crc32fast::hash(&frame) != meta.shape_crc {
+        return Err(BlockError::Checksum);
+    }
+    let counts = crate::columnar::level_counts(&frame, shape_raw, meta.count, rows)?;
+    Ok(counts.map(|counts| {
+        counts
+            .into_iter()
+            .filter(|(level, _)| rows.level_mask & (1 << (*level).clamp(0, 31)) != 0)
+            .collect()
+    }))
+}
+
 /// [`decode_block`] of only the rows `rows` keeps; also returns how many it passed over.
 pub fn decode_block_filtered(
     compressed: &[u8],
@@ -420,7 +498,9 @@ pub fn decode_block_filtered(
         return Err(BlockError::Checksum);
     }
     match meta.format {
-        FORMAT_COLUMNS => crate::columnar::decode(compressed, &meta.sections, meta.count, rows),
+        FORMAT_COLUMNS | FORMAT_TEMPLATES => {
+            crate::columnar::decode(compressed, meta.format, &meta.sections, meta.count, rows)
+        }
         FORMAT_ROWS => decode_rows(compressed, meta, rows),
         _ => Err(BlockError::Decode),
     }
@@ -458,7 +538,15 @@ fn decode_rows(
         if passed_over {
             skipped += 1;
         } else {
-            entries.push(LogEntry::decode(body).map_err(|_| BlockError::Decode)?);
+            let entry = LogEntry::decode(body).map_err(|_| BlockError::Decode)?;
+            if rows
+                .exact_message_needle()
+                .is_some_and(|needle| !contains_ignore_ascii_case(entry.message.as_bytes(), needle))
+            {
+                skipped += 1;
+            } else {
+                entries.push(entry);
+            }
         }
         pos += 4 + len;
     }
@@ -905,6 +993,7 @@ mod tests {
         let (bytes, meta) = build_block(&all, 3).expect("block");
         let rows = RowFilter {
             core_and_message_only: true,
+            message_unread: false,
             ..RowFilter::everything()
         };
         let (kept, _) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
@@ -978,7 +1067,10 @@ mod tests {
             prop_oneof![Just("acme".to_string()), any::<String>()],
             prop_oneof![Just("api".to_string()), Just(String::new())],
             prop_oneof![0i32..7, any::<i32>()],
-            any::<String>(),
+            prop_oneof![
+                any::<String>(),
+                "(GET|get|upstream|id=|[0-9]{1,22}|0[0-9]{1,3}|x[0-9a-f]{1,8}|\\u{11}|\\u{12}|\\u{13}|é9|[ _./:=-]){0,12}",
+            ],
             prop_oneof![Just("h".to_string()), any::<String>()],
             prop_oneof![Just(String::new()), "[0-9a-f]{32}"],
             prop::collection::btree_map(
@@ -1024,30 +1116,135 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
-        /// Column blocks give back every entry bit for bit (compared as protobuf bytes, so
-        /// NaN payloads and -0.0 count too).
+        /// Column blocks, with and without templates, give back every entry bit for bit
+        /// (compared as protobuf bytes, so NaN payloads and -0.0 count too).
         #[test]
         fn column_blocks_round_trip(all in arb_entries()) {
+            for format in [FORMAT_COLUMNS, FORMAT_TEMPLATES] {
+                let (bytes, meta) = build_block_in(&all, 1, format).expect("block");
+                proptest::prop_assert_eq!(meta.format, format);
+                let back = decode_block(&bytes, &meta).expect("decodes");
+                let encode = |entries: &[LogEntry]| -> Vec<Vec<u8>> {
+                    entries.iter().map(Message::encode_to_vec).collect()
+                };
+                proptest::prop_assert_eq!(encode(&back), encode(&all));
+            }
+        }
+
+        /// A message needle keeps exactly the rows whose message holds it (ASCII case
+        /// ignored) in every layout, whether it is found in a template's fixed text, in a
+        /// value, or across both.
+        #[test]
+        fn message_needles_are_exact_in_every_layout(
+            all in arb_entries(),
+            pick in 0usize..64,
+            from in 0usize..16,
+            len in 1usize..12,
+        ) {
+            // A needle cut from one of the messages (or a fixed one when there are none).
+            let needle = all
+                .get(pick % all.len().max(1))
+                .map(|e| e.message.as_bytes())
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    let from = from % m.len();
+                    m[from..(from + len).min(m.len())].to_ascii_lowercase()
+                })
+                .unwrap_or_else(|| b"timeout".to_vec());
+            // What a message-free reader sees of a row.
+            let seen = |e: &LogEntry| (e.timestamp, e.level, e.tenant.clone(), e.service.clone());
+            let wanted: Vec<_> = all
+                .iter()
+                .filter(|e| contains_ignore_ascii_case(e.message.as_bytes(), &needle))
+                .map(seen)
+                .collect();
+            for format in [FORMAT_ROWS, FORMAT_COLUMNS, FORMAT_TEMPLATES] {
+                let (bytes, meta) = build_block_in(&all, 1, format).expect("block");
+                let rows = RowFilter {
+                    needle: Some((&needle, NeedleScope::Message)),
+                    core_and_message_only: true,
+                    message_unread: true,
+                    ..RowFilter::everything()
+                };
+                let (kept, passed_over) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
+                let got: Vec<_> = kept.iter().map(seen).collect();
+                proptest::prop_assert_eq!(&got, &wanted, "format {}", format);
+                proptest::prop_assert_eq!(passed_over as usize, all.len() - kept.len());
+            }
+        }
+
+        /// Counts by level from the shape section, when it can give them, equal counting the
+        /// rows a full read keeps; a damaged shape section is a checksum error, and damage
+        /// elsewhere in the block does not reach this read.
+        #[test]
+        fn counts_from_templates_equal_counting_rows(
+            all in arb_entries(),
+            pick in 0usize..64,
+            from in 0usize..16,
+            len in 1usize..12,
+            level_mask in proptest::prelude::any::<u32>(),
+            flip in 0usize..1 << 16,
+        ) {
+            let needle = all
+                .get(pick % all.len().max(1))
+                .map(|e| e.message.as_bytes())
+                .filter(|m| !m.is_empty() && pick % 5 != 0)
+                .map(|m| {
+                    let from = from % m.len();
+                    m[from..(from + len).min(m.len())].to_ascii_lowercase()
+                });
             let (bytes, meta) = build_block(&all, 1).expect("block");
-            proptest::prop_assert_eq!(meta.format, FORMAT_COLUMNS);
-            let back = decode_block(&bytes, &meta).expect("decodes");
-            let encode = |entries: &[LogEntry]| -> Vec<Vec<u8>> {
-                entries.iter().map(Message::encode_to_vec).collect()
+            let rows = RowFilter {
+                level_mask,
+                needle: needle.as_deref().map(|n| (n, NeedleScope::Message)),
+                core_and_message_only: true,
+                message_unread: true,
+                ..RowFilter::everything()
             };
-            proptest::prop_assert_eq!(encode(&back), encode(&all));
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("block");
+            std::fs::write(&path, &bytes).expect("write");
+            let file = File::open(&path).expect("open");
+            let counted = count_block_by_level(&file, &meta, &rows).expect("counts");
+            if let Some(counts) = &counted {
+                let (kept, _) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
+                let mut wanted: Vec<(i32, u64)> = Vec::new();
+                for entry in &kept {
+                    match wanted.iter_mut().find(|(l, _)| *l == entry.level) {
+                        Some((_, c)) => *c += 1,
+                        None => wanted.push((entry.level, 1)),
+                    }
+                }
+                let mut got = counts.clone();
+                got.retain(|(_, c)| *c > 0);
+                got.sort();
+                wanted.sort();
+                proptest::prop_assert_eq!(got, wanted);
+            }
+            if !all.is_empty() {
+                let mut damaged = bytes.clone();
+                let at = flip % damaged.len();
+                damaged[at] ^= 0x5a;
+                std::fs::write(&path, &damaged).expect("write");
+                let file = File::open(&path).expect("open");
+                let shape = meta.sections[0] as usize..(meta.sections[0] + meta.sections[2]) as usize;
+                let result = count_block_by_level(&file, &meta, &rows);
+                if shape.contains(&at) {
+                    proptest::prop_assert!(matches!(result, Err(BlockError::Checksum)));
+                } else {
+                    proptest::prop_assert_eq!(result.expect("counts"), counted);
+                }
+            }
         }
 
         /// A damaged section (with a matching CRC, as if written that way) is an error or
         /// some entries, never a panic.
         #[test]
         fn damaged_column_sections_are_errors(all in arb_entries(), at in 0usize..4096, byte in 0u8..=255, cut in 0usize..64) {
-            let (_, meta) = build_block(&all, 1).expect("block");
-            let raws = [
-                crate::columnar::raw_sections(&all).0,
-                crate::columnar::raw_sections(&all).1,
-                crate::columnar::raw_sections(&all).2,
-            ];
-            for damaged in 0..3 {
+            for format in [FORMAT_COLUMNS, FORMAT_TEMPLATES] {
+            let (_, meta) = build_block_in(&all, 1, format).expect("block");
+            let raws = crate::columnar::raw_sections(&all, format);
+            for damaged in 0..raws.len() {
                 let mut sections = Vec::new();
                 let mut bytes = Vec::new();
                 for (i, raw) in raws.iter().enumerate() {
@@ -1071,6 +1268,7 @@ mod tests {
                 if let Ok(entries) = decode_block(&bytes, &meta) {
                     proptest::prop_assert_eq!(entries.len(), all.len());
                 }
+            }
             }
         }
     }

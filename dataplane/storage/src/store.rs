@@ -226,6 +226,7 @@ impl Store {
                 required_tokens: &[],
                 record_needle: None,
                 core_and_message_only: false,
+                message_unread: false,
                 predicate: &always,
             };
             store.scan(&filter, |entry| {
@@ -358,6 +359,7 @@ impl Store {
                                 required_tokens: &[],
                                 record_needle: None,
                                 core_and_message_only: false,
+                                message_unread: false,
                                 predicate: &always,
                             },
                             |entry| {
@@ -429,21 +431,24 @@ impl Store {
         init: impl Fn() -> A + Sync,
         visit: impl Fn(&mut A, &LogEntry) + Sync,
     ) -> (Vec<A>, ScanStats) {
-        self.scan_parallel_summarized(filter, init, visit, None)
+        self.scan_parallel_summarized(filter, init, visit, None, None)
     }
 
     /// [`Store::scan_parallel`] answering whole blocks from their index rollup where `summary`
-    /// can (count aggregations without an entry predicate).
+    /// can (count aggregations without an entry predicate), and from their counts by level
+    /// where `by_level` wants them (see [`scan::LevelCounts`]).
     pub fn scan_parallel_summarized<A: Send>(
         &self,
         filter: &ScanFilter<'_>,
         init: impl Fn() -> A + Sync,
         visit: impl Fn(&mut A, &LogEntry) + Sync,
         summary: Option<scan::Summary<'_, A>>,
+        by_level: Option<scan::LevelCounts<'_, A>>,
     ) -> (Vec<A>, ScanStats) {
         let snaps = self.snapshots(filter.tenant);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (accs, stats) = scan::scan_parallel(&snaps, filter, threads, init, visit, summary);
+        let (accs, stats) =
+            scan::scan_parallel(&snaps, filter, threads, init, visit, summary, by_level);
         self.metrics.corrupt_blocks.inc_by(stats.corrupt_blocks);
         self.quarantine(filter.tenant, &stats.corrupt_segments);
         (accs, stats)

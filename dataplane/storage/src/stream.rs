@@ -518,12 +518,8 @@ impl Inner {
             entries.extend(Arc::unwrap_or_clone(chunk));
         }
         self.tail_bytes = 0;
-        let format = if config.row_blocks {
-            segment::FORMAT_ROWS
-        } else {
-            segment::FORMAT_COLUMNS
-        };
-        let (bytes, mut meta) = segment::build_block_in(&entries, config.zstd_level, format)?;
+        let (bytes, mut meta) =
+            segment::build_block_in(&entries, config.zstd_level, config.block_format)?;
         meta.offset = self.open.append_block(&bytes)?;
         self.open_blocks.push(Arc::new(meta));
         Ok(())

@@ -47,6 +47,7 @@ fn filter<'a>(
         required_tokens: &[],
         record_needle: None,
         core_and_message_only: false,
+        message_unread: false,
         predicate,
     }
 }
@@ -573,7 +574,7 @@ async fn block_rollups_answer_counts_exactly_like_reading_every_entry() {
     };
     let (read, read_stats) = store.scan_parallel(&scan_filter, Acc::new, visit);
     let (indexed, index_stats) =
-        store.scan_parallel_summarized(&scan_filter, Acc::new, visit, Some(&summary));
+        store.scan_parallel_summarized(&scan_filter, Acc::new, visit, Some(&summary), None);
     assert_eq!(merge(indexed), merge(read.clone()));
     assert!(!merge(read).is_empty());
     assert!(index_stats.objects_from_index >= 5, "{index_stats:?}");
@@ -583,13 +584,16 @@ async fn block_rollups_answer_counts_exactly_like_reading_every_entry() {
     );
 }
 
-/// `row_blocks` (`storage.blockFormat: rows`) writes the layout releases before column blocks
-/// read; a store holding both layouts, in sealed segments and open ones, serves every entry
-/// field for field.
+/// `block_format` (`storage.blockFormat`) writes the layouts that earlier releases read; a
+/// store holding all three, in sealed segments, open ones and in memory, serves every entry
+/// field for field, and a count scan that leaves messages unread applies a message needle
+/// exactly in each.
 #[tokio::test]
-async fn segments_in_either_block_layout_are_read_together() {
+async fn segments_in_every_block_layout_are_read_together() {
     use logcluster_proto::FieldValue;
-    use logcluster_storage::segment::{FORMAT_COLUMNS, FORMAT_ROWS, open_sealed};
+    use logcluster_storage::segment::{
+        FORMAT_COLUMNS, FORMAT_ROWS, FORMAT_TEMPLATES, NeedleScope, open_sealed,
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let batch_entries = |batch: u64| -> Vec<LogEntry> {
         (0..20)
@@ -601,7 +605,11 @@ async fn segments_in_either_block_layout_are_read_together() {
                     i,
                     batch as i64 * 1000 + i as i64,
                     Level::Warn,
-                    &format!("upstream answered {i} in {}ms", batch * 3),
+                    &if i % 3 == 0 {
+                        format!("upstream answered {i} in {}ms", batch * 3)
+                    } else {
+                        format!("Upstream TIMEOUT after {}ms host=db-{i}", batch * 3)
+                    },
                 );
                 e.fields.insert("n".into(), FieldValue::int(i64::from(i)));
                 e.fields
@@ -612,11 +620,16 @@ async fn segments_in_either_block_layout_are_read_together() {
     };
     let mut expected = Vec::new();
     let mut config = small_config(dir.path());
-    // Batches 1-30 written in rows, then 31-60 in columns after a restart.
+    // Batches 1-20 written in rows, 21-40 in columns and 41-60 with templates, restarting
+    // in between.
     let mut store = None;
-    for (batches, row_blocks) in [(1..=30u64, true), (31..=60u64, false)] {
+    for (batches, format) in [
+        (1..=20u64, FORMAT_ROWS),
+        (21..=40, FORMAT_COLUMNS),
+        (41..=60, FORMAT_TEMPLATES),
+    ] {
         drop(store.take());
-        config.row_blocks = row_blocks;
+        config.block_format = format;
         let opened = store.insert(
             Store::open(config.clone(), StorageMetrics::default())
                 .await
@@ -640,6 +653,31 @@ async fn segments_in_either_block_layout_are_read_together() {
     };
     expected.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(read_all(&store), expected);
+    let count_holding = |store: &Store, needle: &str| {
+        let everything = |_: &LogEntry| true;
+        let mut ids = Vec::new();
+        store.scan(
+            &ScanFilter {
+                record_needle: Some((needle.as_bytes(), NeedleScope::Message)),
+                core_and_message_only: true,
+                message_unread: true,
+                ..filter("acme", &everything)
+            },
+            |e| ids.push(e.timestamp),
+        );
+        ids.sort();
+        ids
+    };
+    for needle in ["timeout", "db-1", "answered 3 in", "1", "zzz"] {
+        // Timestamps are unique here (the scan leaves ids out).
+        let mut wanted: Vec<i64> = expected
+            .iter()
+            .filter(|e| e.message.to_ascii_lowercase().contains(needle))
+            .map(|e| e.timestamp)
+            .collect();
+        wanted.sort();
+        assert_eq!(count_holding(&store, needle), wanted, "{needle}");
+    }
     drop(store);
     let store = Store::open(config, StorageMetrics::default())
         .await
@@ -659,5 +697,8 @@ async fn segments_in_either_block_layout_are_read_together() {
             }
         }
     }
-    assert_eq!(formats, BTreeSet::from([FORMAT_ROWS, FORMAT_COLUMNS]));
+    assert_eq!(
+        formats,
+        BTreeSet::from([FORMAT_ROWS, FORMAT_COLUMNS, FORMAT_TEMPLATES])
+    );
 }

@@ -1,0 +1,654 @@
+//! Message templates: how the column layout with templates ([`FORMAT_TEMPLATES`]) stores
+//! messages. Most log messages are a few fixed texts with numbers and identifiers filled in;
+//! a block keeps each distinct text once and the filled-in values in a separate frame, so
+//! that
+//! - the values compress on their own (integers as varints, not digits between words);
+//! - a substring query usually needs only the small *shape* frame: a needle found in a
+//!   template's fixed text matches every row of that template, and a needle that cannot be in
+//!   any value leaves the *vars* frame compressed.
+//!
+//! A message is cut into *words*, the maximal runs of bytes that are not ASCII punctuation,
+//! space or control characters (every non-ASCII byte belongs to a word, so UTF-8 is never
+//! cut). A word holding an ASCII digit is a *variable*: a decimal without a leading zero of at
+//! most 18 digits is an *integer*, any other a *text*. The template is the message with each
+//! variable replaced by one placeholder byte, [`INT`] or [`TEXT`]; a message that holds a
+//! placeholder byte itself is stored whole as one text under the template `[LITERAL]`.
+//!
+//! ```text
+//! shape  varint t, t × (varint len, template, varint ints, varint texts), t × (varint k,
+//!        k × (zigzag level, varint rows)), FILTER_BYTES bigram filter of the text values
+//! rows   n × varint template index
+//! vars   varint len, text values as len × (varint len, bytes), integer values as varints
+//! ```
+//! Each template's rows are counted by level, so a count of the rows holding a needle by
+//! level needs only the shape when the needle's presence is decided per template.
+//! Values are stored in row order, each row's in the order of its template's placeholders.
+//!
+//! Why a needle search is exact: placeholders are separators, so an occurrence of a needle
+//! without separators lies inside one word, which is either fixed text of the template or one
+//! whole variable; with separators the needle is checked on reconstructed messages wherever
+//! it is not already in the fixed text.
+//!
+//! [`FORMAT_TEMPLATES`]: crate::segment::FORMAT_TEMPLATES
+
+use std::collections::HashMap;
+
+use prost::encoding::encode_varint;
+
+use super::{LOWERED, Reader, Span, put_bytes};
+use crate::segment::{BlockError, contains_ignore_ascii_case};
+
+/// Placeholder of an integer variable.
+pub const INT: u8 = 0x11;
+/// Placeholder of a text variable.
+pub const TEXT: u8 = 0x12;
+/// The whole template of a message stored as one text value.
+pub const LITERAL: u8 = 0x13;
+
+const MAX_INT_DIGITS: usize = 18;
+/// Symbol classes of the bigram filter: a-z, 0-9 and everything else.
+const CLASSES: usize = 37;
+/// Bytes of the bigram filter: one bit per ordered pair of classes.
+pub const FILTER_BYTES: usize = (CLASSES * CLASSES).div_ceil(8);
+
+/// Whether `byte` ends a word (ASCII that is not a letter or digit).
+fn is_separator(byte: u8) -> bool {
+    byte < 0x80 && !byte.is_ascii_alphanumeric()
+}
+
+fn class(byte: u8) -> usize {
+    match byte.to_ascii_lowercase() {
+        b @ b'a'..=b'z' => usize::from(b - b'a'),
+        b @ b'0'..=b'9' => 26 + usize::from(b - b'0'),
+        _ => 36,
+    }
+}
+
+/// Sets the filter bit of every adjacent pair of bytes in `value`.
+fn add_bigrams(filter: &mut [u8; FILTER_BYTES], value: &[u8]) {
+    for pair in value.windows(2) {
+        let bit = class(pair[0]) * CLASSES + class(pair[1]);
+        filter[bit / 8] |= 1 << (bit % 8);
+    }
+}
+
+/// Whether a text value holding `needle` may exist: every adjacent pair of the needle must
+/// be in the filter (needles of one byte always may).
+fn filter_may_hold(filter: &[u8], needle: &[u8]) -> bool {
+    needle.windows(2).all(|pair| {
+        let bit = class(pair[0]) * CLASSES + class(pair[1]);
+        filter[bit / 8] & (1 << (bit % 8)) != 0
+    })
+}
+
+/// An integer variable's value, when `word` is one (it then prints back to the same bytes).
+fn as_int(word: &[u8]) -> Option<u64> {
+    if word.is_empty()
+        || word.len() > MAX_INT_DIGITS
+        || !word.iter().all(u8::is_ascii_digit)
+        || (word[0] == b'0' && word.len() > 1)
+    {
+        return None;
+    }
+    Some(word.iter().fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
+}
+
+fn put_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Encodes (message, level) rows into the raw shape, rows and vars sections.
+pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
+    let mut index: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut templates: Vec<Vec<u8>> = Vec::new();
+    let mut levels: Vec<Vec<(i32, u64)>> = Vec::new();
+    let mut row_ids: Vec<u8> = Vec::new();
+    let mut texts = Vec::new();
+    let mut ints = Vec::new();
+    let mut filter = [0u8; FILTER_BYTES];
+    let mut template = Vec::new();
+    let mut add_text = |texts: &mut Vec<u8>, value: &[u8]| {
+        put_bytes(texts, value);
+        add_bigrams(&mut filter, value);
+    };
+    for (message, level) in rows {
+        template.clear();
+        if message.iter().any(|b| matches!(*b, INT | TEXT | LITERAL)) {
+            template.push(LITERAL);
+            add_text(&mut texts, message);
+        } else {
+            let mut at = 0;
+            while at < message.len() {
+                let start = at;
+                if is_separator(message[at]) {
+                    while at < message.len() && is_separator(message[at]) {
+                        at += 1;
+                    }
+                    template.extend_from_slice(&message[start..at]);
+                    continue;
+                }
+                while at < message.len() && !is_separator(message[at]) {
+                    at += 1;
+                }
+                let word = &message[start..at];
+                if !word.iter().any(u8::is_ascii_digit) {
+                    template.extend_from_slice(word);
+                } else if let Some(value) = as_int(word) {
+                    template.push(INT);
+                    encode_varint(value, &mut ints);
+                } else {
+                    template.push(TEXT);
+                    add_text(&mut texts, word);
+                }
+            }
+        }
+        let next = templates.len() as u32;
+        let id = *index.entry(template.clone()).or_insert_with(|| {
+            templates.push(template.clone());
+            levels.push(Vec::new());
+            next
+        });
+        encode_varint(u64::from(id), &mut row_ids);
+        let counts = &mut levels[id as usize];
+        match counts.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((level, 1)),
+        }
+    }
+    let mut shape = Vec::with_capacity(templates.len() * 48 + FILTER_BYTES + 8);
+    encode_varint(templates.len() as u64, &mut shape);
+    for template in &templates {
+        put_bytes(&mut shape, template);
+        let (ints, texts) = placeholders(template);
+        encode_varint(u64::from(ints), &mut shape);
+        encode_varint(u64::from(texts), &mut shape);
+    }
+    for counts in &levels {
+        encode_varint(counts.len() as u64, &mut shape);
+        for (level, count) in counts {
+            encode_varint(super::zigzag(i64::from(*level)), &mut shape);
+            encode_varint(*count, &mut shape);
+        }
+    }
+    shape.extend_from_slice(&filter);
+    let mut vars = Vec::with_capacity(texts.len() + ints.len() + 4);
+    encode_varint(texts.len() as u64, &mut vars);
+    vars.extend_from_slice(&texts);
+    vars.extend_from_slice(&ints);
+    [shape, row_ids, vars]
+}
+
+/// The integer and text values a template calls for.
+fn placeholders(template: &[u8]) -> (u32, u32) {
+    if template == [LITERAL] {
+        return (0, 1);
+    }
+    let (mut ints, mut texts) = (0, 0);
+    for byte in template {
+        match *byte {
+            INT => ints += 1,
+            TEXT => texts += 1,
+            _ => {}
+        }
+    }
+    (ints, texts)
+}
+
+/// One template of a parsed shape.
+struct Template {
+    span: Span,
+    ints: u32,
+    texts: u32,
+    /// Rows by level.
+    levels: Vec<(i32, u64)>,
+}
+
+/// A parsed shape section.
+pub struct Shape {
+    templates: Vec<Template>,
+    /// Template index of every row (empty until [`parse_rows`]).
+    rows: Vec<u32>,
+    filter: Span,
+}
+
+/// Parses a shape section of `n` rows. The templates' value counts are as stored; they are
+/// checked against the templates by [`parse_vars`], before any message is rebuilt.
+pub fn parse_shape(bytes: &[u8], n: usize) -> Result<Shape, BlockError> {
+    let mut r = Reader::new(bytes);
+    let count = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+    // Every template takes at least its length byte.
+    if count > bytes.len() {
+        return Err(BlockError::Decode);
+    }
+    let mut templates = Vec::with_capacity(count);
+    for _ in 0..count {
+        let span = r.counted()?;
+        let ints = u32::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+        let texts = u32::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+        templates.push(Template {
+            span,
+            ints,
+            texts,
+            levels: Vec::new(),
+        });
+    }
+    let mut total = 0u64;
+    for template in &mut templates {
+        let k = r.varint()?;
+        // Every count takes at least two bytes.
+        if k > (bytes.len() / 2) as u64 {
+            return Err(BlockError::Decode);
+        }
+        for _ in 0..k {
+            let level =
+                i32::try_from(super::unzigzag(r.varint()?)).map_err(|_| BlockError::Decode)?;
+            let rows = r.varint()?;
+            total = total.checked_add(rows).ok_or(BlockError::Decode)?;
+            template.levels.push((level, rows));
+        }
+    }
+    if total != n as u64 {
+        return Err(BlockError::Decode);
+    }
+    let filter = r.take(FILTER_BYTES)?;
+    r.done()?;
+    Ok(Shape {
+        templates,
+        rows: Vec::new(),
+        filter,
+    })
+}
+
+/// Parses the rows section (one template index per row) into `shape`; each template's rows
+/// must be as many as its counts by level say.
+pub fn parse_rows(bytes: &[u8], shape: &mut Shape) -> Result<(), BlockError> {
+    let n: u64 = shape
+        .templates
+        .iter()
+        .flat_map(|t| t.levels.iter().map(|(_, c)| c))
+        .sum();
+    // Every row takes at least a byte.
+    if n > bytes.len() as u64 {
+        return Err(BlockError::Decode);
+    }
+    let count = shape.templates.len() as u64;
+    let mut r = Reader::new(bytes);
+    let mut per_template = vec![0u64; shape.templates.len()];
+    let mut rows = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let id = r.varint()?;
+        if id >= count {
+            return Err(BlockError::Decode);
+        }
+        per_template[id as usize] += 1;
+        rows.push(id as u32);
+    }
+    r.done()?;
+    let counted = |t: &Template| t.levels.iter().map(|(_, c)| c).sum::<u64>();
+    if shape
+        .templates
+        .iter()
+        .zip(&per_template)
+        .any(|(t, c)| counted(t) != *c)
+    {
+        return Err(BlockError::Decode);
+    }
+    shape.rows = rows;
+    Ok(())
+}
+
+/// A parsed vars section: every row's values.
+pub struct Vars {
+    texts: Vec<Span>,
+    ints: Vec<u64>,
+    /// Index of each row's first text and integer value.
+    first: Vec<(u32, u32)>,
+}
+
+/// Parses a vars section holding the values `shape` (with its rows) calls for.
+pub fn parse_vars(shape_bytes: &[u8], bytes: &[u8], shape: &Shape) -> Result<Vars, BlockError> {
+    for template in &shape.templates {
+        let text = template.span.of(shape_bytes);
+        if (text != [LITERAL] && memchr::memchr(LITERAL, text).is_some())
+            || placeholders(text) != (template.ints, template.texts)
+        {
+            return Err(BlockError::Decode);
+        }
+    }
+    let mut first = Vec::with_capacity(shape.rows.len());
+    let (mut texts_wanted, mut ints_wanted) = (0u64, 0u64);
+    for row in &shape.rows {
+        first.push((texts_wanted as u32, ints_wanted as u32));
+        let template = &shape.templates[*row as usize];
+        texts_wanted += u64::from(template.texts);
+        ints_wanted += u64::from(template.ints);
+    }
+    // Every value takes at least one byte.
+    if texts_wanted + ints_wanted > bytes.len() as u64 {
+        return Err(BlockError::Decode);
+    }
+    let mut r = Reader::new(bytes);
+    let texts_len = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+    let texts_end = r.pos.checked_add(texts_len).ok_or(BlockError::Truncated)?;
+    if texts_end > bytes.len() {
+        return Err(BlockError::Truncated);
+    }
+    let mut texts = Vec::with_capacity(texts_wanted as usize);
+    while r.pos < texts_end {
+        texts.push(r.counted()?);
+    }
+    if r.pos != texts_end || texts.len() as u64 != texts_wanted {
+        return Err(BlockError::Decode);
+    }
+    let mut ints = Vec::with_capacity(ints_wanted as usize);
+    for _ in 0..ints_wanted {
+        let value = r.varint()?;
+        if value >= 10u64.pow(MAX_INT_DIGITS as u32) {
+            return Err(BlockError::Decode);
+        }
+        ints.push(value);
+    }
+    r.done()?;
+    Ok(Vars { texts, ints, first })
+}
+
+/// Appends row `i`'s message to `out`.
+fn put_message(
+    shape_bytes: &[u8],
+    shape: &Shape,
+    vars_bytes: &[u8],
+    vars: &Vars,
+    i: usize,
+    out: &mut Vec<u8>,
+) {
+    let template = shape.templates[shape.rows[i] as usize].span.of(shape_bytes);
+    let (mut text, mut int) = (vars.first[i].0 as usize, vars.first[i].1 as usize);
+    if template == [LITERAL] {
+        out.extend_from_slice(vars.texts[text].of(vars_bytes));
+        return;
+    }
+    let mut rest = template;
+    while let Some(at) = memchr::memchr2(INT, TEXT, rest) {
+        out.extend_from_slice(&rest[..at]);
+        if rest[at] == INT {
+            put_decimal(out, vars.ints[int]);
+            int += 1;
+        } else {
+            out.extend_from_slice(vars.texts[text].of(vars_bytes));
+            text += 1;
+        }
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
+/// Every row's message, one after another, with each one's span.
+/// Rows that `wanted` leaves out get an empty span.
+pub fn messages(
+    shape_bytes: &[u8],
+    shape: &Shape,
+    vars_bytes: &[u8],
+    vars: &Vars,
+    wanted: &[bool],
+) -> (Vec<u8>, Vec<Span>) {
+    let kept = wanted.iter().filter(|w| **w).count();
+    let mut out = Vec::with_capacity(kept * 64);
+    let mut spans = Vec::with_capacity(shape.rows.len());
+    for i in 0..shape.rows.len() {
+        let start = out.len();
+        if wanted.get(i).copied().unwrap_or(false) {
+            put_message(shape_bytes, shape, vars_bytes, vars, i, &mut out);
+        }
+        spans.push(Span {
+            start: start as u32,
+            len: (out.len() - start) as u32,
+        });
+    }
+    (out, spans)
+}
+
+/// Whether a template's rows hold a needle.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Every row: the needle is in the fixed text.
+    Yes,
+    /// No row.
+    No,
+    /// Depends on each row's values.
+    Values,
+}
+
+/// What the shape alone says of each template's rows and `needle` (ASCII-lowercase, not
+/// empty).
+fn verdicts(shape_bytes: &[u8], shape: &Shape, needle: &[u8]) -> Vec<Verdict> {
+    let finder = memchr::memmem::Finder::new(needle);
+    let placeholders = needle.iter().any(|b| matches!(*b, INT | TEXT | LITERAL));
+    let word_needle = !needle.iter().any(|b| is_separator(*b));
+    let digits_only = needle.iter().all(u8::is_ascii_digit);
+    // A needle of one word with a letter is only ever inside fixed text or a text value;
+    // the bigram filter may tell that no text value holds it.
+    let in_texts =
+        !word_needle || digits_only || filter_may_hold(shape.filter.of(shape_bytes), needle);
+    LOWERED.with_borrow_mut(|lowered| {
+        shape
+            .templates
+            .iter()
+            .map(|t| {
+                let values = t.ints + t.texts > 0;
+                if placeholders {
+                    // Such a needle is never in fixed text (a message holding those bytes
+                    // is stored whole as a value).
+                    return if values { Verdict::Values } else { Verdict::No };
+                }
+                lowered.clear();
+                lowered.extend_from_slice(t.span.of(shape_bytes));
+                lowered.make_ascii_lowercase();
+                let may_be_in_values = if !word_needle || digits_only {
+                    values
+                } else {
+                    t.texts > 0 && in_texts
+                };
+                if finder.find(lowered).is_some() {
+                    Verdict::Yes
+                } else if may_be_in_values {
+                    Verdict::Values
+                } else {
+                    Verdict::No
+                }
+            })
+            .collect()
+    })
+}
+
+/// Counts by level of the rows whose message holds `needle` (ASCII-lowercase; `None`:
+/// every row), when the shape alone decides it; `None` when some row's values must be read.
+/// `shape` may be parsed without its rows.
+pub fn level_counts(
+    shape_bytes: &[u8],
+    shape: &Shape,
+    needle: Option<&[u8]>,
+) -> Option<Vec<(i32, u64)>> {
+    let verdicts = match needle.filter(|n| !n.is_empty()) {
+        Some(needle) => verdicts(shape_bytes, shape, needle),
+        None => vec![Verdict::Yes; shape.templates.len()],
+    };
+    let mut counts: Vec<(i32, u64)> = Vec::new();
+    for (template, verdict) in shape.templates.iter().zip(verdicts) {
+        match verdict {
+            Verdict::No => {}
+            Verdict::Values => return None,
+            Verdict::Yes => {
+                for (level, rows) in &template.levels {
+                    match counts.iter_mut().find(|(l, _)| l == level) {
+                        Some((_, count)) => *count += rows,
+                        None => counts.push((*level, *rows)),
+                    }
+                }
+            }
+        }
+    }
+    Some(counts)
+}
+
+/// Clears `keep[i]` for every row whose message lacks `needle` (ASCII-lowercase; ASCII
+/// case ignored in the messages). `load_vars` decompresses the vars section, called only
+/// when the shape alone cannot decide.
+pub fn keep_rows_containing(
+    shape_bytes: &[u8],
+    shape: &Shape,
+    needle: &[u8],
+    keep: &mut [bool],
+    load_vars: impl FnOnce() -> Result<Vec<u8>, BlockError>,
+) -> Result<(), BlockError> {
+    if needle.is_empty() {
+        return Ok(());
+    }
+    let verdicts = verdicts(shape_bytes, shape, needle);
+    let mut undecided = false;
+    for (k, row) in keep.iter_mut().zip(&shape.rows) {
+        match verdicts[*row as usize] {
+            Verdict::Yes => {}
+            Verdict::No => *k = false,
+            Verdict::Values => undecided |= *k,
+        }
+    }
+    if !undecided {
+        return Ok(());
+    }
+    let vars_bytes = load_vars()?;
+    let vars = parse_vars(shape_bytes, &vars_bytes, shape)?;
+    let only_texts =
+        !needle.iter().any(|b| is_separator(*b)) && !needle.iter().all(u8::is_ascii_digit);
+    let mut message = Vec::new();
+    for (i, k) in keep.iter_mut().enumerate() {
+        let t = shape.rows[i] as usize;
+        if !*k || verdicts[t] != Verdict::Values {
+            continue;
+        }
+        *k = if only_texts {
+            // A needle of one word with a letter can only be inside a text value.
+            let first = vars.first[i].0 as usize;
+            let count = shape.templates[t].texts as usize;
+            vars.texts[first..first + count]
+                .iter()
+                .any(|span| contains_ignore_ascii_case(span.of(&vars_bytes), needle))
+        } else {
+            message.clear();
+            put_message(shape_bytes, shape, &vars_bytes, &vars, i, &mut message);
+            contains_ignore_ascii_case(&message, needle)
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(messages: &[&[u8]]) -> (Vec<u8>, Shape, Vec<u8>) {
+        let [shape_bytes, rows, vars_bytes] = encode(messages.iter().map(|m| (*m, 3)));
+        let mut shape = parse_shape(&shape_bytes, messages.len()).expect("shape");
+        parse_rows(&rows, &mut shape).expect("rows");
+        (shape_bytes, shape, vars_bytes)
+    }
+
+    fn round_trip(messages: &[&[u8]]) -> Vec<Vec<u8>> {
+        let (shape_bytes, shape, vars_bytes) = parsed(messages);
+        let vars = parse_vars(&shape_bytes, &vars_bytes, &shape).expect("vars");
+        let everything = vec![true; messages.len()];
+        let (bytes, spans) = super::messages(&shape_bytes, &shape, &vars_bytes, &vars, &everything);
+        spans.iter().map(|s| s.of(&bytes).to_vec()).collect()
+    }
+
+    #[test]
+    fn messages_come_back_byte_for_byte() {
+        let messages: Vec<&[u8]> = vec![
+            b"",
+            b"GET /api/v1/orders/123 200 45ms bytes=0",
+            b"txn_3fa8c0 amount=12.50 id=007 big=12345678901234567890",
+            b"caf\xc3\xa9 9\xc3\xa9 \x11 raw placeholder",
+            b"   ",
+            b"0 00 1 18446744073709551615 999999999999999999",
+            b"GET /api/v1/orders/124 200 46ms bytes=0",
+        ];
+        assert_eq!(
+            round_trip(&messages),
+            messages.iter().map(|m| m.to_vec()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn rows_of_one_template_share_it() {
+        let messages: Vec<String> = (0..100)
+            .map(|i| format!("upstream timeout after {i}ms calling svc-{}", i % 3))
+            .collect();
+        let [shape_bytes, ..] = encode(
+            messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.as_bytes(), (i % 2) as i32)),
+        );
+        let shape = parse_shape(&shape_bytes, messages.len()).expect("shape");
+        assert_eq!(shape.templates.len(), 1);
+        assert_eq!(
+            level_counts(&shape_bytes, &shape, Some(b"timeout")),
+            Some(vec![(0, 50), (1, 50)])
+        );
+        assert_eq!(
+            level_counts(&shape_bytes, &shape, Some(b"zebra")),
+            Some(vec![])
+        );
+        // "svc" may be in a value: the rows must be read.
+        assert_eq!(level_counts(&shape_bytes, &shape, Some(b"svc-1")), None);
+    }
+
+    fn matching(messages: &[&str], needle: &str) -> Vec<bool> {
+        let bytes: Vec<&[u8]> = messages.iter().map(|m| m.as_bytes()).collect();
+        let (shape_bytes, shape, vars_bytes) = parsed(&bytes);
+        let mut keep = vec![true; messages.len()];
+        keep_rows_containing(&shape_bytes, &shape, needle.as_bytes(), &mut keep, || {
+            Ok(vars_bytes.clone())
+        })
+        .expect("search");
+        keep
+    }
+
+    #[test]
+    fn needles_match_fixed_text_values_and_both() {
+        let messages = [
+            "upstream TIMEOUT after 30ms",
+            "session s_7timeout9 refreshed",
+            "ok 1234 done",
+            "read_timeout=30s",
+            "after 5000ms pool=main",
+        ];
+        assert_eq!(
+            matching(&messages, "timeout"),
+            [true, true, false, true, false]
+        );
+        assert_eq!(
+            matching(&messages, "23"),
+            [false, false, true, false, false]
+        );
+        assert_eq!(
+            matching(&messages, "after 5000ms"),
+            [false, false, false, false, true]
+        );
+        assert_eq!(
+            matching(&messages, "out9"),
+            [false, true, false, false, false]
+        );
+        assert_eq!(matching(&messages, "zebra"), [false; 5]);
+        assert_eq!(matching(&messages, "\u{11}"), [false; 5]);
+    }
+}
