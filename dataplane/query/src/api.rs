@@ -629,45 +629,30 @@ impl QueryService {
         self: &Arc<Self>,
         params: HashMap<String, String>,
         header_tenant: Option<String>,
-    ) -> Result<Value, QueryError> {
+    ) -> Result<LevelStats, QueryError> {
         let interval = stats_interval(&params)?;
         let (counts, stats) = self.level_counts(params, header_tenant).await?;
         let mut buckets: BTreeMap<i64, [u64; 7]> = BTreeMap::new();
         for ((_, start), by_level) in &counts {
-            let bucket = buckets.entry(*start).or_default();
-            for (i, count) in by_level.iter().enumerate() {
-                bucket[i] += count;
-            }
+            add_counts(buckets.entry(*start).or_default(), by_level);
         }
         let mut totals = [0u64; 7];
-        let level_map = |counts: &[u64; 7]| -> serde_json::Map<String, Value> {
-            counts
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, c)| {
-                    (
-                        Level::from_i32_lossy(i as i32).as_str().to_string(),
-                        json!(c),
-                    )
-                })
-                .collect()
-        };
-        let rows: Vec<Value> = buckets
-            .iter()
+        let buckets = buckets
+            .into_iter()
             .map(|(start, counts)| {
-                for (i, count) in counts.iter().enumerate() {
-                    totals[i] += count;
+                add_counts(&mut totals, &counts);
+                LevelBucket {
+                    start: logcluster_proto::time::format_rfc3339(start),
+                    counts: ByLevel(counts),
                 }
-                json!({ "start": logcluster_proto::time::format_rfc3339(*start), "counts": level_map(counts) })
             })
             .collect();
-        Ok(json!({
-            "interval_seconds": interval.as_secs_f64(),
-            "buckets": rows,
-            "totals": level_map(&totals),
-            "stats": stats,
-        }))
+        Ok(LevelStats {
+            interval_seconds: interval.as_secs_f64(),
+            buckets,
+            totals: ByLevel(totals),
+            stats,
+        })
     }
 
     /// Entries per (service, epoch-aligned interval start) by level, filtered as
@@ -746,14 +731,27 @@ impl QueryService {
                     Some(by_start) => by_start,
                     None => acc.entry(service.to_string()).or_default(),
                 };
+                // Cells come in minute order: a run of cells in one interval is added at once.
+                let mut run: Option<(i64, [u64; 7])> = None;
                 for cell in &meta.rollup {
                     if level_mask & (1 << cell.level.min(31)) == 0 {
                         continue;
                     }
                     let ts = cell.minute * ROLLUP_NS;
                     let start = ts.div_euclid(interval_ns) * interval_ns;
-                    by_start.entry(start).or_default()[level_slot(cell.level as i32)] +=
-                        u64::from(cell.count);
+                    let counts = match &mut run {
+                        Some((run_start, counts)) if *run_start == start => counts,
+                        _ => {
+                            if let Some((done, counts)) = run.take() {
+                                add_counts(by_start.entry(done).or_default(), &counts);
+                            }
+                            &mut run.insert((start, [0; 7])).1
+                        }
+                    };
+                    counts[level_slot(cell.level as i32)] += u64::from(cell.count);
+                }
+                if let Some((done, counts)) = run {
+                    add_counts(by_start.entry(done).or_default(), &counts);
                 }
                 true
             };
@@ -795,22 +793,81 @@ impl QueryService {
                 summary,
                 by_level,
             );
-            let mut counts: LevelCounts = BTreeMap::new();
+            // Merged per service first, so each service's name is cloned once per interval.
+            let mut parts = parts.into_iter();
+            let mut merged = parts.next().unwrap_or_default();
             for part in parts {
                 for (service, by_start) in part {
+                    let slots = merged.entry(service).or_default();
                     for (start, by_level) in by_start {
-                        let slot = counts.entry((service.clone(), start)).or_default();
-                        for (i, count) in by_level.iter().enumerate() {
-                            slot[i] += count;
-                        }
+                        add_counts(slots.entry(start).or_default(), &by_level);
                     }
                 }
             }
+            // In key order, so that building the map does not sort.
+            let mut services: Vec<_> = merged.into_iter().collect();
+            services.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut sorted = Vec::new();
+            for (service, by_start) in services {
+                let mut starts: Vec<_> = by_start.into_iter().collect();
+                starts.sort_unstable_by_key(|(start, _)| *start);
+                sorted.extend(
+                    starts
+                        .into_iter()
+                        .map(|(start, by_level)| ((service.clone(), start), by_level)),
+                );
+            }
+            let counts: LevelCounts = sorted.into_iter().collect();
             budget.check()?;
             Ok((counts, stats_from(&scan, started)))
         })
         .await
         .map_err(|e| QueryError::Internal(e.to_string()))?
+    }
+}
+
+/// The answer of `/api/v1/stats`.
+#[derive(serde::Serialize)]
+pub struct LevelStats {
+    pub interval_seconds: f64,
+    pub buckets: Vec<LevelBucket>,
+    pub totals: ByLevel,
+    pub stats: Stats,
+}
+
+#[derive(serde::Serialize)]
+pub struct LevelBucket {
+    /// RFC 3339.
+    pub start: String,
+    pub counts: ByLevel,
+}
+
+/// Counts by level slot, written as an object of the levels that have any.
+pub struct ByLevel(pub [u64; 7]);
+
+impl serde::Serialize for ByLevel {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        // In name order, as the JSON object maps used before wrote them.
+        let mut named: Vec<(&str, u64)> = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| (Level::from_i32_lossy(i as i32).as_str(), *c))
+            .collect();
+        named.sort_unstable();
+        for (name, count) in named {
+            map.serialize_entry(name, &count)?;
+        }
+        map.end()
+    }
+}
+
+fn add_counts(into: &mut [u64; 7], counts: &[u64; 7]) {
+    for (slot, count) in into.iter_mut().zip(counts) {
+        *slot += count;
     }
 }
 
