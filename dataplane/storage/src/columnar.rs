@@ -1,5 +1,5 @@
-//! The column layout of a block (format 1): entries stored field by field in three
-//! separately compressed sections, so that
+//! The column layouts of a block ([`FORMAT_COLUMNS`], [`FORMAT_TEMPLATES`]): entries stored
+//! field by field in separately compressed sections, so that
 //! - like values sit together (timestamps as scaled deltas, levels, repeated strings as one
 //!   flag byte) and compress far better than whole records do;
 //! - a query reads only the sections it needs: time and level prune rows from the small
@@ -13,9 +13,15 @@
 //! message  n × (varint len, bytes)
 //! rest     host column, trace_id column, varint k, k × (varint len, key, n × field cell)
 //! ```
-//! With templates ([`FORMAT_TEMPLATES`]) the message section is replaced by the shape and
-//! vars sections of [`templates`], and the core puts what counting reads first: n, e,
-//! timestamps, levels, tenant and service columns, then received times and ids.
+//! With templates ([`FORMAT_TEMPLATES`]):
+//! - the message section is replaced by the shape, rows and vars sections of [`templates`];
+//! - the core puts what counting reads first: n, e, timestamps, levels, tenant and service
+//!   columns, then received times and ids;
+//! - the rest is split in *tags* (host and trace id columns, read alone for a host or
+//!   trace id needle) and *fields* (varint k, k × (varint len, key, n × field cell)), and
+//!   both store a string of lower-case hex digits (an even number, up to 510) as the bytes
+//!   it spells: string cell 2 + u8 len + bytes, field cell 8 + u8 len + bytes.
+//!
 //! A *string column* is n cells: 0 = the previous row's value ("" before the first row), or
 //! 1 + varint len + bytes. An *id cell* is 0 + varint len + bytes, 1 = the previous id's
 //! batch at the next position, or 2 + u64 LE batch uid + varint position (ids of the form
@@ -56,15 +62,59 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Appends a string column: each value is written once per run of equal values.
 fn put_string_column<'e>(out: &mut Vec<u8>, values: impl Iterator<Item = &'e str>) {
+    put_string_column_in(out, values, false);
+}
+
+/// [`put_string_column`]; with `hex`, a value of lower-case hex digits is stored as the
+/// bytes they spell (cell 2: u8 len, bytes).
+fn put_string_column_in<'e>(out: &mut Vec<u8>, values: impl Iterator<Item = &'e str>, hex: bool) {
     let mut previous = "";
+    let mut bytes = Vec::new();
     for value in values {
         if value == previous {
             out.push(0);
         } else {
-            out.push(1);
-            put_bytes(out, value.as_bytes());
+            if hex && hex_bytes(value, &mut bytes) {
+                out.push(2);
+                out.push(bytes.len() as u8);
+                out.extend_from_slice(&bytes);
+            } else {
+                out.push(1);
+                put_bytes(out, value.as_bytes());
+            }
             previous = value;
         }
+    }
+}
+
+/// The bytes spelled by `text` when it is 2 to 510 lower-case hex digits, an even number
+/// (so that it prints back the same); false otherwise.
+fn hex_bytes(text: &str, out: &mut Vec<u8>) -> bool {
+    let digits = text.as_bytes();
+    if digits.len() < 2 || digits.len() > 510 || !digits.len().is_multiple_of(2) {
+        return false;
+    }
+    out.clear();
+    for pair in digits.chunks_exact(2) {
+        let nibble = |d: u8| match d {
+            b'0'..=b'9' => Some(d - b'0'),
+            b'a'..=b'f' => Some(d - b'a' + 10),
+            _ => None,
+        };
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(high), Some(low)) => out.push(high << 4 | low),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Appends the lower-case hex text of `bytes`.
+fn put_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 15)]);
     }
 }
 
@@ -198,6 +248,20 @@ fn encode_rest(entries: &[LogEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     put_string_column(&mut out, entries.iter().map(|e| e.host.as_str()));
     put_string_column(&mut out, entries.iter().map(|e| e.trace_id.as_str()));
+    encode_fields(entries, false, &mut out);
+    out
+}
+
+/// The tags section of [`FORMAT_TEMPLATES`]: host and trace id columns (hex as bytes).
+fn encode_tags(entries: &[LogEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_string_column_in(&mut out, entries.iter().map(|e| e.host.as_str()), true);
+    put_string_column_in(&mut out, entries.iter().map(|e| e.trace_id.as_str()), true);
+    out
+}
+
+/// Appends the field columns; with `hex`, hex strings are stored as bytes (cell 8).
+fn encode_fields(entries: &[LogEntry], hex: bool, out: &mut Vec<u8>) {
     let mut keys: Vec<&str> = entries
         .iter()
         .flat_map(|e| e.fields.keys().map(String::as_str))
@@ -208,6 +272,7 @@ fn encode_rest(entries: &[LogEntry]) -> Vec<u8> {
     // both in byte order, so they are walked side by side (no map lookup per key and entry).
     let mut columns: Vec<Vec<u8>> = vec![Vec::with_capacity(entries.len()); keys.len()];
     let mut text = String::new();
+    let mut bytes = Vec::new();
     for entry in entries {
         let mut next = 0;
         for (name, value) in &entry.fields {
@@ -215,19 +280,25 @@ fn encode_rest(entries: &[LogEntry]) -> Vec<u8> {
                 columns[next].push(0);
                 next += 1;
             }
-            put_field(&mut columns[next], value, &mut text);
+            match &value.kind {
+                Some(Kind::Str(s)) if hex && hex_bytes(s, &mut bytes) => {
+                    columns[next].push(8);
+                    columns[next].push(bytes.len() as u8);
+                    columns[next].extend_from_slice(&bytes);
+                }
+                _ => put_field(&mut columns[next], value, &mut text),
+            }
             next += 1;
         }
         for column in &mut columns[next..] {
             column.push(0);
         }
     }
-    encode_varint(keys.len() as u64, &mut out);
+    encode_varint(keys.len() as u64, out);
     for (key, column) in keys.iter().zip(&columns) {
-        put_bytes(&mut out, key.as_bytes());
+        put_bytes(out, key.as_bytes());
         out.extend_from_slice(column);
     }
-    out
 }
 
 /// Appends one present field cell (see the module docs for the tags).
@@ -268,17 +339,21 @@ fn put_field(out: &mut Vec<u8>, value: &FieldValue, text: &mut String) {
 }
 
 /// The uncompressed sections of `entries` in a column layout: core, message and rest
-/// ([`FORMAT_COLUMNS`]), or core, shape, rows, vars and rest ([`FORMAT_TEMPLATES`]).
+/// ([`FORMAT_COLUMNS`]), or core, shape, rows, vars, tags and fields
+/// ([`FORMAT_TEMPLATES`]).
 pub(crate) fn raw_sections(entries: &[LogEntry], format: u32) -> Vec<Vec<u8>> {
     if format == FORMAT_TEMPLATES {
         let [shape, rows, vars] =
             templates::encode(entries.iter().map(|e| (e.message.as_bytes(), e.level)));
+        let mut fields = Vec::new();
+        encode_fields(entries, true, &mut fields);
         vec![
             encode_core(entries, format),
             shape,
             rows,
             vars,
-            encode_rest(entries),
+            encode_tags(entries),
+            fields,
         ]
     } else {
         vec![
@@ -390,6 +465,40 @@ impl<'a> Reader<'a> {
             out.push(previous);
         }
         Ok(out)
+    }
+
+    /// A string column whose texts are copied to `out` (hex cells spelled out); the spans
+    /// point into `out`.
+    fn string_column_into(&mut self, n: usize, out: &mut Vec<u8>) -> Result<Vec<Span>, BlockError> {
+        let mut spans = Vec::with_capacity(n);
+        let mut previous = Span::default();
+        for _ in 0..n {
+            match self.byte()? {
+                0 => {}
+                1 => {
+                    let span = self.counted()?;
+                    let start = out.len();
+                    out.extend_from_slice(span.of(self.bytes));
+                    previous = Span {
+                        start: start as u32,
+                        len: span.len,
+                    };
+                }
+                2 => {
+                    let len = usize::from(self.byte()?);
+                    let raw = self.take(len)?;
+                    let start = out.len();
+                    put_hex(out, raw.of(self.bytes));
+                    previous = Span {
+                        start: start as u32,
+                        len: (out.len() - start) as u32,
+                    };
+                }
+                _ => return Err(BlockError::Decode),
+            }
+            spans.push(previous);
+        }
+        Ok(spans)
     }
 
     fn done(&self) -> Result<(), BlockError> {
@@ -534,20 +643,118 @@ enum Cell {
     NoValue,
 }
 
+/// Host, trace id and fields of a block's rows; spans into one buffer.
 struct Rest {
     hosts: Vec<Span>,
     traces: Vec<Span>,
     fields: Vec<(String, Vec<Cell>)>,
+    /// False while only the tags section of a [`FORMAT_TEMPLATES`] block is loaded.
+    fields_loaded: bool,
+}
+
+/// How a column block stores host, trace id and fields.
+#[derive(Clone, Copy)]
+enum RestFrames<'b> {
+    /// [`FORMAT_COLUMNS`]: one rest section.
+    Whole(&'b [u8], u32),
+    /// [`FORMAT_TEMPLATES`]: tags (host, trace id) and fields sections, hex as bytes.
+    Split {
+        tags: (&'b [u8], u32),
+        fields: (&'b [u8], u32),
+    },
+}
+
+impl RestFrames<'_> {
+    /// Host and trace ids (and, in one rest section, the fields too).
+    fn load_tags(self, n: usize) -> Result<(Vec<u8>, Rest), BlockError> {
+        match self {
+            RestFrames::Whole(frame, raw) => {
+                let bytes = decompress(frame, raw)?;
+                let parsed = parse_rest(&bytes, n)?;
+                Ok((bytes, parsed))
+            }
+            RestFrames::Split { tags, .. } => {
+                let section = decompress(tags.0, tags.1)?;
+                let mut out = Vec::with_capacity(section.len() * 2);
+                let mut r = Reader::new(&section);
+                let hosts = r.string_column_into(n, &mut out)?;
+                let traces = r.string_column_into(n, &mut out)?;
+                r.done()?;
+                Ok((
+                    out,
+                    Rest {
+                        hosts,
+                        traces,
+                        fields: Vec::new(),
+                        fields_loaded: false,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Adds the fields to what [`RestFrames::load_tags`] loaded.
+    fn load_fields(self, n: usize, bytes: &mut Vec<u8>, rest: &mut Rest) -> Result<(), BlockError> {
+        if rest.fields_loaded {
+            return Ok(());
+        }
+        if let RestFrames::Split { fields, .. } = self {
+            let section = decompress(fields.0, fields.1)?;
+            let mut r = Reader::new(&section);
+            rest.fields = parse_fields(&mut r, &section, n, Some(bytes))?;
+            r.done()?;
+        }
+        rest.fields_loaded = true;
+        Ok(())
+    }
+
+    fn load_all(self, n: usize) -> Result<(Vec<u8>, Rest), BlockError> {
+        let (mut bytes, mut rest) = self.load_tags(n)?;
+        self.load_fields(n, &mut bytes, &mut rest)?;
+        Ok((bytes, rest))
+    }
 }
 
 fn parse_rest(bytes: &[u8], n: usize) -> Result<Rest, BlockError> {
     let mut r = Reader::new(bytes);
     let hosts = r.string_column(n)?;
     let traces = r.string_column(n)?;
+    let fields = parse_fields(&mut r, bytes, n, None)?;
+    r.done()?;
+    Ok(Rest {
+        hosts,
+        traces,
+        fields,
+        fields_loaded: true,
+    })
+}
+
+/// Reads the field columns at `r` over `bytes`. With `out`, every text is copied (hex
+/// cells spelled out) to `out` and the spans point there; without, they point into `bytes`
+/// and hex cells are refused.
+fn parse_fields(
+    r: &mut Reader<'_>,
+    bytes: &[u8],
+    n: usize,
+    mut out: Option<&mut Vec<u8>>,
+) -> Result<Vec<(String, Vec<Cell>)>, BlockError> {
     let keys = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
     if keys > bytes.len() {
         return Err(BlockError::Decode);
     }
+    let copy = |span: Span, out: &mut Option<&mut Vec<u8>>| -> Span {
+        match out {
+            Some(out) => {
+                let start = out.len();
+                out.extend_from_slice(span.of(bytes));
+                Span {
+                    start: start as u32,
+                    len: span.len,
+                }
+            }
+            None => span,
+        }
+    };
     let mut fields = Vec::with_capacity(keys);
     for _ in 0..keys {
         let key = text(bytes, r.counted()?)?;
@@ -555,7 +762,7 @@ fn parse_rest(bytes: &[u8], n: usize) -> Result<Rest, BlockError> {
         for _ in 0..n {
             cells.push(match r.byte()? {
                 0 => Cell::Absent,
-                1 => Cell::Str(r.counted()?),
+                1 => Cell::Str(copy(r.counted()?, &mut out)),
                 2 => Cell::Int(unzigzag(r.varint()?)),
                 3 => {
                     let span = r.take(8)?;
@@ -564,23 +771,31 @@ fn parse_rest(bytes: &[u8], n: usize) -> Result<Rest, BlockError> {
                     ))
                 }
                 4 => Cell::Bool(r.byte()? != 0),
-                5 => Cell::Json(r.counted()?),
+                5 => Cell::Json(copy(r.counted()?, &mut out)),
                 6 => Cell::NoValue,
                 7 => {
                     let len = usize::from(r.byte()?);
-                    Cell::FloatText(r.take(len)?)
+                    Cell::FloatText(copy(r.take(len)?, &mut out))
+                }
+                8 => {
+                    let Some(out) = out.as_deref_mut() else {
+                        return Err(BlockError::Decode);
+                    };
+                    let len = usize::from(r.byte()?);
+                    let raw = r.take(len)?;
+                    let start = out.len();
+                    put_hex(out, raw.of(bytes));
+                    Cell::Str(Span {
+                        start: start as u32,
+                        len: (out.len() - start) as u32,
+                    })
                 }
                 _ => return Err(BlockError::Decode),
             });
         }
         fields.push((key, cells));
     }
-    r.done()?;
-    Ok(Rest {
-        hosts,
-        traces,
-        fields,
-    })
+    Ok(fields)
 }
 
 /// Capacity of the lower-cased scratch copy kept between blocks, per thread.
@@ -754,7 +969,7 @@ pub fn decode(
     count: u32,
     rows: &RowFilter<'_>,
 ) -> Result<(Vec<LogEntry>, u64), BlockError> {
-    let frames_wanted = if format == FORMAT_TEMPLATES { 5 } else { 3 };
+    let frames_wanted = if format == FORMAT_TEMPLATES { 6 } else { 3 };
     if sections.len() != 2 * frames_wanted {
         return Err(BlockError::Decode);
     }
@@ -772,7 +987,14 @@ pub fn decode(
         return Err(BlockError::Truncated);
     }
     let (core_frame, core_raw) = frames[0];
-    let (rest_frame, rest_raw) = frames[frames_wanted - 1];
+    let rest_frames = if format == FORMAT_TEMPLATES {
+        RestFrames::Split {
+            tags: frames[4],
+            fields: frames[5],
+        }
+    } else {
+        RestFrames::Whole(frames[2].0, frames[2].1)
+    };
     let message_frames = if format == FORMAT_TEMPLATES {
         MessageFrames::Templated {
             shape: frames[1],
@@ -793,11 +1015,6 @@ pub fn decode(
 
     let mut messages: Option<(Vec<u8>, Vec<Span>)> = None;
     let mut rest: Option<(Vec<u8>, Rest)> = None;
-    let load_rest = || -> Result<(Vec<u8>, Rest), BlockError> {
-        let bytes = decompress(rest_frame, rest_raw)?;
-        let parsed = parse_rest(&bytes, n)?;
-        Ok((bytes, parsed))
-    };
     if let Some((needle, scope)) = rows.needle
         && keep.iter().any(|k| *k)
     {
@@ -819,7 +1036,7 @@ pub fn decode(
                 }
             },
             NeedleScope::Host | NeedleScope::TraceId => {
-                let (bytes, parsed) = rest.insert(load_rest()?);
+                let (bytes, parsed) = rest.insert(rest_frames.load_tags(n)?);
                 let column = if scope == NeedleScope::Host {
                     &parsed.hosts
                 } else {
@@ -832,7 +1049,7 @@ pub fn decode(
             NeedleScope::Record => {
                 let (message_bytes, spans) =
                     messages.insert(load_messages(&message_frames, n, &keep)?);
-                let (rest_bytes, parsed) = rest.insert(load_rest()?);
+                let (rest_bytes, parsed) = rest.insert(rest_frames.load_all(n)?);
                 for (i, k) in keep.iter_mut().enumerate() {
                     *k = *k
                         && (contains_ignore_ascii_case(spans[i].of(message_bytes), needle)
@@ -865,10 +1082,16 @@ pub fn decode(
         None if rows.message_unread => None,
         None => Some(load_messages(&message_frames, n, &keep)?),
     };
-    let rest = match rest {
-        Some(loaded) => Some(loaded),
-        None if rows.core_and_message_only || rows.message_unread => None,
-        None => Some(load_rest()?),
+    let rest = if rows.core_and_message_only || rows.message_unread {
+        rest
+    } else {
+        match rest {
+            Some((mut bytes, mut parsed)) => {
+                rest_frames.load_fields(n, &mut bytes, &mut parsed)?;
+                Some((bytes, parsed))
+            }
+            None => Some(rest_frames.load_all(n)?),
+        }
     };
     let mut entries = Vec::with_capacity(kept);
     for i in (0..n).filter(|i| keep[*i]) {

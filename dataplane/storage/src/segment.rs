@@ -1032,6 +1032,7 @@ mod tests {
         use proptest::prelude::*;
         prop_oneof![
             any::<String>().prop_map(FieldValue::str),
+            "[0-9a-fA-F]{0,9}".prop_map(FieldValue::str),
             any::<i64>().prop_map(FieldValue::int),
             any::<f64>().prop_map(FieldValue::float),
             prop_oneof![
@@ -1071,8 +1072,8 @@ mod tests {
                 any::<String>(),
                 "(GET|get|upstream|id=|[0-9]{1,22}|0[0-9]{1,3}|x[0-9a-f]{1,8}|\\u{11}|\\u{12}|\\u{13}|é9|[ _./:=-]){0,12}",
             ],
-            prop_oneof![Just("h".to_string()), any::<String>()],
-            prop_oneof![Just(String::new()), "[0-9a-f]{32}"],
+            prop_oneof![Just("h".to_string()), any::<String>(), "[0-9a-f]{1,6}"],
+            prop_oneof![Just(String::new()), "[0-9a-f]{32}", "[0-9a-fA-F]{0,33}"],
             prop::collection::btree_map(
                 prop_oneof![
                     Just("n".to_string()),
