@@ -641,15 +641,25 @@ enum Cell {
     Bool(bool),
     Json(Span),
     NoValue,
+    /// A string stored as the bytes its lower-case hex digits spell.
+    Hex(Span),
 }
 
-/// Host, trace id and fields of a block's rows; spans into one buffer.
+/// Host, trace id and fields of a block's rows: host and trace id spans into the buffer
+/// held next to it, field spans into `field_bytes` or, without, that same buffer.
 struct Rest {
     hosts: Vec<Span>,
     traces: Vec<Span>,
     fields: Vec<(String, Vec<Cell>)>,
+    field_bytes: Option<Vec<u8>>,
     /// False while only the tags section of a [`FORMAT_TEMPLATES`] block is loaded.
     fields_loaded: bool,
+}
+
+impl Rest {
+    fn field_bytes<'a>(&'a self, bytes: &'a [u8]) -> &'a [u8] {
+        self.field_bytes.as_deref().unwrap_or(bytes)
+    }
 }
 
 /// How a column block stores host, trace id and fields.
@@ -686,6 +696,7 @@ impl RestFrames<'_> {
                         hosts,
                         traces,
                         fields: Vec::new(),
+                        field_bytes: None,
                         fields_loaded: false,
                     },
                 ))
@@ -694,23 +705,24 @@ impl RestFrames<'_> {
     }
 
     /// Adds the fields to what [`RestFrames::load_tags`] loaded.
-    fn load_fields(self, n: usize, bytes: &mut Vec<u8>, rest: &mut Rest) -> Result<(), BlockError> {
+    fn load_fields(self, n: usize, rest: &mut Rest) -> Result<(), BlockError> {
         if rest.fields_loaded {
             return Ok(());
         }
         if let RestFrames::Split { fields, .. } = self {
             let section = decompress(fields.0, fields.1)?;
             let mut r = Reader::new(&section);
-            rest.fields = parse_fields(&mut r, &section, n, Some(bytes))?;
+            rest.fields = parse_fields(&mut r, &section, n, true)?;
             r.done()?;
+            rest.field_bytes = Some(section);
         }
         rest.fields_loaded = true;
         Ok(())
     }
 
     fn load_all(self, n: usize) -> Result<(Vec<u8>, Rest), BlockError> {
-        let (mut bytes, mut rest) = self.load_tags(n)?;
-        self.load_fields(n, &mut bytes, &mut rest)?;
+        let (bytes, mut rest) = self.load_tags(n)?;
+        self.load_fields(n, &mut rest)?;
         Ok((bytes, rest))
     }
 }
@@ -719,42 +731,29 @@ fn parse_rest(bytes: &[u8], n: usize) -> Result<Rest, BlockError> {
     let mut r = Reader::new(bytes);
     let hosts = r.string_column(n)?;
     let traces = r.string_column(n)?;
-    let fields = parse_fields(&mut r, bytes, n, None)?;
+    let fields = parse_fields(&mut r, bytes, n, false)?;
     r.done()?;
     Ok(Rest {
         hosts,
         traces,
         fields,
+        field_bytes: None,
         fields_loaded: true,
     })
 }
 
-/// Reads the field columns at `r` over `bytes`. With `out`, every text is copied (hex
-/// cells spelled out) to `out` and the spans point there; without, they point into `bytes`
-/// and hex cells are refused.
+/// Reads the field columns at `r` over `bytes` (spans point into `bytes`); hex cells
+/// only where `hex` (the [`FORMAT_TEMPLATES`] fields section).
 fn parse_fields(
     r: &mut Reader<'_>,
     bytes: &[u8],
     n: usize,
-    mut out: Option<&mut Vec<u8>>,
+    hex: bool,
 ) -> Result<Vec<(String, Vec<Cell>)>, BlockError> {
     let keys = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
     if keys > bytes.len() {
         return Err(BlockError::Decode);
     }
-    let copy = |span: Span, out: &mut Option<&mut Vec<u8>>| -> Span {
-        match out {
-            Some(out) => {
-                let start = out.len();
-                out.extend_from_slice(span.of(bytes));
-                Span {
-                    start: start as u32,
-                    len: span.len,
-                }
-            }
-            None => span,
-        }
-    };
     let mut fields = Vec::with_capacity(keys);
     for _ in 0..keys {
         let key = text(bytes, r.counted()?)?;
@@ -762,7 +761,7 @@ fn parse_fields(
         for _ in 0..n {
             cells.push(match r.byte()? {
                 0 => Cell::Absent,
-                1 => Cell::Str(copy(r.counted()?, &mut out)),
+                1 => Cell::Str(r.counted()?),
                 2 => Cell::Int(unzigzag(r.varint()?)),
                 3 => {
                     let span = r.take(8)?;
@@ -771,24 +770,15 @@ fn parse_fields(
                     ))
                 }
                 4 => Cell::Bool(r.byte()? != 0),
-                5 => Cell::Json(copy(r.counted()?, &mut out)),
+                5 => Cell::Json(r.counted()?),
                 6 => Cell::NoValue,
                 7 => {
                     let len = usize::from(r.byte()?);
-                    Cell::FloatText(copy(r.take(len)?, &mut out))
+                    Cell::FloatText(r.take(len)?)
                 }
-                8 => {
-                    let Some(out) = out.as_deref_mut() else {
-                        return Err(BlockError::Decode);
-                    };
+                8 if hex => {
                     let len = usize::from(r.byte()?);
-                    let raw = r.take(len)?;
-                    let start = out.len();
-                    put_hex(out, raw.of(bytes));
-                    Cell::Str(Span {
-                        start: start as u32,
-                        len: (out.len() - start) as u32,
-                    })
+                    Cell::Hex(r.take(len)?)
                 }
                 _ => return Err(BlockError::Decode),
             });
@@ -870,12 +860,20 @@ fn keep_rows_containing(bytes: &[u8], spans: &[Span], needle: &[u8], keep: &mut 
 
 /// Whether any string of row `i` in the rest section contains `needle`.
 fn rest_row_contains(rest: &Rest, bytes: &[u8], i: usize, needle: &[u8]) -> bool {
+    let field_bytes = rest.field_bytes(bytes);
+    let mut spelled = Vec::new();
     contains_ignore_ascii_case(rest.hosts[i].of(bytes), needle)
         || contains_ignore_ascii_case(rest.traces[i].of(bytes), needle)
         || rest.fields.iter().any(|(key, cells)| match cells[i] {
             Cell::Absent => false,
             Cell::Str(s) | Cell::Json(s) | Cell::FloatText(s) => {
-                contains_ignore_ascii_case(s.of(bytes), needle)
+                contains_ignore_ascii_case(s.of(field_bytes), needle)
+                    || contains_ignore_ascii_case(key.as_bytes(), needle)
+            }
+            Cell::Hex(s) => {
+                spelled.clear();
+                put_hex(&mut spelled, s.of(field_bytes));
+                contains_ignore_ascii_case(&spelled, needle)
                     || contains_ignore_ascii_case(key.as_bytes(), needle)
             }
             _ => contains_ignore_ascii_case(key.as_bytes(), needle),
@@ -1086,8 +1084,8 @@ pub fn decode(
         rest
     } else {
         match rest {
-            Some((mut bytes, mut parsed)) => {
-                rest_frames.load_fields(n, &mut bytes, &mut parsed)?;
+            Some((bytes, mut parsed)) => {
+                rest_frames.load_fields(n, &mut parsed)?;
                 Some((bytes, parsed))
             }
             None => Some(rest_frames.load_all(n)?),
@@ -1115,11 +1113,19 @@ pub fn decode(
         if let Some((bytes, rest)) = &rest {
             entry.host = text(bytes, rest.hosts[i])?;
             entry.trace_id = text(bytes, rest.traces[i])?;
+            let bytes = rest.field_bytes(bytes);
             let mut fields = BTreeMap::new();
             for (key, cells) in &rest.fields {
                 let kind = match cells[i] {
                     Cell::Absent => continue,
                     Cell::Str(span) => Some(Kind::Str(text(bytes, span)?)),
+                    Cell::Hex(span) => {
+                        let mut spelled = Vec::with_capacity(2 * span.len as usize);
+                        put_hex(&mut spelled, span.of(bytes));
+                        Some(Kind::Str(
+                            String::from_utf8(spelled).map_err(|_| BlockError::Decode)?,
+                        ))
+                    }
                     Cell::Int(v) => Some(Kind::Int(v)),
                     Cell::Float(v) => Some(Kind::Float(v)),
                     Cell::FloatText(span) => Some(Kind::Float(
