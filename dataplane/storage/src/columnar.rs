@@ -928,7 +928,7 @@ fn load_messages(
                 &vars_bytes,
                 &values,
                 wanted,
-            ))
+            )?)
         }
     }
 }

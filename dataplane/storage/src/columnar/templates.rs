@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use prost::encoding::encode_varint;
 
 use super::{LOWERED, Reader, Span, put_bytes};
-use crate::segment::{BlockError, contains_ignore_ascii_case};
+use crate::segment::{BlockError, MAX_BLOCK_LEN, contains_ignore_ascii_case};
 
 /// Placeholder of an integer variable.
 pub const INT: u8 = 0x11;
@@ -226,8 +226,8 @@ pub struct Shape {
 pub fn parse_shape(bytes: &[u8], n: usize) -> Result<Shape, BlockError> {
     let mut r = Reader::new(bytes);
     let count = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
-    // Every template takes at least its length byte.
-    if count > bytes.len() {
+    // Every template takes at least its length byte and two counts.
+    if count > bytes.len() / 3 {
         return Err(BlockError::Decode);
     }
     let mut templates = Vec::with_capacity(count);
@@ -235,6 +235,10 @@ pub fn parse_shape(bytes: &[u8], n: usize) -> Result<Shape, BlockError> {
         let span = r.counted()?;
         let ints = u32::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
         let texts = u32::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
+        // Each value has its placeholder byte (checked exactly by `parse_vars`).
+        if u64::from(ints) + u64::from(texts) > u64::from(span.len.max(1)) {
+            return Err(BlockError::Decode);
+        }
         templates.push(Template {
             span,
             ints,
@@ -393,14 +397,24 @@ fn put_message(
 }
 
 /// Every row's message, one after another, with each one's span.
-/// Rows that `wanted` leaves out get an empty span.
+/// Rows that `wanted` leaves out get an empty span. Messages that would come to more than
+/// a block may hold are refused (damaged sections), before anything is built.
 pub fn messages(
     shape_bytes: &[u8],
     shape: &Shape,
     vars_bytes: &[u8],
     vars: &Vars,
     wanted: &[bool],
-) -> (Vec<u8>, Vec<Span>) {
+) -> Result<(Vec<u8>, Vec<Span>), BlockError> {
+    // At most: every row's template, every text value, and 20 digits per integer.
+    let fixed: u64 = shape
+        .rows
+        .iter()
+        .map(|t| u64::from(shape.templates[*t as usize].span.len))
+        .sum();
+    if fixed + vars_bytes.len() as u64 + 20 * vars.ints.len() as u64 > MAX_BLOCK_LEN as u64 {
+        return Err(BlockError::Decode);
+    }
     let kept = wanted.iter().filter(|w| **w).count();
     let mut out = Vec::with_capacity(kept * 64);
     let mut spans = Vec::with_capacity(shape.rows.len());
@@ -414,7 +428,7 @@ pub fn messages(
             len: (out.len() - start) as u32,
         });
     }
-    (out, spans)
+    Ok((out, spans))
 }
 
 /// Whether a template's rows hold a needle.
@@ -444,7 +458,7 @@ fn verdicts(shape_bytes: &[u8], shape: &Shape, needle: &[u8]) -> Vec<Verdict> {
             .templates
             .iter()
             .map(|t| {
-                let values = t.ints + t.texts > 0;
+                let values = t.ints > 0 || t.texts > 0;
                 if placeholders {
                     // Such a needle is never in fixed text (a message holding those bytes
                     // is stored whole as a value).
@@ -566,7 +580,8 @@ mod tests {
         let (shape_bytes, shape, vars_bytes) = parsed(messages);
         let vars = parse_vars(&shape_bytes, &vars_bytes, &shape).expect("vars");
         let everything = vec![true; messages.len()];
-        let (bytes, spans) = super::messages(&shape_bytes, &shape, &vars_bytes, &vars, &everything);
+        let (bytes, spans) = super::messages(&shape_bytes, &shape, &vars_bytes, &vars, &everything)
+            .expect("messages");
         spans.iter().map(|s| s.of(&bytes).to_vec()).collect()
     }
 
@@ -610,6 +625,38 @@ mod tests {
         );
         // "svc" may be in a value: the rows must be read.
         assert_eq!(level_counts(&shape_bytes, &shape, Some(b"svc-1")), None);
+    }
+
+    /// Damaged (but checksummed) shapes: value counts past the template, and messages that
+    /// would rebuild to more than a block holds, are errors before anything is allocated.
+    #[test]
+    fn damaged_shapes_are_refused() {
+        let shape_of = |template: &[u8], ints: u64, texts: u64, rows: u64| {
+            let mut shape = Vec::new();
+            encode_varint(1, &mut shape);
+            put_bytes(&mut shape, template);
+            encode_varint(ints, &mut shape);
+            encode_varint(texts, &mut shape);
+            encode_varint(1, &mut shape);
+            encode_varint(0, &mut shape);
+            encode_varint(rows, &mut shape);
+            shape.extend_from_slice(&[0; FILTER_BYTES]);
+            shape
+        };
+        let counts = shape_of(b"", u64::from(u32::MAX), 1, 1);
+        assert!(matches!(parse_shape(&counts, 1), Err(BlockError::Decode)));
+        // 600 rows of a 1 MiB template: 600 MiB of messages.
+        let rows = 600;
+        let big = shape_of(&vec![b'a'; 1 << 20], 0, 0, rows);
+        let mut shape = parse_shape(&big, rows as usize).expect("shape");
+        parse_rows(&vec![0; rows as usize], &mut shape).expect("rows");
+        let vars_bytes = vec![0];
+        let vars = parse_vars(&big, &vars_bytes, &shape).expect("vars");
+        let everything = vec![true; rows as usize];
+        assert!(matches!(
+            super::messages(&big, &shape, &vars_bytes, &vars, &everything),
+            Err(BlockError::Decode)
+        ));
     }
 
     fn matching(messages: &[&str], needle: &str) -> Vec<bool> {
