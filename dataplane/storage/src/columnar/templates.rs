@@ -679,23 +679,15 @@ mod tests {
             "read_timeout=30s",
             "after 5000ms pool=main",
         ];
-        assert_eq!(
-            matching(&messages, "timeout"),
-            [true, true, false, true, false]
-        );
-        assert_eq!(
-            matching(&messages, "23"),
-            [false, false, true, false, false]
-        );
-        assert_eq!(
-            matching(&messages, "after 5000ms"),
-            [false, false, false, false, true]
-        );
-        assert_eq!(
-            matching(&messages, "out9"),
-            [false, true, false, false, false]
-        );
-        assert_eq!(matching(&messages, "zebra"), [false; 5]);
-        assert_eq!(matching(&messages, "\u{11}"), [false; 5]);
+        for (needle, wanted) in [
+            ("timeout", [true, true, false, true, false]),
+            ("23", [false, false, true, false, false]),
+            ("after 5000ms", [false, false, false, false, true]),
+            ("out9", [false, true, false, false, false]),
+            ("zebra", [false; 5]),
+            ("\u{11}", [false; 5]),
+        ] {
+            assert_eq!(matching(&messages, needle), wanted, "{needle:?}");
+        }
     }
 }
