@@ -906,10 +906,15 @@ fn load_shape(
 
 /// Every message of a block (the section's bytes and each one's span).
 /// Rows that `wanted` leaves out may get an empty span.
+/// A templates block's sections as a needle search left them: the shape (with its rows)
+/// and, when the search needed them, the values.
+type SearchedShape = (Vec<u8>, templates::Shape, Option<Vec<u8>>);
+
 fn load_messages(
     frames: &MessageFrames<'_>,
     n: usize,
     wanted: &[bool],
+    searched: Option<SearchedShape>,
 ) -> Result<(Vec<u8>, Vec<Span>), BlockError> {
     match *frames {
         // Whole messages are simply all there.
@@ -918,9 +923,22 @@ fn load_messages(
             let spans = parse_messages(&bytes, n)?;
             Ok((bytes, spans))
         }
-        MessageFrames::Templated { shape, rows, vars } => {
-            let (shape_bytes, parsed) = load_shape(shape, rows, n)?;
-            let vars_bytes = decompress(vars.0, vars.1)?;
+        MessageFrames::Templated {
+            shape,
+            rows: row_frame,
+            vars,
+        } => {
+            let (shape_bytes, parsed, vars_bytes) = match searched {
+                Some(searched) => searched,
+                None => {
+                    let (shape_bytes, parsed) = load_shape(shape, row_frame, n)?;
+                    (shape_bytes, parsed, None)
+                }
+            };
+            let vars_bytes = match vars_bytes {
+                Some(bytes) => bytes,
+                None => decompress(vars.0, vars.1)?,
+            };
             let values = templates::parse_vars(&shape_bytes, &vars_bytes, &parsed)?;
             Ok(templates::messages(
                 &shape_bytes,
@@ -1012,6 +1030,7 @@ pub fn decode(
         .collect();
 
     let mut messages: Option<(Vec<u8>, Vec<Span>)> = None;
+    let mut searched: Option<SearchedShape> = None;
     let mut rest: Option<(Vec<u8>, Rest)> = None;
     if let Some((needle, scope)) = rows.needle
         && keep.iter().any(|k| *k)
@@ -1019,18 +1038,24 @@ pub fn decode(
         match scope {
             NeedleScope::Message => match message_frames {
                 MessageFrames::Plain(..) => {
-                    let (bytes, spans) = messages.insert(load_messages(&message_frames, n, &keep)?);
+                    let (bytes, spans) =
+                        messages.insert(load_messages(&message_frames, n, &keep, None)?);
                     keep_rows_containing(bytes, spans, needle, &mut keep);
                 }
-                MessageFrames::Templated { shape, rows, vars } => {
-                    let (shape_bytes, parsed) = load_shape(shape, rows, n)?;
-                    templates::keep_rows_containing(
+                MessageFrames::Templated {
+                    shape,
+                    rows: row_frame,
+                    vars,
+                } => {
+                    let (shape_bytes, parsed) = load_shape(shape, row_frame, n)?;
+                    let vars_bytes = templates::keep_rows_containing(
                         &shape_bytes,
                         &parsed,
                         &needle.to_ascii_lowercase(),
                         &mut keep,
                         || decompress(vars.0, vars.1),
                     )?;
+                    searched = Some((shape_bytes, parsed, vars_bytes));
                 }
             },
             NeedleScope::Host | NeedleScope::TraceId => {
@@ -1046,7 +1071,7 @@ pub fn decode(
             }
             NeedleScope::Record => {
                 let (message_bytes, spans) =
-                    messages.insert(load_messages(&message_frames, n, &keep)?);
+                    messages.insert(load_messages(&message_frames, n, &keep, None)?);
                 let (rest_bytes, parsed) = rest.insert(rest_frames.load_all(n)?);
                 for (i, k) in keep.iter_mut().enumerate() {
                     *k = *k
@@ -1078,7 +1103,7 @@ pub fn decode(
     let messages = match messages {
         Some(loaded) => Some(loaded),
         None if rows.message_unread => None,
-        None => Some(load_messages(&message_frames, n, &keep)?),
+        None => Some(load_messages(&message_frames, n, &keep, searched)?),
     };
     let rest = if rows.core_and_message_only || rows.message_unread {
         rest

@@ -516,16 +516,16 @@ pub fn level_counts(
 
 /// Clears `keep[i]` for every row whose message lacks `needle` (ASCII-lowercase; ASCII
 /// case ignored in the messages). `load_vars` decompresses the vars section, called only
-/// when the shape alone cannot decide.
+/// when the shape alone cannot decide; what it returned is handed back for reuse.
 pub fn keep_rows_containing(
     shape_bytes: &[u8],
     shape: &Shape,
     needle: &[u8],
     keep: &mut [bool],
     load_vars: impl FnOnce() -> Result<Vec<u8>, BlockError>,
-) -> Result<(), BlockError> {
+) -> Result<Option<Vec<u8>>, BlockError> {
     if needle.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let verdicts = verdicts(shape_bytes, shape, needle);
     let mut undecided = false;
@@ -537,7 +537,7 @@ pub fn keep_rows_containing(
         }
     }
     if !undecided {
-        return Ok(());
+        return Ok(None);
     }
     let vars_bytes = load_vars()?;
     let vars = parse_vars(shape_bytes, &vars_bytes, shape)?;
@@ -562,7 +562,7 @@ pub fn keep_rows_containing(
             contains_ignore_ascii_case(&message, needle)
         };
     }
-    Ok(())
+    Ok(Some(vars_bytes))
 }
 
 #[cfg(test)]
