@@ -11,6 +11,7 @@
 mod bloom;
 mod columnar;
 mod commit;
+mod fuse;
 mod metrics;
 pub mod scan;
 pub mod segment;

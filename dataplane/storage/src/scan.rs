@@ -90,7 +90,7 @@ impl ScanFilter<'_> {
             && meta.level_mask & self.level_mask != 0
             && token_hashes
                 .iter()
-                .all(|h| bloom::may_contain(&meta.bloom, *h))
+                .all(|h| segment::may_hold_token(meta, *h))
     }
 }
 

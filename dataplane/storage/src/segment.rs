@@ -79,6 +79,20 @@ pub struct BlockMeta {
     /// it ([`count_block_by_level`]) fetch and verify only that section.
     #[prost(uint32, tag = "15")]
     pub shape_crc: u32,
+    /// The token filter as a binary fuse filter (`fuse`), in place of `bloom`: written for
+    /// [`FORMAT_TEMPLATES`] blocks with enough distinct tokens.
+    #[prost(bytes = "vec", tag = "16")]
+    pub fuse: Vec<u8>,
+}
+
+/// Whether a block may hold a token (by its hash): "certainly not" only when its token
+/// filter says so.
+pub fn may_hold_token(meta: &BlockMeta, hash: u64) -> bool {
+    if meta.fuse.is_empty() {
+        bloom::may_contain(&meta.bloom, hash)
+    } else {
+        crate::fuse::may_contain(&meta.fuse, hash)
+    }
 }
 
 /// Block format: one zstd frame of length-prefixed protobuf records.
@@ -380,7 +394,13 @@ pub fn build_block_in(
         });
     }
     let hashes: Vec<u64> = tokens.into_iter().collect();
-    meta.bloom = bloom::build(&hashes);
+    match (format == FORMAT_TEMPLATES)
+        .then(|| crate::fuse::build(&hashes))
+        .flatten()
+    {
+        Some(fuse) => meta.fuse = fuse,
+        None => meta.bloom = bloom::build(&hashes),
+    }
     meta.numeric_complete = numeric_complete;
     meta.numeric = numeric
         .into_iter()
@@ -884,8 +904,42 @@ mod tests {
     #[test]
     fn block_filter_knows_message_tokens() {
         let (_, meta) = build_block(&entries(10), 1).expect("block");
-        assert!(bloom::may_contain(&meta.bloom, bloom::fnv1a64(b"request")));
-        assert!(bloom::may_contain(&meta.bloom, bloom::fnv1a64(b"finished")));
+        assert!(may_hold_token(&meta, bloom::fnv1a64(b"request")));
+        assert!(may_hold_token(&meta, bloom::fnv1a64(b"finished")));
+    }
+
+    /// A templates block with enough distinct tokens carries a fuse filter (older layouts and
+    /// small blocks a Bloom filter); either knows every indexed token and rules out most
+    /// others.
+    #[test]
+    fn token_filters_of_every_layout_know_their_tokens() {
+        let mut all = entries(300);
+        for (i, entry) in all.iter_mut().enumerate() {
+            entry.message = format!("order ord{i} shipped to user{}", i * 7);
+        }
+        for (format, fuse) in [
+            (FORMAT_TEMPLATES, true),
+            (FORMAT_COLUMNS, false),
+            (FORMAT_ROWS, false),
+        ] {
+            let (_, meta) = build_block_in(&all, 1, format).expect("block");
+            assert_eq!(!meta.fuse.is_empty(), fuse, "format {format}");
+            assert_eq!(meta.bloom.is_empty(), fuse, "format {format}");
+            let mut indexed = Vec::new();
+            for entry in &all {
+                for_each_indexed_token(entry, |h| indexed.push(h));
+            }
+            assert!(indexed.iter().all(|h| may_hold_token(&meta, *h)));
+            let absent = (0..10_000)
+                .filter(|i| may_hold_token(&meta, bloom::fnv1a64(format!("absent{i}").as_bytes())))
+                .count();
+            assert!(
+                absent < 200,
+                "format {format}: {absent} of 10000 absent tokens pass"
+            );
+        }
+        let (_, small) = build_block(&entries(2), 1).expect("block");
+        assert!(small.fuse.is_empty() && !small.bloom.is_empty());
     }
 
     #[test]
