@@ -18,11 +18,13 @@
 //! shape  varint t, t × (varint len, template, varint ints, varint texts), t × (varint k,
 //!        k × (zigzag level, varint rows)), FILTER_BYTES bigram filter of the text values
 //! rows   n × varint template index
-//! vars   varint len, text values as len × (varint len, bytes), integer values as varints
+//! vars   per template, per placeholder: the values of the template's rows, in row order
+//!        (an integer as a varint, a text as varint len + bytes)
 //! ```
 //! Each template's rows are counted by level, so a count of the rows holding a needle by
-//! level needs only the shape when the needle's presence is decided per template.
-//! Values are stored in row order, each row's in the order of its template's placeholders.
+//! level needs only the shape when the needle's presence is decided per template. Values are
+//! stored column by column, one column per placeholder of each template, so that like values
+//! (a template's durations, its ids) sit together.
 //!
 //! Why a needle search is exact: placeholders are separators, so an occurrence of a needle
 //! without separators lies inside one word, which is either fixed text of the template or one
@@ -113,19 +115,25 @@ pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
     let mut templates: Vec<Vec<u8>> = Vec::new();
     let mut levels: Vec<Vec<(i32, u64)>> = Vec::new();
     let mut row_ids: Vec<u8> = Vec::new();
-    let mut texts = Vec::new();
-    let mut ints = Vec::new();
+    // Per template, per placeholder: that column's values.
+    let mut columns: Vec<Vec<Vec<u8>>> = Vec::new();
+    // This row's values, encoded one after another, and where each ends.
+    let mut values = Vec::new();
+    let mut ends: Vec<usize> = Vec::new();
     let mut filter = [0u8; FILTER_BYTES];
     let mut template = Vec::new();
-    let mut add_text = |texts: &mut Vec<u8>, value: &[u8]| {
-        put_bytes(texts, value);
+    let mut add_text = |values: &mut Vec<u8>, value: &[u8]| {
+        put_bytes(values, value);
         add_bigrams(&mut filter, value);
     };
     for (message, level) in rows {
         template.clear();
+        values.clear();
+        ends.clear();
         if message.iter().any(|b| matches!(*b, INT | TEXT | LITERAL)) {
             template.push(LITERAL);
-            add_text(&mut texts, message);
+            add_text(&mut values, message);
+            ends.push(values.len());
         } else {
             let mut at = 0;
             while at < message.len() {
@@ -145,10 +153,12 @@ pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
                     template.extend_from_slice(word);
                 } else if let Some(value) = as_int(word) {
                     template.push(INT);
-                    encode_varint(value, &mut ints);
+                    encode_varint(value, &mut values);
+                    ends.push(values.len());
                 } else {
                     template.push(TEXT);
-                    add_text(&mut texts, word);
+                    add_text(&mut values, word);
+                    ends.push(values.len());
                 }
             }
         }
@@ -156,9 +166,15 @@ pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
         let id = *index.entry(template.clone()).or_insert_with(|| {
             templates.push(template.clone());
             levels.push(Vec::new());
+            columns.push(vec![Vec::new(); ends.len()]);
             next
         });
         encode_varint(u64::from(id), &mut row_ids);
+        let mut start = 0;
+        for (column, end) in columns[id as usize].iter_mut().zip(&ends) {
+            column.extend_from_slice(&values[start..*end]);
+            start = *end;
+        }
         let counts = &mut levels[id as usize];
         match counts.iter_mut().find(|(l, _)| *l == level) {
             Some((_, count)) => *count += 1,
@@ -181,10 +197,7 @@ pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
         }
     }
     shape.extend_from_slice(&filter);
-    let mut vars = Vec::with_capacity(texts.len() + ints.len() + 4);
-    encode_varint(texts.len() as u64, &mut vars);
-    vars.extend_from_slice(&texts);
-    vars.extend_from_slice(&ints);
+    let vars = columns.concat().concat();
     [shape, row_ids, vars]
 }
 
@@ -311,12 +324,38 @@ pub fn parse_rows(bytes: &[u8], shape: &mut Shape) -> Result<(), BlockError> {
     Ok(())
 }
 
+#[derive(Clone, Copy)]
+enum Value {
+    Int(u64),
+    Text(Span),
+}
+
 /// A parsed vars section: every row's values.
 pub struct Vars {
-    texts: Vec<Span>,
-    ints: Vec<u64>,
-    /// Index of each row's first text and integer value.
-    first: Vec<(u32, u32)>,
+    values: Vec<Value>,
+    /// Per template: the index of its first value, and how many rows it has.
+    columns: Vec<(usize, usize)>,
+    /// Per row: which of its template's rows it is.
+    occurrence: Vec<u32>,
+    ints: usize,
+}
+
+impl Vars {
+    /// Value `slot` (the slot-th placeholder of its template) of row `i` of template `t`.
+    fn value(&self, t: usize, slot: usize, i: usize) -> Value {
+        let (first, rows) = self.columns[t];
+        self.values[first + slot * rows + self.occurrence[i] as usize]
+    }
+}
+
+/// The placeholders of a template, in order (a [`LITERAL`] one is one text).
+fn slots_of(template: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let literal = template == [LITERAL];
+    template
+        .iter()
+        .copied()
+        .filter(move |b| !literal && matches!(*b, INT | TEXT))
+        .chain(literal.then_some(TEXT))
 }
 
 /// Parses a vars section holding the values `shape` (with its rows) calls for.
@@ -329,41 +368,51 @@ pub fn parse_vars(shape_bytes: &[u8], bytes: &[u8], shape: &Shape) -> Result<Var
             return Err(BlockError::Decode);
         }
     }
-    let mut first = Vec::with_capacity(shape.rows.len());
-    let (mut texts_wanted, mut ints_wanted) = (0u64, 0u64);
+    let mut rows_of = vec![0u32; shape.templates.len()];
+    let mut occurrence = Vec::with_capacity(shape.rows.len());
     for row in &shape.rows {
-        first.push((texts_wanted as u32, ints_wanted as u32));
-        let template = &shape.templates[*row as usize];
-        texts_wanted += u64::from(template.texts);
-        ints_wanted += u64::from(template.ints);
+        let seen = &mut rows_of[*row as usize];
+        occurrence.push(*seen);
+        *seen += 1;
     }
+    let wanted: u64 = shape
+        .templates
+        .iter()
+        .zip(&rows_of)
+        .map(|(t, rows)| u64::from(*rows) * (u64::from(t.ints) + u64::from(t.texts)))
+        .sum();
     // Every value takes at least one byte.
-    if texts_wanted + ints_wanted > bytes.len() as u64 {
+    if wanted > bytes.len() as u64 {
         return Err(BlockError::Decode);
     }
     let mut r = Reader::new(bytes);
-    let texts_len = usize::try_from(r.varint()?).map_err(|_| BlockError::Decode)?;
-    let texts_end = r.pos.checked_add(texts_len).ok_or(BlockError::Truncated)?;
-    if texts_end > bytes.len() {
-        return Err(BlockError::Truncated);
-    }
-    let mut texts = Vec::with_capacity(texts_wanted as usize);
-    while r.pos < texts_end {
-        texts.push(r.counted()?);
-    }
-    if r.pos != texts_end || texts.len() as u64 != texts_wanted {
-        return Err(BlockError::Decode);
-    }
-    let mut ints = Vec::with_capacity(ints_wanted as usize);
-    for _ in 0..ints_wanted {
-        let value = r.varint()?;
-        if value >= 10u64.pow(MAX_INT_DIGITS as u32) {
-            return Err(BlockError::Decode);
+    let mut values = Vec::with_capacity(wanted as usize);
+    let mut columns = Vec::with_capacity(shape.templates.len());
+    let mut ints = 0;
+    for (template, rows) in shape.templates.iter().zip(&rows_of) {
+        columns.push((values.len(), *rows as usize));
+        for kind in slots_of(template.span.of(shape_bytes)) {
+            for _ in 0..*rows {
+                values.push(if kind == INT {
+                    let value = r.varint()?;
+                    if value >= 10u64.pow(MAX_INT_DIGITS as u32) {
+                        return Err(BlockError::Decode);
+                    }
+                    ints += 1;
+                    Value::Int(value)
+                } else {
+                    Value::Text(r.counted()?)
+                });
+            }
         }
-        ints.push(value);
     }
     r.done()?;
-    Ok(Vars { texts, ints, first })
+    Ok(Vars {
+        values,
+        columns,
+        occurrence,
+        ints,
+    })
 }
 
 /// Appends row `i`'s message to `out`.
@@ -375,22 +424,22 @@ fn put_message(
     i: usize,
     out: &mut Vec<u8>,
 ) {
-    let template = shape.templates[shape.rows[i] as usize].span.of(shape_bytes);
-    let (mut text, mut int) = (vars.first[i].0 as usize, vars.first[i].1 as usize);
+    let t = shape.rows[i] as usize;
+    let template = shape.templates[t].span.of(shape_bytes);
+    let put_value = |out: &mut Vec<u8>, slot: usize| match vars.value(t, slot, i) {
+        Value::Int(value) => put_decimal(out, value),
+        Value::Text(span) => out.extend_from_slice(span.of(vars_bytes)),
+    };
     if template == [LITERAL] {
-        out.extend_from_slice(vars.texts[text].of(vars_bytes));
+        put_value(out, 0);
         return;
     }
     let mut rest = template;
+    let mut slot = 0;
     while let Some(at) = memchr::memchr2(INT, TEXT, rest) {
         out.extend_from_slice(&rest[..at]);
-        if rest[at] == INT {
-            put_decimal(out, vars.ints[int]);
-            int += 1;
-        } else {
-            out.extend_from_slice(vars.texts[text].of(vars_bytes));
-            text += 1;
-        }
+        put_value(out, slot);
+        slot += 1;
         rest = &rest[at + 1..];
     }
     out.extend_from_slice(rest);
@@ -412,7 +461,7 @@ pub fn messages(
         .iter()
         .map(|t| u64::from(shape.templates[*t as usize].span.len))
         .sum();
-    if fixed + vars_bytes.len() as u64 + 20 * vars.ints.len() as u64 > MAX_BLOCK_LEN as u64 {
+    if fixed + vars_bytes.len() as u64 + 20 * vars.ints as u64 > MAX_BLOCK_LEN as u64 {
         return Err(BlockError::Decode);
     }
     let kept = wanted.iter().filter(|w| **w).count();
@@ -551,11 +600,13 @@ pub fn keep_rows_containing(
         }
         *k = if only_texts {
             // A needle of one word with a letter can only be inside a text value.
-            let first = vars.first[i].0 as usize;
-            let count = shape.templates[t].texts as usize;
-            vars.texts[first..first + count]
-                .iter()
-                .any(|span| contains_ignore_ascii_case(span.of(&vars_bytes), needle))
+            slots_of(shape.templates[t].span.of(shape_bytes))
+                .enumerate()
+                .any(|(slot, kind)| {
+                    kind == TEXT
+                        && matches!(vars.value(t, slot, i), Value::Text(span)
+                            if contains_ignore_ascii_case(span.of(&vars_bytes), needle))
+                })
         } else {
             message.clear();
             put_message(shape_bytes, shape, &vars_bytes, &vars, i, &mut message);
@@ -650,7 +701,7 @@ mod tests {
         let big = shape_of(&vec![b'a'; 1 << 20], 0, 0, rows);
         let mut shape = parse_shape(&big, rows as usize).expect("shape");
         parse_rows(&vec![0; rows as usize], &mut shape).expect("rows");
-        let vars_bytes = vec![0];
+        let vars_bytes = Vec::new();
         let vars = parse_vars(&big, &vars_bytes, &shape).expect("vars");
         let everything = vec![true; rows as usize];
         assert!(matches!(
