@@ -17,8 +17,9 @@
 //! [`FORMAT_TEMPLATES`]: crate::segment::FORMAT_TEMPLATES
 
 const HEADER: usize = 16;
-/// Sets with fewer keys keep the Bloom filter (the fuse layout needs some keys to be small).
-pub const MIN_KEYS: usize = 64;
+/// Sets with fewer keys keep the Bloom filter: below about two thousand keys the fuse layout
+/// (two extra segments, a larger size factor) takes more bytes than it.
+pub const MIN_KEYS: usize = 2048;
 const MAX_SEGMENT_LENGTH: u32 = 1 << 18;
 const ATTEMPTS: u64 = 32;
 
@@ -134,6 +135,8 @@ pub fn may_contain(filter: &[u8], key: u64) -> bool {
     let segment_length = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
     let segment_count_length = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
     if !segment_length.is_power_of_two()
+        || segment_count_length == 0
+        || !segment_count_length.is_multiple_of(segment_length)
         || fingerprints.len() != segment_count_length as usize + 2 * segment_length as usize
     {
         return true;
@@ -154,7 +157,7 @@ mod tests {
 
     #[test]
     fn every_key_is_found_and_others_rarely() {
-        for n in [64u64, 65, 100, 1_000, 7_000, 50_000] {
+        for n in [2_048u64, 2_049, 3_000, 7_000, 50_000] {
             let set = keys(n, 1);
             let filter = build(&set).expect("filter");
             assert!(set.iter().all(|k| may_contain(&filter, *k)), "n={n}");
@@ -165,27 +168,32 @@ mod tests {
             // Smaller than the 12 bits per key of the Bloom filter, more so for larger sets.
             let bits_per_key = (filter.len() * 8) as f64 / n as f64;
             let most = if n >= 50_000 { 10.0 } else { 12.0 };
-            if n >= 1_000 {
-                assert!(bits_per_key < most, "n={n}: {bits_per_key} bits per key");
-            }
+            assert!(bits_per_key < most, "n={n}: {bits_per_key} bits per key");
         }
     }
 
     #[test]
     fn small_sets_and_damaged_filters() {
-        assert_eq!(build(&keys(63, 1)), None);
+        assert_eq!(build(&keys(2_047, 1)), None);
         assert!(may_contain(&[], 7));
         assert!(may_contain(&[1, 2, 3], 7));
-        let mut filter = build(&keys(1_000, 1)).expect("filter");
+        let mut filter = build(&keys(3_000, 1)).expect("filter");
         filter[8] = 3; // not a power of two
         assert!(may_contain(&filter, 7));
+        // Segment sizes that do not fit the fingerprints they claim.
+        let empty = [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!((0..1_000).all(|k| may_contain(&empty, k)));
+        let mut uneven = vec![0u8; HEADER + 13];
+        uneven[8] = 4;
+        uneven[12] = 5;
+        assert!((0..1_000).all(|k| may_contain(&uneven, k)));
         filter.truncate(HEADER + 5);
         assert!(may_contain(&filter, 7));
     }
 
     proptest::proptest! {
         #[test]
-        fn no_false_negatives(set in proptest::collection::hash_set(proptest::prelude::any::<u64>(), 64..3_000)) {
+        fn no_false_negatives(set in proptest::collection::hash_set(proptest::prelude::any::<u64>(), 2_048..4_000)) {
             let set: Vec<u64> = set.into_iter().collect();
             let filter = build(&set).expect("filter");
             proptest::prop_assert!(set.iter().all(|k| may_contain(&filter, *k)));

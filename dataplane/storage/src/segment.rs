@@ -913,7 +913,7 @@ mod tests {
     /// others.
     #[test]
     fn token_filters_of_every_layout_know_their_tokens() {
-        let mut all = entries(300);
+        let mut all = entries(2_000);
         for (i, entry) in all.iter_mut().enumerate() {
             entry.message = format!("order ord{i} shipped to user{}", i * 7);
         }
