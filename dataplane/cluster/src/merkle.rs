@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use logcluster_proto::ids::mix64;
+
 use serde::{Deserialize, Serialize};
 
 /// What a replica holds for one key: entry count and the wrapping sum of id hashes.
@@ -35,7 +37,7 @@ impl Digest {
     }
 
     fn node_hash(&self) -> u64 {
-        mix(self.count.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.sum)
+        mix64(self.count.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.sum)
     }
 }
 
@@ -47,12 +49,6 @@ pub struct Key {
     pub bucket: i64,
 }
 
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// Stable hash of an entry id (FNV-1a, finalised).
 pub fn id_hash(entry_id: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -60,11 +56,11 @@ pub fn id_hash(entry_id: &str) -> u64 {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    mix(hash)
+    mix64(hash)
 }
 
 fn slot_of(key: &Key, depth: u32) -> usize {
-    let h = mix(u64::from(key.partition) ^ mix(key.bucket as u64));
+    let h = mix64(u64::from(key.partition) ^ mix64(key.bucket as u64));
     (h >> (64 - depth)) as usize
 }
 
@@ -91,12 +87,12 @@ impl MerkleTree {
                 continue;
             }
             let slot = slot_of(&key, depth);
-            nodes[leaves + slot] =
-                nodes[leaves + slot].wrapping_add(mix(digest.node_hash() ^ mix(slot_key(&key))));
+            nodes[leaves + slot] = nodes[leaves + slot]
+                .wrapping_add(mix64(digest.node_hash() ^ mix64(slot_key(&key))));
             keys.insert(key, digest);
         }
         for i in (1..leaves).rev() {
-            nodes[i] = mix(nodes[2 * i].rotate_left(17) ^ nodes[2 * i + 1]);
+            nodes[i] = mix64(nodes[2 * i].rotate_left(17) ^ nodes[2 * i + 1]);
         }
         MerkleTree { depth, nodes, keys }
     }

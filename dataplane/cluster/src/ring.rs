@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 
+use logcluster_proto::ids::mix64;
+
 /// Number of partitions. Persisted meaning: anti-entropy compares trees per partition, and
 /// every node must agree on it, so it is a constant, not a setting.
 pub const PARTITIONS: u32 = 1 << 16;
@@ -41,25 +43,18 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-/// The splitmix64 finalizer: spreads FNV's weak low bits over the whole word.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// The partition of a stream. Stable across releases and platforms (data placement depends
 /// on it).
 pub fn partition_of(tenant: &str, service: &str) -> PartitionId {
-    (mix(fnv1a(&[tenant.as_bytes(), service.as_bytes()])) >> 48) as PartitionId
+    (mix64(fnv1a(&[tenant.as_bytes(), service.as_bytes()])) >> 48) as PartitionId
 }
 
 fn member_seed(id: &str) -> u64 {
-    mix(fnv1a(&[b"member", id.as_bytes()]))
+    mix64(fnv1a(&[b"member", id.as_bytes()]))
 }
 
 fn score(partition: PartitionId, seed: u64) -> u64 {
-    mix(seed ^ mix(u64::from(partition).wrapping_add(0x9e37_79b9_7f4a_7c15)))
+    mix64(seed ^ mix64(u64::from(partition).wrapping_add(0x9e37_79b9_7f4a_7c15)))
 }
 
 /// Replica placement for one member set.

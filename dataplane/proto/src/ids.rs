@@ -30,6 +30,31 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// Appends the lower-case hex digits of `bytes` (trace and span ids, ids stored as bytes).
+pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 15)]);
+    }
+}
+
+/// The lower-case hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(2 * bytes.len());
+    push_hex(&mut out, bytes);
+    // Hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The splitmix64 finalizer: a bijective mix that spreads every input bit over the whole
+/// word. Stable across releases (ring placement and Merkle buckets depend on it).
+pub fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// `<16 hex digits of batch uid>-<8 hex digits of position>`: ids of one batch sort together,
 /// and a retried batch yields identical ids.
 pub fn entry_id(batch_uid: u64, index: u32) -> String {
@@ -69,6 +94,12 @@ mod tests {
         assert_ne!(batch_uid("acme", 1), batch_uid("acme", 2));
         assert_ne!(batch_uid("acme", 1), batch_uid("acm", 1));
         assert_eq!(batch_uid("acme", 42), batch_uid("acme", 42));
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]

@@ -774,10 +774,11 @@ impl QueryService {
                     slot[level_slot(*level)] += count;
                 }
             };
-            let by_level = (!messages_needed).then_some(logcluster_storage::scan::LevelCounts {
-                wants: &wants,
-                add: &add,
-            });
+            let by_level =
+                (!messages_needed).then_some(logcluster_storage::scan::BlockLevelCounts {
+                    wants: &wants,
+                    add: &add,
+                });
             let (parts, scan) = store.scan_parallel_summarized(
                 &filter,
                 Acc::new,

@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use logcluster_proto::entry::field_value::Kind;
-use logcluster_proto::ids::{entry_id, parse_entry_id};
+use logcluster_proto::ids::{entry_id, parse_entry_id, push_hex as put_hex};
 use logcluster_proto::{FieldValue, LogEntry};
 use prost::encoding::{decode_varint, encode_varint};
 
@@ -107,15 +107,6 @@ fn hex_bytes(text: &str, out: &mut Vec<u8>) -> bool {
         }
     }
     true
-}
-
-/// Appends the lower-case hex text of `bytes`.
-fn put_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 15)]);
-    }
 }
 
 /// The largest power of ten (up to 10^9) dividing every timestamp, as its exponent.
@@ -650,10 +641,10 @@ enum Cell {
 struct Rest {
     hosts: Vec<Span>,
     traces: Vec<Span>,
+    /// Empty while only the tags section of a [`FORMAT_TEMPLATES`] block is loaded.
     fields: Vec<(String, Vec<Cell>)>,
+    /// A [`FORMAT_TEMPLATES`] block's fields section, once loaded.
     field_bytes: Option<Vec<u8>>,
-    /// False while only the tags section of a [`FORMAT_TEMPLATES`] block is loaded.
-    fields_loaded: bool,
 }
 
 impl Rest {
@@ -697,7 +688,6 @@ impl RestFrames<'_> {
                         traces,
                         fields: Vec::new(),
                         field_bytes: None,
-                        fields_loaded: false,
                     },
                 ))
             }
@@ -706,17 +696,16 @@ impl RestFrames<'_> {
 
     /// Adds the fields to what [`RestFrames::load_tags`] loaded.
     fn load_fields(self, n: usize, rest: &mut Rest) -> Result<(), BlockError> {
-        if rest.fields_loaded {
-            return Ok(());
-        }
-        if let RestFrames::Split { fields, .. } = self {
+        // One rest section holds the fields already.
+        if let RestFrames::Split { fields, .. } = self
+            && rest.field_bytes.is_none()
+        {
             let section = decompress(fields.0, fields.1)?;
             let mut r = Reader::new(&section);
             rest.fields = parse_fields(&mut r, &section, n, true)?;
             r.done()?;
             rest.field_bytes = Some(section);
         }
-        rest.fields_loaded = true;
         Ok(())
     }
 
@@ -738,7 +727,6 @@ fn parse_rest(bytes: &[u8], n: usize) -> Result<Rest, BlockError> {
         traces,
         fields,
         field_bytes: None,
-        fields_loaded: true,
     })
 }
 

@@ -23,12 +23,10 @@ pub const MIN_KEYS: usize = 2048;
 const MAX_SEGMENT_LENGTH: u32 = 1 << 18;
 const ATTEMPTS: u64 = 32;
 
-/// A strong 64-bit mix (the splitmix64 finalizer): spreads a key and a seed over all bits.
+/// A key mixed with a seed over all bits (bijective for a given seed, so distinct keys stay
+/// distinct).
 fn mix(key: u64, seed: u64) -> u64 {
-    let mut h = key.wrapping_add(seed);
-    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    logcluster_proto::ids::mix64(key.wrapping_add(seed))
 }
 
 fn fingerprint(hash: u64) -> u8 {

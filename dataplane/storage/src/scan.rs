@@ -112,6 +112,19 @@ pub struct ScanStats {
     pub duration_ms: u64,
 }
 
+impl ScanStats {
+    /// A block that failed verification, of the sealed segment `sealed` (`None`: the open
+    /// segment, whose WAL is the durable copy).
+    fn record_corrupt(&mut self, sealed: Option<&(String, u64)>) {
+        self.corrupt_blocks += 1;
+        if let Some(segment) = sealed
+            && !self.corrupt_segments.contains(segment)
+        {
+            self.corrupt_segments.push(segment.clone());
+        }
+    }
+}
+
 /// Result of [`crate::Store::query_top`].
 #[derive(Debug)]
 pub struct TopResult {
@@ -206,13 +219,13 @@ fn candidates(
 /// levels, time and service ([`ScanFilter::message_unread`]) and whose time buckets are the
 /// consumer's business: `wants` says whether it can take a block's counts as a whole (say,
 /// the block lies in one bucket), `add` takes them (level, rows).
-pub struct LevelCounts<'a, A> {
+pub struct BlockLevelCounts<'a, A> {
     pub wants: &'a (dyn Fn(&BlockMeta) -> bool + Sync),
-    pub add: AddLevelCounts<'a, A>,
+    pub add: AddBlockLevelCounts<'a, A>,
 }
 
 /// Takes a block's (level, rows) counts into an accumulator, given the block's service.
-pub type AddLevelCounts<'a, A> = &'a (dyn Fn(&mut A, &str, &BlockMeta, &[(i32, u64)]) + Sync);
+pub type AddBlockLevelCounts<'a, A> = &'a (dyn Fn(&mut A, &str, &BlockMeta, &[(i32, u64)]) + Sync);
 
 /// A block's counts by level without decoding its rows: `Some(None)` when they cannot be
 /// had that way, `None` when the block is corrupt or unreadable (recorded in `stats`).
@@ -233,12 +246,7 @@ fn count_by_level(
         Ok(None) => Some(None),
         Err(_) => {
             stats.objects_read += 1;
-            stats.corrupt_blocks += 1;
-            if let Some(segment) = sealed
-                && !stats.corrupt_segments.contains(segment)
-            {
-                stats.corrupt_segments.push(segment.clone());
-            }
+            stats.record_corrupt(sealed.as_ref());
             None
         }
     }
@@ -276,12 +284,7 @@ fn load(
                     Some(Arc::new(entries))
                 }
                 Err(_) => {
-                    stats.corrupt_blocks += 1;
-                    if let Some(segment) = sealed
-                        && !stats.corrupt_segments.contains(segment)
-                    {
-                        stats.corrupt_segments.push(segment.clone());
-                    }
+                    stats.record_corrupt(sealed.as_ref());
                     None
                 }
             }
@@ -409,7 +412,7 @@ pub fn scan_parallel<A: Send>(
     init: impl Fn() -> A + Sync,
     visit: impl Fn(&mut A, &LogEntry) + Sync,
     summary: Option<Summary<'_, A>>,
-    by_level: Option<LevelCounts<'_, A>>,
+    by_level: Option<BlockLevelCounts<'_, A>>,
 ) -> (Vec<A>, ScanStats) {
     let started = Instant::now();
     let mut stats = ScanStats::default();

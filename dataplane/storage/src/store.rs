@@ -436,14 +436,14 @@ impl Store {
 
     /// [`Store::scan_parallel`] answering whole blocks from their index rollup where `summary`
     /// can (count aggregations without an entry predicate), and from their counts by level
-    /// where `by_level` wants them (see [`scan::LevelCounts`]).
+    /// where `by_level` wants them (see [`scan::BlockLevelCounts`]).
     pub fn scan_parallel_summarized<A: Send>(
         &self,
         filter: &ScanFilter<'_>,
         init: impl Fn() -> A + Sync,
         visit: impl Fn(&mut A, &LogEntry) + Sync,
         summary: Option<scan::Summary<'_, A>>,
-        by_level: Option<scan::LevelCounts<'_, A>>,
+        by_level: Option<scan::BlockLevelCounts<'_, A>>,
     ) -> (Vec<A>, ScanStats) {
         let snaps = self.snapshots(filter.tenant);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -211,17 +211,6 @@ pub(crate) fn tenant(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Hex of bytes (trace and span ids).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,10 +260,5 @@ mod tests {
             snappy(b"\x05abc", 100),
             Err(BodyError::Invalid(_))
         ));
-    }
-
-    #[test]
-    fn hex_is_lowercase() {
-        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
     }
 }

@@ -35,7 +35,9 @@ use logcluster_proto::{AckStatus, FieldValue, Level, LogEntry};
 use prost::Message;
 use serde_json::{Map, Value, json};
 
-use super::{BodyError, Compat, hex};
+use logcluster_proto::ids::hex;
+
+use super::{BodyError, Compat};
 use crate::decode::{DecodeOutput, Decoded, RejectReason};
 use crate::pipeline::BatchSource;
 
