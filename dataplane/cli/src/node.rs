@@ -77,6 +77,7 @@ pub fn storage_config(config: &NodeConfig) -> StorageConfig {
         BlockFormat::Columns => segment::FORMAT_COLUMNS,
         BlockFormat::Rows => segment::FORMAT_ROWS,
     };
+    storage.shared_trace_ids = config.shared_trace_ids;
     storage.retention_max_age = config.retention_max_age;
     storage.retention_max_bytes = config.retention_max_bytes;
     storage

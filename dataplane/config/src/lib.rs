@@ -240,6 +240,12 @@ pub struct RawStorage {
     /// every release reads all the layouts before its own.
     #[serde(default = "default_block_format")]
     pub block_format: String,
+    /// `templates` blocks keep each trace id of 32 hex digits once per tenant, in the
+    /// tenant's trace-id book, and refer to it (the default; a trace's lines are spread over
+    /// services, so a block seldom repeats one). Set false while a rollback to a release
+    /// without the book must stay possible.
+    #[serde(default = "default_true")]
+    pub shared_trace_ids: bool,
     #[serde(default)]
     pub retention: RawRetention,
 }
@@ -504,6 +510,7 @@ impl Default for RawStorage {
             block_target_bytes: default_block_bytes(),
             zstd_level: default_zstd_level(),
             block_format: default_block_format(),
+            shared_trace_ids: true,
             retention: RawRetention::default(),
         }
     }
@@ -641,6 +648,8 @@ pub struct NodeConfig {
     pub zstd_level: i32,
     /// Layout of new blocks (`storage.blockFormat`).
     pub block_format: BlockFormat,
+    /// `storage.sharedTraceIds`.
+    pub shared_trace_ids: bool,
     pub retention_max_age: Option<Duration>,
     pub retention_max_bytes: Option<u64>,
     pub query_max_limit: usize,
@@ -988,6 +997,7 @@ impl RawNodeConfig {
             block_target_bytes: self.storage.block_target_bytes as usize,
             zstd_level: self.storage.zstd_level,
             block_format,
+            shared_trace_ids: self.storage.shared_trace_ids,
             retention_max_age,
             retention_max_bytes: self.storage.retention.max_bytes,
             query_max_limit: self.query.max_limit as usize,

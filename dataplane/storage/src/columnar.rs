@@ -21,6 +21,9 @@
 //!   trace id needle) and *fields* (varint k, k × (varint len, key, n × field cell)), and
 //!   both store a string of lower-case hex digits (an even number, up to 510) as the bytes
 //!   it spells: string cell 2 + u8 len + bytes, field cell 8 + u8 len + bytes.
+//! - with a trace-id book ([`crate::traces`], `BlockMeta::trace_window` set), a trace id of
+//!   32 hex digits is string cell 3 + varint zigzag(ordinal − the previous cell 3's ordinal,
+//!   0 before the first): its ordinal in the book's window.
 //!
 //! A *string column* is n cells: 0 = the previous row's value ("" before the first row), or
 //! 1 + varint len + bytes. An *id cell* is 0 + varint len + bytes, 1 = the previous id's
@@ -44,6 +47,7 @@ use crate::StorageError;
 use crate::segment::{
     BlockError, FORMAT_TEMPLATES, MAX_BLOCK_LEN, NeedleScope, RowFilter, contains_ignore_ascii_case,
 };
+use crate::traces::TraceWindow;
 
 mod templates;
 
@@ -74,16 +78,45 @@ fn put_string_column_in<'e>(out: &mut Vec<u8>, values: impl Iterator<Item = &'e 
         if value == previous {
             out.push(0);
         } else {
-            if hex && hex_bytes(value, &mut bytes) {
-                out.push(2);
-                out.push(bytes.len() as u8);
-                out.extend_from_slice(&bytes);
-            } else {
-                out.push(1);
-                put_bytes(out, value.as_bytes());
-            }
+            put_string_cell(out, value, hex, &mut bytes);
             previous = value;
         }
+    }
+}
+
+/// One string cell (1: varint len, bytes; with `hex`, 2 for lower-case hex as bytes).
+fn put_string_cell(out: &mut Vec<u8>, value: &str, hex: bool, bytes: &mut Vec<u8>) {
+    if hex && hex_bytes(value, bytes) {
+        out.push(2);
+        out.push(bytes.len() as u8);
+        out.extend_from_slice(bytes);
+    } else {
+        out.push(1);
+        put_bytes(out, value.as_bytes());
+    }
+}
+
+/// The trace id column of a block whose trace ids are in a trace-id book: cell 3 (varint
+/// zigzag difference to the previous cell 3's ordinal, starting from 0) for an id with an
+/// ordinal, the cells of [`put_string_column_in`] for the others.
+fn put_trace_refs(out: &mut Vec<u8>, entries: &[LogEntry], ordinals: &[u32]) {
+    let mut previous = "";
+    let mut last = 0i64;
+    let mut bytes = Vec::new();
+    for (entry, &ordinal) in entries.iter().zip(ordinals) {
+        let value = entry.trace_id.as_str();
+        if value == previous {
+            out.push(0);
+            continue;
+        }
+        if ordinal == crate::traces::NO_REF {
+            put_string_cell(out, value, true, &mut bytes);
+        } else {
+            out.push(3);
+            encode_varint(zigzag(i64::from(ordinal) - last), out);
+            last = i64::from(ordinal);
+        }
+        previous = value;
     }
 }
 
@@ -243,11 +276,15 @@ fn encode_rest(entries: &[LogEntry]) -> Vec<u8> {
     out
 }
 
-/// The tags section of [`FORMAT_TEMPLATES`]: host and trace id columns (hex as bytes).
-fn encode_tags(entries: &[LogEntry]) -> Vec<u8> {
+/// The tags section of [`FORMAT_TEMPLATES`]: host and trace id columns (hex as bytes;
+/// trace ids as ordinals of a trace-id book window when `ordinals` are given).
+fn encode_tags(entries: &[LogEntry], ordinals: Option<&[u32]>) -> Vec<u8> {
     let mut out = Vec::new();
     put_string_column_in(&mut out, entries.iter().map(|e| e.host.as_str()), true);
-    put_string_column_in(&mut out, entries.iter().map(|e| e.trace_id.as_str()), true);
+    match ordinals {
+        Some(ordinals) => put_trace_refs(&mut out, entries, ordinals),
+        None => put_string_column_in(&mut out, entries.iter().map(|e| e.trace_id.as_str()), true),
+    }
     out
 }
 
@@ -332,7 +369,11 @@ fn put_field(out: &mut Vec<u8>, value: &FieldValue, text: &mut String) {
 /// The uncompressed sections of `entries` in a column layout: core, message and rest
 /// ([`FORMAT_COLUMNS`]), or core, shape, rows, vars, tags and fields
 /// ([`FORMAT_TEMPLATES`]).
-pub(crate) fn raw_sections(entries: &[LogEntry], format: u32) -> Vec<Vec<u8>> {
+pub(crate) fn raw_sections(
+    entries: &[LogEntry],
+    format: u32,
+    trace_ordinals: Option<&[u32]>,
+) -> Vec<Vec<u8>> {
     if format == FORMAT_TEMPLATES {
         let [shape, rows, vars] =
             templates::encode(entries.iter().map(|e| (e.message.as_bytes(), e.level)));
@@ -343,7 +384,7 @@ pub(crate) fn raw_sections(entries: &[LogEntry], format: u32) -> Vec<Vec<u8>> {
             shape,
             rows,
             vars,
-            encode_tags(entries),
+            encode_tags(entries, trace_ordinals),
             fields,
         ]
     } else {
@@ -357,13 +398,16 @@ pub(crate) fn raw_sections(entries: &[LogEntry], format: u32) -> Vec<Vec<u8>> {
 
 /// Encodes and compresses `entries` in a column layout; returns the block bytes (one zstd
 /// frame per section) and the sections' compressed and raw lengths, interleaved.
+/// `trace_ordinals` (one per entry, [`FORMAT_TEMPLATES`] only): the trace ids' ordinals in
+/// a trace-id book window.
 pub fn encode(
     entries: &[LogEntry],
     zstd_level: i32,
     format: u32,
+    trace_ordinals: Option<&[u32]>,
 ) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
     let mut block = Vec::new();
-    let raws = raw_sections(entries, format);
+    let raws = raw_sections(entries, format, trace_ordinals);
     let mut sections = Vec::with_capacity(2 * raws.len());
     // One compression context for every section: setting one up (allocating and clearing
     // its tables) costs more than compressing a small section.
@@ -458,13 +502,36 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    /// A string column whose texts are copied to `out` (hex cells spelled out); the spans
-    /// point into `out`.
-    fn string_column_into(&mut self, n: usize, out: &mut Vec<u8>) -> Result<Vec<Span>, BlockError> {
+    /// A string column whose texts are copied to `out` (hex cells spelled out, and ordinals
+    /// of `traces` looked up); the spans point into `out`.
+    fn string_column_into(
+        &mut self,
+        n: usize,
+        out: &mut Vec<u8>,
+        traces: Option<&TraceWindow>,
+    ) -> Result<Vec<Span>, BlockError> {
         let mut spans = Vec::with_capacity(n);
         let mut previous = Span::default();
+        let mut last = 0i64;
         for _ in 0..n {
             match self.byte()? {
+                3 => {
+                    let window = traces.ok_or(BlockError::TraceIds)?;
+                    let ordinal = last
+                        .checked_add(unzigzag(self.varint()?))
+                        .ok_or(BlockError::Decode)?;
+                    let id = u32::try_from(ordinal)
+                        .ok()
+                        .and_then(|o| window.get(o))
+                        .ok_or(BlockError::TraceIds)?;
+                    last = ordinal;
+                    let start = out.len();
+                    put_hex(out, id);
+                    previous = Span {
+                        start: start as u32,
+                        len: (out.len() - start) as u32,
+                    };
+                }
                 0 => {}
                 1 => {
                     let span = self.counted()?;
@@ -662,6 +729,8 @@ enum RestFrames<'b> {
     Split {
         tags: (&'b [u8], u32),
         fields: (&'b [u8], u32),
+        /// The trace-id book window of the block's trace ids, if they are there.
+        window: Option<&'b TraceWindow>,
     },
 }
 
@@ -674,12 +743,12 @@ impl RestFrames<'_> {
                 let parsed = parse_rest(&bytes, n)?;
                 Ok((bytes, parsed))
             }
-            RestFrames::Split { tags, .. } => {
+            RestFrames::Split { tags, window, .. } => {
                 let section = decompress(tags.0, tags.1)?;
                 let mut out = Vec::with_capacity(section.len() * 2);
                 let mut r = Reader::new(&section);
-                let hosts = r.string_column_into(n, &mut out)?;
-                let traces = r.string_column_into(n, &mut out)?;
+                let hosts = r.string_column_into(n, &mut out, None)?;
+                let traces = r.string_column_into(n, &mut out, window)?;
                 r.done()?;
                 Ok((
                     out,
@@ -972,6 +1041,7 @@ pub fn decode(
     sections: &[u32],
     count: u32,
     rows: &RowFilter<'_>,
+    window: Option<&TraceWindow>,
 ) -> Result<(Vec<LogEntry>, u64), BlockError> {
     let frames_wanted = if format == FORMAT_TEMPLATES { 6 } else { 3 };
     if sections.len() != 2 * frames_wanted {
@@ -995,6 +1065,7 @@ pub fn decode(
         RestFrames::Split {
             tags: frames[4],
             fields: frames[5],
+            window,
         }
     } else {
         RestFrames::Whole(frames[2].0, frames[2].1)

@@ -5,7 +5,9 @@
 //! WAL (`wal-N.log`), the segment being filled from it (`seg-N.open`) and sealed segments
 //! (`seg-M.seg`). An append is durable when its WAL record is fsynced; with the default
 //! [`FsyncPolicy::Always`] the caller's future resolves only then (group commit: one fsync
-//! covers every append that reached the file before it started). This crate must not know
+//! covers every append that reached the file before it started). Beside its streams, a
+//! tenant's directory holds its trace-id book (`.traces/`, see [`traces`]), which the
+//! tenant's blocks refer to for their trace ids. This crate must not know
 //! about networks, formats or replicas: it stores `LogEntry` values and answers scans.
 
 mod bloom;
@@ -18,6 +20,7 @@ pub mod segment;
 pub mod sketch;
 mod store;
 mod stream;
+pub mod traces;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +59,10 @@ pub struct StorageConfig {
     /// a release that reads only those must stay possible (every release reads the layouts
     /// before its own).
     pub block_format: u32,
+    /// [`segment::FORMAT_TEMPLATES`] blocks store 32-hex-digit trace ids once per tenant in
+    /// its trace-id book ([`traces`]) and refer to them by ordinal (the default); when false
+    /// each block holds its own, which releases before the book can read.
+    pub shared_trace_ids: bool,
     /// Delete sealed segments whose newest entry is older than this.
     pub retention_max_age: Option<Duration>,
     /// Delete the oldest sealed segments while stored bytes exceed this.
@@ -75,6 +82,7 @@ impl StorageConfig {
             block_target_bytes: 1024 * 1024,
             zstd_level: 3,
             block_format: segment::FORMAT_TEMPLATES,
+            shared_trace_ids: true,
             retention_max_age: None,
             retention_max_bytes: None,
             dedup_segments: 4,

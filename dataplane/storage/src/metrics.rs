@@ -20,6 +20,7 @@ pub struct StorageMetrics {
     pub corrupt_segments: Counter,
     pub corrupt_blocks: Counter,
     pub retention_deleted_segments: Counter,
+    pub trace_windows_deleted: Counter,
     pub streams_handed_over: Counter,
 }
 
@@ -38,6 +39,7 @@ impl Default for StorageMetrics {
             corrupt_segments: Counter::default(),
             corrupt_blocks: Counter::default(),
             retention_deleted_segments: Counter::default(),
+            trace_windows_deleted: Counter::default(),
             streams_handed_over: Counter::default(),
         }
     }
@@ -98,6 +100,11 @@ impl StorageMetrics {
             "retention_deleted_segments",
             "Segments deleted by retention",
             self.retention_deleted_segments.clone(),
+        );
+        r.register(
+            "trace_windows_deleted",
+            "Trace-id book windows deleted because no block refers to them any more",
+            self.trace_windows_deleted.clone(),
         );
         r.register(
             "streams_handed_over",

@@ -16,6 +16,7 @@ use logcluster_proto::LogEntry;
 use crate::bloom;
 use crate::segment::{self, BlockMeta, NeedleScope};
 use crate::stream::StreamSnapshot;
+use crate::traces::TraceBook;
 
 /// Position after which the next page starts: entries strictly older in (timestamp, id) order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,6 +141,8 @@ enum Source {
         /// (service, sequence) of the sealed segment; `None` for the open segment (its WAL
         /// is the durable copy).
         sealed: Option<(String, u64)>,
+        /// The tenant's trace-id book.
+        traces: Arc<TraceBook>,
     },
     Tail(Arc<Vec<LogEntry>>),
 }
@@ -181,6 +184,7 @@ fn candidates(
                             file: sealed.file.clone(),
                             meta: meta.clone(),
                             sealed: Some((snap.service.clone(), sealed.seq)),
+                            traces: snap.traces.clone(),
                         },
                     });
                 } else {
@@ -197,6 +201,7 @@ fn candidates(
                         file: snap.open_file.clone(),
                         meta: meta.clone(),
                         sealed: None,
+                        traces: snap.traces.clone(),
                     },
                 });
             } else {
@@ -234,7 +239,10 @@ fn count_by_level(
     filter: &ScanFilter<'_>,
     stats: &mut ScanStats,
 ) -> Option<Option<Vec<(i32, u64)>>> {
-    let Source::Block { file, meta, sealed } = &candidate.source else {
+    let Source::Block {
+        file, meta, sealed, ..
+    } = &candidate.source
+    else {
         return Some(None);
     };
     let counted = segment::count_block_by_level(file, meta, &filter.rows());
@@ -274,9 +282,15 @@ fn load(
             }
             None => Some(chunk.clone()),
         },
-        Source::Block { file, meta, sealed } => {
-            let decoded = segment::read_block(file, meta)
-                .and_then(|bytes| segment::decode_block_filtered(&bytes, meta, &filter.rows()));
+        Source::Block {
+            file,
+            meta,
+            sealed,
+            traces,
+        } => {
+            let decoded = segment::read_block(file, meta).and_then(|bytes| {
+                segment::decode_block_filtered(&bytes, meta, &filter.rows(), Some(traces))
+            });
             match decoded {
                 Ok((entries, passed_over)) => {
                     // Passed-over records were scanned (and did not match).

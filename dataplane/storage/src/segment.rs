@@ -25,6 +25,7 @@ use logcluster_proto::entry::field_value::Kind;
 use logcluster_proto::tokens::for_each_token;
 use prost::Message;
 
+use crate::traces::TraceBook;
 use crate::{StorageError, bloom};
 
 pub const SEG_MAGIC: &[u8; 8] = b"LCSEG001";
@@ -83,6 +84,11 @@ pub struct BlockMeta {
     /// [`FORMAT_TEMPLATES`] blocks with enough distinct tokens.
     #[prost(bytes = "vec", tag = "16")]
     pub fuse: Vec<u8>,
+    /// [`FORMAT_TEMPLATES`] blocks: the window of the tenant's trace-id book
+    /// ([`crate::traces`]) that their 32-hex-digit trace ids are ordinals of; 0 when they
+    /// are stored in the block.
+    #[prost(uint64, tag = "17")]
+    pub trace_window: u64,
 }
 
 /// Whether a block may hold a token (by its hash): "certainly not" only when its token
@@ -355,6 +361,17 @@ pub fn build_block_in(
     zstd_level: i32,
     format: u32,
 ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
+    build_block_with(entries, zstd_level, format, None)
+}
+
+/// [`build_block_in`]; a [`FORMAT_TEMPLATES`] block with a trace-id book stores its
+/// 32-hex-digit trace ids as ordinals of the book's current window (adding those it lacks).
+pub fn build_block_with(
+    entries: &[LogEntry],
+    zstd_level: i32,
+    format: u32,
+    traces: Option<&TraceBook>,
+) -> Result<(Vec<u8>, BlockMeta), StorageError> {
     let mut meta = BlockMeta {
         min_ts: i64::MAX,
         max_ts: i64::MIN,
@@ -426,7 +443,19 @@ pub fn build_block_in(
         zstd::bulk::compress(&raw, zstd_level)
             .map_err(|source| StorageError::Compress { source })?
     } else {
-        let (compressed, sections) = crate::columnar::encode(entries, zstd_level, format)?;
+        let refs = match traces {
+            Some(book) if format == FORMAT_TEMPLATES => book.intern(entries)?,
+            _ => None,
+        };
+        if let Some((window, _)) = &refs {
+            meta.trace_window = *window;
+        }
+        let (compressed, sections) = crate::columnar::encode(
+            entries,
+            zstd_level,
+            format,
+            refs.as_ref().map(|(_, ordinals)| &ordinals[..]),
+        )?;
         meta.raw_len = block_len(
             sections
                 .iter()
@@ -459,8 +488,13 @@ pub(crate) fn block_len(len: usize) -> Result<u32, StorageError> {
 }
 
 /// Decodes a block read from disk; verifies its checksum first.
-pub fn decode_block(compressed: &[u8], meta: &BlockMeta) -> Result<Vec<LogEntry>, BlockError> {
-    decode_block_filtered(compressed, meta, &RowFilter::everything()).map(|(entries, _)| entries)
+pub fn decode_block(
+    compressed: &[u8],
+    meta: &BlockMeta,
+    traces: Option<&TraceBook>,
+) -> Result<Vec<LogEntry>, BlockError> {
+    decode_block_filtered(compressed, meta, &RowFilter::everything(), traces)
+        .map(|(entries, _)| entries)
 }
 
 /// Whether [`count_block_by_level`] may answer for a block without decoding its rows.
@@ -509,18 +543,41 @@ pub fn count_block_by_level(
 }
 
 /// [`decode_block`] of only the rows `rows` keeps; also returns how many it passed over.
+/// `traces` is the book of the block's tenant; blocks whose trace ids are in it
+/// ([`BlockMeta::trace_window`]) cannot be read in full without it.
 pub fn decode_block_filtered(
     compressed: &[u8],
     meta: &BlockMeta,
     rows: &RowFilter<'_>,
+    traces: Option<&TraceBook>,
 ) -> Result<(Vec<LogEntry>, u64), BlockError> {
     if crc32fast::hash(compressed) != meta.crc {
         return Err(BlockError::Checksum);
     }
+    // The window is needed only where trace ids are read.
+    let tags_read = !(rows.core_and_message_only || rows.message_unread)
+        || matches!(
+            rows.needle,
+            Some((
+                _,
+                NeedleScope::TraceId | NeedleScope::Record | NeedleScope::Host
+            ))
+        );
+    let window = match (meta.trace_window, traces) {
+        (0, _) => None,
+        (_, _) if !tags_read => None,
+        (number, Some(book)) => Some(book.window(number)?),
+        (_, None) => return Err(BlockError::TraceIds),
+    };
     match meta.format {
-        FORMAT_COLUMNS | FORMAT_TEMPLATES => {
-            crate::columnar::decode(compressed, meta.format, &meta.sections, meta.count, rows)
-        }
+        FORMAT_COLUMNS | FORMAT_TEMPLATES => crate::columnar::decode(
+            compressed,
+            meta.format,
+            &meta.sections,
+            meta.count,
+            rows,
+            window.as_deref(),
+        ),
         FORMAT_ROWS => decode_rows(compressed, meta, rows),
         _ => Err(BlockError::Decode),
     }
@@ -630,6 +687,8 @@ pub enum BlockError {
     Decode,
     #[error("block could not be read from disk")]
     Io,
+    #[error("block's trace ids are missing from the tenant's trace-id book")]
+    TraceIds,
 }
 
 /// Reads a block's compressed bytes with a positional read (no shared cursor).
@@ -866,7 +925,7 @@ mod tests {
         for meta in &read_index.blocks {
             assert_eq!(meta.level_mask, (1 << 3) | (1 << 5));
             let bytes = read_block(&file, meta).expect("read");
-            back.extend(decode_block(&bytes, meta).expect("decode"));
+            back.extend(decode_block(&bytes, meta, None).expect("decode"));
         }
         assert_eq!(back, all);
     }
@@ -889,7 +948,7 @@ mod tests {
         let (file, index, _) = open_sealed(&sealed).expect("index still fine");
         let bytes = read_block(&file, &index.blocks[0]).expect("read");
         assert_eq!(
-            decode_block(&bytes, &index.blocks[0]),
+            decode_block(&bytes, &index.blocks[0], None),
             Err(BlockError::Checksum)
         );
         let len = raw.len();
@@ -972,7 +1031,7 @@ mod tests {
         };
         for (bytes, meta) in [build_block(&all, 1).expect("block"), row_block(&all)] {
             let (kept, passed_over) =
-                decode_block_filtered(&bytes, &meta, &needle(NeedleScope::Record))
+                decode_block_filtered(&bytes, &meta, &needle(NeedleScope::Record), None)
                     .expect("decodes");
             // Records with the needle anywhere are decoded (the caller's predicate decides);
             // every record whose message has it is among them; the rest were passed over.
@@ -987,7 +1046,7 @@ mod tests {
                 .filter(|e| e.message.to_ascii_lowercase().contains("timeout"))
                 .count();
             assert_eq!(with_message, 10);
-            assert_eq!(decode_block(&bytes, &meta).expect("decodes"), all);
+            assert_eq!(decode_block(&bytes, &meta, None).expect("decodes"), all);
         }
         // A column block tests a scoped needle on that string alone.
         let (bytes, meta) = build_block(&all, 1).expect("block");
@@ -997,7 +1056,7 @@ mod tests {
             (NeedleScope::TraceId, 99),
         ] {
             let (kept, passed_over) =
-                decode_block_filtered(&bytes, &meta, &needle(scope)).expect("decodes");
+                decode_block_filtered(&bytes, &meta, &needle(scope), None).expect("decodes");
             let wanted: Vec<&LogEntry> = all
                 .iter()
                 .enumerate()
@@ -1007,6 +1066,53 @@ mod tests {
             assert_eq!(kept.iter().collect::<Vec<_>>(), wanted, "{scope:?}");
             assert_eq!(passed_over, 50 - wanted.len() as u64);
         }
+    }
+
+    /// With a trace-id book, trace ids read back, and trace id and record needles find
+    /// them, whether they are ordinals of the book or stored in the block.
+    #[test]
+    fn trace_id_needles_read_ids_from_the_book() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = TraceBook::open(dir.path()).expect("book");
+        let mut all = entries(60);
+        for (i, entry) in all.iter_mut().enumerate() {
+            entry.trace_id = match i % 3 {
+                0 => "0af7651916cd43dd8448eb211c80319c".to_string(),
+                1 => format!("{:032x}", 0xfeed_0000_u128 + i as u128),
+                _ => format!("custom-{i}"),
+            };
+        }
+        let (bytes, meta) =
+            build_block_with(&all, 1, FORMAT_TEMPLATES, Some(&book)).expect("block");
+        assert_ne!(meta.trace_window, 0);
+        assert_eq!(
+            decode_block(&bytes, &meta, Some(&book)).expect("decodes"),
+            all
+        );
+        for (needle, scope, residue) in [
+            (&b"0af7651916cd43dd"[..], NeedleScope::TraceId, 0),
+            (&b"8448eb211c8031"[..], NeedleScope::Record, 0),
+            (&b"custom-"[..], NeedleScope::TraceId, 2),
+        ] {
+            let rows = RowFilter {
+                needle: Some((needle, scope)),
+                ..RowFilter::everything()
+            };
+            let (kept, passed_over) =
+                decode_block_filtered(&bytes, &meta, &rows, Some(&book)).expect("decodes");
+            let wanted: Vec<&LogEntry> = all.iter().skip(residue).step_by(3).collect();
+            assert_eq!(kept.iter().collect::<Vec<_>>(), wanted, "{scope:?}");
+            assert_eq!(passed_over, 40);
+        }
+        let one = b"000000000000000000000000feed000d";
+        let rows = RowFilter {
+            needle: Some((&one[..], NeedleScope::TraceId)),
+            ..RowFilter::everything()
+        };
+        let (kept, _) = decode_block_filtered(&bytes, &meta, &rows, Some(&book)).expect("decodes");
+        assert_eq!(kept, vec![all[13].clone()]);
+        // 20 distinct ids of 32 hex digits were added once each.
+        assert_eq!(book.window(meta.trace_window).expect("window").len(), 21);
     }
 
     /// A block in the layout written before the column one ([`FORMAT_ROWS`]).
@@ -1029,7 +1135,8 @@ mod tests {
             .cloned()
             .collect();
         for (bytes, meta) in [build_block(&all, 3).expect("block"), row_block(&all)] {
-            let (kept, passed_over) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
+            let (kept, passed_over) =
+                decode_block_filtered(&bytes, &meta, &rows, None).expect("decodes");
             assert_eq!(kept, wanted, "format {}", meta.format);
             assert_eq!(passed_over, 30);
         }
@@ -1050,7 +1157,7 @@ mod tests {
             message_unread: false,
             ..RowFilter::everything()
         };
-        let (kept, _) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
+        let (kept, _) = decode_block_filtered(&bytes, &meta, &rows, None).expect("decodes");
         let expected: Vec<LogEntry> = all
             .iter()
             .map(|e| LogEntry {
@@ -1137,7 +1244,13 @@ mod tests {
                 "(GET|get|upstream|id=|[0-9]{1,22}|0[0-9]{1,3}|x[0-9a-f]{1,8}|\\u{11}|\\u{12}|\\u{13}|é9|[ _./:=-]){0,12}",
             ],
             prop_oneof![Just("h".to_string()), any::<String>(), "[0-9a-f]{1,6}"],
-            prop_oneof![Just(String::new()), "[0-9a-f]{32}", "[0-9a-fA-F]{0,33}"],
+            prop_oneof![
+                Just(String::new()),
+                "[0-9a-f]{32}",
+                "[0-9a-fA-F]{0,33}",
+                Just("0af7651916cd43dd8448eb211c80319c".to_string()),
+                Just("4bf92f3577b34da6a3ce929d0e0e4736".to_string()),
+            ],
             prop::collection::btree_map(
                 prop_oneof![
                     Just("n".to_string()),
@@ -1185,14 +1298,40 @@ mod tests {
         /// (compared as protobuf bytes, so NaN payloads and -0.0 count too).
         #[test]
         fn column_blocks_round_trip(all in arb_entries()) {
-            for format in [FORMAT_COLUMNS, FORMAT_TEMPLATES] {
-                let (bytes, meta) = build_block_in(&all, 1, format).expect("block");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let book = TraceBook::open(dir.path()).expect("book");
+            // A block of the same book before: ordinals do not start at 0.
+            build_block_with(&all[all.len() / 2..], 1, FORMAT_TEMPLATES, Some(&book)).expect("block");
+            for (format, shared) in [
+                (FORMAT_COLUMNS, None),
+                (FORMAT_TEMPLATES, None),
+                (FORMAT_TEMPLATES, Some(&book)),
+            ] {
+                let (bytes, meta) = build_block_with(&all, 1, format, shared).expect("block");
                 proptest::prop_assert_eq!(meta.format, format);
-                let back = decode_block(&bytes, &meta).expect("decodes");
+                let in_book = all
+                    .iter()
+                    .any(|e| crate::traces::trace_key(&e.trace_id).is_some());
+                proptest::prop_assert_eq!(meta.trace_window != 0, shared.is_some() && in_book);
+                let back = decode_block(&bytes, &meta, shared).expect("decodes");
                 let encode = |entries: &[LogEntry]| -> Vec<Vec<u8>> {
                     entries.iter().map(Message::encode_to_vec).collect()
                 };
                 proptest::prop_assert_eq!(encode(&back), encode(&all));
+                if meta.trace_window != 0 {
+                    // Without the book the block's trace ids cannot be had ...
+                    proptest::prop_assert_eq!(
+                        decode_block(&bytes, &meta, None).err(),
+                        Some(BlockError::TraceIds)
+                    );
+                    // ... but readers that do not read them need no book.
+                    let rows = RowFilter {
+                        core_and_message_only: true,
+                        ..RowFilter::everything()
+                    };
+                    let (kept, _) = decode_block_filtered(&bytes, &meta, &rows, None).expect("decodes");
+                    proptest::prop_assert_eq!(kept.len(), all.len());
+                }
             }
         }
 
@@ -1222,7 +1361,7 @@ mod tests {
                     message_unread: true,
                     ..RowFilter::everything()
                 };
-                let (kept, passed_over) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
+                let (kept, passed_over) = decode_block_filtered(&bytes, &meta, &rows, None).expect("decodes");
                 let got: Vec<_> = kept.iter().map(seen).collect();
                 proptest::prop_assert_eq!(&got, &wanted, "format {}", format);
                 proptest::prop_assert_eq!(passed_over as usize, all.len() - kept.len());
@@ -1257,7 +1396,7 @@ mod tests {
             let file = File::open(&path).expect("open");
             let counted = count_block_by_level(&file, &meta, &rows).expect("counts");
             if let Some(counts) = &counted {
-                let (kept, _) = decode_block_filtered(&bytes, &meta, &rows).expect("decodes");
+                let (kept, _) = decode_block_filtered(&bytes, &meta, &rows, None).expect("decodes");
                 let mut wanted: Vec<(i32, u64)> = Vec::new();
                 for entry in &kept {
                     match wanted.iter_mut().find(|(l, _)| *l == entry.level) {
@@ -1293,7 +1432,7 @@ mod tests {
         fn damaged_column_sections_are_errors(all in arb_entries(), at in 0usize..4096, byte in 0u8..=255, cut in 0usize..64) {
             for format in [FORMAT_COLUMNS, FORMAT_TEMPLATES] {
             let (_, meta) = build_block_in(&all, 1, format).expect("block");
-            let raws = crate::columnar::raw_sections(&all, format);
+            let raws = crate::columnar::raw_sections(&all, format, None);
             for damaged in 0..raws.len() {
                 let mut sections = Vec::new();
                 let mut bytes = Vec::new();
@@ -1315,7 +1454,7 @@ mod tests {
                     ..meta.clone()
                 };
                 // Whatever decodes holds the rows the index promises.
-                if let Ok(entries) = decode_block(&bytes, &meta) {
+                if let Ok(entries) = decode_block(&bytes, &meta, None) {
                     proptest::prop_assert_eq!(entries.len(), all.len());
                 }
             }

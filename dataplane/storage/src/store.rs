@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::commit::{CommitRequest, run_committer, sync_streams};
 use crate::scan::{self, Cursor, ScanFilter, ScanStats, TopResult};
 use crate::stream::{Appended, Stream, StreamSnapshot};
+use crate::traces::TraceBook;
 use crate::{FsyncPolicy, StorageConfig, StorageError, StorageMetrics};
 
 /// What happened to an appended batch.
@@ -40,6 +41,8 @@ pub struct Store {
     /// never stored twice.
     repair_lock: std::sync::RwLock<()>,
     streams: RwLock<HashMap<StreamKey, Arc<Stream>>>,
+    /// Each tenant's trace-id book, shared by its streams.
+    books: std::sync::Mutex<HashMap<String, Arc<TraceBook>>>,
     metrics: StorageMetrics,
     commit_tx: mpsc::Sender<CommitRequest>,
 }
@@ -88,7 +91,7 @@ impl Store {
     ) -> Result<Arc<Store>, StorageError> {
         let recover_config = config.clone();
         let recover_metrics = metrics.clone();
-        let streams =
+        let (streams, books) =
             tokio::task::spawn_blocking(move || recover(&recover_config, &recover_metrics))
                 .await
                 .map_err(|e| StorageError::Task(e.to_string()))??;
@@ -97,6 +100,7 @@ impl Store {
         let store = Arc::new(Store {
             config,
             streams: RwLock::new(streams),
+            books: std::sync::Mutex::new(books),
             repair_lock: std::sync::RwLock::new(()),
             metrics,
             commit_tx,
@@ -134,9 +138,52 @@ impl Store {
             dir,
             &self.config,
             &self.metrics,
+            self.book(tenant)?,
         )?);
         streams.insert(key, stream.clone());
         Ok(stream)
+    }
+
+    /// The trace-id book of a tenant, opened on first use.
+    fn book(&self, tenant: &str) -> Result<Arc<TraceBook>, StorageError> {
+        let mut books = self.books.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(book) = books.get(tenant) {
+            return Ok(book.clone());
+        }
+        let dir = self
+            .config
+            .data_dir
+            .join("streams")
+            .join(encode_name(tenant));
+        let book = Arc::new(TraceBook::open(&dir)?);
+        books.insert(tenant.to_string(), book.clone());
+        Ok(book)
+    }
+
+    fn books(&self) -> Vec<(String, Arc<TraceBook>)> {
+        let books = self.books.lock().unwrap_or_else(|p| p.into_inner());
+        books.iter().map(|(t, b)| (t.clone(), b.clone())).collect()
+    }
+
+    /// Deletes the trace-id book windows no block of the tenant refers to any more.
+    fn remove_unreferenced_trace_ids(&self) -> Result<(), StorageError> {
+        for (tenant, book) in self.books() {
+            // Read before the streams: a block built meanwhile refers to a window at or
+            // above it.
+            let floor = book.floor();
+            let mut referenced = std::collections::HashSet::new();
+            for stream in self.all_streams() {
+                if stream.tenant == tenant {
+                    stream.trace_windows(&mut referenced);
+                }
+            }
+            let removed = book.remove_unreferenced(floor, &referenced)?;
+            if removed > 0 {
+                info!(tenant = %tenant, windows = removed, "retention: deleted trace-id windows no block refers to");
+                self.metrics.trace_windows_deleted.inc_by(removed as u64);
+            }
+        }
+        Ok(())
     }
 
     /// Appends a batch. Entries are routed to their (tenant, service) stream; each stream part
@@ -605,6 +652,7 @@ impl Store {
                 }
             }
         }
+        self.remove_unreferenced_trace_ids()?;
         self.refresh_gauges();
         Ok(())
     }
@@ -627,6 +675,7 @@ impl Store {
             stats.stored_bytes +=
                 sealed.iter().map(|s| s.size).sum::<u64>() + stream.active_bytes();
         }
+        stats.stored_bytes += self.books().iter().map(|(_, b)| b.bytes()).sum::<u64>();
         stats
     }
 
@@ -678,14 +727,17 @@ fn stream_dir(root: &std::path::Path, tenant: &str, service: &str) -> PathBuf {
         .join(encode_name(service))
 }
 
-fn recover(
-    config: &StorageConfig,
-    metrics: &StorageMetrics,
-) -> Result<HashMap<StreamKey, Arc<Stream>>, StorageError> {
+type Recovered = (
+    HashMap<StreamKey, Arc<Stream>>,
+    HashMap<String, Arc<TraceBook>>,
+);
+
+fn recover(config: &StorageConfig, metrics: &StorageMetrics) -> Result<Recovered, StorageError> {
     let root = config.data_dir.join("streams");
     std::fs::create_dir_all(&root)
         .map_err(|source| StorageError::io("create data dir", &root, source))?;
     let mut streams = HashMap::new();
+    let mut books = HashMap::new();
     for tenant_dir in read_dirs(&root)? {
         let Some(tenant) = tenant_dir
             .file_name()
@@ -694,7 +746,17 @@ fn recover(
         else {
             continue;
         };
+        let book = Arc::new(TraceBook::open(&tenant_dir)?);
+        books.insert(tenant.clone(), book.clone());
         for service_dir in read_dirs(&tenant_dir)? {
+            // The trace-id book (an encoded name never starts with a dot).
+            if service_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
             // A handed-over stream whose deletion a crash interrupted.
             if service_dir
                 .file_name()
@@ -711,14 +773,21 @@ fn recover(
             else {
                 continue;
             };
-            let stream = Stream::open(&tenant, &service, service_dir, config, metrics)?;
+            let stream = Stream::open(
+                &tenant,
+                &service,
+                service_dir,
+                config,
+                metrics,
+                book.clone(),
+            )?;
             streams.insert((tenant.clone(), service), Arc::new(stream));
         }
     }
     if !streams.is_empty() {
         info!(streams = streams.len(), "storage recovered");
     }
-    Ok(streams)
+    Ok((streams, books))
 }
 
 fn read_dirs(dir: &std::path::Path) -> Result<Vec<PathBuf>, StorageError> {

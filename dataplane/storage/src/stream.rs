@@ -15,6 +15,7 @@ use logcluster_proto::LogEntry;
 use tracing::{info, warn};
 
 use crate::segment::{self, BlockMeta, OpenSegment, SegmentIndex};
+use crate::traces::TraceBook;
 use crate::{StorageConfig, StorageError, StorageMetrics, wal};
 
 /// A sealed segment, immutable once built.
@@ -35,6 +36,8 @@ pub struct StreamSnapshot {
     pub open_file: Arc<File>,
     pub open_blocks: Vec<Arc<BlockMeta>>,
     pub tail: Vec<Arc<Vec<LogEntry>>>,
+    /// The tenant's trace-id book, which blocks may refer to.
+    pub traces: Arc<TraceBook>,
 }
 
 /// Each stream incarnation starts its content version at a distinct base.
@@ -87,6 +90,8 @@ struct Inner {
     /// the whole stream (see `SegmentIndex::repaired_uids`).
     repaired_current: HashSet<u64>,
     repaired: HashSet<u64>,
+    /// The tenant's trace-id book.
+    traces: Arc<TraceBook>,
 }
 
 fn wal_path(dir: &Path, seq: u64) -> PathBuf {
@@ -121,6 +126,7 @@ impl Stream {
         dir: PathBuf,
         config: &StorageConfig,
         metrics: &StorageMetrics,
+        traces: Arc<TraceBook>,
     ) -> Result<Stream, StorageError> {
         std::fs::create_dir_all(&dir)
             .map_err(|source| StorageError::io("create stream dir", &dir, source))?;
@@ -224,6 +230,7 @@ impl Stream {
             removed: false,
             repaired_current: HashSet::new(),
             repaired,
+            traces,
         };
         let stream_dir = dir.clone();
         let count = replayed.len();
@@ -398,6 +405,18 @@ impl Stream {
             open_file: inner.open_read.clone(),
             open_blocks: inner.open_blocks.clone(),
             tail: inner.tail.clone(),
+            traces: inner.traces.clone(),
+        }
+    }
+
+    /// Adds the trace-id book windows this stream's blocks refer to.
+    pub fn trace_windows(&self, out: &mut HashSet<u64>) {
+        let inner = self.lock();
+        let sealed = inner.sealed.iter().flat_map(|s| s.blocks.iter());
+        for block in sealed.chain(inner.open_blocks.iter()) {
+            if block.trace_window != 0 {
+                out.insert(block.trace_window);
+            }
         }
     }
 
@@ -518,8 +537,12 @@ impl Inner {
             entries.extend(Arc::unwrap_or_clone(chunk));
         }
         self.tail_bytes = 0;
-        let (bytes, mut meta) =
-            segment::build_block_in(&entries, config.zstd_level, config.block_format)?;
+        let (bytes, mut meta) = segment::build_block_with(
+            &entries,
+            config.zstd_level,
+            config.block_format,
+            config.shared_trace_ids.then_some(&*self.traces),
+        )?;
         meta.offset = self.open.append_block(&bytes)?;
         self.open_blocks.push(Arc::new(meta));
         Ok(())
@@ -553,6 +576,8 @@ impl Inner {
             Arc::new(new_open.file.try_clone().map_err(|source| {
                 StorageError::io("clone segment handle", &new_open.path, source)
             })?);
+        // The trace ids the blocks refer to are durable before the segment is.
+        self.traces.sync()?;
         let old_open = std::mem::replace(&mut self.open, new_open);
         let sealed_at = sealed_path(dir, seq);
         let file = old_open.seal(&index, &sealed_at)?;

@@ -702,3 +702,131 @@ async fn segments_in_every_block_layout_are_read_together() {
         BTreeSet::from([FORMAT_ROWS, FORMAT_COLUMNS, FORMAT_TEMPLATES])
     );
 }
+
+/// Trace ids of 32 hex digits are kept once per tenant in its trace-id book: entries of
+/// several services and tenants read back field for field across a restart, a trace id
+/// needle finds exactly its entries, stored bytes count the book, and retention deletes the
+/// book's windows once no segment refers to them.
+#[tokio::test]
+async fn trace_ids_in_the_book_read_back_and_leave_with_their_segments() {
+    use logcluster_storage::segment::NeedleScope;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_config(dir.path());
+    let trace = |n: u64| {
+        format!(
+            "{:032x}",
+            u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c)
+        )
+    };
+    let batch_entries = |tenant: &str, batch: u64| -> Vec<LogEntry> {
+        (0..50u32)
+            .map(|i| {
+                let line = batch * 50 + u64::from(i);
+                let mut e = entry(
+                    tenant,
+                    &format!("svc-{}", line % 5),
+                    batch,
+                    i,
+                    line as i64 * 1_000,
+                    Level::Info,
+                    &format!("handled request {line}"),
+                );
+                // A trace spans four lines, so four services; some ids are not hex.
+                e.trace_id = if line.is_multiple_of(11) {
+                    format!("custom-{}", line / 4)
+                } else {
+                    trace(line / 4)
+                };
+                e
+            })
+            .collect()
+    };
+    let mut expected: Vec<LogEntry> = Vec::new();
+    {
+        let store = Store::open(config.clone(), StorageMetrics::default())
+            .await
+            .expect("open");
+        for batch in 1..=60u64 {
+            for tenant in ["a", "b"] {
+                let entries = batch_entries(tenant, batch);
+                if tenant == "a" {
+                    expected.extend(entries.clone());
+                }
+                store.append(batch, entries).await.expect("append");
+            }
+        }
+    }
+    let mut config = config;
+    config.retention_max_age = Some(Duration::from_secs(3600));
+    let metrics = StorageMetrics::default();
+    let store = Store::open(config, metrics.clone()).await.expect("reopen");
+    let read_all = |store: &Store, predicate: &(dyn Fn(&LogEntry) -> bool + Sync)| {
+        let mut all = Vec::new();
+        store.scan(&filter("a", predicate), |e| all.push(e.clone()));
+        all.sort_by(|x, y| x.id.cmp(&y.id));
+        all
+    };
+    expected.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(read_all(&store, &|_| true), expected);
+    for tenant in ["a", "b"] {
+        let book = dir.path().join("streams").join(tenant).join(".traces");
+        assert!(
+            std::fs::read_dir(&book).expect("book").count() > 0,
+            "{tenant}"
+        );
+    }
+    // A trace id needle, as a query for `trace_id:<id>` hands storage.
+    let wanted = trace(333);
+    let mut found = Vec::new();
+    let everything = |_: &LogEntry| true;
+    store.scan(
+        &ScanFilter {
+            record_needle: Some((wanted.as_bytes(), NeedleScope::TraceId)),
+            ..filter("a", &everything)
+        },
+        |e| found.push(e.clone()),
+    );
+    found.sort_by(|x, y| x.id.cmp(&y.id));
+    let holding: Vec<LogEntry> = expected
+        .iter()
+        .filter(|e| e.trace_id == wanted)
+        .cloned()
+        .collect();
+    assert_eq!(found.len(), 4);
+    assert_eq!(found, holding);
+    // Stored bytes are the files on disk, the book's included.
+    let mut on_disk = 0;
+    let mut pending = vec![dir.path().join("streams")];
+    while let Some(path) = pending.pop() {
+        for item in std::fs::read_dir(&path).expect("list") {
+            let item = item.expect("entry");
+            if item.file_type().expect("type").is_dir() {
+                pending.push(item.path());
+            } else {
+                on_disk += item.metadata().expect("stat").len();
+            }
+        }
+    }
+    assert_eq!(store.stats().stored_bytes, on_disk);
+    // Every entry is from 1970: retention deletes the sealed segments, then the windows
+    // they alone referred to; what is left still reads back whole.
+    let fresh: Vec<LogEntry> = batch_entries("a", 61)
+        .into_iter()
+        .map(|mut e| {
+            e.timestamp += logcluster_proto::time::now_nanos();
+            e
+        })
+        .collect();
+    expected.extend(fresh.clone());
+    store.append(61, fresh).await.expect("append");
+    store.maintain().expect("maintain");
+    assert!(metrics.retention_deleted_segments.get() > 0);
+    assert!(metrics.trace_windows_deleted.get() > 0);
+    let left = read_all(&store, &|_| true);
+    assert!(left.len() >= 50, "{}", left.len());
+    let by_id: std::collections::HashMap<&str, &LogEntry> =
+        expected.iter().map(|e| (e.id.as_str(), e)).collect();
+    for entry in &left {
+        assert_eq!(Some(&entry), by_id.get(entry.id.as_str()));
+    }
+}

@@ -1,0 +1,552 @@
+//! A tenant's trace-id book: the 16-byte trace ids of the tenant's blocks, each stored once
+//! per *window*, so that blocks refer to them by ordinal instead of repeating them.
+//!
+//! A trace's lines are spread over services, and so over streams: within one stream's block
+//! a trace id seldom repeats and costs its full 16 bytes every time. The book keeps each id
+//! once per window, and a block ([`crate::segment::BlockMeta::trace_window`]) stores the
+//! ordinals, which are close together and compress to about a byte.
+//!
+//! Files: `<tenant dir>/.traces/w-<window>.ids` (a leading dot cannot be a service's
+//! directory). A file is [`MAGIC`], then chunks, one per block that added ids:
+//! `"TRID" | first ordinal u32 | count u32 | crc32(first, count, ids) u32 | count × 16 bytes`.
+//! A chunk that fails its checksum makes only its own ordinals unreadable; reading resumes at
+//! the next chunk marker.
+//!
+//! Durability: a window is written without fsync; [`TraceBook::sync`] runs before a segment
+//! whose blocks refer to it is sealed (the open segment is rebuilt from the WAL after a
+//! crash, so only sealed segments need their ids on disk), and a window is fsynced when the
+//! next one starts. A restarted process starts a new window instead of appending to one with
+//! a possibly torn tail. Windows no block refers to any more are deleted by
+//! [`TraceBook::remove_unreferenced`] (retention).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use logcluster_proto::LogEntry;
+
+use crate::StorageError;
+use crate::segment::BlockError;
+
+/// The book's directory inside a tenant's directory.
+pub const DIR: &str = ".traces";
+/// Ids per window: a window file is at most 1 MiB of ids.
+pub const WINDOW_IDS: usize = 65_536;
+/// A row without an id in the book.
+pub const NO_REF: u32 = u32::MAX;
+const MAGIC: &[u8; 8] = b"LCTRIDS1";
+const CHUNK_MAGIC: &[u8; 4] = b"TRID";
+const CHUNK_HEADER: usize = 16;
+const ID_LEN: usize = 16;
+/// Windows kept decoded for reads (1 MiB each at most).
+const CACHED_WINDOWS: usize = 8;
+
+/// The ids of one window, by ordinal.
+pub struct TraceWindow {
+    ids: Vec<u8>,
+    present: Vec<bool>,
+}
+
+impl TraceWindow {
+    /// The id at `ordinal`, unless it is unreadable (a damaged chunk) or past the window.
+    pub fn get(&self, ordinal: u32) -> Option<&[u8]> {
+        let i = ordinal as usize;
+        if !*self.present.get(i)? {
+            return None;
+        }
+        self.ids.get(ID_LEN * i..ID_LEN * (i + 1))
+    }
+
+    /// Ordinals the window holds (readable or not).
+    pub fn len(&self) -> usize {
+        self.present.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.present.is_empty()
+    }
+
+    /// Reads a window file: every chunk whose checksum holds.
+    fn parse(bytes: &[u8]) -> Option<TraceWindow> {
+        if bytes.get(..MAGIC.len())? != MAGIC {
+            return None;
+        }
+        let mut window = TraceWindow {
+            ids: Vec::new(),
+            present: Vec::new(),
+        };
+        let mut pos = MAGIC.len();
+        while pos + CHUNK_HEADER <= bytes.len() {
+            match chunk_at(bytes, pos) {
+                Some((first, ids)) => {
+                    let end = first + ids.len() / ID_LEN;
+                    if window.present.len() < end {
+                        window.present.resize(end, false);
+                        window.ids.resize(ID_LEN * end, 0);
+                    }
+                    window.ids[ID_LEN * first..ID_LEN * end].copy_from_slice(ids);
+                    window.present[first..end].fill(true);
+                    pos += CHUNK_HEADER + ids.len();
+                }
+                None => {
+                    // Resume at the next chunk marker.
+                    match memchr::memmem::find(&bytes[pos + 1..], CHUNK_MAGIC) {
+                        Some(at) => pos += 1 + at,
+                        None => break,
+                    }
+                }
+            }
+        }
+        Some(window)
+    }
+}
+
+/// The chunk at `pos` when it is whole and its checksum holds: its first ordinal and ids.
+fn chunk_at(bytes: &[u8], pos: usize) -> Option<(usize, &[u8])> {
+    let header = bytes.get(pos..pos + CHUNK_HEADER)?;
+    if &header[..4] != CHUNK_MAGIC {
+        return None;
+    }
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let (first, count, crc) = (word(4) as usize, word(8) as usize, word(12));
+    if count == 0 || first + count > WINDOW_IDS {
+        return None;
+    }
+    let ids = bytes.get(pos + CHUNK_HEADER..pos + CHUNK_HEADER + ID_LEN * count)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[4..12]);
+    hasher.update(ids);
+    (hasher.finalize() == crc).then_some((first, ids))
+}
+
+/// The 16 bytes of a trace id of 32 lower-case hex digits (W3C and OpenTelemetry trace ids).
+pub fn trace_key(trace_id: &str) -> Option<[u8; ID_LEN]> {
+    let digits = trace_id.as_bytes();
+    if digits.len() != 2 * ID_LEN {
+        return None;
+    }
+    let mut key = [0u8; ID_LEN];
+    for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
+        let nibble = |d: u8| match d {
+            b'0'..=b'9' => Some(d - b'0'),
+            b'a'..=b'f' => Some(d - b'a' + 10),
+            _ => None,
+        };
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(key)
+}
+
+/// The window being filled.
+struct Current {
+    number: u64,
+    path: PathBuf,
+    file: File,
+    ids: Vec<u8>,
+    table: HashMap<[u8; ID_LEN], u32>,
+    /// Written since the last fsync.
+    dirty: bool,
+    /// What readers were last handed; dropped when ids are added.
+    snapshot: Option<Arc<TraceWindow>>,
+}
+
+struct Writer {
+    /// The number the next window gets.
+    next: u64,
+    current: Option<Current>,
+}
+
+/// One tenant's trace-id book (see the module docs).
+pub struct TraceBook {
+    dir: PathBuf,
+    writer: Mutex<Writer>,
+    /// Recently read windows, most recent last.
+    cache: Mutex<Vec<(u64, Arc<TraceWindow>)>>,
+}
+
+fn window_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("w-{number:016x}.ids"))
+}
+
+fn window_number(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("w-")?.strip_suffix(".ids")?;
+    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TraceBook {
+    /// The book of the tenant whose directory is `tenant_dir` (created on first use). Reads
+    /// existing windows; new ids go to a new window.
+    pub fn open(tenant_dir: &Path) -> Result<TraceBook, StorageError> {
+        let dir = tenant_dir.join(DIR);
+        let last = window_numbers(&dir)?.into_iter().max().unwrap_or(0);
+        Ok(TraceBook {
+            dir,
+            writer: Mutex::new(Writer {
+                next: last + 1,
+                current: None,
+            }),
+            cache: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Gives every 32-hex-digit trace id of `entries` an ordinal in the current window,
+    /// adding those it lacks (written, not yet fsynced). Returns the window and one ordinal
+    /// per entry ([`NO_REF`] for other trace ids), or `None` when no entry has such an id.
+    pub fn intern(&self, entries: &[LogEntry]) -> Result<Option<(u64, Vec<u32>)>, StorageError> {
+        let keys: Vec<Option<[u8; ID_LEN]>> =
+            entries.iter().map(|e| trace_key(&e.trace_id)).collect();
+        if keys.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let mut writer = lock(&self.writer);
+        let room = writer
+            .current
+            .as_ref()
+            .is_some_and(|c| c.ids.len() / ID_LEN + keys.len() <= WINDOW_IDS);
+        if !room {
+            self.start_window(&mut writer)?;
+        }
+        let current = writer.current.as_mut().expect("a window was started");
+        let first = (current.ids.len() / ID_LEN) as u32;
+        let mut added: Vec<u8> = Vec::new();
+        let ordinals: Vec<u32> = keys
+            .iter()
+            .map(|key| match key {
+                None => NO_REF,
+                Some(key) => *current.table.entry(*key).or_insert_with(|| {
+                    let ordinal = first + (added.len() / ID_LEN) as u32;
+                    added.extend_from_slice(key);
+                    ordinal
+                }),
+            })
+            .collect();
+        if !added.is_empty() {
+            let count = (added.len() / ID_LEN) as u32;
+            let mut chunk = Vec::with_capacity(CHUNK_HEADER + added.len());
+            chunk.extend_from_slice(CHUNK_MAGIC);
+            chunk.extend_from_slice(&first.to_le_bytes());
+            chunk.extend_from_slice(&count.to_le_bytes());
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&chunk[4..12]);
+            hasher.update(&added);
+            chunk.extend_from_slice(&hasher.finalize().to_le_bytes());
+            chunk.extend_from_slice(&added);
+            if let Err(source) = current.file.write_all(&chunk) {
+                // The window may now end in a torn chunk: no later chunk goes after it.
+                let path = current.path.clone();
+                writer.current = None;
+                return Err(StorageError::io("append to trace-id window", &path, source));
+            }
+            current.ids.extend_from_slice(&added);
+            current.dirty = true;
+            current.snapshot = None;
+        }
+        Ok(Some((current.number, ordinals)))
+    }
+
+    /// Fsyncs the window being filled, if anything in it is unsynced.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let mut writer = lock(&self.writer);
+        if let Some(current) = writer.current.as_mut()
+            && current.dirty
+        {
+            current.file.sync_data().map_err(|source| {
+                StorageError::io("sync trace-id window", &current.path, source)
+            })?;
+            current.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Starts the next window; the one being filled is fsynced first.
+    fn start_window(&self, writer: &mut Writer) -> Result<(), StorageError> {
+        if let Some(mut done) = writer.current.take()
+            && done.dirty
+        {
+            done.file
+                .sync_data()
+                .map_err(|source| StorageError::io("sync trace-id window", &done.path, source))?;
+            done.dirty = false;
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|source| StorageError::io("create trace-id book", &self.dir, source))?;
+        let number = writer.next;
+        let path = window_path(&self.dir, number);
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| StorageError::io("create trace-id window", &path, source))?;
+        file.write_all(MAGIC)
+            .and_then(|()| file.sync_data())
+            .map_err(|source| StorageError::io("create trace-id window", &path, source))?;
+        crate::segment::sync_dir(&path)?;
+        writer.next = number + 1;
+        writer.current = Some(Current {
+            number,
+            path,
+            file,
+            ids: Vec::new(),
+            table: HashMap::new(),
+            dirty: false,
+            snapshot: None,
+        });
+        Ok(())
+    }
+
+    /// The ids of window `number`, for a block that refers to it.
+    pub fn window(&self, number: u64) -> Result<Arc<TraceWindow>, BlockError> {
+        {
+            let mut writer = lock(&self.writer);
+            if let Some(current) = writer.current.as_mut()
+                && current.number == number
+            {
+                let ids = &current.ids;
+                let snapshot = current.snapshot.get_or_insert_with(|| {
+                    Arc::new(TraceWindow {
+                        ids: ids.clone(),
+                        present: vec![true; ids.len() / ID_LEN],
+                    })
+                });
+                return Ok(snapshot.clone());
+            }
+        }
+        let mut cache = lock(&self.cache);
+        if let Some(at) = cache.iter().position(|(n, _)| *n == number) {
+            let hit = cache.remove(at);
+            let window = hit.1.clone();
+            cache.push(hit);
+            return Ok(window);
+        }
+        drop(cache);
+        let bytes =
+            std::fs::read(window_path(&self.dir, number)).map_err(|_| BlockError::TraceIds)?;
+        let window = Arc::new(TraceWindow::parse(&bytes).ok_or(BlockError::TraceIds)?);
+        let mut cache = lock(&self.cache);
+        if !cache.iter().any(|(n, _)| *n == number) {
+            if cache.len() >= CACHED_WINDOWS {
+                cache.remove(0);
+            }
+            cache.push((number, window.clone()));
+        }
+        Ok(window)
+    }
+
+    /// Windows numbered at or above this are kept by [`TraceBook::remove_unreferenced`]: read
+    /// it before collecting the windows blocks refer to, so that a block built meanwhile
+    /// refers to a kept window.
+    pub fn floor(&self) -> u64 {
+        let writer = lock(&self.writer);
+        writer.current.as_ref().map_or(writer.next, |c| c.number)
+    }
+
+    /// Deletes windows below `floor` that no block refers to; returns how many.
+    pub fn remove_unreferenced(
+        &self,
+        floor: u64,
+        referenced: &HashSet<u64>,
+    ) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        for number in window_numbers(&self.dir)? {
+            if number >= floor || referenced.contains(&number) {
+                continue;
+            }
+            let path = window_path(&self.dir, number);
+            std::fs::remove_file(&path)
+                .map_err(|source| StorageError::io("delete trace-id window", &path, source))?;
+            lock(&self.cache).retain(|(n, _)| *n != number);
+            removed += 1;
+        }
+        if removed > 0 {
+            crate::segment::sync_dir(&window_path(&self.dir, 0))?;
+        }
+        Ok(removed)
+    }
+
+    /// Bytes of the window files.
+    pub fn bytes(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_str().and_then(window_number).is_some())
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+/// The numbers of the window files in `dir` (none when it does not exist).
+fn window_numbers(dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StorageError::io("list trace-id book", dir, source)),
+    };
+    let mut numbers = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| StorageError::io("list trace-id book", dir, source))?;
+        if let Some(number) = entry.file_name().to_str().and_then(window_number) {
+            numbers.push(number);
+        }
+    }
+    Ok(numbers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(trace_id: &str) -> LogEntry {
+        LogEntry {
+            trace_id: trace_id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn id(n: u64) -> String {
+        format!(
+            "{:032x}",
+            logcluster_proto::ids::mix64(n) as u128 | (n as u128) << 64
+        )
+    }
+
+    #[test]
+    fn ids_get_one_ordinal_per_window_and_read_back_after_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = TraceBook::open(dir.path()).expect("open");
+        let entries: Vec<LogEntry> = [id(1), id(2), id(1), "not-hex".into(), String::new(), id(3)]
+            .iter()
+            .map(|t| entry(t))
+            .collect();
+        let (window, ordinals) = book.intern(&entries).expect("intern").expect("some");
+        assert_eq!(ordinals, vec![0, 1, 0, NO_REF, NO_REF, 2]);
+        let (again, ordinals) = book.intern(&entries[2..]).expect("intern").expect("some");
+        assert_eq!((again, ordinals), (window, vec![0, NO_REF, NO_REF, 2]));
+        assert_eq!(book.intern(&[entry("x")]).expect("intern"), None);
+        let live = book.window(window).expect("current window");
+        assert_eq!(live.get(1), trace_key(&id(2)).as_ref().map(|k| &k[..]));
+        assert_eq!(live.get(3), None);
+        book.sync().expect("sync");
+        drop(book);
+
+        let book = TraceBook::open(dir.path()).expect("reopen");
+        let read = book.window(window).expect("window from disk");
+        assert_eq!(read.len(), 3);
+        for (ordinal, n) in [(0, 1), (1, 2), (2, 3)] {
+            assert_eq!(
+                read.get(ordinal),
+                trace_key(&id(n)).as_ref().map(|k| &k[..])
+            );
+        }
+        // New ids go to a new window after a restart.
+        let (next, ordinals) = book
+            .intern(&[entry(&id(1))])
+            .expect("intern")
+            .expect("some");
+        assert_eq!((next, ordinals), (window + 1, vec![0]));
+        assert_eq!(book.window(window + 7).err(), Some(BlockError::TraceIds));
+    }
+
+    #[test]
+    fn a_full_window_gives_way_to_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = TraceBook::open(dir.path()).expect("open");
+        let batch = |from: u64, n: u64| (from..from + n).map(|i| entry(&id(i))).collect::<Vec<_>>();
+        let (first, _) = book
+            .intern(&batch(0, 60_000))
+            .expect("intern")
+            .expect("some");
+        // 60,000 + 10,000 would overflow the window: the whole block goes to the next one.
+        let (second, ordinals) = book
+            .intern(&batch(55_000, 10_000))
+            .expect("intern")
+            .expect("some");
+        assert_eq!(second, first + 1);
+        assert_eq!(ordinals, (0..10_000).collect::<Vec<u32>>());
+        assert_eq!(book.window(first).expect("first").len(), 60_000);
+        assert_eq!(book.window(second).expect("second").len(), 10_000);
+    }
+
+    #[test]
+    fn a_damaged_chunk_loses_only_its_own_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = TraceBook::open(dir.path()).expect("open");
+        let mut window = 0;
+        for n in 0..3u64 {
+            let entries: Vec<LogEntry> = (0..4).map(|i| entry(&id(10 * n + i))).collect();
+            window = book.intern(&entries).expect("intern").expect("some").0;
+        }
+        book.sync().expect("sync");
+        drop(book);
+        let path = window_path(&dir.path().join(DIR), window);
+        let mut bytes = std::fs::read(&path).expect("read");
+        // Second chunk: one flipped id byte; and a torn chunk at the end.
+        let second = MAGIC.len() + CHUNK_HEADER + 4 * ID_LEN;
+        bytes[second + CHUNK_HEADER + 5] ^= 0x40;
+        bytes.extend_from_slice(&CHUNK_MAGIC[..]);
+        bytes.extend_from_slice(&[12, 0, 0, 0, 9]);
+        std::fs::write(&path, &bytes).expect("write");
+        let book = TraceBook::open(dir.path()).expect("reopen");
+        let read = book.window(window).expect("window");
+        for ordinal in 0..12u32 {
+            let want = trace_key(&id(10 * u64::from(ordinal / 4) + u64::from(ordinal % 4)));
+            let got = read.get(ordinal);
+            if (4..8).contains(&ordinal) {
+                assert_eq!(got, None, "ordinal {ordinal}");
+            } else {
+                assert_eq!(got, want.as_ref().map(|k| &k[..]), "ordinal {ordinal}");
+            }
+        }
+        std::fs::write(&path, b"garbage").expect("write");
+        let fresh = TraceBook::open(dir.path()).expect("reopen");
+        assert_eq!(fresh.window(window).err(), Some(BlockError::TraceIds));
+    }
+
+    #[test]
+    fn unreferenced_windows_below_the_floor_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = TraceBook::open(dir.path()).expect("open");
+        let mut windows = Vec::new();
+        for n in 0..3u64 {
+            // Each batch fills most of a window, so each lands in its own.
+            let entries: Vec<LogEntry> = (0..40_000).map(|i| entry(&id(n << 32 | i))).collect();
+            windows.push(book.intern(&entries).expect("intern").expect("some").0);
+        }
+        let bytes = book.bytes();
+        assert!(bytes > 3 * 40_000 * ID_LEN as u64, "{bytes}");
+        let floor = book.floor();
+        assert_eq!(floor, windows[2]);
+        let referenced: HashSet<u64> = [windows[1]].into();
+        assert_eq!(
+            book.remove_unreferenced(floor, &referenced)
+                .expect("remove"),
+            1
+        );
+        assert_eq!(book.window(windows[0]).err(), Some(BlockError::TraceIds));
+        assert!(book.window(windows[1]).is_ok());
+        assert_eq!(book.window(windows[2]).expect("current").len(), 40_000);
+        assert!(book.bytes() < bytes);
+    }
+
+    #[test]
+    fn trace_keys_are_32_lower_case_hex_digits() {
+        assert!(trace_key("0af7651916cd43dd8448eb211c80319c").is_some());
+        for other in [
+            "0AF7651916CD43DD8448EB211C80319C",
+            "0af7651916cd43dd",
+            "0af7651916cd43dd8448eb211c80319g",
+            "0af7651916cd43dd8448eb211c80319c0",
+            "",
+        ] {
+            assert_eq!(trace_key(other), None, "{other}");
+        }
+    }
+}
