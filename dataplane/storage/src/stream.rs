@@ -537,15 +537,28 @@ impl Inner {
             entries.extend(Arc::unwrap_or_clone(chunk));
         }
         self.tail_bytes = 0;
-        let (bytes, mut meta) = segment::build_block_with(
+        let built = segment::build_block_with(
             &entries,
             config.zstd_level,
             config.block_format,
             config.shared_trace_ids.then_some(&*self.traces),
-        )?;
-        meta.offset = self.open.append_block(&bytes)?;
-        self.open_blocks.push(Arc::new(meta));
-        Ok(())
+        )
+        .and_then(|(bytes, mut meta)| {
+            meta.offset = self.open.append_block(&bytes)?;
+            Ok(meta)
+        });
+        match built {
+            Ok(meta) => {
+                self.open_blocks.push(Arc::new(meta));
+                Ok(())
+            }
+            Err(error) => {
+                // The entries stay in memory (and in the WAL) for the next flush.
+                self.tail_bytes = entries.iter().map(LogEntry::approx_size).sum();
+                self.tail = vec![Arc::new(entries)];
+                Err(error)
+            }
+        }
     }
 
     /// Seals the open segment as `seg-<seq>` and starts WAL and segment `seq + 1` (when

@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,8 +40,11 @@ const MAGIC: &[u8; 8] = b"LCTRIDS1";
 const CHUNK_MAGIC: &[u8; 4] = b"TRID";
 const CHUNK_HEADER: usize = 16;
 const ID_LEN: usize = 16;
-/// Windows kept decoded for reads (1 MiB each at most).
-const CACHED_WINDOWS: usize = 8;
+/// A window file is read up to this (one id per chunk would take 2 MiB).
+const MAX_WINDOW_FILE: u64 = 4 << 20;
+/// Windows kept decoded for reads (1 MiB each at most): a trace lookup over a day of a busy
+/// tenant touches a few dozen.
+const CACHED_WINDOWS: usize = 32;
 
 /// The ids of one window, by ordinal.
 pub struct TraceWindow {
@@ -73,9 +76,10 @@ impl TraceWindow {
         if bytes.get(..MAGIC.len())? != MAGIC {
             return None;
         }
+        let most = (bytes.len() / ID_LEN).min(WINDOW_IDS);
         let mut window = TraceWindow {
-            ids: Vec::new(),
-            present: Vec::new(),
+            ids: Vec::with_capacity(ID_LEN * most),
+            present: Vec::with_capacity(most),
         };
         let mut pos = MAGIC.len();
         while pos + CHUNK_HEADER <= bytes.len() {
@@ -111,7 +115,7 @@ fn chunk_at(bytes: &[u8], pos: usize) -> Option<(usize, &[u8])> {
     }
     let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
     let (first, count, crc) = (word(4) as usize, word(8) as usize, word(12));
-    if count == 0 || first + count > WINDOW_IDS {
+    if count == 0 || first >= WINDOW_IDS || count > WINDOW_IDS - first {
         return None;
     }
     let ids = bytes.get(pos + CHUNK_HEADER..pos + CHUNK_HEADER + ID_LEN * count)?;
@@ -144,18 +148,31 @@ struct Current {
     number: u64,
     path: PathBuf,
     file: File,
-    ids: Vec<u8>,
+    /// Ids written to the file (readers load them from it).
+    len: usize,
     table: HashMap<[u8; ID_LEN], u32>,
     /// Written since the last fsync.
     dirty: bool,
-    /// What readers were last handed; dropped when ids are added.
-    snapshot: Option<Arc<TraceWindow>>,
 }
 
 struct Writer {
     /// The number the next window gets.
     next: u64,
     current: Option<Current>,
+    /// Earlier windows whose fsync failed or never ran (a failed write): blocks may refer
+    /// to what they hold, so [`TraceBook::sync`] fsyncs them before anything is sealed.
+    unsynced: Vec<(PathBuf, File)>,
+}
+
+impl Writer {
+    /// Gives up the window being filled, keeping it for [`TraceBook::sync`] if dirty.
+    fn retire(&mut self) {
+        if let Some(done) = self.current.take()
+            && done.dirty
+        {
+            self.unsynced.push((done.path, done.file));
+        }
+    }
 }
 
 /// One tenant's trace-id book (see the module docs).
@@ -172,7 +189,8 @@ fn window_path(dir: &Path, number: u64) -> PathBuf {
 
 fn window_number(name: &str) -> Option<u64> {
     let hex = name.strip_prefix("w-")?.strip_suffix(".ids")?;
-    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+    let canonical = hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    canonical.then(|| u64::from_str_radix(hex, 16).ok())?
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,6 +208,7 @@ impl TraceBook {
             writer: Mutex::new(Writer {
                 next: last + 1,
                 current: None,
+                unsynced: Vec::new(),
             }),
             cache: Mutex::new(Vec::new()),
         })
@@ -197,23 +216,33 @@ impl TraceBook {
 
     /// Gives every 32-hex-digit trace id of `entries` an ordinal in the current window,
     /// adding those it lacks (written, not yet fsynced). Returns the window and one ordinal
-    /// per entry ([`NO_REF`] for other trace ids), or `None` when no entry has such an id.
+    /// per entry ([`NO_REF`] for other trace ids), or `None` when no entry has such an id
+    /// (or the entries are more than a window holds: the block keeps its ids itself).
     pub fn intern(&self, entries: &[LogEntry]) -> Result<Option<(u64, Vec<u32>)>, StorageError> {
+        if entries.len() > WINDOW_IDS {
+            return Ok(None);
+        }
         let keys: Vec<Option<[u8; ID_LEN]>> =
             entries.iter().map(|e| trace_key(&e.trace_id)).collect();
         if keys.iter().all(Option::is_none) {
             return Ok(None);
         }
         let mut writer = lock(&self.writer);
-        let room = writer
-            .current
-            .as_ref()
-            .is_some_and(|c| c.ids.len() / ID_LEN + keys.len() <= WINDOW_IDS);
+        let room = writer.current.as_ref().is_some_and(|c| {
+            let mut fresh: Vec<&[u8; ID_LEN]> = keys
+                .iter()
+                .flatten()
+                .filter(|k| !c.table.contains_key(*k))
+                .collect();
+            fresh.sort_unstable();
+            fresh.dedup();
+            c.len + fresh.len() <= WINDOW_IDS
+        });
         if !room {
             self.start_window(&mut writer)?;
         }
         let current = writer.current.as_mut().expect("a window was started");
-        let first = (current.ids.len() / ID_LEN) as u32;
+        let first = current.len as u32;
         let mut added: Vec<u8> = Vec::new();
         let ordinals: Vec<u32> = keys
             .iter()
@@ -237,22 +266,28 @@ impl TraceBook {
             hasher.update(&added);
             chunk.extend_from_slice(&hasher.finalize().to_le_bytes());
             chunk.extend_from_slice(&added);
+            // Dirty before the write: a torn write leaves earlier chunks to fsync.
+            current.dirty = true;
             if let Err(source) = current.file.write_all(&chunk) {
-                // The window may now end in a torn chunk: no later chunk goes after it.
+                // No chunk goes after a possibly torn one: the next block starts a window.
                 let path = current.path.clone();
-                writer.current = None;
+                writer.retire();
                 return Err(StorageError::io("append to trace-id window", &path, source));
             }
-            current.ids.extend_from_slice(&added);
-            current.dirty = true;
-            current.snapshot = None;
+            current.len += added.len() / ID_LEN;
         }
         Ok(Some((current.number, ordinals)))
     }
 
-    /// Fsyncs the window being filled, if anything in it is unsynced.
+    /// Fsyncs every window with unsynced ids; run before a segment whose blocks may refer
+    /// to them is sealed.
     pub fn sync(&self) -> Result<(), StorageError> {
         let mut writer = lock(&self.writer);
+        while let Some((path, file)) = writer.unsynced.last() {
+            file.sync_data()
+                .map_err(|source| StorageError::io("sync trace-id window", path, source))?;
+            writer.unsynced.pop();
+        }
         if let Some(current) = writer.current.as_mut()
             && current.dirty
         {
@@ -264,18 +299,27 @@ impl TraceBook {
         Ok(())
     }
 
-    /// Starts the next window; the one being filled is fsynced first.
+    /// Starts the next window; the one being filled is fsynced first (or kept for
+    /// [`TraceBook::sync`] when that fails).
     fn start_window(&self, writer: &mut Writer) -> Result<(), StorageError> {
-        if let Some(mut done) = writer.current.take()
+        if let Some(done) = writer.current.as_mut()
             && done.dirty
         {
-            done.file
-                .sync_data()
-                .map_err(|source| StorageError::io("sync trace-id window", &done.path, source))?;
-            done.dirty = false;
+            match done.file.sync_data() {
+                Ok(()) => done.dirty = false,
+                Err(source) => {
+                    let path = done.path.clone();
+                    writer.retire();
+                    return Err(StorageError::io("sync trace-id window", &path, source));
+                }
+            }
         }
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|source| StorageError::io("create trace-id book", &self.dir, source))?;
+        writer.current = None;
+        if !self.dir.exists() {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|source| StorageError::io("create trace-id book", &self.dir, source))?;
+            crate::segment::sync_dir(&self.dir)?;
+        }
         let number = writer.next;
         let path = window_path(&self.dir, number);
         let mut file = OpenOptions::new()
@@ -283,58 +327,64 @@ impl TraceBook {
             .append(true)
             .open(&path)
             .map_err(|source| StorageError::io("create trace-id window", &path, source))?;
+        // Taken even if what follows fails: a retry creates the next one.
+        writer.next = number + 1;
         file.write_all(MAGIC)
             .and_then(|()| file.sync_data())
             .map_err(|source| StorageError::io("create trace-id window", &path, source))?;
         crate::segment::sync_dir(&path)?;
-        writer.next = number + 1;
         writer.current = Some(Current {
             number,
             path,
             file,
-            ids: Vec::new(),
+            len: 0,
             table: HashMap::new(),
             dirty: false,
-            snapshot: None,
         });
         Ok(())
     }
 
     /// The ids of window `number`, for a block that refers to it.
     pub fn window(&self, number: u64) -> Result<Arc<TraceWindow>, BlockError> {
+        // The window being filled is read from its file too; a cached copy serves as long
+        // as no ids were added since.
+        let filling = {
+            let writer = lock(&self.writer);
+            writer
+                .current
+                .as_ref()
+                .filter(|c| c.number == number)
+                .map(|c| c.len)
+        };
         {
-            let mut writer = lock(&self.writer);
-            if let Some(current) = writer.current.as_mut()
-                && current.number == number
-            {
-                let ids = &current.ids;
-                let snapshot = current.snapshot.get_or_insert_with(|| {
-                    Arc::new(TraceWindow {
-                        ids: ids.clone(),
-                        present: vec![true; ids.len() / ID_LEN],
-                    })
-                });
-                return Ok(snapshot.clone());
+            let mut cache = lock(&self.cache);
+            if let Some(at) = cache.iter().position(|(n, _)| *n == number) {
+                let hit = cache.remove(at);
+                let window = hit.1.clone();
+                if filling.is_none_or(|len| window.len() >= len) {
+                    cache.push(hit);
+                    return Ok(window);
+                }
             }
         }
-        let mut cache = lock(&self.cache);
-        if let Some(at) = cache.iter().position(|(n, _)| *n == number) {
-            let hit = cache.remove(at);
-            let window = hit.1.clone();
-            cache.push(hit);
-            return Ok(window);
+        let path = window_path(&self.dir, number);
+        let mut bytes = Vec::new();
+        let read =
+            File::open(&path).and_then(|file| file.take(MAX_WINDOW_FILE).read_to_end(&mut bytes));
+        match read {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BlockError::TraceIds);
+            }
+            Err(_) => return Err(BlockError::Io),
         }
-        drop(cache);
-        let bytes =
-            std::fs::read(window_path(&self.dir, number)).map_err(|_| BlockError::TraceIds)?;
         let window = Arc::new(TraceWindow::parse(&bytes).ok_or(BlockError::TraceIds)?);
         let mut cache = lock(&self.cache);
-        if !cache.iter().any(|(n, _)| *n == number) {
-            if cache.len() >= CACHED_WINDOWS {
-                cache.remove(0);
-            }
-            cache.push((number, window.clone()));
+        cache.retain(|(n, _)| *n != number);
+        if cache.len() >= CACHED_WINDOWS {
+            cache.remove(0);
         }
+        cache.push((number, window.clone()));
         Ok(window)
     }
 
@@ -361,6 +411,8 @@ impl TraceBook {
             std::fs::remove_file(&path)
                 .map_err(|source| StorageError::io("delete trace-id window", &path, source))?;
             lock(&self.cache).retain(|(n, _)| *n != number);
+            let mut writer = lock(&self.writer);
+            writer.unsynced.retain(|(p, _)| *p != path);
             removed += 1;
         }
         if removed > 0 {
@@ -464,15 +516,28 @@ mod tests {
             .intern(&batch(0, 60_000))
             .expect("intern")
             .expect("some");
-        // 60,000 + 10,000 would overflow the window: the whole block goes to the next one.
-        let (second, ordinals) = book
+        // 5,000 of these are there already: 5,000 new ones fit.
+        let (same, ordinals) = book
             .intern(&batch(55_000, 10_000))
+            .expect("intern")
+            .expect("some");
+        assert_eq!(same, first);
+        assert_eq!(ordinals, (55_000..65_000).collect::<Vec<u32>>());
+        // 10,000 new ones would overflow the window: the whole block goes to the next one.
+        let (second, ordinals) = book
+            .intern(&batch(65_000, 10_000))
             .expect("intern")
             .expect("some");
         assert_eq!(second, first + 1);
         assert_eq!(ordinals, (0..10_000).collect::<Vec<u32>>());
-        assert_eq!(book.window(first).expect("first").len(), 60_000);
+        assert_eq!(book.window(first).expect("first").len(), 65_000);
         assert_eq!(book.window(second).expect("second").len(), 10_000);
+        // More entries than a window holds keep their ids in the block.
+        assert_eq!(
+            book.intern(&batch(0, WINDOW_IDS as u64 + 1))
+                .expect("intern"),
+            None
+        );
     }
 
     #[test]
