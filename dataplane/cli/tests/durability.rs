@@ -10,17 +10,25 @@ use logcluster_proto::frame::{AckStatus, Format};
 
 fn payload(batch: u64, per_batch: u64) -> Vec<u8> {
     (0..per_batch)
-        .map(|i| format!("{{\"service\":\"svc-{}\",\"message\":\"batch {batch} entry {i}\",\"level\":\"INFO\"}}", batch % 3))
+        .map(|i| format!("{{\"service\":\"svc-{}\",\"message\":\"batch {batch} entry {i}\",\"level\":\"INFO\",\"trace_id\":\"{}\"}}", (batch + i) % 3, trace_of(batch, i)))
         .collect::<Vec<_>>()
         .join("\n")
         .into_bytes()
+}
+
+/// A trace spans five entries of three services (its id goes to the tenant's trace-id book).
+fn trace_of(batch: u64, i: u64) -> String {
+    format!(
+        "{:032x}",
+        u128::from(batch * 1_000 + i / 5) * 0x9e37_79b9_7f4a_7c15
+    )
 }
 
 #[tokio::test]
 async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_duplicate()
 -> anyhow::Result<()> {
     let mut node = TestNode::start(|raw, _| {
-        raw.storage.segment_max_bytes = 256 * 1024;
+        raw.storage.segment_max_bytes = 64 * 1024;
         raw.storage.block_target_bytes = 16 * 1024;
     })
     .await?;
@@ -59,19 +67,34 @@ async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_dupl
         }
     }
     drop(client);
+    // Sealed segments refer to trace ids in windows written before the kill.
+    let book = node.dir.path().join("data/streams/dur/.traces");
+    let sealed = std::fs::read_dir(node.dir.path().join("data/streams/dur/svc-0"))?
+        .filter(|f| {
+            f.as_ref()
+                .is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+        })
+        .count();
+    assert!(sealed > 0, "no segment was sealed before the kill");
+    assert!(std::fs::read_dir(&book)?.count() > 0, "no trace-id window");
     node.spawn().await?;
     let items = node.query_all("dur").await?;
-    let present: HashSet<String> = items
+    let present: HashMap<String, String> = items
         .iter()
-        .filter_map(|i| i["message"].as_str().map(str::to_string))
+        .filter_map(|i| {
+            let message = i["message"].as_str()?.to_string();
+            Some((message, i["trace_id"].as_str()?.to_string()))
+        })
         .collect();
     assert_eq!(present.len(), items.len(), "no entry is stored twice");
     for batch in &acked {
         for i in 0..PER_BATCH {
+            let trace = present.get(&format!("batch {batch} entry {i}"));
             assert!(
-                present.contains(&format!("batch {batch} entry {i}")),
+                trace.is_some(),
                 "acknowledged batch {batch} entry {i} was lost"
             );
+            assert_eq!(trace, Some(&trace_of(*batch, i)), "batch {batch} entry {i}");
         }
     }
     // Retry every batch with its original id (what a client does after a crash).
