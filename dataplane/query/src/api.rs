@@ -123,6 +123,31 @@ pub struct Page {
 /// Per (service, interval start) counts by level, as one member computes them.
 pub type LevelCounts = BTreeMap<(String, i64), [u64; 7]>;
 
+/// Counts by level per interval start, while counting.
+type ByStart = HashMap<i64, [u64; 7], std::hash::BuildHasherDefault<StartHasher>>;
+
+/// Hashes an interval start with the splitmix64 finalizer: starts are multiples of the
+/// interval, so their low bits alone would all fall in a few buckets, and SipHash costs more
+/// than the counting.
+#[derive(Default)]
+struct StartHasher(u64);
+
+impl std::hash::Hasher for StartHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = logcluster_proto::ids::mix64(self.0 ^ u64::from(*byte));
+        }
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.0 = logcluster_proto::ids::mix64(self.0 ^ v as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A request that could not be understood: 400 with a message pointing at the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -719,7 +744,7 @@ impl QueryService {
             // Per thread: service -> interval start -> counts by level. Keyed by service
             // first so the hot path looks a service up by &str and clones it only once per
             // service, not once per entry; merged below.
-            type Acc = HashMap<String, HashMap<i64, [u64; 7]>>;
+            type Acc = HashMap<String, ByStart>;
             let level_mask = compiled.level_mask;
             // Whole blocks from their (minute, level) rollup when nothing else filters and the
             // interval is whole minutes (epoch-aligned buckets contain whole minutes).
@@ -785,7 +810,7 @@ impl QueryService {
                 |acc, entry| {
                     let start = entry.timestamp.div_euclid(interval_ns) * interval_ns;
                     if !acc.contains_key(entry.service.as_str()) {
-                        acc.insert(entry.service.clone(), HashMap::new());
+                        acc.insert(entry.service.clone(), ByStart::default());
                     }
                     if let Some(by_start) = acc.get_mut(entry.service.as_str()) {
                         by_start.entry(start).or_default()[level_slot(entry.level)] += 1;

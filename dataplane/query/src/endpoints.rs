@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use logcluster_proto::LogEntry;
 use logcluster_storage::segment::{BlockMeta, ROLLUP_NS};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::agg::{self, AggSpec, Cell, Func, Groups, MetricExpr, PerService};
@@ -327,97 +328,142 @@ async fn histogram(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    answer(
-        async {
-            let tenant = tenant_param(&service, &headers, &params)?;
-            let to = time_param(&params, "to", now())?;
-            let from = time_param(&params, "from", to - 3600 * 1_000_000_000)?;
-            let interval = duration_param(&params, "interval")?.unwrap_or(Duration::from_secs(60));
-            let group_by = params.get("group_by").map_or("level", String::as_str);
-            if !matches!(group_by, "level" | "service") {
-                return Err(QueryError::BadRequest(format!(
-                    "group_by: {group_by:?} must be level or service"
-                )));
-            }
-            let step = interval.as_nanos() as i64;
-            let origin = from.div_euclid(step) * step;
-            if (to - origin) / step > MAX_POINTS {
-                return Err(QueryError::BadRequest(format!(
-                    "interval: {} buckets is more than {MAX_POINTS}; use a larger interval",
-                    (to - origin) / step
-                )));
-            }
-            // Every bucket of the range, empty ones included, so charts keep their time axis:
-            // bucket i starts at origin + i * step. Group names borrow from the answers below.
-            let mut histogram = Histogram::new(origin, to, step);
-            let counted;
-            let aggregated;
-            let stats = if interval.subsec_nanos() == 0 {
-                // Whole-second buckets are epoch-aligned like `/api/v1/stats`'s: count on its
-                // path (block rollups; one replica per service in a cluster) and reshape.
-                let mut counting: Params = ["service", "level", "contains", "query"]
-                    .into_iter()
-                    .filter_map(|key| Some((key.to_string(), params.get(key)?.clone())))
-                    .collect();
-                counting.insert("from".into(), bound_text(from));
-                counting.insert("to".into(), bound_text(to));
-                counting.insert("interval".into(), format!("{}s", interval.as_secs()));
-                let (counts, stats) = service.level_counts(counting, tenant).await?;
-                counted = counts;
-                for ((service_name, bucket), by_level) in &counted {
-                    for (level, count) in by_level.iter().enumerate() {
-                        let name = if group_by == "service" {
-                            service_name.as_str()
-                        } else {
-                            logcluster_proto::Level::from_i32_lossy(level as i32).as_str()
-                        };
-                        histogram.add(*bucket, name, *count);
-                    }
-                }
-                stats
-            } else {
-                let spec = AggSpec {
-                    filter: filter_of(&params, from, to),
-                    by: vec![group_by.to_string()],
-                    step_ns: step,
-                    origin_ns: origin,
-                    ..AggSpec::default()
-                };
-                let (groups, stats) = service.aggregate(spec, tenant).await?;
-                aggregated = groups;
-                for ((bucket, group), cell) in &aggregated {
-                    let name = group.first().map_or("", String::as_str);
-                    histogram.add(*bucket, name, cell.count);
-                }
-                stats
-            };
-            let totals = histogram.totals;
-            let buckets: Vec<Value> = histogram
-                .buckets
-                .into_iter()
-                .enumerate()
-                .map(|(i, counts)| {
-                    json!({"start": rfc3339(origin + i as i64 * step), "counts": counts})
-                })
-                .collect();
-            Ok(json!({
-                "interval_seconds": interval.as_secs_f64(),
-                "group_by": group_by,
-                "from": rfc3339(from),
-                "to": rfc3339(to),
-                "buckets": buckets,
-                "totals": totals,
-                "stats": stats,
-            }))
+    async {
+        let tenant = tenant_param(&service, &headers, &params)?;
+        let to = time_param(&params, "to", now())?;
+        let from = time_param(&params, "from", to - 3600 * 1_000_000_000)?;
+        let interval = duration_param(&params, "interval")?.unwrap_or(Duration::from_secs(60));
+        let group_by = params.get("group_by").map_or("level", String::as_str);
+        if !matches!(group_by, "level" | "service") {
+            return Err(QueryError::BadRequest(format!(
+                "group_by: {group_by:?} must be level or service"
+            )));
         }
-        .await,
-    )
+        let step = interval.as_nanos() as i64;
+        let origin = from.div_euclid(step) * step;
+        if (to - origin) / step > MAX_POINTS {
+            return Err(QueryError::BadRequest(format!(
+                "interval: {} buckets is more than {MAX_POINTS}; use a larger interval",
+                (to - origin) / step
+            )));
+        }
+        // Every bucket of the range, empty ones included, so charts keep their time axis:
+        // bucket i starts at origin + i * step. Group names borrow from the answers below.
+        let mut histogram = Histogram::new(origin, to, step);
+        let counted;
+        let aggregated;
+        let stats = if interval.subsec_nanos() == 0 {
+            // Whole-second buckets are epoch-aligned like `/api/v1/stats`'s: count on its
+            // path (block rollups; one replica per service in a cluster) and reshape.
+            let mut counting: Params = ["service", "level", "contains", "query"]
+                .into_iter()
+                .filter_map(|key| Some((key.to_string(), params.get(key)?.clone())))
+                .collect();
+            counting.insert("from".into(), bound_text(from));
+            counting.insert("to".into(), bound_text(to));
+            counting.insert("interval".into(), format!("{}s", interval.as_secs()));
+            let (counts, stats) = service.level_counts(counting, tenant).await?;
+            counted = counts;
+            for ((service_name, bucket), by_level) in &counted {
+                for (level, count) in by_level.iter().enumerate() {
+                    let name = if group_by == "service" {
+                        service_name.as_str()
+                    } else {
+                        logcluster_proto::Level::from_i32_lossy(level as i32).as_str()
+                    };
+                    histogram.add(*bucket, name, *count);
+                }
+            }
+            stats
+        } else {
+            let spec = AggSpec {
+                filter: filter_of(&params, from, to),
+                by: vec![group_by.to_string()],
+                step_ns: step,
+                origin_ns: origin,
+                ..AggSpec::default()
+            };
+            let (groups, stats) = service.aggregate(spec, tenant).await?;
+            aggregated = groups;
+            for ((bucket, group), cell) in &aggregated {
+                let name = group.first().map_or("", String::as_str);
+                histogram.add(*bucket, name, cell.count);
+            }
+            stats
+        };
+        histogram.groups.sort_by(|a, b| a.0.cmp(b.0));
+        let totals = histogram
+            .groups
+            .iter()
+            .map(|(name, counts)| (*name, counts.iter().sum()))
+            .collect();
+        let groups = &histogram.groups;
+        let buckets = (0..histogram.len)
+            .map(|i| HistogramBucket {
+                counts: CountsAt { groups, i },
+                start: rfc3339(origin + i as i64 * step),
+            })
+            .collect();
+        // Serialized here: the answer borrows the counts.
+        Ok(axum::Json(HistogramAnswer {
+            buckets,
+            from: rfc3339(from),
+            group_by,
+            interval_seconds: interval.as_secs_f64(),
+            stats,
+            to: rfc3339(to),
+            totals,
+        })
+        .into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The histogram answer (fields in the order of a sorted JSON object, as before it was
+/// typed).
+#[derive(Serialize)]
+struct HistogramAnswer<'a> {
+    buckets: Vec<HistogramBucket<'a>>,
+    from: String,
+    group_by: &'a str,
+    interval_seconds: f64,
+    stats: Stats,
+    to: String,
+    totals: BTreeMap<&'a str, u64>,
+}
+
+#[derive(Serialize)]
+struct HistogramBucket<'a> {
+    counts: CountsAt<'a>,
+    start: String,
+}
+
+/// Bucket `i`'s non-zero counts by group name (groups sorted by name).
+struct CountsAt<'a> {
+    groups: &'a [(&'a str, Vec<u64>)],
+    i: usize,
+}
+
+impl Serialize for CountsAt<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (name, counts) in self.groups {
+            if counts[self.i] != 0 {
+                map.serialize_entry(name, &counts[self.i])?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// Histogram counts per bucket (bucket i starts at `origin + i * step`) and group name.
 struct Histogram<'a> {
-    buckets: Vec<BTreeMap<&'a str, u64>>,
-    totals: BTreeMap<&'a str, u64>,
+    /// Per group: its name and its count in every bucket.
+    groups: Vec<(&'a str, Vec<u64>)>,
+    /// Buckets.
+    len: usize,
     origin: i64,
     step: i64,
 }
@@ -431,27 +477,33 @@ impl<'a> Histogram<'a> {
             usize::try_from((to - origin - 1) / step + 1).unwrap_or(0)
         };
         Histogram {
-            buckets: vec![BTreeMap::new(); count],
-            totals: BTreeMap::new(),
+            groups: Vec::new(),
+            len: count,
             origin,
             step,
         }
     }
 
     /// Adds `count` entries of group `name` to the bucket starting at `bucket` (counts
-    /// outside the range are dropped) and to the totals.
+    /// outside the range are dropped).
     fn add(&mut self, bucket: i64, name: &'a str, count: u64) {
         if count == 0 {
             return;
         }
-        let Some(slot) = usize::try_from((bucket - self.origin).div_euclid(self.step))
+        let Some(i) = usize::try_from((bucket - self.origin).div_euclid(self.step))
             .ok()
-            .and_then(|i| self.buckets.get_mut(i))
+            .filter(|i| *i < self.len)
         else {
             return;
         };
-        *slot.entry(name).or_default() += count;
-        *self.totals.entry(name).or_default() += count;
+        let at = match self.groups.iter().position(|(n, _)| *n == name) {
+            Some(at) => at,
+            None => {
+                self.groups.push((name, vec![0; self.len]));
+                self.groups.len() - 1
+            }
+        };
+        self.groups[at].1[i] += count;
     }
 }
 
