@@ -179,8 +179,9 @@ impl Writer {
 pub struct TraceBook {
     dir: PathBuf,
     writer: Mutex<Writer>,
-    /// Recently read windows, most recent last.
-    cache: Mutex<Vec<(u64, Arc<TraceWindow>)>>,
+    /// Recently read windows, most recent last, and whether each was read after it stopped
+    /// being filled (a copy read while it was being filled may lack ids added later).
+    cache: Mutex<Vec<(u64, Arc<TraceWindow>, bool)>>,
 }
 
 fn window_path(dir: &Path, number: u64) -> PathBuf {
@@ -346,8 +347,9 @@ impl TraceBook {
 
     /// The ids of window `number`, for a block that refers to it.
     pub fn window(&self, number: u64) -> Result<Arc<TraceWindow>, BlockError> {
-        // The window being filled is read from its file too; a cached copy serves as long
-        // as no ids were added since.
+        // The window being filled is read from its file too; a cached copy of it serves as
+        // long as no ids were added since, and one read while it was being filled serves
+        // no more once it is done.
         let filling = {
             let writer = lock(&self.writer);
             writer
@@ -358,10 +360,14 @@ impl TraceBook {
         };
         {
             let mut cache = lock(&self.cache);
-            if let Some(at) = cache.iter().position(|(n, _)| *n == number) {
+            if let Some(at) = cache.iter().position(|(n, _, _)| *n == number) {
                 let hit = cache.remove(at);
                 let window = hit.1.clone();
-                if filling.is_none_or(|len| window.len() >= len) {
+                let serves = match filling {
+                    Some(len) => window.len() >= len,
+                    None => hit.2,
+                };
+                if serves {
                     cache.push(hit);
                     return Ok(window);
                 }
@@ -380,11 +386,11 @@ impl TraceBook {
         }
         let window = Arc::new(TraceWindow::parse(&bytes).ok_or(BlockError::TraceIds)?);
         let mut cache = lock(&self.cache);
-        cache.retain(|(n, _)| *n != number);
+        cache.retain(|(n, _, _)| *n != number);
         if cache.len() >= CACHED_WINDOWS {
             cache.remove(0);
         }
-        cache.push((number, window.clone()));
+        cache.push((number, window.clone(), filling.is_none()));
         Ok(window)
     }
 
@@ -410,7 +416,7 @@ impl TraceBook {
             let path = window_path(&self.dir, number);
             std::fs::remove_file(&path)
                 .map_err(|source| StorageError::io("delete trace-id window", &path, source))?;
-            lock(&self.cache).retain(|(n, _)| *n != number);
+            lock(&self.cache).retain(|(n, _, _)| *n != number);
             let mut writer = lock(&self.writer);
             writer.unsynced.retain(|(p, _)| *p != path);
             removed += 1;
@@ -538,6 +544,30 @@ mod tests {
                 .expect("intern"),
             None
         );
+    }
+
+    /// A copy of the window being filled that a reader cached is not served once the window
+    /// is done and holds more (the cluster benchmark's hand-overs read while ingesting).
+    #[test]
+    fn a_window_read_while_being_filled_is_read_again_once_done() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = TraceBook::open(dir.path()).expect("open");
+        let batch = |from: u64, n: u64| (from..from + n).map(|i| entry(&id(i))).collect::<Vec<_>>();
+        let (window, _) = book.intern(&batch(0, 10)).expect("intern").expect("some");
+        assert_eq!(book.window(window).expect("filling").len(), 10);
+        let (same, _) = book.intern(&batch(10, 10)).expect("intern").expect("some");
+        assert_eq!(same, window);
+        assert_eq!(book.window(window).expect("filling").len(), 20);
+        // More ids, nobody reads, then the window is done.
+        book.intern(&batch(20, 10)).expect("intern");
+        let (next, _) = book
+            .intern(&batch(1_000, WINDOW_IDS as u64))
+            .expect("intern")
+            .expect("some");
+        assert_eq!(next, window + 1);
+        let done = book.window(window).expect("done");
+        assert_eq!(done.len(), 30);
+        assert_eq!(done.get(25), trace_key(&id(25)).as_ref().map(|k| &k[..]));
     }
 
     #[test]
