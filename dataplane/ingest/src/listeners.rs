@@ -96,9 +96,7 @@ pub async fn run_udp(
     });
     let metrics = pipeline.metrics().clone();
     let listener = kind.name();
-    let ctx = DecodeContext {
-        default_service: "unknown".to_string(),
-    };
+    let ctx = DecodeContext::default();
     let mut buf = vec![0u8; 65_536];
     loop {
         let received = tokio::select! {
@@ -224,9 +222,7 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
     shutdown: Shutdown,
 ) {
     let metrics = pipeline.metrics().clone();
-    let ctx = DecodeContext {
-        default_service: "unknown".to_string(),
-    };
+    let ctx = DecodeContext::default();
     let mut framer = SyslogFramer::new(max_message);
     let mut buf = vec![0u8; 64 * 1024];
     let mut index = 0usize;

@@ -240,9 +240,12 @@ impl Pipeline {
         payload: Vec<u8>,
     ) -> BatchResult {
         let len = payload.len();
+        // Records keep their parsed JSON only while a schema could want it.
+        let keep_original = self.schemas.has_schema_for_format(source.format);
         self.ingest_with(source, len, move || {
             let ctx = DecodeContext {
                 default_service: "unknown".to_string(),
+                keep_original,
             };
             decode::decode_payload(format, &payload, &ctx)
                 .map_err(|error| (error.reason(), error.to_string()))

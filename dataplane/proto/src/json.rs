@@ -45,6 +45,33 @@ pub fn field_from_json(value: &Value) -> FieldValue {
     }
 }
 
+/// [`field_from_json`] of a value it may take apart (strings are moved, not copied).
+pub fn field_from_json_owned(value: Value) -> FieldValue {
+    match value {
+        Value::String(s) => FieldValue::str(s),
+        other => field_from_json(&other),
+    }
+}
+
+/// [`flatten_into`] of a value it may take apart (keys and strings are moved, not copied).
+pub fn flatten_owned(prefix: String, value: Value, out: &mut BTreeMap<String, FieldValue>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                let path = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten_owned(path, inner, out);
+            }
+        }
+        scalar => {
+            out.insert(prefix, field_from_json_owned(scalar));
+        }
+    }
+}
+
 /// Flattens a JSON object into dotted keys (`{"http":{"status":200}}` → `http.status`) and
 /// inserts the scalars into `out`.
 pub fn flatten_into(prefix: &str, value: &Value, out: &mut BTreeMap<String, FieldValue>) {

@@ -411,6 +411,15 @@ impl SchemaRegistry {
         report
     }
 
+    /// Whether any schema applies to records of this input format, whatever their service.
+    pub fn has_schema_for_format(&self, input_format: &str) -> bool {
+        let snapshot = self.snapshot();
+        snapshot.schemas.iter().any(|s| {
+            let formats = &s.resource.spec.selector.formats;
+            formats.is_empty() || formats.iter().any(|f| f == input_format)
+        })
+    }
+
     /// Fast check: does any schema apply? (Called for every record.)
     pub fn has_schema_for(&self, service: &str, input_format: &str) -> bool {
         let snapshot = self.snapshot();

@@ -317,6 +317,7 @@ fn decode_documents(body: &[u8], items: &[Item], options: &ElasticOptions) -> De
             } else {
                 String::new()
             },
+            keep_original: true,
         };
         match decode::decode_json_value(value, &ctx) {
             Ok(mut decoded) => {

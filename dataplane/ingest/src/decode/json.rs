@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use logcluster_proto::json::flatten_into;
+use logcluster_proto::json::flatten_owned;
 use logcluster_proto::time::{nanos_from_epoch_int, nanos_from_epoch_number, parse_rfc3339};
 use logcluster_proto::{FieldValue, Level, LogEntry, field_value::Kind};
 use serde_json::{Map, Value};
@@ -96,15 +96,15 @@ fn usable(slot: Slot, value: &Value) -> bool {
 }
 
 /// A value chosen for a slot.
-enum Pick<'a> {
-    Json(&'a Value),
+enum Pick {
+    Json(Value),
     Field(FieldValue),
 }
 
-impl Pick<'_> {
-    fn text(&self) -> String {
+impl Pick {
+    fn text(self) -> String {
         match self {
-            Pick::Json(Value::String(s)) => s.clone(),
+            Pick::Json(Value::String(s)) => s,
             Pick::Json(other) => other.to_string(),
             Pick::Field(f) => f.to_text(),
         }
@@ -112,9 +112,11 @@ impl Pick<'_> {
 }
 
 /// Decodes one JSON value with the lenient mapping. The error's index is 0; callers that know
-/// the record's position set it.
+/// the record's position set it. The value itself is kept only when
+/// [`DecodeContext::keep_original`] asks for it (schema validation).
 pub fn decode_json_value(value: Value, ctx: &DecodeContext) -> Result<Decoded, RecordError> {
-    let Value::Object(map) = &value else {
+    let original = ctx.keep_original.then(|| value.clone());
+    let Value::Object(map) = value else {
         return Err(RecordError::new(
             0,
             RejectReason::NotAnObject,
@@ -122,10 +124,7 @@ pub fn decode_json_value(value: Value, ctx: &DecodeContext) -> Result<Decoded, R
         ));
     };
     let entry = map_object(map, ctx)?;
-    Ok(Decoded {
-        entry,
-        original: Some(value),
-    })
+    Ok(Decoded { entry, original })
 }
 
 fn kind_name(value: &Value) -> &'static str {
@@ -139,7 +138,7 @@ fn kind_name(value: &Value) -> &'static str {
     }
 }
 
-fn map_object(map: &Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry, RecordError> {
+fn map_object(map: Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry, RecordError> {
     if map.is_empty() {
         return Err(RecordError::new(
             0,
@@ -148,9 +147,9 @@ fn map_object(map: &Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry,
         ));
     }
     let canonical = map.contains_key("id") && map.contains_key("received_at");
-    let mut picks: [[Option<(&str, &Value)>; RANKS]; SLOTS] = Default::default();
+    let mut picks: [[Option<(String, Value)>; RANKS]; SLOTS] = Default::default();
     let mut fields = BTreeMap::new();
-    let mut extra_fields: Option<&Map<String, Value>> = None;
+    let mut extra_fields: Option<Map<String, Value>> = None;
     for (key, value) in map {
         if value.is_null() {
             continue;
@@ -164,29 +163,29 @@ fn map_object(map: &Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry,
         if canonical && (key == "id" || key == "received_at") {
             continue;
         }
-        match classify(key) {
-            Some((slot, rank)) if usable(slot, value) => {
-                picks[slot as usize][rank] = Some((key.as_str(), value));
+        match classify(&key) {
+            Some((slot, rank)) if usable(slot, &value) => {
+                picks[slot as usize][rank] = Some((key, value));
             }
-            _ => flatten_into(key, value, &mut fields),
+            _ => flatten_owned(key, value, &mut fields),
         }
     }
     if let Some(inner) = extra_fields {
         for (key, value) in inner {
-            if !fields.contains_key(key) {
-                flatten_into(key, value, &mut fields);
+            if !fields.contains_key(&key) {
+                flatten_owned(key, value, &mut fields);
             }
         }
     }
 
-    let mut chosen: [Option<Pick<'_>>; SLOTS] = Default::default();
-    for (slot, (slot_picks, slot_choice)) in picks.iter().zip(chosen.iter_mut()).enumerate() {
-        for (rank, pick) in slot_picks.iter().enumerate() {
-            if let Some((key, value)) = *pick {
+    let mut chosen: [Option<Pick>; SLOTS] = Default::default();
+    for (slot, (slot_picks, slot_choice)) in picks.into_iter().zip(chosen.iter_mut()).enumerate() {
+        for (rank, pick) in slot_picks.into_iter().enumerate() {
+            if let Some((key, value)) = pick {
                 if slot_choice.is_none() {
                     *slot_choice = Some(Pick::Json(value));
                 } else {
-                    flatten_into(key, value, &mut fields);
+                    flatten_owned(key, value, &mut fields);
                 }
                 continue;
             }
@@ -224,7 +223,7 @@ fn map_object(map: &Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry,
             }
         },
     };
-    let text = |pick: Option<Pick<'_>>| pick.map(|p| p.text()).unwrap_or_default();
+    let text = |pick: Option<Pick>| pick.map(Pick::text).unwrap_or_default();
     let mut entry = LogEntry {
         id: String::new(),
         timestamp,
@@ -249,7 +248,7 @@ fn bad_timestamp(text: impl std::fmt::Display) -> RecordError {
     )
 }
 
-fn parse_timestamp(pick: &Pick<'_>) -> Result<i64, RecordError> {
+fn parse_timestamp(pick: &Pick) -> Result<i64, RecordError> {
     match pick {
         Pick::Json(Value::String(s)) => timestamp_from_str(s),
         Pick::Json(Value::Number(n)) => {
@@ -320,7 +319,7 @@ pub(crate) fn level_from_text(text: &str) -> Option<Level> {
     Level::parse(text).or_else(|| text.trim().parse::<i64>().ok().and_then(level_from_number))
 }
 
-fn parse_level(pick: &Pick<'_>) -> Option<Level> {
+fn parse_level(pick: &Pick) -> Option<Level> {
     match pick {
         Pick::Json(Value::String(s)) => level_from_text(s),
         Pick::Json(Value::Number(n)) => n.as_i64().and_then(level_from_number),
@@ -449,6 +448,7 @@ mod tests {
     fn ctx() -> DecodeContext {
         DecodeContext {
             default_service: "fallback".into(),
+            keep_original: true,
         }
     }
 
@@ -566,6 +566,34 @@ mod tests {
         assert_eq!(
             decoded.entry.fields.get("nested.b"),
             Some(&FieldValue::bool(true))
+        );
+    }
+
+    /// Without a schema to validate against, the parsed value is not kept, and the entry is
+    /// the same.
+    #[test]
+    fn the_original_is_kept_only_when_asked_for() {
+        let value = json!({"message": "m", "ts": 1_714_572_000, "log.level": "warn",
+                           "service": {"name": "api", "zone": "b"}, "level": "nope",
+                           "msg": "second", "fields": {"a": [1, 2], "message": "x"}});
+        let kept = decode_json_value(value.clone(), &ctx()).expect("decodes");
+        let lean = DecodeContext {
+            keep_original: false,
+            ..ctx()
+        };
+        let taken = decode_json_value(value.clone(), &lean).expect("decodes");
+        assert_eq!(kept.original, Some(value));
+        assert_eq!(taken.original, None);
+        assert_eq!(taken.entry, kept.entry);
+        assert_eq!(taken.entry.message, "m");
+        assert_eq!(taken.entry.service, "api");
+        assert_eq!(
+            taken.entry.fields.get("msg"),
+            Some(&FieldValue::str("second"))
+        );
+        assert_eq!(
+            taken.entry.fields.get("level_raw"),
+            Some(&FieldValue::str("nope"))
         );
     }
 

@@ -38,12 +38,16 @@ pub use syslog::decode_syslog_message;
 pub struct DecodeContext {
     /// Service given to records that name none; `"unknown"` when this is empty.
     pub default_service: String,
+    /// Keep each JSON record's parsed value beside its entry ([`Decoded::original`]), for
+    /// schema validation; without, the mapping takes the value apart instead of copying.
+    pub keep_original: bool,
 }
 
 impl Default for DecodeContext {
     fn default() -> Self {
         DecodeContext {
             default_service: "unknown".to_string(),
+            keep_original: true,
         }
     }
 }
