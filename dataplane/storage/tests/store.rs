@@ -897,3 +897,60 @@ async fn a_damaged_trace_id_window_is_detected_and_never_served() {
     assert_eq!(page.stats.corrupt_blocks, 0);
     assert_eq!(page.items.len(), expected.len());
 }
+
+/// Reads interleaved with appends while the trace-id book rolls over several windows (more
+/// distinct trace ids than one window holds): every read finds every entry appended before
+/// it, with its trace id.
+#[tokio::test]
+async fn reads_during_ingest_see_every_trace_id_across_window_rolls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StorageConfig::new(dir.path());
+    config.block_target_bytes = 64 * 1024;
+    config.segment_max_bytes = 1024 * 1024;
+    let store = Store::open(config, StorageMetrics::default())
+        .await
+        .expect("open");
+    let trace = |n: u64| format!("{:032x}", u128::from(n) << 32 | 0x5eed);
+    let per_batch = 4_000u64;
+    let batches = 40u64;
+    for batch in 0..batches {
+        let entries: Vec<LogEntry> = (0..per_batch)
+            .map(|i| {
+                let n = batch * per_batch + i;
+                let mut e = entry(
+                    "t",
+                    &format!("s{}", n % 4),
+                    batch + 1,
+                    i as u32,
+                    n as i64,
+                    Level::Info,
+                    "m",
+                );
+                e.trace_id = trace(n);
+                e
+            })
+            .collect();
+        store.append(batch + 1, entries).await.expect("append");
+        if batch % 4 == 3 {
+            let mut seen = 0u64;
+            let mut wrong = 0u64;
+            let everything = |_: &LogEntry| true;
+            let stats = store.scan(&filter("t", &everything), |e| {
+                seen += 1;
+                if e.trace_id != trace(e.timestamp as u64) {
+                    wrong += 1;
+                }
+            });
+            assert_eq!(stats.corrupt_blocks, 0, "after batch {batch}");
+            assert_eq!(
+                (seen, wrong),
+                ((batch + 1) * per_batch, 0),
+                "after batch {batch}"
+            );
+        }
+    }
+    let windows = std::fs::read_dir(dir.path().join("streams/t/.traces"))
+        .expect("book")
+        .count();
+    assert!(windows >= 2, "{windows} windows");
+}
