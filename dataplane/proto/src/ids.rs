@@ -39,6 +39,27 @@ pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// Fills `out` with the bytes that `digits` (lower-case hex, two per byte of `out`) spell;
+/// false (with `out` partly written) when there are not exactly that many or one is not a
+/// lower-case hex digit.
+pub fn unhex_into(digits: &[u8], out: &mut [u8]) -> bool {
+    if digits.len() != 2 * out.len() {
+        return false;
+    }
+    let nibble = |d: u8| match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        _ => None,
+    };
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(high), Some(low)) => *byte = high << 4 | low,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// The lower-case hex digits of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(2 * bytes.len());
@@ -100,6 +121,17 @@ mod tests {
     fn hex_is_lowercase() {
         assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
         assert_eq!(hex(&[]), "");
+    }
+
+    #[test]
+    fn unhex_reads_back_what_hex_wrote_and_nothing_else() {
+        let mut out = [0u8; 3];
+        assert!(unhex_into(b"00ab7f", &mut out));
+        assert_eq!(hex(&out), "00ab7f");
+        for bad in [&b"00AB7F"[..], b"00ab7", b"00ab7f00", b"00ab7g", b"0 ab7f"] {
+            assert!(!unhex_into(bad, &mut out), "{bad:?}");
+        }
+        assert!(unhex_into(b"", &mut []));
     }
 
     #[test]

@@ -128,18 +128,8 @@ fn hex_bytes(text: &str, out: &mut Vec<u8>) -> bool {
         return false;
     }
     out.clear();
-    for pair in digits.chunks_exact(2) {
-        let nibble = |d: u8| match d {
-            b'0'..=b'9' => Some(d - b'0'),
-            b'a'..=b'f' => Some(d - b'a' + 10),
-            _ => None,
-        };
-        match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(high), Some(low)) => out.push(high << 4 | low),
-            _ => return false,
-        }
-    }
-    true
+    out.resize(digits.len() / 2, 0);
+    logcluster_proto::ids::unhex_into(digits, out)
 }
 
 /// The largest power of ten (up to 10^9) dividing every timestamp, as its exponent.

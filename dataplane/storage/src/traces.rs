@@ -127,20 +127,8 @@ fn chunk_at(bytes: &[u8], pos: usize) -> Option<(usize, &[u8])> {
 
 /// The 16 bytes of a trace id of 32 lower-case hex digits (W3C and OpenTelemetry trace ids).
 pub fn trace_key(trace_id: &str) -> Option<[u8; ID_LEN]> {
-    let digits = trace_id.as_bytes();
-    if digits.len() != 2 * ID_LEN {
-        return None;
-    }
     let mut key = [0u8; ID_LEN];
-    for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
-        let nibble = |d: u8| match d {
-            b'0'..=b'9' => Some(d - b'0'),
-            b'a'..=b'f' => Some(d - b'a' + 10),
-            _ => None,
-        };
-        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(key)
+    logcluster_proto::ids::unhex_into(trace_id.as_bytes(), &mut key).then_some(key)
 }
 
 /// The window being filled.
