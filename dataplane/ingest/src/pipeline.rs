@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use logcluster_proto::entry::FieldValue;
 use logcluster_proto::{AckStatus, Format, LogEntry};
-use logcluster_schema::SchemaRegistry;
+use logcluster_schema::{SchemaRegistry, SchemaSet};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::decode::{self, DecodeContext, DecodeOutput, Decoded, RecordError, RejectReason};
@@ -240,12 +240,13 @@ impl Pipeline {
         payload: Vec<u8>,
     ) -> BatchResult {
         let len = payload.len();
-        // Records keep their parsed JSON only while a schema could want it.
-        let keep_original = self.schemas.has_schema_for_format(source.format);
-        self.ingest_with(source, len, move || {
+        let input_format = source.format;
+        self.ingest_with(source, len, move |schemas| {
+            // Records keep their parsed JSON only when a schema of the set that will
+            // validate them could want it.
             let ctx = DecodeContext {
                 default_service: "unknown".to_string(),
-                keep_original,
+                keep_original: schemas.has_schema_for_format(input_format),
             };
             decode::decode_payload(format, &payload, &ctx)
                 .map_err(|error| (error.reason(), error.to_string()))
@@ -254,7 +255,8 @@ impl Pipeline {
     }
 
     /// Runs `decode` (a payload of `payload_len` bytes) on a blocking thread and ingests what
-    /// it yields; an `Err` refuses the whole payload with that reason and message.
+    /// it yields; an `Err` refuses the whole payload with that reason and message. `decode`
+    /// is given the schemas that will validate its records.
     pub async fn ingest_with<F>(
         self: &Arc<Self>,
         source: BatchSource,
@@ -262,7 +264,7 @@ impl Pipeline {
         decode: F,
     ) -> BatchResult
     where
-        F: FnOnce() -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
+        F: FnOnce(&SchemaSet) -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
     {
         let started = Instant::now();
         self.metrics
@@ -276,7 +278,8 @@ impl Pipeline {
         let pipeline = self.clone();
         let src = source.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            decode().map(|output| pipeline.prepare(&src, output))
+            let schemas = pipeline.schemas.current();
+            decode(&schemas).map(|output| pipeline.prepare(&src, output, &schemas))
         })
         .await;
         match prepared {
@@ -321,12 +324,12 @@ impl Pipeline {
         output: DecodeOutput,
     ) -> BatchResult {
         let started = Instant::now();
-        let prepared = self.prepare(&source, output);
+        let prepared = self.prepare(&source, output, &self.schemas.current());
         self.commit(source, prepared, started).await
     }
 
     /// Tenant, validation, enrichment and ids (CPU only).
-    fn prepare(&self, source: &BatchSource, output: DecodeOutput) -> Prepared {
+    fn prepare(&self, source: &BatchSource, output: DecodeOutput, schemas: &SchemaSet) -> Prepared {
         let received_at = logcluster_proto::time::now_nanos();
         let batch_uid = if source.batch_id == 0 {
             logcluster_common::ids::random_u64()
@@ -382,10 +385,9 @@ impl Pipeline {
             if entry.service.is_empty() {
                 entry.service = "unknown".to_string();
             }
-            if self.schemas.has_schema_for(&entry.service, source.format) {
+            if schemas.has_schema_for(&entry.service, source.format) {
                 let view = original.unwrap_or_else(|| schema_view(&entry));
-                if let Err(violation) = self.schemas.validate(&entry.service, source.format, &view)
-                {
+                if let Err(violation) = schemas.validate(&entry.service, source.format, &view) {
                     self.metrics
                         .schema_rejects
                         .get_or_create(&labels2(

@@ -271,6 +271,45 @@ struct Snapshot {
     statuses: Vec<SchemaStatus>,
 }
 
+/// The schemas in force at one moment ([`SchemaRegistry::current`]).
+pub struct SchemaSet(Arc<Snapshot>);
+
+impl SchemaSet {
+    /// Whether any schema applies to records of this input format, whatever their service.
+    pub fn has_schema_for_format(&self, input_format: &str) -> bool {
+        self.0.schemas.iter().any(|s| {
+            let formats = &s.resource.spec.selector.formats;
+            formats.is_empty() || formats.iter().any(|f| f == input_format)
+        })
+    }
+
+    /// Fast check: does any schema apply? (Called for every record.)
+    pub fn has_schema_for(&self, service: &str, input_format: &str) -> bool {
+        self.0
+            .schemas
+            .iter()
+            .any(|s| s.applies_to(service, input_format))
+    }
+
+    /// Every schema that applies must accept the view.
+    pub fn validate(
+        &self,
+        service: &str,
+        input_format: &str,
+        view: &Value,
+    ) -> Result<(), Violation> {
+        for schema in self
+            .0
+            .schemas
+            .iter()
+            .filter(|s| s.applies_to(service, input_format))
+        {
+            schema.validate(view)?;
+        }
+        Ok(())
+    }
+}
+
 /// The live set of schemas. Cheap to clone; readers never block writers for long.
 #[derive(Clone, Default)]
 pub struct SchemaRegistry {
@@ -284,6 +323,12 @@ impl SchemaRegistry {
 
     fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The schemas in force now, unchanged by later reloads: a batch decided and validated
+    /// with one set sees no reload halfway.
+    pub fn current(&self) -> SchemaSet {
+        SchemaSet(self.snapshot())
     }
 
     /// Loads every `.yaml`/`.yml` file of `dir`, replacing the previous set.
@@ -411,40 +456,19 @@ impl SchemaRegistry {
         report
     }
 
-    /// Whether any schema applies to records of this input format, whatever their service.
-    pub fn has_schema_for_format(&self, input_format: &str) -> bool {
-        let snapshot = self.snapshot();
-        snapshot.schemas.iter().any(|s| {
-            let formats = &s.resource.spec.selector.formats;
-            formats.is_empty() || formats.iter().any(|f| f == input_format)
-        })
-    }
-
-    /// Fast check: does any schema apply? (Called for every record.)
+    /// [`SchemaSet::has_schema_for`] of the schemas in force now.
     pub fn has_schema_for(&self, service: &str, input_format: &str) -> bool {
-        let snapshot = self.snapshot();
-        snapshot
-            .schemas
-            .iter()
-            .any(|s| s.applies_to(service, input_format))
+        self.current().has_schema_for(service, input_format)
     }
 
-    /// Every schema that applies must accept the view.
+    /// [`SchemaSet::validate`] with the schemas in force now.
     pub fn validate(
         &self,
         service: &str,
         input_format: &str,
         view: &Value,
     ) -> Result<(), Violation> {
-        let snapshot = self.snapshot();
-        for schema in snapshot
-            .schemas
-            .iter()
-            .filter(|s| s.applies_to(service, input_format))
-        {
-            schema.validate(view)?;
-        }
-        Ok(())
+        self.current().validate(service, input_format, view)
     }
 
     pub fn statuses(&self) -> Vec<SchemaStatus> {

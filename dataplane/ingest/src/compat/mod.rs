@@ -148,7 +148,7 @@ impl Compat {
                 .inc();
             return None;
         };
-        let result = self.pipeline.ingest_with(source, len, decode).await;
+        let result = self.pipeline.ingest_with(source, len, |_| decode()).await;
         drop(reservation);
         Some(result)
     }
