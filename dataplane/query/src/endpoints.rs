@@ -391,44 +391,73 @@ async fn histogram(
             }
             stats
         };
-        histogram.groups.sort_by(|a, b| a.0.cmp(b.0));
-        let totals = histogram
-            .groups
-            .iter()
-            .map(|(name, counts)| (*name, counts.iter().sum()))
-            .collect();
-        let groups = &histogram.groups;
-        let buckets = (0..histogram.len)
-            .map(|i| HistogramBucket {
-                counts: CountsAt { groups, i },
-                start: rfc3339(origin + i as i64 * step),
-            })
-            .collect();
-        // Serialized here: the answer borrows the counts.
-        Ok(axum::Json(HistogramAnswer {
-            buckets,
-            from: rfc3339(from),
-            group_by,
-            interval_seconds: interval.as_secs_f64(),
-            stats,
-            to: rfc3339(to),
-            totals,
-        })
-        .into_response())
+        let body = histogram_json(histogram, from, to, group_by, interval, stats);
+        Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response())
     }
     .await
     .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The histogram answer (fields in the order of a sorted JSON object, as before it was
-/// typed).
+/// The histogram answer's JSON: the same bytes as the sorted JSON object it was built as
+/// before it was typed.
+fn histogram_json(
+    mut histogram: Histogram<'_>,
+    from: i64,
+    to: i64,
+    group_by: &str,
+    interval: Duration,
+    stats: Stats,
+) -> Vec<u8> {
+    // Each bucket's cells in the order of their group names.
+    let mut by_name: Vec<u32> = (0..histogram.names.len() as u32).collect();
+    by_name.sort_by(|a, b| histogram.names[*a as usize].cmp(histogram.names[*b as usize]));
+    let mut rank = vec![0u32; by_name.len()];
+    for (position, group) in by_name.iter().enumerate() {
+        rank[*group as usize] = position as u32;
+    }
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for cells in &mut histogram.buckets {
+        cells.sort_unstable_by_key(|(group, _)| rank[*group as usize]);
+        for (group, count) in cells.iter() {
+            *totals.entry(histogram.names[*group as usize]).or_default() += count;
+        }
+    }
+    let names = &histogram.names;
+    let (origin, step) = (histogram.origin, histogram.step);
+    let buckets = histogram
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, cells)| HistogramBucket {
+            counts: CountsAt { names, cells },
+            start: rfc3339(origin + i as i64 * step),
+        })
+        .collect();
+    let answer = HistogramAnswer {
+        buckets,
+        from: rfc3339(from),
+        group_by,
+        interval_seconds: interval.as_secs_f64(),
+        // As a JSON object, so that its keys are sorted as they were.
+        stats: json!(stats),
+        to: rfc3339(to),
+        totals,
+    };
+    serde_json::to_vec(&answer).unwrap_or_default()
+}
+
+/// The histogram answer (fields in the order of a sorted JSON object).
 #[derive(Serialize)]
 struct HistogramAnswer<'a> {
     buckets: Vec<HistogramBucket<'a>>,
     from: String,
     group_by: &'a str,
     interval_seconds: f64,
-    stats: Stats,
+    stats: Value,
     to: String,
     totals: BTreeMap<&'a str, u64>,
 }
@@ -439,20 +468,18 @@ struct HistogramBucket<'a> {
     start: String,
 }
 
-/// Bucket `i`'s non-zero counts by group name (groups sorted by name).
+/// A bucket's counts by group name (its cells sorted by name, none zero).
 struct CountsAt<'a> {
-    groups: &'a [(&'a str, Vec<u64>)],
-    i: usize,
+    names: &'a [&'a str],
+    cells: &'a [(u32, u64)],
 }
 
 impl Serialize for CountsAt<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(None)?;
-        for (name, counts) in self.groups {
-            if counts[self.i] != 0 {
-                map.serialize_entry(name, &counts[self.i])?;
-            }
+        let mut map = serializer.serialize_map(Some(self.cells.len()))?;
+        for (group, count) in self.cells {
+            map.serialize_entry(self.names[*group as usize], count)?;
         }
         map.end()
     }
@@ -460,10 +487,12 @@ impl Serialize for CountsAt<'_> {
 
 /// Histogram counts per bucket (bucket i starts at `origin + i * step`) and group name.
 struct Histogram<'a> {
-    /// Per group: its name and its count in every bucket.
-    groups: Vec<(&'a str, Vec<u64>)>,
-    /// Buckets.
-    len: usize,
+    /// Group names by index, as first seen.
+    names: Vec<&'a str>,
+    index: HashMap<&'a str, u32>,
+    /// Per bucket: (group index, count) of its groups with a count (few: memory follows the
+    /// cells that have counts, however many groups and buckets there are).
+    buckets: Vec<Vec<(u32, u64)>>,
     origin: i64,
     step: i64,
 }
@@ -477,8 +506,9 @@ impl<'a> Histogram<'a> {
             usize::try_from((to - origin - 1) / step + 1).unwrap_or(0)
         };
         Histogram {
-            groups: Vec::new(),
-            len: count,
+            names: Vec::new(),
+            index: HashMap::new(),
+            buckets: vec![Vec::new(); count],
             origin,
             step,
         }
@@ -490,20 +520,21 @@ impl<'a> Histogram<'a> {
         if count == 0 {
             return;
         }
-        let Some(i) = usize::try_from((bucket - self.origin).div_euclid(self.step))
+        let Some(cells) = usize::try_from((bucket - self.origin).div_euclid(self.step))
             .ok()
-            .filter(|i| *i < self.len)
+            .and_then(|i| self.buckets.get_mut(i))
         else {
             return;
         };
-        let at = match self.groups.iter().position(|(n, _)| *n == name) {
-            Some(at) => at,
-            None => {
-                self.groups.push((name, vec![0; self.len]));
-                self.groups.len() - 1
-            }
-        };
-        self.groups[at].1[i] += count;
+        let names = &mut self.names;
+        let group = *self.index.entry(name).or_insert_with(|| {
+            names.push(name);
+            (names.len() - 1) as u32
+        });
+        match cells.iter_mut().find(|(g, _)| *g == group) {
+            Some(cell) => cell.1 += count,
+            None => cells.push((group, count)),
+        }
     }
 }
 
@@ -841,4 +872,55 @@ async fn tail(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed histogram answer is byte for byte the sorted JSON object it was built as
+    /// before: keys, key order (the stats' too), empty buckets, zero counts left out, counts
+    /// outside the range dropped.
+    #[test]
+    fn histogram_json_is_the_sorted_object_it_replaced() {
+        let step = 60_000_000_000;
+        let (from, to) = (30_000_000_000, 3 * step);
+        let mut histogram = Histogram::new(0, to, step);
+        histogram.add(0, "INFO", 3);
+        histogram.add(step, "ERROR", 1);
+        histogram.add(step, "INFO", 2);
+        histogram.add(step, "DEBUG", 0);
+        histogram.add(7 * step, "WARN", 9);
+        let stats = Stats {
+            objects_read: 2,
+            objects_from_index: 4,
+            duration_ms: 5,
+            ..Stats::default()
+        };
+        let got = histogram_json(
+            histogram,
+            from,
+            to,
+            "level",
+            Duration::from_secs(60),
+            stats.clone(),
+        );
+        let want = json!({
+            "interval_seconds": 60.0,
+            "group_by": "level",
+            "from": rfc3339(from),
+            "to": rfc3339(to),
+            "buckets": [
+                {"start": rfc3339(0), "counts": {"INFO": 3}},
+                {"start": rfc3339(step), "counts": {"ERROR": 1, "INFO": 2}},
+                {"start": rfc3339(2 * step), "counts": {}},
+            ],
+            "totals": {"ERROR": 1, "INFO": 5},
+            "stats": stats,
+        });
+        assert_eq!(
+            String::from_utf8(got).expect("utf-8"),
+            serde_json::to_string(&want).expect("serializes")
+        );
+    }
 }
