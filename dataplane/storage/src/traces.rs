@@ -390,15 +390,19 @@ impl TraceBook {
         writer.current.as_ref().map_or(writer.next, |c| c.number)
     }
 
-    /// Deletes windows below `floor` that no block refers to; returns how many.
+    /// Deletes windows below `floor` that no block refers to; returns how many. The
+    /// highest-numbered window stays, so that a restarted process never gives a number
+    /// twice (a block that escaped deletion must not read another window's ids).
     pub fn remove_unreferenced(
         &self,
         floor: u64,
         referenced: &HashSet<u64>,
     ) -> Result<usize, StorageError> {
         let mut removed = 0;
-        for number in window_numbers(&self.dir)? {
-            if number >= floor || referenced.contains(&number) {
+        let numbers = window_numbers(&self.dir)?;
+        let highest = numbers.iter().copied().max();
+        for number in numbers {
+            if number >= floor || referenced.contains(&number) || Some(number) == highest {
                 continue;
             }
             let path = window_path(&self.dir, number);
@@ -617,6 +621,25 @@ mod tests {
         assert!(book.window(windows[1]).is_ok());
         assert_eq!(book.window(windows[2]).expect("current").len(), 40_000);
         assert!(book.bytes() < bytes);
+        // After a restart nothing is being filled: every window is below the floor, and
+        // the highest stays even when nothing refers to it, so numbers are never reused.
+        drop(book);
+        let book = TraceBook::open(dir.path()).expect("reopen");
+        let floor = book.floor();
+        assert_eq!(floor, windows[2] + 1);
+        assert_eq!(
+            book.remove_unreferenced(floor, &HashSet::new())
+                .expect("remove"),
+            1
+        );
+        assert!(book.window(windows[2]).is_ok());
+        drop(book);
+        let book = TraceBook::open(dir.path()).expect("reopen");
+        let (next, _) = book
+            .intern(&[entry(&id(7))])
+            .expect("intern")
+            .expect("some");
+        assert_eq!(next, windows[2] + 1);
     }
 
     #[test]
