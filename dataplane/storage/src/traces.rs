@@ -218,6 +218,10 @@ impl TraceBook {
         }
         let mut writer = lock(&self.writer);
         let room = writer.current.as_ref().is_some_and(|c| {
+            // Counting the new ids is needed only near the window's end.
+            if c.len + keys.len() <= WINDOW_IDS {
+                return true;
+            }
             let mut fresh: Vec<&[u8; ID_LEN]> = keys
                 .iter()
                 .flatten()
