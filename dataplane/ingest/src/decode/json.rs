@@ -24,11 +24,13 @@
 //! Only an empty object is rejected (`missing_message`): any other object carries something
 //! worth storing even without a message.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use logcluster_proto::json::flatten_owned;
 use logcluster_proto::time::{nanos_from_epoch_int, nanos_from_epoch_number, parse_rfc3339};
 use logcluster_proto::{FieldValue, Level, LogEntry, field_value::Kind};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::{
@@ -117,14 +119,124 @@ impl Pick {
 pub fn decode_json_value(value: Value, ctx: &DecodeContext) -> Result<Decoded, RecordError> {
     let original = ctx.keep_original.then(|| value.clone());
     let Value::Object(map) = value else {
-        return Err(RecordError::new(
-            0,
-            RejectReason::NotAnObject,
-            format!("record is a JSON {}, not an object", kind_name(&value)),
-        ));
+        return Err(not_an_object(kind_name(&value)));
     };
-    let entry = map_object(map, ctx)?;
+    // A map's members come in key order, one per key.
+    let members = map.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect();
+    let entry = map_members(members, ctx)?;
     Ok(Decoded { entry, original })
+}
+
+fn not_an_object(kind: &str) -> RecordError {
+    RecordError::new(
+        0,
+        RejectReason::NotAnObject,
+        format!("record is a JSON {kind}, not an object"),
+    )
+}
+
+/// A JSON record as the NDJSON path parses it, without building a map: an object's members
+/// in key order with the last of equal keys kept (as `serde_json::Map` keeps them), keys
+/// borrowed from the input where they have no escapes; or the kind of anything else.
+enum Parsed<'de> {
+    Object(Vec<(Cow<'de, str>, Value)>),
+    Other(&'static str),
+}
+
+/// An object key, borrowed where the input allows.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Parsed<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ParsedVisitor;
+        impl<'de> Visitor<'de> for ParsedVisitor {
+            type Value = Parsed<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed<'de>, A::Error> {
+                let mut members: Vec<(Cow<'de, str>, Value)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(Key(key)) = map.next_key()? {
+                    members.push((key, map.next_value()?));
+                }
+                // Stable: equal keys stay in input order, and the last of them is kept.
+                members.sort_by(|a, b| a.0.cmp(&b.0));
+                members.dedup_by(|later, earlier| {
+                    let equal = later.0 == earlier.0;
+                    if equal {
+                        std::mem::swap(later, earlier);
+                    }
+                    equal
+                });
+                Ok(Parsed::Object(members))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed<'de>, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Parsed::Other("array"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::Other("boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::Other("number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::Other("number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::Other("number"))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::Other("string"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Parsed<'de>, E> {
+                Ok(Parsed::Other("null"))
+            }
+        }
+        deserializer.deserialize_any(ParsedVisitor)
+    }
+}
+
+/// [`decode_json_value`] of a record parsed as [`Parsed`].
+fn decode_parsed(parsed: Parsed<'_>, ctx: &DecodeContext) -> Result<Decoded, RecordError> {
+    match parsed {
+        Parsed::Other(kind) => Err(not_an_object(kind)),
+        Parsed::Object(members) => {
+            let original = ctx.keep_original.then(|| {
+                Value::Object(
+                    members
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                )
+            });
+            let entry = map_members(members, ctx)?;
+            Ok(Decoded { entry, original })
+        }
+    }
 }
 
 fn kind_name(value: &Value) -> &'static str {
@@ -138,19 +250,28 @@ fn kind_name(value: &Value) -> &'static str {
     }
 }
 
-fn map_object(map: Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry, RecordError> {
-    if map.is_empty() {
+/// An object member: key and value.
+type Member<'a> = (Cow<'a, str>, Value);
+
+/// Maps an object's members (in key order, one per key) to an entry.
+fn map_members(members: Vec<Member<'_>>, ctx: &DecodeContext) -> Result<LogEntry, RecordError> {
+    if members.is_empty() {
         return Err(RecordError::new(
             0,
             RejectReason::MissingMessage,
             "record is an empty object",
         ));
     }
-    let canonical = map.contains_key("id") && map.contains_key("received_at");
-    let mut picks: [[Option<(String, Value)>; RANKS]; SLOTS] = Default::default();
+    let has = |key: &str| {
+        members
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .is_ok()
+    };
+    let canonical = has("id") && has("received_at");
+    let mut picks: [[Option<Member<'_>>; RANKS]; SLOTS] = Default::default();
     let mut fields = BTreeMap::new();
     let mut extra_fields: Option<Map<String, Value>> = None;
-    for (key, value) in map {
+    for (key, value) in members {
         if value.is_null() {
             continue;
         }
@@ -167,7 +288,7 @@ fn map_object(map: Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry, 
             Some((slot, rank)) if usable(slot, &value) => {
                 picks[slot as usize][rank] = Some((key, value));
             }
-            _ => flatten_owned(key, value, &mut fields),
+            _ => flatten_owned(key.into_owned(), value, &mut fields),
         }
     }
     if let Some(inner) = extra_fields {
@@ -185,7 +306,7 @@ fn map_object(map: Map<String, Value>, ctx: &DecodeContext) -> Result<LogEntry, 
                 if slot_choice.is_none() {
                     *slot_choice = Some(Pick::Json(value));
                 } else {
-                    flatten_owned(key, value, &mut fields);
+                    flatten_owned(key.into_owned(), value, &mut fields);
                 }
                 continue;
             }
@@ -365,8 +486,8 @@ pub(crate) fn decode_json_line(
     ctx: &DecodeContext,
     out: &mut DecodeOutput,
 ) {
-    match serde_json::from_slice::<Value>(line) {
-        Ok(value) => push(out, index, decode_json_value(value, ctx)),
+    match serde_json::from_slice::<Parsed<'_>>(line) {
+        Ok(parsed) => push(out, index, decode_parsed(parsed, ctx)),
         Err(error) => out.errors.push(parse_error(index, line, &error)),
     }
 }
@@ -404,8 +525,8 @@ pub(crate) fn decode_json_payload(
         if raw_line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<Value>(raw_line) {
-            Ok(value) => push(&mut out, index, decode_json_value(value, ctx)),
+        match serde_json::from_slice::<Parsed<'_>>(raw_line) {
+            Ok(parsed) => push(&mut out, index, decode_parsed(parsed, ctx)),
             Err(error) if first_record && error.is_eof() => {
                 // Not NDJSON: a pretty-printed document (or a stream of them) spanning lines.
                 decode_json_stream(&payload[line_start..], index, ctx, &mut out);
@@ -645,7 +766,97 @@ mod tests {
         ]
     }
 
+    /// JSON text of an object with these members, duplicates and all; a key may have its
+    /// first character written as a `\u` escape (such keys cannot be borrowed).
+    fn object_text(members: &[(String, bool, Value)]) -> String {
+        let body: Vec<String> = members
+            .iter()
+            .map(|(key, escaped, value)| {
+                let key_text = match key.chars().next() {
+                    Some(first) if *escaped => format!(
+                        "\"\\u{:04x}{}",
+                        first as u32,
+                        &serde_json::to_string(&key[first.len_utf8()..]).expect("key")[1..]
+                    ),
+                    _ => serde_json::to_string(key).expect("key"),
+                };
+                format!(
+                    "{key_text}:{}",
+                    serde_json::to_string(value).expect("value")
+                )
+            })
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+
+    fn arb_json_value() -> impl Strategy<Value = Value> {
+        let scalar = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<u64>().prop_map(|u| json!(u)),
+            (-1.0e12f64..1.0e12).prop_map(|f| json!(f)),
+            "[a-z0-9 :.\"\\\\é-]{0,12}".prop_map(Value::String),
+            Just(json!("2024-05-01T14:00:00.123Z")),
+            Just(json!("WARN")),
+            Just(json!(1_714_572_000_123u64)),
+        ];
+        scalar.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z.]{1,5}|name|id|level", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        /// The NDJSON path (members parsed without a map) decodes every object exactly as
+        /// the map-based path does: entry, original value and errors; duplicate keys (the
+        /// last one counts), escaped keys, aliases, nested objects and `fields` included.
+        #[test]
+        fn ndjson_lines_decode_exactly_like_parsed_values(
+            members in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        "[a-z.]{1,6}",
+                        prop::sample::select(vec![
+                            "message", "msg", "log", "MESSAGE", "level", "severity", "lvl",
+                            "log.level", "timestamp", "ts", "time", "@timestamp", "service",
+                            "app", "service.name", "host", "hostname", "host.name",
+                            "trace_id", "traceId", "trace.id", "tenant", "tenant_id", "id",
+                            "received_at", "fields", "é", "",
+                        ])
+                        .prop_map(str::to_string),
+                    ],
+                    any::<bool>(),
+                    arb_json_value(),
+                ),
+                0..10,
+            ),
+            keep_original in any::<bool>(),
+        ) {
+            let text = object_text(&members);
+            let ctx = DecodeContext { keep_original, ..ctx() };
+            let by_line = decode_json_payload(text.as_bytes(), &ctx).expect("payload");
+            let value: Value = serde_json::from_str(&text).expect("valid JSON");
+            let by_value = decode_json_value(value, &ctx);
+            match by_value {
+                Ok(decoded) => {
+                    prop_assert!(by_line.errors.is_empty(), "{:?}", by_line.errors);
+                    prop_assert_eq!(by_line.records.len(), 1);
+                    prop_assert_eq!(&by_line.records[0].entry, &decoded.entry);
+                    prop_assert_eq!(&by_line.records[0].original, &decoded.original);
+                }
+                Err(error) => {
+                    prop_assert!(by_line.records.is_empty());
+                    prop_assert_eq!(by_line.errors.len(), 1);
+                    prop_assert_eq!(by_line.errors[0].reason, error.reason);
+                    prop_assert_eq!(&by_line.errors[0].message, &error.message);
+                }
+            }
+        }
+
         #[test]
         fn canonical_json_decodes_back_to_the_same_entry(
             timestamp in 0i64..4_102_444_800_000_000_000,
