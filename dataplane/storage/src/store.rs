@@ -705,14 +705,30 @@ impl Store {
 
 /// Entries grouped by their (tenant, service) stream.
 fn by_stream(entries: Vec<LogEntry>) -> BTreeMap<(String, String), Vec<LogEntry>> {
-    let mut parts: BTreeMap<(String, String), Vec<LogEntry>> = BTreeMap::new();
+    // Looked up by the entry's own strings: a name is copied once per stream, not per entry.
+    let mut tenants: BTreeMap<String, BTreeMap<String, Vec<LogEntry>>> = BTreeMap::new();
     for entry in entries {
-        parts
-            .entry((entry.tenant.clone(), entry.service.clone()))
-            .or_default()
-            .push(entry);
+        match tenants.get_mut(entry.tenant.as_str()) {
+            Some(services) => match services.get_mut(entry.service.as_str()) {
+                Some(part) => part.push(entry),
+                None => {
+                    services.insert(entry.service.clone(), vec![entry]);
+                }
+            },
+            None => {
+                let (tenant, service) = (entry.tenant.clone(), entry.service.clone());
+                tenants.insert(tenant, BTreeMap::from([(service, vec![entry])]));
+            }
+        }
     }
-    parts
+    tenants
+        .into_iter()
+        .flat_map(|(tenant, services)| {
+            services
+                .into_iter()
+                .map(move |(service, part)| ((tenant.clone(), service), part))
+        })
+        .collect()
 }
 
 /// The batch uid an entry id starts with (`<16 hex digits>-<position>`).
