@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::commit::{CommitRequest, run_committer, sync_streams};
 use crate::scan::{self, Cursor, ScanFilter, ScanStats, TopResult};
 use crate::stream::{Appended, Stream, StreamSnapshot};
-use crate::traces::TraceBook;
+use crate::traces::{TraceBook, WindowCache};
 use crate::{FsyncPolicy, StorageConfig, StorageError, StorageMetrics};
 
 /// What happened to an appended batch.
@@ -43,6 +43,8 @@ pub struct Store {
     streams: RwLock<HashMap<StreamKey, Arc<Stream>>>,
     /// Each tenant's trace-id book, shared by its streams.
     books: std::sync::Mutex<HashMap<String, Arc<TraceBook>>>,
+    /// The books' window cache, bounded for all tenants together.
+    windows: Arc<WindowCache>,
     metrics: StorageMetrics,
     commit_tx: mpsc::Sender<CommitRequest>,
 }
@@ -91,16 +93,20 @@ impl Store {
     ) -> Result<Arc<Store>, StorageError> {
         let recover_config = config.clone();
         let recover_metrics = metrics.clone();
-        let (streams, books) =
-            tokio::task::spawn_blocking(move || recover(&recover_config, &recover_metrics))
-                .await
-                .map_err(|e| StorageError::Task(e.to_string()))??;
+        let windows = Arc::new(WindowCache::default());
+        let recover_windows = windows.clone();
+        let (streams, books) = tokio::task::spawn_blocking(move || {
+            recover(&recover_config, &recover_metrics, &recover_windows)
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
         let (commit_tx, commit_rx) = mpsc::channel(4096);
         tokio::spawn(run_committer(commit_rx, metrics.clone()));
         let store = Arc::new(Store {
             config,
             streams: RwLock::new(streams),
             books: std::sync::Mutex::new(books),
+            windows,
             repair_lock: std::sync::RwLock::new(()),
             metrics,
             commit_tx,
@@ -155,7 +161,7 @@ impl Store {
             .data_dir
             .join("streams")
             .join(encode_name(tenant));
-        let book = Arc::new(TraceBook::open(&dir)?);
+        let book = Arc::new(TraceBook::open_with(&dir, self.windows.clone())?);
         books.insert(tenant.to_string(), book.clone());
         Ok(book)
     }
@@ -165,9 +171,11 @@ impl Store {
         books.iter().map(|(t, b)| (t.clone(), b.clone())).collect()
     }
 
-    /// Deletes the trace-id book windows no block of the tenant refers to any more.
+    /// Deletes the trace-id book windows no block of the tenant refers to any more, and lets
+    /// quiet tenants' books drop their lookup tables.
     fn remove_unreferenced_trace_ids(&self) -> Result<(), StorageError> {
         for (tenant, book) in self.books() {
+            book.rest_if_idle(BOOK_IDLE)?;
             // Read before the streams: a block built meanwhile refers to a window at or
             // above it.
             let floor = book.floor();
@@ -748,7 +756,14 @@ type Recovered = (
     HashMap<String, Arc<TraceBook>>,
 );
 
-fn recover(config: &StorageConfig, metrics: &StorageMetrics) -> Result<Recovered, StorageError> {
+/// A tenant's book drops the lookup table of its window after this long without new ids.
+const BOOK_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn recover(
+    config: &StorageConfig,
+    metrics: &StorageMetrics,
+    windows: &Arc<WindowCache>,
+) -> Result<Recovered, StorageError> {
     let root = config.data_dir.join("streams");
     std::fs::create_dir_all(&root)
         .map_err(|source| StorageError::io("create data dir", &root, source))?;
@@ -762,7 +777,7 @@ fn recover(config: &StorageConfig, metrics: &StorageMetrics) -> Result<Recovered
         else {
             continue;
         };
-        let book = Arc::new(TraceBook::open(&tenant_dir)?);
+        let book = Arc::new(TraceBook::open_with(&tenant_dir, windows.clone())?);
         books.insert(tenant.clone(), book.clone());
         for service_dir in read_dirs(&tenant_dir)? {
             // The trace-id book (an encoded name never starts with a dot).

@@ -24,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use logcluster_proto::LogEntry;
 
@@ -42,9 +43,9 @@ const CHUNK_HEADER: usize = 16;
 const ID_LEN: usize = 16;
 /// A window file is read up to this (one id per chunk would take 2 MiB).
 const MAX_WINDOW_FILE: u64 = 4 << 20;
-/// Windows kept decoded for reads (1 MiB each at most): a trace lookup over a day of a busy
-/// tenant touches a few dozen.
-const CACHED_WINDOWS: usize = 32;
+/// Windows kept decoded for reads, by all the books of a store together (1 MiB each at
+/// most): a trace lookup over a day of a busy tenant touches a few dozen.
+pub const CACHED_WINDOWS: usize = 32;
 
 /// The ids of one window, by ordinal.
 pub struct TraceWindow {
@@ -141,6 +142,8 @@ struct Current {
     table: HashMap<[u8; ID_LEN], u32>,
     /// Written since the last fsync.
     dirty: bool,
+    /// When ids were last looked up in it.
+    used: Instant,
 }
 
 struct Writer {
@@ -163,13 +166,27 @@ impl Writer {
     }
 }
 
+/// Windows read recently, shared by the books of a store so that their memory is bounded
+/// however many tenants there are: (book, window) → the ids, and whether they were read after
+/// the window stopped being filled (a copy read while it was being filled may lack ids added
+/// later). Most recent last.
+#[derive(Default)]
+pub struct WindowCache {
+    entries: Mutex<Vec<Cached>>,
+}
+
+/// (book, window), the window's ids, and whether they were read once it was done.
+type Cached = ((u64, u64), Arc<TraceWindow>, bool);
+
+/// Distinct per book in a process (the cache's key).
+static NEXT_BOOK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One tenant's trace-id book (see the module docs).
 pub struct TraceBook {
     dir: PathBuf,
+    id: u64,
     writer: Mutex<Writer>,
-    /// Recently read windows, most recent last, and whether each was read after it stopped
-    /// being filled (a copy read while it was being filled may lack ids added later).
-    cache: Mutex<Vec<(u64, Arc<TraceWindow>, bool)>>,
+    cache: Arc<WindowCache>,
 }
 
 fn window_path(dir: &Path, number: u64) -> PathBuf {
@@ -190,17 +207,47 @@ impl TraceBook {
     /// The book of the tenant whose directory is `tenant_dir` (created on first use). Reads
     /// existing windows; new ids go to a new window.
     pub fn open(tenant_dir: &Path) -> Result<TraceBook, StorageError> {
+        TraceBook::open_with(tenant_dir, Arc::default())
+    }
+
+    /// [`TraceBook::open`] with a window cache shared with other books.
+    pub fn open_with(
+        tenant_dir: &Path,
+        cache: Arc<WindowCache>,
+    ) -> Result<TraceBook, StorageError> {
         let dir = tenant_dir.join(DIR);
         let last = window_numbers(&dir)?.into_iter().max().unwrap_or(0);
         Ok(TraceBook {
             dir,
+            id: NEXT_BOOK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             writer: Mutex::new(Writer {
                 next: last + 1,
                 current: None,
                 unsynced: Vec::new(),
             }),
-            cache: Mutex::new(Vec::new()),
+            cache,
         })
+    }
+
+    /// Lets go of the window being filled (fsynced first) when no ids were looked up in it
+    /// for `idle`, so that a quiet tenant holds no lookup table; its next ids start a new
+    /// window. Returns whether it did.
+    pub fn rest_if_idle(&self, idle: std::time::Duration) -> Result<bool, StorageError> {
+        let mut writer = lock(&self.writer);
+        let Some(current) = writer.current.as_mut() else {
+            return Ok(false);
+        };
+        if current.used.elapsed() < idle {
+            return Ok(false);
+        }
+        if current.dirty {
+            current.file.sync_data().map_err(|source| {
+                StorageError::io("sync trace-id window", &current.path, source)
+            })?;
+            current.dirty = false;
+        }
+        writer.current = None;
+        Ok(true)
     }
 
     /// Gives every 32-hex-digit trace id of `entries` an ordinal in the current window,
@@ -235,6 +282,7 @@ impl TraceBook {
             self.start_window(&mut writer)?;
         }
         let current = writer.current.as_mut().expect("a window was started");
+        current.used = Instant::now();
         let first = current.len as u32;
         let mut added: Vec<u8> = Vec::new();
         let ordinals: Vec<u32> = keys
@@ -333,6 +381,7 @@ impl TraceBook {
             len: 0,
             table: HashMap::new(),
             dirty: false,
+            used: Instant::now(),
         });
         Ok(())
     }
@@ -350,9 +399,10 @@ impl TraceBook {
                 .filter(|c| c.number == number)
                 .map(|c| c.len)
         };
+        let key = (self.id, number);
         {
-            let mut cache = lock(&self.cache);
-            if let Some(at) = cache.iter().position(|(n, _, _)| *n == number) {
+            let mut cache = lock(&self.cache.entries);
+            if let Some(at) = cache.iter().position(|(k, _, _)| *k == key) {
                 let hit = cache.remove(at);
                 let window = hit.1.clone();
                 let serves = match filling {
@@ -377,12 +427,12 @@ impl TraceBook {
             Err(_) => return Err(BlockError::Io),
         }
         let window = Arc::new(TraceWindow::parse(&bytes).ok_or(BlockError::TraceIds)?);
-        let mut cache = lock(&self.cache);
-        cache.retain(|(n, _, _)| *n != number);
+        let mut cache = lock(&self.cache.entries);
+        cache.retain(|(k, _, _)| *k != key);
         if cache.len() >= CACHED_WINDOWS {
             cache.remove(0);
         }
-        cache.push((number, window.clone(), filling.is_none()));
+        cache.push((key, window.clone(), filling.is_none()));
         Ok(window)
     }
 
@@ -412,7 +462,7 @@ impl TraceBook {
             let path = window_path(&self.dir, number);
             std::fs::remove_file(&path)
                 .map_err(|source| StorageError::io("delete trace-id window", &path, source))?;
-            lock(&self.cache).retain(|(n, _, _)| *n != number);
+            lock(&self.cache.entries).retain(|(k, _, _)| *k != (self.id, number));
             let mut writer = lock(&self.writer);
             writer.unsynced.retain(|(p, _)| *p != path);
             removed += 1;
@@ -564,6 +614,70 @@ mod tests {
         let done = book.window(window).expect("done");
         assert_eq!(done.len(), 30);
         assert_eq!(done.get(25), trace_key(&id(25)).as_ref().map(|k| &k[..]));
+    }
+
+    /// Books sharing a cache keep their windows apart (both tenants' first windows are
+    /// number 1), and the cache holds at most its capacity for all of them.
+    #[test]
+    fn books_sharing_a_cache_read_their_own_windows() {
+        let cache = Arc::new(WindowCache::default());
+        let dirs: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let books: Vec<TraceBook> = dirs
+            .iter()
+            .map(|d| TraceBook::open_with(d.path(), cache.clone()).expect("open"))
+            .collect();
+        for (n, book) in books.iter().enumerate() {
+            let (window, _) = book
+                .intern(&[entry(&id(100 + n as u64))])
+                .expect("intern")
+                .expect("some");
+            assert_eq!(window, 1);
+        }
+        for _ in 0..2 {
+            for (n, book) in books.iter().enumerate() {
+                let read = book.window(1).expect("window");
+                assert_eq!(
+                    read.get(0),
+                    trace_key(&id(100 + n as u64)).as_ref().map(|k| &k[..])
+                );
+            }
+        }
+        assert_eq!(lock(&cache.entries).len(), 3);
+    }
+
+    /// A quiet book lets go of its window (fsynced, table dropped); its next ids start a
+    /// new window, and the old one reads back whole.
+    #[test]
+    fn an_idle_book_rests_and_starts_a_new_window_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = TraceBook::open(dir.path()).expect("open");
+        assert!(
+            !book
+                .rest_if_idle(std::time::Duration::ZERO)
+                .expect("nothing to rest")
+        );
+        let (window, _) = book
+            .intern(&[entry(&id(1))])
+            .expect("intern")
+            .expect("some");
+        assert_eq!(book.window(window).expect("filling").len(), 1);
+        book.intern(&[entry(&id(2))]).expect("intern");
+        assert!(
+            !book
+                .rest_if_idle(std::time::Duration::from_secs(3600))
+                .expect("busy")
+        );
+        assert!(book.rest_if_idle(std::time::Duration::ZERO).expect("rests"));
+        assert_eq!(book.floor(), window + 1);
+        let rested = book.window(window).expect("rested");
+        assert_eq!(rested.len(), 2);
+        let (next, ordinals) = book
+            .intern(&[entry(&id(2))])
+            .expect("intern")
+            .expect("some");
+        assert_eq!((next, ordinals), (window + 1, vec![0]));
     }
 
     #[test]
