@@ -94,6 +94,6 @@ mod tests {
             Ok(resource),
         )]);
         assert_eq!(report.loaded, 1);
-        assert!(registry.has_schema_for("payment", "json"));
+        assert!(registry.current().has_schema_for("payment", "json"));
     }
 }

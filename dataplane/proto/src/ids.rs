@@ -76,6 +76,32 @@ pub fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// A `Hasher` for integer keys that mixes them with [`mix64`]: cheaper than SipHash where the
+/// keys are not chosen by an attacker to collide (token hashes, interval starts), and unlike a
+/// bare multiply it spreads keys whose low bits are all equal (multiples of an interval).
+#[derive(Default)]
+pub struct Mix64Hasher(u64);
+
+impl std::hash::Hasher for Mix64Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = mix64(self.0 ^ u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = mix64(self.0 ^ value);
+    }
+
+    fn write_i64(&mut self, value: i64) {
+        self.write_u64(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// `<16 hex digits of batch uid>-<8 hex digits of position>`: ids of one batch sort together,
 /// and a retried batch yields identical ids.
 pub fn entry_id(batch_uid: u64, index: u32) -> String {

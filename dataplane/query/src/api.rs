@@ -124,29 +124,9 @@ pub struct Page {
 pub type LevelCounts = BTreeMap<(String, i64), [u64; 7]>;
 
 /// Counts by level per interval start, while counting.
-type ByStart = HashMap<i64, [u64; 7], std::hash::BuildHasherDefault<StartHasher>>;
-
-/// Hashes an interval start with the splitmix64 finalizer: starts are multiples of the
-/// interval, so their low bits alone would all fall in a few buckets, and SipHash costs more
-/// than the counting.
-#[derive(Default)]
-struct StartHasher(u64);
-
-impl std::hash::Hasher for StartHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = logcluster_proto::ids::mix64(self.0 ^ u64::from(*byte));
-        }
-    }
-
-    fn write_i64(&mut self, v: i64) {
-        self.0 = logcluster_proto::ids::mix64(self.0 ^ v as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// Interval starts are multiples of the interval, and SipHash costs more than the counting.
+type ByStart =
+    HashMap<i64, [u64; 7], std::hash::BuildHasherDefault<logcluster_proto::ids::Mix64Hasher>>;
 
 /// A request that could not be understood: 400 with a message pointing at the problem.
 #[derive(Debug, thiserror::Error)]

@@ -178,9 +178,16 @@ impl CompiledSchema {
 
     /// Whether this schema applies to a record of `service` that arrived as `input_format`.
     pub fn applies_to(&self, service: &str, input_format: &str) -> bool {
-        let selector = &self.resource.spec.selector;
-        (selector.services.is_empty() || selector.services.iter().any(|s| s == service))
-            && (selector.formats.is_empty() || selector.formats.iter().any(|f| f == input_format))
+        let services = &self.resource.spec.selector.services;
+        (services.is_empty() || services.iter().any(|s| s == service))
+            && self.applies_to_format(input_format)
+    }
+
+    /// Whether this schema applies to records that arrived as `input_format`, whatever
+    /// their service.
+    pub fn applies_to_format(&self, input_format: &str) -> bool {
+        let formats = &self.resource.spec.selector.formats;
+        formats.is_empty() || formats.iter().any(|f| f == input_format)
     }
 
     /// Checks one record view.
@@ -277,10 +284,10 @@ pub struct SchemaSet(Arc<Snapshot>);
 impl SchemaSet {
     /// Whether any schema applies to records of this input format, whatever their service.
     pub fn has_schema_for_format(&self, input_format: &str) -> bool {
-        self.0.schemas.iter().any(|s| {
-            let formats = &s.resource.spec.selector.formats;
-            formats.is_empty() || formats.iter().any(|f| f == input_format)
-        })
+        self.0
+            .schemas
+            .iter()
+            .any(|s| s.applies_to_format(input_format))
     }
 
     /// Fast check: does any schema apply? (Called for every record.)
@@ -454,21 +461,6 @@ impl SchemaRegistry {
         };
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         report
-    }
-
-    /// [`SchemaSet::has_schema_for`] of the schemas in force now.
-    pub fn has_schema_for(&self, service: &str, input_format: &str) -> bool {
-        self.current().has_schema_for(service, input_format)
-    }
-
-    /// [`SchemaSet::validate`] with the schemas in force now.
-    pub fn validate(
-        &self,
-        service: &str,
-        input_format: &str,
-        view: &Value,
-    ) -> Result<(), Violation> {
-        self.current().validate(service, input_format, view)
     }
 
     pub fn statuses(&self) -> Vec<SchemaStatus> {

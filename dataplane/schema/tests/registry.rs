@@ -21,9 +21,10 @@ fn json_schema_accepts_good_records_and_names_the_problem_in_bad_ones() {
     let registry = SchemaRegistry::new();
     let report = registry.load_dir(dir.path()).expect("load");
     assert_eq!(report.loaded, 1);
-    assert!(registry.has_schema_for("payment", "json"));
-    assert!(!registry.has_schema_for("search", "json"));
+    assert!(registry.current().has_schema_for("payment", "json"));
+    assert!(!registry.current().has_schema_for("search", "json"));
     registry
+        .current()
         .validate(
             "payment",
             "json",
@@ -31,6 +32,7 @@ fn json_schema_accepts_good_records_and_names_the_problem_in_bad_ones() {
         )
         .expect("valid record");
     let violation = registry
+        .current()
         .validate("payment", "json", &json!({"message": "bad", "amount": -1}))
         .expect_err("negative amount");
     assert_eq!(violation.schema, "payments");
@@ -41,11 +43,13 @@ fn json_schema_accepts_good_records_and_names_the_problem_in_bad_ones() {
         violation.message
     );
     let missing = registry
+        .current()
         .validate("payment", "json", &json!({"message": "no amount"}))
         .expect_err("required");
     assert!(missing.message.contains("amount"), "{}", missing.message);
     // Other services are not affected.
     registry
+        .current()
         .validate("search", "json", &json!({}))
         .expect("no schema applies");
 }
@@ -98,9 +102,11 @@ fn avro_and_protobuf_schemas_validate_records() {
     let registry = SchemaRegistry::new();
     assert_eq!(registry.load_dir(dir.path()).expect("load").loaded, 2);
     registry
+        .current()
         .validate("orders", "json", &json!({"message": "m", "order_id": 7}))
         .expect("avro ok");
     let bad = registry
+        .current()
         .validate(
             "orders",
             "json",
@@ -109,9 +115,11 @@ fn avro_and_protobuf_schemas_validate_records() {
         .expect_err("avro type");
     assert_eq!(bad.reason, "avro_mismatch");
     registry
+        .current()
         .validate("orders", "json", &json!({"message": "m"}))
         .expect_err("avro missing field without default");
     registry
+        .current()
         .validate(
             "audit",
             "syslog",
@@ -119,6 +127,7 @@ fn avro_and_protobuf_schemas_validate_records() {
         )
         .expect("protobuf ok");
     let bad = registry
+        .current()
         .validate(
             "audit",
             "syslog",
@@ -151,10 +160,10 @@ fn a_broken_schema_is_reported_and_the_previous_good_version_stays() {
         "{typo:?}"
     );
     assert!(
-        registry.has_schema_for("anything", "syslog"),
+        registry.current().has_schema_for("anything", "syslog"),
         "format selector"
     );
-    assert!(!registry.has_schema_for("anything", "json"));
+    assert!(!registry.current().has_schema_for("anything", "json"));
     // Break the payments schema: the old version stays in force and the error is visible.
     write(
         dir.path(),
@@ -170,6 +179,7 @@ fn a_broken_schema_is_reported_and_the_previous_good_version_stays() {
     assert!(!status.accepted && status.active, "{status:?}");
     assert!(
         registry
+            .current()
             .validate("payment", "json", &json!({"message": "m", "amount": -5}))
             .is_err()
     );
@@ -193,7 +203,7 @@ async fn a_watched_folder_reloads_added_changed_and_removed_files() {
         let registry = registry.clone();
         async move {
             for _ in 0..200 {
-                if registry.has_schema_for("payment", "json") == want {
+                if registry.current().has_schema_for("payment", "json") == want {
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
@@ -209,11 +219,11 @@ async fn a_watched_folder_reloads_added_changed_and_removed_files() {
         &JSON_SCHEMA.replace("services: [payment]", "services: [billing]"),
     );
     assert!(wait_for(false).await, "changed selector picked up");
-    assert!(registry.has_schema_for("billing", "json"));
+    assert!(registry.current().has_schema_for("billing", "json"));
     std::fs::remove_file(dir.path().join("payments.yaml")).expect("remove");
     let mut gone = false;
     for _ in 0..200 {
-        if !registry.has_schema_for("billing", "json") {
+        if !registry.current().has_schema_for("billing", "json") {
             gone = true;
             break;
         }

@@ -1197,13 +1197,7 @@ pub fn decode(
                 let kind = match cells[i] {
                     Cell::Absent => continue,
                     Cell::Str(span) => Some(Kind::Str(text(bytes, span)?)),
-                    Cell::Hex(span) => {
-                        let mut spelled = Vec::with_capacity(2 * span.len as usize);
-                        put_hex(&mut spelled, span.of(bytes));
-                        Some(Kind::Str(
-                            String::from_utf8(spelled).map_err(|_| BlockError::Decode)?,
-                        ))
-                    }
+                    Cell::Hex(span) => Some(Kind::Str(logcluster_proto::ids::hex(span.of(bytes)))),
                     Cell::Int(v) => Some(Kind::Int(v)),
                     Cell::Float(v) => Some(Kind::Float(v)),
                     Cell::FloatText(span) => Some(Kind::Float(

@@ -315,23 +315,6 @@ impl SegmentIndex {
     }
 }
 
-/// Hasher for sets of token hashes: they are FNV-1a values already, so one multiply spreads
-/// them over a table (the default SipHash cost more than the rest of the set's work).
-#[derive(Default)]
-struct TokenHashHasher(u64);
-
-impl std::hash::Hasher for TokenHashHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = self.0.rotate_left(5) ^ bloom::fnv1a64(bytes);
-    }
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// Calls `f` with the hash of every token that the block filter indexes for `entry`.
 pub fn for_each_indexed_token(entry: &LogEntry, mut f: impl FnMut(u64)) {
     let mut hash_token = |t: &str| f(bloom::fnv1a64(t.as_bytes()));
@@ -378,7 +361,7 @@ pub fn build_block_with(
         count: entries.len() as u32,
         ..Default::default()
     };
-    let mut tokens: HashSet<u64, BuildHasherDefault<TokenHashHasher>> =
+    let mut tokens: HashSet<u64, BuildHasherDefault<logcluster_proto::ids::Mix64Hasher>> =
         HashSet::with_capacity_and_hasher(entries.len() * 4, Default::default());
     let mut rollup: std::collections::BTreeMap<(i64, u32), u32> = std::collections::BTreeMap::new();
     let mut numeric: std::collections::BTreeMap<&str, NumericFold> =

@@ -156,11 +156,7 @@ impl Store {
         if let Some(book) = books.get(tenant) {
             return Ok(book.clone());
         }
-        let dir = self
-            .config
-            .data_dir
-            .join("streams")
-            .join(encode_name(tenant));
+        let dir = tenant_dir(&self.config.data_dir, tenant);
         let book = Arc::new(TraceBook::open_with(&dir, self.windows.clone())?);
         books.insert(tenant.to_string(), book.clone());
         Ok(book)
@@ -745,10 +741,12 @@ fn batch_uid_of(entry_id: &str) -> Option<u64> {
     (uid.len() == 16).then(|| u64::from_str_radix(uid, 16).ok())?
 }
 
+fn tenant_dir(root: &std::path::Path, tenant: &str) -> PathBuf {
+    root.join("streams").join(encode_name(tenant))
+}
+
 fn stream_dir(root: &std::path::Path, tenant: &str, service: &str) -> PathBuf {
-    root.join("streams")
-        .join(encode_name(tenant))
-        .join(encode_name(service))
+    tenant_dir(root, tenant).join(encode_name(service))
 }
 
 type Recovered = (

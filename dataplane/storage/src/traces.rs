@@ -120,10 +120,15 @@ fn chunk_at(bytes: &[u8], pos: usize) -> Option<(usize, &[u8])> {
         return None;
     }
     let ids = bytes.get(pos + CHUNK_HEADER..pos + CHUNK_HEADER + ID_LEN * count)?;
+    (chunk_crc(&header[4..12], ids) == crc).then_some((first, ids))
+}
+
+/// A chunk's checksum: over its first ordinal and count (`counts`, 8 bytes) and its ids.
+fn chunk_crc(counts: &[u8], ids: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[4..12]);
+    hasher.update(counts);
     hasher.update(ids);
-    (hasher.finalize() == crc).then_some((first, ids))
+    hasher.finalize()
 }
 
 /// The 16 bytes of a trace id of 32 lower-case hex digits (W3C and OpenTelemetry trace ids).
@@ -137,13 +142,26 @@ struct Current {
     number: u64,
     path: PathBuf,
     file: File,
-    /// Ids written to the file (readers load them from it).
-    len: usize,
+    /// Each id written to the file (readers load them from it) and its ordinal; a failed
+    /// write gives the window up, so it holds exactly what the file does.
     table: HashMap<[u8; ID_LEN], u32>,
     /// Written since the last fsync.
     dirty: bool,
     /// When ids were last looked up in it.
     used: Instant,
+}
+
+impl Current {
+    /// Fsyncs the window if anything in it is unsynced.
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if self.dirty {
+            self.file
+                .sync_data()
+                .map_err(|source| StorageError::io("sync trace-id window", &self.path, source))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
 }
 
 struct Writer {
@@ -240,12 +258,7 @@ impl TraceBook {
         if current.used.elapsed() < idle {
             return Ok(false);
         }
-        if current.dirty {
-            current.file.sync_data().map_err(|source| {
-                StorageError::io("sync trace-id window", &current.path, source)
-            })?;
-            current.dirty = false;
-        }
+        current.sync()?;
         writer.current = None;
         Ok(true)
     }
@@ -266,7 +279,7 @@ impl TraceBook {
         let mut writer = lock(&self.writer);
         let room = writer.current.as_ref().is_some_and(|c| {
             // Counting the new ids is needed only near the window's end.
-            if c.len + keys.len() <= WINDOW_IDS {
+            if c.table.len() + keys.len() <= WINDOW_IDS {
                 return true;
             }
             let mut fresh: Vec<&[u8; ID_LEN]> = keys
@@ -276,14 +289,14 @@ impl TraceBook {
                 .collect();
             fresh.sort_unstable();
             fresh.dedup();
-            c.len + fresh.len() <= WINDOW_IDS
+            c.table.len() + fresh.len() <= WINDOW_IDS
         });
         if !room {
             self.start_window(&mut writer)?;
         }
         let current = writer.current.as_mut().expect("a window was started");
         current.used = Instant::now();
-        let first = current.len as u32;
+        let first = current.table.len() as u32;
         let mut added: Vec<u8> = Vec::new();
         let ordinals: Vec<u32> = keys
             .iter()
@@ -302,10 +315,8 @@ impl TraceBook {
             chunk.extend_from_slice(CHUNK_MAGIC);
             chunk.extend_from_slice(&first.to_le_bytes());
             chunk.extend_from_slice(&count.to_le_bytes());
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&chunk[4..12]);
-            hasher.update(&added);
-            chunk.extend_from_slice(&hasher.finalize().to_le_bytes());
+            let crc = chunk_crc(&chunk[4..12], &added);
+            chunk.extend_from_slice(&crc.to_le_bytes());
             chunk.extend_from_slice(&added);
             // Dirty before the write: a torn write leaves earlier chunks to fsync.
             current.dirty = true;
@@ -315,7 +326,6 @@ impl TraceBook {
                 writer.retire();
                 return Err(StorageError::io("append to trace-id window", &path, source));
             }
-            current.len += added.len() / ID_LEN;
         }
         Ok(Some((current.number, ordinals)))
     }
@@ -329,31 +339,20 @@ impl TraceBook {
                 .map_err(|source| StorageError::io("sync trace-id window", path, source))?;
             writer.unsynced.pop();
         }
-        if let Some(current) = writer.current.as_mut()
-            && current.dirty
-        {
-            current.file.sync_data().map_err(|source| {
-                StorageError::io("sync trace-id window", &current.path, source)
-            })?;
-            current.dirty = false;
+        match writer.current.as_mut() {
+            Some(current) => current.sync(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts the next window; the one being filled is fsynced first (or kept for
     /// [`TraceBook::sync`] when that fails).
     fn start_window(&self, writer: &mut Writer) -> Result<(), StorageError> {
         if let Some(done) = writer.current.as_mut()
-            && done.dirty
+            && let Err(error) = done.sync()
         {
-            match done.file.sync_data() {
-                Ok(()) => done.dirty = false,
-                Err(source) => {
-                    let path = done.path.clone();
-                    writer.retire();
-                    return Err(StorageError::io("sync trace-id window", &path, source));
-                }
-            }
+            writer.retire();
+            return Err(error);
         }
         writer.current = None;
         if !self.dir.exists() {
@@ -378,7 +377,6 @@ impl TraceBook {
             number,
             path,
             file,
-            len: 0,
             table: HashMap::new(),
             dirty: false,
             used: Instant::now(),
@@ -397,7 +395,7 @@ impl TraceBook {
                 .current
                 .as_ref()
                 .filter(|c| c.number == number)
-                .map(|c| c.len)
+                .map(|c| c.table.len())
         };
         let key = (self.id, number);
         {
@@ -475,13 +473,10 @@ impl TraceBook {
 
     /// Bytes of the window files.
     pub fn bytes(&self) -> u64 {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return 0;
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_str().and_then(window_number).is_some())
-            .filter_map(|e| e.metadata().ok())
+        window_numbers(&self.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| std::fs::metadata(window_path(&self.dir, n)).ok())
             .map(|m| m.len())
             .sum()
     }
