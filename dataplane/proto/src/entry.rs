@@ -189,16 +189,59 @@ impl FieldValue {
         match &self.kind {
             Some(field_value::Kind::Int(i)) => Some(*i as f64),
             Some(field_value::Kind::Float(f)) => Some(*f),
-            Some(field_value::Kind::Str(s)) => s.parse().ok(),
+            Some(field_value::Kind::Str(s)) if may_be_number(s) => s.parse().ok(),
             _ => None,
         }
     }
+}
+
+/// Whether `text` may parse as an `f64`: Rust's grammar needs, after an optional sign, a
+/// digit, a point, or the start of `inf`, `infinity` or `nan`. Most text values fail here
+/// without a parse attempt.
+fn may_be_number(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let first = match bytes {
+        [b'+' | b'-', second, ..] => *second,
+        [first, ..] => *first,
+        [] => return false,
+    };
+    matches!(first, b'0'..=b'9' | b'.' | b'i' | b'I' | b'n' | b'N')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
+
+    proptest::proptest! {
+        /// The quick refusal in `as_f64` never refuses what `str::parse` accepts.
+        #[test]
+        fn text_values_read_as_numbers_exactly_as_parse_reads_them(
+            text in "[+-]?([0-9.eE_xa-fA-F]|inf|INF|Infinity|nan|NaN|[ a-z]){0,12}"
+        ) {
+            let value = FieldValue::str(text.clone());
+            let parsed: Option<f64> = text.parse().ok();
+            let got = value.as_f64();
+            proptest::prop_assert_eq!(got.map(f64::to_bits), parsed.map(f64::to_bits));
+        }
+    }
+
+    #[test]
+    fn numbers_in_text_values() {
+        for (text, expected) in [
+            ("42", Some(42.0)),
+            ("-1.5e3", Some(-1500.0)),
+            (".5", Some(0.5)),
+            ("+inf", Some(f64::INFINITY)),
+            ("eu-central-1", None),
+            ("4dcabfb7", None),
+            ("", None),
+            ("-", None),
+        ] {
+            assert_eq!(FieldValue::str(text).as_f64(), expected, "{text}");
+        }
+        assert!(FieldValue::str("NaN").as_f64().is_some_and(f64::is_nan));
+    }
 
     #[test]
     fn level_names_round_trip() {

@@ -39,6 +39,47 @@ pub fn is_token_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'_' || !byte.is_ascii()
 }
 
+/// Each byte lower-cased when it is a token byte, 0 when it separates tokens (no token byte
+/// is 0).
+const TOKEN_BYTE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        if b.is_ascii_alphanumeric() || b == b'_' || !b.is_ascii() {
+            table[byte] = b.to_ascii_lowercase();
+        }
+        byte += 1;
+    }
+    table
+};
+
+/// Calls `f` with [`fnv1a64`] of every token of `text`, in order: what calling it with the
+/// hash of each token [`for_each_token`] passes gives, in one pass over the bytes and without
+/// lower-casing into a buffer (the block token filter's hot path).
+///
+/// [`fnv1a64`]: crate::ids::fnv1a64
+pub fn for_each_token_hash(text: &str, mut f: impl FnMut(u64)) {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    let mut in_token = false;
+    for &byte in text.as_bytes() {
+        let lowered = TOKEN_BYTE[usize::from(byte)];
+        if lowered != 0 {
+            hash = (hash ^ u64::from(lowered)).wrapping_mul(PRIME);
+            in_token = true;
+        } else if in_token {
+            f(hash);
+            hash = OFFSET;
+            in_token = false;
+        }
+    }
+    if in_token {
+        f(hash);
+    }
+}
+
 /// The tokens of `text` that are certainly whole tokens in any text that contains `text` as a
 /// substring: all tokens except a first one touching the start and a last one touching the end
 /// (those may continue outside the substring).
@@ -93,6 +134,28 @@ mod tests {
             for_each_token(&text, |t| out.push(t.to_string()));
             proptest::prop_assert_eq!(out, tokens_by_chars(&text));
         }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn token_hashes_are_the_hashes_of_the_tokens(text in "(\\PC|[A-Za-z0-9_ ./:-]){0,60}") {
+            let mut expected = Vec::new();
+            for_each_token(&text, |t| expected.push(crate::ids::fnv1a64(t.as_bytes())));
+            let mut hashes = Vec::new();
+            for_each_token_hash(&text, |h| hashes.push(h));
+            proptest::prop_assert_eq!(hashes, expected);
+        }
+    }
+
+    #[test]
+    fn token_hashes_of_a_known_text() {
+        let mut hashes = Vec::new();
+        for_each_token_hash("GET /Api_V1 Straße", |h| hashes.push(h));
+        let expected: Vec<u64> = ["get", "api_v1", "straße"]
+            .iter()
+            .map(|t| crate::ids::fnv1a64(t.as_bytes()))
+            .collect();
+        assert_eq!(hashes, expected);
     }
 
     #[test]

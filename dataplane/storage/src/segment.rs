@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use logcluster_proto::LogEntry;
 use logcluster_proto::entry::field_value::Kind;
-use logcluster_proto::tokens::for_each_token;
+use logcluster_proto::tokens::for_each_token_hash;
 use prost::Message;
 
 use crate::traces::TraceBook;
@@ -317,13 +317,12 @@ impl SegmentIndex {
 
 /// Calls `f` with the hash of every token that the block filter indexes for `entry`.
 pub fn for_each_indexed_token(entry: &LogEntry, mut f: impl FnMut(u64)) {
-    let mut hash_token = |t: &str| f(bloom::fnv1a64(t.as_bytes()));
-    for_each_token(&entry.message, &mut hash_token);
-    for_each_token(&entry.host, &mut hash_token);
-    for_each_token(&entry.trace_id, &mut hash_token);
+    for_each_token_hash(&entry.message, &mut f);
+    for_each_token_hash(&entry.host, &mut f);
+    for_each_token_hash(&entry.trace_id, &mut f);
     for value in entry.fields.values() {
         if let Some(Kind::Str(s)) = &value.kind {
-            for_each_token(s, &mut hash_token);
+            for_each_token_hash(s, &mut f);
         }
     }
 }

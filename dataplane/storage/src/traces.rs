@@ -144,7 +144,7 @@ struct Current {
     file: File,
     /// Each id written to the file (readers load them from it) and its ordinal; a failed
     /// write gives the window up, so it holds exactly what the file does.
-    table: HashMap<[u8; ID_LEN], u32>,
+    table: foldhash::HashMap<[u8; ID_LEN], u32>,
     /// Written since the last fsync.
     dirty: bool,
     /// When ids were last looked up in it.
@@ -377,7 +377,7 @@ impl TraceBook {
             number,
             path,
             file,
-            table: HashMap::new(),
+            table: HashMap::default(),
             dirty: false,
             used: Instant::now(),
         });

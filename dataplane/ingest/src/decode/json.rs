@@ -517,15 +517,25 @@ pub(crate) fn decode_json_payload(
         return Ok(out);
     }
 
+    // A payload that is valid UTF-8 as a whole (the usual case) is checked once here, and its
+    // lines are parsed as text, without checking each string again.
+    let text = std::str::from_utf8(payload).ok();
     let mut offset = 0usize;
     let mut first_record = true;
-    for (index, raw_line) in payload.split(|b| *b == b'\n').enumerate() {
+    let ends = memchr::memchr_iter(b'\n', payload).chain(std::iter::once(payload.len()));
+    for (index, line_end) in ends.enumerate() {
         let line_start = offset;
-        offset += raw_line.len() + 1;
+        let raw_line = &payload[line_start..line_end];
+        offset = line_end + 1;
         if raw_line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<Parsed<'_>>(raw_line) {
+        let parsed = match text {
+            // Cut at '\n', so on character boundaries.
+            Some(text) => serde_json::from_str::<Parsed<'_>>(&text[line_start..line_end]),
+            None => serde_json::from_slice::<Parsed<'_>>(raw_line),
+        };
+        match parsed {
             Ok(parsed) => push(&mut out, index, decode_parsed(parsed, ctx)),
             Err(error) if first_record && error.is_eof() => {
                 // Not NDJSON: a pretty-printed document (or a stream of them) spanning lines.
@@ -735,6 +745,24 @@ mod tests {
                 (2, RejectReason::InvalidJson),
                 (3, RejectReason::NotAnObject),
                 (4, RejectReason::InvalidUtf8)
+            ]
+        );
+        // The same without the invalid byte: the payload is then checked as UTF-8 once and
+        // its lines parsed as text, with the same verdicts.
+        let payload = "{\"message\":\"one\",\"level\":\"info\"}\r\n\n{\"message\": oops}\n[1]\n{\"message\":\"été \\u00e9\"}\n{\"msg\":\"five\"}";
+        let out = decode_json_payload(payload.as_bytes(), &ctx()).expect("decodes");
+        let messages: Vec<_> = out
+            .records
+            .iter()
+            .map(|r| r.entry.message.as_str())
+            .collect();
+        assert_eq!(messages, ["one", "été é", "five"]);
+        let errors: Vec<_> = out.errors.iter().map(|e| (e.index, e.reason)).collect();
+        assert_eq!(
+            errors,
+            [
+                (2, RejectReason::InvalidJson),
+                (3, RejectReason::NotAnObject)
             ]
         );
     }

@@ -111,7 +111,7 @@ fn put_decimal(out: &mut Vec<u8>, mut value: u64) {
 
 /// Encodes (message, level) rows into the raw shape, rows and vars sections.
 pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
-    let mut index: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut index: foldhash::HashMap<Vec<u8>, u32> = HashMap::default();
     let mut templates: Vec<Vec<u8>> = Vec::new();
     let mut levels: Vec<Vec<(i32, u64)>> = Vec::new();
     let mut row_ids: Vec<u8> = Vec::new();
@@ -162,13 +162,17 @@ pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
                 }
             }
         }
-        let next = templates.len() as u32;
-        let id = *index.entry(template.clone()).or_insert_with(|| {
-            templates.push(template.clone());
-            levels.push(Vec::new());
-            columns.push(vec![Vec::new(); ends.len()]);
-            next
-        });
+        let id = match index.get(&template[..]) {
+            Some(&id) => id,
+            None => {
+                let id = templates.len() as u32;
+                index.insert(template.clone(), id);
+                templates.push(template.clone());
+                levels.push(Vec::new());
+                columns.push(vec![Vec::new(); ends.len()]);
+                id
+            }
+        };
         encode_varint(u64::from(id), &mut row_ids);
         let mut start = 0;
         for (column, end) in columns[id as usize].iter_mut().zip(&ends) {
