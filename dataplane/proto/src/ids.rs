@@ -46,18 +46,29 @@ pub fn unhex_into(digits: &[u8], out: &mut [u8]) -> bool {
     if digits.len() != 2 * out.len() {
         return false;
     }
-    let nibble = |d: u8| match d {
-        b'0'..=b'9' => Some(d - b'0'),
-        b'a'..=b'f' => Some(d - b'a' + 10),
-        _ => None,
-    };
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(high), Some(low)) => *byte = high << 4 | low,
-            _ => return false,
+    // Each byte's value as a lower-case hex digit, or 0xff.
+    const NIBBLE: [u8; 256] = {
+        let mut table = [0xffu8; 256];
+        let mut d = 0;
+        while d < 10 {
+            table[b'0' as usize + d] = d as u8;
+            d += 1;
         }
+        let mut d = 0;
+        while d < 6 {
+            table[b'a' as usize + d] = 10 + d as u8;
+            d += 1;
+        }
+        table
+    };
+    let mut bad = 0u8;
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let (high, low) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+        bad |= high | low;
+        *byte = high << 4 | (low & 15);
     }
-    true
+    // Every valid nibble is below 16, and 0xff has its high bits set.
+    bad < 16
 }
 
 /// The lower-case hex digits of `bytes`.
@@ -105,25 +116,24 @@ impl std::hash::Hasher for Mix64Hasher {
 /// `<16 hex digits of batch uid>-<8 hex digits of position>`: ids of one batch sort together,
 /// and a retried batch yields identical ids.
 pub fn entry_id(batch_uid: u64, index: u32) -> String {
-    format!("{batch_uid:016x}-{index:08x}")
+    let mut out = Vec::with_capacity(25);
+    push_hex(&mut out, &batch_uid.to_be_bytes());
+    out.push(b'-');
+    push_hex(&mut out, &index.to_be_bytes());
+    // Hex digits and '-' are ASCII.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The `(batch uid, position)` of an id that [`entry_id`] made, exactly: 16 and 8 lower-case
 /// hex digits around a `-` (so that formatting them again gives back the same id).
 pub fn parse_entry_id(id: &str) -> Option<(u64, u32)> {
     let bytes = id.as_bytes();
-    let lower_hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-    if bytes.len() != 25
-        || bytes[16] != b'-'
-        || !lower_hex(&bytes[..16])
-        || !lower_hex(&bytes[17..])
-    {
-        return None;
-    }
-    Some((
-        u64::from_str_radix(&id[..16], 16).ok()?,
-        u32::from_str_radix(&id[17..], 16).ok()?,
-    ))
+    let (mut uid, mut index) = ([0u8; 8], [0u8; 4]);
+    (bytes.len() == 25
+        && bytes[16] == b'-'
+        && unhex_into(&bytes[..16], &mut uid)
+        && unhex_into(&bytes[17..], &mut index))
+    .then(|| (u64::from_be_bytes(uid), u32::from_be_bytes(index)))
 }
 
 #[cfg(test)]
@@ -158,6 +168,32 @@ mod tests {
             assert!(!unhex_into(bad, &mut out), "{bad:?}");
         }
         assert!(unhex_into(b"", &mut []));
+    }
+
+    proptest::proptest! {
+        /// Against the definitions: `format!`'s hex, and a digit-by-digit reading.
+        #[test]
+        fn ids_and_hex_match_their_definitions(
+            uid in proptest::prelude::any::<u64>(),
+            index in proptest::prelude::any::<u32>(),
+            digits in proptest::collection::vec(
+                proptest::sample::select(b"0123456789abcdefABCDEFg-x \xff".to_vec()), 0..12),
+        ) {
+            let id = entry_id(uid, index);
+            proptest::prop_assert_eq!(&id, &format!("{uid:016x}-{index:08x}"));
+            proptest::prop_assert_eq!(parse_entry_id(&id), Some((uid, index)));
+            let mut out = vec![0u8; digits.len() / 2];
+            let expected = (digits.len() % 2 == 0
+                && digits.iter().all(|d| matches!(d, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| {
+                digits
+                    .chunks(2)
+                    .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap_or("x"), 16).unwrap_or(0))
+                    .collect::<Vec<u8>>()
+            });
+            let got = unhex_into(&digits, &mut out).then_some(out);
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]
