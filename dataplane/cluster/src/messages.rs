@@ -115,9 +115,10 @@ pub fn encode_append<'a>(
     batch_uid: u64,
     hint_for: &str,
     repair: bool,
-    chunks: impl Iterator<Item = &'a Vec<u8>>,
+    chunks: impl Iterator<Item = &'a Vec<u8>> + Clone,
 ) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out =
+        Vec::with_capacity(16 + hint_for.len() + chunks.clone().map(Vec::len).sum::<usize>());
     if batch_uid != 0 {
         prost::encoding::uint64::encode(1, &batch_uid, &mut out);
     }

@@ -367,6 +367,18 @@ impl Cluster {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
+        self.call_shared(member, kind, Arc::new(payload.to_vec()), timeout)
+            .await
+    }
+
+    /// [`Cluster::call`] with a payload that other calls share.
+    pub async fn call_shared(
+        &self,
+        member: &str,
+        kind: Kind,
+        payload: Arc<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
         let view = self.view();
         let client = self
             .client(member, &view)
@@ -374,7 +386,7 @@ impl Cluster {
                 addr: member.to_string(),
                 message: "not a known member (or its address is not a valid TLS name)".into(),
             })?;
-        let result = client.call(kind as u8, payload, timeout).await;
+        let result = client.call_shared(kind as u8, payload, timeout).await;
         match &result {
             Ok(_) | Err(RpcError::Remote { .. }) => self.mark(member, true),
             Err(_) => self.mark(member, false),
@@ -396,8 +408,9 @@ impl Cluster {
         self.batches.fetch_add(1, Ordering::Relaxed);
         let needed = self.effective_write_quorum(&view);
         // Reserve the batch's share of the in-flight budget, counted as one copy of its
-        // payload (each replica call holds its own encoded request on top, so real memory
-        // is a small multiple of the budget); released when the last call finishes.
+        // payload (its encoded requests, shared by the replicas they go to, come on top, so
+        // real memory is a small multiple of the budget); released when the last call
+        // finishes.
         let bytes: usize = entries.iter().map(LogEntry::approx_size).sum();
         let max_units = (self.config.max_in_flight_bytes / BUDGET_UNIT).max(1);
         let units = (bytes / BUDGET_UNIT).clamp(1, max_units) as u32;
@@ -458,12 +471,10 @@ impl Cluster {
         let partitions: Vec<PartitionId> = parts.keys().copied().collect();
         // Each part is encoded once and shared by every replica's request (RF copies of a
         // batch would otherwise be cloned and encoded RF times).
-        let encoded: Arc<BTreeMap<PartitionId, Vec<u8>>> = Arc::new(
-            parts
-                .iter()
-                .map(|(p, entries)| (*p, crate::messages::encode_entries(entries)))
-                .collect(),
-        );
+        let encoded: BTreeMap<PartitionId, Vec<u8>> = parts
+            .iter()
+            .map(|(p, entries)| (*p, crate::messages::encode_entries(entries)))
+            .collect();
         // Only the counts are needed from here on; the decoded entries go now.
         let part_sizes: BTreeMap<PartitionId, usize> = parts
             .iter()
@@ -487,11 +498,28 @@ impl Cluster {
                 }
             }
         }
+        // One request per distinct (hint, partitions), shared by the members it goes to: with
+        // RF members all owning the same partitions, the batch is framed once, not RF times.
+        let mut payloads: HashMap<(String, Vec<PartitionId>), Arc<Vec<u8>>> = HashMap::new();
+        let mut payload_for = |hint_for: &str, parts_of: &[PartitionId]| {
+            payloads
+                .entry((hint_for.to_string(), parts_of.to_vec()))
+                .or_insert_with(|| {
+                    Arc::new(crate::messages::encode_append(
+                        batch_uid,
+                        hint_for,
+                        false,
+                        parts_of.iter().filter_map(|p| encoded.get(p)),
+                    ))
+                })
+                .clone()
+        };
         let (tx, mut rx) = mpsc::unbounded_channel::<CallOutcome>();
         let mut outstanding = 0usize;
         for ((member, hint_for), parts_of) in plan {
             outstanding += 1;
-            self.spawn_write(&encoded, batch_uid, member, hint_for, parts_of, tx.clone());
+            let payload = payload_for(&hint_for, &parts_of);
+            self.spawn_write(payload, member, hint_for, parts_of, tx.clone());
         }
         let mut done = Some(done);
         let mut first_error = String::new();
@@ -539,9 +567,9 @@ impl Cluster {
                         }
                         for (fallback, parts_of) in by_fallback {
                             outstanding += 1;
+                            let payload = payload_for(&owner, &parts_of);
                             self.spawn_write(
-                                &encoded,
-                                batch_uid,
+                                payload,
                                 fallback,
                                 owner.clone(),
                                 parts_of,
@@ -580,16 +608,16 @@ impl Cluster {
         }
     }
 
+    /// Sends `payload` (an append request for `partitions`) to `member` and reports the
+    /// outcome on `tx`.
     fn spawn_write(
         self: &Arc<Self>,
-        encoded: &Arc<BTreeMap<PartitionId, Vec<u8>>>,
-        batch_uid: u64,
+        payload: Arc<Vec<u8>>,
         member: String,
         hint_for: String,
         partitions: Vec<PartitionId>,
         tx: mpsc::UnboundedSender<CallOutcome>,
     ) {
-        let encoded = encoded.clone();
         let cluster = self.clone();
         tokio::spawn(async move {
             let result = match cluster.permit(&member) {
@@ -602,14 +630,8 @@ impl Cluster {
                     })
                 }
                 permit => {
-                    let payload = crate::messages::encode_append(
-                        batch_uid,
-                        &hint_for,
-                        false,
-                        partitions.iter().filter_map(|p| encoded.get(p)),
-                    );
                     let answer = cluster
-                        .call(&member, Kind::Append, &payload, cluster.config.call_timeout)
+                        .call_shared(&member, Kind::Append, payload, cluster.config.call_timeout)
                         .await;
                     drop(permit);
                     answer.and_then(|bytes| {

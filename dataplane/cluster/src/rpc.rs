@@ -49,8 +49,26 @@ pub enum RpcError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
 
+/// A request on its way out: the message header, then the payload, which calls with the same
+/// payload (one batch to several replicas) share instead of copying.
+struct Outgoing {
+    head: [u8; HEAD_BYTES],
+    payload: Arc<Vec<u8>>,
+}
+
+/// `[u32 length][u8 kind][u64 id]`.
+const HEAD_BYTES: usize = 13;
+
+fn message_head(kind: u8, id: u64, payload_len: usize) -> [u8; HEAD_BYTES] {
+    let mut head = [0u8; HEAD_BYTES];
+    head[..4].copy_from_slice(&((HEAD_BYTES - 4 + payload_len) as u32).to_be_bytes());
+    head[4] = kind;
+    head[5..].copy_from_slice(&id.to_be_bytes());
+    head
+}
+
 struct Connection {
-    outgoing: mpsc::Sender<Vec<u8>>,
+    outgoing: mpsc::Sender<Outgoing>,
     pending: Pending,
     alive: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -132,6 +150,18 @@ impl RpcClient {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
+        self.call_shared(kind, Arc::new(payload.to_vec()), timeout)
+            .await
+    }
+
+    /// [`RpcClient::call`] with a payload that other calls may share (written as it is, not
+    /// copied into the message).
+    pub async fn call_shared(
+        &self,
+        kind: u8,
+        payload: Arc<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
         let addr = self.inner.addr.clone();
         let used: std::sync::Mutex<Option<Arc<Connection>>> = std::sync::Mutex::new(None);
         let work = async {
@@ -143,7 +173,10 @@ impl RpcClient {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id, tx);
-            let message = encode_message(kind, id, payload);
+            let message = Outgoing {
+                head: message_head(kind, id, payload.len()),
+                payload: payload.clone(),
+            };
             if conn.outgoing.send(message).await.is_err() {
                 conn.pending
                     .lock()
@@ -194,12 +227,18 @@ impl RpcClient {
 }
 
 fn encode_message(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(13 + payload.len());
-    message.extend_from_slice(&((9 + payload.len()) as u32).to_be_bytes());
-    message.push(kind);
-    message.extend_from_slice(&id.to_be_bytes());
+    let mut message = Vec::with_capacity(HEAD_BYTES + payload.len());
+    message.extend_from_slice(&message_head(kind, id, payload.len()));
     message.extend_from_slice(payload);
     message
+}
+
+async fn write_outgoing<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &Outgoing,
+) -> std::io::Result<()> {
+    writer.write_all(&message.head).await?;
+    writer.write_all(&message.payload).await
 }
 
 /// Reads one message: `(kind/status, id, payload)`; `Ok(None)` at a clean end of stream.
@@ -233,7 +272,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(1024);
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let fail_all = {
@@ -259,13 +298,13 @@ where
     tokio::spawn(async move {
         let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
         while let Some(message) = rx.recv().await {
-            if let Err(error) = writer.write_all(&message).await {
+            if let Err(error) = write_outgoing(&mut writer, &message).await {
                 writer_fail(error.to_string());
                 return;
             }
             // Coalesce whatever else is queued into the same flush.
             while let Ok(more) = rx.try_recv() {
-                if let Err(error) = writer.write_all(&more).await {
+                if let Err(error) = write_outgoing(&mut writer, &more).await {
                     writer_fail(error.to_string());
                     return;
                 }
@@ -428,7 +467,17 @@ mod tests {
 
     #[tokio::test]
     async fn messages_round_trip_and_bad_lengths_are_refused() {
+        let mut written = Vec::new();
+        let outgoing = Outgoing {
+            head: message_head(7, 42, 5),
+            payload: Arc::new(b"hello".to_vec()),
+        };
+        write_outgoing(&mut written, &outgoing)
+            .await
+            .expect("write");
         let message = encode_message(7, 42, b"hello");
+        assert_eq!(written, message);
+        assert_eq!(&message[..4], &[0, 0, 0, 14]);
         let mut reader = &message[..];
         let (kind, id, payload) = read_message(&mut reader)
             .await
