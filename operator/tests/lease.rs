@@ -1,12 +1,15 @@
 //! Leader election against the fake API: acquire, renew, a standby refused while the lease is
-//! fresh, takeover after expiry, a lost race, and release on shutdown.
+//! fresh, takeover after expiry measured by the standby's own clock (whatever the renewTime
+//! says), a lost race, and release on shutdown.
 
 mod common;
 
 use common::FakeApi;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use logcluster_k8s::lease::{LeaseConfig, release, try_acquire};
+use std::time::{Duration, Instant};
+
+use logcluster_k8s::lease::{Candidate, LeaseConfig, release};
 use serde_json::json;
 
 const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/logcluster-operator";
@@ -15,11 +18,13 @@ const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/logcluste
 async fn acquire_renew_refuse_take_over_and_release() -> anyhow::Result<()> {
     let api = FakeApi::start();
     let leases: Api<Lease> = Api::namespaced(api.client.clone(), "ops");
-    let a = LeaseConfig::new("logcluster-operator", "ops", "operator-a");
-    let b = LeaseConfig::new("logcluster-operator", "ops", "operator-b");
+    let mut a = Candidate::new(LeaseConfig::new("logcluster-operator", "ops", "operator-a"));
+    let mut b = Candidate::new(LeaseConfig::new("logcluster-operator", "ops", "operator-b"));
+    let t0 = Instant::now();
+    let after = |seconds: u64| t0 + Duration::from_secs(seconds);
 
     // No lease yet: a creates it and leads.
-    assert!(try_acquire(&leases, &a).await?);
+    assert!(a.try_acquire_at(&leases, t0).await?);
     let created = api
         .calls()
         .into_iter()
@@ -34,7 +39,7 @@ async fn acquire_renew_refuse_take_over_and_release() -> anyhow::Result<()> {
 
     // a renews (PUT with the resourceVersion it read); b is refused while the lease is fresh.
     api.clear_calls();
-    assert!(try_acquire(&leases, &a).await?);
+    assert!(a.try_acquire_at(&leases, t0).await?);
     let renew = api
         .calls()
         .into_iter()
@@ -42,22 +47,34 @@ async fn acquire_renew_refuse_take_over_and_release() -> anyhow::Result<()> {
         .expect("a renewal");
     assert_eq!(renew.body["spec"]["holderIdentity"], "operator-a");
     assert!(renew.body["metadata"]["resourceVersion"].is_string());
-    assert!(!try_acquire(&leases, &b).await?);
+    assert!(!b.try_acquire_at(&leases, t0).await?);
     assert_eq!(
         api.get(PATH).expect("lease")["spec"]["holderIdentity"],
         "operator-a"
     );
 
-    // a stops renewing: once renewTime + duration has passed, b takes over.
+    // A renewTime long past by b's wall clock (b's clock runs ahead, or a's behind) does not
+    // make the lease expired: b has seen this record for no time at all.
     let mut lease = api.get(PATH).expect("lease");
     lease["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
     api.put(PATH, lease);
-    assert!(try_acquire(&leases, &b).await?);
+    assert!(!b.try_acquire_at(&leases, after(1)).await?);
+    // a renews before 15 s have passed on b's clock: b's wait starts over.
+    assert!(a.try_acquire_at(&leases, after(10)).await?);
+    assert!(!b.try_acquire_at(&leases, after(17)).await?);
+    assert!(!b.try_acquire_at(&leases, after(31)).await?);
+    assert_eq!(
+        api.get(PATH).expect("lease")["spec"]["holderIdentity"],
+        "operator-a"
+    );
+    // a stops renewing: once b has seen the same record for longer than the lease's 15 s, b
+    // takes over.
+    assert!(b.try_acquire_at(&leases, after(33)).await?);
     let now = api.get(PATH).expect("lease");
     assert_eq!(now["spec"]["holderIdentity"], "operator-b");
     assert_eq!(now["spec"]["leaseTransitions"], 1);
     // a comes back: refused.
-    assert!(!try_acquire(&leases, &a).await?);
+    assert!(!a.try_acquire_at(&leases, t0).await?);
 
     // Two candidates race for an expired lease: the stale write loses with 409.
     let mut lease = api.get(PATH).expect("lease");
@@ -81,10 +98,10 @@ async fn acquire_renew_refuse_take_over_and_release() -> anyhow::Result<()> {
     let mut lease = api.get(PATH).expect("lease");
     lease["spec"]["renewTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
     api.put(PATH, lease);
-    assert!(!try_acquire(&leases, &a).await?);
-    release(&leases, &b).await?;
+    assert!(!a.try_acquire_at(&leases, t0).await?);
+    release(&leases, b.config()).await?;
     assert!(api.get(PATH).expect("lease")["spec"]["holderIdentity"].is_null());
-    assert!(try_acquire(&leases, &a).await?);
+    assert!(a.try_acquire_at(&leases, t0).await?);
     assert_eq!(
         api.get(PATH).expect("lease")["spec"]["holderIdentity"],
         "operator-a"

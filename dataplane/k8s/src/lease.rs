@@ -1,14 +1,17 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease: the operator's replicas (only the
 //! holder reconciles) and the query nodes (only the holder evaluates alert rules).
 //!
-//! The holder renews every `renew_every`; a standby takes over once `renewTime +
-//! leaseDurationSeconds` has passed. Every write carries the resourceVersion it read, so two
-//! candidates racing for an expired lease cannot both win (the loser gets 409 Conflict). A
-//! holder that cannot renew stops acting as leader `renew_every` before anyone else may take
-//! over (each attempt is bounded by a timeout, so a hung API call cannot delay that). On shutdown the holder releases the lease so a standby takes over at
-//! once.
+//! The holder renews every `renew_every`; a standby takes over once it has seen the same lease
+//! record (holder, renewTime, duration) unchanged for `leaseDurationSeconds` by its *own*
+//! monotonic clock, as client-go does. Comparing the holder-written renewTime with the
+//! standby's wall clock instead would let a standby whose clock runs ahead take over from a
+//! live holder. Every write carries the resourceVersion it read, so two candidates racing for
+//! an expired lease cannot both win (the loser gets 409 Conflict). A holder that cannot renew
+//! stops acting as leader `renew_every` before anyone else may take over (each attempt is
+//! bounded by a timeout, so a hung API call cannot delay that). On shutdown the holder releases
+//! the lease so a standby takes over at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -45,9 +48,76 @@ fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
-/// One attempt: acquires, renews, or finds the lease held by someone else. `Ok(true)` when
-/// this candidate holds the lease afterwards.
-pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool, kube::Error> {
+/// The other holder's lease record as this candidate last saw it change, and when (by this
+/// candidate's monotonic clock).
+#[derive(Debug)]
+struct Observed {
+    record: (Option<String>, Option<MicroTime>, Option<i32>),
+    at: Instant,
+}
+
+/// One candidate's campaign state across attempts.
+#[derive(Debug)]
+pub struct Candidate {
+    config: LeaseConfig,
+    observed: Option<Observed>,
+}
+
+impl Candidate {
+    pub fn new(config: LeaseConfig) -> Candidate {
+        Candidate {
+            config,
+            observed: None,
+        }
+    }
+
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    /// One attempt now: see [`Candidate::try_acquire_at`].
+    pub async fn try_acquire(&mut self, api: &Api<Lease>) -> Result<bool, kube::Error> {
+        self.try_acquire_at(api, Instant::now()).await
+    }
+
+    /// One attempt at local time `now`: acquires, renews, or finds the lease held by someone
+    /// else. `Ok(true)` when this candidate holds the lease afterwards. Another holder's
+    /// lease counts as expired only once this candidate has seen its record unchanged for the
+    /// lease's duration.
+    pub async fn try_acquire_at(
+        &mut self,
+        api: &Api<Lease>,
+        now: Instant,
+    ) -> Result<bool, kube::Error> {
+        let config = &self.config;
+        let observed = &mut self.observed;
+        try_acquire_with(api, config, |spec| {
+            let record = (
+                spec.holder_identity.clone(),
+                spec.renew_time.clone(),
+                spec.lease_duration_seconds,
+            );
+            match observed {
+                Some(seen) if seen.record == record => {
+                    let seconds = spec.lease_duration_seconds.unwrap_or(0).max(0) as u64;
+                    now.saturating_duration_since(seen.at) > Duration::from_secs(seconds)
+                }
+                _ => {
+                    *observed = Some(Observed { record, at: now });
+                    false
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// One attempt; `expired` decides whether another holder's lease may be taken.
+async fn try_acquire_with(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    expired: impl FnOnce(&LeaseSpec) -> bool,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let fresh_spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
         holder_identity: Some(config.identity.clone()),
@@ -78,13 +148,7 @@ pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool,
     let spec = current.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
     let mine = holder.as_deref() == Some(config.identity.as_str());
-    let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-        (Some(renewed), Some(seconds)) => {
-            renewed.0.as_second() + i64::from(seconds) < now.as_second()
-        }
-        _ => true,
-    };
-    if !(mine || holder.is_none() || expired) {
+    if !(mine || holder.is_none() || expired(&spec)) {
         return Ok(false);
     }
     let transitions = spec.lease_transitions.unwrap_or(0) + if mine { 0 } else { 1 };
@@ -153,6 +217,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let mut candidate = Candidate::new(config.clone());
     // When the last successful renewal *started*: the renewTime it wrote is no later, so the
     // lease is ours until at least this + duration.
     let mut last_renewal: Option<tokio::time::Instant> = None;
@@ -161,7 +226,7 @@ pub async fn run(
     loop {
         let started = tokio::time::Instant::now();
         // Bounded: a hung API call must not keep a stale leader acting.
-        match tokio::time::timeout(config.renew_every, try_acquire(&api, &config)).await {
+        match tokio::time::timeout(config.renew_every, candidate.try_acquire(&api)).await {
             Ok(Ok(true)) => {
                 last_renewal = Some(started);
                 leader.send_if_modified(|l| !std::mem::replace(l, true));
