@@ -959,7 +959,11 @@ fn load_shape(
 /// Rows that `wanted` leaves out may get an empty span.
 /// A templates block's sections as a needle search left them: the shape (with its rows)
 /// and, when the search needed them, the values.
-type SearchedShape = (Vec<u8>, templates::Shape, Option<Vec<u8>>);
+type SearchedShape = (
+    Vec<u8>,
+    templates::Shape,
+    Option<(Vec<u8>, templates::Vars)>,
+);
 
 fn load_messages(
     frames: &MessageFrames<'_>,
@@ -979,18 +983,22 @@ fn load_messages(
             rows: row_frame,
             vars,
         } => {
-            let (shape_bytes, parsed, vars_bytes) = match searched {
+            let (shape_bytes, parsed, searched_vars) = match searched {
                 Some(searched) => searched,
                 None => {
                     let (shape_bytes, parsed) = load_shape(shape, row_frame, n)?;
                     (shape_bytes, parsed, None)
                 }
             };
-            let vars_bytes = match vars_bytes {
-                Some(bytes) => bytes,
-                None => decompress(vars.0, vars.1)?,
+            // The values a needle search parsed are used as they are, not parsed again.
+            let (vars_bytes, values) = match searched_vars {
+                Some(searched) => searched,
+                None => {
+                    let bytes = decompress(vars.0, vars.1)?;
+                    let values = templates::parse_vars(&shape_bytes, &bytes, &parsed)?;
+                    (bytes, values)
+                }
             };
-            let values = templates::parse_vars(&shape_bytes, &vars_bytes, &parsed)?;
             Ok(templates::messages(
                 &shape_bytes,
                 &parsed,
@@ -1101,14 +1109,14 @@ pub fn decode(
                     vars,
                 } => {
                     let (shape_bytes, parsed) = load_shape(shape, row_frame, n)?;
-                    let vars_bytes = templates::keep_rows_containing(
+                    let searched_vars = templates::keep_rows_containing(
                         &shape_bytes,
                         &parsed,
                         &needle.to_ascii_lowercase(),
                         &mut keep,
                         || decompress(vars.0, vars.1),
                     )?;
-                    searched = Some((shape_bytes, parsed, vars_bytes));
+                    searched = Some((shape_bytes, parsed, searched_vars));
                 }
             },
             NeedleScope::Host | NeedleScope::TraceId => {

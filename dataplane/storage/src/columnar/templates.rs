@@ -569,14 +569,15 @@ pub fn level_counts(
 
 /// Clears `keep[i]` for every row whose message lacks `needle` (ASCII-lowercase; ASCII
 /// case ignored in the messages). `load_vars` decompresses the vars section, called only
-/// when the shape alone cannot decide; what it returned is handed back for reuse.
+/// when the shape alone cannot decide; what it returned, and its parse, are handed back for
+/// reuse.
 pub fn keep_rows_containing(
     shape_bytes: &[u8],
     shape: &Shape,
     needle: &[u8],
     keep: &mut [bool],
     load_vars: impl FnOnce() -> Result<Vec<u8>, BlockError>,
-) -> Result<Option<Vec<u8>>, BlockError> {
+) -> Result<Option<(Vec<u8>, Vars)>, BlockError> {
     if needle.is_empty() {
         return Ok(None);
     }
@@ -617,7 +618,7 @@ pub fn keep_rows_containing(
             contains_ignore_ascii_case(&message, needle)
         };
     }
-    Ok(Some(vars_bytes))
+    Ok(Some((vars_bytes, vars)))
 }
 
 #[cfg(test)]
