@@ -568,12 +568,28 @@ async fn list_schemas(State(state): State<Arc<HttpState>>) -> impl IntoResponse 
     axum::Json(json!({ "schemas": schemas }))
 }
 
-async fn node_info(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+async fn node_info(
+    State(state): State<Arc<HttpState>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let mut tenants = state
+        .store
+        .as_ref()
+        .map(|s| s.tenants())
+        .unwrap_or_default();
+    // With tenant tokens, tenants' names are theirs: a request sees its own tenant's, and
+    // none without a valid token (the rest of the answer holds no tenant's data).
+    if let Some(query) = &state.query
+        && !query.limits().tenant_tokens.is_empty()
+    {
+        let own = query.tenant_of(&headers, None).ok().flatten();
+        tenants.retain(|t| own.as_ref() == Some(t));
+    }
     axum::Json(json!({
         "name": state.name,
         "roles": state.roles,
         "storage": state.store.as_ref().map(|s| s.stats()),
-        "tenants": state.store.as_ref().map(|s| s.tenants()).unwrap_or_default(),
+        "tenants": tenants,
         "overview": node_snapshot(&state),
     }))
 }

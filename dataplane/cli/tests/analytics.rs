@@ -572,6 +572,20 @@ async fn tenant_tokens_decide_what_a_request_reads() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(status, 403);
+    // The node's description names only the token's own tenant, and none without a token.
+    for (headers, expected) in [
+        (vec![], json!([])),
+        (vec![("Authorization", "Bearer nope")], json!([])),
+        (vec![("Authorization", "Bearer tok-b")], json!(["b"])),
+        (vec![("Authorization", "Bearer tok-a")], json!(["a"])),
+    ] {
+        let (status, v) = call("/api/v1/node", headers).await?;
+        assert_eq!((status, &v["tenants"]), (200, &expected));
+        assert!(
+            v["overview"]["ingest"]["entries"].as_f64() >= Some(42.0),
+            "{v}"
+        );
+    }
     Ok(())
 }
 
