@@ -143,6 +143,109 @@ enum Parsed<'de> {
     Other(&'static str),
 }
 
+/// `members` sorted by key, the last of equal keys kept (as `serde_json::Map` keeps it).
+fn in_key_order(mut members: Vec<Member<'_>>) -> Vec<Member<'_>> {
+    // Stable: equal keys stay in input order, and the last of them is kept.
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    members.dedup_by(|later, earlier| {
+        let equal = later.0 == earlier.0;
+        if equal {
+            std::mem::swap(later, earlier);
+        }
+        equal
+    });
+    members
+}
+
+/// The fast path of an NDJSON line: one object whose values are strings without escapes,
+/// numbers, booleans or nulls, parsed in one pass without serde's machinery. `None` for
+/// anything else (nesting, escapes, control characters, malformed text): [`Parsed`] then
+/// parses the line, with serde's errors. Where it answers, it answers what [`Parsed`] gives
+/// (numbers are read by serde_json itself, so they come out bit for bit the same; a property
+/// test checks the rest).
+fn flat_object(line: &str) -> Option<Parsed<'_>> {
+    let bytes = line.as_bytes();
+    let skip_ws = |mut at: usize| {
+        while at < bytes.len() && matches!(bytes[at], b' ' | b'\t' | b'\n' | b'\r') {
+            at += 1;
+        }
+        at
+    };
+    // The text of the string starting at `at` (a quote), and the index after its end.
+    let string = |at: usize| -> Option<(&str, usize)> {
+        let start = at + 1;
+        let end = start + memchr::memchr2(b'"', b'\\', bytes.get(start..)?)?;
+        let text = &bytes[start..end];
+        // serde refuses control characters in strings; an escape ends the fast path.
+        if bytes[end] != b'"' || text.iter().fold(false, |bad, b| bad | (*b < 0x20)) {
+            return None;
+        }
+        Some((&line[start..end], end + 1))
+    };
+    let mut at = skip_ws(0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_ws(at + 1);
+    let mut members: Vec<Member<'_>> = Vec::with_capacity(16);
+    if bytes.get(at) == Some(&b'}') {
+        at += 1;
+    } else {
+        loop {
+            if bytes.get(at) != Some(&b'"') {
+                return None;
+            }
+            let (key, next) = string(at)?;
+            at = skip_ws(next);
+            if bytes.get(at) != Some(&b':') {
+                return None;
+            }
+            at = skip_ws(at + 1);
+            let value = match *bytes.get(at)? {
+                b'"' => {
+                    let (text, next) = string(at)?;
+                    at = next;
+                    Value::String(text.to_string())
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = at;
+                    while at < bytes.len()
+                        && matches!(bytes[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                    {
+                        at += 1;
+                    }
+                    let number: serde_json::Number = serde_json::from_str(&line[start..at]).ok()?;
+                    Value::Number(number)
+                }
+                b't' if bytes[at..].starts_with(b"true") => {
+                    at += 4;
+                    Value::Bool(true)
+                }
+                b'f' if bytes[at..].starts_with(b"false") => {
+                    at += 5;
+                    Value::Bool(false)
+                }
+                b'n' if bytes[at..].starts_with(b"null") => {
+                    at += 4;
+                    Value::Null
+                }
+                _ => return None,
+            };
+            members.push((Cow::Borrowed(key), value));
+            at = skip_ws(at);
+            match bytes.get(at) {
+                Some(b',') => at = skip_ws(at + 1),
+                Some(b'}') => {
+                    at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (skip_ws(at) == bytes.len()).then(|| Parsed::Object(in_key_order(members)))
+}
+
 /// An object key, borrowed where the input allows.
 struct Key<'de>(Cow<'de, str>);
 
@@ -182,16 +285,7 @@ impl<'de> Deserialize<'de> for Parsed<'de> {
                 while let Some(Key(key)) = map.next_key()? {
                     members.push((key, map.next_value()?));
                 }
-                // Stable: equal keys stay in input order, and the last of them is kept.
-                members.sort_by(|a, b| a.0.cmp(&b.0));
-                members.dedup_by(|later, earlier| {
-                    let equal = later.0 == earlier.0;
-                    if equal {
-                        std::mem::swap(later, earlier);
-                    }
-                    equal
-                });
-                Ok(Parsed::Object(members))
+                Ok(Parsed::Object(in_key_order(members)))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed<'de>, A::Error> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
@@ -532,7 +626,10 @@ pub(crate) fn decode_json_payload(
         }
         let parsed = match text {
             // Cut at '\n', so on character boundaries.
-            Some(text) => serde_json::from_str::<Parsed<'_>>(&text[line_start..line_end]),
+            Some(text) => {
+                let line = &text[line_start..line_end];
+                flat_object(line).map_or_else(|| serde_json::from_str::<Parsed<'_>>(line), Ok)
+            }
             None => serde_json::from_slice::<Parsed<'_>>(raw_line),
         };
         match parsed {
@@ -836,6 +933,85 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    fn members_of(parsed: Parsed<'_>) -> Option<Vec<(String, Value)>> {
+        match parsed {
+            Parsed::Object(members) => Some(
+                members
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), v))
+                    .collect(),
+            ),
+            Parsed::Other(_) => None,
+        }
+    }
+
+    #[test]
+    fn flat_records_take_the_fast_path() {
+        let line = r#"{"timestamp":"2024-05-01T00:00:00.141Z","level":"INFO","service":"catalog","message":"GET /a 304 92ms","http.status":304,"amount":-12.5e-1,"ok":true,"gone":null,"level":"WARN"} "#;
+        let fast = members_of(flat_object(line).expect("fast path")).expect("object");
+        let slow =
+            members_of(serde_json::from_str::<Parsed<'_>>(line).expect("serde")).expect("object");
+        assert_eq!(fast, slow);
+        assert_eq!(fast.len(), 8);
+        assert!(fast.contains(&("level".to_string(), json!("WARN"))));
+        assert!(members_of(flat_object(" { } ").expect("empty")).is_some_and(|m| m.is_empty()));
+        // Left to serde: escapes, nesting, control characters, malformed text.
+        for line in [
+            r#"{"m":"a\"b"}"#,
+            r#"{"m":{"n":1}}"#,
+            r#"{"m":[1]}"#,
+            "{\"m\":\"a\u{1}b\"}",
+            r#"{"m":01}"#,
+            r#"{"m":1}x"#,
+            r#"{"m":1,}"#,
+            r#"["m"]"#,
+            r#"{"m":tru}"#,
+        ] {
+            assert!(flat_object(line).is_none(), "{line}");
+        }
+    }
+
+    proptest! {
+        // Many generated lines are meant to leave the fast path; enough cases stay on it.
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        /// Wherever the fast path answers, it answers exactly what serde's parse does.
+        #[test]
+        fn the_fast_path_parses_as_serde_does(
+            members in proptest::collection::vec(
+                (
+                    "[a-z.é\\\"]{0,4}",
+                    prop_oneof![
+                        "[a-z é\\\"\u{1}]{0,6}".prop_map(|s| serde_json::to_string(&s).expect("str")),
+                        "[a-z é\\\"\u{1}]{0,6}".prop_map(|s| format!("\"{s}\"")),
+                        prop::sample::select(vec![
+                            "0", "-0", "12", "-12", "1.5e3", "1E-2", "01", "1.", "-", "1e999",
+                            "123456789012345678901234567890", "18446744073709551615",
+                            "-9223372036854775808", "0.1", "true", "false", "null", "nul",
+                            "{}", "[1,2]", "{\"a\":1}",
+                        ])
+                        .prop_map(str::to_string),
+                    ],
+                ),
+                0..6,
+            ),
+            spaces in proptest::collection::vec(prop::sample::select(vec!["", " ", "\t", "\r", "  "]), 4),
+            tail in prop::sample::select(vec!["", " ", "\r", "x", ",", "}", "{}"]),
+        ) {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(key, value)| {
+                    format!("{}{}{}:{}{}", spaces[0], serde_json::to_string(key).expect("key"), spaces[1], spaces[2], value)
+                })
+                .collect();
+            let line = format!("{}{{{}{}}}{tail}", spaces[3], body.join(","), spaces[0]);
+            if let Some(fast) = flat_object(&line) {
+                let slow = serde_json::from_str::<Parsed<'_>>(&line);
+                prop_assert!(slow.is_ok(), "fast path accepted what serde refuses: {}", line);
+                prop_assert_eq!(members_of(fast), slow.ok().and_then(members_of), "{}", line);
+            }
+        }
     }
 
     proptest! {
