@@ -195,17 +195,24 @@ impl FieldValue {
     }
 }
 
-/// Whether `text` may parse as an `f64`: Rust's grammar needs, after an optional sign, a
-/// digit, a point, or the start of `inf`, `infinity` or `nan`. Most text values fail here
-/// without a parse attempt.
+/// Whether `text` may parse as an `f64`: Rust's grammar allows only digits, signs, points
+/// and exponent marks, or (after an optional sign) `inf`, `infinity` or `nan` in any case.
+/// Most text values (ids, hex, names) fail here without a parse attempt.
 fn may_be_number(text: &str) -> bool {
     let bytes = text.as_bytes();
-    let first = match bytes {
-        [b'+' | b'-', second, ..] => *second,
-        [first, ..] => *first,
-        [] => return false,
-    };
-    matches!(first, b'0'..=b'9' | b'.' | b'i' | b'I' | b'n' | b'N')
+    if bytes
+        .iter()
+        .all(|b| matches!(b, b'0'..=b'9' | b'+' | b'-' | b'.' | b'e' | b'E'))
+    {
+        return !bytes.is_empty();
+    }
+    let word = bytes
+        .strip_prefix(b"+")
+        .or(bytes.strip_prefix(b"-"))
+        .unwrap_or(bytes);
+    ["inf", "infinity", "nan"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w.as_bytes()))
 }
 
 #[cfg(test)]
@@ -217,7 +224,7 @@ mod tests {
         /// The quick refusal in `as_f64` never refuses what `str::parse` accepts.
         #[test]
         fn text_values_read_as_numbers_exactly_as_parse_reads_them(
-            text in "[+-]?([0-9.eE_xa-fA-F]|inf|INF|Infinity|nan|NaN|[ a-z]){0,12}"
+            text in "[+-]{0,2}([0-9.eE_xa-fA-F+-]|inf|INF|Infinity|infinitY|nan|NaN|[ a-z]){0,12}"
         ) {
             let value = FieldValue::str(text.clone());
             let parsed: Option<f64> = text.parse().ok();
