@@ -108,3 +108,48 @@ async fn acquire_renew_refuse_take_over_and_release() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A holder whose renewals hang steps down on its own clock before a standby can take the
+/// lease over: at the moment the standby's takeover succeeds, the holder no longer leads.
+#[tokio::test]
+async fn a_holder_whose_renewals_hang_steps_down_before_anyone_takes_over() -> anyhow::Result<()> {
+    let api = FakeApi::start();
+    let leases: Api<Lease> = Api::namespaced(api.client.clone(), "ops");
+    let config = |identity: &str| {
+        let mut config = LeaseConfig::new("logcluster-operator", "ops", identity);
+        config.duration = Duration::from_secs(6);
+        config.renew_every = Duration::from_secs(2);
+        config
+    };
+    let (tx, mut leads) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn(logcluster_k8s::lease::run(
+        leases.clone(),
+        config("operator-a"),
+        tx,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    tokio::time::timeout(Duration::from_secs(20), leads.wait_for(|l| *l)).await??;
+
+    // From now on a's renewals are never answered.
+    api.state.lock().expect("state").hang_writes_of = Some("operator-a".into());
+    let mut b = Candidate::new(config("operator-b"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "b never took the lease over");
+        if b.try_acquire(&leases).await? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!*leads.borrow(), "a still leads while b holds the lease");
+    assert_eq!(
+        api.get(PATH).expect("lease")["spec"]["holderIdentity"],
+        "operator-b"
+    );
+    let _ = stop_tx.send(());
+    holder.abort();
+    Ok(())
+}

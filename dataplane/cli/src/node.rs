@@ -60,6 +60,8 @@ struct HttpState {
     /// Which of ingest and query this node serves at `/` (dashboard for browsers).
     serves_query: bool,
     serves_ingest: bool,
+    /// `query.tenantTokens` is set: tenants' names are shown only to their tokens.
+    tenant_tokens: bool,
 }
 
 pub fn storage_config(config: &NodeConfig) -> StorageConfig {
@@ -454,6 +456,7 @@ pub async fn run_node(
         peers: config.query_peers.clone(),
         serves_query: query.is_some(),
         serves_ingest: pipeline.is_some(),
+        tenant_tokens: !config.query_tenant_tokens.is_empty(),
     });
     let http = bind_tcp(config.listen.http, "HTTP").await?;
     if let Some(listener) = http {
@@ -578,11 +581,13 @@ async fn node_info(
         .map(|s| s.tenants())
         .unwrap_or_default();
     // With tenant tokens, tenants' names are theirs: a request sees its own tenant's, and
-    // none without a valid token (the rest of the answer holds no tenant's data).
-    if let Some(query) = &state.query
-        && !query.limits().tenant_tokens.is_empty()
-    {
-        let own = query.tenant_of(&headers, None).ok().flatten();
+    // none without a valid token (the rest of the answer holds no tenant's data). A node
+    // without the query role names none.
+    if state.tenant_tokens {
+        let own = state
+            .query
+            .as_ref()
+            .and_then(|query| query.tenant_of(&headers, None).ok().flatten());
         tenants.retain(|t| own.as_ref() == Some(t));
     }
     axum::Json(json!({

@@ -589,6 +589,33 @@ async fn tenant_tokens_decide_what_a_request_reads() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node without the query role cannot check tokens: with tenant tokens configured, its
+/// description names no tenant at all.
+#[tokio::test]
+async fn with_tenant_tokens_a_node_without_the_query_role_names_no_tenant() -> anyhow::Result<()> {
+    let node = TestNode::start(|raw, _| {
+        raw.roles = vec![
+            logcluster_config::Role::Ingestor,
+            logcluster_config::Role::Storage,
+        ];
+        raw.query.tenant_tokens.insert("tok-a".into(), "a".into());
+    })
+    .await?;
+    let now = logcluster_proto::time::now_nanos();
+    send(&node.http_addr(), "a", &dataset(now, 5)).await?;
+    for headers in [vec![], vec![("Authorization", "Bearer tok-a")]] {
+        let (status, v) =
+            common::http(&node.http_addr(), "GET", "/api/v1/node", &headers, b"").await?;
+        assert_eq!((status, &v["tenants"]), (200, &json!([])));
+        assert_eq!(
+            v["storage"]["streams"].as_u64().map(|n| n > 0),
+            Some(true),
+            "{v}"
+        );
+    }
+    Ok(())
+}
+
 /// A live tail over raw HTTP: collects `data:` lines of `event: entry`.
 struct Tail {
     stream: tokio::net::TcpStream,

@@ -75,9 +75,11 @@ impl Candidate {
         &self.config
     }
 
-    /// One attempt now: see [`Candidate::try_acquire_at`].
+    /// One attempt now: see [`Candidate::try_acquire_at`]. A record seen for the first time
+    /// counts from when the read returned, not from when it was sent, so a slow read cannot
+    /// shorten the wait.
     pub async fn try_acquire(&mut self, api: &Api<Lease>) -> Result<bool, kube::Error> {
-        self.try_acquire_at(api, Instant::now()).await
+        self.attempt(api, Instant::now).await
     }
 
     /// One attempt at local time `now`: acquires, renews, or finds the lease held by someone
@@ -89,9 +91,18 @@ impl Candidate {
         api: &Api<Lease>,
         now: Instant,
     ) -> Result<bool, kube::Error> {
+        self.attempt(api, move || now).await
+    }
+
+    async fn attempt(
+        &mut self,
+        api: &Api<Lease>,
+        clock: impl FnOnce() -> Instant,
+    ) -> Result<bool, kube::Error> {
         let config = &self.config;
         let observed = &mut self.observed;
         try_acquire_with(api, config, |spec| {
+            let now = clock();
             let record = (
                 spec.holder_identity.clone(),
                 spec.renew_time.clone(),
@@ -221,34 +232,60 @@ pub async fn run(
     // When the last successful renewal *started*: the renewTime it wrote is no later, so the
     // lease is ours until at least this + duration.
     let mut last_renewal: Option<tokio::time::Instant> = None;
-    // Step down this long after the last renewal, before others may take over.
+    // Step down this long after the last renewal, before others may take over; watched while
+    // an attempt is in flight and while waiting, so a slow or hung renewal cannot delay it.
     let margin = config.duration.saturating_sub(config.renew_every);
+    let step_down = |last_renewal: &mut Option<tokio::time::Instant>| {
+        *last_renewal = None;
+        leader.send_if_modified(|l| std::mem::replace(l, false));
+    };
     loop {
         let started = tokio::time::Instant::now();
         // Bounded: a hung API call must not keep a stale leader acting.
-        match tokio::time::timeout(config.renew_every, candidate.try_acquire(&api)).await {
+        let attempt = tokio::time::timeout(config.renew_every, candidate.try_acquire(&api));
+        tokio::pin!(attempt);
+        let outcome = loop {
+            let deadline = last_renewal.map(|t| t + margin);
+            tokio::select! {
+                outcome = &mut attempt => break outcome,
+                () = sleep_until(deadline) => step_down(&mut last_renewal),
+            }
+        };
+        match outcome {
             Ok(Ok(true)) => {
                 last_renewal = Some(started);
                 leader.send_if_modified(|l| !std::mem::replace(l, true));
             }
-            Ok(Ok(false)) => {
-                last_renewal = None;
-                leader.send_if_modified(|l| std::mem::replace(l, false));
-            }
+            Ok(Ok(false)) => step_down(&mut last_renewal),
             Ok(Err(error)) => warn!(%error, lease = %config.name, "lease renewal failed"),
             Err(_) => warn!(lease = %config.name, "lease renewal timed out"),
         }
         if last_renewal.is_some_and(|t| t.elapsed() >= margin) {
-            last_renewal = None;
-            leader.send_if_modified(|l| std::mem::replace(l, false));
+            step_down(&mut last_renewal);
         }
-        tokio::select! {
-            _ = tokio::time::sleep(config.renew_every) => {}
-            _ = &mut stop => break,
+        let next = tokio::time::sleep(config.renew_every);
+        tokio::pin!(next);
+        loop {
+            let deadline = last_renewal.map(|t| t + margin);
+            tokio::select! {
+                () = &mut next => break,
+                () = sleep_until(deadline) => step_down(&mut last_renewal),
+                () = &mut stop => {
+                    step_down(&mut last_renewal);
+                    if let Err(error) = release(&api, &config).await {
+                        warn!(%error, lease = %config.name, "could not release the lease");
+                    }
+                    return;
+                }
+            }
         }
     }
-    leader.send_if_modified(|l| std::mem::replace(l, false));
-    if let Err(error) = release(&api, &config).await {
-        warn!(%error, lease = %config.name, "could not release the lease");
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -32,6 +32,9 @@ pub struct State {
     pub objects: BTreeMap<String, Value>,
     pub calls: Vec<Call>,
     next_version: u64,
+    /// Writes (PUT) whose `spec.holderIdentity` is this are never answered: a holder whose
+    /// renewals hang.
+    pub hang_writes_of: Option<String>,
 }
 
 /// The fake API: a client wired to it, and its state.
@@ -66,6 +69,8 @@ impl FakeApi {
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
         tokio::spawn(async move {
+            // Responders of requests left unanswered, kept so that they stay pending.
+            let mut parked = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
@@ -81,6 +86,14 @@ impl FakeApi {
                         query: query.clone(),
                         body: body.clone(),
                     });
+                    let hangs = method == "PUT"
+                        && state.hang_writes_of.is_some()
+                        && body["spec"]["holderIdentity"].as_str()
+                            == state.hang_writes_of.as_deref();
+                    if hangs {
+                        parked.push(send);
+                        continue;
+                    }
                     answer(&mut state, &method, &path, &query, body)
                 };
                 let response = Response::builder()
