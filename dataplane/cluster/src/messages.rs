@@ -101,17 +101,9 @@ impl Kind {
 /// Encodes entries as the repeated `entries` field (tag 4) of [`AppendRequest`]: the bytes
 /// of several such chunks concatenated are the field for all their entries.
 pub fn encode_entries(entries: &[LogEntry]) -> Vec<u8> {
-    use prost::Message;
-    // Each entry is encoded into a scratch buffer and copied after its key and length, as
-    // the WAL does: cheaper than prost's `encoded_len` walk before encoding.
-    let mut out = Vec::with_capacity(entries.iter().map(|e| e.approx_size()).sum());
-    let mut scratch = Vec::new();
+    let mut out = Vec::with_capacity(entries.iter().map(LogEntry::approx_size).sum());
     for entry in entries {
-        scratch.clear();
-        entry.encode_raw(&mut scratch);
-        prost::encoding::encode_key(4, prost::encoding::WireType::LengthDelimited, &mut out);
-        prost::encoding::encode_varint(scratch.len() as u64, &mut out);
-        out.extend_from_slice(&scratch);
+        logcluster_proto::entry::encode_entry_field(4, entry, &mut out);
     }
     out
 }

@@ -195,6 +195,33 @@ impl FieldValue {
     }
 }
 
+/// Appends `entry` as a length-delimited field `tag` of an enclosing message (a repeated
+/// `LogEntry` field: the WAL's batches, replication requests), byte for byte what prost
+/// writes. The entry is encoded in place after room for a two-byte length and moved only when
+/// its length needs another size, instead of being walked once for its length first.
+pub fn encode_entry_field(tag: u32, entry: &LogEntry, out: &mut Vec<u8>) {
+    use prost::Message;
+    const GUESS: usize = 2;
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    let at = out.len();
+    out.extend_from_slice(&[0; GUESS]);
+    entry.encode_raw(out);
+    let len = out.len() - at - GUESS;
+    let mut prefix = [0u8; 10];
+    let mut cursor = &mut prefix[..];
+    prost::encoding::encode_varint(len as u64, &mut cursor);
+    let width = 10 - cursor.len();
+    if width != GUESS {
+        let end = out.len();
+        if width > GUESS {
+            out.resize(end + width - GUESS, 0);
+        }
+        out.copy_within(at + GUESS..end, at + width);
+        out.truncate(at + width + len);
+    }
+    out[at..at + width].copy_from_slice(&prefix[..width]);
+}
+
 /// Whether `text` may parse as an `f64`: Rust's grammar allows only digits, signs, points
 /// and exponent marks, or (after an optional sign) `inf`, `infinity` or `nan` in any case.
 /// Most text values (ids, hex, names) fail here without a parse attempt.
@@ -231,6 +258,29 @@ mod tests {
             let got = value.as_f64();
             proptest::prop_assert_eq!(got.map(f64::to_bits), parsed.map(f64::to_bits));
         }
+    }
+
+    #[test]
+    fn entry_fields_are_encoded_as_prost_encodes_them() {
+        // Lengths of one, two and three varint bytes, with fields.
+        for message_len in [
+            0, 10, 100, 126, 127, 128, 300, 16_000, 16_383, 16_384, 70_000,
+        ] {
+            let mut entry = LogEntry {
+                id: "00000000000000ab-00000001".into(),
+                message: "m".repeat(message_len),
+                ..Default::default()
+            };
+            entry.fields.insert("k".into(), FieldValue::int(7));
+            let mut expected = vec![9u8];
+            prost::encoding::message::encode(4, &entry, &mut expected);
+            let mut out = vec![9u8];
+            encode_entry_field(4, &entry, &mut out);
+            assert_eq!(out, expected, "message of {message_len} bytes");
+        }
+        let mut out = Vec::new();
+        encode_entry_field(1, &LogEntry::default(), &mut out);
+        assert_eq!(out, [0x0a, 0x00]);
     }
 
     #[test]

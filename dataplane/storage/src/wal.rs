@@ -22,18 +22,11 @@ pub const MAX_RECORD_LEN: usize = 256 * 1024 * 1024;
 /// Encodes one record (header + body). The body is a `LogBatch` encoded by hand, entry by
 /// entry, so that no entry's length is computed by walking it before it is encoded.
 pub fn encode_record(batch_uid: u64, entries: &[LogEntry]) -> Vec<u8> {
-    // Each entry is encoded into a scratch buffer and copied after its length prefix:
-    // copying its bytes costs less than prost's `encoded_len` walk over its fields map.
     let mut out = Vec::with_capacity(16 + entries.iter().map(LogEntry::approx_size).sum::<usize>());
     out.extend_from_slice(&[0u8; 8]);
     out.extend_from_slice(&batch_uid.to_le_bytes());
-    let mut scratch = Vec::new();
     for entry in entries {
-        scratch.clear();
-        entry.encode_raw(&mut scratch);
-        prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
-        prost::encoding::encode_varint(scratch.len() as u64, &mut out);
-        out.extend_from_slice(&scratch);
+        logcluster_proto::entry::encode_entry_field(1, entry, &mut out);
     }
     let body_len = (out.len() - 8) as u32;
     out[0..4].copy_from_slice(&body_len.to_le_bytes());
