@@ -1,0 +1,139 @@
+//! The CPU cost per entry of each step a JSON log takes through one node on its way to disk,
+//! on the shared benchmark dataset: NDJSON decoding, WAL records, token hashing for the block
+//! filter, and block building (templates layout, zstd level 3, blocks of about 1 MiB per
+//! stream, as the store cuts them).
+//!
+//! `MIMALLOC_PURGE_DELAY=250 MIMALLOC_ALLOW_THP=0 cargo bench -p logcluster-ingest --bench
+//! ingest_path [-- LINES]` (the allocator and settings of the `logcluster` binary), with the
+//! dataset of `../shared/bench/scripts/gen_logs.py` at `$LOGCLUSTER_BENCH_DATA` (default
+//! `/tmp/bench/data/logs.ndjson`). Prints the median of five rounds per step; figures and the
+//! machine are in BENCHMARKS.md. One thread, no network, no fsync: the end-to-end figures come
+//! from `scripts/bench_ingest.py` against a running node.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use logcluster_ingest::decode::{DecodeContext, decode_payload};
+use logcluster_proto::{Format, LogEntry, ids};
+use logcluster_storage::{segment, wal};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const FRAME_LINES: usize = 2000;
+const BLOCK_BYTES: usize = 1024 * 1024;
+const ROUNDS: usize = 5;
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Runs `step` `ROUNDS` times; prints the median per entry.
+fn measure(name: &str, entries: usize, mut step: impl FnMut() -> usize) {
+    let mut times = Vec::with_capacity(ROUNDS);
+    let mut check = 0;
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        check = std::hint::black_box(step());
+        times.push(started.elapsed());
+    }
+    let per_entry = median(times).as_secs_f64() * 1e9 / entries as f64;
+    println!("{name:<34} {per_entry:>8.0} ns/entry   ({check})");
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::var("LOGCLUSTER_BENCH_DATA")
+        .unwrap_or_else(|_| "/tmp/bench/data/logs.ndjson".to_string());
+    let lines: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(300_000);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        println!(
+            "no dataset at {path}: generate it with ../shared/bench/scripts/gen_logs.py \
+             (or set LOGCLUSTER_BENCH_DATA); nothing measured"
+        );
+        return Ok(());
+    };
+    let all: Vec<&str> = text.lines().take(lines).collect();
+    let frames: Vec<String> = all
+        .chunks(FRAME_LINES)
+        .map(|chunk| chunk.join("\n") + "\n")
+        .collect();
+    let n = all.len();
+    println!("{n} entries from {path}, frames of {FRAME_LINES} lines");
+    let ctx = DecodeContext::default();
+
+    measure("decode NDJSON", n, || {
+        frames
+            .iter()
+            .map(|f| {
+                decode_payload(Format::Json, f.as_bytes(), &ctx)
+                    .map(|out| out.records.len())
+                    .unwrap_or(0)
+            })
+            .sum()
+    });
+
+    // The entries as the pipeline hands them to storage: ids and receive time assigned.
+    let mut entries: Vec<LogEntry> = Vec::with_capacity(n);
+    for (frame_no, frame) in frames.iter().enumerate() {
+        let out = decode_payload(Format::Json, frame.as_bytes(), &ctx)?;
+        for (i, decoded) in out.records.into_iter().enumerate() {
+            let mut entry = decoded.entry;
+            entry.id = ids::entry_id(frame_no as u64 + 1, i as u32);
+            entry.received_at = entry.timestamp;
+            entries.push(entry);
+        }
+    }
+    measure("WAL records (per 2000-line frame)", n, || {
+        entries
+            .chunks(FRAME_LINES)
+            .map(|chunk| wal::encode_record(1, chunk).len())
+            .sum()
+    });
+    measure("token hashes for the block filter", n, || {
+        let mut tokens = 0;
+        for entry in &entries {
+            segment::for_each_indexed_token(entry, |_| tokens += 1);
+        }
+        tokens
+    });
+
+    // Streams cut into blocks of about BLOCK_BYTES, as the store's tail does.
+    let mut streams: BTreeMap<(&str, &str), Vec<LogEntry>> = BTreeMap::new();
+    for entry in &entries {
+        streams
+            .entry((entry.tenant.as_str(), entry.service.as_str()))
+            .or_default()
+            .push(entry.clone());
+    }
+    let mut blocks: Vec<Vec<LogEntry>> = Vec::new();
+    for stream in streams.into_values() {
+        let mut block = Vec::new();
+        let mut bytes = 0;
+        for entry in stream {
+            bytes += entry.approx_size();
+            block.push(entry);
+            if bytes >= BLOCK_BYTES {
+                blocks.push(std::mem::take(&mut block));
+                bytes = 0;
+            }
+        }
+        if !block.is_empty() {
+            blocks.push(block);
+        }
+    }
+    measure("block building (templates, zstd 3)", n, || {
+        blocks
+            .iter()
+            .map(|b| {
+                segment::build_block(b, 3)
+                    .map(|(bytes, _)| bytes.len())
+                    .unwrap_or(0)
+            })
+            .sum()
+    });
+    Ok(())
+}
