@@ -532,7 +532,7 @@ impl Inner {
         if self.tail.is_empty() {
             return Ok(());
         }
-        let mut entries = Vec::new();
+        let mut entries = Vec::with_capacity(self.tail.iter().map(|chunk| chunk.len()).sum());
         for chunk in self.tail.drain(..) {
             entries.extend(Arc::unwrap_or_clone(chunk));
         }
