@@ -60,7 +60,8 @@ struct HttpState {
     /// Which of ingest and query this node serves at `/` (dashboard for browsers).
     serves_query: bool,
     serves_ingest: bool,
-    /// `query.tenantTokens` is set: tenants' names are shown only to their tokens.
+    /// `query.tenantTokens` is set: tenants' names and alert rules are shown only to their
+    /// tokens.
     tenant_tokens: bool,
 }
 
@@ -720,7 +721,7 @@ async fn alerts_status(
     };
     // With tenant tokens, a request sees only its own tenant's rules.
     if let Some(query) = &state.query
-        && !query.limits().tenant_tokens.is_empty()
+        && state.tenant_tokens
     {
         let tenant = match query.tenant_of(&headers, None) {
             Ok(tenant) => tenant.unwrap_or_default(),

@@ -49,8 +49,8 @@ pub enum RpcError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
 
-/// A request on its way out: the message header, then the payload, which calls with the same
-/// payload (one batch to several replicas) share instead of copying.
+/// A message on its way out (a request or an answer): the header, then the payload, which
+/// calls with the same payload (one batch to several replicas) share instead of copying.
 struct Outgoing {
     head: [u8; HEAD_BYTES],
     payload: Arc<Vec<u8>>,
@@ -143,19 +143,8 @@ impl RpcClient {
         Ok(conn)
     }
 
-    /// Sends one request and waits for its answer, at most `timeout` in all.
-    pub async fn call(
-        &self,
-        kind: u8,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, RpcError> {
-        self.call_shared(kind, Arc::new(payload.to_vec()), timeout)
-            .await
-    }
-
-    /// [`RpcClient::call`] with a payload that other calls may share (written as it is, not
-    /// copied into the message).
+    /// Sends one request and waits for its answer, at most `timeout` in all. The payload may
+    /// be shared with other calls: it is written as it is, not copied into the message.
     pub async fn call_shared(
         &self,
         kind: u8,
@@ -226,19 +215,28 @@ impl RpcClient {
     }
 }
 
-fn encode_message(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(HEAD_BYTES + payload.len());
-    message.extend_from_slice(&message_head(kind, id, payload.len()));
-    message.extend_from_slice(payload);
-    message
-}
-
 async fn write_outgoing<W: AsyncWrite + Unpin>(
     writer: &mut W,
     message: &Outgoing,
 ) -> std::io::Result<()> {
     writer.write_all(&message.head).await?;
     writer.write_all(&message.payload).await
+}
+
+/// Writes queued messages until the queue closes, coalescing whatever else is queued into
+/// the same flush (both directions of a connection).
+async fn write_queued<W: AsyncWrite + Unpin>(
+    rx: &mut mpsc::Receiver<Outgoing>,
+    writer: &mut BufWriter<W>,
+) -> std::io::Result<()> {
+    while let Some(message) = rx.recv().await {
+        write_outgoing(writer, &message).await?;
+        while let Ok(more) = rx.try_recv() {
+            write_outgoing(writer, &more).await?;
+        }
+        writer.flush().await?;
+    }
+    Ok(())
 }
 
 /// Reads one message: `(kind/status, id, payload)`; `Ok(None)` at a clean end of stream.
@@ -297,24 +295,12 @@ where
     let writer_fail = fail_all.clone();
     tokio::spawn(async move {
         let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
-        while let Some(message) = rx.recv().await {
-            if let Err(error) = write_outgoing(&mut writer, &message).await {
-                writer_fail(error.to_string());
-                return;
+        match write_queued(&mut rx, &mut writer).await {
+            Ok(()) => {
+                let _ = writer.shutdown().await;
             }
-            // Coalesce whatever else is queued into the same flush.
-            while let Ok(more) = rx.try_recv() {
-                if let Err(error) = write_outgoing(&mut writer, &more).await {
-                    writer_fail(error.to_string());
-                    return;
-                }
-            }
-            if let Err(error) = writer.flush().await {
-                writer_fail(error.to_string());
-                return;
-            }
+            Err(error) => writer_fail(error.to_string()),
         }
-        let _ = writer.shutdown().await;
     });
     let reader_pending = pending.clone();
     tokio::spawn(async move {
@@ -415,22 +401,10 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(max_in_flight.max(1));
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(max_in_flight.max(1));
     let writer = tokio::spawn(async move {
         let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
-        while let Some(message) = rx.recv().await {
-            if writer.write_all(&message).await.is_err() {
-                return;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if writer.write_all(&more).await.is_err() {
-                    return;
-                }
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
-        }
+        let _ = write_queued(&mut rx, &mut writer).await;
     });
     let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
@@ -453,7 +427,11 @@ where
                 Ok(body) => (STATUS_OK, body),
                 Err(message) => (STATUS_ERROR, message.into_bytes()),
             };
-            let _ = tx.send(encode_message(status, id, &body)).await;
+            let answer = Outgoing {
+                head: message_head(status, id, body.len()),
+                payload: Arc::new(body),
+            };
+            let _ = tx.send(answer).await;
             drop(permit);
         });
     }
@@ -475,7 +453,9 @@ mod tests {
         write_outgoing(&mut written, &outgoing)
             .await
             .expect("write");
-        let message = encode_message(7, 42, b"hello");
+        let mut message = vec![0, 0, 0, 14, 7];
+        message.extend_from_slice(&42u64.to_be_bytes());
+        message.extend_from_slice(b"hello");
         assert_eq!(written, message);
         assert_eq!(&message[..4], &[0, 0, 0, 14]);
         let mut reader = &message[..];

@@ -260,9 +260,7 @@ pub async fn run(
             Ok(Err(error)) => warn!(%error, lease = %config.name, "lease renewal failed"),
             Err(_) => warn!(lease = %config.name, "lease renewal timed out"),
         }
-        if last_renewal.is_some_and(|t| t.elapsed() >= margin) {
-            step_down(&mut last_renewal);
-        }
+        // A deadline already past fires at once here.
         let next = tokio::time::sleep(config.renew_every);
         tokio::pin!(next);
         loop {

@@ -35,7 +35,7 @@ pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
 }
 
 /// Whether `byte` belongs to a token (see the module docs).
-pub fn is_token_byte(byte: u8) -> bool {
+pub const fn is_token_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'_' || !byte.is_ascii()
 }
 
@@ -45,9 +45,8 @@ const TOKEN_BYTE: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut byte = 0;
     while byte < 256 {
-        let b = byte as u8;
-        if b.is_ascii_alphanumeric() || b == b'_' || !b.is_ascii() {
-            table[byte] = b.to_ascii_lowercase();
+        if is_token_byte(byte as u8) {
+            table[byte] = (byte as u8).to_ascii_lowercase();
         }
         byte += 1;
     }
