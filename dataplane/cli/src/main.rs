@@ -9,11 +9,13 @@ mod up;
 
 use clap::{Parser, Subcommand};
 
-/// The ingest path allocates many small strings per entry; glibc malloc spent over a third of
-/// the node's CPU in allocation and consolidation under load (perf, BENCHMARKS.md), mimalloc
-/// a fraction of that.
+/// The ingest path allocates many small strings per entry on one thread (decoding) and frees
+/// them on another (after a block is built). glibc malloc spent over a third of the node's
+/// CPU in allocation and consolidation under load; mimalloc about a fifth, much of it taking
+/// back what other threads had freed; jemalloc less than either, with a lower peak RSS
+/// (BENCHMARKS.md, "Allocator").
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// LogCluster: a distributed log processing system.
 #[derive(Parser)]
@@ -41,42 +43,7 @@ enum Command {
     Cluster(cluster_cmd::ClusterArgs),
 }
 
-/// mimalloc settings, read from the environment when the process starts (before `main`), so
-/// the process re-executes itself once with them set (same pid; a setting the operator made
-/// is left alone):
-/// - `MIMALLOC_PURGE_DELAY=250`: mimalloc gives freed memory back to the OS 10 ms after it is
-///   freed; under ingest load it faults the same memory back in at once and the kernel zeroes
-///   every page again. With a 250 ms delay the memory is reused instead: +10-25 % acknowledged
-///   ingest (BENCHMARKS.md, "Allocator purge delay").
-/// - `MIMALLOC_ALLOW_THP=0`: without it mimalloc asks for transparent huge pages, so each
-///   first touch of its memory faults in and zeroes 2 MiB and partly used huge pages count
-///   whole in the resident set: 11 % of the node's CPU went to zeroing huge pages under
-///   ingest, and peak RSS fell from 308 to 232-252 MB without them at the same ingest rate
-///   (BENCHMARKS.md, "Transparent huge pages").
-const ALLOCATOR_SETTINGS: [(&str, &str); 2] =
-    [("MIMALLOC_PURGE_DELAY", "250"), ("MIMALLOC_ALLOW_THP", "0")];
-
-fn tune_allocator() {
-    use std::os::unix::process::CommandExt;
-    let missing: Vec<(&str, &str)> = ALLOCATOR_SETTINGS
-        .into_iter()
-        .filter(|(name, _)| std::env::var_os(name).is_none())
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    // `exec` returns only when it failed; the process then goes on with the defaults.
-    let _failed = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .envs(missing)
-        .exec();
-}
-
 fn main() -> anyhow::Result<()> {
-    tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -3,9 +3,8 @@
 //! filter, and block building (templates layout, zstd level 3, blocks of about 1 MiB per
 //! stream, as the store cuts them).
 //!
-//! `MIMALLOC_PURGE_DELAY=250 MIMALLOC_ALLOW_THP=0 cargo bench -p logcluster-ingest --bench
-//! ingest_path [-- LINES]` (the allocator and settings of the `logcluster` binary), with the
-//! dataset of `../shared/bench/scripts/gen_logs.py` at `$LOGCLUSTER_BENCH_DATA` (default
+//! `cargo bench -p logcluster-ingest --bench ingest_path [-- LINES]` (with the allocator of
+//! the `logcluster` binary), on the dataset of `../shared/bench/scripts/gen_logs.py` at `$LOGCLUSTER_BENCH_DATA` (default
 //! `/tmp/bench/data/logs.ndjson`). Prints the median of five rounds per step; figures and the
 //! machine are in BENCHMARKS.md. One thread, no network, no fsync: the end-to-end figures come
 //! from `scripts/bench_ingest.py` against a running node.
@@ -16,9 +15,10 @@ use std::time::{Duration, Instant};
 use logcluster_ingest::decode::{DecodeContext, decode_payload};
 use logcluster_proto::{Format, LogEntry, ids};
 use logcluster_storage::{segment, wal};
+use prost::Message;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const FRAME_LINES: usize = 2000;
 const BLOCK_BYTES: usize = 1024 * 1024;
@@ -139,5 +139,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .sum()
     });
+
+    // Fingerprints of what the steps produce (untimed): a change meant only to be faster
+    // must leave them as they were.
+    let mut wal_print = Vec::new();
+    for chunk in entries.chunks(FRAME_LINES) {
+        wal_print.extend_from_slice(&ids::fnv1a64(&wal::encode_record(1, chunk)).to_le_bytes());
+    }
+    let mut block_print = Vec::new();
+    for block in &blocks {
+        let (bytes, meta) = segment::build_block(block, 3)?;
+        block_print.extend_from_slice(&ids::fnv1a64(&bytes).to_le_bytes());
+        block_print.extend_from_slice(&ids::fnv1a64(&meta.encode_to_vec()).to_le_bytes());
+    }
+    println!(
+        "fingerprints: decoded entries {:016x}, blocks {:016x}",
+        ids::fnv1a64(&wal_print),
+        ids::fnv1a64(&block_print)
+    );
     Ok(())
 }
