@@ -136,6 +136,14 @@ pub fn parse_entry_id(id: &str) -> Option<(u64, u32)> {
     .then(|| (u64::from_be_bytes(uid), u32::from_be_bytes(index)))
 }
 
+/// The position of an id that [`parse_entry_id`] accepts, read from its last 8 digits only
+/// (for an id whose uid part is already known to be valid).
+pub fn parse_entry_position(id: &str) -> Option<u32> {
+    let bytes = id.as_bytes();
+    let mut index = [0u8; 4];
+    (bytes.len() == 25 && unhex_into(&bytes[17..], &mut index)).then(|| u32::from_be_bytes(index))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +190,7 @@ mod tests {
             let id = entry_id(uid, index);
             proptest::prop_assert_eq!(&id, &format!("{uid:016x}-{index:08x}"));
             proptest::prop_assert_eq!(parse_entry_id(&id), Some((uid, index)));
+            proptest::prop_assert_eq!(parse_entry_position(&id), Some(index));
             let mut out = vec![0u8; digits.len() / 2];
             let expected = (digits.len() % 2 == 0
                 && digits.iter().all(|d| matches!(d, b'0'..=b'9' | b'a'..=b'f')))

@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use logcluster_proto::entry::field_value::Kind;
-use logcluster_proto::ids::{entry_id, parse_entry_id, push_hex as put_hex};
+use logcluster_proto::ids::{entry_id, parse_entry_id, parse_entry_position, push_hex as put_hex};
 use logcluster_proto::{FieldValue, LogEntry};
 use prost::encoding::{decode_varint, encode_varint};
 
@@ -216,8 +216,17 @@ fn encode_core(entries: &[LogEntry], format: u32) -> Vec<u8> {
             }
             CorePart::Ids => {
                 let mut previous: Option<(u64, u32)> = None;
+                let mut previous_id = "";
                 for entry in entries {
-                    let parsed = parse_entry_id(&entry.id);
+                    // Ids of one batch share their first 17 bytes (uid and '-'): then only
+                    // the position needs reading.
+                    let parsed = match previous {
+                        Some((uid, _)) if same_batch(previous_id, &entry.id) => {
+                            parse_entry_position(&entry.id).map(|position| (uid, position))
+                        }
+                        _ => parse_entry_id(&entry.id),
+                    };
+                    previous_id = &entry.id;
                     match parsed {
                         Some((uid, position))
                             if previous.is_some_and(|(u, p)| {
@@ -248,6 +257,12 @@ fn encode_core(entries: &[LogEntry], format: u32) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Whether `id` is an entry id of the same batch as `previous`, an id that
+/// [`parse_entry_id`] read: same length and the same uid and `-` before the position.
+fn same_batch(previous: &str, id: &str) -> bool {
+    id.len() == 25 && previous.len() == 25 && id.as_bytes()[..17] == previous.as_bytes()[..17]
 }
 
 fn encode_messages(entries: &[LogEntry]) -> Vec<u8> {
@@ -283,7 +298,20 @@ fn encode_fields(entries: &[LogEntry], hex: bool, out: &mut Vec<u8>) {
     // The distinct keys, sorted (a block has few: a binary search per field beats sorting
     // every entry's keys).
     let mut keys: Vec<&str> = Vec::new();
+    let mut previous: Option<&LogEntry> = None;
     for entry in entries {
+        // Entries mostly have the keys of the one before them, which are already in `keys`.
+        let same_keys = previous.is_some_and(|p| {
+            p.fields.len() == entry.fields.len()
+                && p.fields
+                    .keys()
+                    .zip(entry.fields.keys())
+                    .all(|(a, b)| a == b)
+        });
+        previous = Some(entry);
+        if same_keys {
+            continue;
+        }
         for key in entry.fields.keys() {
             if let Err(at) = keys.binary_search(&key.as_str()) {
                 keys.insert(at, key);

@@ -260,6 +260,65 @@ impl NumericFold {
     }
 }
 
+/// The numeric fields of a block's entries: at most [`MAX_NUMERIC_FIELDS`], the first seen
+/// (entries in order, each entry's fields in key order).
+#[derive(Default)]
+struct NumericFolds<'e> {
+    folds: Vec<(&'e str, NumericFold)>,
+    /// Where the previous entry's numeric values went, in order ([`usize::MAX`]: nowhere).
+    /// Entries of a block mostly have the same numeric fields, so each value is tried first
+    /// where the previous entry's value at its position went.
+    last: Vec<usize>,
+    /// A numeric field was left out (there were more than [`MAX_NUMERIC_FIELDS`]).
+    incomplete: bool,
+}
+
+impl<'e> NumericFolds<'e> {
+    fn add(&mut self, entry: &'e LogEntry) {
+        let mut position = 0;
+        for (key, value) in &entry.fields {
+            let Some(v) = value.as_f64() else {
+                continue;
+            };
+            let key = key.as_str();
+            let found = match self.last.get(position) {
+                Some(&at) if self.folds.get(at).is_some_and(|(k, _)| *k == key) => Some(at),
+                _ => self.folds.iter().position(|(k, _)| *k == key),
+            };
+            let at = match found {
+                Some(at) => at,
+                None if self.folds.len() < MAX_NUMERIC_FIELDS => {
+                    self.folds.push((key, NumericFold::default()));
+                    self.folds.len() - 1
+                }
+                None => {
+                    self.incomplete = true;
+                    usize::MAX
+                }
+            };
+            if let Some((_, fold)) = self.folds.get_mut(at) {
+                fold.add(v);
+            }
+            match self.last.get_mut(position) {
+                Some(slot) => *slot = at,
+                None => self.last.push(at),
+            }
+            position += 1;
+        }
+    }
+
+    /// The summaries in field order, and whether every numeric field has one.
+    fn into_summaries(mut self) -> (Vec<NumericSummary>, bool) {
+        self.folds.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let summaries = self
+            .folds
+            .into_iter()
+            .map(|(field, fold)| fold.into_summary(field.to_string()))
+            .collect();
+        (summaries, !self.incomplete)
+    }
+}
+
 /// One cell of a block's rollup.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct RollupCell {
@@ -316,10 +375,24 @@ impl SegmentIndex {
 }
 
 /// Calls `f` with the hash of every token that the block filter indexes for `entry`.
-pub fn for_each_indexed_token(entry: &LogEntry, mut f: impl FnMut(u64)) {
+pub fn for_each_indexed_token(entry: &LogEntry, f: impl FnMut(u64)) {
+    for_each_indexed_token_after(entry, None, f);
+}
+
+/// [`for_each_indexed_token`], leaving out the host and trace id when they are those of
+/// `previous` (whose tokens are already known).
+fn for_each_indexed_token_after(
+    entry: &LogEntry,
+    previous: Option<&LogEntry>,
+    mut f: impl FnMut(u64),
+) {
     for_each_token_hash(&entry.message, &mut f);
-    for_each_token_hash(&entry.host, &mut f);
-    for_each_token_hash(&entry.trace_id, &mut f);
+    if previous.is_none_or(|p| p.host != entry.host) {
+        for_each_token_hash(&entry.host, &mut f);
+    }
+    if previous.is_none_or(|p| p.trace_id != entry.trace_id) {
+        for_each_token_hash(&entry.trace_id, &mut f);
+    }
     for value in entry.fields.values() {
         if let Some(Kind::Str(s)) = &value.kind {
             for_each_token_hash(s, &mut f);
@@ -363,34 +436,35 @@ pub fn build_block_with(
     let mut tokens: HashSet<u64, BuildHasherDefault<logcluster_proto::ids::Mix64Hasher>> =
         HashSet::with_capacity_and_hasher(entries.len() * 4, Default::default());
     let mut rollup: std::collections::BTreeMap<(i64, u32), u32> = std::collections::BTreeMap::new();
-    let mut numeric: std::collections::BTreeMap<&str, NumericFold> =
-        std::collections::BTreeMap::new();
-    let mut numeric_complete = true;
+    // Entries of one minute and level come in runs: counted here, added to `rollup` per run.
+    let mut run: Option<((i64, u32), u32)> = None;
+    let mut numeric = NumericFolds::default();
+    let mut previous: Option<&LogEntry> = None;
     for entry in entries {
-        for (key, value) in &entry.fields {
-            let Some(v) = value.as_f64() else {
-                continue;
-            };
-            if let Some(fold) = numeric.get_mut(key.as_str()) {
-                fold.add(v);
-            } else if numeric.len() < MAX_NUMERIC_FIELDS {
-                numeric.entry(key.as_str()).or_default().add(v);
-            } else {
-                numeric_complete = false;
+        numeric.add(entry);
+        let cell = (
+            entry.timestamp.div_euclid(ROLLUP_NS),
+            entry.level.clamp(0, 31) as u32,
+        );
+        match &mut run {
+            Some((key, count)) if *key == cell => *count += 1,
+            _ => {
+                if let Some((key, count)) = run.replace((cell, 1)) {
+                    *rollup.entry(key).or_default() += count;
+                }
             }
         }
-        *rollup
-            .entry((
-                entry.timestamp.div_euclid(ROLLUP_NS),
-                entry.level.clamp(0, 31) as u32,
-            ))
-            .or_default() += 1;
         meta.min_ts = meta.min_ts.min(entry.timestamp);
         meta.max_ts = meta.max_ts.max(entry.timestamp);
         meta.level_mask |= 1 << (entry.level.clamp(0, 31) as u32);
-        for_each_indexed_token(entry, |h| {
+        // A host or trace id equal to the previous entry's adds no token to the set.
+        for_each_indexed_token_after(entry, previous, |h| {
             tokens.insert(h);
         });
+        previous = Some(entry);
+    }
+    if let Some((key, count)) = run {
+        *rollup.entry(key).or_default() += count;
     }
     let hashes: Vec<u64> = tokens.into_iter().collect();
     match (format == FORMAT_TEMPLATES)
@@ -400,11 +474,7 @@ pub fn build_block_with(
         Some(fuse) => meta.fuse = fuse,
         None => meta.bloom = bloom::build(&hashes),
     }
-    meta.numeric_complete = numeric_complete;
-    meta.numeric = numeric
-        .into_iter()
-        .map(|(field, fold)| fold.into_summary(field.to_string()))
-        .collect();
+    (meta.numeric, meta.numeric_complete) = numeric.into_summaries();
     meta.rollup = rollup
         .into_iter()
         .map(|((minute, level), count)| RollupCell {
@@ -1273,8 +1343,89 @@ mod tests {
         prop::collection::vec(entry, 0..24)
     }
 
+    /// The numeric summaries and rollup of a block as they were first defined: a map lookup
+    /// per field and per entry.
+    fn reference_summaries(entries: &[LogEntry]) -> (Vec<NumericSummary>, bool, Vec<RollupCell>) {
+        let mut numeric: std::collections::BTreeMap<&str, NumericFold> = Default::default();
+        let mut complete = true;
+        let mut rollup: std::collections::BTreeMap<(i64, u32), u32> = Default::default();
+        for entry in entries {
+            for (key, value) in &entry.fields {
+                let Some(v) = value.as_f64() else { continue };
+                if let Some(fold) = numeric.get_mut(key.as_str()) {
+                    fold.add(v);
+                } else if numeric.len() < MAX_NUMERIC_FIELDS {
+                    numeric.entry(key.as_str()).or_default().add(v);
+                } else {
+                    complete = false;
+                }
+            }
+            let cell = (
+                entry.timestamp.div_euclid(ROLLUP_NS),
+                entry.level.clamp(0, 31) as u32,
+            );
+            *rollup.entry(cell).or_default() += 1;
+        }
+        (
+            numeric
+                .into_iter()
+                .map(|(k, f)| f.into_summary(k.to_string()))
+                .collect(),
+            complete,
+            rollup
+                .into_iter()
+                .map(|((minute, level), count)| RollupCell {
+                    minute,
+                    level,
+                    count,
+                })
+                .collect(),
+        )
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A block's numeric summaries and rollup are what one map lookup per field and entry
+        /// gives, with fields that come and go between entries and more numeric fields than
+        /// a block summarizes.
+        #[test]
+        fn numeric_summaries_and_rollup_match_their_definition(
+            rows in proptest::collection::vec(
+                (
+                    proptest::collection::btree_map(0usize..40, -5i64..5, 0..12),
+                    0i64..4,
+                    0i32..3,
+                ),
+                1..60,
+            ),
+        ) {
+            let entries: Vec<LogEntry> = rows
+                .into_iter()
+                .map(|(fields, minute, level)| LogEntry {
+                    timestamp: minute * ROLLUP_NS,
+                    level,
+                    message: "m".to_string(),
+                    fields: fields
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let value = match v {
+                                -5 => logcluster_proto::FieldValue::str("text"),
+                                -4 => logcluster_proto::FieldValue::str(format!("{}", v * 3)),
+                                _ => logcluster_proto::FieldValue::int(v),
+                            };
+                            (format!("f{k:02}"), value)
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect();
+            let (_, meta) = build_block(&entries, 1).expect("block");
+            let (numeric, complete, rollup) = reference_summaries(&entries);
+            proptest::prop_assert_eq!(meta.numeric, numeric);
+            proptest::prop_assert_eq!(meta.numeric_complete, complete);
+            proptest::prop_assert_eq!(meta.rollup, rollup);
+        }
 
         /// Column blocks, with and without templates, give back every entry bit for bit
         /// (compared as protobuf bytes, so NaN payloads and -0.0 count too).

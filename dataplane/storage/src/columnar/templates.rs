@@ -54,16 +54,53 @@ const CLASSES: usize = 37;
 pub const FILTER_BYTES: usize = (CLASSES * CLASSES).div_ceil(8);
 
 /// Whether `byte` ends a word (ASCII that is not a letter or digit).
-fn is_separator(byte: u8) -> bool {
+const fn is_separator(byte: u8) -> bool {
     byte < 0x80 && !byte.is_ascii_alphanumeric()
 }
 
-fn class(byte: u8) -> usize {
+/// [`WORD_CLASS`] of a byte that ends a word.
+const SEPARATOR: u8 = 0;
+/// [`WORD_CLASS`] of an ASCII digit.
+const DIGIT: u8 = 2;
+
+/// Each byte's part in a word: [`SEPARATOR`], [`DIGIT`], or 1 for the other word bytes.
+const WORD_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = if is_separator(byte as u8) {
+            SEPARATOR
+        } else if (byte as u8).is_ascii_digit() {
+            DIGIT
+        } else {
+            1
+        };
+        byte += 1;
+    }
+    table
+};
+
+const fn class_of(byte: u8) -> u8 {
     match byte.to_ascii_lowercase() {
-        b @ b'a'..=b'z' => usize::from(b - b'a'),
-        b @ b'0'..=b'9' => 26 + usize::from(b - b'0'),
+        b @ b'a'..=b'z' => b - b'a',
+        b @ b'0'..=b'9' => 26 + (b - b'0'),
         _ => 36,
     }
+}
+
+/// Each byte's symbol class in the bigram filter.
+const CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = class_of(byte as u8);
+        byte += 1;
+    }
+    table
+};
+
+fn class(byte: u8) -> usize {
+    usize::from(CLASS[usize::from(byte)])
 }
 
 /// Sets the filter bit of every adjacent pair of bytes in `value`.
@@ -136,20 +173,27 @@ pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
             ends.push(values.len());
         } else {
             let mut at = 0;
+            let word_class = |at: usize| WORD_CLASS[usize::from(message[at])];
             while at < message.len() {
                 let start = at;
-                if is_separator(message[at]) {
-                    while at < message.len() && is_separator(message[at]) {
+                if word_class(at) == SEPARATOR {
+                    while at < message.len() && word_class(at) == SEPARATOR {
                         at += 1;
                     }
                     template.extend_from_slice(&message[start..at]);
                     continue;
                 }
-                while at < message.len() && !is_separator(message[at]) {
+                let mut digits = false;
+                while at < message.len() {
+                    let class = word_class(at);
+                    if class == SEPARATOR {
+                        break;
+                    }
+                    digits |= class == DIGIT;
                     at += 1;
                 }
                 let word = &message[start..at];
-                if !word.iter().any(u8::is_ascii_digit) {
+                if !digits {
                     template.extend_from_slice(word);
                 } else if let Some(value) = as_int(word) {
                     template.push(INT);
