@@ -25,23 +25,37 @@ use crate::metrics::{IngestMetrics, label, labels2};
 pub trait Sink: Send + Sync + 'static {
     /// Stores a batch; resolves once it is durable. `Ok(duplicates)` counts entries skipped
     /// because the batch id was already stored.
-    fn append(
-        &self,
-        batch_uid: u64,
-        entries: Vec<LogEntry>,
-    ) -> Pin<Box<dyn Future<Output = Result<usize, String>> + Send>>;
+    fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored;
+
+    /// [`Sink::append`] called from the blocking thread that decoded the entries: a sink may
+    /// do its CPU work here, while the entries are still in this core's cache, and leave only
+    /// the wait for durability to the future.
+    fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
+        self.append(batch_uid, entries)
+    }
 }
 
+/// What [`Sink::append`] resolves to.
+pub type Stored = Pin<Box<dyn Future<Output = Result<usize, String>> + Send>>;
+
 impl Sink for Arc<logcluster_storage::Store> {
-    fn append(
-        &self,
-        batch_uid: u64,
-        entries: Vec<LogEntry>,
-    ) -> Pin<Box<dyn Future<Output = Result<usize, String>> + Send>> {
+    fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
         let store = self.clone();
         Box::pin(async move {
             store
                 .append(batch_uid, entries)
+                .await
+                .map(|outcome| outcome.duplicates)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Groups, writes the WAL records and builds due blocks right here; the future waits
+    /// for the group commit.
+    fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
+        let durable = self.append_on_this_thread(batch_uid, entries);
+        Box::pin(async move {
+            durable
                 .await
                 .map(|outcome| outcome.duplicates)
                 .map_err(|e| e.to_string())
@@ -279,7 +293,20 @@ impl Pipeline {
         let src = source.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let schemas = pipeline.schemas.current();
-            decode(&schemas).map(|output| pipeline.prepare(&src, output, &schemas))
+            decode(&schemas).map(|output| {
+                let mut prepared = pipeline.prepare(&src, output, &schemas);
+                if !prepared.entries.is_empty() {
+                    let entries = std::mem::take(&mut prepared.entries);
+                    prepared.count = entries.len() as u32;
+                    pipeline.metrics.inflight_batches.inc();
+                    prepared.stored = Some(
+                        pipeline
+                            .sink
+                            .append_from_blocking_thread(prepared.batch_uid, entries),
+                    );
+                }
+                prepared
+            })
         })
         .await;
         match prepared {
@@ -422,6 +449,8 @@ impl Pipeline {
             batch_uid,
             entries,
             errors,
+            count: 0,
+            stored: None,
         }
     }
 
@@ -435,13 +464,19 @@ impl Pipeline {
             batch_uid,
             entries,
             errors,
+            count,
+            stored,
         } = prepared;
         let rejected = errors.len() as u32;
         let first_error = errors
             .first()
             .map(|e| format!("record {}: {}", e.index, e.message))
             .unwrap_or_default();
-        let count = entries.len() as u32;
+        let count = if stored.is_some() {
+            count
+        } else {
+            entries.len() as u32
+        };
         if count == 0 {
             return self.finish(
                 started,
@@ -460,8 +495,14 @@ impl Pipeline {
                 },
             );
         }
-        self.metrics.inflight_batches.inc();
-        let stored = self.sink.append(batch_uid, entries).await;
+        let stored = match stored {
+            // Counted in flight since it was handed to the sink.
+            Some(stored) => stored.await,
+            None => {
+                self.metrics.inflight_batches.inc();
+                self.sink.append(batch_uid, entries).await
+            }
+        };
         self.metrics.inflight_batches.dec();
         match stored {
             Ok(duplicates) => {
@@ -536,9 +577,13 @@ impl Pipeline {
 
 struct Prepared {
     batch_uid: u64,
+    /// The accepted entries, unless they were already handed to the sink (`stored`).
     entries: Vec<LogEntry>,
     /// Refused records, in payload order.
     errors: Vec<RecordError>,
+    /// How many entries were handed to the sink.
+    count: u32,
+    stored: Option<Stored>,
 }
 
 /// The JSON view a schema validates for entries that did not arrive as JSON: the core fields

@@ -199,14 +199,31 @@ impl Store {
         entries: Vec<LogEntry>,
     ) -> Result<AppendOutcome, StorageError> {
         let store = self.clone();
-        let (outcome, touched) = tokio::task::spawn_blocking(move || {
-            let _shared = store.repair_lock.read().unwrap_or_else(|p| p.into_inner());
-            store.append_blocking(batch_uid, entries)
-        })
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))??;
-        self.commit(touched).await?;
-        Ok(outcome)
+        tokio::task::spawn_blocking(move || store.append_on_this_thread(batch_uid, entries))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+            .await
+    }
+
+    /// [`Store::append`] with the routing, WAL writes and block building done on the calling
+    /// thread, which must be one that may block (the blocking-pool thread that decoded the
+    /// entries, so that they are still in its core's cache); the returned future only waits
+    /// for the group commit.
+    pub fn append_on_this_thread(
+        self: &Arc<Self>,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+    ) -> impl Future<Output = Result<AppendOutcome, StorageError>> + Send + 'static + use<> {
+        let appended = {
+            let _shared = self.repair_lock.read().unwrap_or_else(|p| p.into_inner());
+            self.append_blocking(batch_uid, entries)
+        };
+        let store = self.clone();
+        async move {
+            let (outcome, touched) = appended?;
+            store.commit(touched).await?;
+            Ok(outcome)
+        }
     }
 
     /// Waits until the touched streams' WAL writes are fsynced (group commit), under
