@@ -164,7 +164,7 @@ impl Handler for StorageHandler {
         Box::pin(async move {
             match Kind::from_u8(kind) {
                 Some(Kind::Append) => {
-                    logcluster_cluster::server::handle_append(&inner.store, &inner.hints, &payload)
+                    logcluster_cluster::server::handle_append(&inner.store, &inner.hints, payload)
                         .await
                 }
                 Some(Kind::Query) => {

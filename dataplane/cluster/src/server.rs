@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use logcluster_storage::Store;
+use logcluster_storage::{Store, Written};
 use prost::Message;
 use tracing::{debug, info, warn};
 
@@ -15,42 +15,63 @@ use crate::hints::HintStore;
 use crate::messages::{AppendReply, AppendRequest, Kind};
 use crate::replication::Cluster;
 
-/// Applies one `Append` call on this storage member.
+/// Applies one `Append` call on this storage member. The request is decoded on a blocking
+/// thread, and a replica write is stored on that same thread while its entries are in the
+/// core's cache ([`Store::append_on_this_thread`]); only the wait for durability is async.
 pub async fn handle_append(
     store: &Arc<Store>,
     hints: &Arc<HintStore>,
-    payload: &[u8],
+    payload: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
-    let request = AppendRequest::decode(payload)
-        .map_err(|e| format!("append request is not valid protobuf: {e}"))?;
-    let count = request.entries.len() as u64;
-    let reply = if !request.hint_for.is_empty() {
-        let hints = hints.clone();
-        tokio::task::spawn_blocking(move || hints.append(&request.hint_for.clone(), &request))
-            .await
-            .map_err(|e| format!("hint task failed: {e}"))?
-            .map_err(|e| format!("{e}: {}", error_chain(&e)))?;
-        AppendReply {
+    enum Decoded {
+        Hinted(u64),
+        Repair(Vec<logcluster_proto::LogEntry>),
+        Stored(Written),
+    }
+    let (store_for_task, hints) = (store.clone(), hints.clone());
+    let decoded = tokio::task::spawn_blocking(move || -> Result<Decoded, String> {
+        let request = AppendRequest::decode(payload.as_slice())
+            .map_err(|e| format!("append request is not valid protobuf: {e}"))?;
+        if !request.hint_for.is_empty() {
+            let count = request.entries.len() as u64;
+            hints
+                .append(&request.hint_for, &request)
+                .map_err(|e| format!("{e}: {}", error_chain(&e)))?;
+            Ok(Decoded::Hinted(count))
+        } else if request.repair {
+            Ok(Decoded::Repair(request.entries))
+        } else {
+            Ok(Decoded::Stored(
+                store_for_task.append_on_this_thread(request.batch_uid, request.entries),
+            ))
+        }
+    })
+    .await
+    .map_err(|e| format!("append task failed: {e}"))??;
+    let reply = match decoded {
+        Decoded::Hinted(count) => AppendReply {
             stored: count,
             duplicates: 0,
+        },
+        Decoded::Repair(entries) => {
+            let outcome = store
+                .append_missing(entries)
+                .await
+                .map_err(|e| format!("repair write failed: {}", error_chain(&e)))?;
+            AppendReply {
+                stored: outcome.stored as u64,
+                duplicates: outcome.duplicates as u64,
+            }
         }
-    } else if request.repair {
-        let outcome = store
-            .append_missing(request.entries)
-            .await
-            .map_err(|e| format!("repair write failed: {}", error_chain(&e)))?;
-        AppendReply {
-            stored: outcome.stored as u64,
-            duplicates: outcome.duplicates as u64,
-        }
-    } else {
-        let outcome = store
-            .append(request.batch_uid, request.entries)
-            .await
-            .map_err(|e| format!("replica write failed: {}", error_chain(&e)))?;
-        AppendReply {
-            stored: outcome.stored as u64,
-            duplicates: outcome.duplicates as u64,
+        Decoded::Stored(appended) => {
+            let outcome = appended
+                .durable()
+                .await
+                .map_err(|e| format!("replica write failed: {}", error_chain(&e)))?;
+            AppendReply {
+                stored: outcome.stored as u64,
+                duplicates: outcome.duplicates as u64,
+            }
         }
     };
     Ok(reply.encode_to_vec())

@@ -53,9 +53,10 @@ impl Sink for Arc<logcluster_storage::Store> {
     /// Groups, writes the WAL records and builds due blocks right here; the future waits
     /// for the group commit.
     fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
-        let durable = self.append_on_this_thread(batch_uid, entries);
+        let appended = self.append_on_this_thread(batch_uid, entries);
         Box::pin(async move {
-            durable
+            appended
+                .durable()
                 .await
                 .map(|outcome| outcome.duplicates)
                 .map_err(|e| e.to_string())

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use metrics::StorageMetrics;
 pub use scan::{Cursor, ScanFilter, ScanStats, TopResult};
-pub use store::{AppendOutcome, Store, StoreStats};
+pub use store::{AppendOutcome, Store, StoreStats, Written};
 
 /// When an append counts as durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

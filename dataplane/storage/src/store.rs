@@ -84,6 +84,21 @@ pub fn decode_name(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A batch written by [`Store::append_on_this_thread`], not yet known to be durable.
+pub struct Written {
+    store: Arc<Store>,
+    written: Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError>,
+}
+
+impl Written {
+    /// Resolves once the batch is durable (under [`FsyncPolicy::Always`], fsynced).
+    pub async fn durable(self) -> Result<AppendOutcome, StorageError> {
+        let (outcome, touched) = self.written?;
+        self.store.commit(touched).await?;
+        Ok(outcome)
+    }
+}
+
 impl Store {
     /// Opens the store, recovering every stream found on disk, and starts the committer.
     /// Must be called inside a tokio runtime.
@@ -202,27 +217,26 @@ impl Store {
         tokio::task::spawn_blocking(move || store.append_on_this_thread(batch_uid, entries))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?
+            .durable()
             .await
     }
 
     /// [`Store::append`] with the routing, WAL writes and block building done on the calling
     /// thread, which must be one that may block (the blocking-pool thread that decoded the
-    /// entries, so that they are still in its core's cache); the returned future only waits
-    /// for the group commit.
+    /// entries, so that they are still in its core's cache); [`Written::durable`] then
+    /// waits for the group commit.
     pub fn append_on_this_thread(
         self: &Arc<Self>,
         batch_uid: u64,
         entries: Vec<LogEntry>,
-    ) -> impl Future<Output = Result<AppendOutcome, StorageError>> + Send + 'static + use<> {
-        let appended = {
+    ) -> Written {
+        let written = {
             let _shared = self.repair_lock.read().unwrap_or_else(|p| p.into_inner());
             self.append_blocking(batch_uid, entries)
         };
-        let store = self.clone();
-        async move {
-            let (outcome, touched) = appended?;
-            store.commit(touched).await?;
-            Ok(outcome)
+        Written {
+            store: self.clone(),
+            written,
         }
     }
 
