@@ -133,6 +133,35 @@ pub fn encode_append<'a>(
     out
 }
 
+/// Where each entry's message body lies in an encoded [`AppendRequest`], in order: one range
+/// per entry that decoding the request yields. `None` when the request does not parse
+/// field by field (decoding it fails then too).
+pub fn entry_spans(request: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut spans = Vec::new();
+    let mut rest = request;
+    while !rest.is_empty() {
+        let (tag, wire_type) = decode_key(&mut rest).ok()?;
+        match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut rest).ok()?;
+            }
+            WireType::SixtyFourBit => rest = rest.get(8..)?,
+            WireType::ThirtyTwoBit => rest = rest.get(4..)?,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                let start = request.len() - rest.len();
+                rest = rest.get(len..)?;
+                if tag == 4 {
+                    spans.push(start..start + len);
+                }
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        }
+    }
+    Some(spans)
+}
+
 /// A batch for one replica.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AppendRequest {
@@ -206,5 +235,37 @@ mod tests {
             AppendRequest::decode(assembled.as_slice()).expect("decodes"),
             request
         );
+
+        // Each entry's body is found where it lies, and nowhere else.
+        let spans = entry_spans(&assembled).expect("parses");
+        let bodies: Vec<LogEntry> = spans
+            .iter()
+            .map(|span| LogEntry::decode(&assembled[span.clone()]).expect("an entry"))
+            .collect();
+        assert_eq!(bodies, request.entries);
+        // The entries' records from those bytes are the records of the entries.
+        let received = logcluster_storage::wal::EntryBodies {
+            source: &assembled,
+            spans,
+        };
+        for positions in [vec![0, 1, 2, 3], vec![3, 1], vec![]] {
+            let picked: Vec<LogEntry> = positions
+                .iter()
+                .map(|&p| request.entries[p as usize].clone())
+                .collect();
+            assert_eq!(
+                received.record(9, &positions),
+                Some(logcluster_storage::wal::encode_record(9, &picked))
+            );
+        }
+        assert_eq!(received.record(9, &[5]), None, "no sixth entry");
+        // A request cut short does not parse.
+        for cut in 1..assembled.len() {
+            let spans = entry_spans(&assembled[..cut]);
+            assert!(
+                spans.is_none() || AppendRequest::decode(&assembled[..cut]).is_ok(),
+                "cut at {cut}"
+            );
+        }
     }
 }

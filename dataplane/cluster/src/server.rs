@@ -7,12 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use logcluster_storage::wal::EntryBodies;
 use logcluster_storage::{Store, Written};
 use prost::Message;
 use tracing::{debug, info, warn};
 
 use crate::hints::HintStore;
-use crate::messages::{AppendReply, AppendRequest, Kind};
+use crate::messages::{AppendReply, AppendRequest, Kind, entry_spans};
 use crate::replication::Cluster;
 
 /// Applies one `Append` call on this storage member. The request is decoded on a blocking
@@ -41,9 +42,18 @@ pub async fn handle_append(
         } else if request.repair {
             Ok(Decoded::Repair(request.entries))
         } else {
-            Ok(Decoded::Stored(
-                store_for_task.append_on_this_thread(request.batch_uid, request.entries),
-            ))
+            // The WAL records are assembled from the entries' received bytes.
+            let bodies = entry_spans(&payload)
+                .filter(|spans| spans.len() == request.entries.len())
+                .map(|spans| EntryBodies {
+                    source: &payload,
+                    spans,
+                });
+            Ok(Decoded::Stored(store_for_task.append_received(
+                request.batch_uid,
+                request.entries,
+                bodies.as_ref(),
+            )))
         }
     })
     .await

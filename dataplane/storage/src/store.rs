@@ -230,9 +230,20 @@ impl Store {
         batch_uid: u64,
         entries: Vec<LogEntry>,
     ) -> Written {
+        self.append_received(batch_uid, entries, None)
+    }
+
+    /// [`Store::append_on_this_thread`] for entries decoded from `bodies` (a replica write):
+    /// their WAL records are assembled from those bytes, not encoded again.
+    pub fn append_received(
+        self: &Arc<Self>,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+        bodies: Option<&crate::wal::EntryBodies<'_>>,
+    ) -> Written {
         let written = {
             let _shared = self.repair_lock.read().unwrap_or_else(|p| p.into_inner());
-            self.append_blocking(batch_uid, entries)
+            self.append_parts(batch_uid, entries, bodies)
         };
         Written {
             store: self.clone(),
@@ -400,18 +411,37 @@ impl Store {
         batch_uid: u64,
         entries: Vec<LogEntry>,
     ) -> Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError> {
-        let parts = by_stream(entries);
+        self.append_parts(batch_uid, entries, None)
+    }
+
+    fn append_parts(
+        &self,
+        batch_uid: u64,
+        entries: Vec<LogEntry>,
+        bodies: Option<&crate::wal::EntryBodies<'_>>,
+    ) -> Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError> {
+        let parts = group_by_stream(entries);
         let mut outcome = AppendOutcome::default();
         let mut touched = Vec::with_capacity(parts.len());
-        for ((tenant, service), mut part) in parts {
+        for ((tenant, service), (mut part, positions)) in parts {
             let count = part.len();
+            // The part's WAL record from the bytes it was received as, while the part is
+            // whole (a part filtered below is encoded by the stream).
+            let mut received = bodies.and_then(|b| b.record(batch_uid, &positions));
             // A stream removed by a hand-over between lookup and append is looked up again:
             // the new incarnation takes the part (and hands it over in turn if needed).
             let mut filtered = false;
             let mut held = 0usize;
             loop {
                 let stream = self.stream(&tenant, &service)?;
-                match stream.append(batch_uid, part, &self.config, &self.metrics, filtered)? {
+                match stream.append(
+                    batch_uid,
+                    part,
+                    &self.config,
+                    &self.metrics,
+                    filtered,
+                    received.as_deref(),
+                )? {
                     Appended::Stored => {
                         outcome.stored += count - held;
                         outcome.duplicates += held;
@@ -461,6 +491,7 @@ impl Store {
                         }
                         part = rest;
                         filtered = true;
+                        received = None;
                     }
                 }
             }
@@ -740,6 +771,17 @@ impl Store {
 
 /// Entries grouped by their (tenant, service) stream.
 fn by_stream(entries: Vec<LogEntry>) -> BTreeMap<(String, String), Vec<LogEntry>> {
+    group_by_stream(entries)
+        .into_iter()
+        .map(|(key, (part, _))| (key, part))
+        .collect()
+}
+
+/// [`by_stream`], with each entry's position in `entries`.
+#[allow(clippy::type_complexity)]
+fn group_by_stream(
+    entries: Vec<LogEntry>,
+) -> BTreeMap<(String, String), (Vec<LogEntry>, Vec<u32>)> {
     // Each entry's group, found by its own strings (a name is copied once per stream, not per
     // entry), then every group filled at its final size: no per-entry string copies, and no
     // entry moved twice by a growing vector.
@@ -763,9 +805,13 @@ fn by_stream(entries: Vec<LogEntry>) -> BTreeMap<(String, String), Vec<LogEntry>
     for ((tenant, service), group) in groups {
         keys[group] = (tenant.to_string(), service.to_string());
     }
-    let mut parts: Vec<Vec<LogEntry>> = sizes.into_iter().map(Vec::with_capacity).collect();
-    for (entry, group) in entries.into_iter().zip(group_of) {
-        parts[group].push(entry);
+    let mut parts: Vec<(Vec<LogEntry>, Vec<u32>)> = sizes
+        .into_iter()
+        .map(|size| (Vec::with_capacity(size), Vec::with_capacity(size)))
+        .collect();
+    for (position, (entry, group)) in entries.into_iter().zip(group_of).enumerate() {
+        parts[group].0.push(entry);
+        parts[group].1.push(position as u32);
     }
     keys.into_iter().zip(parts).collect()
 }
@@ -894,11 +940,14 @@ mod tests {
                     .or_default()
                     .push(entry.id.clone());
             }
-            let grouped: BTreeMap<(String, String), Vec<String>> = by_stream(entries)
+            let grouped: BTreeMap<(String, String), Vec<String>> = group_by_stream(entries)
                 .into_iter()
-                .map(|(key, part)| {
-                    for entry in &part {
+                .map(|(key, (part, positions))| {
+                    assert_eq!(part.len(), positions.len());
+                    for (entry, position) in part.iter().zip(&positions) {
                         assert_eq!((&entry.tenant, &entry.service), (&key.0, &key.1));
+                        // Each entry's position is where it was in the batch.
+                        assert_eq!(entry.id, position.to_string());
                     }
                     (key, part.into_iter().map(|e| e.id).collect())
                 })

@@ -28,6 +28,41 @@ pub fn encode_record(batch_uid: u64, entries: &[LogEntry]) -> Vec<u8> {
     for entry in entries {
         logcluster_proto::entry::encode_entry_field(1, entry, &mut out);
     }
+    seal_record(out)
+}
+
+/// The protobuf bytes that entries were decoded from (each entry's message body, without its
+/// field key and length), as a replica receives them.
+pub struct EntryBodies<'a> {
+    pub source: &'a [u8],
+    /// One range of `source` per entry, in the entries' order.
+    pub spans: Vec<std::ops::Range<usize>>,
+}
+
+impl EntryBodies<'_> {
+    /// The record of the entries at `positions`, from their received bytes instead of
+    /// encoding them again: what [`encode_record`] gives for those entries when the sender
+    /// encoded them as prost does (a replay decodes the same entries either way).
+    pub fn record(&self, batch_uid: u64, positions: &[u32]) -> Option<Vec<u8>> {
+        let spans: Vec<&std::ops::Range<usize>> = positions
+            .iter()
+            .map(|&p| self.spans.get(p as usize))
+            .collect::<Option<_>>()?;
+        let mut out = Vec::with_capacity(16 + spans.iter().map(|s| s.len() + 4).sum::<usize>());
+        out.extend_from_slice(&[0u8; 8]);
+        out.extend_from_slice(&batch_uid.to_le_bytes());
+        for span in spans {
+            let body = self.source.get(span.clone())?;
+            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
+            prost::encoding::encode_varint(body.len() as u64, &mut out);
+            out.extend_from_slice(body);
+        }
+        Some(seal_record(out))
+    }
+}
+
+/// Fills in the header (body length and checksum) of a record laid out after 8 bytes of room.
+fn seal_record(mut out: Vec<u8>) -> Vec<u8> {
     let body_len = (out.len() - 8) as u32;
     out[0..4].copy_from_slice(&body_len.to_le_bytes());
     let crc = crc32fast::hash(&out[8..]);
