@@ -11,11 +11,11 @@ use anyhow::Context;
 use logcluster_cluster::hints::HintStore;
 use logcluster_cluster::membership::{self, Member, MemberList};
 use logcluster_cluster::messages::Kind;
-use logcluster_cluster::replication::{Cluster, ClusterMetrics, ReplicationConfig};
+use logcluster_cluster::replication::{Cluster, ClusterMetrics, EncodedBatch, ReplicationConfig};
 use logcluster_cluster::rpc::Handler;
 use logcluster_common::shutdown::Shutdown;
 use logcluster_config::{ClusterConfig, MembersSource, RawTls};
-use logcluster_ingest::pipeline::Sink;
+use logcluster_ingest::pipeline::{Sink, Stored};
 use logcluster_proto::LogEntry;
 use logcluster_query::api::{QueryRequest, QueryService};
 use logcluster_query::fanout;
@@ -103,15 +103,23 @@ pub async fn connect(
 pub struct ClusterSink(pub Arc<Cluster>);
 
 impl Sink for ClusterSink {
-    fn append(
-        &self,
-        batch_uid: u64,
-        entries: Vec<LogEntry>,
-    ) -> Pin<Box<dyn Future<Output = Result<usize, String>> + Send>> {
+    fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
         let cluster = self.0.clone();
         Box::pin(async move {
             cluster
                 .append(batch_uid, entries)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Cuts and encodes the batch's parts here, on the thread that decoded it.
+    fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
+        let batch = EncodedBatch::new(entries);
+        let cluster = self.0.clone();
+        Box::pin(async move {
+            cluster
+                .append_encoded(batch_uid, batch)
                 .await
                 .map_err(|e| e.to_string())
         })

@@ -213,6 +213,39 @@ pub struct Cluster {
 
 const BUDGET_UNIT: usize = 1024;
 
+/// A batch cut into its partitions' parts, each encoded once (every replica's request
+/// shares it: RF copies of a batch would otherwise be cloned and encoded RF times).
+pub struct EncodedBatch {
+    encoded: BTreeMap<PartitionId, Vec<u8>>,
+    /// Entries per part.
+    part_sizes: BTreeMap<PartitionId, usize>,
+    /// The entries' approximate size, charged to the in-flight budget.
+    bytes: usize,
+}
+
+impl EncodedBatch {
+    /// Cuts and encodes `entries` (CPU only: call it where the entries were decoded, while
+    /// they are in that core's cache; the entries are freed here too).
+    pub fn new(entries: Vec<LogEntry>) -> EncodedBatch {
+        let bytes = entries.iter().map(LogEntry::approx_size).sum();
+        let mut parts: BTreeMap<PartitionId, Vec<LogEntry>> = BTreeMap::new();
+        for entry in entries {
+            parts
+                .entry(partition_of(&entry.tenant, &entry.service))
+                .or_default()
+                .push(entry);
+        }
+        EncodedBatch {
+            part_sizes: parts.iter().map(|(p, part)| (*p, part.len())).collect(),
+            encoded: parts
+                .iter()
+                .map(|(p, part)| (*p, crate::messages::encode_entries(part)))
+                .collect(),
+            bytes,
+        }
+    }
+}
+
 impl Cluster {
     /// Starts following `members` (the ring is rebuilt on every change).
     pub fn new(
@@ -401,6 +434,17 @@ impl Cluster {
         batch_uid: u64,
         entries: Vec<LogEntry>,
     ) -> Result<usize, WriteError> {
+        self.append_encoded(batch_uid, EncodedBatch::new(entries))
+            .await
+    }
+
+    /// [`Cluster::append`] of a batch already cut into parts and encoded (by the blocking
+    /// thread that decoded it, see [`EncodedBatch::new`]).
+    pub async fn append_encoded(
+        self: &Arc<Self>,
+        batch_uid: u64,
+        batch: EncodedBatch,
+    ) -> Result<usize, WriteError> {
         let view = self.view();
         if view.ring.members().is_empty() {
             return Err(WriteError::NoMembers);
@@ -411,7 +455,7 @@ impl Cluster {
         // payload (its encoded requests, shared by the replicas they go to, come on top, so
         // real memory is a small multiple of the budget); released when the last call
         // finishes.
-        let bytes: usize = entries.iter().map(LogEntry::approx_size).sum();
+        let bytes = batch.bytes;
         let max_units = (self.config.max_in_flight_bytes / BUDGET_UNIT).max(1);
         let units = (bytes / BUDGET_UNIT).clamp(1, max_units) as u32;
         let permit = self
@@ -428,7 +472,7 @@ impl Cluster {
         let cluster = self.clone();
         tokio::spawn(async move {
             cluster
-                .replicate(view, batch_uid, entries, needed, done_tx)
+                .replicate(view, batch_uid, batch, needed, done_tx)
                 .await;
             drop(permit);
         });
@@ -456,31 +500,16 @@ impl Cluster {
         self: Arc<Self>,
         view: Arc<View>,
         batch_uid: u64,
-        entries: Vec<LogEntry>,
+        batch: EncodedBatch,
         needed: usize,
         done: oneshot::Sender<Result<usize, WriteError>>,
     ) {
-        // Parts by partition.
-        let mut parts: BTreeMap<PartitionId, Vec<LogEntry>> = BTreeMap::new();
-        for entry in entries {
-            parts
-                .entry(partition_of(&entry.tenant, &entry.service))
-                .or_default()
-                .push(entry);
-        }
-        let partitions: Vec<PartitionId> = parts.keys().copied().collect();
-        // Each part is encoded once and shared by every replica's request (RF copies of a
-        // batch would otherwise be cloned and encoded RF times).
-        let encoded: BTreeMap<PartitionId, Vec<u8>> = parts
-            .iter()
-            .map(|(p, entries)| (*p, crate::messages::encode_entries(entries)))
-            .collect();
-        // Only the counts are needed from here on; the decoded entries go now.
-        let part_sizes: BTreeMap<PartitionId, usize> = parts
-            .iter()
-            .map(|(p, entries)| (*p, entries.len()))
-            .collect();
-        drop(parts);
+        let EncodedBatch {
+            encoded,
+            part_sizes,
+            ..
+        } = batch;
+        let partitions: Vec<PartitionId> = encoded.keys().copied().collect();
         let mut holders: BTreeMap<PartitionId, BTreeSet<String>> = BTreeMap::new();
         let mut duplicate_parts: BTreeSet<PartitionId> = BTreeSet::new();
         // (target member, hint_for) -> partitions
