@@ -103,14 +103,10 @@ pub async fn connect(
 pub struct ClusterSink(pub Arc<Cluster>);
 
 impl Sink for ClusterSink {
+    /// The batch is cut and encoded at once, by the caller (it was on a runtime worker
+    /// either way).
     fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
-        let cluster = self.0.clone();
-        Box::pin(async move {
-            cluster
-                .append(batch_uid, entries)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        self.append_from_blocking_thread(batch_uid, entries)
     }
 
     /// Cuts and encodes the batch's parts here, on the thread that decoded it.

@@ -427,19 +427,9 @@ impl Cluster {
         result
     }
 
-    /// Stores a batch on W distinct replicas per part; resolves with the number of entries
-    /// that replicas already held (an idempotent retry).
-    pub async fn append(
-        self: &Arc<Self>,
-        batch_uid: u64,
-        entries: Vec<LogEntry>,
-    ) -> Result<usize, WriteError> {
-        self.append_encoded(batch_uid, EncodedBatch::new(entries))
-            .await
-    }
-
-    /// [`Cluster::append`] of a batch already cut into parts and encoded (by the blocking
-    /// thread that decoded it, see [`EncodedBatch::new`]).
+    /// Stores a batch, cut into parts and encoded ([`EncodedBatch::new`], on the thread that
+    /// decoded it), on W distinct replicas per part; resolves with the number of entries that
+    /// replicas already held (an idempotent retry).
     pub async fn append_encoded(
         self: &Arc<Self>,
         batch_uid: u64,
