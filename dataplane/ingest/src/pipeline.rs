@@ -159,6 +159,22 @@ impl BatchResult {
     }
 }
 
+/// A batch counted in `inflight_batches` until this is dropped.
+struct InFlight(IngestMetrics);
+
+impl InFlight {
+    fn start(metrics: &IngestMetrics) -> InFlight {
+        metrics.inflight_batches.inc();
+        InFlight(metrics.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight_batches.dec();
+    }
+}
+
 /// A reservation of pending bytes; released when dropped.
 pub struct Reservation {
     _permit: OwnedSemaphorePermit,
@@ -299,12 +315,16 @@ impl Pipeline {
                 if !prepared.entries.is_empty() {
                     let entries = std::mem::take(&mut prepared.entries);
                     prepared.count = entries.len() as u32;
-                    pipeline.metrics.inflight_batches.inc();
-                    prepared.stored = Some(
-                        pipeline
-                            .sink
-                            .append_from_blocking_thread(prepared.batch_uid, entries),
-                    );
+                    // Counted until the store future ends, or is dropped unfinished (the
+                    // ingest was abandoned), or the sink panics here.
+                    let inflight = InFlight::start(&pipeline.metrics);
+                    let stored = pipeline
+                        .sink
+                        .append_from_blocking_thread(prepared.batch_uid, entries);
+                    prepared.stored = Some(Box::pin(async move {
+                        let _inflight = inflight;
+                        stored.await
+                    }));
                 }
                 prepared
             })
@@ -500,11 +520,10 @@ impl Pipeline {
             // Counted in flight since it was handed to the sink.
             Some(stored) => stored.await,
             None => {
-                self.metrics.inflight_batches.inc();
+                let _inflight = InFlight::start(&self.metrics);
                 self.sink.append(batch_uid, entries).await
             }
         };
-        self.metrics.inflight_batches.dec();
         match stored {
             Ok(duplicates) => {
                 self.metrics.duplicate_entries.inc_by(duplicates as u64);
@@ -614,4 +633,87 @@ pub fn schema_view(entry: &LogEntry) -> serde_json::Value {
         );
     }
     serde_json::Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that panics while storing: the CPU work a sink does on the decoding thread.
+    struct PanickingSink;
+
+    impl Sink for PanickingSink {
+        fn append(&self, _: u64, _: Vec<LogEntry>) -> Stored {
+            Box::pin(async { Ok(0) })
+        }
+
+        fn append_from_blocking_thread(&self, _: u64, _: Vec<LogEntry>) -> Stored {
+            panic!("the sink failed while storing");
+        }
+    }
+
+    /// A sink whose store never finishes.
+    struct StuckSink;
+
+    impl Sink for StuckSink {
+        fn append(&self, _: u64, _: Vec<LogEntry>) -> Stored {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn pipeline(sink: Box<dyn Sink>) -> Arc<Pipeline> {
+        Pipeline::new(
+            sink,
+            SchemaRegistry::new(),
+            Enrichment::default(),
+            IngestMetrics::default(),
+            "default".to_string(),
+            1 << 20,
+        )
+    }
+
+    fn source() -> BatchSource {
+        BatchSource {
+            format: "json",
+            tenant: Some("t".to_string()),
+            batch_id: 7,
+        }
+    }
+
+    const PAYLOAD: &[u8] = b"{\"message\":\"one\"}\n{\"message\":\"two\"}\n";
+
+    /// A sink that panics on the decoding thread answers retry-later, and the batch is no
+    /// longer counted in flight.
+    #[tokio::test]
+    async fn a_sink_panic_is_retry_later_and_leaves_nothing_in_flight() {
+        let pipeline = pipeline(Box::new(PanickingSink));
+        let result = pipeline
+            .ingest_payload(Format::Json, source(), PAYLOAD.to_vec())
+            .await;
+        assert_eq!(result.status, AckStatus::RetryLater, "{result:?}");
+        assert_eq!(pipeline.metrics().inflight_batches.get(), 0);
+    }
+
+    /// A batch is counted in flight while it is being stored, and no longer once its ingest
+    /// is abandoned (a client gone while the store was waiting).
+    #[tokio::test]
+    async fn an_abandoned_ingest_leaves_nothing_in_flight() {
+        let pipeline = pipeline(Box::new(StuckSink));
+        let ingest = {
+            let pipeline = pipeline.clone();
+            tokio::spawn(async move {
+                pipeline
+                    .ingest_payload(Format::Json, source(), PAYLOAD.to_vec())
+                    .await
+            })
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while pipeline.metrics().inflight_batches.get() != 1 {
+            assert!(Instant::now() < deadline, "the batch never went in flight");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        ingest.abort();
+        assert!(ingest.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(pipeline.metrics().inflight_batches.get(), 0);
+    }
 }
