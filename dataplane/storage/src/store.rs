@@ -425,9 +425,9 @@ impl Store {
         let mut touched = Vec::with_capacity(parts.len());
         for ((tenant, service), (mut part, positions)) in parts {
             let count = part.len();
-            // The part's WAL record from the bytes it was received as, while the part is
-            // whole (a part filtered below is encoded by the stream).
-            let mut received = bodies.and_then(|b| b.record(batch_uid, &positions));
+            // The bytes the part was received as, while the part is whole (a part filtered
+            // below is encoded by the stream).
+            let mut received = bodies.map(|b| (b, positions.as_slice()));
             // A stream removed by a hand-over between lookup and append is looked up again:
             // the new incarnation takes the part (and hands it over in turn if needed).
             let mut filtered = false;
@@ -440,7 +440,7 @@ impl Store {
                     &self.config,
                     &self.metrics,
                     filtered,
-                    received.as_deref(),
+                    received,
                 )? {
                     Appended::Stored => {
                         outcome.stored += count - held;

@@ -306,7 +306,7 @@ impl Stream {
         config: &StorageConfig,
         metrics: &StorageMetrics,
         filtered: bool,
-        received: Option<&[u8]>,
+        received: Option<(&wal::EntryBodies<'_>, &[u32])>,
     ) -> Result<Appended, StorageError> {
         let mut inner = self.lock();
         if inner.removed {
@@ -321,16 +321,12 @@ impl Stream {
         if !filtered && inner.repaired.contains(&batch_uid) {
             return Ok(Appended::Repaired(entries));
         }
-        // The record as received (a replica write), or encoded here.
-        let encoded;
-        let record = match received {
-            Some(record) => record,
-            None => {
-                encoded = wal::encode_record(batch_uid, &entries);
-                &encoded
-            }
-        };
-        if let Err(source) = inner.wal.write_all(record) {
+        // The record from the entries' bytes as received (a replica write: `received` holds
+        // them and the entries' positions there), or encoded here.
+        let record = received
+            .and_then(|(bodies, positions)| bodies.record(batch_uid, positions))
+            .unwrap_or_else(|| wal::encode_record(batch_uid, &entries));
+        if let Err(source) = inner.wal.write_all(&record) {
             // Cut a partly written record off (disk full, I/O error): otherwise records
             // written after it would sit behind a torn one, and replay stops at the tear.
             let keep = inner.wal_bytes;
