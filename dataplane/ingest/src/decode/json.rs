@@ -394,9 +394,10 @@ fn map_members(members: Vec<Member<'_>>, ctx: &DecodeContext) -> Result<LogEntry
     }
 
     let mut chosen: [Option<Pick>; SLOTS] = Default::default();
-    for (slot, (slot_picks, slot_choice)) in picks.into_iter().zip(chosen.iter_mut()).enumerate() {
-        for (rank, pick) in slot_picks.into_iter().enumerate() {
-            if let Some((key, value)) = pick {
+    // Walked in place: the picks are large, and moving the whole table per record showed.
+    for (slot, (slot_picks, slot_choice)) in picks.iter_mut().zip(chosen.iter_mut()).enumerate() {
+        for (rank, pick) in slot_picks.iter_mut().enumerate() {
+            if let Some((key, value)) = pick.take() {
                 if slot_choice.is_none() {
                     *slot_choice = Some(Pick::Json(value));
                 } else {
