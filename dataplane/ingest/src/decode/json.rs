@@ -615,6 +615,9 @@ pub(crate) fn decode_json_payload(
     // A payload that is valid UTF-8 as a whole (the usual case) is checked once here, and its
     // lines are parsed as text, without checking each string again.
     let text = std::str::from_utf8(payload).ok();
+    // One record per line, mostly: sized once instead of grown (and copied) by doubling.
+    out.records
+        .reserve(memchr::memchr_iter(b'\n', payload).count() + 1);
     let mut offset = 0usize;
     let mut first_record = true;
     let ends = memchr::memchr_iter(b'\n', payload).chain(std::iter::once(payload.len()));
