@@ -49,7 +49,7 @@ pub async fn handle_append(
                     source: &payload,
                     spans,
                 });
-            Ok(Decoded::Stored(store_for_task.append_received(
+            Ok(Decoded::Stored(store_for_task.append_on_this_thread(
                 request.batch_uid,
                 request.entries,
                 bodies.as_ref(),

@@ -53,7 +53,7 @@ impl Sink for Arc<logcluster_storage::Store> {
     /// Groups, writes the WAL records and builds due blocks right here; the future waits
     /// for the group commit.
     fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
-        let appended = self.append_on_this_thread(batch_uid, entries);
+        let appended = self.append_on_this_thread(batch_uid, entries, None);
         Box::pin(async move {
             appended
                 .durable()
@@ -314,7 +314,6 @@ impl Pipeline {
                 let mut prepared = pipeline.prepare(&src, output, &schemas);
                 if !prepared.entries.is_empty() {
                     let entries = std::mem::take(&mut prepared.entries);
-                    prepared.count = entries.len() as u32;
                     // Counted until the store future ends, or is dropped unfinished (the
                     // ingest was abandoned), or the sink panics here.
                     let inflight = InFlight::start(&pipeline.metrics);
@@ -468,9 +467,9 @@ impl Pipeline {
         errors.sort_by_key(|e| e.index);
         Prepared {
             batch_uid,
+            count: entries.len() as u32,
             entries,
             errors,
-            count: 0,
             stored: None,
         }
     }
@@ -493,11 +492,7 @@ impl Pipeline {
             .first()
             .map(|e| format!("record {}: {}", e.index, e.message))
             .unwrap_or_default();
-        let count = if stored.is_some() {
-            count
-        } else {
-            entries.len() as u32
-        };
+
         if count == 0 {
             return self.finish(
                 started,
@@ -601,7 +596,7 @@ struct Prepared {
     entries: Vec<LogEntry>,
     /// Refused records, in payload order.
     errors: Vec<RecordError>,
-    /// How many entries were handed to the sink.
+    /// How many entries were accepted (`entries.len()` until they go to the sink).
     count: u32,
     stored: Option<Stored>,
 }

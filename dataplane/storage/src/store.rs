@@ -214,7 +214,7 @@ impl Store {
         entries: Vec<LogEntry>,
     ) -> Result<AppendOutcome, StorageError> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.append_on_this_thread(batch_uid, entries))
+        tokio::task::spawn_blocking(move || store.append_on_this_thread(batch_uid, entries, None))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))?
             .durable()
@@ -224,18 +224,9 @@ impl Store {
     /// [`Store::append`] with the routing, WAL writes and block building done on the calling
     /// thread, which must be one that may block (the blocking-pool thread that decoded the
     /// entries, so that they are still in its core's cache); [`Written::durable`] then
-    /// waits for the group commit.
+    /// waits for the group commit. Entries decoded from `bodies` (a replica write) have their
+    /// WAL records assembled from those bytes, not encoded again.
     pub fn append_on_this_thread(
-        self: &Arc<Self>,
-        batch_uid: u64,
-        entries: Vec<LogEntry>,
-    ) -> Written {
-        self.append_received(batch_uid, entries, None)
-    }
-
-    /// [`Store::append_on_this_thread`] for entries decoded from `bodies` (a replica write):
-    /// their WAL records are assembled from those bytes, not encoded again.
-    pub fn append_received(
         self: &Arc<Self>,
         batch_uid: u64,
         entries: Vec<LogEntry>,
@@ -243,7 +234,7 @@ impl Store {
     ) -> Written {
         let written = {
             let _shared = self.repair_lock.read().unwrap_or_else(|p| p.into_inner());
-            self.append_parts(batch_uid, entries, bodies)
+            self.append_blocking(batch_uid, entries, bodies)
         };
         Written {
             store: self.clone(),
@@ -390,7 +381,7 @@ impl Store {
                     uid = uid.wrapping_mul(0x0000_0100_0000_01b3);
                 }
             }
-            let (part, streams) = store.append_blocking(uid | 1, leftovers)?;
+            let (part, streams) = store.append_blocking(uid | 1, leftovers, None)?;
             outcome.stored += part.stored;
             outcome.duplicates += part.duplicates;
             touched.extend(streams);
@@ -407,14 +398,6 @@ impl Store {
     }
 
     fn append_blocking(
-        &self,
-        batch_uid: u64,
-        entries: Vec<LogEntry>,
-    ) -> Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError> {
-        self.append_parts(batch_uid, entries, None)
-    }
-
-    fn append_parts(
         &self,
         batch_uid: u64,
         entries: Vec<LogEntry>,
