@@ -211,6 +211,21 @@ async fn send_checks_the_nodes_schemas_before_sending() -> anyhow::Result<()> {
 async fn a_node_holds_no_transparent_huge_pages() -> anyhow::Result<()> {
     let node = TestNode::start(|_, _| {}).await?;
     let pid = node.process.as_ref().expect("started").pid();
+    // The allocator is built to use no huge pages, whatever the host's mode (its options as
+    // it prints them on exit when asked to).
+    let options = Command::new(logcluster_testkit::binary_path("logcluster"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()?;
+    let printed = String::from_utf8_lossy(&options.stderr);
+    assert!(
+        printed.contains("opt.thp: \"never\""),
+        "the allocator may use huge pages: {}",
+        printed
+            .lines()
+            .find(|l| l.contains("opt.thp"))
+            .unwrap_or("no opt.thp printed")
+    );
     // Where huge pages are given on request (the kernel's `madvise` mode, as on these
     // machines) or by default (`always`), the node holds none.
     let thp =

@@ -419,7 +419,7 @@ impl Cluster {
                 addr: member.to_string(),
                 message: "not a known member (or its address is not a valid TLS name)".into(),
             })?;
-        let result = client.call_shared(kind as u8, payload, timeout).await;
+        let result = client.call(kind as u8, payload, timeout).await;
         match &result {
             Ok(_) | Err(RpcError::Remote { .. }) => self.mark(member, true),
             Err(_) => self.mark(member, false),

@@ -160,18 +160,18 @@ impl BatchResult {
 }
 
 /// A batch counted in `inflight_batches` until this is dropped.
-struct InFlight(IngestMetrics);
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
 
 impl InFlight {
     fn start(metrics: &IngestMetrics) -> InFlight {
         metrics.inflight_batches.inc();
-        InFlight(metrics.clone())
+        InFlight(metrics.inflight_batches.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.inflight_batches.dec();
+        self.0.dec();
     }
 }
 
@@ -492,7 +492,6 @@ impl Pipeline {
             .first()
             .map(|e| format!("record {}: {}", e.index, e.message))
             .unwrap_or_default();
-
         if count == 0 {
             return self.finish(
                 started,
@@ -647,11 +646,12 @@ mod tests {
         }
     }
 
-    /// A sink whose store never finishes.
-    struct StuckSink;
+    /// A sink whose store never finishes; it says when it was handed a batch.
+    struct StuckSink(Arc<tokio::sync::Notify>);
 
     impl Sink for StuckSink {
         fn append(&self, _: u64, _: Vec<LogEntry>) -> Stored {
+            self.0.notify_one();
             Box::pin(std::future::pending())
         }
     }
@@ -693,7 +693,8 @@ mod tests {
     /// is abandoned (a client gone while the store was waiting).
     #[tokio::test]
     async fn an_abandoned_ingest_leaves_nothing_in_flight() {
-        let pipeline = pipeline(Box::new(StuckSink));
+        let handed = Arc::new(tokio::sync::Notify::new());
+        let pipeline = pipeline(Box::new(StuckSink(handed.clone())));
         let ingest = {
             let pipeline = pipeline.clone();
             tokio::spawn(async move {
@@ -702,11 +703,10 @@ mod tests {
                     .await
             })
         };
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while pipeline.metrics().inflight_batches.get() != 1 {
-            assert!(Instant::now() < deadline, "the batch never went in flight");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), handed.notified())
+            .await
+            .expect("the batch reaches the sink");
+        assert_eq!(pipeline.metrics().inflight_batches.get(), 1);
         ingest.abort();
         assert!(ingest.await.is_err_and(|e| e.is_cancelled()));
         assert_eq!(pipeline.metrics().inflight_batches.get(), 0);

@@ -128,12 +128,10 @@ pub fn entry_id(batch_uid: u64, index: u32) -> String {
 /// hex digits around a `-` (so that formatting them again gives back the same id).
 pub fn parse_entry_id(id: &str) -> Option<(u64, u32)> {
     let bytes = id.as_bytes();
-    let (mut uid, mut index) = ([0u8; 8], [0u8; 4]);
-    (bytes.len() == 25
-        && bytes[16] == b'-'
-        && unhex_into(&bytes[..16], &mut uid)
-        && unhex_into(&bytes[17..], &mut index))
-    .then(|| (u64::from_be_bytes(uid), u32::from_be_bytes(index)))
+    let mut uid = [0u8; 8];
+    let position = parse_entry_position(id)?;
+    (bytes[16] == b'-' && unhex_into(&bytes[..16], &mut uid))
+        .then(|| (u64::from_be_bytes(uid), position))
 }
 
 /// The position of an id that [`parse_entry_id`] accepts, read from its last 8 digits only

@@ -290,10 +290,10 @@ impl Store {
     /// Splits repair entries into those the store lacks and a count of those it holds.
     fn find_missing(self: &Arc<Self>, entries: Vec<LogEntry>) -> (Vec<LogEntry>, usize) {
         let store = self;
-        let parts = by_stream(entries);
+        let parts = group_by_stream(entries);
         let mut missing = Vec::new();
         let mut present = 0usize;
-        for ((tenant, service), part) in parts {
+        for ((tenant, service), (part, _)) in parts {
             let from = part.iter().map(|e| e.timestamp).min().unwrap_or(0);
             let to = part.iter().map(|e| e.timestamp).max().unwrap_or(0);
             let services = std::collections::BTreeSet::from([service.clone()]);
@@ -752,15 +752,7 @@ impl Store {
     }
 }
 
-/// Entries grouped by their (tenant, service) stream.
-fn by_stream(entries: Vec<LogEntry>) -> BTreeMap<(String, String), Vec<LogEntry>> {
-    group_by_stream(entries)
-        .into_iter()
-        .map(|(key, (part, _))| (key, part))
-        .collect()
-}
-
-/// [`by_stream`], with each entry's position in `entries`.
+/// Entries grouped by their (tenant, service) stream, with each entry's position in `entries`.
 #[allow(clippy::type_complexity)]
 fn group_by_stream(
     entries: Vec<LogEntry>,
