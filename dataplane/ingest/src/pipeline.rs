@@ -646,13 +646,17 @@ mod tests {
         }
     }
 
-    /// A sink whose store never finishes; it says when it was handed a batch.
+    /// A sink whose store never finishes; it says when its store is first awaited, which is
+    /// on the ingest's own task, after the blocking thread has handed the batch back.
     struct StuckSink(Arc<tokio::sync::Notify>);
 
     impl Sink for StuckSink {
         fn append(&self, _: u64, _: Vec<LogEntry>) -> Stored {
-            self.0.notify_one();
-            Box::pin(std::future::pending())
+            let awaited = self.0.clone();
+            Box::pin(async move {
+                awaited.notify_one();
+                std::future::pending().await
+            })
         }
     }
 
@@ -693,8 +697,8 @@ mod tests {
     /// is abandoned (a client gone while the store was waiting).
     #[tokio::test]
     async fn an_abandoned_ingest_leaves_nothing_in_flight() {
-        let handed = Arc::new(tokio::sync::Notify::new());
-        let pipeline = pipeline(Box::new(StuckSink(handed.clone())));
+        let awaited = Arc::new(tokio::sync::Notify::new());
+        let pipeline = pipeline(Box::new(StuckSink(awaited.clone())));
         let ingest = {
             let pipeline = pipeline.clone();
             tokio::spawn(async move {
@@ -703,9 +707,9 @@ mod tests {
                     .await
             })
         };
-        tokio::time::timeout(std::time::Duration::from_secs(10), handed.notified())
+        tokio::time::timeout(std::time::Duration::from_secs(10), awaited.notified())
             .await
-            .expect("the batch reaches the sink");
+            .expect("the store is awaited");
         assert_eq!(pipeline.metrics().inflight_batches.get(), 1);
         ingest.abort();
         assert!(ingest.await.is_err_and(|e| e.is_cancelled()));
