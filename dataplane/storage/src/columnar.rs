@@ -298,18 +298,21 @@ fn encode_fields(entries: &[LogEntry], hex: bool, out: &mut Vec<u8>) {
     // The distinct keys, sorted (a block has few: a binary search per field beats sorting
     // every entry's keys).
     let mut keys: Vec<&str> = Vec::new();
+    // Entries mostly have the keys of the one before them: such an entry adds no key, and its
+    // fields go to the columns the previous entry's went to.
+    let mut same_keys = Vec::with_capacity(entries.len());
     let mut previous: Option<&LogEntry> = None;
     for entry in entries {
-        // Entries mostly have the keys of the one before them, which are already in `keys`.
-        let same_keys = previous.is_some_and(|p| {
+        let same = previous.is_some_and(|p| {
             p.fields.len() == entry.fields.len()
                 && p.fields
                     .keys()
                     .zip(entry.fields.keys())
                     .all(|(a, b)| a == b)
         });
+        same_keys.push(same);
         previous = Some(entry);
-        if same_keys {
+        if same {
             continue;
         }
         for key in entry.fields.keys() {
@@ -318,27 +321,40 @@ fn encode_fields(entries: &[LogEntry], hex: bool, out: &mut Vec<u8>) {
             }
         }
     }
-    // One pass over the entries fills every key's column: an entry's fields and `keys` are
-    // both in byte order, so they are walked side by side (no map lookup per key and entry).
+    // One pass over the entries fills every key's column. An entry's fields and `keys` are
+    // both in byte order, so an entry whose keys differ from the previous one's finds its
+    // columns by walking them side by side (no map lookup per key and entry).
     let mut columns: Vec<Vec<u8>> = vec![Vec::with_capacity(entries.len()); keys.len()];
+    let mut slots: Vec<usize> = Vec::new();
     let mut text = String::new();
     let mut bytes = Vec::new();
-    for entry in entries {
-        let mut next = 0;
-        for (name, value) in &entry.fields {
-            while keys[next] != name.as_str() {
-                columns[next].push(0);
+    for (entry, same) in entries.iter().zip(same_keys) {
+        if !same {
+            slots.clear();
+            let mut next = 0;
+            for name in entry.fields.keys() {
+                while keys[next] != name.as_str() {
+                    next += 1;
+                }
+                slots.push(next);
                 next += 1;
             }
+        }
+        let mut next = 0;
+        for (value, &slot) in entry.fields.values().zip(&slots) {
+            for column in &mut columns[next..slot] {
+                column.push(0);
+            }
+            let column = &mut columns[slot];
             match &value.kind {
                 Some(Kind::Str(s)) if hex && hex_bytes(s, &mut bytes) => {
-                    columns[next].push(8);
-                    columns[next].push(bytes.len() as u8);
-                    columns[next].extend_from_slice(&bytes);
+                    column.push(8);
+                    column.push(bytes.len() as u8);
+                    column.extend_from_slice(&bytes);
                 }
-                _ => put_field(&mut columns[next], value, &mut text),
+                _ => put_field(column, value, &mut text),
             }
-            next += 1;
+            next = slot + 1;
         }
         for column in &mut columns[next..] {
             column.push(0);
