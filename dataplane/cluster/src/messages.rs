@@ -137,28 +137,13 @@ pub fn encode_append<'a>(
 /// per entry that decoding the request yields. `None` when the request does not parse
 /// field by field (decoding it fails then too).
 pub fn entry_spans(request: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
-    use prost::encoding::{WireType, decode_key, decode_varint};
+    use logcluster_proto::wire::{RawField, walk_fields};
     let mut spans = Vec::new();
-    let mut rest = request;
-    while !rest.is_empty() {
-        let (tag, wire_type) = decode_key(&mut rest).ok()?;
-        match wire_type {
-            WireType::Varint => {
-                decode_varint(&mut rest).ok()?;
-            }
-            WireType::SixtyFourBit => rest = rest.get(8..)?,
-            WireType::ThirtyTwoBit => rest = rest.get(4..)?,
-            WireType::LengthDelimited => {
-                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-                let start = request.len() - rest.len();
-                rest = rest.get(len..)?;
-                if tag == 4 {
-                    spans.push(start..start + len);
-                }
-            }
-            WireType::StartGroup | WireType::EndGroup => return None,
+    walk_fields(request, |tag, field| {
+        if let (4, RawField::Delimited(span)) = (tag, field) {
+            spans.push(span);
         }
-    }
+    })?;
     Some(spans)
 }
 

@@ -685,28 +685,14 @@ fn decode_rows(
 /// The timestamp and level of an encoded `LogEntry`, read by walking its top-level fields
 /// without decoding them (absent fields are proto3 zeros; a repeated field's last value
 /// wins, as in a full decode). `None` when the bytes are not a well-formed message.
-pub fn record_time_and_level(mut record: &[u8]) -> Option<(i64, i32)> {
-    use prost::encoding::{WireType, decode_key, decode_varint};
+pub fn record_time_and_level(record: &[u8]) -> Option<(i64, i32)> {
+    use logcluster_proto::wire::{RawField, walk_fields};
     let (mut timestamp, mut level) = (0i64, 0i32);
-    while !record.is_empty() {
-        let (tag, wire_type) = decode_key(&mut record).ok()?;
-        let skip = match wire_type {
-            WireType::Varint => {
-                let value = decode_varint(&mut record).ok()?;
-                match tag {
-                    2 => timestamp = value as i64,
-                    6 => level = value as i32,
-                    _ => {}
-                }
-                0
-            }
-            WireType::SixtyFourBit => 8,
-            WireType::ThirtyTwoBit => 4,
-            WireType::LengthDelimited => usize::try_from(decode_varint(&mut record).ok()?).ok()?,
-            WireType::StartGroup | WireType::EndGroup => return None,
-        };
-        record = record.get(skip..)?;
-    }
+    walk_fields(record, |tag, field| match (tag, field) {
+        (2, RawField::Varint(value)) => timestamp = value as i64,
+        (6, RawField::Varint(value)) => level = value as i32,
+        _ => {}
+    })?;
     Some((timestamp, level))
 }
 

@@ -22,13 +22,12 @@ pub const MAX_RECORD_LEN: usize = 256 * 1024 * 1024;
 /// Encodes one record (header + body). The body is a `LogBatch` encoded by hand, entry by
 /// entry, so that no entry's length is computed by walking it before it is encoded.
 pub fn encode_record(batch_uid: u64, entries: &[LogEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + entries.iter().map(LogEntry::approx_size).sum::<usize>());
-    out.extend_from_slice(&[0u8; 8]);
-    out.extend_from_slice(&batch_uid.to_le_bytes());
-    for entry in entries {
-        logcluster_proto::entry::encode_entry_field(1, entry, &mut out);
-    }
-    seal_record(out)
+    let len = entries.iter().map(LogEntry::approx_size).sum();
+    build_record(batch_uid, len, |out| {
+        for entry in entries {
+            logcluster_proto::entry::encode_entry_field(1, entry, out);
+        }
+    })
 }
 
 /// The protobuf bytes that entries were decoded from (each entry's message body, without its
@@ -44,25 +43,31 @@ impl EntryBodies<'_> {
     /// encoding them again: what [`encode_record`] gives for those entries when the sender
     /// encoded them as prost does (a replay decodes the same entries either way).
     pub fn record(&self, batch_uid: u64, positions: &[u32]) -> Option<Vec<u8>> {
-        let spans: Vec<&std::ops::Range<usize>> = positions
+        let bodies: Vec<&[u8]> = positions
             .iter()
-            .map(|&p| self.spans.get(p as usize))
+            .map(|&p| {
+                let span = self.spans.get(p as usize)?;
+                self.source.get(span.clone())
+            })
             .collect::<Option<_>>()?;
-        let mut out = Vec::with_capacity(16 + spans.iter().map(|s| s.len() + 4).sum::<usize>());
-        out.extend_from_slice(&[0u8; 8]);
-        out.extend_from_slice(&batch_uid.to_le_bytes());
-        for span in spans {
-            let body = self.source.get(span.clone())?;
-            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
-            prost::encoding::encode_varint(body.len() as u64, &mut out);
-            out.extend_from_slice(body);
-        }
-        Some(seal_record(out))
+        let len = bodies.iter().map(|body| body.len() + 4).sum();
+        Some(build_record(batch_uid, len, |out| {
+            for body in bodies {
+                prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, out);
+                prost::encoding::encode_varint(body.len() as u64, out);
+                out.extend_from_slice(body);
+            }
+        }))
     }
 }
 
-/// Fills in the header (body length and checksum) of a record laid out after 8 bytes of room.
-fn seal_record(mut out: Vec<u8>) -> Vec<u8> {
+/// A record whose `LogBatch` entries `entries` appends (`len`: about how many bytes): the
+/// header (body length and checksum), the batch uid, then the entries.
+fn build_record(batch_uid: u64, len: usize, entries: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + len);
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&batch_uid.to_le_bytes());
+    entries(&mut out);
     let body_len = (out.len() - 8) as u32;
     out[0..4].copy_from_slice(&body_len.to_le_bytes());
     let crc = crc32fast::hash(&out[8..]);

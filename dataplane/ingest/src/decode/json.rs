@@ -121,7 +121,7 @@ pub fn decode_json_value(value: Value, ctx: &DecodeContext) -> Result<Decoded, R
     let Value::Object(map) = value else {
         return Err(not_an_object(kind_name(&value)));
     };
-    // A map's members come one per key.
+    // A map's members come in key order, one per key.
     let members = map.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect();
     let entry = map_members(members, ctx)?;
     Ok(Decoded { entry, original })
@@ -144,19 +144,22 @@ enum Parsed<'de> {
 }
 
 /// `members` with one member per key, the last of equal keys kept (as `serde_json::Map`
-/// keeps it). Objects whose keys all differ (nearly all) keep their input order and are not
-/// sorted: keys are compared by a cheap digest first, and only a repeated digest sorts.
+/// keeps it), in key order; or in input order when that maps to the same entry. That is
+/// when the keys all differ and no value is an object: a nested object is flattened into
+/// dotted keys, which may meet another member's key (`{"a.b":1,"a":{"b":2}}`), and then
+/// the order decides which value stays. Flat records with distinct keys (nearly all) are
+/// not sorted: their keys are compared by a cheap digest, and a repeated digest sorts.
 fn one_per_key(mut members: Vec<Member<'_>>) -> Vec<Member<'_>> {
     const SMALL: usize = 32;
     if members.len() <= SMALL {
         let mut digests = [0u64; SMALL];
-        let mut repeated = false;
-        for (i, (key, _)) in members.iter().enumerate() {
+        let mut must_sort = false;
+        for (i, (key, value)) in members.iter().enumerate() {
             let digest = key_digest(key.as_bytes());
-            repeated |= digests[..i].contains(&digest);
+            must_sort |= value.is_object() || digests[..i].contains(&digest);
             digests[i] = digest;
         }
-        if !repeated {
+        if !must_sort {
             return members;
         }
     }
@@ -375,7 +378,7 @@ fn kind_name(value: &Value) -> &'static str {
 /// An object member: key and value.
 type Member<'a> = (Cow<'a, str>, Value);
 
-/// Maps an object's members (one per key, in any order) to an entry.
+/// Maps an object's members (one per key, as [`one_per_key`] orders them) to an entry.
 fn map_members(members: Vec<Member<'_>>, ctx: &DecodeContext) -> Result<LogEntry, RecordError> {
     if members.is_empty() {
         return Err(RecordError::new(
@@ -972,6 +975,24 @@ mod tests {
                     .collect(),
             ),
             Parsed::Other(_) => None,
+        }
+    }
+
+    /// Nested objects flatten into dotted keys that may meet another member's key: the
+    /// NDJSON path keeps the same value as the map-based path whatever the input order.
+    #[test]
+    fn flattened_keys_that_meet_keep_the_value_the_map_keeps() {
+        for line in [
+            r#"{"level":false,"":{"level":0}}"#,
+            r#"{"":{"level":0},"level":false}"#,
+            r#"{"a.b":1,"a":{"b":2},"message":"m"}"#,
+            r#"{"a":{"b":2},"a.b":1,"message":"m"}"#,
+            r#"{"message":"m","x":{"y.z":1},"x.y":{"z":2}}"#,
+        ] {
+            let by_line = decode_json_payload(line.as_bytes(), &ctx()).expect("payload");
+            let by_value = decode_json_value(serde_json::from_str(line).expect("json"), &ctx())
+                .expect("an entry");
+            assert_eq!(by_line.records[0].entry, by_value.entry, "{line}");
         }
     }
 

@@ -1,0 +1,118 @@
+//! Reading encoded protobuf messages field by field, without decoding them: for the paths
+//! that need one or two fields of many messages (record filters) or where each nested
+//! message lies (forwarding received bytes instead of encoding them again).
+
+use std::ops::Range;
+
+use prost::encoding::{WireType, decode_key, decode_varint};
+
+/// The value of one top-level field, as [`walk_fields`] meets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawField {
+    Varint(u64),
+    /// A length-delimited field (string, bytes, nested message, packed repeated field):
+    /// where its contents lie in the walked message.
+    Delimited(Range<usize>),
+    /// A 32- or 64-bit fixed-width field, not read.
+    Fixed,
+}
+
+/// Calls `f` with the tag and value of each top-level field of the encoded `message`, in
+/// order. `None` when the bytes are not a well-formed message (a truncated field, a bad
+/// varint, a group: prost's decoding of the message fails on these too); `f` may have seen
+/// the fields before the fault.
+pub fn walk_fields(message: &[u8], mut f: impl FnMut(u32, RawField)) -> Option<()> {
+    let mut rest = message;
+    while !rest.is_empty() {
+        let (tag, wire_type) = decode_key(&mut rest).ok()?;
+        let field = match wire_type {
+            WireType::Varint => RawField::Varint(decode_varint(&mut rest).ok()?),
+            WireType::SixtyFourBit => {
+                rest = rest.get(8..)?;
+                RawField::Fixed
+            }
+            WireType::ThirtyTwoBit => {
+                rest = rest.get(4..)?;
+                RawField::Fixed
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                let start = message.len() - rest.len();
+                rest = rest.get(len..)?;
+                RawField::Delimited(start..start + len)
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        f(tag, field);
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FieldValue, LogBatch, LogEntry};
+    use prost::Message;
+
+    #[test]
+    fn fields_are_walked_in_order_with_their_places() {
+        let entry = LogEntry {
+            timestamp: 1_714_572_000_123_000_000,
+            level: 5,
+            message: "charge failed".into(),
+            fields: [("status".to_string(), FieldValue::int(502))].into(),
+            ..Default::default()
+        };
+        let bytes = entry.encode_to_vec();
+        let mut seen = Vec::new();
+        assert_eq!(
+            walk_fields(&bytes, |tag, field| seen.push((tag, field))),
+            Some(())
+        );
+        let tags: Vec<u32> = seen.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, [2, 6, 7, 10]);
+        assert_eq!(seen[0].1, RawField::Varint(1_714_572_000_123_000_000));
+        assert_eq!(seen[1].1, RawField::Varint(5));
+        let RawField::Delimited(message) = seen[2].1.clone() else {
+            panic!("the message is length-delimited: {seen:?}");
+        };
+        assert_eq!(&bytes[message], b"charge failed");
+
+        // Nested messages: each entry of a batch decodes from its range.
+        let batch = LogBatch {
+            entries: vec![entry.clone(), LogEntry::default(), entry.clone()],
+        };
+        let bytes = batch.encode_to_vec();
+        let mut entries = Vec::new();
+        walk_fields(&bytes, |tag, field| {
+            if let (1, RawField::Delimited(range)) = (tag, field) {
+                entries.push(LogEntry::decode(&bytes[range]).expect("an entry"));
+            }
+        })
+        .expect("well formed");
+        assert_eq!(entries, batch.entries);
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_as_prost_refuses_them() {
+        let bytes = LogEntry {
+            message: "abc".into(),
+            timestamp: 7,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        for cut in 1..bytes.len() {
+            let walked = walk_fields(&bytes[..cut], |_, _| {});
+            assert_eq!(
+                walked.is_some(),
+                LogEntry::decode(&bytes[..cut]).is_ok(),
+                "{cut}"
+            );
+        }
+        // A group (wire type 3), a bad wire type (7), a fixed field cut short.
+        for bad in [&[0x0b][..], &[0x0f], &[0x09, 1, 2]] {
+            assert_eq!(walk_fields(bad, |_, _| {}), None, "{bad:?}");
+        }
+        assert_eq!(walk_fields(&[], |_, _| panic!("no fields")), Some(()));
+    }
+}
