@@ -101,20 +101,21 @@ async fn rsyslog_forwards_to_the_syslog_port() -> anyhow::Result<()> {
     let node = TestNode::start(|_, _| {}).await?;
     let work = tempfile::tempdir()?;
     // rsyslog listens on its own TCP port and forwards everything to the node, octet-counted,
-    // in RFC 5424 (the way production relays are configured).
-    let relay = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let relay_port = relay.local_addr()?.port();
-    drop(relay);
+    // in RFC 5424 (the way production relays are configured). It picks the port itself and
+    // writes it to a file: a port picked here and freed could be taken by another process.
+    let port_file = work.path().join("relay.port");
     let conf = work.path().join("rsyslog.conf");
     std::fs::write(
         &conf,
         format!(
             "global(workDirectory=\"{dir}\")\n\
              module(load=\"imtcp\")\n\
-             input(type=\"imtcp\" port=\"{relay_port}\" address=\"127.0.0.1\")\n\
+             input(type=\"imtcp\" port=\"0\" address=\"127.0.0.1\" \
+             listenPortFileName=\"{port_file}\")\n\
              action(type=\"omfwd\" target=\"127.0.0.1\" port=\"{port}\" protocol=\"tcp\" \
              TCP_Framing=\"octet-counted\" template=\"RSYSLOG_SyslogProtocol23Format\")\n",
             dir = work.path().display(),
+            port_file = port_file.display(),
             port = node.port("syslog_tcp"),
         ),
     )?;
@@ -125,10 +126,18 @@ async fn rsyslog_forwards_to_the_syslog_port() -> anyhow::Result<()> {
         .arg(work.path().join("rsyslog.pid"))
         .spawn()?;
     let result = async {
-        common::eventually(
-            "rsyslog to listen",
+        let relay_port: u16 = common::eventually(
+            "rsyslog to listen and say on which port",
             Duration::from_secs(20),
-            || async move { std::net::TcpStream::connect(("127.0.0.1", relay_port)).ok() },
+            || async {
+                let port = std::fs::read_to_string(&port_file)
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                Some(port)
+            },
         )
         .await?;
         let status = Command::new("logger")

@@ -25,6 +25,24 @@ pub struct SandboxNode {
     pub ports: HashMap<String, u16>,
 }
 
+/// Waits until `metric` summed over `nodes` reaches `at_least`; returns the sum. A counter
+/// goes up once the work it counts has answered, which can be after a read already sees
+/// that work's result.
+pub async fn counted(nodes: &[&SandboxNode], metric: &str, at_least: f64) -> anyhow::Result<f64> {
+    super::eventually(
+        &format!("{metric} to reach {at_least}"),
+        Duration::from_secs(30),
+        || async {
+            let mut sum = 0.0;
+            for node in nodes {
+                sum += super::metric_sum(&node.metrics().await.ok()?, metric, &[]);
+            }
+            (sum >= at_least).then_some(sum)
+        },
+    )
+    .await
+}
+
 impl SandboxNode {
     fn ready_path(&self) -> PathBuf {
         self.config_path.with_extension("ready.json")

@@ -292,11 +292,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let patience: f64 = std::env::var("LOGCLUSTER_TEST_PATIENCE")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(1.0);
-    let until = std::time::Instant::now() + deadline.mul_f64(patience.max(1.0));
+    let until = std::time::Instant::now() + deadline.mul_f64(logcluster_testkit::patience());
     loop {
         if let Some(value) = check().await {
             return Ok(value);
