@@ -216,11 +216,15 @@ const BUDGET_UNIT: usize = 1024;
 /// A batch cut into its partitions' parts, each encoded once (every replica's request
 /// shares it: RF copies of a batch would otherwise be cloned and encoded RF times).
 pub struct EncodedBatch {
-    encoded: BTreeMap<PartitionId, Vec<u8>>,
-    /// Entries per part.
-    part_sizes: BTreeMap<PartitionId, usize>,
+    parts: BTreeMap<PartitionId, EncodedPart>,
     /// The entries' approximate size, charged to the in-flight budget.
     bytes: usize,
+}
+
+/// The entries of one partition in a batch, encoded.
+struct EncodedPart {
+    encoded: Vec<u8>,
+    entries: usize,
 }
 
 impl EncodedBatch {
@@ -235,14 +239,20 @@ impl EncodedBatch {
                 .or_default()
                 .push(entry);
         }
-        EncodedBatch {
-            part_sizes: parts.iter().map(|(p, part)| (*p, part.len())).collect(),
-            encoded: parts
-                .iter()
-                .map(|(p, part)| (*p, crate::messages::encode_entries(part)))
-                .collect(),
-            bytes,
-        }
+        let parts = parts
+            .into_iter()
+            .map(|(p, part)| {
+                let encoded = crate::messages::encode_entries(&part);
+                (
+                    p,
+                    EncodedPart {
+                        encoded,
+                        entries: part.len(),
+                    },
+                )
+            })
+            .collect();
+        EncodedBatch { parts, bytes }
     }
 }
 
@@ -494,12 +504,8 @@ impl Cluster {
         needed: usize,
         done: oneshot::Sender<Result<usize, WriteError>>,
     ) {
-        let EncodedBatch {
-            encoded,
-            part_sizes,
-            ..
-        } = batch;
-        let partitions: Vec<PartitionId> = encoded.keys().copied().collect();
+        let parts = batch.parts;
+        let partitions: Vec<PartitionId> = parts.keys().copied().collect();
         let mut holders: BTreeMap<PartitionId, BTreeSet<String>> = BTreeMap::new();
         let mut duplicate_parts: BTreeSet<PartitionId> = BTreeSet::new();
         // (target member, hint_for) -> partitions
@@ -528,7 +534,9 @@ impl Cluster {
                         batch_uid,
                         hint_for,
                         false,
-                        parts_of.iter().filter_map(|p| encoded.get(p)),
+                        parts_of
+                            .iter()
+                            .filter_map(|p| parts.get(p).map(|part| &part.encoded)),
                     ))
                 })
                 .clone()
@@ -601,7 +609,7 @@ impl Cluster {
             if done.is_some() && quorum_held(&holders) {
                 let duplicates = duplicate_parts
                     .iter()
-                    .map(|p| part_sizes.get(p).copied().unwrap_or(0))
+                    .map(|p| parts.get(p).map_or(0, |part| part.entries))
                     .sum();
                 if let Some(done) = done.take() {
                     let _ = done.send(Ok(duplicates));

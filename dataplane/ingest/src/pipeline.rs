@@ -312,15 +312,17 @@ impl Pipeline {
             let schemas = pipeline.schemas.current();
             decode(&schemas).map(|output| {
                 let mut prepared = pipeline.prepare(&src, output, &schemas);
-                if !prepared.entries.is_empty() {
-                    let entries = std::mem::take(&mut prepared.entries);
+                if let Accepted::Entries(entries) = &mut prepared.accepted
+                    && !entries.is_empty()
+                {
+                    let entries = std::mem::take(entries);
                     // Counted until the store future ends, or is dropped unfinished (the
                     // ingest was abandoned), or the sink panics here.
                     let inflight = InFlight::start(&pipeline.metrics);
                     let stored = pipeline
                         .sink
                         .append_from_blocking_thread(prepared.batch_uid, entries);
-                    prepared.stored = Some(Box::pin(async move {
+                    prepared.accepted = Accepted::Storing(Box::pin(async move {
                         let _inflight = inflight;
                         stored.await
                     }));
@@ -468,9 +470,8 @@ impl Pipeline {
         Prepared {
             batch_uid,
             count: entries.len() as u32,
-            entries,
+            accepted: Accepted::Entries(entries),
             errors,
-            stored: None,
         }
     }
 
@@ -482,10 +483,9 @@ impl Pipeline {
     ) -> BatchResult {
         let Prepared {
             batch_uid,
-            entries,
+            accepted,
             errors,
             count,
-            stored,
         } = prepared;
         let rejected = errors.len() as u32;
         let first_error = errors
@@ -510,10 +510,10 @@ impl Pipeline {
                 },
             );
         }
-        let stored = match stored {
+        let stored = match accepted {
             // Counted in flight since it was handed to the sink.
-            Some(stored) => stored.await,
-            None => {
+            Accepted::Storing(stored) => stored.await,
+            Accepted::Entries(entries) => {
                 let _inflight = InFlight::start(&self.metrics);
                 self.sink.append(batch_uid, entries).await
             }
@@ -591,13 +591,18 @@ impl Pipeline {
 
 struct Prepared {
     batch_uid: u64,
-    /// The accepted entries, unless they were already handed to the sink (`stored`).
-    entries: Vec<LogEntry>,
+    accepted: Accepted,
     /// Refused records, in payload order.
     errors: Vec<RecordError>,
-    /// How many entries were accepted (`entries.len()` until they go to the sink).
+    /// How many entries were accepted.
     count: u32,
-    stored: Option<Stored>,
+}
+
+/// A batch's accepted entries: still to be handed to the sink, or handed to it already (on
+/// the thread that decoded them) and being stored.
+enum Accepted {
+    Entries(Vec<LogEntry>),
+    Storing(Stored),
 }
 
 /// The JSON view a schema validates for entries that did not arrive as JSON: the core fields

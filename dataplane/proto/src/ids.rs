@@ -134,9 +134,25 @@ pub fn parse_entry_id(id: &str) -> Option<(u64, u32)> {
         .then(|| (u64::from_be_bytes(uid), position))
 }
 
+/// [`parse_entry_id`] of `id`, given the id before it in a column and the uid that one
+/// parsed to: ids of one batch share their first 17 bytes (uid and `-`), and then only the
+/// position is read.
+pub fn parse_entry_id_after(id: &str, previous: Option<(&str, u64)>) -> Option<(u64, u32)> {
+    match previous {
+        Some((previous, uid))
+            if id.len() == 25
+                && previous.len() == 25
+                && id.as_bytes()[..17] == previous.as_bytes()[..17] =>
+        {
+            parse_entry_position(id).map(|position| (uid, position))
+        }
+        _ => parse_entry_id(id),
+    }
+}
+
 /// The position of an id that [`parse_entry_id`] accepts, read from its last 8 digits only
 /// (for an id whose uid part is already known to be valid).
-pub fn parse_entry_position(id: &str) -> Option<u32> {
+fn parse_entry_position(id: &str) -> Option<u32> {
     let bytes = id.as_bytes();
     let mut index = [0u8; 4];
     (bytes.len() == 25 && unhex_into(&bytes[17..], &mut index)).then(|| u32::from_be_bytes(index))
@@ -189,6 +205,12 @@ mod tests {
             proptest::prop_assert_eq!(&id, &format!("{uid:016x}-{index:08x}"));
             proptest::prop_assert_eq!(parse_entry_id(&id), Some((uid, index)));
             proptest::prop_assert_eq!(parse_entry_position(&id), Some(index));
+            // After an id of the same batch, or of another one, or after none.
+            let same = entry_id(uid, index.wrapping_add(7));
+            let other = entry_id(uid ^ 1, index);
+            for previous in [Some((same.as_str(), uid)), Some((other.as_str(), uid ^ 1)), None] {
+                proptest::prop_assert_eq!(parse_entry_id_after(&id, previous), Some((uid, index)));
+            }
             let mut out = vec![0u8; digits.len() / 2];
             let expected = (digits.len() % 2 == 0
                 && digits.iter().all(|d| matches!(d, b'0'..=b'9' | b'a'..=b'f')))

@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use logcluster_proto::entry::field_value::Kind;
-use logcluster_proto::ids::{entry_id, parse_entry_id, parse_entry_position, push_hex as put_hex};
+use logcluster_proto::ids::{entry_id, parse_entry_id_after, push_hex as put_hex};
 use logcluster_proto::{FieldValue, LogEntry};
 use prost::encoding::{decode_varint, encode_varint};
 
@@ -218,14 +218,10 @@ fn encode_core(entries: &[LogEntry], format: u32) -> Vec<u8> {
                 let mut previous: Option<(u64, u32)> = None;
                 let mut previous_id = "";
                 for entry in entries {
-                    // Ids of one batch share their first 17 bytes (uid and '-'): then only
-                    // the position needs reading.
-                    let parsed = match previous {
-                        Some((uid, _)) if same_batch(previous_id, &entry.id) => {
-                            parse_entry_position(&entry.id).map(|position| (uid, position))
-                        }
-                        _ => parse_entry_id(&entry.id),
-                    };
+                    let parsed = parse_entry_id_after(
+                        &entry.id,
+                        previous.map(|(uid, _)| (previous_id, uid)),
+                    );
                     previous_id = &entry.id;
                     match parsed {
                         Some((uid, position))
@@ -257,12 +253,6 @@ fn encode_core(entries: &[LogEntry], format: u32) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Whether `id` is an entry id of the same batch as `previous`, an id that
-/// [`parse_entry_id`] read: same length and the same uid and `-` before the position.
-fn same_batch(previous: &str, id: &str) -> bool {
-    id.len() == 25 && previous.len() == 25 && id.as_bytes()[..17] == previous.as_bytes()[..17]
 }
 
 fn encode_messages(entries: &[LogEntry]) -> Vec<u8> {
