@@ -111,14 +111,16 @@ async fn acquire_renew_refuse_take_over_and_release() -> anyhow::Result<()> {
 
 /// A holder whose renewals hang steps down on its own clock before a standby can take the
 /// lease over: at the moment the standby's takeover succeeds, the holder no longer leads.
-#[tokio::test]
+/// On a paused clock: the runtime jumps to the next timer whenever every task waits, so the
+/// seconds of lease time pass at once and in the same order on any machine.
+#[tokio::test(start_paused = true)]
 async fn a_holder_whose_renewals_hang_steps_down_before_anyone_takes_over() -> anyhow::Result<()> {
     let api = FakeApi::start();
     let leases: Api<Lease> = Api::namespaced(api.client.clone(), "ops");
     let config = |identity: &str| {
         let mut config = LeaseConfig::new("logcluster-operator", "ops", identity);
-        config.duration = Duration::from_secs(6);
-        config.renew_every = Duration::from_secs(2);
+        config.duration = Duration::from_secs(7);
+        config.renew_every = Duration::from_secs(3);
         config
     };
     let (tx, mut leads) = tokio::sync::watch::channel(false);
@@ -133,12 +135,24 @@ async fn a_holder_whose_renewals_hang_steps_down_before_anyone_takes_over() -> a
     ));
     tokio::time::timeout(Duration::from_secs(20), leads.wait_for(|l| *l)).await??;
 
-    // From now on a's renewals are never answered.
+    // From now on a's renewals are never answered. a acquired the lease just now, so it
+    // steps down 7 - 3 = 4 s from now: while its next renewal (due at 3 s) hangs, not when
+    // that call times out (at 6 s).
     api.state.lock().expect("state").hang_writes_of = Some("operator-a".into());
+    let hung_at = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), leads.wait_for(|l| !*l)).await??;
+    let led_for = hung_at.elapsed();
+    assert!(
+        led_for <= Duration::from_secs(4),
+        "a stepped down {led_for:?} after its last renewal"
+    );
     let mut b = Candidate::new(config("operator-b"));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        anyhow::ensure!(Instant::now() < deadline, "b never took the lease over");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "b never took the lease over"
+        );
         if b.try_acquire(&leases).await? {
             break;
         }

@@ -75,11 +75,13 @@ impl Candidate {
         &self.config
     }
 
-    /// One attempt now: see [`Candidate::try_acquire_at`]. A record seen for the first time
+    /// One attempt now, by the runtime's clock (the one [`run`] times renewals with, which a
+    /// test can pause): see [`Candidate::try_acquire_at`]. A record seen for the first time
     /// counts from when the read returned, not from when it was sent, so a slow read cannot
     /// shorten the wait.
     pub async fn try_acquire(&mut self, api: &Api<Lease>) -> Result<bool, kube::Error> {
-        self.attempt(api, Instant::now).await
+        self.attempt(api, || tokio::time::Instant::now().into_std())
+            .await
     }
 
     /// One attempt at local time `now`: acquires, renews, or finds the lease held by someone
@@ -243,15 +245,7 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         // Bounded: a hung API call must not keep a stale leader acting.
         let attempt = tokio::time::timeout(config.renew_every, candidate.try_acquire(&api));
-        tokio::pin!(attempt);
-        let outcome = loop {
-            let deadline = last_renewal.map(|t| t + margin);
-            tokio::select! {
-                outcome = &mut attempt => break outcome,
-                () = sleep_until(deadline) => step_down(&mut last_renewal),
-            }
-        };
-        match outcome {
+        match stepping_down_meanwhile(attempt, &mut last_renewal, margin, &step_down).await {
             Ok(Ok(true)) => {
                 last_renewal = Some(started);
                 leader.send_if_modified(|l| !std::mem::replace(l, true));
@@ -260,22 +254,37 @@ pub async fn run(
             Ok(Err(error)) => warn!(%error, lease = %config.name, "lease renewal failed"),
             Err(_) => warn!(lease = %config.name, "lease renewal timed out"),
         }
-        // A deadline already past fires at once here.
-        let next = tokio::time::sleep(config.renew_every);
-        tokio::pin!(next);
-        loop {
-            let deadline = last_renewal.map(|t| t + margin);
+        let wait = async {
             tokio::select! {
-                () = &mut next => break,
-                () = sleep_until(deadline) => step_down(&mut last_renewal),
-                () = &mut stop => {
-                    step_down(&mut last_renewal);
-                    if let Err(error) = release(&api, &config).await {
-                        warn!(%error, lease = %config.name, "could not release the lease");
-                    }
-                    return;
-                }
+                () = tokio::time::sleep(config.renew_every) => false,
+                () = &mut stop => true,
             }
+        };
+        // A deadline already past steps down at once.
+        if stepping_down_meanwhile(wait, &mut last_renewal, margin, &step_down).await {
+            step_down(&mut last_renewal);
+            if let Err(error) = release(&api, &config).await {
+                warn!(%error, lease = %config.name, "could not release the lease");
+            }
+            return;
+        }
+    }
+}
+
+/// Runs `work` to its end; if the lease runs out meanwhile (`margin` after the last renewal
+/// started), steps down then, without waiting for `work`.
+async fn stepping_down_meanwhile<T>(
+    work: impl std::future::Future<Output = T>,
+    last_renewal: &mut Option<tokio::time::Instant>,
+    margin: Duration,
+    step_down: &impl Fn(&mut Option<tokio::time::Instant>),
+) -> T {
+    tokio::pin!(work);
+    loop {
+        let deadline = last_renewal.map(|t| t + margin);
+        tokio::select! {
+            out = &mut work => return out,
+            () = sleep_until(deadline) => step_down(last_renewal),
         }
     }
 }
