@@ -521,6 +521,77 @@ async fn settle(
     Ok(())
 }
 
+/// A member marked leaving takes no new writes, even from a writer whose view is stale (an
+/// ingestor still reading an old members file): it refuses them, the writer keeps that copy
+/// as a hint on a member that stays, and the hint goes to the partition's owners. Otherwise
+/// a drained member could acknowledge entries just before it is removed, and take them away.
+#[tokio::test]
+async fn a_leaving_member_takes_no_writes_from_a_writer_with_a_stale_view() -> anyhow::Result<()> {
+    let mut sandbox = ClusterSandbox::start(3).await?;
+    // The ingestor reads a copy of today's members file: it will not see storage-2 leave.
+    let stale = sandbox.members_file.with_file_name("stale-members.yaml");
+    std::fs::copy(&sandbox.members_file, &stale)?;
+    sandbox.ingestor.terminate().await?;
+    if let Some(cluster) = sandbox.ingestor.raw.cluster.as_mut() {
+        cluster.members_file = Some(stale);
+    }
+    sandbox.ingestor.spawn().await?;
+    sandbox.publish_members(&["storage-2"])?;
+    eventually("storage-2 drained", Duration::from_secs(60), || async {
+        let drain = sandbox.storage[2].drain().await.ok()?;
+        (drain["drained"] == true).then_some(())
+    })
+    .await?;
+
+    let mut client = sandbox.connect().await?;
+    let (ok, other) = send_batches(&mut client, "stale", 1, 10).await?;
+    assert!(other.is_empty(), "{other:?}{}", sandbox.logs());
+    // storage-2 refused its copies: it holds none of them and is still drained.
+    let refused = metric_sum(
+        &sandbox.storage[2].metrics().await?,
+        "logcluster_cluster_appends_refused_leaving_total",
+        &[],
+    );
+    assert!(refused >= 1.0, "storage-2 refused {refused} appends");
+    assert!(sandbox.storage[2].local_entries("stale").await?.is_empty());
+    assert_eq!(sandbox.storage[2].drain().await?["drained"], true);
+    // Every acknowledged entry is on both members that stay, and no hint is left over.
+    let expected = ok.len() * PER_BATCH as usize;
+    for node in &sandbox.storage[..2] {
+        eventually(
+            &format!("{} to hold all {expected} entries", node.name),
+            Duration::from_secs(60),
+            || async { (node.local_entries("stale").await.ok()?.len() == expected).then_some(()) },
+        )
+        .await?;
+    }
+    // The refused copies became hints (stored once the ingestor counts them), and the
+    // members holding them send them on to the owners instead of to storage-2.
+    counted(
+        &[&sandbox.ingestor],
+        "logcluster_cluster_hints_written_total",
+        1.0,
+    )
+    .await?;
+    eventually(
+        "the hints for storage-2 to be redirected",
+        Duration::from_secs(60),
+        || async {
+            let mut pending = 0;
+            for node in &sandbox.storage[..2] {
+                pending += node.drain().await.ok()?["hints_pending_bytes"].as_u64()?;
+            }
+            (pending == 0).then_some(())
+        },
+    )
+    .await?;
+    let acked: HashSet<u64> = ok.into_iter().collect();
+    assert_exactly_once(&sandbox.query_all("stale").await?, &acked, &|| {
+        sandbox.logs()
+    });
+    Ok(())
+}
+
 #[tokio::test]
 async fn scaling_3_to_5_to_3_under_load_loses_nothing_and_ends_on_exactly_the_owners()
 -> anyhow::Result<()> {

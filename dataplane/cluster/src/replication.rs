@@ -98,6 +98,8 @@ pub struct ClusterMetrics {
     pub anti_entropy_entries_repaired: Counter,
     pub anti_entropy_last_pass_ms: Gauge,
     pub rebalance_entries_moved: Counter,
+    /// Appends refused because this member is leaving.
+    pub appends_refused_leaving: Counter,
 }
 
 impl ClusterMetrics {
@@ -107,6 +109,11 @@ impl ClusterMetrics {
             "replica_writes",
             "Replica write calls by result (ok, failed)",
             self.replica_writes.clone(),
+        );
+        r.register(
+            "appends_refused_leaving",
+            "Appends (replica writes, hints, repairs) this member refused because it is leaving",
+            self.appends_refused_leaving.clone(),
         );
         r.register(
             "hints_written",

@@ -131,11 +131,13 @@ pub async fn run_handoff(
         };
         for member in members {
             let view = cluster.view();
-            // Only a member missing from a known, non-empty membership has left; an empty
-            // view (this node is still starting) says nothing about it.
-            if view.members.get(&member).is_none() && !view.ring.members().is_empty() {
-                // The member left the cluster for good: its partitions have new owners,
-                // and the hinted entries go to them instead.
+            // Only a member missing from a known, non-empty membership has left, or one
+            // marked leaving (it takes no new writes); an empty view (this node is still
+            // starting) says nothing about it.
+            let gone = view.members.get(&member).is_none_or(|m| m.leaving);
+            if gone && !view.ring.members().is_empty() {
+                // The member left the cluster or is leaving it: its partitions have new
+                // owners, and the hinted entries go to them instead.
                 redirect_member(&cluster, &hints, &member, window).await;
                 continue;
             }

@@ -358,7 +358,7 @@ impl Pipeline {
                     accepted: 0,
                     rejected: 0,
                     duplicate: false,
-                    error: format!("internal error while decoding: {join}"),
+                    error: format!("internal error while decoding or storing the batch: {join}"),
                     record_errors: Vec::new(),
                     batch_uid: 0,
                 },
@@ -695,6 +695,7 @@ mod tests {
             .ingest_payload(Format::Json, source(), PAYLOAD.to_vec())
             .await;
         assert_eq!(result.status, AckStatus::RetryLater, "{result:?}");
+        assert!(result.error.contains("storing the batch"), "{result:?}");
         assert_eq!(pipeline.metrics().inflight_batches.get(), 0);
     }
 
