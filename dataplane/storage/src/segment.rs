@@ -440,7 +440,15 @@ pub fn build_block_with(
     let mut run: Option<((i64, u32), u32)> = None;
     let mut numeric = NumericFolds::default();
     let mut previous: Option<&LogEntry> = None;
-    for entry in entries {
+    for (i, entry) in entries.iter().enumerate() {
+        // The entries were decoded batches ago and are no longer in cache: reading a later
+        // entry's field map and message now lets those loads overlap this entry's work.
+        if let Some(ahead) = entries.get(i + 2) {
+            std::hint::black_box((
+                ahead.fields.first_key_value().map(|(k, _)| k.len()),
+                ahead.message.as_bytes().first(),
+            ));
+        }
         numeric.add(entry);
         let cell = (
             entry.timestamp.div_euclid(ROLLUP_NS),
