@@ -14,7 +14,7 @@ use std::time::Instant;
 use logcluster_proto::LogEntry;
 
 use crate::bloom;
-use crate::segment::{self, BlockMeta, NeedleScope};
+use crate::segment::{self, BlockError, BlockMeta, NeedleScope};
 use crate::stream::StreamSnapshot;
 use crate::traces::TraceBook;
 
@@ -105,7 +105,8 @@ pub struct ScanStats {
     pub events_scanned: u64,
     /// Blocks answered from their index rollup without being read (count aggregations).
     pub objects_from_index: u64,
-    /// Blocks that failed verification and were left out.
+    /// Blocks that could not be read (failed verification, or an I/O error) and were left
+    /// out.
     pub corrupt_blocks: u64,
     /// Sealed segments (service, sequence) those blocks belong to; the store quarantines
     /// them so replicas can restore their entries.
@@ -114,10 +115,15 @@ pub struct ScanStats {
 }
 
 impl ScanStats {
-    /// A block that failed verification, of the sealed segment `sealed` (`None`: the open
-    /// segment, whose WAL is the durable copy).
-    fn record_corrupt(&mut self, sealed: Option<&(String, u64)>) {
+    /// A block that could not be read, of the sealed segment `sealed` (`None`: the open
+    /// segment, whose WAL is the durable copy). A block that failed verification marks its
+    /// segment for quarantine; a read error (EIO, the file-descriptor limit) may pass, and
+    /// only leaves this answer partial.
+    fn record_unreadable(&mut self, error: &BlockError, sealed: Option<&(String, u64)>) {
         self.corrupt_blocks += 1;
+        if *error == BlockError::Io {
+            return;
+        }
         if let Some(segment) = sealed
             && !self.corrupt_segments.contains(segment)
         {
@@ -252,9 +258,9 @@ fn count_by_level(
             Some(Some(counts))
         }
         Ok(None) => Some(None),
-        Err(_) => {
+        Err(error) => {
             stats.objects_read += 1;
-            stats.record_corrupt(sealed.as_ref());
+            stats.record_unreadable(&error, sealed.as_ref());
             None
         }
     }
@@ -297,8 +303,8 @@ fn load(
                     stats.events_scanned += passed_over;
                     Some(Arc::new(entries))
                 }
-                Err(_) => {
-                    stats.record_corrupt(sealed.as_ref());
+                Err(error) => {
+                    stats.record_unreadable(&error, sealed.as_ref());
                     None
                 }
             }
@@ -511,4 +517,30 @@ pub fn scan_parallel<A: Send>(
     }
     stats.duration_ms = started.elapsed().as_millis() as u64;
     (accs, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_block_that_failed_verification_marks_its_segment_for_quarantine() {
+        let segment = ("api".to_string(), 7);
+        let mut stats = ScanStats::default();
+        stats.record_unreadable(&BlockError::Io, Some(&segment));
+        assert_eq!((stats.corrupt_blocks, stats.corrupt_segments.len()), (1, 0));
+        for error in [
+            BlockError::Checksum,
+            BlockError::Decompress,
+            BlockError::Truncated,
+            BlockError::Decode,
+            BlockError::TraceIds,
+        ] {
+            stats.record_unreadable(&error, Some(&segment));
+        }
+        // The open segment's blocks are never quarantined: its WAL is the durable copy.
+        stats.record_unreadable(&BlockError::Checksum, None);
+        assert_eq!(stats.corrupt_blocks, 7);
+        assert_eq!(stats.corrupt_segments, vec![segment]);
+    }
 }

@@ -276,9 +276,12 @@ impl Store {
         let store = self.clone();
         let (outcome, touched) = tokio::task::spawn_blocking(move || {
             let _exclusive = store.repair_lock.write().unwrap_or_else(|p| p.into_inner());
-            let (missing, present) = store.find_missing(entries);
-            let (mut outcome, touched) = store.store_missing(missing)?;
+            let (missing, present, holding) = store.find_missing(entries);
+            let (mut outcome, mut touched) = store.store_missing(missing)?;
             outcome.duplicates += present;
+            // Entries found present may still be waiting for their fsync: their streams
+            // commit too before the repair is answered (a hand-over deletes its copy then).
+            touched.extend(holding);
             Ok::<_, StorageError>((outcome, touched))
         })
         .await
@@ -287,12 +290,17 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Splits repair entries into those the store lacks and a count of those it holds.
-    fn find_missing(self: &Arc<Self>, entries: Vec<LogEntry>) -> (Vec<LogEntry>, usize) {
+    /// Splits repair entries into those the store lacks and a count of those it holds, with
+    /// the streams holding those.
+    fn find_missing(
+        self: &Arc<Self>,
+        entries: Vec<LogEntry>,
+    ) -> (Vec<LogEntry>, usize, Vec<Arc<Stream>>) {
         let store = self;
         let parts = group_by_stream(entries);
         let mut missing = Vec::new();
         let mut present = 0usize;
+        let mut holding = Vec::new();
         for ((tenant, service), (part, _)) in parts {
             let from = part.iter().map(|e| e.timestamp).min().unwrap_or(0);
             let to = part.iter().map(|e| e.timestamp).max().unwrap_or(0);
@@ -345,6 +353,11 @@ impl Store {
                     }
                 });
             }
+            if !held.is_empty()
+                && let Some(stream) = existing
+            {
+                holding.push(stream);
+            }
             let mut seen = std::collections::HashSet::new();
             for entry in part {
                 if held.contains(&entry.id) || !seen.insert(entry.id.clone()) {
@@ -354,7 +367,7 @@ impl Store {
                 }
             }
         }
-        (missing, present)
+        (missing, present, holding)
     }
 
     /// Stores the entries `find_missing` found missing (see `append_missing`).
@@ -433,6 +446,10 @@ impl Store {
                     }
                     Appended::Duplicate => {
                         outcome.duplicates += count;
+                        // The first copy may not be fsynced yet (its own commit still
+                        // waiting, or its append failed after the WAL write): answer once
+                        // the stream's next commit round has made it durable.
+                        touched.push(stream);
                         break;
                     }
                     Appended::Removed(back) => part = back,

@@ -81,7 +81,7 @@ struct Inner {
     tail: Vec<Arc<Vec<LogEntry>>>,
     tail_bytes: usize,
     uids_current: HashSet<u64>,
-    uids_recent: VecDeque<HashSet<u64>>,
+    uids_recent: VecDeque<(u64, HashSet<u64>)>,
     sealed: Vec<Arc<Sealed>>,
     /// Set (under this lock) when rebalancing removes the stream: later appends must go to
     /// a new incarnation, never into the deleted files.
@@ -159,16 +159,20 @@ impl Stream {
                     repaired.extend(index.repaired_uids.iter().copied());
                     push_recent(
                         &mut uids_recent,
+                        *seq,
                         index.batch_uids.iter().copied().collect(),
                         config.dedup_segments,
                     );
                     sealed.push(Arc::new(sealed_from(*seq, path, file, index, size)));
                 }
-                Err(error) => {
+                Err(error @ StorageError::CorruptSegment { .. }) => {
                     warn!(%error, path = %path.display(), "quarantining corrupt segment");
                     metrics.corrupt_segments.inc();
                     let _ = std::fs::rename(&path, path.with_extension("seg.corrupt"));
                 }
+                // A read error (EIO, the file-descriptor limit) says nothing about the
+                // segment's bytes: the stream does not open, rather than lose the segment.
+                Err(error) => return Err(error),
             }
         }
         let next_seq = sealed_seqs.last().copied().unwrap_or(0) + 1;
@@ -294,7 +298,10 @@ impl Stream {
     pub fn has_batch(&self, batch_uid: u64) -> bool {
         let inner = self.lock();
         inner.uids_current.contains(&batch_uid)
-            || inner.uids_recent.iter().any(|s| s.contains(&batch_uid))
+            || inner
+                .uids_recent
+                .iter()
+                .any(|(_, s)| s.contains(&batch_uid))
     }
 
     /// Writes a batch part to the WAL (not yet fsynced) and makes it visible to queries.
@@ -313,7 +320,10 @@ impl Stream {
             return Ok(Appended::Removed(entries));
         }
         if inner.uids_current.contains(&batch_uid)
-            || inner.uids_recent.iter().any(|s| s.contains(&batch_uid))
+            || inner
+                .uids_recent
+                .iter()
+                .any(|(_, s)| s.contains(&batch_uid))
         {
             metrics.duplicate_batches.inc();
             return Ok(Appended::Duplicate);
@@ -463,6 +473,9 @@ impl Stream {
         let Some(segment) = self.take_sealed(seq) else {
             return Ok(false);
         };
+        // Its batches are no longer held here: a retry or hint of one is stored again, not
+        // answered as a duplicate.
+        self.lock().uids_recent.retain(|(s, _)| *s != seq);
         let target = segment.path.with_extension("corrupt");
         std::fs::rename(&segment.path, &target)
             .map_err(|source| StorageError::io("quarantine segment", &segment.path, source))?;
@@ -481,8 +494,13 @@ impl Stream {
     }
 }
 
-fn push_recent(recent: &mut VecDeque<HashSet<u64>>, uids: HashSet<u64>, keep: usize) {
-    recent.push_back(uids);
+fn push_recent(
+    recent: &mut VecDeque<(u64, HashSet<u64>)>,
+    seq: u64,
+    uids: HashSet<u64>,
+    keep: usize,
+) {
+    recent.push_back((seq, uids));
     while recent.len() > keep {
         recent.pop_front();
     }
@@ -608,7 +626,7 @@ impl Inner {
         self.open_read = new_read;
         self.open_blocks.clear();
         let uids = std::mem::take(&mut self.uids_current);
-        push_recent(&mut self.uids_recent, uids, config.dedup_segments);
+        push_recent(&mut self.uids_recent, seq, uids, config.dedup_segments);
         metrics.rotations.inc();
         let old_wal = wal_path(dir, seq);
         if start_next || self.seq == seq {

@@ -327,9 +327,10 @@ async fn corrupt_segment_is_quarantined_and_corrupt_block_never_served() {
     second[20] ^= 0xff;
     std::fs::write(&segs[1], &second).expect("write");
     let metrics = StorageMetrics::default();
-    let store = Store::open(small_config(dir.path()), metrics.clone())
-        .await
-        .expect("reopen");
+    // Every healthy segment's batches stay known, so that retries below are duplicates.
+    let mut config = small_config(dir.path());
+    config.dedup_segments = 1_000;
+    let store = Store::open(config, metrics.clone()).await.expect("reopen");
     assert_eq!(metrics.corrupt_segments.get(), 1);
     assert!(segs[0].with_extension("seg.corrupt").exists());
     let everything = |_: &LogEntry| true;
@@ -337,6 +338,48 @@ async fn corrupt_segment_is_quarantined_and_corrupt_block_never_served() {
     assert!(page.stats.corrupt_blocks >= 1);
     assert!(page.items.iter().all(|e| e.message == "payload line"));
     assert!(page.items.len() < 1000);
+    assert_eq!(
+        metrics.corrupt_segments.get(),
+        2,
+        "the read quarantined the second"
+    );
+
+    // Retries (or hints, or repairs) of every batch restore exactly what the quarantined
+    // segments held: their batches are no longer known here, and the others are duplicates.
+    for batch in 1..=40u64 {
+        let entries: Vec<LogEntry> = (0..25)
+            .map(|i| {
+                let ts = batch as i64 * 100 + i as i64;
+                entry("t", "s", batch, i, ts, Level::Info, "payload line")
+            })
+            .collect();
+        store.append(batch, entries).await.expect("retry");
+    }
+    let ids = all_ids(&store, "t");
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (1000, 1000));
+}
+
+/// A segment that cannot be read (an I/O error, not bad bytes) is not quarantined: the store
+/// does not open, saying which file, and the segment stays where it was.
+#[tokio::test]
+async fn a_segment_that_cannot_be_read_is_an_error_not_a_quarantine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stream_dir = dir.path().join("streams/t/s");
+    std::fs::create_dir_all(&stream_dir).expect("dir");
+    // Reading a directory fails with EISDIR: a read error, like EIO or EMFILE.
+    let unreadable = stream_dir.join(format!("seg-{:016}.seg", 1));
+    std::fs::create_dir(&unreadable).expect("segment");
+    let metrics = StorageMetrics::default();
+    let Err(error) = Store::open(small_config(dir.path()), metrics.clone()).await else {
+        panic!("a store with an unreadable segment opened");
+    };
+    assert!(
+        format!("{error}").contains("seg-0000000000000001.seg"),
+        "{error}"
+    );
+    assert!(unreadable.exists());
+    assert_eq!(metrics.corrupt_segments.get(), 0);
 }
 
 #[tokio::test]
@@ -463,6 +506,40 @@ async fn a_parallel_scan_visits_exactly_what_a_sequential_scan_visits() {
     assert_eq!(parallel, sequential);
     assert_eq!(parallel_stats.events_scanned, stats.events_scanned);
     assert_eq!(parallel_stats.objects_read, stats.objects_read);
+}
+
+/// A batch, or repair entries, that the store already holds is answered only once that copy
+/// is durable: a retry that arrives while the first copy still waits for its fsync (or
+/// whose first attempt failed after the WAL write) must not be acknowledged before it.
+#[tokio::test]
+async fn a_duplicate_is_answered_only_once_the_copy_it_found_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = StorageMetrics::default();
+    let store = Store::open(small_config(dir.path()), metrics.clone())
+        .await
+        .expect("open");
+    let batch = |uid: u64| -> Vec<LogEntry> {
+        (0..5u32)
+            .map(|i| entry("t", "api", uid, i, 1_000 + i64::from(i), Level::Info, "m"))
+            .collect()
+    };
+    // The first copy is in the WAL; its own wait for the fsync has not even started.
+    let first = store.append_on_this_thread(91, batch(91), None);
+    assert_eq!(metrics.fsyncs.get(), 0);
+    let retry = store
+        .append_on_this_thread(91, batch(91), None)
+        .durable()
+        .await
+        .expect("retry");
+    assert_eq!(retry.duplicates, 5);
+    assert_eq!(metrics.fsyncs.get(), 1, "the retry waited for the fsync");
+    // Repair entries found present wait likewise (a hand-over deletes its copy on the answer).
+    let second = store.append_on_this_thread(92, batch(92), None);
+    let repair = store.append_missing(batch(92)).await.expect("repair");
+    assert_eq!((repair.stored, repair.duplicates), (0, 5));
+    assert_eq!(metrics.fsyncs.get(), 2, "the repair waited for the fsync");
+    first.durable().await.expect("first");
+    second.durable().await.expect("second");
 }
 
 #[tokio::test]
