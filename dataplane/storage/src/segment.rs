@@ -785,8 +785,11 @@ impl OpenSegment {
         Ok(offset)
     }
 
-    /// Writes index and footer, fsyncs, renames to `sealed_path` and fsyncs the directory.
-    pub fn seal(self, index: &SegmentIndex, sealed_path: &Path) -> Result<File, StorageError> {
+    /// Writes index and footer after the blocks (cutting off whatever a failed attempt left
+    /// there), fsyncs, and renames the file to `sealed_path`, which must not exist yet.
+    /// `Err`: nothing was renamed, and sealing may be tried again. `Ok`: the sealed file, its
+    /// size, and whether fsyncing the directory (the rename's durability) succeeded.
+    pub fn seal(&self, index: &SegmentIndex, sealed_path: &Path) -> Result<Sealing, StorageError> {
         let body = index.encode_to_vec();
         let mut tail = Vec::with_capacity(body.len() + FOOTER_LEN);
         tail.extend_from_slice(&body);
@@ -794,15 +797,39 @@ impl OpenSegment {
         tail.extend_from_slice(&(body.len() as u32).to_le_bytes());
         tail.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         tail.extend_from_slice(FOOTER_MAGIC);
+        let size = self.len + tail.len() as u64;
         self.file
             .write_all_at(&tail, self.len)
+            .and_then(|()| self.file.set_len(size))
             .and_then(|()| self.file.sync_all())
             .map_err(|source| StorageError::io("seal segment", &self.path, source))?;
+        if sealed_path.exists() {
+            let taken = std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a sealed segment of this sequence already exists",
+            );
+            return Err(StorageError::io("rename segment", sealed_path, taken));
+        }
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|source| StorageError::io("clone segment handle", &self.path, source))?;
         std::fs::rename(&self.path, sealed_path)
             .map_err(|source| StorageError::io("rename segment", sealed_path, source))?;
-        sync_dir(sealed_path)?;
-        Ok(self.file)
+        Ok(Sealing {
+            file,
+            size,
+            dir_synced: sync_dir(sealed_path),
+        })
     }
+}
+
+/// A segment [`OpenSegment::seal`] renamed to its sealed name.
+pub struct Sealing {
+    pub file: File,
+    pub size: u64,
+    /// Fsyncing the directory after the rename.
+    pub dir_synced: Result<(), StorageError>,
 }
 
 /// Fsyncs the directory holding `path` so a create, rename or delete is durable.
@@ -964,7 +991,10 @@ mod tests {
         }
         index.batch_uids = vec![7, 8];
         let sealed = dir.path().join("seg-1.seg");
-        open.seal(&index, &sealed).expect("seal");
+        open.seal(&index, &sealed)
+            .expect("seal")
+            .dir_synced
+            .expect("dir");
         let (file, read_index, _) = open_sealed(&sealed).expect("open");
         assert_eq!(read_index, index);
         let mut back = Vec::new();
@@ -987,7 +1017,10 @@ mod tests {
             ..Default::default()
         };
         let sealed = dir.path().join("seg-1.seg");
-        open.seal(&index, &sealed).expect("seal");
+        open.seal(&index, &sealed)
+            .expect("seal")
+            .dir_synced
+            .expect("dir");
         let mut raw = std::fs::read(&sealed).expect("read");
         raw[meta.offset as usize + 10] ^= 0xff;
         std::fs::write(&sealed, &raw).expect("write");

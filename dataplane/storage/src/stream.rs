@@ -605,46 +605,77 @@ impl Inner {
             seq,
             blocks: self.open_blocks.iter().map(|b| (**b).clone()).collect(),
             batch_uids: self.uids_current.iter().copied().collect(),
-            repaired_uids: self.repaired_current.drain().collect(),
+            repaired_uids: self.repaired_current.iter().copied().collect(),
         };
-        let new_open = OpenSegment::create(open_path(dir, next))?;
-        let new_read =
-            Arc::new(new_open.file.try_clone().map_err(|source| {
+        // What the next segment needs is made first, and the stream changes only once the
+        // seal succeeded: a failure (disk full, the fd limit) leaves it as it was, to rotate
+        // again on a later append, instead of sealing this index over another file later.
+        let start_wal = start_next || self.seq == seq;
+        let sealed_at = sealed_path(dir, seq);
+        let prepared = (|| -> Result<_, StorageError> {
+            let new_open = OpenSegment::create(open_path(dir, next))?;
+            let new_read = Arc::new(new_open.file.try_clone().map_err(|source| {
                 StorageError::io("clone segment handle", &new_open.path, source)
             })?);
-        // The trace ids the blocks refer to are durable before the segment is.
-        self.traces.sync()?;
-        let old_open = std::mem::replace(&mut self.open, new_open);
-        let sealed_at = sealed_path(dir, seq);
-        let file = old_open.seal(&index, &sealed_at)?;
-        let size = file
-            .metadata()
-            .map_err(|source| StorageError::io("stat segment", &sealed_at, source))?
-            .len();
-        self.sealed
-            .push(Arc::new(sealed_from(seq, sealed_at, file, index, size)));
+            let new_wal = if start_wal {
+                let path = wal_path(dir, next);
+                Some((wal::create(&path)?, path))
+            } else {
+                None
+            };
+            // The trace ids the blocks refer to are durable before the segment is.
+            self.traces.sync()?;
+            let sealing = self.open.seal(&index, &sealed_at)?;
+            Ok((new_open, new_read, new_wal, sealing))
+        })();
+        let (new_open, new_read, new_wal, sealing) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                let _ = std::fs::remove_file(open_path(dir, next));
+                if start_wal {
+                    let _ = std::fs::remove_file(wal_path(dir, next));
+                }
+                return Err(error);
+            }
+        };
+        // Sealed: from here on the stream moves to the next sequence whatever happens.
+        self.open = new_open;
+        self.sealed.push(Arc::new(sealed_from(
+            seq,
+            sealed_at,
+            sealing.file,
+            index,
+            sealing.size,
+        )));
         self.open_read = new_read;
         self.open_blocks.clear();
+        self.repaired_current.clear();
         let uids = std::mem::take(&mut self.uids_current);
         push_recent(&mut self.uids_recent, seq, uids, config.dedup_segments);
         metrics.rotations.inc();
         let old_wal = wal_path(dir, seq);
-        if start_next || self.seq == seq {
-            let new_wal_path = wal_path(dir, next);
-            self.wal = wal::create(&new_wal_path)?;
-            self.wal_path = new_wal_path;
-            self.wal_bytes = wal::WAL_MAGIC.len() as u64;
-            self.dirty = false;
-            self.seq = next;
-        } else {
-            // Recovery of an older WAL: the active WAL/segment stay; renumber the open segment
-            // to the active sequence.
-            let active_open = open_path(dir, self.seq);
-            std::fs::rename(&self.open.path, &active_open)
-                .map_err(|source| StorageError::io("rename open segment", &active_open, source))?;
-            self.open.path = active_open;
+        match new_wal {
+            Some((wal, path)) => {
+                self.wal = wal;
+                self.wal_path = path;
+                self.wal_bytes = wal::WAL_MAGIC.len() as u64;
+                self.dirty = false;
+                self.seq = next;
+            }
+            None => {
+                // Recovery of an older WAL: the active WAL/segment stay; renumber the open
+                // segment to the active sequence.
+                let active_open = open_path(dir, self.seq);
+                std::fs::rename(&self.open.path, &active_open).map_err(|source| {
+                    StorageError::io("rename open segment", &active_open, source)
+                })?;
+                self.open.path = active_open;
+            }
         }
         self.opened_at = Instant::now();
+        // The sealed WAL goes only once the rename is durable; otherwise it stays, and
+        // recovery deletes it when it finds the segment.
+        sealing.dir_synced?;
         std::fs::remove_file(&old_wal)
             .map_err(|source| StorageError::io("remove sealed wal", &old_wal, source))?;
         segment::sync_dir(&old_wal)?;

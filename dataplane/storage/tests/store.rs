@@ -360,6 +360,58 @@ async fn corrupt_segment_is_quarantined_and_corrupt_block_never_served() {
     assert_eq!((ids.len(), distinct.len()), (1000, 1000));
 }
 
+/// A rotation whose seal fails (here the sealed name is taken, as a full disk or the fd
+/// limit would fail it) leaves the stream as it was: appends go on, the next rotation seals
+/// the same segment once it can, and after a restart every entry is there exactly once.
+#[tokio::test]
+async fn a_failed_seal_leaves_the_stream_whole_and_the_next_rotation_seals_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = StorageMetrics::default();
+    let store = Store::open(small_config(dir.path()), metrics.clone())
+        .await
+        .expect("open");
+    let batch = |uid: u64| -> Vec<LogEntry> {
+        (0..25u32)
+            .map(|i| {
+                let ts = uid as i64 * 100 + i64::from(i);
+                entry("t", "s", uid, i, ts, Level::Info, "payload line")
+            })
+            .collect()
+    };
+    // The first segment's sealed name is taken: every rotation fails until it is freed.
+    store.append(1, batch(1)).await.expect("append");
+    let obstacle = dir
+        .path()
+        .join("streams/t/s")
+        .join(format!("seg-{:016}.seg", 1));
+    std::fs::create_dir(&obstacle).expect("obstacle");
+    let mut failed = Vec::new();
+    for uid in 2..=30u64 {
+        if store.append(uid, batch(uid)).await.is_err() {
+            failed.push(uid);
+        }
+    }
+    assert!(!failed.is_empty(), "a rotation was attempted and failed");
+    assert_eq!(metrics.rotations.get(), 0);
+    // Freed: clients retry what failed, appends go on, rotations succeed.
+    std::fs::remove_dir(&obstacle).expect("free");
+    for uid in failed.iter().copied().chain(31..=60) {
+        store.append(uid, batch(uid)).await.expect("append");
+    }
+    assert!(metrics.rotations.get() >= 2);
+    assert_eq!(all_ids(&store, "t").len(), 60 * 25);
+    store.shutdown().await.expect("shutdown");
+    drop(store);
+    let metrics = StorageMetrics::default();
+    let store = Store::open(small_config(dir.path()), metrics.clone())
+        .await
+        .expect("reopen");
+    let ids = all_ids(&store, "t");
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (60 * 25, 60 * 25));
+    assert_eq!(metrics.corrupt_segments.get(), 0);
+}
+
 /// A segment that cannot be read (an I/O error, not bad bytes) is not quarantined: the store
 /// does not open, saying which file, and the segment stays where it was.
 #[tokio::test]
