@@ -1037,25 +1037,30 @@ async fn the_tail_command_prints_entries_as_they_arrive() -> anyhow::Result<()> 
         .spawn()?;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
     // A tail only shows entries received after it started, and the command takes a while to
-    // start: a burst is sent again until the tail prints its first entry.
+    // start: a burst (marked by its host) is sent again until the tail prints its first entry.
     let now = logcluster_proto::time::now_nanos();
-    let burst: Vec<Sent> = dataset(now, 50)
-        .into_iter()
-        .map(|mut e| {
-            e.ts = now;
-            e
-        })
-        .collect();
-    let warn = burst.iter().filter(|e| e.level == "WARN").count();
+    let burst = |k: usize| -> Vec<Sent> {
+        dataset(now, 50)
+            .into_iter()
+            .map(|mut e| {
+                e.ts = now;
+                e.host = format!("burst-{k}");
+                e
+            })
+            .collect()
+    };
+    let warn = burst(0).iter().filter(|e| e.level == "WARN").count();
     let patience = logcluster_testkit::patience();
     let deadline = std::time::Instant::now() + Duration::from_secs(20).mul_f64(patience);
-    let mut got = Vec::new();
+    let mut got: Vec<Value> = Vec::new();
+    let mut sent = 0;
     while got.is_empty() {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "tail printed nothing in time"
         );
-        send(&addr, "cli", &burst).await?;
+        send(&addr, "cli", &burst(sent)).await?;
+        sent += 1;
         // `next_line` is cancellation safe: a line cut by the timeout is read next time.
         if let Ok(line) = tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
         {
@@ -1064,7 +1069,20 @@ async fn the_tail_command_prints_entries_as_they_arrive() -> anyhow::Result<()> 
             )?);
         }
     }
-    while got.len() < warn {
+    // The burst of the first line arrived after the tail started, and so did every burst sent
+    // after it: each of those shows whole (a batch is received at one instant).
+    let first: usize = got[0]["host"]
+        .as_str()
+        .and_then(|h| h.strip_prefix("burst-"))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("a burst's host: {}", got[0]))?;
+    let whole = |got: &[Value]| {
+        (first..sent).all(|k| {
+            let host = format!("burst-{k}");
+            got.iter().filter(|e| e["host"] == host.as_str()).count() == warn
+        })
+    };
+    while !whole(&got) {
         let line =
             tokio::time::timeout(Duration::from_secs(20).mul_f64(patience), lines.next_line())
                 .await

@@ -14,6 +14,8 @@ pub struct StorageMetrics {
     pub fsyncs: Counter,
     pub fsync_seconds: Histogram,
     pub rotations: Counter,
+    /// Block flushes and segment seals that failed after a batch was in the WAL (retried).
+    pub seal_failures: Counter,
     pub stored_bytes: Gauge,
     pub segments: Gauge,
     pub wal_truncated_bytes: Counter,
@@ -33,6 +35,7 @@ impl Default for StorageMetrics {
             fsyncs: Counter::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             rotations: Counter::default(),
+            seal_failures: Counter::default(),
             stored_bytes: Gauge::default(),
             segments: Gauge::default(),
             wal_truncated_bytes: Counter::default(),
@@ -74,6 +77,11 @@ impl StorageMetrics {
             "rotations",
             "Segments sealed (rotations)",
             self.rotations.clone(),
+        );
+        r.register(
+            "seal_failures",
+            "Block flushes and segment seals that failed after a batch was in the WAL; the batch stays in the WAL and the work is retried",
+            self.seal_failures.clone(),
         );
         r.register(
             "stored_bytes",

@@ -487,6 +487,9 @@ impl Store {
                         held = count - rest.len();
                         if rest.is_empty() {
                             outcome.duplicates += count;
+                            // Those copies may still wait for their fsync, as for a
+                            // duplicate batch.
+                            touched.push(stream);
                             break;
                         }
                         part = rest;

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use logcluster_proto::LogEntry;
 use tracing::{info, warn};
@@ -73,6 +73,8 @@ struct Inner {
     wal_path: PathBuf,
     wal_bytes: u64,
     opened_at: Instant,
+    /// After a failed block flush or seal, none is tried again before this.
+    retry_sealing_at: Option<Instant>,
     /// Written since the last fsync.
     dirty: bool,
     open: OpenSegment,
@@ -100,6 +102,9 @@ fn wal_path(dir: &Path, seq: u64) -> PathBuf {
 fn open_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("seg-{seq:016}.open"))
 }
+/// How long after a failed block flush or seal the next one is tried.
+const SEAL_RETRY: Duration = Duration::from_secs(1);
+
 fn sealed_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("seg-{seq:016}.seg"))
 }
@@ -152,6 +157,7 @@ impl Stream {
         let mut sealed = Vec::new();
         let mut uids_recent = VecDeque::new();
         let mut repaired: HashSet<u64> = HashSet::new();
+        let mut quarantined = Vec::new();
         for seq in &sealed_seqs {
             let path = sealed_path(&dir, *seq);
             match segment::open_sealed(&path) {
@@ -169,6 +175,7 @@ impl Stream {
                     warn!(%error, path = %path.display(), "quarantining corrupt segment");
                     metrics.corrupt_segments.inc();
                     let _ = std::fs::rename(&path, path.with_extension("seg.corrupt"));
+                    quarantined.push(*seq);
                 }
                 // A read error (EIO, the file-descriptor limit) says nothing about the
                 // segment's bytes: the stream does not open, rather than lose the segment.
@@ -181,7 +188,9 @@ impl Stream {
         let mut replayed: Vec<(u64, wal::Replay)> = Vec::new();
         for seq in wal_seqs {
             let path = wal_path(&dir, seq);
-            if sealed_seqs.contains(&seq) {
+            // A WAL whose segment was sealed is deleted, unless that segment was just
+            // quarantined: then the WAL is the good copy, and it is replayed.
+            if sealed_seqs.contains(&seq) && !quarantined.contains(&seq) {
                 std::fs::remove_file(&path)
                     .map_err(|source| StorageError::io("remove sealed wal", &path, source))?;
                 continue;
@@ -222,6 +231,7 @@ impl Stream {
             wal_path: wal_path(&dir, seq),
             wal_bytes,
             opened_at: Instant::now(),
+            retry_sealing_at: None,
             dirty: false,
             open,
             open_read,
@@ -242,7 +252,7 @@ impl Stream {
             for record in replay.records {
                 inner.uids_current.insert(record.batch_uid);
                 inner.note_repaired(record.batch_uid, &record.entries);
-                inner.push_tail(record.entries, config)?;
+                inner.push_tail(record.entries, config, true)?;
             }
             if i + 1 < count {
                 // An older unsealed WAL: seal what it held into its own segment number.
@@ -296,16 +306,11 @@ impl Stream {
 
     /// Whether this stream stored batch `batch_uid` (within the de-duplication horizon).
     pub fn has_batch(&self, batch_uid: u64) -> bool {
-        let inner = self.lock();
-        inner.uids_current.contains(&batch_uid)
-            || inner
-                .uids_recent
-                .iter()
-                .any(|(_, s)| s.contains(&batch_uid))
+        self.lock().holds_batch(batch_uid)
     }
 
     /// Writes a batch part to the WAL (not yet fsynced) and makes it visible to queries.
-    /// Returns false when the batch id was already stored in this stream.
+    /// `Duplicate` when the batch id was already stored in this stream.
     pub fn append(
         &self,
         batch_uid: u64,
@@ -319,12 +324,7 @@ impl Stream {
         if inner.removed {
             return Ok(Appended::Removed(entries));
         }
-        if inner.uids_current.contains(&batch_uid)
-            || inner
-                .uids_recent
-                .iter()
-                .any(|(_, s)| s.contains(&batch_uid))
-        {
+        if inner.holds_batch(batch_uid) {
             metrics.duplicate_batches.inc();
             return Ok(Appended::Duplicate);
         }
@@ -352,9 +352,23 @@ impl Stream {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         metrics.appended_entries.inc_by(entries.len() as u64);
         metrics.appended_bytes.inc_by(record.len() as u64);
-        inner.push_tail(entries, config)?;
-        if inner.wal_bytes >= config.segment_max_bytes {
-            self.rotate_locked(&mut inner, config, metrics)?;
+        // The batch is in the WAL: it is acknowledged once that is fsynced, whatever happens
+        // to the block and segment work below. That work, when it fails (disk full, the fd
+        // limit), is counted, logged and tried again a little later, not on every append.
+        let retry_due = inner.retry_sealing_at.is_none_or(|at| Instant::now() >= at);
+        let sealed = inner.push_tail(entries, config, retry_due).and_then(|()| {
+            if retry_due && inner.wal_bytes >= config.segment_max_bytes {
+                self.rotate_locked(&mut inner, config, metrics)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = sealed {
+            metrics.seal_failures.inc();
+            inner.retry_sealing_at = Some(Instant::now() + SEAL_RETRY);
+            warn!(%error, tenant = %self.tenant, service = %self.service, "block or segment not written; the WAL holds the batches, retrying in a second");
+        } else if retry_due {
+            inner.retry_sealing_at = None;
         }
         Ok(Appended::Stored)
     }
@@ -462,6 +476,10 @@ impl Stream {
         let mut inner = self.lock();
         let pos = inner.sealed.iter().position(|s| s.seq == seq)?;
         let segment = inner.sealed.remove(pos);
+        // Its batches are no longer held here: a retry, hint or repair of one is stored
+        // again, not answered as a duplicate (pruned under the same lock, so no append sees
+        // the segment gone but its batches still known).
+        inner.uids_recent.retain(|(s, _)| *s != seq);
         drop(inner);
         self.bump();
         Some(segment)
@@ -473,9 +491,6 @@ impl Stream {
         let Some(segment) = self.take_sealed(seq) else {
             return Ok(false);
         };
-        // Its batches are no longer held here: a retry or hint of one is stored again, not
-        // answered as a duplicate.
-        self.lock().uids_recent.retain(|(s, _)| *s != seq);
         let target = segment.path.with_extension("corrupt");
         std::fs::rename(&segment.path, &target)
             .map_err(|source| StorageError::io("quarantine segment", &segment.path, source))?;
@@ -519,6 +534,12 @@ fn sealed_from(seq: u64, path: PathBuf, file: File, index: SegmentIndex, size: u
 }
 
 impl Inner {
+    /// Whether batch `batch_uid` is in the open segment or a recent sealed one.
+    fn holds_batch(&self, batch_uid: u64) -> bool {
+        self.uids_current.contains(&batch_uid)
+            || self.uids_recent.iter().any(|(_, s)| s.contains(&batch_uid))
+    }
+
     /// Records the original batch uids of entries written under another uid (repairs).
     fn note_repaired(&mut self, record_uid: u64, entries: &[LogEntry]) {
         let prefix = format!("{record_uid:016x}-");
@@ -537,14 +558,17 @@ impl Inner {
         }
     }
 
+    /// Adds entries to the tail (they stay there whatever happens), then flushes the tail
+    /// into a block if it is full and `flush` allows.
     fn push_tail(
         &mut self,
         entries: Vec<LogEntry>,
         config: &StorageConfig,
+        flush: bool,
     ) -> Result<(), StorageError> {
         self.tail_bytes += entries.iter().map(LogEntry::approx_size).sum::<usize>();
         self.tail.push(Arc::new(entries));
-        if self.tail_bytes >= config.block_target_bytes {
+        if flush && self.tail_bytes >= config.block_target_bytes {
             self.flush_tail(config)?;
         }
         Ok(())
@@ -619,10 +643,21 @@ impl Inner {
             })?);
             let new_wal = if start_wal {
                 let path = wal_path(dir, next);
-                Some((wal::create(&path)?, path))
+                let file = wal::create(&path)?;
+                // Durable before anything is written to it: the directory fsync after the
+                // seal below may fail.
+                segment::sync_dir(&path)?;
+                Some((file, path))
             } else {
                 None
             };
+            // The sealed WAL's records are durable before the seal too: if the rename does
+            // not survive a crash, recovery rebuilds the segment from this WAL.
+            if self.dirty {
+                self.wal
+                    .sync_data()
+                    .map_err(|source| StorageError::io("sync wal", &self.wal_path, source))?;
+            }
             // The trace ids the blocks refer to are durable before the segment is.
             self.traces.sync()?;
             let sealing = self.open.seal(&index, &sealed_at)?;
