@@ -59,6 +59,25 @@ fn small_config(dir: &std::path::Path) -> StorageConfig {
     config
 }
 
+/// A store in `dir` with [`small_config`], and its metrics.
+async fn small_store(dir: &std::path::Path) -> (std::sync::Arc<Store>, StorageMetrics) {
+    let metrics = StorageMetrics::default();
+    let store = Store::open(small_config(dir), metrics.clone())
+        .await
+        .expect("open");
+    (store, metrics)
+}
+
+/// `n` entries of batch `uid` in stream t/s, at timestamps `uid * 100 + i`.
+fn numbered_batch(uid: u64, n: u32) -> Vec<LogEntry> {
+    (0..n)
+        .map(|i| {
+            let ts = uid as i64 * 100 + i64::from(i);
+            entry("t", "s", uid, i, ts, Level::Info, "payload line")
+        })
+        .collect()
+}
+
 fn all_ids(store: &Store, tenant: &str) -> Vec<String> {
     let everything = |_: &LogEntry| true;
     let mut ids = Vec::new();
@@ -293,20 +312,10 @@ async fn corrupt_segment_is_quarantined_and_corrupt_block_never_served() {
         .await
         .expect("open");
     for batch in 1..=40u64 {
-        let entries: Vec<LogEntry> = (0..25)
-            .map(|i| {
-                entry(
-                    "t",
-                    "s",
-                    batch,
-                    i,
-                    batch as i64 * 100 + i as i64,
-                    Level::Info,
-                    "payload line",
-                )
-            })
-            .collect();
-        store.append(batch, entries).await.expect("append");
+        store
+            .append(batch, numbered_batch(batch, 25))
+            .await
+            .expect("append");
     }
     drop(store);
     let stream_dir = dir.path().join("streams/t/s");
@@ -347,13 +356,10 @@ async fn corrupt_segment_is_quarantined_and_corrupt_block_never_served() {
     // Retries (or hints, or repairs) of every batch restore exactly what the quarantined
     // segments held: their batches are no longer known here, and the others are duplicates.
     for batch in 1..=40u64 {
-        let entries: Vec<LogEntry> = (0..25)
-            .map(|i| {
-                let ts = batch as i64 * 100 + i as i64;
-                entry("t", "s", batch, i, ts, Level::Info, "payload line")
-            })
-            .collect();
-        store.append(batch, entries).await.expect("retry");
+        store
+            .append(batch, numbered_batch(batch, 25))
+            .await
+            .expect("retry");
     }
     let ids = all_ids(&store, "t");
     let distinct: std::collections::HashSet<&String> = ids.iter().collect();
@@ -367,18 +373,8 @@ async fn corrupt_segment_is_quarantined_and_corrupt_block_never_served() {
 #[tokio::test]
 async fn a_failed_seal_leaves_the_stream_whole_and_a_later_rotation_seals_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let metrics = StorageMetrics::default();
-    let store = Store::open(small_config(dir.path()), metrics.clone())
-        .await
-        .expect("open");
-    let batch = |uid: u64| -> Vec<LogEntry> {
-        (0..25u32)
-            .map(|i| {
-                let ts = uid as i64 * 100 + i64::from(i);
-                entry("t", "s", uid, i, ts, Level::Info, "payload line")
-            })
-            .collect()
-    };
+    let (store, metrics) = small_store(dir.path()).await;
+    let batch = |uid: u64| numbered_batch(uid, 25);
     store.append(1, batch(1)).await.expect("append");
     let stream_dir = dir.path().join("streams/t/s");
     let obstacle = stream_dir.join(format!("seg-{:016}.seg", 1));
@@ -408,10 +404,7 @@ async fn a_failed_seal_leaves_the_stream_whole_and_a_later_rotation_seals_it() {
     assert_eq!(all_ids(&store, "t").len(), uid as usize * 25);
     store.shutdown().await.expect("shutdown");
     drop(store);
-    let metrics = StorageMetrics::default();
-    let store = Store::open(small_config(dir.path()), metrics.clone())
-        .await
-        .expect("reopen");
+    let (store, metrics) = small_store(dir.path()).await;
     let ids = all_ids(&store, "t");
     let distinct: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(
@@ -575,15 +568,8 @@ async fn a_parallel_scan_visits_exactly_what_a_sequential_scan_visits() {
 #[tokio::test]
 async fn a_duplicate_is_answered_only_once_the_copy_it_found_is_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let metrics = StorageMetrics::default();
-    let store = Store::open(small_config(dir.path()), metrics.clone())
-        .await
-        .expect("open");
-    let batch = |uid: u64| -> Vec<LogEntry> {
-        (0..5u32)
-            .map(|i| entry("t", "api", uid, i, 1_000 + i64::from(i), Level::Info, "m"))
-            .collect()
-    };
+    let (store, metrics) = small_store(dir.path()).await;
+    let batch = |uid: u64| numbered_batch(uid, 5);
     // The first copy is in the WAL; its own wait for the fsync has not even started.
     let first = store.append_on_this_thread(91, batch(91), None);
     assert_eq!(metrics.fsyncs.get(), 0);
