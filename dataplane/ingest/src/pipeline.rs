@@ -197,6 +197,35 @@ pub struct Pipeline {
     default_tenant: String,
     budget: Arc<Semaphore>,
     budget_kib: u32,
+    first_seen: std::sync::Mutex<FirstSeen>,
+}
+
+/// When recent batches (by uid) were first received. A retried batch gets its first
+/// attempt's receive time, so that entries without a timestamp of their own (stamped with
+/// it) are the same entries on every replica and in every attempt: one id, one timestamp.
+#[derive(Default)]
+struct FirstSeen {
+    at: std::collections::HashMap<u64, i64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl FirstSeen {
+    /// Batches remembered: retries come within seconds; this is many minutes of batches.
+    const CAPACITY: usize = 65_536;
+
+    fn received_at(&mut self, batch_uid: u64, now: i64) -> i64 {
+        if let Some(first) = self.at.get(&batch_uid) {
+            return *first;
+        }
+        if self.order.len() >= Self::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.at.remove(&oldest);
+        }
+        self.at.insert(batch_uid, now);
+        self.order.push_back(batch_uid);
+        now
+    }
 }
 
 impl Pipeline {
@@ -217,6 +246,7 @@ impl Pipeline {
             default_tenant,
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
+            first_seen: std::sync::Mutex::new(FirstSeen::default()),
         })
     }
 
@@ -379,14 +409,16 @@ impl Pipeline {
 
     /// Tenant, validation, enrichment and ids (CPU only).
     fn prepare(&self, source: &BatchSource, output: DecodeOutput, schemas: &SchemaSet) -> Prepared {
-        let received_at = logcluster_proto::time::now_nanos();
-        let batch_uid = if source.batch_id == 0 {
-            logcluster_common::ids::random_u64()
+        let now = logcluster_proto::time::now_nanos();
+        let (batch_uid, received_at) = if source.batch_id == 0 {
+            (logcluster_common::ids::random_u64(), now)
         } else {
-            logcluster_common::ids::batch_uid(
+            let uid = logcluster_common::ids::batch_uid(
                 source.tenant.as_deref().unwrap_or(""),
                 source.batch_id,
-            )
+            );
+            let mut first_seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+            (uid, first_seen.received_at(uid, now))
         };
         let mut errors: Vec<RecordError> = output.errors;
         for error in &errors {
@@ -665,6 +697,16 @@ mod tests {
         }
     }
 
+    /// A sink that keeps what it is given.
+    struct RecordingSink(Arc<std::sync::Mutex<Vec<Vec<LogEntry>>>>);
+
+    impl Sink for RecordingSink {
+        fn append(&self, _: u64, entries: Vec<LogEntry>) -> Stored {
+            self.0.lock().expect("lock").push(entries);
+            Box::pin(async { Ok(0) })
+        }
+    }
+
     fn pipeline(sink: Box<dyn Sink>) -> Arc<Pipeline> {
         Pipeline::new(
             sink,
@@ -697,6 +739,34 @@ mod tests {
         assert_eq!(result.status, AckStatus::RetryLater, "{result:?}");
         assert!(result.error.contains("storing the batch"), "{result:?}");
         assert_eq!(pipeline.metrics().inflight_batches.get(), 0);
+    }
+
+    /// A retried batch (same client batch id) is stamped with its first attempt's receive
+    /// time: its entries without a timestamp of their own are the same entries every time.
+    #[tokio::test]
+    async fn a_retried_batch_keeps_the_receive_time_of_its_first_attempt() {
+        let stored = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pipeline = pipeline(Box::new(RecordingSink(stored.clone())));
+        for _ in 0..2 {
+            let result = pipeline
+                .ingest_payload(Format::Json, source(), PAYLOAD.to_vec())
+                .await;
+            assert_eq!(result.status, AckStatus::Accepted, "{result:?}");
+        }
+        let other = BatchSource {
+            batch_id: 8,
+            ..source()
+        };
+        pipeline
+            .ingest_payload(Format::Json, other, PAYLOAD.to_vec())
+            .await;
+        let stored = stored.lock().expect("lock");
+        let [first, retry, other] = &stored[..] else {
+            panic!("three batches: {stored:?}");
+        };
+        assert_eq!(first, retry);
+        assert!(first.iter().all(|e| e.timestamp == e.received_at));
+        assert_ne!(first[0].received_at, other[0].received_at);
     }
 
     /// A batch is counted in flight while it is being stored, and no longer once its ingest
