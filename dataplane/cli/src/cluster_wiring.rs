@@ -103,14 +103,9 @@ pub async fn connect(
 pub struct ClusterSink(pub Arc<Cluster>);
 
 impl Sink for ClusterSink {
-    /// The batch is cut and encoded at once, by the caller (it was on a runtime worker
-    /// either way).
+    /// Cuts and encodes the batch's parts at once, by the caller: on the thread that decoded
+    /// it when called through [`Sink::append_from_blocking_thread`].
     fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
-        self.append_from_blocking_thread(batch_uid, entries)
-    }
-
-    /// Cuts and encodes the batch's parts here, on the thread that decoded it.
-    fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
         let batch = EncodedBatch::new(entries);
         let cluster = self.0.clone();
         Box::pin(async move {
@@ -173,7 +168,7 @@ impl Handler for StorageHandler {
                     // already); refused, the writer keeps the copy as a hint on a member
                     // that stays. Only a writer with a stale view still sends here.
                     let view = inner.cluster.view();
-                    if view.members.get(&inner.name).is_some_and(|m| m.leaving) {
+                    if view.members.is_leaving(&inner.name) {
                         inner.cluster.metrics().appends_refused_leaving.inc();
                         return Err(format!(
                             "member {} is leaving and takes no new writes",
@@ -249,7 +244,7 @@ pub async fn member_status(
     hints: &Arc<HintStore>,
 ) -> Value {
     let view = cluster.view();
-    let leaving = view.members.get(name).is_some_and(|m| m.leaving);
+    let leaving = view.members.is_leaving(name);
     let hints = hints.clone();
     let pending = tokio::task::spawn_blocking(move || hints.pending_bytes())
         .await

@@ -64,6 +64,11 @@ impl MemberList {
         self.members.iter().find(|m| m.id == id)
     }
 
+    /// Whether member `id` is listed and marked leaving.
+    pub fn is_leaving(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|m| m.leaving)
+    }
+
     /// Parses a members file: YAML `members: [{id, addr, ready?, leaving?}]`.
     pub fn from_yaml(text: &str) -> Result<MemberList, MembershipError> {
         let list: MemberList = serde_yaml::from_str(text).map_err(MembershipError::Parse)?;

@@ -214,8 +214,9 @@ async fn deliver_member(
     }
 }
 
-/// Hands the hints kept for a member that is no longer listed to the current owners of
-/// their partitions, as repair writes (which skip what an owner already holds).
+/// Hands the hints kept for a member that is no longer listed, or is marked leaving, to the
+/// current owners of their partitions, as repair writes (which skip what an owner already
+/// holds).
 async fn redirect_member(
     cluster: &Arc<Cluster>,
     hints: &Arc<HintStore>,

@@ -35,33 +35,36 @@ pub trait Sink: Send + Sync + 'static {
     }
 }
 
-/// What [`Sink::append`] resolves to.
+/// The future [`Sink::append`] returns: the count of duplicate entries, once durable.
 pub type Stored = Pin<Box<dyn Future<Output = Result<usize, String>> + Send>>;
 
 impl Sink for Arc<logcluster_storage::Store> {
     fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
         let store = self.clone();
-        Box::pin(async move {
-            store
-                .append(batch_uid, entries)
-                .await
-                .map(|outcome| outcome.duplicates)
-                .map_err(|e| e.to_string())
-        })
+        stored(async move { store.append(batch_uid, entries).await })
     }
 
     /// Groups, writes the WAL records and builds due blocks right here; the future waits
     /// for the group commit.
     fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
         let appended = self.append_on_this_thread(batch_uid, entries, None);
-        Box::pin(async move {
-            appended
-                .durable()
-                .await
-                .map(|outcome| outcome.duplicates)
-                .map_err(|e| e.to_string())
-        })
+        stored(appended.durable())
     }
+}
+
+/// A store's append as the pipeline's [`Stored`].
+fn stored(
+    append: impl Future<
+        Output = Result<logcluster_storage::AppendOutcome, logcluster_storage::StorageError>,
+    > + Send
+    + 'static,
+) -> Stored {
+    Box::pin(async move {
+        append
+            .await
+            .map(|outcome| outcome.duplicates)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Fields added to every entry (enrichment).
@@ -200,9 +203,10 @@ pub struct Pipeline {
     first_seen: std::sync::Mutex<FirstSeen>,
 }
 
-/// When recent batches (by uid) were first received. A retried batch gets its first
-/// attempt's receive time, so that entries without a timestamp of their own (stamped with
-/// it) are the same entries on every replica and in every attempt: one id, one timestamp.
+/// When recent batches (by uid) were first received. A retried batch sent to this node gets
+/// its first attempt's receive time, so that entries without a timestamp of their own
+/// (stamped with it) are the same entries on every replica and in every attempt: one id, one
+/// timestamp.
 #[derive(Default)]
 struct FirstSeen {
     at: std::collections::HashMap<u64, i64>,

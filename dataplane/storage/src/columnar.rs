@@ -215,17 +215,14 @@ fn encode_core(entries: &[LogEntry], format: u32) -> Vec<u8> {
                 }
             }
             CorePart::Ids => {
-                let mut previous: Option<(u64, u32)> = None;
-                let mut previous_id = "";
+                // The previous id, when it parsed, with its uid and position.
+                let mut previous: Option<(&str, u64, u32)> = None;
                 for entry in entries {
-                    let parsed = parse_entry_id_after(
-                        &entry.id,
-                        previous.map(|(uid, _)| (previous_id, uid)),
-                    );
-                    previous_id = &entry.id;
+                    let parsed =
+                        parse_entry_id_after(&entry.id, previous.map(|(id, uid, _)| (id, uid)));
                     match parsed {
                         Some((uid, position))
-                            if previous.is_some_and(|(u, p)| {
+                            if previous.is_some_and(|(_, u, p)| {
                                 u == uid && p.checked_add(1) == Some(position)
                             }) =>
                         {
@@ -241,7 +238,7 @@ fn encode_core(entries: &[LogEntry], format: u32) -> Vec<u8> {
                             put_bytes(&mut out, entry.id.as_bytes());
                         }
                     }
-                    previous = parsed;
+                    previous = parsed.map(|(uid, position)| (entry.id.as_str(), uid, position));
                 }
             }
             CorePart::Tenants => {

@@ -14,7 +14,7 @@ pub struct StorageMetrics {
     pub fsyncs: Counter,
     pub fsync_seconds: Histogram,
     pub rotations: Counter,
-    /// Block flushes and segment seals that failed after a batch was in the WAL (retried).
+    /// Block flushes and segment rotations that failed after a batch was in the WAL.
     pub seal_failures: Counter,
     pub stored_bytes: Gauge,
     pub segments: Gauge,
@@ -80,7 +80,7 @@ impl StorageMetrics {
         );
         r.register(
             "seal_failures",
-            "Block flushes and segment seals that failed after a batch was in the WAL; the batch stays in the WAL and the work is retried",
+            "Block flushes and segment rotations that failed after the batches were in the WAL (the batches stay in the WAL; the work is tried again after a second); a failure after the rename (directory fsync, deleting the sealed WAL) is counted too, and recovery finishes it",
             self.seal_failures.clone(),
         );
         r.register(
@@ -101,7 +101,7 @@ impl StorageMetrics {
         );
         r.register(
             "corrupt_blocks",
-            "Blocks skipped because their checksum failed",
+            "Blocks skipped because they failed verification or could not be read",
             self.corrupt_blocks.clone(),
         );
         r.register(

@@ -108,8 +108,8 @@ pub struct ScanStats {
     /// Blocks that could not be read (failed verification, or an I/O error) and were left
     /// out.
     pub corrupt_blocks: u64,
-    /// Sealed segments (service, sequence) those blocks belong to; the store quarantines
-    /// them so replicas can restore their entries.
+    /// Sealed segments (service, sequence) with a block that failed verification; the store
+    /// quarantines them so replicas can restore their entries.
     pub corrupt_segments: Vec<(String, u64)>,
     pub duration_ms: u64,
 }

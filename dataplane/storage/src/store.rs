@@ -207,7 +207,8 @@ impl Store {
 
     /// Appends a batch. Entries are routed to their (tenant, service) stream; each stream part
     /// is skipped when that stream already stored `batch_uid` (an idempotent retry). With
-    /// [`FsyncPolicy::Always`] this resolves only once everything stored is fsynced.
+    /// [`FsyncPolicy::Always`] this resolves only once everything stored, or found already
+    /// stored, is fsynced.
     pub async fn append(
         self: &Arc<Self>,
         batch_uid: u64,
@@ -428,7 +429,9 @@ impl Store {
             // the new incarnation takes the part (and hands it over in turn if needed).
             let mut filtered = false;
             let mut held = 0usize;
-            loop {
+            // Every way out holds the stream: what it stored, or what it found already stored
+            // (which may still wait for its fsync), is answered after its commit round.
+            let stream = loop {
                 let stream = self.stream(&tenant, &service)?;
                 match stream.append(
                     batch_uid,
@@ -441,16 +444,13 @@ impl Store {
                     Appended::Stored => {
                         outcome.stored += count - held;
                         outcome.duplicates += held;
-                        touched.push(stream);
-                        break;
+                        break stream;
                     }
                     Appended::Duplicate => {
-                        outcome.duplicates += count;
                         // The first copy may not be fsynced yet (its own commit still
-                        // waiting, or its append failed after the WAL write): answer once
-                        // the stream's next commit round has made it durable.
-                        touched.push(stream);
-                        break;
+                        // waiting, or its append failed after the WAL write).
+                        outcome.duplicates += count;
+                        break stream;
                     }
                     Appended::Removed(back) => part = back,
                     Appended::Repaired(back) => {
@@ -487,17 +487,15 @@ impl Store {
                         held = count - rest.len();
                         if rest.is_empty() {
                             outcome.duplicates += count;
-                            // Those copies may still wait for their fsync, as for a
-                            // duplicate batch.
-                            touched.push(stream);
-                            break;
+                            break stream;
                         }
                         part = rest;
                         filtered = true;
                         received = None;
                     }
                 }
-            }
+            };
+            touched.push(stream);
         }
         Ok((outcome, touched))
     }

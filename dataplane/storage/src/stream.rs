@@ -174,8 +174,14 @@ impl Stream {
                 Err(error @ StorageError::CorruptSegment { .. }) => {
                     warn!(%error, path = %path.display(), "quarantining corrupt segment");
                     metrics.corrupt_segments.inc();
-                    let _ = std::fs::rename(&path, path.with_extension("seg.corrupt"));
-                    quarantined.push(*seq);
+                    match std::fs::rename(&path, path.with_extension("seg.corrupt")) {
+                        Ok(()) => quarantined.push(*seq),
+                        // Left in place and skipped; a WAL of it is deleted below as for any
+                        // sealed segment (it could not be sealed again under the taken name).
+                        Err(error) => {
+                            warn!(%error, path = %path.display(), "cannot rename a corrupt segment")
+                        }
+                    }
                 }
                 // A read error (EIO, the file-descriptor limit) says nothing about the
                 // segment's bytes: the stream does not open, rather than lose the segment.
@@ -310,7 +316,10 @@ impl Stream {
     }
 
     /// Writes a batch part to the WAL (not yet fsynced) and makes it visible to queries.
-    /// `Duplicate` when the batch id was already stored in this stream.
+    /// `Duplicate` when the batch id was already stored in this stream. `received`: the
+    /// entries' bytes as a replica received them and their positions there, for the WAL
+    /// record. Once the record is written the part is `Stored`, even if building a block or
+    /// sealing the segment then fails (counted and retried, see `sealing_outcome`).
     pub fn append(
         &self,
         batch_uid: u64,
@@ -355,7 +364,7 @@ impl Stream {
         // The batch is in the WAL: it is acknowledged once that is fsynced, whatever happens
         // to the block and segment work below. That work, when it fails (disk full, the fd
         // limit), is counted, logged and tried again a little later, not on every append.
-        let retry_due = inner.retry_sealing_at.is_none_or(|at| Instant::now() >= at);
+        let retry_due = inner.sealing_due();
         let sealed = inner.push_tail(entries, config, retry_due).and_then(|()| {
             if retry_due && inner.wal_bytes >= config.segment_max_bytes {
                 self.rotate_locked(&mut inner, config, metrics)
@@ -363,14 +372,30 @@ impl Stream {
                 Ok(())
             }
         });
-        if let Err(error) = sealed {
-            metrics.seal_failures.inc();
-            inner.retry_sealing_at = Some(Instant::now() + SEAL_RETRY);
-            warn!(%error, tenant = %self.tenant, service = %self.service, "block or segment not written; the WAL holds the batches, retrying in a second");
-        } else if retry_due {
-            inner.retry_sealing_at = None;
+        if retry_due {
+            // Counted and logged there; the append stands.
+            let _ = self.sealing_outcome(&mut inner, sealed, metrics);
         }
         Ok(Appended::Stored)
+    }
+
+    /// Records how block or segment work went: a failure is counted and logged (the
+    /// batches stay in the WAL) and none is tried again for [`SEAL_RETRY`].
+    fn sealing_outcome(
+        &self,
+        inner: &mut Inner,
+        result: Result<(), StorageError>,
+        metrics: &StorageMetrics,
+    ) -> Result<(), StorageError> {
+        match &result {
+            Ok(()) => inner.retry_sealing_at = None,
+            Err(error) => {
+                metrics.seal_failures.inc();
+                inner.retry_sealing_at = Some(Instant::now() + SEAL_RETRY);
+                warn!(%error, tenant = %self.tenant, service = %self.service, "block or segment not written; the WAL holds the batches, retrying in a second");
+            }
+        }
+        result
     }
 
     /// A handle to the active WAL for fsync outside the lock, if anything is unsynced.
@@ -401,8 +426,10 @@ impl Stream {
         let mut inner = self.lock();
         if inner.wal_bytes > wal::WAL_MAGIC.len() as u64
             && inner.opened_at.elapsed() >= config.segment_max_age
+            && inner.sealing_due()
         {
-            self.rotate_locked(&mut inner, config, metrics)?;
+            let sealed = self.rotate_locked(&mut inner, config, metrics);
+            self.sealing_outcome(&mut inner, sealed, metrics)?;
             return Ok(true);
         }
         Ok(false)
@@ -500,12 +527,7 @@ impl Stream {
 
     /// Fsyncs the active WAL (shutdown path).
     pub fn sync(&self) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        inner.dirty = false;
-        inner
-            .wal
-            .sync_data()
-            .map_err(|source| StorageError::io("sync wal", &inner.wal_path, source))
+        self.lock().sync_wal()
     }
 }
 
@@ -534,6 +556,19 @@ fn sealed_from(seq: u64, path: PathBuf, file: File, index: SegmentIndex, size: u
 }
 
 impl Inner {
+    /// Fsyncs the active WAL under the lock.
+    fn sync_wal(&mut self) -> Result<(), StorageError> {
+        self.dirty = false;
+        self.wal
+            .sync_data()
+            .map_err(|source| StorageError::io("sync wal", &self.wal_path, source))
+    }
+
+    /// Whether block and segment work may be tried (none for a while after a failure).
+    fn sealing_due(&self) -> bool {
+        self.retry_sealing_at.is_none_or(|at| Instant::now() >= at)
+    }
+
     /// Whether batch `batch_uid` is in the open segment or a recent sealed one.
     fn holds_batch(&self, batch_uid: u64) -> bool {
         self.uids_current.contains(&batch_uid)
@@ -636,6 +671,11 @@ impl Inner {
         // again on a later append, instead of sealing this index over another file later.
         let start_wal = start_next || self.seq == seq;
         let sealed_at = sealed_path(dir, seq);
+        // The sealed WAL's records are durable before the seal too: if the rename does not
+        // survive a crash, recovery rebuilds the segment from this WAL.
+        if self.dirty {
+            self.sync_wal()?;
+        }
         let prepared = (|| -> Result<_, StorageError> {
             let new_open = OpenSegment::create(open_path(dir, next))?;
             let new_read = Arc::new(new_open.file.try_clone().map_err(|source| {
@@ -651,13 +691,6 @@ impl Inner {
             } else {
                 None
             };
-            // The sealed WAL's records are durable before the seal too: if the rename does
-            // not survive a crash, recovery rebuilds the segment from this WAL.
-            if self.dirty {
-                self.wal
-                    .sync_data()
-                    .map_err(|source| StorageError::io("sync wal", &self.wal_path, source))?;
-            }
             // The trace ids the blocks refer to are durable before the segment is.
             self.traces.sync()?;
             let sealing = self.open.seal(&index, &sealed_at)?;

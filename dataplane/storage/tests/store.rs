@@ -78,6 +78,12 @@ fn numbered_batch(uid: u64, n: u32) -> Vec<LogEntry> {
         .collect()
 }
 
+/// `ids` are `count` ids, each once.
+fn assert_each_once(ids: &[String], count: usize) {
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (count, count));
+}
+
 fn all_ids(store: &Store, tenant: &str) -> Vec<String> {
     let everything = |_: &LogEntry| true;
     let mut ids = Vec::new();
@@ -361,13 +367,11 @@ async fn corrupt_segment_is_quarantined_and_corrupt_block_never_served() {
             .await
             .expect("retry");
     }
-    let ids = all_ids(&store, "t");
-    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
-    assert_eq!((ids.len(), distinct.len()), (1000, 1000));
+    assert_each_once(&all_ids(&store, "t"), 1000);
 }
 
-/// A rotation whose seal fails (here the sealed name is taken, as a full disk or the fd
-/// limit would fail it) leaves the stream as it was: appends go on and are stored (the WAL
+/// A rotation whose seal fails (here at the rename: the sealed name is taken) leaves the
+/// stream as it was: appends go on and are stored (the WAL
 /// holds them), the seal is tried again a second later and succeeds once it can, and after a
 /// restart every entry is there exactly once.
 #[tokio::test]
@@ -393,24 +397,19 @@ async fn a_failed_seal_leaves_the_stream_whole_and_a_later_rotation_seals_it() {
     assert!(!stream_dir.join(format!("wal-{:016}.log", 2)).exists());
     // Freed: appends go on, and a rotation succeeds once the retry is due.
     std::fs::remove_dir(&obstacle).expect("free");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut uid = 30;
     while metrics.rotations.get() == 0 {
         assert!(std::time::Instant::now() < deadline, "never sealed");
         uid += 1;
         store.append(uid, batch(uid)).await.expect("append");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(all_ids(&store, "t").len(), uid as usize * 25);
     store.shutdown().await.expect("shutdown");
     drop(store);
     let (store, metrics) = small_store(dir.path()).await;
-    let ids = all_ids(&store, "t");
-    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
-    assert_eq!(
-        (ids.len(), distinct.len()),
-        (uid as usize * 25, uid as usize * 25)
-    );
+    assert_each_once(&all_ids(&store, "t"), uid as usize * 25);
     assert_eq!(metrics.corrupt_segments.get(), 0);
 }
 
@@ -421,9 +420,10 @@ async fn a_segment_that_cannot_be_read_is_an_error_not_a_quarantine() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stream_dir = dir.path().join("streams/t/s");
     std::fs::create_dir_all(&stream_dir).expect("dir");
-    // Reading a directory fails with EISDIR: a read error, like EIO or EMFILE.
+    // A symlink to itself fails to open with ELOOP on any filesystem: a read error, like EIO
+    // or EMFILE, not bad bytes.
     let unreadable = stream_dir.join(format!("seg-{:016}.seg", 1));
-    std::fs::create_dir(&unreadable).expect("segment");
+    std::os::unix::fs::symlink(&unreadable, &unreadable).expect("segment");
     let metrics = StorageMetrics::default();
     let Err(error) = Store::open(small_config(dir.path()), metrics.clone()).await else {
         panic!("a store with an unreadable segment opened");
@@ -432,7 +432,7 @@ async fn a_segment_that_cannot_be_read_is_an_error_not_a_quarantine() {
         format!("{error}").contains("seg-0000000000000001.seg"),
         "{error}"
     );
-    assert!(unreadable.exists());
+    assert!(unreadable.symlink_metadata().is_ok(), "left where it was");
     assert_eq!(metrics.corrupt_segments.get(), 0);
 }
 
