@@ -64,23 +64,35 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Appends a string column: each value is written once per run of equal values.
-fn put_string_column<'e>(out: &mut Vec<u8>, values: impl Iterator<Item = &'e str>) {
-    put_string_column_in(out, values, false);
+/// A string column built one row at a time: each value is written once per run of equal
+/// values; with `hex`, a value of lower-case hex digits is stored as the bytes they spell
+/// (cell 2: u8 len, bytes).
+#[derive(Default)]
+struct StringColumn {
+    out: Vec<u8>,
+    previous: String,
+    hex: bool,
+    bytes: Vec<u8>,
 }
 
-/// [`put_string_column`]; with `hex`, a value of lower-case hex digits is stored as the
-/// bytes they spell (cell 2: u8 len, bytes).
-fn put_string_column_in<'e>(out: &mut Vec<u8>, values: impl Iterator<Item = &'e str>, hex: bool) {
-    let mut previous = "";
-    let mut bytes = Vec::new();
-    for value in values {
-        if value == previous {
-            out.push(0);
-        } else {
-            put_string_cell(out, value, hex, &mut bytes);
-            previous = value;
+impl StringColumn {
+    fn new(hex: bool) -> Self {
+        StringColumn {
+            hex,
+            ..Default::default()
         }
+    }
+
+    /// Adds a row's value; returns whether it is the previous row's ("" before the first).
+    fn push(&mut self, value: &str) -> bool {
+        if value == self.previous {
+            self.out.push(0);
+            return true;
+        }
+        put_string_cell(&mut self.out, value, self.hex, &mut self.bytes);
+        self.previous.clear();
+        self.previous.push_str(value);
+        false
     }
 }
 
@@ -96,27 +108,79 @@ fn put_string_cell(out: &mut Vec<u8>, value: &str, hex: bool, bytes: &mut Vec<u8
     }
 }
 
-/// The trace id column of a block whose trace ids are in a trace-id book: cell 3 (varint
-/// zigzag difference to the previous cell 3's ordinal, starting from 0) for an id with an
-/// ordinal, the cells of [`put_string_column_in`] for the others.
-fn put_trace_refs(out: &mut Vec<u8>, entries: &[LogEntry], ordinals: &[u32]) {
-    let mut previous = "";
-    let mut last = 0i64;
-    let mut bytes = Vec::new();
-    for (entry, &ordinal) in entries.iter().zip(ordinals) {
-        let value = entry.trace_id.as_str();
-        if value == previous {
-            out.push(0);
-            continue;
+/// The trace ids of a block's rows, kept until the block is cut: only then is it known
+/// whether they are stored as ordinals of a trace-id book window.
+#[derive(Default)]
+struct TraceIds {
+    /// Each value that differs from the previous row's, one after another.
+    text: Vec<u8>,
+    /// Per row, its value's range in `text`: a repeated value has its predecessor's range,
+    /// and only a repeated value does (a new value starts where `text` ended).
+    rows: Vec<(u32, u32)>,
+}
+
+impl TraceIds {
+    /// Adds a row's trace id; returns whether it is the previous row's ("" before the first).
+    fn push(&mut self, value: &str) -> bool {
+        let previous = self.rows.last().copied().unwrap_or((0, 0));
+        if self.value(previous) == value.as_bytes() {
+            self.rows.push(previous);
+            return true;
         }
-        if ordinal == crate::traces::NO_REF {
-            put_string_cell(out, value, true, &mut bytes);
-        } else {
-            out.push(3);
-            encode_varint(zigzag(i64::from(ordinal) - last), out);
-            last = i64::from(ordinal);
+        let start = self.text.len() as u32;
+        self.text.extend_from_slice(value.as_bytes());
+        self.rows.push((start, self.text.len() as u32));
+        false
+    }
+
+    fn value(&self, (start, end): (u32, u32)) -> &[u8] {
+        &self.text[start as usize..end as usize]
+    }
+
+    /// Each row's trace id, as a value or as "the previous row's".
+    fn cells(&self) -> impl Iterator<Item = Option<&str>> {
+        let mut previous = (0, 0);
+        self.rows.iter().map(move |&range| {
+            let repeated = range == previous;
+            previous = range;
+            // The text is a concatenation of whole `&str` values.
+            (!repeated).then(|| std::str::from_utf8(self.value(range)).unwrap_or_default())
+        })
+    }
+
+    /// Each row's trace-id book key ([`crate::traces::trace_key`]).
+    pub(crate) fn keys(&self) -> Vec<Option<[u8; crate::traces::ID_LEN]>> {
+        let mut key = None;
+        self.cells()
+            .map(|cell| {
+                if let Some(value) = cell {
+                    key = crate::traces::trace_key(value);
+                }
+                key
+            })
+            .collect()
+    }
+
+    /// The trace id column: a string column (hex as bytes when `hex`); with `ordinals` (one
+    /// per row), cell 3 (varint zigzag difference to the previous cell 3's ordinal,
+    /// starting from 0) for an id with an ordinal.
+    fn put(&self, out: &mut Vec<u8>, hex: bool, ordinals: Option<&[u32]>) {
+        let mut last = 0i64;
+        let mut bytes = Vec::new();
+        for (row, cell) in self.cells().enumerate() {
+            let Some(value) = cell else {
+                out.push(0);
+                continue;
+            };
+            match ordinals.map(|o| o[row]) {
+                Some(ordinal) if ordinal != crate::traces::NO_REF => {
+                    out.push(3);
+                    encode_varint(zigzag(i64::from(ordinal) - last), out);
+                    last = i64::from(ordinal);
+                }
+                _ => put_string_cell(out, value, hex, &mut bytes),
+            }
         }
-        previous = value;
     }
 }
 
@@ -133,11 +197,11 @@ fn hex_bytes(text: &str, out: &mut Vec<u8>) -> bool {
 }
 
 /// The largest power of ten (up to 10^9) dividing every timestamp, as its exponent.
-fn timestamp_scale(entries: &[LogEntry]) -> u8 {
+fn timestamp_scale(timestamps: &[i64]) -> u8 {
     let mut exponent = 9u8;
     let mut unit = 1_000_000_000i64;
-    for entry in entries {
-        while exponent > 0 && entry.timestamp % unit != 0 {
+    for timestamp in timestamps {
+        while exponent > 0 && timestamp % unit != 0 {
             exponent -= 1;
             unit /= 10;
         }
@@ -186,171 +250,175 @@ fn core_order(format: u32) -> &'static [CorePart; 6] {
     }
 }
 
-fn encode_core(entries: &[LogEntry], format: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * 16);
-    encode_varint(entries.len() as u64, &mut out);
-    let exponent = timestamp_scale(entries);
-    out.push(exponent);
-    for part in core_order(format) {
-        match part {
-            CorePart::Timestamps => {
-                let unit = 10i64.pow(u32::from(exponent));
-                let mut previous = 0i64;
-                for entry in entries {
-                    let scaled = entry.timestamp / unit;
-                    encode_varint(zigzag(scaled.wrapping_sub(previous)), &mut out);
-                    previous = scaled;
-                }
+/// The core section built one row at a time (timestamps are kept as they are: their scale
+/// is known only once every row is in).
+#[derive(Default)]
+struct CoreColumns {
+    timestamps: Vec<i64>,
+    received: Vec<u8>,
+    previous_received: i64,
+    levels: Vec<u8>,
+    ids: Vec<u8>,
+    /// The previous id, when it parsed, with its uid and position.
+    previous_id: Option<(String, u64, u32)>,
+    tenants: StringColumn,
+    services: StringColumn,
+}
+
+impl CoreColumns {
+    fn push(&mut self, entry: &LogEntry) {
+        self.timestamps.push(entry.timestamp);
+        encode_varint(
+            zigzag(entry.received_at.wrapping_sub(self.previous_received)),
+            &mut self.received,
+        );
+        self.previous_received = entry.received_at;
+        encode_varint(zigzag(i64::from(entry.level)), &mut self.levels);
+        self.push_id(&entry.id);
+        self.tenants.push(&entry.tenant);
+        self.services.push(&entry.service);
+    }
+
+    fn push_id(&mut self, id: &str) {
+        let previous = self.previous_id.as_ref();
+        let parsed = parse_entry_id_after(id, previous.map(|(p, uid, _)| (p.as_str(), *uid)));
+        let out = &mut self.ids;
+        match parsed {
+            Some((uid, position))
+                if previous
+                    .is_some_and(|&(_, u, p)| u == uid && p.checked_add(1) == Some(position)) =>
+            {
+                out.push(1)
             }
-            CorePart::Received => {
-                let mut previous = 0i64;
-                for entry in entries {
-                    encode_varint(zigzag(entry.received_at.wrapping_sub(previous)), &mut out);
-                    previous = entry.received_at;
-                }
+            Some((uid, position)) => {
+                out.push(2);
+                out.extend_from_slice(&uid.to_le_bytes());
+                encode_varint(u64::from(position), out);
             }
-            CorePart::Levels => {
-                for entry in entries {
-                    encode_varint(zigzag(i64::from(entry.level)), &mut out);
-                }
+            None => {
+                out.push(0);
+                put_bytes(out, id.as_bytes());
             }
-            CorePart::Ids => {
-                // The previous id, when it parsed, with its uid and position.
-                let mut previous: Option<(&str, u64, u32)> = None;
-                for entry in entries {
-                    let parsed =
-                        parse_entry_id_after(&entry.id, previous.map(|(id, uid, _)| (id, uid)));
-                    match parsed {
-                        Some((uid, position))
-                            if previous.is_some_and(|(_, u, p)| {
-                                u == uid && p.checked_add(1) == Some(position)
-                            }) =>
-                        {
-                            out.push(1)
-                        }
-                        Some((uid, position)) => {
-                            out.push(2);
-                            out.extend_from_slice(&uid.to_le_bytes());
-                            encode_varint(u64::from(position), &mut out);
-                        }
-                        None => {
-                            out.push(0);
-                            put_bytes(&mut out, entry.id.as_bytes());
-                        }
+        }
+        match parsed {
+            Some((uid, position)) => {
+                let kept = self.previous_id.get_or_insert_with(Default::default);
+                kept.0.clear();
+                kept.0.push_str(id);
+                (kept.1, kept.2) = (uid, position);
+            }
+            None => self.previous_id = None,
+        }
+    }
+
+    fn finish(self, format: u32) -> Vec<u8> {
+        let n = self.timestamps.len();
+        let mut out = Vec::with_capacity(
+            n * 4
+                + self.received.len()
+                + self.levels.len()
+                + self.ids.len()
+                + self.tenants.out.len()
+                + self.services.out.len()
+                + 16,
+        );
+        encode_varint(n as u64, &mut out);
+        let exponent = timestamp_scale(&self.timestamps);
+        out.push(exponent);
+        for part in core_order(format) {
+            match part {
+                CorePart::Timestamps => {
+                    let unit = 10i64.pow(u32::from(exponent));
+                    let mut previous = 0i64;
+                    for timestamp in &self.timestamps {
+                        let scaled = timestamp / unit;
+                        encode_varint(zigzag(scaled.wrapping_sub(previous)), &mut out);
+                        previous = scaled;
                     }
-                    previous = parsed.map(|(uid, position)| (entry.id.as_str(), uid, position));
+                }
+                CorePart::Received => out.extend_from_slice(&self.received),
+                CorePart::Levels => out.extend_from_slice(&self.levels),
+                CorePart::Ids => out.extend_from_slice(&self.ids),
+                CorePart::Tenants => out.extend_from_slice(&self.tenants.out),
+                CorePart::Services => out.extend_from_slice(&self.services.out),
+            }
+        }
+        out
+    }
+}
+
+/// The field columns built one row at a time; with `hex`, hex strings are stored as bytes
+/// (cell 8).
+#[derive(Default)]
+struct FieldColumns {
+    hex: bool,
+    rows: usize,
+    /// The distinct keys so far, sorted (a block has few: a binary search per new key beats
+    /// sorting every entry's keys), and each one's column.
+    keys: Vec<String>,
+    columns: Vec<Vec<u8>>,
+    /// The previous row's keys, as indices of `keys`. Rows mostly have the keys of the one
+    /// before them: such a row adds no key, and its fields go where the previous row's went.
+    slots: Vec<usize>,
+    text: String,
+    bytes: Vec<u8>,
+}
+
+impl FieldColumns {
+    fn push(&mut self, fields: &BTreeMap<String, FieldValue>) {
+        let same = self.slots.len() == fields.len()
+            && fields
+                .keys()
+                .zip(&self.slots)
+                .all(|(key, &slot)| self.keys[slot] == *key);
+        if !same {
+            for key in fields.keys() {
+                if let Err(at) = self.keys.binary_search(key) {
+                    // A new key's column starts with every earlier row absent.
+                    self.keys.insert(at, key.clone());
+                    self.columns.insert(at, vec![0; self.rows]);
                 }
             }
-            CorePart::Tenants => {
-                put_string_column(&mut out, entries.iter().map(|e| e.tenant.as_str()))
-            }
-            CorePart::Services => {
-                put_string_column(&mut out, entries.iter().map(|e| e.service.as_str()))
-            }
-        }
-    }
-    out
-}
-
-fn encode_messages(entries: &[LogEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.iter().map(|e| e.message.len() + 2).sum());
-    for entry in entries {
-        put_bytes(&mut out, entry.message.as_bytes());
-    }
-    out
-}
-
-fn encode_rest(entries: &[LogEntry]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_string_column(&mut out, entries.iter().map(|e| e.host.as_str()));
-    put_string_column(&mut out, entries.iter().map(|e| e.trace_id.as_str()));
-    encode_fields(entries, false, &mut out);
-    out
-}
-
-/// The tags section of [`FORMAT_TEMPLATES`]: host and trace id columns (hex as bytes;
-/// trace ids as ordinals of a trace-id book window when `ordinals` are given).
-fn encode_tags(entries: &[LogEntry], ordinals: Option<&[u32]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_string_column_in(&mut out, entries.iter().map(|e| e.host.as_str()), true);
-    match ordinals {
-        Some(ordinals) => put_trace_refs(&mut out, entries, ordinals),
-        None => put_string_column_in(&mut out, entries.iter().map(|e| e.trace_id.as_str()), true),
-    }
-    out
-}
-
-/// Appends the field columns; with `hex`, hex strings are stored as bytes (cell 8).
-fn encode_fields(entries: &[LogEntry], hex: bool, out: &mut Vec<u8>) {
-    // The distinct keys, sorted (a block has few: a binary search per field beats sorting
-    // every entry's keys).
-    let mut keys: Vec<&str> = Vec::new();
-    // Entries mostly have the keys of the one before them: such an entry adds no key, and its
-    // fields go to the columns the previous entry's went to.
-    let mut same_keys = Vec::with_capacity(entries.len());
-    let mut previous: Option<&LogEntry> = None;
-    for entry in entries {
-        let same = previous.is_some_and(|p| {
-            p.fields.len() == entry.fields.len()
-                && p.fields
-                    .keys()
-                    .zip(entry.fields.keys())
-                    .all(|(a, b)| a == b)
-        });
-        same_keys.push(same);
-        previous = Some(entry);
-        if same {
-            continue;
-        }
-        for key in entry.fields.keys() {
-            if let Err(at) = keys.binary_search(&key.as_str()) {
-                keys.insert(at, key);
-            }
-        }
-    }
-    // One pass over the entries fills every key's column. An entry's fields and `keys` are
-    // both in byte order, so an entry whose keys differ from the previous one's finds its
-    // columns by walking them side by side (no map lookup per key and entry).
-    let mut columns: Vec<Vec<u8>> = vec![Vec::with_capacity(entries.len()); keys.len()];
-    let mut slots: Vec<usize> = Vec::new();
-    let mut text = String::new();
-    let mut bytes = Vec::new();
-    for (entry, same) in entries.iter().zip(same_keys) {
-        if !same {
-            slots.clear();
+            // The row's keys and `keys` are both in byte order: its columns are found by
+            // walking them side by side.
+            self.slots.clear();
             let mut next = 0;
-            for name in entry.fields.keys() {
-                while keys[next] != name.as_str() {
+            for name in fields.keys() {
+                while self.keys[next] != *name {
                     next += 1;
                 }
-                slots.push(next);
+                self.slots.push(next);
                 next += 1;
             }
         }
         let mut next = 0;
-        for (value, &slot) in entry.fields.values().zip(&slots) {
-            for column in &mut columns[next..slot] {
+        for (value, &slot) in fields.values().zip(&self.slots) {
+            for column in &mut self.columns[next..slot] {
                 column.push(0);
             }
-            let column = &mut columns[slot];
+            let column = &mut self.columns[slot];
             match &value.kind {
-                Some(Kind::Str(s)) if hex && hex_bytes(s, &mut bytes) => {
+                Some(Kind::Str(s)) if self.hex && hex_bytes(s, &mut self.bytes) => {
                     column.push(8);
-                    column.push(bytes.len() as u8);
-                    column.extend_from_slice(&bytes);
+                    column.push(self.bytes.len() as u8);
+                    column.extend_from_slice(&self.bytes);
                 }
-                _ => put_field(column, value, &mut text),
+                _ => put_field(column, value, &mut self.text),
             }
             next = slot + 1;
         }
-        for column in &mut columns[next..] {
+        for column in &mut self.columns[next..] {
             column.push(0);
         }
+        self.rows += 1;
     }
-    encode_varint(keys.len() as u64, out);
-    for (key, column) in keys.iter().zip(&columns) {
-        put_bytes(out, key.as_bytes());
-        out.extend_from_slice(column);
+
+    fn put(&self, out: &mut Vec<u8>) {
+        encode_varint(self.keys.len() as u64, out);
+        for (key, column) in self.keys.iter().zip(&self.columns) {
+            put_bytes(out, key.as_bytes());
+            out.extend_from_slice(column);
+        }
     }
 }
 
@@ -391,62 +459,116 @@ fn put_field(out: &mut Vec<u8>, value: &FieldValue, text: &mut String) {
     }
 }
 
-/// The uncompressed sections of `entries` in a column layout: core, message and rest
-/// ([`FORMAT_COLUMNS`]), or core, shape, rows, vars, tags and fields
-/// ([`FORMAT_TEMPLATES`]).
+/// The sections of a block in a column layout ([`FORMAT_COLUMNS`] or [`FORMAT_TEMPLATES`]),
+/// built one row at a time: a stream adds each entry when it arrives, while it is still in
+/// cache, and compresses the sections when the block is cut. The bytes are those of the
+/// layout whatever the order the rows arrive in batches.
+pub(crate) struct Columns {
+    format: u32,
+    core: CoreColumns,
+    /// [`FORMAT_COLUMNS`]: n × (varint len, bytes).
+    messages: Vec<u8>,
+    /// [`FORMAT_TEMPLATES`].
+    templates: templates::Builder,
+    hosts: StringColumn,
+    traces: TraceIds,
+    fields: FieldColumns,
+}
+
+impl Columns {
+    pub(crate) fn new(format: u32) -> Self {
+        let hex = format == FORMAT_TEMPLATES;
+        Columns {
+            format,
+            core: CoreColumns::default(),
+            messages: Vec::new(),
+            templates: templates::Builder::default(),
+            hosts: StringColumn::new(hex),
+            traces: TraceIds::default(),
+            fields: FieldColumns {
+                hex,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Adds a row; returns whether its host and its trace id are the previous row's.
+    pub(crate) fn push(&mut self, entry: &LogEntry) -> (bool, bool) {
+        self.core.push(entry);
+        if self.format == FORMAT_TEMPLATES {
+            self.templates.push(entry.message.as_bytes(), entry.level);
+        } else {
+            put_bytes(&mut self.messages, entry.message.as_bytes());
+        }
+        let host = self.hosts.push(&entry.host);
+        let trace = self.traces.push(&entry.trace_id);
+        self.fields.push(&entry.fields);
+        (host, trace)
+    }
+
+    /// Each row's trace-id book key.
+    pub(crate) fn trace_keys(&self) -> Vec<Option<[u8; crate::traces::ID_LEN]>> {
+        self.traces.keys()
+    }
+
+    /// The uncompressed sections: core, message and rest ([`FORMAT_COLUMNS`]), or core,
+    /// shape, rows, vars, tags and fields ([`FORMAT_TEMPLATES`]). `trace_ordinals`
+    /// ([`FORMAT_TEMPLATES`] only, one per row): the trace ids' ordinals in a trace-id book
+    /// window.
+    pub(crate) fn raw_sections(self, trace_ordinals: Option<&[u32]>) -> Vec<Vec<u8>> {
+        let core = self.core.finish(self.format);
+        let mut tags = self.hosts.out;
+        if self.format == FORMAT_TEMPLATES {
+            self.traces.put(&mut tags, true, trace_ordinals);
+            let [shape, rows, vars] = self.templates.finish();
+            let mut fields = Vec::new();
+            self.fields.put(&mut fields);
+            vec![core, shape, rows, vars, tags, fields]
+        } else {
+            self.traces.put(&mut tags, false, None);
+            self.fields.put(&mut tags);
+            vec![core, self.messages, tags]
+        }
+    }
+
+    /// Compresses the sections; returns the block bytes (one zstd frame per section) and
+    /// the sections' compressed and raw lengths, interleaved.
+    pub(crate) fn encode(
+        self,
+        zstd_level: i32,
+        trace_ordinals: Option<&[u32]>,
+    ) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
+        let mut block = Vec::new();
+        let raws = self.raw_sections(trace_ordinals);
+        let mut sections = Vec::with_capacity(2 * raws.len());
+        // One compression context for every section: setting one up (allocating and
+        // clearing its tables) costs more than compressing a small section.
+        let mut compressor = zstd::bulk::Compressor::new(zstd_level)
+            .map_err(|source| StorageError::Compress { source })?;
+        for raw in &raws {
+            let compressed = compressor
+                .compress(raw)
+                .map_err(|source| StorageError::Compress { source })?;
+            sections.push(crate::segment::block_len(compressed.len())?);
+            sections.push(crate::segment::block_len(raw.len())?);
+            block.extend_from_slice(&compressed);
+        }
+        Ok((block, sections))
+    }
+}
+
+/// The uncompressed sections of `entries` in a column layout ([`Columns::raw_sections`]).
+#[cfg(test)]
 pub(crate) fn raw_sections(
     entries: &[LogEntry],
     format: u32,
     trace_ordinals: Option<&[u32]>,
 ) -> Vec<Vec<u8>> {
-    if format == FORMAT_TEMPLATES {
-        let [shape, rows, vars] =
-            templates::encode(entries.iter().map(|e| (e.message.as_bytes(), e.level)));
-        let mut fields = Vec::new();
-        encode_fields(entries, true, &mut fields);
-        vec![
-            encode_core(entries, format),
-            shape,
-            rows,
-            vars,
-            encode_tags(entries, trace_ordinals),
-            fields,
-        ]
-    } else {
-        vec![
-            encode_core(entries, format),
-            encode_messages(entries),
-            encode_rest(entries),
-        ]
+    let mut columns = Columns::new(format);
+    for entry in entries {
+        columns.push(entry);
     }
-}
-
-/// Encodes and compresses `entries` in a column layout; returns the block bytes (one zstd
-/// frame per section) and the sections' compressed and raw lengths, interleaved.
-/// `trace_ordinals` (one per entry, [`FORMAT_TEMPLATES`] only): the trace ids' ordinals in
-/// a trace-id book window.
-pub fn encode(
-    entries: &[LogEntry],
-    zstd_level: i32,
-    format: u32,
-    trace_ordinals: Option<&[u32]>,
-) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
-    let mut block = Vec::new();
-    let raws = raw_sections(entries, format, trace_ordinals);
-    let mut sections = Vec::with_capacity(2 * raws.len());
-    // One compression context for every section: setting one up (allocating and clearing
-    // its tables) costs more than compressing a small section.
-    let mut compressor = zstd::bulk::Compressor::new(zstd_level)
-        .map_err(|source| StorageError::Compress { source })?;
-    for raw in &raws {
-        let compressed = compressor
-            .compress(raw)
-            .map_err(|source| StorageError::Compress { source })?;
-        sections.push(crate::segment::block_len(compressed.len())?);
-        sections.push(crate::segment::block_len(raw.len())?);
-        block.extend_from_slice(&compressed);
-    }
-    Ok((block, sections))
+    columns.raw_sections(trace_ordinals)
 }
 
 /// A byte range of a decompressed section.

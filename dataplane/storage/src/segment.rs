@@ -263,8 +263,8 @@ impl NumericFold {
 /// The numeric fields of a block's entries: at most [`MAX_NUMERIC_FIELDS`], the first seen
 /// (entries in order, each entry's fields in key order).
 #[derive(Default)]
-struct NumericFolds<'e> {
-    folds: Vec<(&'e str, NumericFold)>,
+struct NumericFolds {
+    folds: Vec<(String, NumericFold)>,
     /// Where the previous entry's numeric values went, in order ([`usize::MAX`]: nowhere).
     /// Entries of a block mostly have the same numeric fields, so each value is tried first
     /// where the previous entry's value at its position went.
@@ -273,8 +273,8 @@ struct NumericFolds<'e> {
     incomplete: bool,
 }
 
-impl<'e> NumericFolds<'e> {
-    fn add(&mut self, entry: &'e LogEntry) {
+impl NumericFolds {
+    fn add(&mut self, entry: &LogEntry) {
         let mut position = 0;
         for (key, value) in &entry.fields {
             let Some(v) = value.as_f64() else {
@@ -288,7 +288,7 @@ impl<'e> NumericFolds<'e> {
             let at = match found {
                 Some(at) => at,
                 None if self.folds.len() < MAX_NUMERIC_FIELDS => {
-                    self.folds.push((key, NumericFold::default()));
+                    self.folds.push((key.to_string(), NumericFold::default()));
                     self.folds.len() - 1
                 }
                 None => {
@@ -309,11 +309,11 @@ impl<'e> NumericFolds<'e> {
 
     /// The summaries in field order, and whether every numeric field has one.
     fn into_summaries(mut self) -> (Vec<NumericSummary>, bool) {
-        self.folds.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        self.folds.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let summaries = self
             .folds
             .into_iter()
-            .map(|(field, fold)| fold.into_summary(field.to_string()))
+            .map(|(field, fold)| fold.into_summary(field))
             .collect();
         (summaries, !self.incomplete)
     }
@@ -376,21 +376,17 @@ impl SegmentIndex {
 
 /// Calls `f` with the hash of every token that the block filter indexes for `entry`.
 pub fn for_each_indexed_token(entry: &LogEntry, f: impl FnMut(u64)) {
-    for_each_indexed_token_after(entry, None, f);
+    for_each_token_but(entry, false, false, f);
 }
 
-/// [`for_each_indexed_token`], leaving out the host and trace id when they are those of
-/// `previous` (whose tokens are already known).
-fn for_each_indexed_token_after(
-    entry: &LogEntry,
-    previous: Option<&LogEntry>,
-    mut f: impl FnMut(u64),
-) {
+/// [`for_each_indexed_token`], leaving out the host or the trace id when told to (those of
+/// the previous entry of a block, whose tokens are already known).
+fn for_each_token_but(entry: &LogEntry, host: bool, trace: bool, mut f: impl FnMut(u64)) {
     for_each_token_hash(&entry.message, &mut f);
-    if previous.is_none_or(|p| p.host != entry.host) {
+    if !host {
         for_each_token_hash(&entry.host, &mut f);
     }
-    if previous.is_none_or(|p| p.trace_id != entry.trace_id) {
+    if !trace {
         for_each_token_hash(&entry.trace_id, &mut f);
     }
     for value in entry.fields.values() {
@@ -427,38 +423,66 @@ pub fn build_block_with(
     format: u32,
     traces: Option<&TraceBook>,
 ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
-    let mut meta = BlockMeta {
-        min_ts: i64::MAX,
-        max_ts: i64::MIN,
-        count: entries.len() as u32,
-        ..Default::default()
-    };
-    let mut tokens: HashSet<u64, BuildHasherDefault<logcluster_proto::ids::Mix64Hasher>> =
-        HashSet::with_capacity_and_hasher(entries.len() * 4, Default::default());
-    let mut rollup: std::collections::BTreeMap<(i64, u32), u32> = std::collections::BTreeMap::new();
-    // Entries of one minute and level come in runs: counted here, added to `rollup` per run.
-    let mut run: Option<((i64, u32), u32)> = None;
-    let mut numeric = NumericFolds::default();
-    let mut previous: Option<&LogEntry> = None;
-    for (i, entry) in entries.iter().enumerate() {
-        // The entries were decoded batches ago and are no longer in cache: reading a later
-        // entry's field map and message now lets those loads overlap this entry's work.
-        if let Some(ahead) = entries.get(i + 2) {
-            std::hint::black_box((
-                ahead.fields.first_key_value().map(|(k, _)| k.len()),
-                ahead.message.as_bytes().first(),
-            ));
+    let mut builder = BlockBuilder::new(format);
+    for entry in entries {
+        builder.push(entry);
+    }
+    builder.finish(zstd_level, traces)
+}
+
+/// A block built one entry at a time: a stream adds each entry to its next block when the
+/// entry arrives, while it is still in cache, and [`BlockBuilder::finish`] compresses the
+/// block when the stream cuts it. The bytes are those [`build_block_with`] gives for the
+/// same entries.
+pub struct BlockBuilder {
+    format: u32,
+    meta: BlockMeta,
+    /// The token hashes in the order they were met (repeats included): the block filter is
+    /// built from their set when the block is cut.
+    tokens: Vec<u64>,
+    rollup: std::collections::BTreeMap<(i64, u32), u32>,
+    /// Entries of one minute and level come in runs: counted here, added to `rollup` per run.
+    run: Option<((i64, u32), u32)>,
+    numeric: NumericFolds,
+    /// [`FORMAT_ROWS`]: each entry's length (u32 LE) and protobuf bytes.
+    rows: Vec<u8>,
+    /// The column layouts.
+    columns: Option<crate::columnar::Columns>,
+}
+
+impl BlockBuilder {
+    pub fn new(format: u32) -> Self {
+        BlockBuilder {
+            format,
+            meta: BlockMeta {
+                min_ts: i64::MAX,
+                max_ts: i64::MIN,
+                format,
+                ..Default::default()
+            },
+            tokens: Vec::new(),
+            rollup: std::collections::BTreeMap::new(),
+            run: None,
+            numeric: NumericFolds::default(),
+            rows: Vec::new(),
+            columns: (format != FORMAT_ROWS).then(|| crate::columnar::Columns::new(format)),
         }
-        numeric.add(entry);
+    }
+
+    /// Adds an entry to the block.
+    pub fn push(&mut self, entry: &LogEntry) {
+        let meta = &mut self.meta;
+        meta.count += 1;
+        self.numeric.add(entry);
         let cell = (
             entry.timestamp.div_euclid(ROLLUP_NS),
             entry.level.clamp(0, 31) as u32,
         );
-        match &mut run {
+        match &mut self.run {
             Some((key, count)) if *key == cell => *count += 1,
-            _ => {
+            run => {
                 if let Some((key, count)) = run.replace((cell, 1)) {
-                    *rollup.entry(key).or_default() += count;
+                    *self.rollup.entry(key).or_default() += count;
                 }
             }
         }
@@ -466,75 +490,99 @@ pub fn build_block_with(
         meta.max_ts = meta.max_ts.max(entry.timestamp);
         meta.level_mask |= 1 << (entry.level.clamp(0, 31) as u32);
         // A host or trace id equal to the previous entry's adds no token to the set.
-        for_each_indexed_token_after(entry, previous, |h| {
-            tokens.insert(h);
-        });
-        previous = Some(entry);
-    }
-    if let Some((key, count)) = run {
-        *rollup.entry(key).or_default() += count;
-    }
-    let hashes: Vec<u64> = tokens.into_iter().collect();
-    match (format == FORMAT_TEMPLATES)
-        .then(|| crate::fuse::build(&hashes))
-        .flatten()
-    {
-        Some(fuse) => meta.fuse = fuse,
-        None => meta.bloom = bloom::build(&hashes),
-    }
-    (meta.numeric, meta.numeric_complete) = numeric.into_summaries();
-    meta.rollup = rollup
-        .into_iter()
-        .map(|((minute, level), count)| RollupCell {
-            minute,
-            level,
-            count,
-        })
-        .collect();
-    let compressed = if format == FORMAT_ROWS {
-        let mut raw = Vec::with_capacity(entries.iter().map(|e| e.encoded_len() + 4).sum());
-        for entry in entries {
-            raw.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
-            entry
-                .encode(&mut raw)
-                .map_err(|e| StorageError::Encode(e.to_string()))?;
-        }
-        meta.raw_len = block_len(raw.len())?;
-        zstd::bulk::compress(&raw, zstd_level)
-            .map_err(|source| StorageError::Compress { source })?
-    } else {
-        let refs = match traces {
-            Some(book) if format == FORMAT_TEMPLATES => book.intern(entries)?,
-            _ => None,
+        let (same_host, same_trace) = match &mut self.columns {
+            Some(columns) => columns.push(entry),
+            None => {
+                self.rows
+                    .extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
+                entry.encode_raw(&mut self.rows);
+                (false, false)
+            }
         };
-        if let Some((window, _)) = &refs {
-            meta.trace_window = *window;
-        }
-        let (compressed, sections) = crate::columnar::encode(
-            entries,
-            zstd_level,
+        for_each_token_but(entry, same_host, same_trace, |h| self.tokens.push(h));
+    }
+
+    /// Compresses the block; returns its bytes and its metadata (offset left 0 for the
+    /// caller to set). With a trace-id book, a [`FORMAT_TEMPLATES`] block stores its
+    /// 32-hex-digit trace ids as ordinals of the book's current window (adding those it
+    /// lacks).
+    pub fn finish(
+        self,
+        zstd_level: i32,
+        traces: Option<&TraceBook>,
+    ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
+        let BlockBuilder {
             format,
-            refs.as_ref().map(|(_, ordinals)| &ordinals[..]),
-        )?;
-        meta.raw_len = block_len(
-            sections
-                .iter()
-                .skip(1)
-                .step_by(2)
-                .map(|l| *l as usize)
-                .sum(),
-        )?;
-        if format == FORMAT_TEMPLATES {
-            let start = sections[0] as usize;
-            meta.shape_crc = crc32fast::hash(&compressed[start..start + sections[2] as usize]);
+            mut meta,
+            tokens,
+            mut rollup,
+            run,
+            numeric,
+            rows,
+            columns,
+        } = self;
+        if let Some((key, count)) = run {
+            *rollup.entry(key).or_default() += count;
         }
-        meta.sections = sections;
-        compressed
-    };
-    meta.format = format;
-    meta.len = block_len(compressed.len())?;
-    meta.crc = crc32fast::hash(&compressed);
-    Ok((compressed, meta))
+        let mut set: HashSet<u64, BuildHasherDefault<logcluster_proto::ids::Mix64Hasher>> =
+            HashSet::with_capacity_and_hasher(meta.count as usize * 4, Default::default());
+        set.extend(tokens);
+        let hashes: Vec<u64> = set.into_iter().collect();
+        match (format == FORMAT_TEMPLATES)
+            .then(|| crate::fuse::build(&hashes))
+            .flatten()
+        {
+            Some(fuse) => meta.fuse = fuse,
+            None => meta.bloom = bloom::build(&hashes),
+        }
+        (meta.numeric, meta.numeric_complete) = numeric.into_summaries();
+        meta.rollup = rollup
+            .into_iter()
+            .map(|((minute, level), count)| RollupCell {
+                minute,
+                level,
+                count,
+            })
+            .collect();
+        let compressed = match columns {
+            None => {
+                meta.raw_len = block_len(rows.len())?;
+                zstd::bulk::compress(&rows, zstd_level)
+                    .map_err(|source| StorageError::Compress { source })?
+            }
+            Some(columns) => {
+                let refs = match traces {
+                    Some(book) if format == FORMAT_TEMPLATES => {
+                        book.intern_keys(&columns.trace_keys())?
+                    }
+                    _ => None,
+                };
+                if let Some((window, _)) = &refs {
+                    meta.trace_window = *window;
+                }
+                let (compressed, sections) =
+                    columns.encode(zstd_level, refs.as_ref().map(|(_, ordinals)| &ordinals[..]))?;
+                meta.raw_len = block_len(
+                    sections
+                        .iter()
+                        .skip(1)
+                        .step_by(2)
+                        .map(|l| *l as usize)
+                        .sum(),
+                )?;
+                if format == FORMAT_TEMPLATES {
+                    let start = sections[0] as usize;
+                    meta.shape_crc =
+                        crc32fast::hash(&compressed[start..start + sections[2] as usize]);
+                }
+                meta.sections = sections;
+                compressed
+            }
+        };
+        meta.len = block_len(compressed.len())?;
+        meta.crc = crc32fast::hash(&compressed);
+        Ok((compressed, meta))
+    }
 }
 
 /// A block length as stored in its metadata; blocks over [`MAX_BLOCK_LEN`] are refused.
@@ -893,11 +941,11 @@ pub fn open_sealed(path: &Path) -> Result<(File, SegmentIndex, u64), StorageErro
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use logcluster_proto::Level;
 
-    fn entries(n: i64) -> Vec<LogEntry> {
+    pub(crate) fn entries(n: i64) -> Vec<LogEntry> {
         (0..n)
             .map(|i| LogEntry {
                 id: format!("{i:08}"),
@@ -1301,7 +1349,7 @@ mod tests {
         Some(message[from..(from + len).min(message.len())].to_ascii_lowercase())
     }
 
-    fn arb_entries() -> impl proptest::strategy::Strategy<Value = Vec<LogEntry>> {
+    pub(crate) fn arb_entries() -> impl proptest::strategy::Strategy<Value = Vec<LogEntry>> {
         use proptest::prelude::*;
         let id = prop_oneof![
             any::<String>(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use logcluster_proto::LogEntry;
 use tracing::{info, warn};
 
-use crate::segment::{self, BlockMeta, OpenSegment, SegmentIndex};
+use crate::segment::{self, BlockBuilder, BlockMeta, OpenSegment, SegmentIndex};
 use crate::traces::TraceBook;
 use crate::{StorageConfig, StorageError, StorageMetrics, wal};
 
@@ -82,6 +82,9 @@ struct Inner {
     open_blocks: Vec<Arc<BlockMeta>>,
     tail: Vec<Arc<Vec<LogEntry>>>,
     tail_bytes: usize,
+    /// The tail's block, built as entries arrive (while they are in cache); `None` after a
+    /// failed flush, when the next push builds it again from the tail.
+    building: Option<BlockBuilder>,
     uids_current: HashSet<u64>,
     uids_recent: VecDeque<(u64, HashSet<u64>)>,
     sealed: Vec<Arc<Sealed>>,
@@ -94,6 +97,15 @@ struct Inner {
     repaired: HashSet<u64>,
     /// The tenant's trace-id book.
     traces: Arc<TraceBook>,
+}
+
+/// The block of the entries of `tail`.
+fn tail_block(tail: &[Arc<Vec<LogEntry>>], config: &StorageConfig) -> BlockBuilder {
+    let mut block = BlockBuilder::new(config.block_format);
+    for entry in tail.iter().flat_map(|chunk| chunk.iter()) {
+        block.push(entry);
+    }
+    block
 }
 
 fn wal_path(dir: &Path, seq: u64) -> PathBuf {
@@ -244,6 +256,7 @@ impl Stream {
             open_blocks: Vec::new(),
             tail: Vec::new(),
             tail_bytes: 0,
+            building: None,
             uids_current: HashSet::new(),
             uids_recent,
             sealed,
@@ -593,15 +606,22 @@ impl Inner {
         }
     }
 
-    /// Adds entries to the tail (they stay there whatever happens), then flushes the tail
-    /// into a block if it is full and `flush` allows.
+    /// Adds entries to the tail (they stay there whatever happens) and to its block, then
+    /// flushes the tail into a block if it is full and `flush` allows.
     fn push_tail(
         &mut self,
         entries: Vec<LogEntry>,
         config: &StorageConfig,
         flush: bool,
     ) -> Result<(), StorageError> {
-        self.tail_bytes += entries.iter().map(LogEntry::approx_size).sum::<usize>();
+        let building = match &mut self.building {
+            Some(building) => building,
+            None => self.building.insert(tail_block(&self.tail, config)),
+        };
+        for entry in &entries {
+            self.tail_bytes += entry.approx_size();
+            building.push(entry);
+        }
         self.tail.push(Arc::new(entries));
         if flush && self.tail_bytes >= config.block_target_bytes {
             self.flush_tail(config)?;
@@ -614,33 +634,25 @@ impl Inner {
         if self.tail.is_empty() {
             return Ok(());
         }
-        let mut entries = Vec::with_capacity(self.tail.iter().map(|chunk| chunk.len()).sum());
-        for chunk in self.tail.drain(..) {
-            entries.extend(Arc::unwrap_or_clone(chunk));
-        }
+        let building = match self.building.take() {
+            Some(building) => building,
+            None => tail_block(&self.tail, config),
+        };
+        let built = building
+            .finish(
+                config.zstd_level,
+                config.shared_trace_ids.then_some(&*self.traces),
+            )
+            .and_then(|(bytes, mut meta)| {
+                meta.offset = self.open.append_block(&bytes)?;
+                Ok(meta)
+            });
+        // On an error the entries stay in the tail (and in the WAL) for the next flush.
+        let meta = built?;
+        self.open_blocks.push(Arc::new(meta));
+        self.tail.clear();
         self.tail_bytes = 0;
-        let built = segment::build_block_with(
-            &entries,
-            config.zstd_level,
-            config.block_format,
-            config.shared_trace_ids.then_some(&*self.traces),
-        )
-        .and_then(|(bytes, mut meta)| {
-            meta.offset = self.open.append_block(&bytes)?;
-            Ok(meta)
-        });
-        match built {
-            Ok(meta) => {
-                self.open_blocks.push(Arc::new(meta));
-                Ok(())
-            }
-            Err(error) => {
-                // The entries stay in memory (and in the WAL) for the next flush.
-                self.tail_bytes = entries.iter().map(LogEntry::approx_size).sum();
-                self.tail = vec![Arc::new(entries)];
-                Err(error)
-            }
-        }
+        Ok(())
     }
 
     /// Seals the open segment as `seg-<seq>` and starts WAL and segment `seq + 1` (when
@@ -748,5 +760,131 @@ impl Inner {
             .map_err(|source| StorageError::io("remove sealed wal", &old_wal, source))?;
         segment::sync_dir(&old_wal)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use prost::Message;
+
+    use super::*;
+    use crate::segment::tests::{arb_entries, entries};
+
+    fn open_stream(dir: &Path, config: &StorageConfig, metrics: &StorageMetrics) -> Stream {
+        let book = Arc::new(TraceBook::open(&dir.join("book")).expect("trace book"));
+        Stream::open("acme", "api", dir.join("stream"), config, metrics, book).expect("open")
+    }
+
+    fn small_blocks(dir: &Path) -> StorageConfig {
+        let mut config = StorageConfig::new(dir);
+        config.block_target_bytes = 1_500;
+        config.shared_trace_ids = false;
+        config
+    }
+
+    /// Appends `entries` in batches of the sizes `cuts` gives (in turn), then flushes the
+    /// tail.
+    fn append_in_batches(
+        stream: &Stream,
+        entries: &[LogEntry],
+        cuts: &[usize],
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+    ) {
+        let mut rest = entries;
+        for (uid, size) in (1..).zip(cuts.iter().cycle()) {
+            if rest.is_empty() {
+                break;
+            }
+            let (batch, after) = rest.split_at((*size).min(rest.len()));
+            let appended = stream
+                .append(uid, batch.to_vec(), config, metrics, false, None)
+                .expect("append");
+            assert!(matches!(appended, Appended::Stored));
+            rest = after;
+        }
+        stream.lock().flush_tail(config).expect("flush");
+    }
+
+    /// Checks that the open segment's blocks, read back, are byte for byte what
+    /// `build_block_with` makes of `entries` cut where the stream cut them, and that they
+    /// hold every entry.
+    fn assert_built_at_once(stream: &Stream, entries: &[LogEntry], config: &StorageConfig) {
+        let inner = stream.lock();
+        let mut at = 0;
+        for meta in &inner.open_blocks {
+            let mut bytes = vec![0; meta.len as usize];
+            inner
+                .open_read
+                .read_exact_at(&mut bytes, meta.offset)
+                .expect("read block");
+            let count = meta.count as usize;
+            let (expected, mut expected_meta) = segment::build_block_with(
+                &entries[at..at + count],
+                config.zstd_level,
+                config.block_format,
+                None,
+            )
+            .expect("build");
+            expected_meta.offset = meta.offset;
+            assert!(bytes == expected, "block at entry {at} differs");
+            // Compared encoded: a NaN in a numeric summary is not equal to itself.
+            assert!(meta.encode_to_vec() == expected_meta.encode_to_vec());
+            at += count;
+        }
+        assert_eq!(at, entries.len());
+        assert!(inner.tail.is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn blocks_built_as_batches_arrive_are_those_built_at_once(
+            parts in proptest::collection::vec(arb_entries(), 1..8),
+            cuts in proptest::collection::vec(1usize..12, 1..8),
+        ) {
+            let all: Vec<LogEntry> = parts.into_iter().flatten().collect();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = small_blocks(dir.path());
+            let metrics = StorageMetrics::default();
+            let stream = open_stream(dir.path(), &config, &metrics);
+            append_in_batches(&stream, &all, &cuts, &config, &metrics);
+            assert_built_at_once(&stream, &all, &config);
+        }
+    }
+
+    #[test]
+    fn a_block_that_failed_to_flush_is_built_again_from_the_whole_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = small_blocks(dir.path());
+        let metrics = StorageMetrics::default();
+        let stream = open_stream(dir.path(), &config, &metrics);
+        let all = entries(90);
+        let append = |uid: u64, batch: &[LogEntry]| {
+            let appended = stream
+                .append(uid, batch.to_vec(), &config, &metrics, false, None)
+                .expect("append");
+            assert!(matches!(appended, Appended::Stored));
+        };
+        append(1, &all[..5]);
+        // The open segment can no longer be written: the flush that the next batch calls
+        // for fails (the batch itself is in the WAL and stands).
+        let path = stream.lock().open.path.clone();
+        stream.lock().open.file = File::open(&path).expect("read-only handle");
+        append(2, &all[5..60]);
+        assert_eq!(metrics.seal_failures.get(), 1);
+        assert!(stream.lock().open_blocks.is_empty());
+        stream.lock().open.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("writable handle");
+        // Within the back-off: added to the tail's block, which is built again first.
+        append(3, &all[60..]);
+        stream.lock().flush_tail(&config).expect("flush");
+        assert_eq!(stream.lock().open_blocks.len(), 1);
+        assert_built_at_once(&stream, &all, &config);
     }
 }

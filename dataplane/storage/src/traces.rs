@@ -40,7 +40,7 @@ pub const NO_REF: u32 = u32::MAX;
 const MAGIC: &[u8; 8] = b"LCTRIDS1";
 const CHUNK_MAGIC: &[u8; 4] = b"TRID";
 const CHUNK_HEADER: usize = 16;
-const ID_LEN: usize = 16;
+pub(crate) const ID_LEN: usize = 16;
 /// A window file is read up to this (one id per chunk would take 2 MiB).
 const MAX_WINDOW_FILE: u64 = 4 << 20;
 /// Windows kept decoded for reads, by all the books of a store together (1 MiB each at
@@ -268,12 +268,18 @@ impl TraceBook {
     /// per entry ([`NO_REF`] for other trace ids), or `None` when no entry has such an id
     /// (or the entries are more than a window holds: the block keeps its ids itself).
     pub fn intern(&self, entries: &[LogEntry]) -> Result<Option<(u64, Vec<u32>)>, StorageError> {
-        if entries.len() > WINDOW_IDS {
-            return Ok(None);
-        }
         let keys: Vec<Option<[u8; ID_LEN]>> =
             entries.iter().map(|e| trace_key(&e.trace_id)).collect();
-        if keys.iter().all(Option::is_none) {
+        self.intern_keys(&keys)
+    }
+
+    /// [`TraceBook::intern`] of entries whose trace ids have the keys `keys`
+    /// ([`trace_key`]).
+    pub(crate) fn intern_keys(
+        &self,
+        keys: &[Option<[u8; ID_LEN]>],
+    ) -> Result<Option<(u64, Vec<u32>)>, StorageError> {
+        if keys.len() > WINDOW_IDS || keys.iter().all(Option::is_none) {
             return Ok(None);
         }
         let mut writer = lock(&self.writer);

@@ -33,8 +33,6 @@
 //!
 //! [`FORMAT_TEMPLATES`]: crate::segment::FORMAT_TEMPLATES
 
-use std::collections::HashMap;
-
 use prost::encoding::encode_varint;
 
 use super::{LOWERED, Reader, Span, put_bytes};
@@ -147,30 +145,56 @@ fn put_decimal(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Encodes (message, level) rows into the raw shape, rows and vars sections.
+#[cfg(test)]
 pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
-    let mut index: foldhash::HashMap<Vec<u8>, u32> = HashMap::default();
-    let mut templates: Vec<Vec<u8>> = Vec::new();
-    let mut levels: Vec<Vec<(i32, u64)>> = Vec::new();
-    let mut row_ids: Vec<u8> = Vec::new();
-    // Per template, per placeholder: that column's values.
-    let mut columns: Vec<Vec<Vec<u8>>> = Vec::new();
-    // This row's values, encoded one after another, and where each ends.
-    let mut values = Vec::new();
-    let mut ends: Vec<usize> = Vec::new();
-    let mut filter = [0u8; FILTER_BYTES];
-    let mut template = Vec::new();
-    let mut add_text = |values: &mut Vec<u8>, value: &[u8]| {
-        put_bytes(values, value);
-        add_bigrams(&mut filter, value);
-    };
+    let mut builder = Builder::default();
     for (message, level) in rows {
-        template.clear();
-        values.clear();
-        ends.clear();
+        builder.push(message, level);
+    }
+    builder.finish()
+}
+
+/// The shape, rows and vars sections built one row at a time (a block's rows are added as
+/// they arrive, while they are still in cache, and the sections finished when it is cut).
+#[derive(Default)]
+pub struct Builder {
+    index: foldhash::HashMap<Vec<u8>, u32>,
+    templates: Vec<Vec<u8>>,
+    levels: Vec<Vec<(i32, u64)>>,
+    row_ids: Vec<u8>,
+    /// Per template, per placeholder: that column's values.
+    columns: Vec<Vec<Vec<u8>>>,
+    /// The row being added: its template, its values one after another, where each ends.
+    template: Vec<u8>,
+    values: Vec<u8>,
+    ends: Vec<usize>,
+    filter: Filter,
+}
+
+/// The bigram filter of the text values.
+struct Filter([u8; FILTER_BYTES]);
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter([0; FILTER_BYTES])
+    }
+}
+
+impl Builder {
+    fn add_text(&mut self, value: &[u8]) {
+        put_bytes(&mut self.values, value);
+        add_bigrams(&mut self.filter.0, value);
+    }
+
+    /// Adds one row.
+    pub fn push(&mut self, message: &[u8], level: i32) {
+        self.template.clear();
+        self.values.clear();
+        self.ends.clear();
         if message.iter().any(|b| matches!(*b, INT | TEXT | LITERAL)) {
-            template.push(LITERAL);
-            add_text(&mut values, message);
-            ends.push(values.len());
+            self.template.push(LITERAL);
+            self.add_text(message);
+            self.ends.push(self.values.len());
         } else {
             let mut at = 0;
             let word_class = |at: usize| WORD_CLASS[usize::from(message[at])];
@@ -180,7 +204,7 @@ pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
                     while at < message.len() && word_class(at) == SEPARATOR {
                         at += 1;
                     }
-                    template.extend_from_slice(&message[start..at]);
+                    self.template.extend_from_slice(&message[start..at]);
                     continue;
                 }
                 let mut digits = false;
@@ -194,59 +218,63 @@ pub fn encode<'m>(rows: impl Iterator<Item = (&'m [u8], i32)>) -> [Vec<u8>; 3] {
                 }
                 let word = &message[start..at];
                 if !digits {
-                    template.extend_from_slice(word);
+                    self.template.extend_from_slice(word);
                 } else if let Some(value) = as_int(word) {
-                    template.push(INT);
-                    encode_varint(value, &mut values);
-                    ends.push(values.len());
+                    self.template.push(INT);
+                    encode_varint(value, &mut self.values);
+                    self.ends.push(self.values.len());
                 } else {
-                    template.push(TEXT);
-                    add_text(&mut values, word);
-                    ends.push(values.len());
+                    self.template.push(TEXT);
+                    self.add_text(word);
+                    self.ends.push(self.values.len());
                 }
             }
         }
-        let id = match index.get(&template[..]) {
+        let id = match self.index.get(&self.template[..]) {
             Some(&id) => id,
             None => {
-                let id = templates.len() as u32;
-                index.insert(template.clone(), id);
-                templates.push(template.clone());
-                levels.push(Vec::new());
-                columns.push(vec![Vec::new(); ends.len()]);
+                let id = self.templates.len() as u32;
+                self.index.insert(self.template.clone(), id);
+                self.templates.push(self.template.clone());
+                self.levels.push(Vec::new());
+                self.columns.push(vec![Vec::new(); self.ends.len()]);
                 id
             }
         };
-        encode_varint(u64::from(id), &mut row_ids);
+        encode_varint(u64::from(id), &mut self.row_ids);
         let mut start = 0;
-        for (column, end) in columns[id as usize].iter_mut().zip(&ends) {
-            column.extend_from_slice(&values[start..*end]);
+        for (column, end) in self.columns[id as usize].iter_mut().zip(&self.ends) {
+            column.extend_from_slice(&self.values[start..*end]);
             start = *end;
         }
-        let counts = &mut levels[id as usize];
+        let counts = &mut self.levels[id as usize];
         match counts.iter_mut().find(|(l, _)| *l == level) {
             Some((_, count)) => *count += 1,
             None => counts.push((level, 1)),
         }
     }
-    let mut shape = Vec::with_capacity(templates.len() * 48 + FILTER_BYTES + 8);
-    encode_varint(templates.len() as u64, &mut shape);
-    for template in &templates {
-        put_bytes(&mut shape, template);
-        let (ints, texts) = placeholders(template);
-        encode_varint(u64::from(ints), &mut shape);
-        encode_varint(u64::from(texts), &mut shape);
-    }
-    for counts in &levels {
-        encode_varint(counts.len() as u64, &mut shape);
-        for (level, count) in counts {
-            encode_varint(super::zigzag(i64::from(*level)), &mut shape);
-            encode_varint(*count, &mut shape);
+
+    /// The raw shape, rows and vars sections of the rows added.
+    pub fn finish(self) -> [Vec<u8>; 3] {
+        let mut shape = Vec::with_capacity(self.templates.len() * 48 + FILTER_BYTES + 8);
+        encode_varint(self.templates.len() as u64, &mut shape);
+        for template in &self.templates {
+            put_bytes(&mut shape, template);
+            let (ints, texts) = placeholders(template);
+            encode_varint(u64::from(ints), &mut shape);
+            encode_varint(u64::from(texts), &mut shape);
         }
+        for counts in &self.levels {
+            encode_varint(counts.len() as u64, &mut shape);
+            for (level, count) in counts {
+                encode_varint(super::zigzag(i64::from(*level)), &mut shape);
+                encode_varint(*count, &mut shape);
+            }
+        }
+        shape.extend_from_slice(&self.filter.0);
+        let vars = self.columns.concat().concat();
+        [shape, self.row_ids, vars]
     }
-    shape.extend_from_slice(&filter);
-    let vars = columns.concat().concat();
-    [shape, row_ids, vars]
 }
 
 /// The integer and text values a template calls for.
