@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use logcluster_common::io::read_exact_vec;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -258,8 +259,7 @@ async fn read_message<R: AsyncRead + Unpin>(
     }
     let mut head = [0u8; 9];
     reader.read_exact(&mut head).await?;
-    let mut payload = vec![0u8; len - 9];
-    reader.read_exact(&mut payload).await?;
+    let payload = read_exact_vec(reader, len - 9).await?;
     let mut id = [0u8; 8];
     id.copy_from_slice(&head[1..9]);
     Ok(Some((head[0], u64::from_be_bytes(id), payload)))

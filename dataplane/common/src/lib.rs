@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod http_client;
 pub mod ids;
+pub mod io;
 pub mod metrics;
 pub mod shutdown;
 pub mod tls;

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use logcluster_common::io::read_exact_vec;
 use logcluster_common::shutdown::Shutdown;
 use logcluster_proto::frame::{FRAME_FIXED_LEN, FrameError, FrameHeader};
 use logcluster_proto::{Ack, AckStatus};
@@ -219,15 +220,17 @@ pub async fn serve_connection<S>(
                 }
             };
             let reservation = pipeline.reserve(header.payload_len as usize).await;
-            let mut payload = vec![0u8; header.payload_len as usize];
-            if let Err(error) = reader.read_exact(&mut payload).await {
-                metrics
-                    .protocol_errors
-                    .get_or_create(&label("kind", "truncated_frame"))
-                    .inc();
-                warn!(%error, expected = header.payload_len, "connection closed inside a frame payload; the partial batch is discarded");
-                return;
-            }
+            let payload = match read_exact_vec(&mut reader, header.payload_len as usize).await {
+                Ok(payload) => payload,
+                Err(error) => {
+                    metrics
+                        .protocol_errors
+                        .get_or_create(&label("kind", "truncated_frame"))
+                        .inc();
+                    warn!(%error, expected = header.payload_len, "connection closed inside a frame payload; the partial batch is discarded");
+                    return;
+                }
+            };
             let pipeline = pipeline.clone();
             let batch_id = header.batch_id;
             let source = BatchSource {
