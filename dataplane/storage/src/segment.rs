@@ -437,9 +437,11 @@ pub fn build_block_with(
 pub struct BlockBuilder {
     format: u32,
     meta: BlockMeta,
-    /// The token hashes in the order they were met (repeats included): the block filter is
-    /// built from their set when the block is cut.
+    /// The token hashes in the order they were first met, with some repeats: the block
+    /// filter is built from their set when the block is cut.
     tokens: Vec<u64>,
+    /// This builder in [`RECENT_TOKENS`].
+    id: u64,
     rollup: std::collections::BTreeMap<(i64, u32), u32>,
     /// Entries of one minute and level come in runs: counted here, added to `rollup` per run.
     run: Option<((i64, u32), u32)>,
@@ -450,10 +452,27 @@ pub struct BlockBuilder {
     columns: Option<crate::columnar::Columns>,
 }
 
+/// Slots of [`RECENT_TOKENS`] (a power of two).
+const RECENT_SLOTS: usize = 4096;
+
+thread_local! {
+    /// Token hashes lately added to a block, as (builder id, hash), one slot per hash's low
+    /// bits: a hash found with the builder's id is already in its list and is not added again.
+    /// A block's tokens repeat a lot (its templates' words, its service's hosts), and leaving
+    /// out a repeat changes nothing: a hash set holds the same keys in the same places
+    /// whether or not a key is inserted again.
+    static RECENT_TOKENS: std::cell::RefCell<Vec<(u64, u64)>> =
+        std::cell::RefCell::new(vec![(0, 0); RECENT_SLOTS]);
+}
+
+/// Builder ids for [`RECENT_TOKENS`]; 0, the empty slot's, is never given out.
+static NEXT_BUILDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl BlockBuilder {
     pub fn new(format: u32) -> Self {
         BlockBuilder {
             format,
+            id: NEXT_BUILDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             meta: BlockMeta {
                 min_ts: i64::MAX,
                 max_ts: i64::MIN,
@@ -499,7 +518,15 @@ impl BlockBuilder {
                 (false, false)
             }
         };
-        for_each_token_but(entry, same_host, same_trace, |h| self.tokens.push(h));
+        RECENT_TOKENS.with_borrow_mut(|recent| {
+            for_each_token_but(entry, same_host, same_trace, |h| {
+                let slot = &mut recent[h as usize & (RECENT_SLOTS - 1)];
+                if *slot != (self.id, h) {
+                    *slot = (self.id, h);
+                    self.tokens.push(h);
+                }
+            })
+        });
     }
 
     /// Compresses the block; returns its bytes and its metadata (offset left 0 for the
@@ -520,6 +547,7 @@ impl BlockBuilder {
             numeric,
             rows,
             columns,
+            id: _,
         } = self;
         if let Some((key, count)) = run {
             *rollup.entry(key).or_default() += count;
@@ -961,6 +989,31 @@ pub(crate) mod tests {
                 ..Default::default()
             })
             .collect()
+    }
+
+    #[test]
+    fn blocks_built_side_by_side_on_one_thread_each_index_every_token() {
+        // Two builders on one thread meet the same tokens in turn, and a third after them:
+        // each block's filter holds every token of its own entries.
+        let all = entries(400);
+        let (first, second) = all.split_at(200);
+        let mut a = BlockBuilder::new(FORMAT_TEMPLATES);
+        let mut b = BlockBuilder::new(FORMAT_TEMPLATES);
+        for (x, y) in first.iter().zip(second) {
+            a.push(x);
+            b.push(x);
+            b.push(y);
+        }
+        let mut c = BlockBuilder::new(FORMAT_TEMPLATES);
+        for entry in first {
+            c.push(entry);
+        }
+        for (builder, held) in [(a, first), (b, &all[..]), (c, first)] {
+            let (_, meta) = builder.finish(1, None).expect("block");
+            for entry in held {
+                for_each_indexed_token(entry, |h| assert!(may_hold_token(&meta, h)));
+            }
+        }
     }
 
     #[test]
