@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use logcluster_common::io::read_exact_vec;
+use logcluster_common::io::{buffered_socket, read_exact_vec};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -377,8 +377,11 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                .await
+            let tls = match tokio::time::timeout(
+                Duration::from_secs(10),
+                acceptor.accept(buffered_socket(tcp)),
+            )
+            .await
             {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use logcluster_common::io::read_exact_vec;
+use logcluster_common::io::{buffered_socket, read_exact_vec};
 use logcluster_common::shutdown::Shutdown;
 use logcluster_proto::frame::{FRAME_FIXED_LEN, FrameError, FrameHeader};
 use logcluster_proto::{Ack, AckStatus};
@@ -63,7 +63,7 @@ pub async fn run(
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let metrics = pipeline.metrics().clone();
-            let tls = match tokio::time::timeout(config.handshake_timeout, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(config.handshake_timeout, acceptor.accept(buffered_socket(tcp))).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     metrics.protocol_errors.get_or_create(&label("kind", "tls_handshake")).inc();

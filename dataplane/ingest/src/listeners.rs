@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use logcluster_common::io::buffered_socket;
 use logcluster_common::shutdown::Shutdown;
 use logcluster_proto::Format;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -194,7 +195,11 @@ pub async fn run_syslog_tcp(
             metrics.connections.inc();
             match acceptor {
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(buffered_socket(tcp)),
+                    )
+                    .await
                     {
                         Ok(Ok(tls)) => serve_syslog(tls, pipeline, max_message, shutdown).await,
                         _ => {
