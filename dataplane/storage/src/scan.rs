@@ -150,7 +150,7 @@ enum Source {
         /// The tenant's trace-id book.
         traces: Arc<TraceBook>,
     },
-    Tail(Arc<Vec<LogEntry>>),
+    Tail(Arc<crate::stream::TailChunk>),
 }
 
 struct Candidate {
@@ -215,9 +215,8 @@ fn candidates(
             }
         }
         for chunk in &snap.tail {
-            let max_ts = chunk.iter().map(|e| e.timestamp).max().unwrap_or(i64::MIN);
             out.push(Candidate {
-                max_ts,
+                max_ts: chunk.max_ts,
                 service: snap.service.clone(),
                 source: Source::Tail(chunk.clone()),
             });
@@ -274,10 +273,10 @@ fn load(
 ) -> Option<Arc<Vec<LogEntry>>> {
     stats.objects_read += 1;
     match &candidate.source {
-        Source::Tail(chunk) => match filter.rows().exact_message_needle() {
+        Source::Tail(chunk) => match (chunk.entries(), filter.rows().exact_message_needle()) {
             // Block reads apply such a needle themselves; in-memory entries are filtered
             // here (the predicate does not read messages).
-            Some(needle) => {
+            (chunk, Some(needle)) => {
                 let holding: Vec<LogEntry> = chunk
                     .iter()
                     .filter(|e| segment::contains_ignore_ascii_case(e.message.as_bytes(), needle))
@@ -286,7 +285,7 @@ fn load(
                 stats.events_scanned += (chunk.len() - holding.len()) as u64;
                 Some(Arc::new(holding))
             }
-            None => Some(chunk.clone()),
+            (chunk, None) => Some(chunk.clone()),
         },
         Source::Block {
             file,

@@ -35,9 +35,35 @@ pub struct StreamSnapshot {
     pub sealed: Vec<Arc<Sealed>>,
     pub open_file: Arc<File>,
     pub open_blocks: Vec<Arc<BlockMeta>>,
-    pub tail: Vec<Arc<Vec<LogEntry>>>,
+    pub tail: Vec<Arc<TailChunk>>,
     /// The tenant's trace-id book, which blocks may refer to.
     pub traces: Arc<TraceBook>,
+}
+
+/// A batch part in the tail (not yet in a block): its WAL record, which holds the entries as
+/// protobuf, and the entries decoded from it once a read wants them. The entries an append
+/// is given are dropped as soon as they are in the tail's block, while they are still in
+/// cache; a block is cut from ~1 MiB of them, so the tail is read far less often than it
+/// is appended to.
+pub struct TailChunk {
+    record: Vec<u8>,
+    /// The latest timestamp of the chunk's entries.
+    pub max_ts: i64,
+    entries: std::sync::OnceLock<Arc<Vec<LogEntry>>>,
+}
+
+impl TailChunk {
+    /// The chunk's entries, in the order they were appended.
+    pub fn entries(&self) -> &Arc<Vec<LogEntry>> {
+        self.entries.get_or_init(|| {
+            // The record was built (or received and decoded) by this process moments ago.
+            let entries = wal::record_entries(&self.record).unwrap_or_else(|| {
+                warn!("a tail record does not decode; its entries are left out of reads until its block is cut");
+                Vec::new()
+            });
+            Arc::new(entries)
+        })
+    }
 }
 
 /// Each stream incarnation starts its content version at a distinct base.
@@ -80,7 +106,7 @@ struct Inner {
     open: OpenSegment,
     open_read: Arc<File>,
     open_blocks: Vec<Arc<BlockMeta>>,
-    tail: Vec<Arc<Vec<LogEntry>>>,
+    tail: Vec<Arc<TailChunk>>,
     tail_bytes: usize,
     /// The tail's block, built as entries arrive (while they are in cache); `None` after a
     /// failed flush, when the next push builds it again from the tail.
@@ -100,9 +126,9 @@ struct Inner {
 }
 
 /// The block of the entries of `tail`.
-fn tail_block(tail: &[Arc<Vec<LogEntry>>], config: &StorageConfig) -> BlockBuilder {
+fn tail_block(tail: &[Arc<TailChunk>], config: &StorageConfig) -> BlockBuilder {
     let mut block = BlockBuilder::new(config.block_format);
-    for entry in tail.iter().flat_map(|chunk| chunk.iter()) {
+    for entry in tail.iter().flat_map(|chunk| chunk.entries().iter()) {
         block.push(entry);
     }
     block
@@ -271,7 +297,8 @@ impl Stream {
             for record in replay.records {
                 inner.uids_current.insert(record.batch_uid);
                 inner.note_repaired(record.batch_uid, &record.entries);
-                inner.push_tail(record.entries, config, true)?;
+                let bytes = wal::encode_record(record.batch_uid, &record.entries);
+                inner.push_tail(record.entries, bytes, config, true)?;
             }
             if i + 1 < count {
                 // An older unsealed WAL: seal what it held into its own segment number.
@@ -378,13 +405,15 @@ impl Stream {
         // to the block and segment work below. That work, when it fails (disk full, the fd
         // limit), is counted, logged and tried again a little later, not on every append.
         let retry_due = inner.sealing_due();
-        let sealed = inner.push_tail(entries, config, retry_due).and_then(|()| {
-            if retry_due && inner.wal_bytes >= config.segment_max_bytes {
-                self.rotate_locked(&mut inner, config, metrics)
-            } else {
-                Ok(())
-            }
-        });
+        let sealed = inner
+            .push_tail(entries, record, config, retry_due)
+            .and_then(|()| {
+                if retry_due && inner.wal_bytes >= config.segment_max_bytes {
+                    self.rotate_locked(&mut inner, config, metrics)
+                } else {
+                    Ok(())
+                }
+            });
         if retry_due {
             // Counted and logged there; the append stands.
             let _ = self.sealing_outcome(&mut inner, sealed, metrics);
@@ -608,9 +637,11 @@ impl Inner {
 
     /// Adds entries to the tail (they stay there whatever happens) and to its block, then
     /// flushes the tail into a block if it is full and `flush` allows.
+    /// `record`: the entries' WAL record.
     fn push_tail(
         &mut self,
         entries: Vec<LogEntry>,
+        record: Vec<u8>,
         config: &StorageConfig,
         flush: bool,
     ) -> Result<(), StorageError> {
@@ -618,11 +649,18 @@ impl Inner {
             Some(building) => building,
             None => self.building.insert(tail_block(&self.tail, config)),
         };
+        let mut max_ts = i64::MIN;
         for entry in &entries {
             self.tail_bytes += entry.approx_size();
+            max_ts = max_ts.max(entry.timestamp);
             building.push(entry);
         }
-        self.tail.push(Arc::new(entries));
+        drop(entries);
+        self.tail.push(Arc::new(TailChunk {
+            record,
+            max_ts,
+            entries: std::sync::OnceLock::new(),
+        }));
         if flush && self.tail_bytes >= config.block_target_bytes {
             self.flush_tail(config)?;
         }
@@ -853,6 +891,58 @@ mod tests {
             append_in_batches(&stream, &all, &cuts, &config, &metrics);
             assert_built_at_once(&stream, &all, &config);
         }
+    }
+
+    #[test]
+    fn the_tail_reads_each_batch_back_from_its_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StorageConfig::new(dir.path());
+        let metrics = StorageMetrics::default();
+        let stream = open_stream(dir.path(), &config, &metrics);
+        let mut all = entries(6);
+        all[1].timestamp = 9_999;
+        all[4]
+            .fields
+            .insert("n".into(), logcluster_proto::FieldValue::int(3));
+        // Encoded here, and (as a replica gets them) from the bytes they were received in,
+        // of which a part is kept.
+        stream
+            .append(1, all[..2].to_vec(), &config, &metrics, false, None)
+            .expect("append");
+        let mut source = Vec::new();
+        let mut spans = Vec::new();
+        for entry in &all[2..] {
+            let start = source.len();
+            source.extend_from_slice(&entry.encode_to_vec());
+            spans.push(start..source.len());
+        }
+        let received = wal::EntryBodies {
+            source: &source,
+            spans,
+        };
+        let kept = [all[3].clone(), all[5].clone()];
+        stream
+            .append(
+                2,
+                kept.to_vec(),
+                &config,
+                &metrics,
+                true,
+                Some((&received, &[1, 3])),
+            )
+            .expect("append");
+        let tail = stream.snapshot().tail;
+        assert_eq!(tail.len(), 2);
+        assert_eq!(**tail[0].entries(), all[..2]);
+        assert_eq!(tail[0].max_ts, 9_999);
+        assert_eq!(**tail[1].entries(), kept);
+        assert_eq!(tail[1].max_ts, all[5].timestamp);
+        // What a reopened stream replays from the WAL is what the tail held.
+        drop(stream);
+        let reopened = open_stream(dir.path(), &config, &metrics);
+        let tail = reopened.snapshot().tail;
+        let replayed: Vec<LogEntry> = tail.iter().flat_map(|c| c.entries().to_vec()).collect();
+        assert_eq!(replayed, [&all[..2], &kept[..]].concat());
     }
 
     #[test]

@@ -148,6 +148,13 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
     })
 }
 
+/// The entries of one whole record (as [`encode_record`] makes it), if it is intact.
+pub fn record_entries(record: &[u8]) -> Option<Vec<LogEntry>> {
+    parse_record(record)
+        .filter(|(_, len)| *len == record.len())
+        .map(|(record, _)| record.entries)
+}
+
 fn parse_record(buf: &[u8]) -> Option<(Record, usize)> {
     if buf.len() < 8 {
         return None;
