@@ -51,7 +51,8 @@ pub struct StorageConfig {
     pub segment_max_bytes: u64,
     /// Age after which a non-empty active segment is sealed even if small.
     pub segment_max_age: Duration,
-    /// Raw bytes per compressed block (the unit of reading and skipping).
+    /// Raw bytes (the entries' WAL records) per compressed block (the unit of reading and
+    /// skipping).
     pub block_target_bytes: usize,
     pub zstd_level: i32,
     /// Layout of new blocks: [`segment::FORMAT_TEMPLATES`] (the default),

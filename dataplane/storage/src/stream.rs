@@ -649,9 +649,9 @@ impl Inner {
             Some(building) => building,
             None => self.building.insert(tail_block(&self.tail, config)),
         };
+        self.tail_bytes += record.len();
         let mut max_ts = i64::MIN;
         for entry in &entries {
-            self.tail_bytes += entry.approx_size();
             max_ts = max_ts.max(entry.timestamp);
             building.push(entry);
         }
