@@ -554,7 +554,11 @@ impl BlockBuilder {
         }
         let mut set: HashSet<u64, BuildHasherDefault<logcluster_proto::ids::Mix64Hasher>> =
             HashSet::with_capacity_and_hasher(meta.count as usize * 4, Default::default());
-        set.extend(tokens);
+        // One by one (`extend` would reserve for the repeats too): the set grows as it did
+        // when every repeat was inserted again, and holds its keys in the same places.
+        for hash in tokens {
+            set.insert(hash);
+        }
         let hashes: Vec<u64> = set.into_iter().collect();
         match (format == FORMAT_TEMPLATES)
             .then(|| crate::fuse::build(&hashes))

@@ -385,6 +385,14 @@ impl Stream {
         let record = received
             .and_then(|(bodies, positions)| bodies.record(batch_uid, positions))
             .unwrap_or_else(|| wal::encode_record(batch_uid, &entries));
+        // Replay (and the tail's reads) would refuse a longer record as corrupt.
+        if record.len() > wal::MAX_RECORD_LEN + 8 {
+            return Err(StorageError::Encode(format!(
+                "a batch part of {} bytes is over the {}-byte limit of a WAL record",
+                record.len() - 8,
+                wal::MAX_RECORD_LEN
+            )));
+        }
         if let Err(source) = inner.wal.write_all(&record) {
             // Cut a partly written record off (disk full, I/O error): otherwise records
             // written after it would sit behind a torn one, and replay stops at the tear.
@@ -645,22 +653,25 @@ impl Inner {
         config: &StorageConfig,
         flush: bool,
     ) -> Result<(), StorageError> {
-        let building = match &mut self.building {
+        // Out of `self` while the entries go in: were this interrupted, the next push would
+        // build the block again from the tail rather than use one that differs from it.
+        let mut building = match self.building.take() {
             Some(building) => building,
-            None => self.building.insert(tail_block(&self.tail, config)),
+            None => tail_block(&self.tail, config),
         };
-        self.tail_bytes += record.len();
         let mut max_ts = i64::MIN;
         for entry in &entries {
             max_ts = max_ts.max(entry.timestamp);
             building.push(entry);
         }
         drop(entries);
+        self.tail_bytes += record.len();
         self.tail.push(Arc::new(TailChunk {
             record,
             max_ts,
             entries: std::sync::OnceLock::new(),
         }));
+        self.building = Some(building);
         if flush && self.tail_bytes >= config.block_target_bytes {
             self.flush_tail(config)?;
         }
@@ -943,6 +954,39 @@ mod tests {
         let tail = reopened.snapshot().tail;
         let replayed: Vec<LogEntry> = tail.iter().flat_map(|c| c.entries().to_vec()).collect();
         assert_eq!(replayed, [&all[..2], &kept[..]].concat());
+    }
+
+    #[test]
+    fn a_batch_part_over_the_record_limit_is_refused_before_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StorageConfig::new(dir.path());
+        let metrics = StorageMetrics::default();
+        let stream = open_stream(dir.path(), &config, &metrics);
+        let mut huge = entries(1);
+        huge[0].message = "x".repeat(wal::MAX_RECORD_LEN);
+        let error = stream
+            .append(1, huge, &config, &metrics, false, None)
+            .err()
+            .expect("refused");
+        assert!(
+            error.to_string().contains("limit of a WAL record"),
+            "{error}"
+        );
+        assert_eq!(
+            stream.lock().wal_bytes,
+            8,
+            "nothing written after the header"
+        );
+        // The stream goes on, and what a reopened one replays is only the later batch.
+        let later = entries(3);
+        stream
+            .append(2, later.clone(), &config, &metrics, false, None)
+            .expect("append");
+        drop(stream);
+        let reopened = open_stream(dir.path(), &config, &metrics);
+        let tail = reopened.snapshot().tail;
+        let replayed: Vec<LogEntry> = tail.iter().flat_map(|c| c.entries().to_vec()).collect();
+        assert_eq!(replayed, later);
     }
 
     #[test]
