@@ -381,6 +381,10 @@ fn default_syslog_udp_addr() -> String {
 fn default_http_addr() -> String {
     "0.0.0.0:3100".into()
 }
+/// The largest `ingest.maxFrameBytes`: a frame's entries for one stream are one WAL record,
+/// and a record is at most 256 MiB; a quarter of that leaves room for what decoding adds.
+pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
+
 fn default_max_frame_bytes() -> u32 {
     8 * 1024 * 1024
 }
@@ -883,8 +887,13 @@ impl RawNodeConfig {
                 "certFile and keyFile are required for the TLS ingest and syslog-TLS listeners (or disable them with an empty address)",
             ));
         }
-        if self.ingest.max_frame_bytes < 1024 {
-            return Err(invalid("ingest.maxFrameBytes", "must be at least 1024"));
+        if !(1024..=MAX_FRAME_BYTES).contains(&self.ingest.max_frame_bytes) {
+            return Err(invalid(
+                "ingest.maxFrameBytes",
+                format!(
+                    "must be between 1024 and {MAX_FRAME_BYTES} (a batch is stored in one write-ahead log record of at most 256 MiB per stream)"
+                ),
+            ));
         }
         if self.ingest.max_in_flight_per_connection == 0 {
             return Err(invalid(
@@ -1108,6 +1117,27 @@ mod tests {
         let err =
             NodeConfig::from_yaml(&format!("{base}roles: [query]\n")).expect_err("query alone");
         assert!(err.to_string().starts_with("cluster:"), "{err}");
+    }
+
+    #[test]
+    fn the_frame_size_is_bounded_both_ways() {
+        let base = "dataDir: /x\nlisten: {ingest: '', syslogTls: ''}\n";
+        for (bytes, ok) in [
+            (1023, false),
+            (1024, true),
+            (MAX_FRAME_BYTES, true),
+            (MAX_FRAME_BYTES + 1, false),
+        ] {
+            let yaml = format!(
+                "{base}ingest: {{maxFrameBytes: {bytes}, maxPendingBytes: {}}}\n",
+                u64::from(bytes) * 2
+            );
+            let result = NodeConfig::from_yaml(&yaml);
+            assert_eq!(result.is_ok(), ok, "{bytes}: {result:?}");
+            if let Err(error) = result {
+                assert!(error.to_string().contains("maxFrameBytes"), "{error}");
+            }
+        }
     }
 
     #[test]
