@@ -826,6 +826,30 @@ mod tests {
         Stream::open("acme", "api", dir.join("stream"), config, metrics, book).expect("open")
     }
 
+    /// A new stream in a temporary directory, with the configuration `config` gives for it.
+    fn new_stream(
+        config: impl FnOnce(&Path) -> StorageConfig,
+    ) -> (tempfile::TempDir, StorageConfig, StorageMetrics, Stream) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let metrics = StorageMetrics::default();
+        let stream = open_stream(dir.path(), &config, &metrics);
+        (dir, config, metrics, stream)
+    }
+
+    /// Closes `stream` and returns what it holds when opened again (the WAL replayed).
+    fn reopened_tail(
+        stream: Stream,
+        dir: &Path,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+    ) -> Vec<LogEntry> {
+        drop(stream);
+        let reopened = open_stream(dir, config, metrics);
+        let tail = reopened.snapshot().tail;
+        tail.iter().flat_map(|c| c.entries().to_vec()).collect()
+    }
+
     fn small_blocks(dir: &Path) -> StorageConfig {
         let mut config = StorageConfig::new(dir);
         config.block_target_bytes = 1_500;
@@ -895,10 +919,7 @@ mod tests {
             cuts in proptest::collection::vec(1usize..12, 1..8),
         ) {
             let all: Vec<LogEntry> = parts.into_iter().flatten().collect();
-            let dir = tempfile::tempdir().expect("tempdir");
-            let config = small_blocks(dir.path());
-            let metrics = StorageMetrics::default();
-            let stream = open_stream(dir.path(), &config, &metrics);
+            let (_dir, config, metrics, stream) = new_stream(small_blocks);
             append_in_batches(&stream, &all, &cuts, &config, &metrics);
             assert_built_at_once(&stream, &all, &config);
         }
@@ -906,10 +927,7 @@ mod tests {
 
     #[test]
     fn the_tail_reads_each_batch_back_from_its_record() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = StorageConfig::new(dir.path());
-        let metrics = StorageMetrics::default();
-        let stream = open_stream(dir.path(), &config, &metrics);
+        let (dir, config, metrics, stream) = new_stream(|dir| StorageConfig::new(dir));
         let mut all = entries(6);
         all[1].timestamp = 9_999;
         all[4]
@@ -949,19 +967,13 @@ mod tests {
         assert_eq!(**tail[1].entries(), kept);
         assert_eq!(tail[1].max_ts, all[5].timestamp);
         // What a reopened stream replays from the WAL is what the tail held.
-        drop(stream);
-        let reopened = open_stream(dir.path(), &config, &metrics);
-        let tail = reopened.snapshot().tail;
-        let replayed: Vec<LogEntry> = tail.iter().flat_map(|c| c.entries().to_vec()).collect();
+        let replayed = reopened_tail(stream, dir.path(), &config, &metrics);
         assert_eq!(replayed, [&all[..2], &kept[..]].concat());
     }
 
     #[test]
     fn a_batch_part_over_the_record_limit_is_refused_before_the_wal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = StorageConfig::new(dir.path());
-        let metrics = StorageMetrics::default();
-        let stream = open_stream(dir.path(), &config, &metrics);
+        let (dir, config, metrics, stream) = new_stream(|dir| StorageConfig::new(dir));
         let mut huge = entries(1);
         huge[0].message = "x".repeat(wal::MAX_RECORD_LEN);
         let error = stream
@@ -982,19 +994,13 @@ mod tests {
         stream
             .append(2, later.clone(), &config, &metrics, false, None)
             .expect("append");
-        drop(stream);
-        let reopened = open_stream(dir.path(), &config, &metrics);
-        let tail = reopened.snapshot().tail;
-        let replayed: Vec<LogEntry> = tail.iter().flat_map(|c| c.entries().to_vec()).collect();
+        let replayed = reopened_tail(stream, dir.path(), &config, &metrics);
         assert_eq!(replayed, later);
     }
 
     #[test]
     fn a_block_that_failed_to_flush_is_built_again_from_the_whole_tail() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = small_blocks(dir.path());
-        let metrics = StorageMetrics::default();
-        let stream = open_stream(dir.path(), &config, &metrics);
+        let (_dir, config, metrics, stream) = new_stream(small_blocks);
         let all = entries(90);
         let append = |uid: u64, batch: &[LogEntry]| {
             let appended = stream
