@@ -224,7 +224,7 @@ const BUDGET_UNIT: usize = 1024;
 /// shares it: RF copies of a batch would otherwise be cloned and encoded RF times).
 pub struct EncodedBatch {
     parts: BTreeMap<PartitionId, EncodedPart>,
-    /// The entries' approximate size, charged to the in-flight budget.
+    /// The encoded entries' size, charged to the in-flight budget.
     bytes: usize,
 }
 
@@ -238,7 +238,6 @@ impl EncodedBatch {
     /// Cuts and encodes `entries` (CPU only: call it where the entries were decoded, while
     /// they are in that core's cache; the entries are freed here too).
     pub fn new(entries: Vec<LogEntry>) -> EncodedBatch {
-        let bytes = entries.iter().map(LogEntry::approx_size).sum();
         let mut parts: BTreeMap<PartitionId, Vec<LogEntry>> = BTreeMap::new();
         for entry in entries {
             parts
@@ -246,7 +245,7 @@ impl EncodedBatch {
                 .or_default()
                 .push(entry);
         }
-        let parts = parts
+        let parts: BTreeMap<PartitionId, EncodedPart> = parts
             .into_iter()
             .map(|(p, part)| {
                 let encoded = crate::messages::encode_entries(&part);
@@ -259,6 +258,7 @@ impl EncodedBatch {
                 )
             })
             .collect();
+        let bytes = parts.values().map(|part| part.encoded.len()).sum();
         EncodedBatch { parts, bytes }
     }
 }
@@ -458,10 +458,10 @@ impl Cluster {
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
         let needed = self.effective_write_quorum(&view);
-        // Reserve the batch's share of the in-flight budget, counted as one copy of its
-        // payload (its encoded requests, shared by the replicas they go to, come on top, so
-        // real memory is a small multiple of the budget); released when the last call
-        // finishes.
+        // Reserve the batch's share of the in-flight budget: its encoded size (the entries
+        // themselves are freed once encoded, and the encoded requests are shared by the
+        // replicas they go to; each call's request framing comes on top); released when the
+        // last call finishes.
         let bytes = batch.bytes;
         let max_units = (self.config.max_in_flight_bytes / BUDGET_UNIT).max(1);
         let units = (bytes / BUDGET_UNIT).clamp(1, max_units) as u32;
