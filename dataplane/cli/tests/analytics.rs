@@ -733,7 +733,7 @@ async fn through_the_cluster_each_entry_counts_once_and_tail_follows() -> anyhow
     let sent = dataset(now, 900);
     send(&ingest, "c", &sent).await?;
     // An ack needs two of the three copies: wait for the third, since a member hangs below.
-    common::cluster::holding(&sandbox.storage, "c", sent.len()).await?;
+    sandbox.holding(&sandbox.storage, "c", sent.len()).await?;
     let check = |sent: Vec<Sent>, query: String| async move {
         let h = get_ok(
             &query,

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::cluster::{ClusterSandbox, counted, holding};
+use common::cluster::ClusterSandbox;
 use common::{FrameClient, eventually, metric_sum};
 use logcluster_proto::frame::{AckStatus, Format};
 use serde_json::Value;
@@ -89,9 +89,7 @@ fn assert_exactly_once(items: &[Value], acked: &HashSet<u64>, logs: &dyn Fn() ->
 }
 
 async fn converged(sandbox: &ClusterSandbox, tenant: &str, expected: usize) -> anyhow::Result<()> {
-    holding(&sandbox.storage, tenant, expected)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}{}", sandbox.logs()))
+    sandbox.holding(&sandbox.storage, tenant, expected).await
 }
 
 #[tokio::test]
@@ -128,12 +126,13 @@ async fn kill_9_of_a_storage_member_keeps_acks_flowing_and_it_converges_after_re
     assert_eq!(items.len(), expected);
     assert_exactly_once(&items, &acked, &|| sandbox.logs());
     // Hints were handed off.
-    counted(
-        &sandbox.storage,
-        "logcluster_cluster_hints_delivered_total",
-        1.0,
-    )
-    .await?;
+    sandbox
+        .counted(
+            &sandbox.storage,
+            "logcluster_cluster_hints_delivered_total",
+            1.0,
+        )
+        .await?;
     Ok(())
 }
 
@@ -141,12 +140,14 @@ async fn kill_9_of_a_storage_member_keeps_acks_flowing_and_it_converges_after_re
 /// hint when its call fails: at once for a dead member, after the call timeout for a hung or
 /// cut-off one, which can be after the batch was acknowledged by the other replicas.
 async fn hints_were_written(sandbox: &ClusterSandbox, what: &str) -> anyhow::Result<()> {
-    eventually(what, Duration::from_secs(30), || async {
-        let metrics = sandbox.ingestor.metrics().await.ok()?;
-        (metric_sum(&metrics, "logcluster_cluster_hints_written_total", &[]) > 0.0).then_some(())
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}{}", sandbox.logs()))
+    sandbox
+        .counted(
+            [&sandbox.ingestor],
+            "logcluster_cluster_hints_written_total",
+            1.0,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
 #[tokio::test]
@@ -267,12 +268,13 @@ async fn a_replica_that_lost_a_stream_is_repaired_by_quorum_reads() -> anyhow::R
     let items = sandbox.query_all("rr").await?;
     assert_exactly_once(&items, &acked, &|| sandbox.logs());
     converged(&sandbox, "rr", expected).await?;
-    counted(
-        [&sandbox.query],
-        "logcluster_cluster_read_repairs_total",
-        expected as f64,
-    )
-    .await?;
+    sandbox
+        .counted(
+            [&sandbox.query],
+            "logcluster_cluster_read_repairs_total",
+            expected as f64,
+        )
+        .await?;
     Ok(())
 }
 
@@ -335,12 +337,13 @@ async fn anti_entropy_restores_a_wiped_replica_without_any_read() -> anyhow::Res
     sandbox.storage[0].spawn().await?;
     // No query goes through the query node: only anti-entropy can bring the entries back.
     converged(&sandbox, "ae", expected).await?;
-    counted(
-        &sandbox.storage,
-        "logcluster_cluster_anti_entropy_entries_repaired_total",
-        expected as f64,
-    )
-    .await?;
+    sandbox
+        .counted(
+            &sandbox.storage,
+            "logcluster_cluster_anti_entropy_entries_repaired_total",
+            expected as f64,
+        )
+        .await?;
     let read_repairs = metric_sum(
         &sandbox.query.metrics().await?,
         "logcluster_cluster_read_repairs_total",
@@ -536,25 +539,23 @@ async fn a_leaving_member_takes_no_writes_from_a_writer_with_a_stale_view() -> a
     let (ok, other) = send_batches(&mut client, "stale", 1, 10).await?;
     assert!(other.is_empty(), "{other:?}{}", sandbox.logs());
     // storage-2 refused its copies: it holds none of them and is still drained.
-    counted(
-        [&sandbox.storage[2]],
-        "logcluster_cluster_appends_refused_leaving_total",
-        1.0,
-    )
-    .await?;
+    sandbox
+        .counted(
+            [&sandbox.storage[2]],
+            "logcluster_cluster_appends_refused_leaving_total",
+            1.0,
+        )
+        .await?;
     assert!(sandbox.storage[2].local_entries("stale").await?.is_empty());
     assert_eq!(sandbox.storage[2].drain().await?["drained"], true);
     // Every acknowledged entry is on both members that stay, and no hint is left over.
     let expected = ok.len() * PER_BATCH as usize;
-    holding(&sandbox.storage[..2], "stale", expected).await?;
-    // The refused copies became hints (stored once the ingestor counts them), and the
-    // members holding them send them on to the owners instead of to storage-2.
-    counted(
-        [&sandbox.ingestor],
-        "logcluster_cluster_hints_written_total",
-        1.0,
-    )
-    .await?;
+    sandbox
+        .holding(&sandbox.storage[..2], "stale", expected)
+        .await?;
+    // The refused copies became hints, and the members holding them send them on to the
+    // owners instead of to storage-2.
+    hints_were_written(&sandbox, "the refused copies went to hints").await?;
     eventually(
         "the hints for storage-2 to be redirected",
         Duration::from_secs(60),

@@ -224,8 +224,6 @@ const BUDGET_UNIT: usize = 1024;
 /// shares it: RF copies of a batch would otherwise be cloned and encoded RF times).
 pub struct EncodedBatch {
     parts: BTreeMap<PartitionId, EncodedPart>,
-    /// The encoded entries' size, charged to the in-flight budget.
-    bytes: usize,
 }
 
 /// The entries of one partition in a batch, encoded.
@@ -245,7 +243,7 @@ impl EncodedBatch {
                 .or_default()
                 .push(entry);
         }
-        let parts: BTreeMap<PartitionId, EncodedPart> = parts
+        let parts = parts
             .into_iter()
             .map(|(p, part)| {
                 let encoded = crate::messages::encode_entries(&part);
@@ -258,8 +256,12 @@ impl EncodedBatch {
                 )
             })
             .collect();
-        let bytes = parts.values().map(|part| part.encoded.len()).sum();
-        EncodedBatch { parts, bytes }
+        EncodedBatch { parts }
+    }
+
+    /// The encoded entries' size, charged to the in-flight budget.
+    fn bytes(&self) -> usize {
+        self.parts.values().map(|part| part.encoded.len()).sum()
     }
 }
 
@@ -462,7 +464,7 @@ impl Cluster {
         // themselves are freed once encoded, and the encoded requests are shared by the
         // replicas they go to; each call's request framing comes on top); released when the
         // last call finishes.
-        let bytes = batch.bytes;
+        let bytes = batch.bytes();
         let max_units = (self.config.max_in_flight_bytes / BUDGET_UNIT).max(1);
         let units = (bytes / BUDGET_UNIT).clamp(1, max_units) as u32;
         let permit = self

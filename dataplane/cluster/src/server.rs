@@ -134,7 +134,7 @@ pub async fn run_handoff(
             // Only a member missing from a known, non-empty membership has left, or one
             // marked leaving (it takes no new writes); an empty view (this node is still
             // starting) says nothing about it.
-            let gone = view.members.get(&member).is_none_or(|m| m.leaving);
+            let gone = view.members.get(&member).is_none() || view.members.is_leaving(&member);
             if gone && !view.ring.members().is_empty() {
                 // The member left the cluster or is leaving it: its partitions have new
                 // owners, and the hinted entries go to them instead.

@@ -45,7 +45,8 @@ use prost::encoding::{decode_varint, encode_varint};
 
 use crate::StorageError;
 use crate::segment::{
-    BlockError, FORMAT_TEMPLATES, MAX_BLOCK_LEN, NeedleScope, RowFilter, contains_ignore_ascii_case,
+    BlockError, FORMAT_COLUMNS, FORMAT_TEMPLATES, MAX_BLOCK_LEN, NeedleScope, RowFilter,
+    contains_ignore_ascii_case,
 };
 use crate::traces::TraceWindow;
 
@@ -464,25 +465,32 @@ fn put_field(out: &mut Vec<u8>, value: &FieldValue, text: &mut String) {
 /// cache, and compresses the sections when the block is cut. The bytes are those of the
 /// layout whatever the order the rows arrive in batches.
 pub(crate) struct Columns {
-    format: u32,
     core: CoreColumns,
-    /// [`FORMAT_COLUMNS`]: n × (varint len, bytes).
-    messages: Vec<u8>,
-    /// [`FORMAT_TEMPLATES`].
-    templates: templates::Builder,
+    messages: Messages,
     hosts: StringColumn,
     traces: TraceIds,
     fields: FieldColumns,
 }
 
+/// How a column layout stores messages, which is what tells the two layouts apart.
+enum Messages {
+    /// [`FORMAT_COLUMNS`]: n × (varint len, bytes).
+    Whole(Vec<u8>),
+    /// [`FORMAT_TEMPLATES`].
+    Templates(Box<templates::Builder>),
+}
+
 impl Columns {
+    /// [`FORMAT_TEMPLATES`], or [`FORMAT_COLUMNS`] for any other `format`.
     pub(crate) fn new(format: u32) -> Self {
         let hex = format == FORMAT_TEMPLATES;
         Columns {
-            format,
             core: CoreColumns::default(),
-            messages: Vec::new(),
-            templates: templates::Builder::default(),
+            messages: if hex {
+                Messages::Templates(Box::default())
+            } else {
+                Messages::Whole(Vec::new())
+            },
             hosts: StringColumn::new(hex),
             traces: TraceIds::default(),
             fields: FieldColumns {
@@ -495,10 +503,9 @@ impl Columns {
     /// Adds a row; returns whether its host and its trace id are the previous row's.
     pub(crate) fn push(&mut self, entry: &LogEntry) -> (bool, bool) {
         self.core.push(entry);
-        if self.format == FORMAT_TEMPLATES {
-            self.templates.push(entry.message.as_bytes(), entry.level);
-        } else {
-            put_bytes(&mut self.messages, entry.message.as_bytes());
+        match &mut self.messages {
+            Messages::Templates(templates) => templates.push(entry.message.as_bytes(), entry.level),
+            Messages::Whole(messages) => put_bytes(messages, entry.message.as_bytes()),
         }
         let host = self.hosts.push(&entry.host);
         let trace = self.traces.push(&entry.trace_id);
@@ -516,18 +523,22 @@ impl Columns {
     /// ([`FORMAT_TEMPLATES`] only, one per row): the trace ids' ordinals in a trace-id book
     /// window.
     pub(crate) fn raw_sections(self, trace_ordinals: Option<&[u32]>) -> Vec<Vec<u8>> {
-        let core = self.core.finish(self.format);
         let mut tags = self.hosts.out;
-        if self.format == FORMAT_TEMPLATES {
-            self.traces.put(&mut tags, true, trace_ordinals);
-            let [shape, rows, vars] = self.templates.finish();
-            let mut fields = Vec::new();
-            self.fields.put(&mut fields);
-            vec![core, shape, rows, vars, tags, fields]
-        } else {
-            self.traces.put(&mut tags, false, None);
-            self.fields.put(&mut tags);
-            vec![core, self.messages, tags]
+        match self.messages {
+            Messages::Templates(templates) => {
+                let core = self.core.finish(FORMAT_TEMPLATES);
+                self.traces.put(&mut tags, true, trace_ordinals);
+                let [shape, rows, vars] = templates.finish();
+                let mut fields = Vec::new();
+                self.fields.put(&mut fields);
+                vec![core, shape, rows, vars, tags, fields]
+            }
+            Messages::Whole(messages) => {
+                let core = self.core.finish(FORMAT_COLUMNS);
+                self.traces.put(&mut tags, false, None);
+                self.fields.put(&mut tags);
+                vec![core, messages, tags]
+            }
         }
     }
 

@@ -432,10 +432,9 @@ pub fn build_block_with(
 
 /// A block built one entry at a time: a stream adds each entry to its next block when the
 /// entry arrives, while it is still in cache, and [`BlockBuilder::finish`] compresses the
-/// block when the stream cuts it. The bytes are those [`build_block_with`] gives for the
-/// same entries.
+/// block when the stream cuts it. Where the batches were cut does not change the bytes.
 pub struct BlockBuilder {
-    format: u32,
+    /// The summaries so far (`format` set at the start).
     meta: BlockMeta,
     /// The token hashes in the order they were first met, with some repeats: the block
     /// filter is built from their set when the block is cut.
@@ -446,10 +445,15 @@ pub struct BlockBuilder {
     /// Entries of one minute and level come in runs: counted here, added to `rollup` per run.
     run: Option<((i64, u32), u32)>,
     numeric: NumericFolds,
+    layout: Layout,
+}
+
+/// The rows of a block under construction, in its layout.
+enum Layout {
     /// [`FORMAT_ROWS`]: each entry's length (u32 LE) and protobuf bytes.
-    rows: Vec<u8>,
+    Rows(Vec<u8>),
     /// The column layouts.
-    columns: Option<crate::columnar::Columns>,
+    Columns(Box<crate::columnar::Columns>),
 }
 
 /// Slots of [`RECENT_TOKENS`] (a power of two).
@@ -471,7 +475,6 @@ static NEXT_BUILDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 impl BlockBuilder {
     pub fn new(format: u32) -> Self {
         BlockBuilder {
-            format,
             id: NEXT_BUILDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             meta: BlockMeta {
                 min_ts: i64::MAX,
@@ -483,8 +486,11 @@ impl BlockBuilder {
             rollup: std::collections::BTreeMap::new(),
             run: None,
             numeric: NumericFolds::default(),
-            rows: Vec::new(),
-            columns: (format != FORMAT_ROWS).then(|| crate::columnar::Columns::new(format)),
+            layout: if format == FORMAT_ROWS {
+                Layout::Rows(Vec::new())
+            } else {
+                Layout::Columns(Box::new(crate::columnar::Columns::new(format)))
+            },
         }
     }
 
@@ -508,13 +514,13 @@ impl BlockBuilder {
         meta.min_ts = meta.min_ts.min(entry.timestamp);
         meta.max_ts = meta.max_ts.max(entry.timestamp);
         meta.level_mask |= 1 << (entry.level.clamp(0, 31) as u32);
-        // A host or trace id equal to the previous entry's adds no token to the set.
-        let (same_host, same_trace) = match &mut self.columns {
-            Some(columns) => columns.push(entry),
-            None => {
-                self.rows
-                    .extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
-                entry.encode_raw(&mut self.rows);
+        // A host or trace id equal to the previous entry's adds no token to the set (the
+        // column layouts know; the rows layout hashes them again, adding nothing new).
+        let (same_host, same_trace) = match &mut self.layout {
+            Layout::Columns(columns) => columns.push(entry),
+            Layout::Rows(rows) => {
+                rows.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
+                entry.encode_raw(rows);
                 (false, false)
             }
         };
@@ -539,16 +545,15 @@ impl BlockBuilder {
         traces: Option<&TraceBook>,
     ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
         let BlockBuilder {
-            format,
             mut meta,
             tokens,
             mut rollup,
             run,
             numeric,
-            rows,
-            columns,
+            layout,
             id: _,
         } = self;
+        let format = meta.format;
         if let Some((key, count)) = run {
             *rollup.entry(key).or_default() += count;
         }
@@ -576,13 +581,13 @@ impl BlockBuilder {
                 count,
             })
             .collect();
-        let compressed = match columns {
-            None => {
+        let compressed = match layout {
+            Layout::Rows(rows) => {
                 meta.raw_len = block_len(rows.len())?;
                 zstd::bulk::compress(&rows, zstd_level)
                     .map_err(|source| StorageError::Compress { source })?
             }
-            Some(columns) => {
+            Layout::Columns(columns) => {
                 let refs = match traces {
                     Some(book) if format == FORMAT_TEMPLATES => {
                         book.intern_keys(&columns.trace_keys())?

@@ -43,25 +43,30 @@ pub struct StreamSnapshot {
 /// A batch part in the tail (not yet in a block): its WAL record, which holds the entries as
 /// protobuf, and the entries decoded from it once a read wants them. The entries an append
 /// is given are dropped as soon as they are in the tail's block, while they are still in
-/// cache; a block is cut from ~1 MiB of them, so the tail is read far less often than it
-/// is appended to.
+/// cache; a block is cut once the tail holds `block_target_bytes` of records, so the tail is
+/// read far less often than it is appended to.
 pub struct TailChunk {
     record: Vec<u8>,
     /// The latest timestamp of the chunk's entries.
     pub max_ts: i64,
-    entries: std::sync::OnceLock<Arc<Vec<LogEntry>>>,
+    /// `None` when the record does not decode (it was built, or received and decoded, by
+    /// this process, so only a bug gets there).
+    entries: std::sync::OnceLock<Option<Arc<Vec<LogEntry>>>>,
 }
 
 impl TailChunk {
-    /// The chunk's entries, in the order they were appended.
-    pub fn entries(&self) -> &Arc<Vec<LogEntry>> {
-        self.entries.get_or_init(|| {
-            // The record was built (or received and decoded) by this process moments ago.
-            let entries = wal::record_entries(&self.record).unwrap_or_else(|| {
-                warn!("a tail record does not decode; its entries are left out of reads until its block is cut");
-                Vec::new()
-            });
-            Arc::new(entries)
+    fn decoded(&self) -> Option<&Arc<Vec<LogEntry>>> {
+        self.entries
+            .get_or_init(|| wal::record_entries(&self.record).map(Arc::new))
+            .as_ref()
+    }
+
+    /// The chunk's entries, in the order they were appended, for a read; none (logged) if
+    /// the record does not decode. A block is never built without them (see `tail_block`).
+    pub fn entries(&self) -> Arc<Vec<LogEntry>> {
+        self.decoded().cloned().unwrap_or_else(|| {
+            warn!("a tail record does not decode; reads leave its entries out");
+            Arc::default()
         })
     }
 }
@@ -108,8 +113,8 @@ struct Inner {
     open_blocks: Vec<Arc<BlockMeta>>,
     tail: Vec<Arc<TailChunk>>,
     tail_bytes: usize,
-    /// The tail's block, built as entries arrive (while they are in cache); `None` after a
-    /// failed flush, when the next push builds it again from the tail.
+    /// The tail's block, built as entries arrive (while they are in cache); `None` while
+    /// the tail is empty and after a failed flush (see [`Inner::take_building`]).
     building: Option<BlockBuilder>,
     uids_current: HashSet<u64>,
     uids_recent: VecDeque<(u64, HashSet<u64>)>,
@@ -123,15 +128,6 @@ struct Inner {
     repaired: HashSet<u64>,
     /// The tenant's trace-id book.
     traces: Arc<TraceBook>,
-}
-
-/// The block of the entries of `tail`.
-fn tail_block(tail: &[Arc<TailChunk>], config: &StorageConfig) -> BlockBuilder {
-    let mut block = BlockBuilder::new(config.block_format);
-    for entry in tail.iter().flat_map(|chunk| chunk.entries().iter()) {
-        block.push(entry);
-    }
-    block
 }
 
 fn wal_path(dir: &Path, seq: u64) -> PathBuf {
@@ -297,8 +293,7 @@ impl Stream {
             for record in replay.records {
                 inner.uids_current.insert(record.batch_uid);
                 inner.note_repaired(record.batch_uid, &record.entries);
-                let bytes = wal::encode_record(record.batch_uid, &record.entries);
-                inner.push_tail(record.entries, bytes, config, true)?;
+                inner.push_tail(record.entries, record.bytes, config, true)?;
             }
             if i + 1 < count {
                 // An older unsealed WAL: seal what it held into its own segment number.
@@ -643,6 +638,25 @@ impl Inner {
         }
     }
 
+    /// The tail's block under construction, taken out; built again from the whole tail
+    /// when there is none (a new tail, or after a failed flush). A tail record that does not
+    /// decode is an error: the block is not built without its entries.
+    fn take_building(&mut self, config: &StorageConfig) -> Result<BlockBuilder, StorageError> {
+        if let Some(building) = self.building.take() {
+            return Ok(building);
+        }
+        let mut block = BlockBuilder::new(config.block_format);
+        for chunk in &self.tail {
+            let entries = chunk
+                .decoded()
+                .ok_or_else(|| StorageError::Encode("a tail record does not decode".to_string()))?;
+            for entry in entries.iter() {
+                block.push(entry);
+            }
+        }
+        Ok(block)
+    }
+
     /// Adds entries to the tail (they stay there whatever happens) and to its block, then
     /// flushes the tail into a block if it is full and `flush` allows.
     /// `record`: the entries' WAL record.
@@ -655,10 +669,7 @@ impl Inner {
     ) -> Result<(), StorageError> {
         // Out of `self` while the entries go in: were this interrupted, the next push would
         // build the block again from the tail rather than use one that differs from it.
-        let mut building = match self.building.take() {
-            Some(building) => building,
-            None => tail_block(&self.tail, config),
-        };
+        let mut building = self.take_building(config)?;
         let mut max_ts = i64::MIN;
         for entry in &entries {
             max_ts = max_ts.max(entry.timestamp);
@@ -683,11 +694,8 @@ impl Inner {
         if self.tail.is_empty() {
             return Ok(());
         }
-        let building = match self.building.take() {
-            Some(building) => building,
-            None => tail_block(&self.tail, config),
-        };
-        let built = building
+        let built = self
+            .take_building(config)?
             .finish(
                 config.zstd_level,
                 config.shared_trace_ids.then_some(&*self.traces),

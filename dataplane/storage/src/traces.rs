@@ -26,8 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use logcluster_proto::LogEntry;
-
 use crate::StorageError;
 use crate::segment::BlockError;
 
@@ -263,18 +261,22 @@ impl TraceBook {
         Ok(true)
     }
 
-    /// Gives every 32-hex-digit trace id of `entries` an ordinal in the current window,
-    /// adding those it lacks (written, not yet fsynced). Returns the window and one ordinal
-    /// per entry ([`NO_REF`] for other trace ids), or `None` when no entry has such an id
-    /// (or the entries are more than a window holds: the block keeps its ids itself).
-    pub fn intern(&self, entries: &[LogEntry]) -> Result<Option<(u64, Vec<u32>)>, StorageError> {
+    /// [`TraceBook::intern_keys`] of the trace ids of `entries`.
+    #[cfg(test)]
+    pub(crate) fn intern(
+        &self,
+        entries: &[logcluster_proto::LogEntry],
+    ) -> Result<Option<(u64, Vec<u32>)>, StorageError> {
         let keys: Vec<Option<[u8; ID_LEN]>> =
             entries.iter().map(|e| trace_key(&e.trace_id)).collect();
         self.intern_keys(&keys)
     }
 
-    /// [`TraceBook::intern`] of entries whose trace ids have the keys `keys`
-    /// ([`trace_key`]).
+    /// Gives every 32-hex-digit trace id (`keys`: one [`trace_key`] per entry) an ordinal in
+    /// the current window, adding those it lacks (written, not yet fsynced). Returns the
+    /// window and one ordinal per entry ([`NO_REF`] for other trace ids), or `None` when no
+    /// entry has such an id (or the entries are more than a window holds: the block keeps its
+    /// ids itself).
     pub(crate) fn intern_keys(
         &self,
         keys: &[Option<[u8; ID_LEN]>],
@@ -507,6 +509,8 @@ fn window_numbers(dir: &Path) -> Result<Vec<u64>, StorageError> {
 
 #[cfg(test)]
 mod tests {
+    use logcluster_proto::LogEntry;
+
     use super::*;
 
     fn entry(trace_id: &str) -> LogEntry {

@@ -79,6 +79,8 @@ fn build_record(batch_uid: u64, len: usize, entries: impl FnOnce(&mut Vec<u8>)) 
 pub struct Record {
     pub batch_uid: u64,
     pub entries: Vec<LogEntry>,
+    /// The whole record (header and body) as it is in the file.
+    pub bytes: Vec<u8>,
 }
 
 /// Result of replaying a WAL file.
@@ -150,12 +152,24 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
 
 /// The entries of one whole record (as [`encode_record`] makes it), if it is intact.
 pub fn record_entries(record: &[u8]) -> Option<Vec<LogEntry>> {
-    parse_record(record)
-        .filter(|(_, len)| *len == record.len())
-        .map(|(record, _)| record.entries)
+    let (_, entries, len) = parse_body(record)?;
+    (len == record.len()).then_some(entries)
 }
 
 fn parse_record(buf: &[u8]) -> Option<(Record, usize)> {
+    let (batch_uid, entries, len) = parse_body(buf)?;
+    Some((
+        Record {
+            batch_uid,
+            entries,
+            bytes: buf[..len].to_vec(),
+        },
+        len,
+    ))
+}
+
+/// The batch uid and entries of the record at the start of `buf`, and the record's length.
+fn parse_body(buf: &[u8]) -> Option<(u64, Vec<LogEntry>, usize)> {
     if buf.len() < 8 {
         return None;
     }
@@ -170,13 +184,7 @@ fn parse_record(buf: &[u8]) -> Option<(Record, usize)> {
     }
     let batch_uid = u64::from_le_bytes(body[0..8].try_into().ok()?);
     let batch = LogBatch::decode(&body[8..]).ok()?;
-    Some((
-        Record {
-            batch_uid,
-            entries: batch.entries,
-        },
-        8 + body_len,
-    ))
+    Some((batch_uid, batch.entries, 8 + body_len))
 }
 
 #[cfg(test)]

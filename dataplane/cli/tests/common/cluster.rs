@@ -25,49 +25,6 @@ pub struct SandboxNode {
     pub ports: HashMap<String, u16>,
 }
 
-/// Waits until `metric` summed over `nodes` reaches `at_least`. A counter goes up once the
-/// work it counts has answered, which can be after a read already sees that work's result.
-pub async fn counted<'a>(
-    nodes: impl IntoIterator<Item = &'a SandboxNode>,
-    metric: &str,
-    at_least: f64,
-) -> anyhow::Result<()> {
-    let nodes: Vec<&SandboxNode> = nodes.into_iter().collect();
-    super::eventually(
-        &format!("{metric} to reach {at_least}"),
-        Duration::from_secs(30),
-        || async {
-            let mut sum = 0.0;
-            for node in &nodes {
-                sum += super::metric_sum(&node.metrics().await.ok()?, metric, &[]);
-            }
-            (sum >= at_least).then_some(())
-        },
-    )
-    .await
-}
-
-/// Waits until each of `nodes` holds exactly `expected` entries of `tenant` (an ack needs
-/// only the write quorum's copies; the others follow).
-pub async fn holding<'a>(
-    nodes: impl IntoIterator<Item = &'a SandboxNode>,
-    tenant: &str,
-    expected: usize,
-) -> anyhow::Result<()> {
-    for node in nodes {
-        super::eventually(
-            &format!("{} to hold all {expected} entries", node.name),
-            Duration::from_secs(60),
-            || async {
-                let items = node.local_entries(tenant).await.ok()?;
-                (items.len() == expected).then_some(())
-            },
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 impl SandboxNode {
     fn ready_path(&self) -> PathBuf {
         self.config_path.with_extension("ready.json")
@@ -375,6 +332,55 @@ impl ClusterSandbox {
         .await?;
         anyhow::ensure!(status == 200, "query answered {status}: {value}");
         Ok(value)
+    }
+
+    /// Waits until `metric` summed over `nodes` reaches `at_least`. A counter goes up once
+    /// the work it counts has answered, which can be after a read already sees that work's
+    /// result. A failure carries every node's log.
+    pub async fn counted<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a SandboxNode>,
+        metric: &str,
+        at_least: f64,
+    ) -> anyhow::Result<()> {
+        let nodes: Vec<&SandboxNode> = nodes.into_iter().collect();
+        super::eventually(
+            &format!("{metric} to reach {at_least}"),
+            Duration::from_secs(30),
+            || async {
+                let mut sum = 0.0;
+                for node in &nodes {
+                    sum += super::metric_sum(&node.metrics().await.ok()?, metric, &[]);
+                }
+                (sum >= at_least).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}{}", self.logs()))
+    }
+
+    /// Waits until each of `nodes` holds exactly `expected` entries of `tenant` (an ack needs
+    /// only the write quorum's copies; the others follow). A failure carries every node's
+    /// log.
+    pub async fn holding<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a SandboxNode>,
+        tenant: &str,
+        expected: usize,
+    ) -> anyhow::Result<()> {
+        for node in nodes {
+            super::eventually(
+                &format!("{} to hold all {expected} entries", node.name),
+                Duration::from_secs(60),
+                || async {
+                    let items = node.local_entries(tenant).await.ok()?;
+                    (items.len() == expected).then_some(())
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}{}", self.logs()))?;
+        }
+        Ok(())
     }
 
     /// Every node's log, for failure messages.
