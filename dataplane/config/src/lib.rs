@@ -382,7 +382,9 @@ fn default_http_addr() -> String {
     "0.0.0.0:3100".into()
 }
 /// The largest `ingest.maxFrameBytes`: a frame's entries for one stream are one WAL record,
-/// and a record is at most 256 MiB; a quarter of that leaves room for what decoding adds.
+/// and a record is at most 256 MiB. Typical entries encode to about their input size; a
+/// frame of very short lines can still grow past the record limit (each entry adds an id,
+/// times, tenant and service), and storage then refuses it before the WAL.
 pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
 
 fn default_max_frame_bytes() -> u32 {
