@@ -163,20 +163,14 @@ impl Handler for StorageHandler {
         Box::pin(async move {
             match Kind::from_u8(kind) {
                 Some(Kind::Append) => {
-                    // A leaving member takes no new data. What it acknowledged now might be
-                    // on no owner once it is removed (it may have reported itself drained
-                    // already); refused, the writer keeps the copy as a hint on a member
-                    // that stays. Only a writer with a stale view still sends here.
-                    let view = inner.cluster.view();
-                    if view.members.is_leaving(&inner.name) {
-                        inner.cluster.metrics().appends_refused_leaving.inc();
-                        return Err(format!(
-                            "member {} is leaving and takes no new writes",
-                            inner.name
-                        ));
-                    }
-                    logcluster_cluster::server::handle_append(&inner.store, &inner.hints, payload)
-                        .await
+                    logcluster_cluster::server::handle_append(
+                        &inner.cluster,
+                        &inner.name,
+                        &inner.store,
+                        &inner.hints,
+                        payload,
+                    )
+                    .await
                 }
                 Some(Kind::Query) => {
                     let request: QueryRequest = serde_json::from_slice(&payload)

@@ -16,14 +16,26 @@ use crate::hints::HintStore;
 use crate::messages::{AppendReply, AppendRequest, Kind, entry_spans};
 use crate::replication::Cluster;
 
-/// Applies one `Append` call on this storage member. The request is decoded on a blocking
-/// thread, and a replica write is stored on that same thread while its entries are in the
-/// core's cache ([`Store::append_on_this_thread`]); only the wait for durability is async.
+/// Applies one `Append` call on this storage member (`name`). The request is decoded on a
+/// blocking thread, and a replica write is stored on that same thread while its entries are
+/// in the core's cache ([`Store::append_on_this_thread`]); only the wait for durability is
+/// async.
+///
+/// A leaving member takes no new data: what it acknowledged now might be on no owner once it
+/// is removed (it may have reported itself drained already). Refused (and counted), the
+/// writer keeps the copy as a hint on a member that stays. Only a writer with a stale view
+/// still sends here.
 pub async fn handle_append(
+    cluster: &Cluster,
+    name: &str,
     store: &Arc<Store>,
     hints: &Arc<HintStore>,
     payload: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
+    if cluster.view().members.is_leaving(name) {
+        cluster.metrics().appends_refused_leaving.inc();
+        return Err(format!("member {name} is leaving and takes no new writes"));
+    }
     enum Decoded {
         Hinted(u64),
         Repair(Vec<logcluster_proto::LogEntry>),
