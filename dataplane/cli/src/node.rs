@@ -316,6 +316,7 @@ pub async fn run_node(
             ingest_metrics.clone(),
             config.default_tenant.clone(),
             config.max_pending_bytes,
+            config.max_batch_records,
         )),
         _ => None,
     };

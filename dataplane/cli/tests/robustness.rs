@@ -253,3 +253,94 @@ async fn udp_garbage_is_counted_and_the_listener_keeps_working() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Result<()> {
+    // Tiny records: the frames are small in bytes, large in entries.
+    let node = TestNode::start(|raw, _| raw.ingest.max_batch_records = 1000).await?;
+    let lines = |n: usize, tag: &str| -> Vec<u8> {
+        (0..n)
+            .map(|k| format!("{tag}{k}\n"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    let mut c = node.connect().await?;
+    let ack = c.roundtrip(Format::Raw, 1, "t", &lines(1001, "r")).await?;
+    assert_eq!(ack.status, AckStatus::Rejected, "{ack:?}");
+    assert!(ack.error.contains("maxBatchRecords"), "{}", ack.error);
+    // The connection carries on, and a batch at the limit is stored whole.
+    let ack = c.roundtrip(Format::Raw, 2, "t", &lines(1000, "a")).await?;
+    assert_eq!((ack.status, ack.accepted), (AckStatus::Accepted, 1000));
+
+    let proto = logcluster_proto::LogBatch {
+        entries: (0..1001)
+            .map(|k| logcluster_proto::LogEntry {
+                message: format!("p{k}"),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let ack = c
+        .roundtrip(
+            Format::Protobuf,
+            3,
+            "t",
+            &prost::Message::encode_to_vec(&proto),
+        )
+        .await?;
+    assert_eq!(ack.status, AckStatus::Rejected, "{ack:?}");
+
+    // Over HTTP: the ingest API and the Elasticsearch bulk API (which decodes before the
+    // count is known) refuse the request, and no document is answered as created.
+    let tenant = [("X-Logcluster-Tenant", "t")];
+    let (status, body) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/api/v1/ingest",
+        &tenant,
+        &lines(1001, "h"),
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("maxBatchRecords"), "{body}");
+    let bulk: String = (0..1001)
+        .map(|k| format!("{{\"index\":{{\"_index\":\"es\"}}}}\n{{\"message\":\"e{k}\"}}\n"))
+        .collect();
+    let (status, body) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/_bulk",
+        &[
+            ("Content-Type", "application/x-ndjson"),
+            ("X-Logcluster-Tenant", "t"),
+        ],
+        bulk.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["type"], "illegal_argument_exception",
+        "{body}"
+    );
+
+    let metrics = node.metrics().await?;
+    for format in ["raw", "protobuf", "json", "elasticsearch"] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "logcluster_ingest_rejected_total",
+                &[&format!("format=\"{format}\""), "too_many_records"]
+            ),
+            1.0,
+            "{format}: {metrics}"
+        );
+    }
+    let items = node.query_all("t").await?;
+    assert_eq!(items.len(), 1000);
+    assert!(
+        items
+            .iter()
+            .all(|i| { i["message"].as_str().is_some_and(|m| m.starts_with('a')) })
+    );
+    Ok(())
+}

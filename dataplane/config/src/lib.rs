@@ -154,6 +154,11 @@ pub struct RawIngest {
     /// wait (bounded memory under any load).
     #[serde(default = "default_max_pending_bytes")]
     pub max_pending_bytes: u64,
+    /// Most records one batch (frame, request, datagram) may hold; a batch with more is
+    /// refused as a whole (`too_many_records`). Bytes alone do not bound a batch's memory or
+    /// its WAL record: a frame of two-byte lines is millions of entries.
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: u32,
     /// Tenant for entries that name none and arrive without a frame tenant.
     #[serde(default = "default_tenant")]
     pub default_tenant: String,
@@ -382,10 +387,18 @@ fn default_http_addr() -> String {
     "0.0.0.0:3100".into()
 }
 /// The largest `ingest.maxFrameBytes`: a frame's entries for one stream are one WAL record,
-/// and a record is at most 256 MiB. Typical entries encode to about their input size; a
-/// frame of very short lines can still grow past the record limit (each entry adds an id,
-/// times, tenant and service), and storage then refuses it before the WAL.
+/// and a record is at most 256 MiB. Typical entries encode to about their input size; each
+/// also adds an id, times, tenant and service, which [`MAX_BATCH_RECORDS`] bounds.
 pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
+
+/// The largest `ingest.maxBatchRecords`: with a full frame this keeps a batch's WAL record
+/// (the frame's bytes plus 100–300 bytes of ids, times, names and enrichment per entry)
+/// under 256 MiB.
+pub const MAX_BATCH_RECORDS: u32 = 500_000;
+
+fn default_max_batch_records() -> u32 {
+    100_000
+}
 
 fn default_max_frame_bytes() -> u32 {
     8 * 1024 * 1024
@@ -498,6 +511,7 @@ impl Default for RawIngest {
             max_frame_bytes: default_max_frame_bytes(),
             max_in_flight_per_connection: default_max_in_flight(),
             max_pending_bytes: default_max_pending_bytes(),
+            max_batch_records: default_max_batch_records(),
             default_tenant: default_tenant(),
             schema_dir: None,
             schema_poll_interval: default_schema_poll(),
@@ -638,6 +652,7 @@ pub struct NodeConfig {
     pub max_frame_bytes: u32,
     pub max_in_flight_per_connection: usize,
     pub max_pending_bytes: u64,
+    pub max_batch_records: usize,
     pub default_tenant: String,
     pub schema_dir: Option<PathBuf>,
     pub schema_poll_interval: Duration,
@@ -903,6 +918,12 @@ impl RawNodeConfig {
                 "must be at least 1",
             ));
         }
+        if !(1..=MAX_BATCH_RECORDS).contains(&self.ingest.max_batch_records) {
+            return Err(invalid(
+                "ingest.maxBatchRecords",
+                format!("must be between 1 and {MAX_BATCH_RECORDS}"),
+            ));
+        }
         if self.ingest.max_pending_bytes < u64::from(self.ingest.max_frame_bytes) {
             return Err(invalid(
                 "ingest.maxPendingBytes",
@@ -987,6 +1008,7 @@ impl RawNodeConfig {
             max_frame_bytes: self.ingest.max_frame_bytes,
             max_in_flight_per_connection: self.ingest.max_in_flight_per_connection as usize,
             max_pending_bytes: self.ingest.max_pending_bytes,
+            max_batch_records: self.ingest.max_batch_records as usize,
             default_tenant: self.ingest.default_tenant,
             schema_dir: self.ingest.schema_dir,
             schema_poll_interval: duration_field(
@@ -1138,6 +1160,26 @@ mod tests {
             assert_eq!(result.is_ok(), ok, "{bytes}: {result:?}");
             if let Err(error) = result {
                 assert!(error.to_string().contains("maxFrameBytes"), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_batch_record_count_is_bounded_both_ways() {
+        let base = "dataDir: /x\nlisten: {ingest: '', syslogTls: ''}\n";
+        let default = NodeConfig::from_yaml(base).expect("defaults");
+        assert_eq!(default.max_batch_records, 100_000);
+        for (records, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_BATCH_RECORDS, true),
+            (MAX_BATCH_RECORDS + 1, false),
+        ] {
+            let yaml = format!("{base}ingest: {{maxBatchRecords: {records}}}\n");
+            let result = NodeConfig::from_yaml(&yaml);
+            assert_eq!(result.is_ok(), ok, "{records}: {result:?}");
+            if let Err(error) = result {
+                assert!(error.to_string().contains("maxBatchRecords"), "{error}");
             }
         }
     }

@@ -200,6 +200,8 @@ pub struct Pipeline {
     default_tenant: String,
     budget: Arc<Semaphore>,
     budget_kib: u32,
+    /// Most records a batch may hold (`ingest.maxBatchRecords`).
+    max_batch_records: usize,
     first_seen: std::sync::Mutex<FirstSeen>,
 }
 
@@ -240,6 +242,7 @@ impl Pipeline {
         metrics: IngestMetrics,
         default_tenant: String,
         max_pending_bytes: u64,
+        max_batch_records: usize,
     ) -> Arc<Pipeline> {
         let budget_kib = (max_pending_bytes / 1024).clamp(1, u64::from(u32::MAX >> 3)) as u32;
         Arc::new(Pipeline {
@@ -250,6 +253,7 @@ impl Pipeline {
             default_tenant,
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
+            max_batch_records,
             first_seen: std::sync::Mutex::new(FirstSeen::default()),
         })
     }
@@ -306,12 +310,14 @@ impl Pipeline {
     ) -> BatchResult {
         let len = payload.len();
         let input_format = source.format;
+        let max_records = self.max_batch_records;
         self.ingest_with(source, len, move |schemas| {
             // Records keep their parsed JSON only when a schema of the set that will
             // validate them could want it.
             let ctx = DecodeContext {
                 default_service: "unknown".to_string(),
                 keep_original: schemas.has_schema_for_format(input_format),
+                max_records,
             };
             decode::decode_payload(format, &payload, &ctx)
                 .map_err(|error| (error.reason(), error.to_string()))
@@ -344,7 +350,8 @@ impl Pipeline {
         let src = source.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let schemas = pipeline.schemas.current();
-            decode(&schemas).map(|output| {
+            let decoded = decode(&schemas).and_then(|output| pipeline.within_limit(output));
+            decoded.map(|output| {
                 let mut prepared = pipeline.prepare(&src, output, &schemas);
                 if let Accepted::Entries(entries) = &mut prepared.accepted
                     && !entries.is_empty()
@@ -367,24 +374,7 @@ impl Pipeline {
         .await;
         match prepared {
             Ok(Ok(prepared)) => self.commit(source, prepared, started).await,
-            Ok(Err((reason, message))) => {
-                self.metrics
-                    .rejected
-                    .get_or_create(&labels2("format", source.format, "reason", reason.label()))
-                    .inc();
-                self.finish(
-                    started,
-                    BatchResult {
-                        status: AckStatus::Rejected,
-                        accepted: 0,
-                        rejected: 1,
-                        duplicate: false,
-                        error: format!("payload rejected: {message}"),
-                        record_errors: Vec::new(),
-                        batch_uid: 0,
-                    },
-                )
-            }
+            Ok(Err((reason, message))) => self.refuse(&source, started, reason, &message),
             Err(join) => self.finish(
                 started,
                 BatchResult {
@@ -407,8 +397,48 @@ impl Pipeline {
         output: DecodeOutput,
     ) -> BatchResult {
         let started = Instant::now();
+        let output = match self.within_limit(output) {
+            Ok(output) => output,
+            Err((reason, message)) => return self.refuse(&source, started, reason, &message),
+        };
         let prepared = self.prepare(&source, output, &self.schemas.current());
         self.commit(source, prepared, started).await
+    }
+
+    /// Every path's check of `ingest.maxBatchRecords` (decoders of framed payloads stop at
+    /// it already; other listeners and APIs decode first).
+    fn within_limit(&self, output: DecodeOutput) -> Result<DecodeOutput, (RejectReason, String)> {
+        if output.len() > self.max_batch_records {
+            let error = decode::PayloadError::TooManyRecords(self.max_batch_records);
+            return Err((error.reason(), error.to_string()));
+        }
+        Ok(output)
+    }
+
+    /// Refuses a whole payload: counted by format and reason, answered with the reason.
+    fn refuse(
+        &self,
+        source: &BatchSource,
+        started: Instant,
+        reason: RejectReason,
+        message: &str,
+    ) -> BatchResult {
+        self.metrics
+            .rejected
+            .get_or_create(&labels2("format", source.format, "reason", reason.label()))
+            .inc();
+        self.finish(
+            started,
+            BatchResult {
+                status: AckStatus::Rejected,
+                accepted: 0,
+                rejected: 1,
+                duplicate: false,
+                error: format!("payload rejected: {message}"),
+                record_errors: Vec::new(),
+                batch_uid: 0,
+            },
+        )
     }
 
     /// Tenant, validation, enrichment and ids (CPU only).
@@ -709,6 +739,7 @@ mod tests {
             IngestMetrics::default(),
             "default".to_string(),
             1 << 20,
+            1000,
         )
     }
 

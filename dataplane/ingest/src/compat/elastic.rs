@@ -317,7 +317,7 @@ fn decode_documents(body: &[u8], items: &[Item], options: &ElasticOptions) -> De
             } else {
                 String::new()
             },
-            keep_original: true,
+            ..DecodeContext::default()
         };
         match decode::decode_json_value(value, &ctx) {
             Ok(mut decoded) => {
@@ -436,6 +436,15 @@ async fn bulk(
             "unavailable_shards_exception",
             &result.error,
         ));
+    }
+    // The request as a whole was refused (more documents than a batch may hold): no item
+    // was stored, so none may be answered as created.
+    if result.status == AckStatus::Rejected && result.record_errors.is_empty() {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "illegal_argument_exception",
+            &result.error,
+        );
     }
     // Answer item by item. Records were numbered among the documents; stored records among
     // the documents that decoded.

@@ -162,7 +162,7 @@ pub(crate) fn decode_journald(payload: &[u8], ctx: &DecodeContext) -> DecodeOutp
     let mut out = DecodeOutput::default();
     let mut pos = 0usize;
     let mut index = 0usize;
-    while pos < payload.len() {
+    while pos < payload.len() && !out.over(ctx) {
         let entry_start = pos;
         match parse_fields(payload, &mut pos) {
             Ok(raw) if raw.is_empty() => continue,

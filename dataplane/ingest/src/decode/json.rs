@@ -633,6 +633,9 @@ pub(crate) fn decode_json_payload(
                 PayloadError::InvalidJson(error)
             }
         })?;
+        if values.len() > ctx.max_records {
+            return Err(PayloadError::TooManyRecords(ctx.max_records));
+        }
         out.records.reserve(values.len());
         for (index, value) in values.into_iter().enumerate() {
             push(&mut out, index, decode_json_value(value, ctx));
@@ -644,12 +647,16 @@ pub(crate) fn decode_json_payload(
     // lines are parsed as text, without checking each string again.
     let text = std::str::from_utf8(payload).ok();
     // One record per line, mostly: sized once instead of grown (and copied) by doubling.
-    out.records
-        .reserve(memchr::memchr_iter(b'\n', payload).count() + 1);
+    out.records.reserve(
+        (memchr::memchr_iter(b'\n', payload).count() + 1).min(ctx.max_records.saturating_add(1)),
+    );
     let mut offset = 0usize;
     let mut first_record = true;
     let ends = memchr::memchr_iter(b'\n', payload).chain(std::iter::once(payload.len()));
     for (index, line_end) in ends.enumerate() {
+        if out.over(ctx) {
+            break;
+        }
         let line_start = offset;
         let raw_line = &payload[line_start..line_end];
         offset = line_end + 1;
@@ -708,7 +715,7 @@ mod tests {
     fn ctx() -> DecodeContext {
         DecodeContext {
             default_service: "fallback".into(),
-            keep_original: true,
+            ..DecodeContext::default()
         }
     }
 

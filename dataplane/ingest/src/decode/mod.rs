@@ -41,6 +41,11 @@ pub struct DecodeContext {
     /// Keep each JSON record's parsed value beside its entry ([`Decoded::original`]), for
     /// schema validation; without, the mapping takes the value apart instead of copying.
     pub keep_original: bool,
+    /// Most records (accepted or refused) a payload may hold; a payload with more is refused
+    /// as a whole ([`PayloadError::TooManyRecords`]), and decoding stops as soon as it is
+    /// known. Bytes alone do not bound a batch: a frame of two-byte lines is millions of
+    /// entries, each far larger in memory and in the WAL than its line.
+    pub max_records: usize,
 }
 
 impl Default for DecodeContext {
@@ -48,6 +53,7 @@ impl Default for DecodeContext {
         DecodeContext {
             default_service: "unknown".to_string(),
             keep_original: true,
+            max_records: usize::MAX,
         }
     }
 }
@@ -111,6 +117,8 @@ pub enum RejectReason {
     InvalidLabels,
     /// Refused by a registered schema (set by the pipeline, not by decoders).
     Schema,
+    /// A payload of more records than `ingest.maxBatchRecords`.
+    TooManyRecords,
 }
 
 impl RejectReason {
@@ -130,6 +138,7 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::InvalidLabels => "invalid_labels",
             RejectReason::Schema => "schema",
+            RejectReason::TooManyRecords => "too_many_records",
         }
     }
 }
@@ -139,6 +148,22 @@ impl RejectReason {
 pub struct DecodeOutput {
     pub records: Vec<Decoded>,
     pub errors: Vec<RecordError>,
+}
+
+impl DecodeOutput {
+    /// Records decoded so far, accepted or refused.
+    pub fn len(&self) -> usize {
+        self.records.len() + self.errors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether more records than `ctx` allows were decoded (a decoder stops there).
+    pub(crate) fn over(&self, ctx: &DecodeContext) -> bool {
+        self.len() > ctx.max_records
+    }
 }
 
 /// The payload as a whole could not be decoded; no record of it was accepted.
@@ -152,6 +177,8 @@ pub enum PayloadError {
     InvalidProtobuf(#[source] prost::DecodeError),
     #[error("payload is not a valid avro container")]
     InvalidAvro(#[source] logcluster_proto::avro::AvroError),
+    #[error("payload holds more than {0} records (ingest.maxBatchRecords); send smaller batches")]
+    TooManyRecords(usize),
 }
 
 impl PayloadError {
@@ -162,6 +189,7 @@ impl PayloadError {
             PayloadError::InvalidUtf8 => RejectReason::InvalidUtf8,
             PayloadError::InvalidProtobuf(_) => RejectReason::InvalidProtobuf,
             PayloadError::InvalidAvro(_) => RejectReason::InvalidAvro,
+            PayloadError::TooManyRecords(_) => RejectReason::TooManyRecords,
         }
     }
 }
@@ -172,17 +200,49 @@ pub fn decode_payload(
     payload: &[u8],
     ctx: &DecodeContext,
 ) -> Result<DecodeOutput, PayloadError> {
-    match format {
-        Format::Json => json::decode_json_payload(payload, ctx),
-        Format::Protobuf => decode_protobuf(payload, ctx),
-        Format::Avro => decode_avro(payload, ctx),
-        Format::Raw => Ok(raw::decode_raw(payload, ctx)),
-        Format::Syslog => Ok(syslog::decode_syslog_payload(payload, ctx)),
-        Format::Journald => Ok(journald::decode_journald(payload, ctx)),
+    let out = match format {
+        Format::Json => json::decode_json_payload(payload, ctx)?,
+        Format::Protobuf => decode_protobuf(payload, ctx)?,
+        Format::Avro => decode_avro(payload, ctx)?,
+        Format::Raw => raw::decode_raw(payload, ctx),
+        Format::Syslog => syslog::decode_syslog_payload(payload, ctx),
+        Format::Journald => journald::decode_journald(payload, ctx),
+    };
+    // Decoders stop one record past the limit.
+    if out.over(ctx) {
+        return Err(PayloadError::TooManyRecords(ctx.max_records));
     }
+    Ok(out)
+}
+
+/// How many entries (field 1) a protobuf `LogBatch` holds, counted on the wire without
+/// decoding them; `None` when the framing does not parse (the decoder then says why).
+fn protobuf_entry_count(mut payload: &[u8]) -> Option<usize> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut count = 0usize;
+    while !payload.is_empty() {
+        let (field, wire_type) = decode_key(&mut payload).ok()?;
+        match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut payload).ok()?;
+            }
+            WireType::SixtyFourBit => payload = payload.get(8..)?,
+            WireType::ThirtyTwoBit => payload = payload.get(4..)?,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut payload).ok()?).ok()?;
+                payload = payload.get(len..)?;
+                count += usize::from(field == 1);
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        }
+    }
+    Some(count)
 }
 
 fn decode_protobuf(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, PayloadError> {
+    if protobuf_entry_count(payload).is_some_and(|count| count > ctx.max_records) {
+        return Err(PayloadError::TooManyRecords(ctx.max_records));
+    }
     let batch = LogBatch::decode(payload).map_err(PayloadError::InvalidProtobuf)?;
     let records = batch
         .entries
@@ -207,6 +267,9 @@ fn decode_protobuf(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, 
 fn decode_avro(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, PayloadError> {
     let values =
         logcluster_proto::avro::decode_container(payload).map_err(PayloadError::InvalidAvro)?;
+    if values.len() > ctx.max_records {
+        return Err(PayloadError::TooManyRecords(ctx.max_records));
+    }
     let mut out = DecodeOutput {
         records: Vec::with_capacity(values.len()),
         errors: Vec::new(),
@@ -325,6 +388,99 @@ mod tests {
         );
     }
 
+    /// A payload of `n` records of `format`, one of them refused where the format can say so
+    /// record by record (the limit counts refused records too).
+    fn payload_of(format: Format, n: usize) -> Vec<u8> {
+        let entries = || {
+            (0..n).map(|k| LogEntry {
+                message: format!("m{k}"),
+                ..LogEntry::default()
+            })
+        };
+        match format {
+            Format::Json => (0..n)
+                .map(|k| match k {
+                    1 => "{broken\n".to_string(),
+                    _ => format!("{{\"message\":\"m{k}\"}}\n"),
+                })
+                .collect::<String>()
+                .into_bytes(),
+            Format::Raw => {
+                let mut out = Vec::new();
+                for k in 0..n {
+                    match k {
+                        1 => out.extend_from_slice(b"bad \xff\n"),
+                        _ => out.extend_from_slice(format!("line {k}\n").as_bytes()),
+                    }
+                }
+                out
+            }
+            Format::Syslog => (0..n)
+                .map(|k| match k {
+                    1 => "<999>out of range\n".to_string(),
+                    _ => format!("<13>m{k}\n"),
+                })
+                .collect::<String>()
+                .into_bytes(),
+            Format::Journald => (0..n)
+                .map(|k| format!("MESSAGE=m{k}\n\n"))
+                .collect::<String>()
+                .into_bytes(),
+            Format::Protobuf => LogBatch {
+                entries: entries().collect(),
+            }
+            .encode_to_vec(),
+            Format::Avro => {
+                logcluster_proto::avro::encode_container(&entries().collect::<Vec<_>>())
+                    .expect("encodes")
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_of_more_records_than_allowed_is_refused_whole() {
+        let formats = [
+            Format::Json,
+            Format::Raw,
+            Format::Syslog,
+            Format::Journald,
+            Format::Protobuf,
+            Format::Avro,
+        ];
+        for format in formats {
+            let payload = payload_of(format, 5);
+            let at = |max_records| DecodeContext {
+                max_records,
+                ..ctx()
+            };
+            let out = decode_payload(format, &payload, &at(5)).expect("at the limit");
+            assert_eq!(out.len(), 5, "{format:?}: {out:?}");
+            if matches!(format, Format::Json | Format::Raw | Format::Syslog) {
+                assert_eq!(out.errors.len(), 1, "{format:?}: {out:?}");
+            }
+            let error = decode_payload(format, &payload, &at(4)).expect_err("over the limit");
+            assert_eq!(error.reason(), RejectReason::TooManyRecords, "{format:?}");
+            assert!(error.to_string().contains("more than 4 records"), "{error}");
+        }
+        // A JSON array counts its elements.
+        let array = b"[{\"message\":\"a\"},{\"message\":\"b\"},{\"message\":\"c\"}]";
+        let at_two = DecodeContext {
+            max_records: 2,
+            ..ctx()
+        };
+        let error = decode_payload(Format::Json, array, &at_two).expect_err("3 > 2");
+        assert_eq!(error.reason(), RejectReason::TooManyRecords);
+    }
+
+    #[test]
+    fn protobuf_entries_are_counted_on_the_wire() {
+        let payload = payload_of(Format::Protobuf, 7);
+        assert_eq!(protobuf_entry_count(&payload), Some(7));
+        assert_eq!(protobuf_entry_count(&[]), Some(0));
+        // A length past the end: not counted; the decoder reports the error.
+        assert_eq!(protobuf_entry_count(&[0x0a, 0x05, 0x01]), None);
+    }
+
     #[test]
     fn avro_with_a_bad_header_is_a_payload_error() {
         let err = decode_payload(Format::Avro, b"Obj\x01\x02", &ctx()).expect_err("bad");
@@ -345,7 +501,9 @@ mod tests {
             RejectReason::BadTimestamp,
             RejectReason::BadLevel,
             RejectReason::TooLarge,
+            RejectReason::InvalidLabels,
             RejectReason::Schema,
+            RejectReason::TooManyRecords,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), all.len());

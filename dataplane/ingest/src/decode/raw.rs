@@ -23,6 +23,9 @@ pub(crate) fn decode_raw(payload: &[u8], ctx: &DecodeContext) -> DecodeOutput {
     }
     let mut out = DecodeOutput::default();
     for (index, line) in payload.split(|b| *b == b'\n').enumerate() {
+        if out.over(ctx) {
+            break;
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) else {
             continue;

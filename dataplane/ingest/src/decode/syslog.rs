@@ -417,6 +417,9 @@ pub(crate) fn decode_syslog_payload(payload: &[u8], ctx: &DecodeContext) -> Deco
     };
     while let Some(message) = framer.next_message() {
         handle(message, &mut out);
+        if out.over(ctx) {
+            return out;
+        }
     }
     if let Some(last) = framer.finish() {
         handle(last, &mut out);
