@@ -22,7 +22,7 @@ use logcluster_common::shutdown::Shutdown;
 use logcluster_config::{BlockFormat, Fsync, NodeConfig, Role};
 use logcluster_ingest::listeners::UdpKind;
 use logcluster_ingest::metrics::IngestMetrics;
-use logcluster_ingest::pipeline::{Enrichment, Pipeline, Sink};
+use logcluster_ingest::pipeline::{Enrichment, Limits, Pipeline, Sink};
 use logcluster_query::api::{QueryLimits, QueryService};
 use logcluster_schema::SchemaRegistry;
 use logcluster_storage::{FsyncPolicy, StorageConfig, StorageMetrics, Store, segment};
@@ -315,8 +315,11 @@ pub async fn run_node(
             enrichment,
             ingest_metrics.clone(),
             config.default_tenant.clone(),
-            config.max_pending_bytes,
-            config.max_batch_records,
+            Limits {
+                max_pending_bytes: config.max_pending_bytes,
+                max_batch_records: config.max_batch_records,
+                max_connections: config.max_connections,
+            },
         )),
         _ => None,
     };

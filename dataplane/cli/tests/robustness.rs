@@ -344,3 +344,52 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow::Result<()> {
+    let node = TestNode::start(|raw, _| raw.ingest.max_connections = 2).await?;
+    let mut first = node.connect().await?;
+    let mut second = node.connect().await?;
+    assert_eq!(good_batch(&mut first, 1).await?.status, AckStatus::Accepted);
+    assert_eq!(
+        good_batch(&mut second, 2).await?.status,
+        AckStatus::Accepted
+    );
+    // A third connection, framed or syslog, is closed as soon as it is accepted.
+    assert!(node.connect().await.is_err(), "a third TLS connection");
+    let mut syslog = tokio::net::TcpStream::connect(("127.0.0.1", node.port("syslog_tcp"))).await?;
+    let _ = syslog.write_all(b"<13>refused line\n").await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        syslog.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the syslog connection is closed: {read:?}"
+    );
+    let metrics = node.metrics().await?;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_protocol_errors_total",
+            &["too_many_connections"]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    // The admitted connections were not disturbed; closing one frees its slot.
+    assert_eq!(good_batch(&mut first, 3).await?.status, AckStatus::Accepted);
+    drop(second);
+    let mut third = common::eventually(
+        "a slot to come back",
+        std::time::Duration::from_secs(20),
+        || async { node.connect().await.ok() },
+    )
+    .await?;
+    assert_eq!(good_batch(&mut third, 4).await?.status, AckStatus::Accepted);
+    let items = node.query_all("t").await?;
+    assert_eq!(items.len(), 4, "{items:?}");
+    Ok(())
+}

@@ -159,6 +159,11 @@ pub struct RawIngest {
     /// its WAL record: a frame of two-byte lines is millions of entries.
     #[serde(default = "default_max_batch_records")]
     pub max_batch_records: u32,
+    /// Open TCP connections across the framed and syslog listeners; one more is closed
+    /// right after it is accepted (counted as `too_many_connections`). Each holds read
+    /// buffers and TLS state, so this bounds memory as `maxPendingBytes` does.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
     /// Tenant for entries that name none and arrive without a frame tenant.
     #[serde(default = "default_tenant")]
     pub default_tenant: String,
@@ -396,6 +401,9 @@ pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
 /// under 256 MiB.
 pub const MAX_BATCH_RECORDS: u32 = 500_000;
 
+fn default_max_connections() -> u32 {
+    1024
+}
 fn default_max_batch_records() -> u32 {
     100_000
 }
@@ -512,6 +520,7 @@ impl Default for RawIngest {
             max_in_flight_per_connection: default_max_in_flight(),
             max_pending_bytes: default_max_pending_bytes(),
             max_batch_records: default_max_batch_records(),
+            max_connections: default_max_connections(),
             default_tenant: default_tenant(),
             schema_dir: None,
             schema_poll_interval: default_schema_poll(),
@@ -653,6 +662,7 @@ pub struct NodeConfig {
     pub max_in_flight_per_connection: usize,
     pub max_pending_bytes: u64,
     pub max_batch_records: usize,
+    pub max_connections: usize,
     pub default_tenant: String,
     pub schema_dir: Option<PathBuf>,
     pub schema_poll_interval: Duration,
@@ -918,6 +928,9 @@ impl RawNodeConfig {
                 "must be at least 1",
             ));
         }
+        if self.ingest.max_connections == 0 {
+            return Err(invalid("ingest.maxConnections", "must be at least 1"));
+        }
         if !(1..=MAX_BATCH_RECORDS).contains(&self.ingest.max_batch_records) {
             return Err(invalid(
                 "ingest.maxBatchRecords",
@@ -1009,6 +1022,7 @@ impl RawNodeConfig {
             max_in_flight_per_connection: self.ingest.max_in_flight_per_connection as usize,
             max_pending_bytes: self.ingest.max_pending_bytes,
             max_batch_records: self.ingest.max_batch_records as usize,
+            max_connections: self.ingest.max_connections as usize,
             default_tenant: self.ingest.default_tenant,
             schema_dir: self.ingest.schema_dir,
             schema_poll_interval: duration_field(
@@ -1169,6 +1183,10 @@ mod tests {
         let base = "dataDir: /x\nlisten: {ingest: '', syslogTls: ''}\n";
         let default = NodeConfig::from_yaml(base).expect("defaults");
         assert_eq!(default.max_batch_records, 100_000);
+        assert_eq!(default.max_connections, 1024);
+        let error = NodeConfig::from_yaml(&format!("{base}ingest: {{maxConnections: 0}}\n"))
+            .expect_err("no connections");
+        assert!(error.to_string().contains("maxConnections"), "{error}");
         for (records, ok) in [
             (0, false),
             (1, true),

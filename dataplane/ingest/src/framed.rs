@@ -56,6 +56,9 @@ pub async fn run(
                 continue;
             }
         };
+        let Some(admitted) = pipeline.admit_connection("framed", peer) else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let pipeline = pipeline.clone();
@@ -76,9 +79,8 @@ pub async fn run(
                     return;
                 }
             };
-            metrics.connections.inc();
             serve_connection(tls, pipeline, config, shutdown).await;
-            metrics.connections.dec();
+            drop(admitted);
             debug!(%peer, "framed connection closed");
         });
         while connections.try_join_next().is_some() {}

@@ -187,12 +187,14 @@ pub async fn run_syslog_tcp(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Some(admitted) = pipeline.admit_connection("syslog", peer) else {
+            continue;
+        };
         let pipeline = pipeline.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let metrics = pipeline.metrics().clone();
-            metrics.connections.inc();
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(
@@ -213,7 +215,7 @@ pub async fn run_syslog_tcp(
                 }
                 None => serve_syslog(tcp, pipeline, max_message, shutdown).await,
             }
-            metrics.connections.dec();
+            drop(admitted);
         });
         while connections.try_join_next().is_some() {}
     }

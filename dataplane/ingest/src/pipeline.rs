@@ -191,6 +191,30 @@ impl Drop for Reservation {
     }
 }
 
+/// What a node's ingest may hold at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Payload bytes decoded but not yet durable, across all connections.
+    pub max_pending_bytes: u64,
+    /// Records one batch may hold (`ingest.maxBatchRecords`).
+    pub max_batch_records: usize,
+    /// Open TCP connections across the framed and syslog listeners (`ingest.maxConnections`).
+    pub max_connections: usize,
+}
+
+/// An admitted TCP connection: counted in the `connections` gauge and holding one of the
+/// node's connection slots until dropped.
+pub struct Connection {
+    _slot: OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// Shared by every listener of a node.
 pub struct Pipeline {
     sink: Box<dyn Sink>,
@@ -202,6 +226,7 @@ pub struct Pipeline {
     budget_kib: u32,
     /// Most records a batch may hold (`ingest.maxBatchRecords`).
     max_batch_records: usize,
+    connection_slots: Arc<Semaphore>,
     first_seen: std::sync::Mutex<FirstSeen>,
 }
 
@@ -241,10 +266,10 @@ impl Pipeline {
         enrichment: Enrichment,
         metrics: IngestMetrics,
         default_tenant: String,
-        max_pending_bytes: u64,
-        max_batch_records: usize,
+        limits: Limits,
     ) -> Arc<Pipeline> {
-        let budget_kib = (max_pending_bytes / 1024).clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        let budget_kib =
+            (limits.max_pending_bytes / 1024).clamp(1, u64::from(u32::MAX >> 3)) as u32;
         Arc::new(Pipeline {
             sink,
             schemas,
@@ -253,7 +278,8 @@ impl Pipeline {
             default_tenant,
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
-            max_batch_records,
+            max_batch_records: limits.max_batch_records,
+            connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             first_seen: std::sync::Mutex::new(FirstSeen::default()),
         })
     }
@@ -268,6 +294,38 @@ impl Pipeline {
 
     fn permits_for(&self, bytes: usize) -> u32 {
         ((bytes as u64).div_ceil(1024).max(1)).min(u64::from(self.budget_kib)) as u32
+    }
+
+    /// Admits a TCP connection just accepted, or refuses it (counted as a protocol error of
+    /// kind `too_many_connections`, and logged) when every slot is taken: each connection
+    /// holds buffers and TLS state, so their number bounds memory as the byte budget does.
+    pub fn admit_connection(
+        &self,
+        listener: &str,
+        peer: std::net::SocketAddr,
+    ) -> Option<Connection> {
+        let Ok(slot) = self.connection_slots.clone().try_acquire_owned() else {
+            let refused = self
+                .metrics
+                .protocol_errors
+                .get_or_create(&label("kind", "too_many_connections"));
+            refused.inc();
+            // Once per 1,000 refusals: a flood of connections must not flood the log too.
+            if refused.get() % 1000 == 1 {
+                tracing::warn!(
+                    %peer,
+                    listener,
+                    refused = refused.get(),
+                    "connection refused: every ingest connection slot is taken (ingest.maxConnections)"
+                );
+            }
+            return None;
+        };
+        self.metrics.connections.inc();
+        Some(Connection {
+            _slot: slot,
+            gauge: self.metrics.connections.clone(),
+        })
     }
 
     /// Waits until `bytes` fit in the pending budget (backpressure for TCP listeners).
@@ -738,8 +796,11 @@ mod tests {
             Enrichment::default(),
             IngestMetrics::default(),
             "default".to_string(),
-            1 << 20,
-            1000,
+            Limits {
+                max_pending_bytes: 1 << 20,
+                max_batch_records: 1000,
+                max_connections: 8,
+            },
         )
     }
 
