@@ -112,6 +112,8 @@ pub enum StorageError {
     Encode(String),
     #[error("fsync failed: {0}")]
     Fsync(String),
+    #[error("blocks cannot be written and {tail_bytes} bytes already wait in memory; retry later")]
+    Backlog { tail_bytes: usize },
     #[error("storage is shutting down")]
     ShuttingDown,
     #[error("storage task failed: {0}")]

@@ -16,6 +16,8 @@ pub struct StorageMetrics {
     pub rotations: Counter,
     /// Block flushes and segment rotations that failed after a batch was in the WAL.
     pub seal_failures: Counter,
+    /// Batch parts refused because blocks cannot be written and the tail is full.
+    pub backlog_refusals: Counter,
     pub stored_bytes: Gauge,
     pub segments: Gauge,
     pub wal_truncated_bytes: Counter,
@@ -36,6 +38,7 @@ impl Default for StorageMetrics {
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             rotations: Counter::default(),
             seal_failures: Counter::default(),
+            backlog_refusals: Counter::default(),
             stored_bytes: Gauge::default(),
             segments: Gauge::default(),
             wal_truncated_bytes: Counter::default(),
@@ -77,6 +80,11 @@ impl StorageMetrics {
             "rotations",
             "Segments sealed (rotations)",
             self.rotations.clone(),
+        );
+        r.register(
+            "backlog_refusals",
+            "Batch parts refused (retry later) because blocks could not be written and the unsealed tail was full",
+            self.backlog_refusals.clone(),
         );
         r.register(
             "seal_failures",

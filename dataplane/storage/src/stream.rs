@@ -106,6 +106,9 @@ struct Inner {
     opened_at: Instant,
     /// After a failed block flush or seal, none is tried again before this.
     retry_sealing_at: Option<Instant>,
+    /// The last attempt to write the tail as a block failed (a failed rotation alone does
+    /// not stop blocks from being written into the open segment).
+    flush_failed: bool,
     /// Written since the last fsync.
     dirty: bool,
     open: OpenSegment,
@@ -138,6 +141,16 @@ fn open_path(dir: &Path, seq: u64) -> PathBuf {
 }
 /// How long after a failed block flush or seal the next one is tried.
 const SEAL_RETRY: Duration = Duration::from_secs(1);
+
+/// The most record bytes a stream's tail holds while its blocks cannot be written (at most
+/// eight blocks' worth): past it, batch parts are refused until a flush succeeds. The tail
+/// lives in memory and becomes one block, which must stay far under the block limit.
+fn tail_limit(config: &StorageConfig) -> usize {
+    config
+        .block_target_bytes
+        .saturating_mul(8)
+        .min(segment::MAX_BLOCK_LEN / 2)
+}
 
 fn sealed_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("seg-{seq:016}.seg"))
@@ -272,6 +285,7 @@ impl Stream {
             wal_bytes,
             opened_at: Instant::now(),
             retry_sealing_at: None,
+            flush_failed: false,
             dirty: false,
             open,
             open_read,
@@ -380,6 +394,21 @@ impl Stream {
         let record = received
             .and_then(|(bodies, positions)| bodies.record(batch_uid, positions))
             .unwrap_or_else(|| wal::encode_record(batch_uid, &entries));
+        // Blocks are failing to be written (disk errors, the fd limit) and the tail, which
+        // waits in memory for them, is full: try once more when due, else refuse the part
+        // (retry later) rather than grow the tail without bound.
+        if inner.flush_failed && inner.tail_bytes >= tail_limit(config) {
+            let flushed = inner.sealing_due() && {
+                let result = inner.flush_tail(config);
+                self.sealing_outcome(&mut inner, result, metrics).is_ok()
+            };
+            if !flushed {
+                metrics.backlog_refusals.inc();
+                return Err(StorageError::Backlog {
+                    tail_bytes: inner.tail_bytes,
+                });
+            }
+        }
         // Replay (and the tail's reads) would refuse a longer record as corrupt.
         if record.len() > wal::MAX_RECORD_LEN + 8 {
             return Err(StorageError::Encode(format!(
@@ -408,8 +437,10 @@ impl Stream {
         // to the block and segment work below. That work, when it fails (disk full, the fd
         // limit), is counted, logged and tried again a little later, not on every append.
         let retry_due = inner.sealing_due();
+        // Blocks are cut during a rotation's back-off too, unless writing them is what fails.
+        let flush = retry_due || !inner.flush_failed;
         let sealed = inner
-            .push_tail(entries, record, config, retry_due)
+            .push_tail(entries, record, config, flush)
             .and_then(|()| {
                 if retry_due && inner.wal_bytes >= config.segment_max_bytes {
                     self.rotate_locked(&mut inner, config, metrics)
@@ -417,8 +448,9 @@ impl Stream {
                     Ok(())
                 }
             });
-        if retry_due {
-            // Counted and logged there; the append stands.
+        // Counted and logged there; the append stands. Within a rotation's back-off only a
+        // failure is news (a success must not end the back-off the rotation is in).
+        if retry_due || sealed.is_err() {
             let _ = self.sealing_outcome(&mut inner, sealed, metrics);
         }
         Ok(Appended::Stored)
@@ -705,6 +737,7 @@ impl Inner {
                 Ok(meta)
             });
         // On an error the entries stay in the tail (and in the WAL) for the next flush.
+        self.flush_failed = built.is_err();
         let meta = built?;
         self.open_blocks.push(Arc::new(meta));
         self.tail.clear();
@@ -1034,5 +1067,71 @@ mod tests {
         stream.lock().flush_tail(&config).expect("flush");
         assert_eq!(stream.lock().open_blocks.len(), 1);
         assert_built_at_once(&stream, &all, &config);
+    }
+
+    #[test]
+    fn blocks_are_cut_while_a_failed_rotation_backs_off() {
+        let (dir, config, metrics, stream) = new_stream(|dir| StorageConfig {
+            segment_max_bytes: 3_000,
+            ..small_blocks(dir)
+        });
+        // The sealed name is taken by a directory: every rotation fails.
+        std::fs::create_dir(sealed_path(&dir.path().join("stream"), 1)).expect("obstacle");
+        let all = entries(200);
+        for (uid, batch) in (1..).zip(all.chunks(5)) {
+            let appended = stream.append(uid, batch.to_vec(), &config, &metrics, false, None);
+            assert!(matches!(appended, Ok(Appended::Stored)), "{uid}");
+        }
+        assert!(metrics.seal_failures.get() >= 1);
+        assert_eq!(metrics.rotations.get(), 0);
+        // The tail did not wait for the rotation: blocks went on into the open segment.
+        let inner = stream.lock();
+        assert!(inner.open_blocks.len() > 5, "{}", inner.open_blocks.len());
+        assert!(inner.tail_bytes < 2 * 1_500, "{}", inner.tail_bytes);
+    }
+
+    #[test]
+    fn a_tail_that_cannot_become_blocks_stops_growing_and_drains_once_they_can() {
+        let (_dir, config, metrics, stream) = new_stream(small_blocks);
+        let all = entries(400);
+        let path = stream.lock().open.path.clone();
+        stream.lock().open.file = File::open(&path).expect("read-only handle");
+        // Blocks fail; batch parts go on into the WAL and the tail until it holds eight
+        // blocks' worth, then are refused.
+        let mut stored = 0;
+        let refused = loop {
+            let batch = all[stored..stored + 5].to_vec();
+            match stream.append(stored as u64 + 1, batch, &config, &metrics, false, None) {
+                Ok(appended) => {
+                    assert!(matches!(appended, Appended::Stored));
+                    stored += 5;
+                }
+                Err(error) => break error,
+            }
+            assert!(stored < all.len(), "never refused");
+        };
+        assert!(matches!(refused, StorageError::Backlog { .. }), "{refused}");
+        assert_eq!(metrics.backlog_refusals.get(), 1);
+        let tail_bytes = stream.lock().tail_bytes;
+        assert!(tail_bytes >= tail_limit(&config), "{tail_bytes}");
+        assert!(tail_bytes < tail_limit(&config) + 1_500, "{tail_bytes}");
+        // Still refused while the next attempt is not due, even once blocks could be written.
+        stream.lock().open.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("writable handle");
+        let next = all[stored..stored + 5].to_vec();
+        let again = stream.append(9_999, next.clone(), &config, &metrics, false, None);
+        assert!(matches!(again, Err(StorageError::Backlog { .. })));
+        // When due, the tail becomes a block first and the part is taken.
+        stream.lock().retry_sealing_at = Some(Instant::now());
+        let taken = stream.append(9_999, next, &config, &metrics, false, None);
+        assert!(matches!(taken, Ok(Appended::Stored)));
+        stored += 5;
+        assert_eq!(metrics.backlog_refusals.get(), 2);
+        assert!(stream.lock().retry_sealing_at.is_none());
+        stream.lock().flush_tail(&config).expect("flush");
+        assert_built_at_once(&stream, &all[..stored], &config);
     }
 }
