@@ -147,6 +147,23 @@ pub fn entry_spans(request: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
     Some(spans)
 }
 
+/// An [`AppendRequest`] that is a plain replica write (no hint, no repair), read without
+/// decoding its entries: its batch uid and where each entry's body lies. `None` for a hint,
+/// a repair, or bytes not laid out as that (decoding them says what they are).
+pub fn plain_write(request: &[u8]) -> Option<(u64, Vec<std::ops::Range<usize>>)> {
+    use logcluster_proto::wire::{RawField, walk_fields};
+    let (mut batch_uid, mut other, mut spans) = (0, false, Vec::new());
+    walk_fields(request, |tag, field| match (tag, field) {
+        (1, RawField::Varint(uid)) => batch_uid = uid,
+        (2, RawField::Delimited(hint_for)) => other |= !hint_for.is_empty(),
+        (3, RawField::Varint(repair)) => other |= repair != 0,
+        (4, RawField::Delimited(span)) => spans.push(span),
+        (1..=4, _) => other = true,
+        _ => {}
+    })?;
+    (!other).then_some((batch_uid, spans))
+}
+
 /// A batch for one replica.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AppendRequest {

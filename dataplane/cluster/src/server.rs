@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use logcluster_proto::EntryRef;
 use logcluster_storage::wal::EntryBodies;
 use logcluster_storage::{Store, Written};
 use prost::Message;
 use tracing::{debug, info, warn};
 
 use crate::hints::HintStore;
-use crate::messages::{AppendReply, AppendRequest, Kind, entry_spans};
+use crate::messages::{AppendReply, AppendRequest, Kind, entry_spans, plain_write};
 use crate::replication::Cluster;
 
 /// Applies one `Append` call on this storage member (`name`). The request is decoded on a
@@ -43,6 +44,24 @@ pub async fn handle_append(
     }
     let (store_for_task, hints) = (store.clone(), hints.clone());
     let decoded = tokio::task::spawn_blocking(move || -> Result<Decoded, String> {
+        // The usual case: a replica write stored from views of the received bytes, without
+        // an entry allocated (anything else, or bytes that do not read as entries, is
+        // decoded whole below, which also says what is wrong).
+        if let Some((batch_uid, spans)) = plain_write(&payload) {
+            let views: Option<Vec<EntryRef<'_>>> = spans
+                .iter()
+                .map(|span| EntryRef::decode(&payload[span.clone()]))
+                .collect();
+            if let Some(views) = views {
+                let bodies = EntryBodies {
+                    source: &payload,
+                    spans,
+                };
+                return Ok(Decoded::Stored(
+                    store_for_task.append_received_on_this_thread(batch_uid, views, &bodies),
+                ));
+            }
+        }
         let request = AppendRequest::decode(payload.as_slice())
             .map_err(|e| format!("append request is not valid protobuf: {e}"))?;
         if !request.hint_for.is_empty() {

@@ -225,7 +225,7 @@ pub fn encode_entry_field(tag: u32, entry: &LogEntry, out: &mut Vec<u8>) {
 /// Whether `text` may parse as an `f64`: Rust's grammar allows only digits, signs, points
 /// and exponent marks, or (after an optional sign) `inf`, `infinity` or `nan` in any case.
 /// Most text values (ids, hex, names) fail here without a parse attempt.
-fn may_be_number(text: &str) -> bool {
+pub(crate) fn may_be_number(text: &str) -> bool {
     let bytes = text.as_bytes();
     if bytes
         .iter()

@@ -12,7 +12,9 @@ pub mod ids;
 pub mod json;
 pub mod time;
 pub mod tokens;
+pub mod view;
 pub mod wire;
 
 pub use entry::{FieldValue, Level, LogBatch, LogEntry, field_value};
 pub use frame::{Ack, AckStatus, Format, FrameError, FrameHeader};
+pub use view::{EntryRef, FieldRef};

@@ -40,7 +40,7 @@ use std::fmt::Write as _;
 
 use logcluster_proto::entry::field_value::Kind;
 use logcluster_proto::ids::{entry_id, parse_entry_id_after, push_hex as put_hex};
-use logcluster_proto::{FieldValue, LogEntry};
+use logcluster_proto::{EntryRef, FieldRef, FieldValue, LogEntry};
 use prost::encoding::{decode_varint, encode_varint};
 
 use crate::StorageError;
@@ -267,7 +267,7 @@ struct CoreColumns {
 }
 
 impl CoreColumns {
-    fn push(&mut self, entry: &LogEntry) {
+    fn push(&mut self, entry: &EntryRef<'_>) {
         self.timestamps.push(entry.timestamp);
         encode_varint(
             zigzag(entry.received_at.wrapping_sub(self.previous_received)),
@@ -275,9 +275,9 @@ impl CoreColumns {
         );
         self.previous_received = entry.received_at;
         encode_varint(zigzag(i64::from(entry.level)), &mut self.levels);
-        self.push_id(&entry.id);
-        self.tenants.push(&entry.tenant);
-        self.services.push(&entry.service);
+        self.push_id(entry.id);
+        self.tenants.push(entry.tenant);
+        self.services.push(entry.service);
     }
 
     fn push_id(&mut self, id: &str) {
@@ -366,17 +366,17 @@ struct FieldColumns {
 }
 
 impl FieldColumns {
-    fn push(&mut self, fields: &BTreeMap<String, FieldValue>) {
+    fn push(&mut self, fields: &[(&str, FieldRef<'_>)]) {
         let same = self.slots.len() == fields.len()
             && fields
-                .keys()
+                .iter()
                 .zip(&self.slots)
-                .all(|(key, &slot)| self.keys[slot] == *key);
+                .all(|((key, _), &slot)| self.keys[slot] == *key);
         if !same {
-            for key in fields.keys() {
-                if let Err(at) = self.keys.binary_search(key) {
+            for &(key, _) in fields {
+                if let Err(at) = self.keys.binary_search_by(|k| k.as_str().cmp(key)) {
                     // A new key's column starts with every earlier row absent.
-                    self.keys.insert(at, key.clone());
+                    self.keys.insert(at, key.to_string());
                     self.columns.insert(at, vec![0; self.rows]);
                 }
             }
@@ -384,8 +384,8 @@ impl FieldColumns {
             // walking them side by side.
             self.slots.clear();
             let mut next = 0;
-            for name in fields.keys() {
-                while self.keys[next] != *name {
+            for &(name, _) in fields {
+                while self.keys[next] != name {
                     next += 1;
                 }
                 self.slots.push(next);
@@ -393,13 +393,13 @@ impl FieldColumns {
             }
         }
         let mut next = 0;
-        for (value, &slot) in fields.values().zip(&self.slots) {
+        for (&(_, value), &slot) in fields.iter().zip(&self.slots) {
             for column in &mut self.columns[next..slot] {
                 column.push(0);
             }
             let column = &mut self.columns[slot];
-            match &value.kind {
-                Some(Kind::Str(s)) if self.hex && hex_bytes(s, &mut self.bytes) => {
+            match value {
+                FieldRef::Str(s) if self.hex && hex_bytes(s, &mut self.bytes) => {
                     column.push(8);
                     column.push(self.bytes.len() as u8);
                     column.extend_from_slice(&self.bytes);
@@ -424,19 +424,19 @@ impl FieldColumns {
 }
 
 /// Appends one present field cell (see the module docs for the tags).
-fn put_field(out: &mut Vec<u8>, value: &FieldValue, text: &mut String) {
-    match &value.kind {
-        Some(Kind::Str(s)) => {
+fn put_field(out: &mut Vec<u8>, value: FieldRef<'_>, text: &mut String) {
+    match value {
+        FieldRef::Str(s) => {
             out.push(1);
             put_bytes(out, s.as_bytes());
         }
-        Some(Kind::Int(i)) => {
+        FieldRef::Int(i) => {
             out.push(2);
-            encode_varint(zigzag(*i), out);
+            encode_varint(zigzag(i), out);
         }
         // Rust prints the shortest decimal that parses back to the same value, so only a
         // NaN (whose payload the text loses) or an unusually long text is stored as bits.
-        Some(Kind::Float(f)) => {
+        FieldRef::Float(f) => {
             text.clear();
             let _ = write!(text, "{f:?}");
             if !f.is_nan() && text.len() < 256 {
@@ -448,15 +448,15 @@ fn put_field(out: &mut Vec<u8>, value: &FieldValue, text: &mut String) {
                 out.extend_from_slice(&f.to_le_bytes());
             }
         }
-        Some(Kind::Bool(b)) => {
+        FieldRef::Bool(b) => {
             out.push(4);
-            out.push(u8::from(*b));
+            out.push(u8::from(b));
         }
-        Some(Kind::Json(s)) => {
+        FieldRef::Json(s) => {
             out.push(5);
             put_bytes(out, s.as_bytes());
         }
-        None => out.push(6),
+        FieldRef::Absent => out.push(6),
     }
 }
 
@@ -501,14 +501,14 @@ impl Columns {
     }
 
     /// Adds a row; returns whether its host and its trace id are the previous row's.
-    pub(crate) fn push(&mut self, entry: &LogEntry) -> (bool, bool) {
+    pub(crate) fn push(&mut self, entry: &EntryRef<'_>) -> (bool, bool) {
         self.core.push(entry);
         match &mut self.messages {
             Messages::Templates(templates) => templates.push(entry.message.as_bytes(), entry.level),
             Messages::Whole(messages) => put_bytes(messages, entry.message.as_bytes()),
         }
-        let host = self.hosts.push(&entry.host);
-        let trace = self.traces.push(&entry.trace_id);
+        let host = self.hosts.push(entry.host);
+        let trace = self.traces.push(entry.trace_id);
         self.fields.push(&entry.fields);
         (host, trace)
     }
@@ -577,7 +577,7 @@ pub(crate) fn raw_sections(
 ) -> Vec<Vec<u8>> {
     let mut columns = Columns::new(format);
     for entry in entries {
-        columns.push(entry);
+        columns.push(&EntryRef::of(entry));
     }
     columns.raw_sections(trace_ordinals)
 }

@@ -20,9 +20,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use logcluster_proto::LogEntry;
-use logcluster_proto::entry::field_value::Kind;
 use logcluster_proto::tokens::for_each_token_hash;
+use logcluster_proto::{EntryRef, FieldRef, LogEntry};
 use prost::Message;
 
 use crate::traces::TraceBook;
@@ -274,13 +273,12 @@ struct NumericFolds {
 }
 
 impl NumericFolds {
-    fn add(&mut self, entry: &LogEntry) {
+    fn add(&mut self, entry: &EntryRef<'_>) {
         let mut position = 0;
-        for (key, value) in &entry.fields {
+        for &(key, value) in &entry.fields {
             let Some(v) = value.as_f64() else {
                 continue;
             };
-            let key = key.as_str();
             let found = match self.last.get(position) {
                 Some(&at) if self.folds.get(at).is_some_and(|(k, _)| *k == key) => Some(at),
                 _ => self.folds.iter().position(|(k, _)| *k == key),
@@ -376,21 +374,21 @@ impl SegmentIndex {
 
 /// Calls `f` with the hash of every token that the block filter indexes for `entry`.
 pub fn for_each_indexed_token(entry: &LogEntry, f: impl FnMut(u64)) {
-    for_each_token_but(entry, false, false, f);
+    for_each_token_but(&EntryRef::of(entry), false, false, f);
 }
 
 /// [`for_each_indexed_token`], leaving out the host or the trace id when told to (those of
 /// the previous entry of a block, whose tokens are already known).
-fn for_each_token_but(entry: &LogEntry, host: bool, trace: bool, mut f: impl FnMut(u64)) {
-    for_each_token_hash(&entry.message, &mut f);
+fn for_each_token_but(entry: &EntryRef<'_>, host: bool, trace: bool, mut f: impl FnMut(u64)) {
+    for_each_token_hash(entry.message, &mut f);
     if !host {
-        for_each_token_hash(&entry.host, &mut f);
+        for_each_token_hash(entry.host, &mut f);
     }
     if !trace {
-        for_each_token_hash(&entry.trace_id, &mut f);
+        for_each_token_hash(entry.trace_id, &mut f);
     }
-    for value in entry.fields.values() {
-        if let Some(Kind::Str(s)) = &value.kind {
+    for (_, value) in &entry.fields {
+        if let FieldRef::Str(s) = value {
             for_each_token_hash(s, &mut f);
         }
     }
@@ -424,8 +422,10 @@ pub fn build_block_with(
     traces: Option<&TraceBook>,
 ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
     let mut builder = BlockBuilder::new(format);
+    let mut view = EntryRef::default();
     for entry in entries {
-        builder.push(entry);
+        view.set(entry);
+        builder.push(&view);
     }
     builder.finish(zstd_level, traces)
 }
@@ -494,8 +494,9 @@ impl BlockBuilder {
         }
     }
 
-    /// Adds an entry to the block.
-    pub fn push(&mut self, entry: &LogEntry) {
+    /// Adds an entry to the block (a view of an owned entry, or of its received bytes: the
+    /// block is the same).
+    pub fn push(&mut self, entry: &EntryRef<'_>) {
         let meta = &mut self.meta;
         meta.count += 1;
         self.numeric.add(entry);
@@ -519,6 +520,8 @@ impl BlockBuilder {
         let (same_host, same_trace) = match &mut self.layout {
             Layout::Columns(columns) => columns.push(entry),
             Layout::Rows(rows) => {
+                // The legacy layout: encoded from an owned copy.
+                let entry = entry.to_entry();
                 rows.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
                 entry.encode_raw(rows);
                 (false, false)
@@ -981,6 +984,7 @@ pub fn open_sealed(path: &Path) -> Result<(File, SegmentIndex, u64), StorageErro
 pub(crate) mod tests {
     use super::*;
     use logcluster_proto::Level;
+    use logcluster_proto::entry::field_value::Kind;
 
     pub(crate) fn entries(n: i64) -> Vec<LogEntry> {
         (0..n)
@@ -1009,13 +1013,13 @@ pub(crate) mod tests {
         let mut a = BlockBuilder::new(FORMAT_TEMPLATES);
         let mut b = BlockBuilder::new(FORMAT_TEMPLATES);
         for (x, y) in first.iter().zip(second) {
-            a.push(x);
-            b.push(x);
-            b.push(y);
+            a.push(&EntryRef::of(x));
+            b.push(&EntryRef::of(x));
+            b.push(&EntryRef::of(y));
         }
         let mut c = BlockBuilder::new(FORMAT_TEMPLATES);
         for entry in first {
-            c.push(entry);
+            c.push(&EntryRef::of(entry));
         }
         for (builder, held) in [(a, first), (b, &all[..]), (c, first)] {
             let (_, meta) = builder.finish(1, None).expect("block");

@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use logcluster_proto::LogEntry;
+use logcluster_proto::{EntryRef, LogEntry};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::commit::{CommitRequest, run_committer, sync_streams};
 use crate::scan::{self, Cursor, ScanFilter, ScanStats, TopResult};
-use crate::stream::{Appended, Stream, StreamSnapshot};
+use crate::stream::{Appended, Part, Stream, StreamSnapshot};
 use crate::traces::{TraceBook, WindowCache};
 use crate::{FsyncPolicy, StorageConfig, StorageError, StorageMetrics};
 
@@ -235,7 +235,26 @@ impl Store {
     ) -> Written {
         let written = {
             let _shared = self.repair_lock.read().unwrap_or_else(|p| p.into_inner());
-            self.append_blocking(batch_uid, entries, bodies)
+            self.append_blocking(batch_uid, Part::Owned(entries), bodies)
+        };
+        Written {
+            store: self.clone(),
+            written,
+        }
+    }
+
+    /// [`Store::append_on_this_thread`] for a replica write whose entries are views of the
+    /// received `bodies` (one per span, in order): no entry is allocated, and the WAL records
+    /// are those bytes.
+    pub fn append_received_on_this_thread(
+        self: &Arc<Self>,
+        batch_uid: u64,
+        views: Vec<EntryRef<'_>>,
+        bodies: &crate::wal::EntryBodies<'_>,
+    ) -> Written {
+        let written = {
+            let _shared = self.repair_lock.read().unwrap_or_else(|p| p.into_inner());
+            self.append_blocking(batch_uid, Part::Views(views), Some(bodies))
         };
         Written {
             store: self.clone(),
@@ -395,7 +414,7 @@ impl Store {
                     uid = uid.wrapping_mul(0x0000_0100_0000_01b3);
                 }
             }
-            let (part, streams) = store.append_blocking(uid | 1, leftovers, None)?;
+            let (part, streams) = store.append_blocking(uid | 1, Part::Owned(leftovers), None)?;
             outcome.stored += part.stored;
             outcome.duplicates += part.duplicates;
             touched.extend(streams);
@@ -414,10 +433,19 @@ impl Store {
     fn append_blocking(
         &self,
         batch_uid: u64,
-        entries: Vec<LogEntry>,
+        entries: Part<'_>,
         bodies: Option<&crate::wal::EntryBodies<'_>>,
     ) -> Result<(AppendOutcome, Vec<Arc<Stream>>), StorageError> {
-        let parts = group_by_stream(entries);
+        let parts: Vec<(StreamKey, (Part<'_>, Vec<u32>))> = match entries {
+            Part::Owned(entries) => group_by_stream(entries)
+                .into_iter()
+                .map(|(key, (part, positions))| (key, (Part::Owned(part), positions)))
+                .collect(),
+            Part::Views(views) => group_by_stream(views)
+                .into_iter()
+                .map(|(key, (part, positions))| (key, (Part::Views(part), positions)))
+                .collect(),
+        };
         let mut outcome = AppendOutcome::default();
         let mut touched = Vec::with_capacity(parts.len());
         for ((tenant, service), (mut part, positions)) in parts {
@@ -452,7 +480,7 @@ impl Store {
                         outcome.duplicates += count;
                         break stream;
                     }
-                    Appended::Removed(back) => part = back,
+                    Appended::Removed(back) => part = Part::Owned(back),
                     Appended::Repaired(back) => {
                         // Some of this batch came earlier by repair: store only what the
                         // stream does not hold (any timestamp: a retried batch may differ).
@@ -489,7 +517,7 @@ impl Store {
                             outcome.duplicates += count;
                             break stream;
                         }
-                        part = rest;
+                        part = Part::Owned(rest);
                         filtered = true;
                         received = None;
                     }
@@ -772,9 +800,24 @@ impl Store {
 
 /// Entries grouped by their (tenant, service) stream, with each entry's position in `entries`.
 #[allow(clippy::type_complexity)]
-fn group_by_stream(
-    entries: Vec<LogEntry>,
-) -> BTreeMap<(String, String), (Vec<LogEntry>, Vec<u32>)> {
+/// What entries are grouped by: their stream.
+trait InStream {
+    fn stream_key(&self) -> (&str, &str);
+}
+
+impl InStream for LogEntry {
+    fn stream_key(&self) -> (&str, &str) {
+        (&self.tenant, &self.service)
+    }
+}
+
+impl InStream for EntryRef<'_> {
+    fn stream_key(&self) -> (&str, &str) {
+        (self.tenant, self.service)
+    }
+}
+
+fn group_by_stream<E: InStream>(entries: Vec<E>) -> BTreeMap<StreamKey, (Vec<E>, Vec<u32>)> {
     // Each entry's group, found by its own strings (a name is copied once per stream, not per
     // entry), then every group filled at its final size: no per-entry string copies, and no
     // entry moved twice by a growing vector.
@@ -784,9 +827,7 @@ fn group_by_stream(
         .iter()
         .map(|entry| {
             let next = groups.len();
-            let group = *groups
-                .entry((entry.tenant.as_str(), entry.service.as_str()))
-                .or_insert(next);
+            let group = *groups.entry(entry.stream_key()).or_insert(next);
             if group == next {
                 sizes.push(0);
             }
@@ -798,7 +839,7 @@ fn group_by_stream(
     for ((tenant, service), group) in groups {
         keys[group] = (tenant.to_string(), service.to_string());
     }
-    let mut parts: Vec<(Vec<LogEntry>, Vec<u32>)> = sizes
+    let mut parts: Vec<(Vec<E>, Vec<u32>)> = sizes
         .into_iter()
         .map(|size| (Vec::with_capacity(size), Vec::with_capacity(size)))
         .collect();
@@ -810,7 +851,7 @@ fn group_by_stream(
 }
 
 /// The batch uid an entry id starts with (`<16 hex digits>-<position>`).
-fn batch_uid_of(entry_id: &str) -> Option<u64> {
+pub(crate) fn batch_uid_of(entry_id: &str) -> Option<u64> {
     let (uid, _) = entry_id.split_once('-')?;
     (uid.len() == 16).then(|| u64::from_str_radix(uid, 16).ok())?
 }

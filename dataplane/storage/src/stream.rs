@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use logcluster_proto::LogEntry;
+use logcluster_proto::{EntryRef, LogEntry};
 use tracing::{info, warn};
 
 use crate::segment::{self, BlockBuilder, BlockMeta, OpenSegment, SegmentIndex};
@@ -73,6 +73,62 @@ impl TailChunk {
 
 /// Each stream incarnation starts its content version at a distinct base.
 static NEXT_GENERATION_BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A batch part's entries: owned (decoded or made on this node), or views of the bytes a
+/// replica received them as (no entry is allocated on that path).
+pub(crate) enum Part<'a> {
+    Owned(Vec<LogEntry>),
+    Views(Vec<EntryRef<'a>>),
+}
+
+impl Part<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Part::Owned(entries) => entries.len(),
+            Part::Views(views) => views.len(),
+        }
+    }
+
+    /// The entries, owned (a rare path for views: hand-overs and repairs).
+    fn into_owned(self) -> Vec<LogEntry> {
+        match self {
+            Part::Owned(entries) => entries,
+            Part::Views(views) => views.iter().map(EntryRef::to_entry).collect(),
+        }
+    }
+
+    /// Calls `f` with a view of each entry, in order.
+    fn for_each(&self, mut f: impl FnMut(&EntryRef<'_>)) {
+        match self {
+            Part::Owned(entries) => {
+                let mut view = EntryRef::default();
+                for entry in entries {
+                    view.set(entry);
+                    f(&view);
+                }
+            }
+            Part::Views(views) => views.iter().for_each(f),
+        }
+    }
+
+    fn for_each_id(&self, f: impl FnMut(&str)) {
+        match self {
+            Part::Owned(entries) => entries.iter().map(|e| e.id.as_str()).for_each(f),
+            Part::Views(views) => views.iter().map(|v| v.id).for_each(f),
+        }
+    }
+
+    /// The part's WAL record, encoded here.
+    fn record(&self, batch_uid: u64) -> Vec<u8> {
+        match self {
+            Part::Owned(entries) => wal::encode_record(batch_uid, entries),
+            Part::Views(views) => {
+                let entries: Vec<LogEntry> = views.iter().map(EntryRef::to_entry).collect();
+                wal::encode_record(batch_uid, &entries)
+            }
+        }
+    }
+}
 
 /// What happened to a batch part offered to a stream.
 pub enum Appended {
@@ -306,8 +362,9 @@ impl Stream {
         for (i, (old_seq, replay)) in replayed.into_iter().enumerate() {
             for record in replay.records {
                 inner.uids_current.insert(record.batch_uid);
-                inner.note_repaired(record.batch_uid, &record.entries);
-                inner.push_tail(record.entries, record.bytes, config, true)?;
+                let part = Part::Owned(record.entries);
+                inner.note_repaired(record.batch_uid, &part);
+                inner.push_tail(part, record.bytes, config, true)?;
             }
             if i + 1 < count {
                 // An older unsealed WAL: seal what it held into its own segment number.
@@ -372,7 +429,7 @@ impl Stream {
     pub fn append(
         &self,
         batch_uid: u64,
-        entries: Vec<LogEntry>,
+        entries: Part<'_>,
         config: &StorageConfig,
         metrics: &StorageMetrics,
         filtered: bool,
@@ -380,20 +437,20 @@ impl Stream {
     ) -> Result<Appended, StorageError> {
         let mut inner = self.lock();
         if inner.removed {
-            return Ok(Appended::Removed(entries));
+            return Ok(Appended::Removed(entries.into_owned()));
         }
         if inner.holds_batch(batch_uid) {
             metrics.duplicate_batches.inc();
             return Ok(Appended::Duplicate);
         }
         if !filtered && inner.repaired.contains(&batch_uid) {
-            return Ok(Appended::Repaired(entries));
+            return Ok(Appended::Repaired(entries.into_owned()));
         }
         // The record from the entries' bytes as received (a replica write: `received` holds
         // them and the entries' positions there), or encoded here.
         let record = received
             .and_then(|(bodies, positions)| bodies.record(batch_uid, positions))
-            .unwrap_or_else(|| wal::encode_record(batch_uid, &entries));
+            .unwrap_or_else(|| entries.record(batch_uid));
         // Blocks are failing to be written (disk errors, the fd limit) and the tail, which
         // waits in memory for them, is full: try once more when due, else refuse the part
         // (retry later) rather than grow the tail without bound.
@@ -653,21 +710,17 @@ impl Inner {
     }
 
     /// Records the original batch uids of entries written under another uid (repairs).
-    fn note_repaired(&mut self, record_uid: u64, entries: &[LogEntry]) {
+    fn note_repaired(&mut self, record_uid: u64, entries: &Part<'_>) {
         let prefix = format!("{record_uid:016x}-");
-        for entry in entries {
-            if entry.id.starts_with(&prefix) {
-                continue;
+        entries.for_each_id(|id| {
+            if id.starts_with(&prefix) {
+                return;
             }
-            if let Some(uid) = entry
-                .id
-                .split_once('-')
-                .and_then(|(hex, _)| u64::from_str_radix(hex, 16).ok())
-            {
+            if let Some(uid) = crate::store::batch_uid_of(id) {
                 self.repaired.insert(uid);
                 self.repaired_current.insert(uid);
             }
-        }
+        });
     }
 
     /// The tail's block under construction, taken out; built again from the whole tail
@@ -682,8 +735,10 @@ impl Inner {
             let entries = chunk
                 .decoded()
                 .ok_or_else(|| StorageError::Encode("a tail record does not decode".to_string()))?;
+            let mut view = EntryRef::default();
             for entry in entries.iter() {
-                block.push(entry);
+                view.set(entry);
+                block.push(&view);
             }
         }
         Ok(block)
@@ -694,7 +749,7 @@ impl Inner {
     /// `record`: the entries' WAL record.
     fn push_tail(
         &mut self,
-        entries: Vec<LogEntry>,
+        entries: Part<'_>,
         record: Vec<u8>,
         config: &StorageConfig,
         flush: bool,
@@ -703,10 +758,10 @@ impl Inner {
         // build the block again from the tail rather than use one that differs from it.
         let mut building = self.take_building(config)?;
         let mut max_ts = i64::MIN;
-        for entry in &entries {
+        entries.for_each(|entry| {
             max_ts = max_ts.max(entry.timestamp);
             building.push(entry);
-        }
+        });
         drop(entries);
         self.tail_bytes += record.len();
         self.tail.push(Arc::new(TailChunk {
@@ -914,7 +969,14 @@ mod tests {
             }
             let (batch, after) = rest.split_at((*size).min(rest.len()));
             let appended = stream
-                .append(uid, batch.to_vec(), config, metrics, false, None)
+                .append(
+                    uid,
+                    Part::Owned(batch.to_vec()),
+                    config,
+                    metrics,
+                    false,
+                    None,
+                )
                 .expect("append");
             assert!(matches!(appended, Appended::Stored));
             rest = after;
@@ -964,6 +1026,47 @@ mod tests {
             append_in_batches(&stream, &all, &cuts, &config, &metrics);
             assert_built_at_once(&stream, &all, &config);
         }
+
+        /// A replica stores views of the bytes it received: its WAL and its blocks are, byte
+        /// for byte, those of the same entries decoded and owned.
+        #[test]
+        fn views_of_received_bytes_store_what_owned_entries_store(
+            parts in proptest::collection::vec(arb_entries(), 1..6),
+        ) {
+            let (_a, config, metrics, owned) = new_stream(small_blocks);
+            let (_b, _, _, viewed) = new_stream(small_blocks);
+            for (uid, part) in (1..).zip(&parts) {
+                let mut source = Vec::new();
+                let mut spans = Vec::new();
+                for entry in part {
+                    let start = source.len();
+                    source.extend_from_slice(&entry.encode_to_vec());
+                    spans.push(start..source.len());
+                }
+                let views: Vec<EntryRef<'_>> = spans
+                    .iter()
+                    .map(|span| EntryRef::decode(&source[span.clone()]).expect("view"))
+                    .collect();
+                let received = wal::EntryBodies { source: &source, spans };
+                let positions: Vec<u32> = (0..part.len() as u32).collect();
+                owned
+                    .append(uid, Part::Owned(part.clone()), &config, &metrics, false, None)
+                    .expect("owned");
+                viewed
+                    .append(uid, Part::Views(views), &config, &metrics, false, Some((&received, &positions)))
+                    .expect("views");
+            }
+            let files = |stream: &Stream| {
+                let mut inner = stream.lock();
+                inner.flush_tail(&config).expect("flush");
+                let wal = std::fs::read(&inner.wal_path).expect("wal");
+                let segment = std::fs::read(&inner.open.path).expect("segment");
+                (wal, segment)
+            };
+            let (owned_files, viewed_files) = (files(&owned), files(&viewed));
+            proptest::prop_assert!(owned_files.0 == viewed_files.0, "the WALs differ");
+            proptest::prop_assert!(owned_files.1 == viewed_files.1, "the segments differ");
+        }
     }
 
     #[test]
@@ -977,7 +1080,14 @@ mod tests {
         // Encoded here, and (as a replica gets them) from the bytes they were received in,
         // of which a part is kept.
         stream
-            .append(1, all[..2].to_vec(), &config, &metrics, false, None)
+            .append(
+                1,
+                Part::Owned(all[..2].to_vec()),
+                &config,
+                &metrics,
+                false,
+                None,
+            )
             .expect("append");
         let mut source = Vec::new();
         let mut spans = Vec::new();
@@ -994,7 +1104,7 @@ mod tests {
         stream
             .append(
                 2,
-                kept.to_vec(),
+                Part::Owned(kept.to_vec()),
                 &config,
                 &metrics,
                 true,
@@ -1018,7 +1128,7 @@ mod tests {
         let mut huge = entries(1);
         huge[0].message = "x".repeat(wal::MAX_RECORD_LEN);
         let error = stream
-            .append(1, huge, &config, &metrics, false, None)
+            .append(1, Part::Owned(huge), &config, &metrics, false, None)
             .err()
             .expect("refused");
         assert!(
@@ -1033,7 +1143,14 @@ mod tests {
         // The stream goes on, and what a reopened one replays is only the later batch.
         let later = entries(3);
         stream
-            .append(2, later.clone(), &config, &metrics, false, None)
+            .append(
+                2,
+                Part::Owned(later.clone()),
+                &config,
+                &metrics,
+                false,
+                None,
+            )
             .expect("append");
         let replayed = reopened_tail(stream, dir.path(), &config, &metrics);
         assert_eq!(replayed, later);
@@ -1045,7 +1162,14 @@ mod tests {
         let all = entries(90);
         let append = |uid: u64, batch: &[LogEntry]| {
             let appended = stream
-                .append(uid, batch.to_vec(), &config, &metrics, false, None)
+                .append(
+                    uid,
+                    Part::Owned(batch.to_vec()),
+                    &config,
+                    &metrics,
+                    false,
+                    None,
+                )
                 .expect("append");
             assert!(matches!(appended, Appended::Stored));
         };
@@ -1079,7 +1203,14 @@ mod tests {
         std::fs::create_dir(sealed_path(&dir.path().join("stream"), 1)).expect("obstacle");
         let all = entries(200);
         for (uid, batch) in (1..).zip(all.chunks(5)) {
-            let appended = stream.append(uid, batch.to_vec(), &config, &metrics, false, None);
+            let appended = stream.append(
+                uid,
+                Part::Owned(batch.to_vec()),
+                &config,
+                &metrics,
+                false,
+                None,
+            );
             assert!(matches!(appended, Ok(Appended::Stored)), "{uid}");
         }
         assert!(metrics.seal_failures.get() >= 1);
@@ -1101,7 +1232,14 @@ mod tests {
         let mut stored = 0;
         let refused = loop {
             let batch = all[stored..stored + 5].to_vec();
-            match stream.append(stored as u64 + 1, batch, &config, &metrics, false, None) {
+            match stream.append(
+                stored as u64 + 1,
+                Part::Owned(batch),
+                &config,
+                &metrics,
+                false,
+                None,
+            ) {
                 Ok(appended) => {
                     assert!(matches!(appended, Appended::Stored));
                     stored += 5;
@@ -1122,11 +1260,18 @@ mod tests {
             .open(&path)
             .expect("writable handle");
         let next = all[stored..stored + 5].to_vec();
-        let again = stream.append(9_999, next.clone(), &config, &metrics, false, None);
+        let again = stream.append(
+            9_999,
+            Part::Owned(next.clone()),
+            &config,
+            &metrics,
+            false,
+            None,
+        );
         assert!(matches!(again, Err(StorageError::Backlog { .. })));
         // When due, the tail becomes a block first and the part is taken.
         stream.lock().retry_sealing_at = Some(Instant::now());
-        let taken = stream.append(9_999, next, &config, &metrics, false, None);
+        let taken = stream.append(9_999, Part::Owned(next), &config, &metrics, false, None);
         assert!(matches!(taken, Ok(Appended::Stored)));
         stored += 5;
         assert_eq!(metrics.backlog_refusals.get(), 2);
