@@ -99,7 +99,9 @@ impl Kind {
 }
 
 /// Encodes entries as the repeated `entries` field (tag 4) of [`AppendRequest`]: the bytes
-/// of several such chunks concatenated are the field for all their entries.
+/// of several such chunks concatenated are the field for all their entries (what
+/// `replication::EncodedBatch` makes per partition).
+#[cfg(test)]
 pub fn encode_entries(entries: &[LogEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.iter().map(LogEntry::approx_size).sum());
     for entry in entries {
@@ -108,7 +110,7 @@ pub fn encode_entries(entries: &[LogEntry]) -> Vec<u8> {
     out
 }
 
-/// An [`AppendRequest`] built from pre-encoded entry chunks ([`encode_entries`]); decodes to
+/// An [`AppendRequest`] built from pre-encoded entry chunks (repeated field 4); decodes to
 /// exactly what encoding the request with those entries gives.
 pub fn encode_append<'a>(
     batch_uid: u64,

@@ -236,26 +236,32 @@ impl EncodedBatch {
     /// Cuts and encodes `entries` (CPU only: call it where the entries were decoded, while
     /// they are in that core's cache; the entries are freed here too).
     pub fn new(entries: Vec<LogEntry>) -> EncodedBatch {
-        let mut parts: BTreeMap<PartitionId, Vec<LogEntry>> = BTreeMap::new();
-        for entry in entries {
-            parts
-                .entry(partition_of(&entry.tenant, &entry.service))
-                .or_default()
-                .push(entry);
+        // Each entry is encoded straight into its partition's part (what
+        // `messages::encode_entries` gives for the partition's entries in order), without
+        // moving the entries into groups first. A stream's entries share a partition, and
+        // batches mostly come in runs of one stream: the partition is looked up per run.
+        let mut parts: BTreeMap<PartitionId, EncodedPart> = BTreeMap::new();
+        let mut run: Option<(&str, &str, PartitionId)> = None;
+        for entry in &entries {
+            let partition = match run {
+                Some((tenant, service, p))
+                    if tenant == entry.tenant && service == entry.service =>
+                {
+                    p
+                }
+                _ => {
+                    let p = partition_of(&entry.tenant, &entry.service);
+                    run = Some((&entry.tenant, &entry.service, p));
+                    p
+                }
+            };
+            let part = parts.entry(partition).or_insert_with(|| EncodedPart {
+                encoded: Vec::new(),
+                entries: 0,
+            });
+            logcluster_proto::entry::encode_entry_field(4, entry, &mut part.encoded);
+            part.entries += 1;
         }
-        let parts = parts
-            .into_iter()
-            .map(|(p, part)| {
-                let encoded = crate::messages::encode_entries(&part);
-                (
-                    p,
-                    EncodedPart {
-                        encoded,
-                        entries: part.len(),
-                    },
-                )
-            })
-            .collect();
         EncodedBatch { parts }
     }
 
@@ -739,4 +745,43 @@ struct CallOutcome {
     hint_for: String,
     partitions: Vec<PartitionId>,
     result: Result<AppendReply, RpcError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_encoded_per_partition_in_entry_order() {
+        let entry = |k: usize, service: &str| LogEntry {
+            tenant: "acme".into(),
+            service: service.into(),
+            message: format!("m{k}"),
+            ..Default::default()
+        };
+        // Runs of one service, interleaved, with services in other partitions.
+        let services = ["api", "api", "db", "web", "api", "db", "db", "auth"];
+        let entries: Vec<LogEntry> = services
+            .iter()
+            .enumerate()
+            .map(|(k, s)| entry(k, s))
+            .collect();
+        let batch = EncodedBatch::new(entries.clone());
+        let mut expected: BTreeMap<PartitionId, Vec<LogEntry>> = BTreeMap::new();
+        for entry in entries {
+            expected
+                .entry(partition_of(&entry.tenant, &entry.service))
+                .or_default()
+                .push(entry);
+        }
+        assert_eq!(
+            batch.parts.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        );
+        for (partition, part) in &batch.parts {
+            let want = &expected[partition];
+            assert_eq!(part.entries, want.len());
+            assert_eq!(part.encoded, crate::messages::encode_entries(want));
+        }
+    }
 }

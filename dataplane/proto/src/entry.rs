@@ -294,6 +294,10 @@ mod tests {
             ("4dcabfb7", None),
             ("", None),
             ("-", None),
+            ("1.", Some(1.0)),
+            ("1e", None),
+            ("10.0.0.1", None),
+            ("2024-05-01", None),
         ] {
             assert_eq!(FieldValue::str(text).as_f64(), expected, "{text}");
         }

@@ -821,16 +821,26 @@ fn group_by_stream<E: InStream>(entries: Vec<E>) -> BTreeMap<StreamKey, (Vec<E>,
     // Each entry's group, found by its own strings (a name is copied once per stream, not per
     // entry), then every group filled at its final size: no per-entry string copies, and no
     // entry moved twice by a growing vector.
+    // Batches come in runs of one stream: the group is looked up once per run.
     let mut groups: foldhash::HashMap<(&str, &str), usize> = Default::default();
     let mut sizes: Vec<usize> = Vec::new();
+    let mut run: Option<((&str, &str), usize)> = None;
     let group_of: Vec<usize> = entries
         .iter()
         .map(|entry| {
-            let next = groups.len();
-            let group = *groups.entry(entry.stream_key()).or_insert(next);
-            if group == next {
-                sizes.push(0);
-            }
+            let key = entry.stream_key();
+            let group = match run {
+                Some((previous, group)) if previous == key => group,
+                _ => {
+                    let next = groups.len();
+                    let group = *groups.entry(key).or_insert(next);
+                    if group == next {
+                        sizes.push(0);
+                    }
+                    run = Some((key, group));
+                    group
+                }
+            };
             sizes[group] += 1;
             group
         })
