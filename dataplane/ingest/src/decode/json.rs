@@ -694,6 +694,9 @@ fn decode_json_stream(
 ) {
     let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
     for (n, value) in stream.enumerate() {
+        if out.over(ctx) {
+            return;
+        }
         let index = first_index + n;
         match value {
             Ok(value) => push(out, index, decode_json_value(value, ctx)),

@@ -470,6 +470,12 @@ mod tests {
         };
         let error = decode_payload(Format::Json, array, &at_two).expect_err("3 > 2");
         assert_eq!(error.reason(), RejectReason::TooManyRecords);
+        // So do pretty-printed documents one after another.
+        let pretty = b"{\n\"message\": \"a\"\n}\n{\n\"message\": \"b\"\n}\n{\"message\": \"c\"}";
+        let out = decode_payload(Format::Json, pretty, &ctx()).expect("three documents");
+        assert_eq!(out.records.len(), 3);
+        let error = decode_payload(Format::Json, pretty, &at_two).expect_err("3 > 2");
+        assert_eq!(error.reason(), RejectReason::TooManyRecords);
     }
 
     #[test]
