@@ -342,6 +342,24 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
             .iter()
             .all(|i| { i["message"].as_str().is_some_and(|m| m.starts_with('a')) })
     );
+
+    // A syslog stream is cut into batches by the listener, whatever their count: 1,500 lines
+    // in one write are all stored.
+    let mut syslog = tokio::net::TcpStream::connect(("127.0.0.1", node.port("syslog_tcp"))).await?;
+    let stream: String = (0..1500).map(|k| format!("<13>line {k}\n")).collect();
+    syslog.write_all(stream.as_bytes()).await?;
+    syslog.shutdown().await?;
+    common::eventually(
+        "every syslog line to be stored",
+        std::time::Duration::from_secs(20),
+        || async {
+            node.query_all("default")
+                .await
+                .ok()
+                .filter(|items| items.len() == 1500)
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -309,13 +309,13 @@ impl Pipeline {
                 .metrics
                 .protocol_errors
                 .get_or_create(&label("kind", "too_many_connections"));
-            refused.inc();
             // Once per 1,000 refusals: a flood of connections must not flood the log too.
-            if refused.get() % 1000 == 1 {
+            let before = refused.inc();
+            if before.is_multiple_of(1000) {
                 tracing::warn!(
                     %peer,
                     listener,
-                    refused = refused.get(),
+                    refused = before + 1,
                     "connection refused: every ingest connection slot is taken (ingest.maxConnections)"
                 );
             }
@@ -455,16 +455,14 @@ impl Pipeline {
         output: DecodeOutput,
     ) -> BatchResult {
         let started = Instant::now();
-        let output = match self.within_limit(output) {
-            Ok(output) => output,
-            Err((reason, message)) => return self.refuse(&source, started, reason, &message),
-        };
         let prepared = self.prepare(&source, output, &self.schemas.current());
         self.commit(source, prepared, started).await
     }
 
-    /// Every path's check of `ingest.maxBatchRecords` (decoders of framed payloads stop at
-    /// it already; other listeners and APIs decode first).
+    /// The check of `ingest.maxBatchRecords` for batches a client cut (frames, HTTP bodies,
+    /// compatible APIs; decoders of framed payloads stop at it already). Batches the UDP and
+    /// syslog listeners make themselves ([`Pipeline::ingest_decoded`]) are bounded by their
+    /// read size instead, and are never refused for their count.
     fn within_limit(&self, output: DecodeOutput) -> Result<DecodeOutput, (RejectReason, String)> {
         if output.len() > self.max_batch_records {
             let error = decode::PayloadError::TooManyRecords(self.max_batch_records);

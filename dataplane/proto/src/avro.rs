@@ -109,6 +109,8 @@ pub enum AvroError {
     Inflate { block: usize },
     #[error("avro container decodes to more than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("avro container holds {records} records, more than {limit}")]
+    TooManyRecords { records: usize, limit: usize },
     #[error("avro datum could not be decoded")]
     Decode(#[source] apache_avro::Error),
     #[error("avro container could not be written")]
@@ -240,13 +242,36 @@ pub fn decode_container(bytes: &[u8]) -> Result<Vec<Value>, AvroError> {
     decode_container_with_limit(bytes, MAX_DECODED_BYTES)
 }
 
+/// [`decode_container`] of a container of at most `max_records` records: one with more is
+/// refused from its block headers, before any datum is decoded.
+pub fn decode_container_of_at_most(
+    bytes: &[u8],
+    max_records: usize,
+) -> Result<Vec<Value>, AvroError> {
+    decode_limited(bytes, MAX_DECODED_BYTES, max_records)
+}
+
 /// [`decode_container`] with an explicit ceiling on the decompressed datum bytes.
 pub fn decode_container_with_limit(
     bytes: &[u8],
     max_decoded: usize,
 ) -> Result<Vec<Value>, AvroError> {
+    decode_limited(bytes, max_decoded, usize::MAX)
+}
+
+fn decode_limited(
+    bytes: &[u8],
+    max_decoded: usize,
+    max_records: usize,
+) -> Result<Vec<Value>, AvroError> {
     init_allocation_limit();
     let container = Container::parse(bytes, max_decoded)?;
+    if container.records > max_records {
+        return Err(AvroError::TooManyRecords {
+            records: container.records,
+            limit: max_records,
+        });
+    }
     let schema = parse_untrusted_schema(container.schema_text)?;
     SchemaCheck::run(&schema)?;
     let canonical =

@@ -186,12 +186,7 @@ impl FieldValue {
 
     /// The value as a number, when it is one (or a string holding one).
     pub fn as_f64(&self) -> Option<f64> {
-        match &self.kind {
-            Some(field_value::Kind::Int(i)) => Some(*i as f64),
-            Some(field_value::Kind::Float(f)) => Some(*f),
-            Some(field_value::Kind::Str(s)) if may_be_number(s) => s.parse().ok(),
-            _ => None,
-        }
+        crate::FieldRef::of(self).as_f64()
     }
 }
 

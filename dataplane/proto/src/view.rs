@@ -51,7 +51,7 @@ impl<'a> FieldRef<'a> {
         }
     }
 
-    /// [`FieldValue::as_f64`].
+    /// The value as a number, when it is one (or a string holding one).
     pub fn as_f64(self) -> Option<f64> {
         match self {
             FieldRef::Int(i) => Some(i as f64),

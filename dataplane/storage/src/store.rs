@@ -798,8 +798,6 @@ impl Store {
     }
 }
 
-/// Entries grouped by their (tenant, service) stream, with each entry's position in `entries`.
-#[allow(clippy::type_complexity)]
 /// What entries are grouped by: their stream.
 trait InStream {
     fn stream_key(&self) -> (&str, &str);
@@ -817,6 +815,7 @@ impl InStream for EntryRef<'_> {
     }
 }
 
+/// Entries grouped by their (tenant, service) stream, with each entry's position in `entries`.
 fn group_by_stream<E: InStream>(entries: Vec<E>) -> BTreeMap<StreamKey, (Vec<E>, Vec<u32>)> {
     // Each entry's group, found by its own strings (a name is copied once per stream, not per
     // entry), then every group filled at its final size: no per-entry string copies, and no

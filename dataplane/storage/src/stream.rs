@@ -454,7 +454,7 @@ impl Stream {
         // Blocks are failing to be written (disk errors, the fd limit) and the tail, which
         // waits in memory for them, is full: try once more when due, else refuse the part
         // (retry later) rather than grow the tail without bound.
-        if inner.flush_failed && inner.tail_bytes >= tail_limit(config) {
+        if inner.flush_failed && inner.tail_bytes + record.len() > tail_limit(config) {
             let flushed = inner.sealing_due() && {
                 let result = inner.flush_tail(config);
                 self.sealing_outcome(&mut inner, result, metrics).is_ok()
@@ -1251,8 +1251,9 @@ mod tests {
         assert!(matches!(refused, StorageError::Backlog { .. }), "{refused}");
         assert_eq!(metrics.backlog_refusals.get(), 1);
         let tail_bytes = stream.lock().tail_bytes;
-        assert!(tail_bytes >= tail_limit(&config), "{tail_bytes}");
-        assert!(tail_bytes < tail_limit(&config) + 1_500, "{tail_bytes}");
+        // Full: at most the limit, and one more part would have passed it.
+        assert!(tail_bytes <= tail_limit(&config), "{tail_bytes}");
+        assert!(tail_bytes + 1_500 > tail_limit(&config), "{tail_bytes}");
         // Still refused while the next attempt is not due, even once blocks could be written.
         stream.lock().open.file = OpenOptions::new()
             .read(true)

@@ -626,14 +626,17 @@ pub(crate) fn decode_json_payload(
         return Ok(out);
     };
     if payload[first] == b'[' {
-        let values: Vec<Value> = serde_json::from_slice(payload).map_err(|error| {
-            if std::str::from_utf8(payload).is_err() {
-                PayloadError::InvalidUtf8
-            } else {
-                PayloadError::InvalidJson(error)
-            }
-        })?;
-        if values.len() > ctx.max_records {
+        let mut parser = serde_json::Deserializer::from_slice(payload);
+        let (values, over) = de::DeserializeSeed::deserialize(AtMost(ctx.max_records), &mut parser)
+            .and_then(|parsed| parser.end().map(|()| parsed))
+            .map_err(|error| {
+                if std::str::from_utf8(payload).is_err() {
+                    PayloadError::InvalidUtf8
+                } else {
+                    PayloadError::InvalidJson(error)
+                }
+            })?;
+        if over {
             return Err(PayloadError::TooManyRecords(ctx.max_records));
         }
         out.records.reserve(values.len());
@@ -683,6 +686,41 @@ pub(crate) fn decode_json_payload(
         first_record = false;
     }
     Ok(out)
+}
+
+/// The elements of a JSON array, at most `.0` of them kept (those after are parsed, not
+/// kept); `true` when there were more.
+struct AtMost(usize);
+
+impl<'de> de::DeserializeSeed<'de> for AtMost {
+    type Value = (Vec<Value>, bool);
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AtMost {
+    type Value = (Vec<Value>, bool);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut values = Vec::new();
+        while values.len() < self.0 {
+            match seq.next_element::<Value>()? {
+                Some(value) => values.push(value),
+                None => return Ok((values, false)),
+            }
+        }
+        let mut over = false;
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {
+            over = true;
+        }
+        Ok((values, over))
+    }
 }
 
 /// Whitespace-separated JSON values spanning lines; the first error ends the payload.

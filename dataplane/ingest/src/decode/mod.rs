@@ -265,11 +265,11 @@ fn decode_protobuf(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, 
 }
 
 fn decode_avro(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, PayloadError> {
-    let values =
-        logcluster_proto::avro::decode_container(payload).map_err(PayloadError::InvalidAvro)?;
-    if values.len() > ctx.max_records {
-        return Err(PayloadError::TooManyRecords(ctx.max_records));
-    }
+    use logcluster_proto::avro::{AvroError, decode_container_of_at_most};
+    let values = decode_container_of_at_most(payload, ctx.max_records).map_err(|e| match e {
+        AvroError::TooManyRecords { .. } => PayloadError::TooManyRecords(ctx.max_records),
+        other => PayloadError::InvalidAvro(other),
+    })?;
     let mut out = DecodeOutput {
         records: Vec::with_capacity(values.len()),
         errors: Vec::new(),
