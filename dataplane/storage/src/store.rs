@@ -480,7 +480,7 @@ impl Store {
                         outcome.duplicates += count;
                         break stream;
                     }
-                    Appended::Removed(back) => part = Part::Owned(back),
+                    Appended::Removed(back) => part = back,
                     Appended::Repaired(back) => {
                         // Some of this batch came earlier by repair: store only what the
                         // stream does not hold (any timestamp: a retried batch may differ).

@@ -131,13 +131,13 @@ impl Part<'_> {
 }
 
 /// What happened to a batch part offered to a stream.
-pub enum Appended {
+pub(crate) enum Appended<'a> {
     Stored,
     /// The batch uid was already stored in this stream.
     Duplicate,
     /// The stream was removed (handed over) meanwhile; the entries come back for its new
-    /// incarnation.
-    Removed(Vec<LogEntry>),
+    /// incarnation (as they came: views keep their received bytes for its WAL record).
+    Removed(Part<'a>),
     /// Some entries of this batch arrived earlier by repair: the caller filters out the ids
     /// the stream holds and appends the rest with `filtered` set.
     Repaired(Vec<LogEntry>),
@@ -426,18 +426,18 @@ impl Stream {
     /// entries' bytes as a replica received them and their positions there, for the WAL
     /// record. Once the record is written the part is `Stored`, even if building a block or
     /// sealing the segment then fails (counted and retried, see `sealing_outcome`).
-    pub fn append(
+    pub(crate) fn append<'a>(
         &self,
         batch_uid: u64,
-        entries: Part<'_>,
+        entries: Part<'a>,
         config: &StorageConfig,
         metrics: &StorageMetrics,
         filtered: bool,
         received: Option<(&wal::EntryBodies<'_>, &[u32])>,
-    ) -> Result<Appended, StorageError> {
+    ) -> Result<Appended<'a>, StorageError> {
         let mut inner = self.lock();
         if inner.removed {
-            return Ok(Appended::Removed(entries.into_owned()));
+            return Ok(Appended::Removed(entries));
         }
         if inner.holds_batch(batch_uid) {
             metrics.duplicate_batches.inc();
