@@ -917,6 +917,26 @@ mod tests {
     use super::*;
     use crate::segment::tests::{arb_entries, entries};
 
+    impl Stream {
+        /// Appends a node's own batch part: owned entries, not filtered, no received bytes.
+        fn append_owned(
+            &self,
+            batch_uid: u64,
+            entries: Vec<LogEntry>,
+            config: &StorageConfig,
+            metrics: &StorageMetrics,
+        ) -> Result<Appended<'static>, StorageError> {
+            self.append(
+                batch_uid,
+                Part::Owned(entries),
+                config,
+                metrics,
+                false,
+                None,
+            )
+        }
+    }
+
     fn open_stream(dir: &Path, config: &StorageConfig, metrics: &StorageMetrics) -> Stream {
         let book = Arc::new(TraceBook::open(&dir.join("book")).expect("trace book"));
         Stream::open("acme", "api", dir.join("stream"), config, metrics, book).expect("open")
@@ -969,14 +989,7 @@ mod tests {
             }
             let (batch, after) = rest.split_at((*size).min(rest.len()));
             let appended = stream
-                .append(
-                    uid,
-                    Part::Owned(batch.to_vec()),
-                    config,
-                    metrics,
-                    false,
-                    None,
-                )
+                .append_owned(uid, batch.to_vec(), config, metrics)
                 .expect("append");
             assert!(matches!(appended, Appended::Stored));
             rest = after;
@@ -1050,7 +1063,7 @@ mod tests {
                 let received = wal::EntryBodies { source: &source, spans };
                 let positions: Vec<u32> = (0..part.len() as u32).collect();
                 owned
-                    .append(uid, Part::Owned(part.clone()), &config, &metrics, false, None)
+                    .append_owned(uid, part.clone(), &config, &metrics)
                     .expect("owned");
                 viewed
                     .append(uid, Part::Views(views), &config, &metrics, false, Some((&received, &positions)))
@@ -1080,14 +1093,7 @@ mod tests {
         // Encoded here, and (as a replica gets them) from the bytes they were received in,
         // of which a part is kept.
         stream
-            .append(
-                1,
-                Part::Owned(all[..2].to_vec()),
-                &config,
-                &metrics,
-                false,
-                None,
-            )
+            .append_owned(1, all[..2].to_vec(), &config, &metrics)
             .expect("append");
         let mut source = Vec::new();
         let mut spans = Vec::new();
@@ -1128,7 +1134,7 @@ mod tests {
         let mut huge = entries(1);
         huge[0].message = "x".repeat(wal::MAX_RECORD_LEN);
         let error = stream
-            .append(1, Part::Owned(huge), &config, &metrics, false, None)
+            .append_owned(1, huge, &config, &metrics)
             .err()
             .expect("refused");
         assert!(
@@ -1143,14 +1149,7 @@ mod tests {
         // The stream goes on, and what a reopened one replays is only the later batch.
         let later = entries(3);
         stream
-            .append(
-                2,
-                Part::Owned(later.clone()),
-                &config,
-                &metrics,
-                false,
-                None,
-            )
+            .append_owned(2, later.clone(), &config, &metrics)
             .expect("append");
         let replayed = reopened_tail(stream, dir.path(), &config, &metrics);
         assert_eq!(replayed, later);
@@ -1162,14 +1161,7 @@ mod tests {
         let all = entries(90);
         let append = |uid: u64, batch: &[LogEntry]| {
             let appended = stream
-                .append(
-                    uid,
-                    Part::Owned(batch.to_vec()),
-                    &config,
-                    &metrics,
-                    false,
-                    None,
-                )
+                .append_owned(uid, batch.to_vec(), &config, &metrics)
                 .expect("append");
             assert!(matches!(appended, Appended::Stored));
         };
@@ -1203,14 +1195,7 @@ mod tests {
         std::fs::create_dir(sealed_path(&dir.path().join("stream"), 1)).expect("obstacle");
         let all = entries(200);
         for (uid, batch) in (1..).zip(all.chunks(5)) {
-            let appended = stream.append(
-                uid,
-                Part::Owned(batch.to_vec()),
-                &config,
-                &metrics,
-                false,
-                None,
-            );
+            let appended = stream.append_owned(uid, batch.to_vec(), &config, &metrics);
             assert!(matches!(appended, Ok(Appended::Stored)), "{uid}");
         }
         assert!(metrics.seal_failures.get() >= 1);
@@ -1232,14 +1217,7 @@ mod tests {
         let mut stored = 0;
         let refused = loop {
             let batch = all[stored..stored + 5].to_vec();
-            match stream.append(
-                stored as u64 + 1,
-                Part::Owned(batch),
-                &config,
-                &metrics,
-                false,
-                None,
-            ) {
+            match stream.append_owned(stored as u64 + 1, batch, &config, &metrics) {
                 Ok(appended) => {
                     assert!(matches!(appended, Appended::Stored));
                     stored += 5;
@@ -1261,18 +1239,11 @@ mod tests {
             .open(&path)
             .expect("writable handle");
         let next = all[stored..stored + 5].to_vec();
-        let again = stream.append(
-            9_999,
-            Part::Owned(next.clone()),
-            &config,
-            &metrics,
-            false,
-            None,
-        );
+        let again = stream.append_owned(9_999, next.clone(), &config, &metrics);
         assert!(matches!(again, Err(StorageError::Backlog { .. })));
         // When due, the tail becomes a block first and the part is taken.
         stream.lock().retry_sealing_at = Some(Instant::now());
-        let taken = stream.append(9_999, Part::Owned(next), &config, &metrics, false, None);
+        let taken = stream.append_owned(9_999, next, &config, &metrics);
         assert!(matches!(taken, Ok(Appended::Stored)));
         stored += 5;
         assert_eq!(metrics.backlog_refusals.get(), 2);
