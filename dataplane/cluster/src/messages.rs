@@ -1,6 +1,6 @@
 //! The messages of the cluster RPC (prost). Only this module knows their encoding.
 
-use logcluster_proto::LogEntry;
+use logcluster_proto::{EntryRef, LogEntry};
 
 /// Request kinds of the cluster RPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,20 +150,42 @@ pub fn entry_spans(request: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
 }
 
 /// An [`AppendRequest`] that is a plain replica write (no hint, no repair), read without
-/// decoding its entries: its batch uid and where each entry's body lies. `None` for a hint,
-/// a repair, or bytes not laid out as that (decoding them says what they are).
-pub fn plain_write(request: &[u8]) -> Option<(u64, Vec<std::ops::Range<usize>>)> {
+/// allocating its entries.
+pub struct PlainWrite<'a> {
+    pub batch_uid: u64,
+    /// Where each entry's body lies in the request.
+    pub spans: Vec<std::ops::Range<usize>>,
+    /// Each entry, a view of those bytes.
+    pub entries: Vec<EntryRef<'a>>,
+}
+
+/// The request as a [`PlainWrite`], each entry read as it is met (while its bytes are in
+/// cache). `None` for a hint, a repair, or bytes that do not read as entries (decoding them
+/// whole says what they are).
+pub fn plain_write(request: &[u8]) -> Option<PlainWrite<'_>> {
     use logcluster_proto::wire::{RawField, walk_fields};
-    let (mut batch_uid, mut other, mut spans) = (0, false, Vec::new());
+    let (mut batch_uid, mut other) = (0, false);
+    let (mut spans, mut entries) = (Vec::new(), Vec::new());
     walk_fields(request, |tag, field| match (tag, field) {
         (1, RawField::Varint(uid)) => batch_uid = uid,
         (2, RawField::Delimited(hint_for)) => other |= !hint_for.is_empty(),
         (3, RawField::Varint(repair)) => other |= repair != 0,
-        (4, RawField::Delimited(span)) => spans.push(span),
+        (4, RawField::Delimited(_)) if other => {}
+        (4, RawField::Delimited(span)) => match EntryRef::decode(&request[span.clone()]) {
+            Some(entry) => {
+                entries.push(entry);
+                spans.push(span);
+            }
+            None => other = true,
+        },
         (1..=4, _) => other = true,
         _ => {}
     })?;
-    (!other).then_some((batch_uid, spans))
+    (!other).then_some(PlainWrite {
+        batch_uid,
+        spans,
+        entries,
+    })
 }
 
 /// A batch for one replica.
@@ -204,6 +226,45 @@ pub struct EntriesReply {
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn only_a_plain_write_of_readable_entries_is_read_as_views() {
+        let entries: Vec<LogEntry> = (0..3)
+            .map(|i| LogEntry {
+                id: format!("00000000000000ab-{i:08x}"),
+                message: format!("entry {i}"),
+                fields: [("n".to_string(), logcluster_proto::FieldValue::int(i))].into(),
+                ..LogEntry::default()
+            })
+            .collect();
+        let request = |hint_for: &str, repair: bool| AppendRequest {
+            batch_uid: 0xab,
+            hint_for: hint_for.into(),
+            repair,
+            entries: entries.clone(),
+        };
+        let plain = request("", false).encode_to_vec();
+        let write = plain_write(&plain).expect("a plain write");
+        assert_eq!(write.batch_uid, 0xab);
+        assert_eq!(write.spans.len(), 3);
+        for ((view, span), entry) in write.entries.iter().zip(&write.spans).zip(&entries) {
+            assert_eq!(&view.to_entry(), entry);
+            assert_eq!(&plain[span.clone()], entry.encode_to_vec().as_slice());
+        }
+        assert!(plain_write(&request("storage-2", false).encode_to_vec()).is_none());
+        assert!(plain_write(&request("", true).encode_to_vec()).is_none());
+        // An entry whose message is not UTF-8: left to prost, which refuses it.
+        let mut bad = request("", false);
+        bad.entries[1].message = "XX".into();
+        let mut bytes = bad.encode_to_vec();
+        let at = bytes
+            .windows(2)
+            .position(|w| w == b"XX")
+            .expect("message bytes");
+        bytes[at] = 0xff;
+        assert!(plain_write(&bytes).is_none());
+        assert!(AppendRequest::decode(bytes.as_slice()).is_err());
+    }
 
     #[test]
     fn a_request_assembled_from_encoded_chunks_equals_the_encoded_request() {

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use logcluster_proto::EntryRef;
 use logcluster_storage::wal::EntryBodies;
 use logcluster_storage::{Store, Written};
 use prost::Message;
@@ -47,20 +46,18 @@ pub async fn handle_append(
         // The usual case: a replica write stored from views of the received bytes, without
         // an entry allocated (anything else, or bytes that do not read as entries, is
         // decoded whole below, which also says what is wrong).
-        if let Some((batch_uid, spans)) = plain_write(&payload) {
-            let views: Option<Vec<EntryRef<'_>>> = spans
-                .iter()
-                .map(|span| EntryRef::decode(&payload[span.clone()]))
-                .collect();
-            if let Some(views) = views {
-                let bodies = EntryBodies {
-                    source: &payload,
-                    spans,
-                };
-                return Ok(Decoded::Stored(
-                    store_for_task.append_received_on_this_thread(batch_uid, views, &bodies),
-                ));
-            }
+        if let Some(write) = plain_write(&payload) {
+            let bodies = EntryBodies {
+                source: &payload,
+                spans: write.spans,
+            };
+            return Ok(Decoded::Stored(
+                store_for_task.append_received_on_this_thread(
+                    write.batch_uid,
+                    write.entries,
+                    &bodies,
+                ),
+            ));
         }
         let request = AppendRequest::decode(payload.as_slice())
             .map_err(|e| format!("append request is not valid protobuf: {e}"))?;
