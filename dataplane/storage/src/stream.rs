@@ -130,6 +130,16 @@ impl Part<'_> {
     }
 }
 
+/// Adds a part's entries to a block; returns their latest timestamp.
+fn push_part(building: &mut BlockBuilder, part: &Part<'_>) -> i64 {
+    let mut max_ts = i64::MIN;
+    part.for_each(|entry| {
+        max_ts = max_ts.max(entry.timestamp);
+        building.push(entry);
+    });
+    max_ts
+}
+
 /// What happened to a batch part offered to a stream.
 pub(crate) enum Appended<'a> {
     Stored,
@@ -361,10 +371,7 @@ impl Stream {
         let count = replayed.len();
         for (i, (old_seq, replay)) in replayed.into_iter().enumerate() {
             for record in replay.records {
-                inner.uids_current.insert(record.batch_uid);
-                let part = Part::Owned(record.entries);
-                inner.note_repaired(record.batch_uid, &part);
-                inner.push_tail(part, record.bytes, config, true)?;
+                inner.replay_record(record, config)?;
             }
             if i + 1 < count {
                 // An older unsealed WAL: seal what it held into its own segment number.
@@ -732,6 +739,10 @@ impl Inner {
         }
         let mut block = BlockBuilder::new(config.block_format);
         for chunk in &self.tail {
+            if let Some((_, views)) = wal::record_views(&chunk.record) {
+                views.iter().for_each(|view| block.push(view));
+                continue;
+            }
             let entries = chunk
                 .decoded()
                 .ok_or_else(|| StorageError::Encode("a tail record does not decode".to_string()))?;
@@ -742,6 +753,31 @@ impl Inner {
             }
         }
         Ok(block)
+    }
+
+    /// Adds a replayed WAL record to the tail: its entries are read as views of its own bytes
+    /// (prost-decoded only when views do not read them).
+    fn replay_record(
+        &mut self,
+        record: wal::Record,
+        config: &StorageConfig,
+    ) -> Result<(), StorageError> {
+        self.uids_current.insert(record.batch_uid);
+        if let Some(entries) = record.entries {
+            let part = Part::Owned(entries);
+            self.note_repaired(record.batch_uid, &part);
+            return self.push_tail(part, record.bytes, config, true);
+        }
+        let mut building = self.take_building(config)?;
+        let max_ts = {
+            let (_, views) = wal::record_views(&record.bytes).ok_or_else(|| {
+                StorageError::Encode("a replayed WAL record does not read".to_string())
+            })?;
+            let part = Part::Views(views);
+            self.note_repaired(record.batch_uid, &part);
+            push_part(&mut building, &part)
+        };
+        self.add_chunk(building, record.bytes, max_ts, config, true)
     }
 
     /// Adds entries to the tail (they stay there whatever happens) and to its block, then
@@ -757,12 +793,21 @@ impl Inner {
         // Out of `self` while the entries go in: were this interrupted, the next push would
         // build the block again from the tail rather than use one that differs from it.
         let mut building = self.take_building(config)?;
-        let mut max_ts = i64::MIN;
-        entries.for_each(|entry| {
-            max_ts = max_ts.max(entry.timestamp);
-            building.push(entry);
-        });
+        let max_ts = push_part(&mut building, &entries);
         drop(entries);
+        self.add_chunk(building, record, max_ts, config, flush)
+    }
+
+    /// Puts the entries' record in the tail and `building` (which holds them) back, then
+    /// flushes the tail into a block if it is full and `flush` allows.
+    fn add_chunk(
+        &mut self,
+        building: BlockBuilder,
+        record: Vec<u8>,
+        max_ts: i64,
+        config: &StorageConfig,
+        flush: bool,
+    ) -> Result<(), StorageError> {
         self.tail_bytes += record.len();
         self.tail.push(Arc::new(TailChunk {
             record,
@@ -1079,6 +1124,29 @@ mod tests {
             let (owned_files, viewed_files) = (files(&owned), files(&viewed));
             proptest::prop_assert!(owned_files.0 == viewed_files.0, "the WALs differ");
             proptest::prop_assert!(owned_files.1 == viewed_files.1, "the segments differ");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// A stream opened again builds its tail's blocks from views of the replayed WAL
+        /// records: the same bytes as from the entries.
+        #[test]
+        fn a_replayed_tail_builds_the_blocks_its_entries_build(
+            parts in proptest::collection::vec(arb_entries(), 1..5),
+        ) {
+            let (dir, config, metrics, stream) = new_stream(|dir| StorageConfig {
+                shared_trace_ids: false,
+                ..StorageConfig::new(dir)
+            });
+            for (uid, part) in (1..).zip(&parts) {
+                stream.append_owned(uid, part.clone(), &config, &metrics).expect("append");
+            }
+            drop(stream);
+            let reopened = open_stream(dir.path(), &config, &metrics);
+            reopened.lock().flush_tail(&config).expect("flush");
+            let all: Vec<LogEntry> = parts.into_iter().flatten().collect();
+            assert_built_at_once(&reopened, &all, &config);
         }
     }
 

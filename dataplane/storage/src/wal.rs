@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use logcluster_proto::{LogBatch, LogEntry};
+use logcluster_proto::{EntryRef, LogBatch, LogEntry};
 use prost::Message;
 
 use crate::StorageError;
@@ -78,7 +78,9 @@ fn build_record(batch_uid: u64, len: usize, entries: impl FnOnce(&mut Vec<u8>)) 
 /// One replayed record.
 pub struct Record {
     pub batch_uid: u64,
-    pub entries: Vec<LogEntry>,
+    /// The entries, decoded by prost, when views do not read them ([`record_views`]); `None`
+    /// for the usual record, whose entries are read as views of `bytes`.
+    pub entries: Option<Vec<LogEntry>>,
     /// The whole record (header and body) as it is in the file.
     pub bytes: Vec<u8>,
 }
@@ -152,24 +154,57 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
 
 /// The entries of one whole record (as [`encode_record`] makes it), if it is intact.
 pub fn record_entries(record: &[u8]) -> Option<Vec<LogEntry>> {
-    let (_, entries, len) = parse_body(record)?;
-    (len == record.len()).then_some(entries)
+    let (batch_uid, body) = checked_body(record)?;
+    let _ = batch_uid;
+    (8 + body.len() + 8 == record.len())
+        .then(|| LogBatch::decode(body).ok())
+        .flatten()
+        .map(|batch| batch.entries)
+}
+
+/// The batch uid of one whole, intact record and each of its entries as a view of its bytes;
+/// `None` when the record is not intact, or its entries are not laid out as views read them
+/// ([`record_entries`] then decides).
+pub fn record_views(record: &[u8]) -> Option<(u64, Vec<EntryRef<'_>>)> {
+    use logcluster_proto::wire::{RawField, walk_fields};
+    let (batch_uid, body) = checked_body(record)?;
+    if 16 + body.len() != record.len() {
+        return None;
+    }
+    let mut views = Vec::new();
+    let mut read = true;
+    walk_fields(body, |tag, field| match (tag, field) {
+        (1, RawField::Delimited(span)) if read => match EntryRef::decode(&body[span]) {
+            Some(view) => views.push(view),
+            None => read = false,
+        },
+        _ => read = false,
+    })?;
+    read.then_some((batch_uid, views))
 }
 
 fn parse_record(buf: &[u8]) -> Option<(Record, usize)> {
-    let (batch_uid, entries, len) = parse_body(buf)?;
+    let (batch_uid, body) = checked_body(buf)?;
+    let len = 16 + body.len();
+    let bytes = &buf[..len];
+    // Intact, and its entries read: as views (each one as prost reads it), or by prost.
+    let entries = match record_views(bytes) {
+        Some(_) => None,
+        None => Some(LogBatch::decode(body).ok()?.entries),
+    };
     Some((
         Record {
             batch_uid,
             entries,
-            bytes: buf[..len].to_vec(),
+            bytes: bytes.to_vec(),
         },
         len,
     ))
 }
 
-/// The batch uid and entries of the record at the start of `buf`, and the record's length.
-fn parse_body(buf: &[u8]) -> Option<(u64, Vec<LogEntry>, usize)> {
+/// The batch uid and the encoded entries (a `LogBatch`) of the record at the start of
+/// `buf`, when its length and checksum hold.
+fn checked_body(buf: &[u8]) -> Option<(u64, &[u8])> {
     if buf.len() < 8 {
         return None;
     }
@@ -183,8 +218,7 @@ fn parse_body(buf: &[u8]) -> Option<(u64, Vec<LogEntry>, usize)> {
         return None;
     }
     let batch_uid = u64::from_le_bytes(body[0..8].try_into().ok()?);
-    let batch = LogBatch::decode(&body[8..]).ok()?;
-    Some((batch_uid, batch.entries, 8 + body_len))
+    Some((batch_uid, &body[8..]))
 }
 
 #[cfg(test)]
@@ -246,7 +280,41 @@ mod tests {
         assert_eq!(replay.records.len(), 10);
         assert_eq!(replay.truncated_bytes, 0);
         assert_eq!(replay.records[3].batch_uid, 4);
-        assert_eq!(replay.records[3].entries[2], entry(32));
+        // Read as views of the record's bytes, not decoded.
+        let record = &replay.records[3];
+        assert!(record.entries.is_none());
+        let (uid, views) = record_views(&record.bytes).expect("views");
+        assert_eq!(uid, 4);
+        assert_eq!(views[2].to_entry(), entry(32));
+        assert_eq!(
+            record_entries(&record.bytes).expect("entries")[2],
+            entry(32)
+        );
+    }
+
+    #[test]
+    fn a_record_views_do_not_read_is_replayed_decoded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal-1.log");
+        let mut file = create(&path).expect("create");
+        // An empty group after the entries (field 5): prost skips it, views refuse it.
+        let odd = build_record(9, 16, |out| {
+            entry_field(out, &entry(1));
+            out.extend_from_slice(&[0x2b, 0x2c]);
+        });
+        file.write_all(&odd).expect("write");
+        file.write_all(&encode_record(10, &[entry(2)]))
+            .expect("write");
+        let replay = replay(&path).expect("replay");
+        assert_eq!(replay.truncated_bytes, 0);
+        assert_eq!(replay.records.len(), 2);
+        assert!(record_views(&replay.records[0].bytes).is_none());
+        assert_eq!(replay.records[0].entries, Some(vec![entry(1)]));
+        assert!(replay.records[1].entries.is_none());
+    }
+
+    fn entry_field(out: &mut Vec<u8>, entry: &LogEntry) {
+        logcluster_proto::entry::encode_entry_field(1, entry, out);
     }
 
     #[test]
