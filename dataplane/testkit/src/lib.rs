@@ -32,11 +32,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually(what, deadline, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `check` until it yields a value or `deadline` (times patience) passes; the error
+/// says what was awaited.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let until = Instant::now() + deadline.mul_f64(patience());
     let mut pause = Duration::from_millis(10);
     loop {
-        if check().await {
-            return Ok(());
+        if let Some(value) = check().await {
+            return Ok(value);
         }
         if Instant::now() > until {
             bail!(

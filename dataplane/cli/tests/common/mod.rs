@@ -281,25 +281,5 @@ pub async fn http_raw(
     Ok((response.status, response.body))
 }
 
-/// Polls `check` until it yields a value or `deadline` (stretched by LOGCLUSTER_TEST_PATIENCE)
-/// passes; the error says what was awaited.
-pub async fn eventually<T, F, Fut>(
-    what: &str,
-    deadline: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = std::time::Instant::now() + deadline.mul_f64(logcluster_testkit::patience());
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if std::time::Instant::now() > until {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// Polls until a value comes or the deadline (stretched by LOGCLUSTER_TEST_PATIENCE) passes.
+pub use logcluster_testkit::eventually;
