@@ -319,6 +319,7 @@ pub async fn run_node(
                 max_pending_bytes: config.max_pending_bytes,
                 max_batch_records: config.max_batch_records,
                 max_connections: config.max_connections,
+                idle_timeout: config.idle_timeout,
             },
         )),
         _ => None,

@@ -411,3 +411,51 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow:
     assert_eq!(items.len(), 4, "{items:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_their_last_syslog_line_kept() -> anyhow::Result<()> {
+    let node = TestNode::start(|raw, _| raw.ingest.idle_timeout = "300ms".into()).await?;
+    // A framed client that goes quiet after a batch: answered, then let go.
+    let mut framed = node.connect().await?;
+    assert_eq!(
+        good_batch(&mut framed, 1).await?.status,
+        AckStatus::Accepted
+    );
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(30).mul_f64(logcluster_testkit::patience()),
+        framed.read_ack(),
+    )
+    .await?;
+    assert!(
+        matches!(closed, Ok(None) | Err(_)),
+        "the idle connection is closed: {closed:?}"
+    );
+    // A syslog sender that stops in the middle of a line: the line is kept.
+    let mut syslog = tokio::net::TcpStream::connect(("127.0.0.1", node.port("syslog_tcp"))).await?;
+    syslog.write_all(b"<13>the last words").await?;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30).mul_f64(logcluster_testkit::patience()),
+        syslog.read_to_end(&mut rest),
+    )
+    .await?;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    common::eventually(
+        "the unfinished line to be stored",
+        std::time::Duration::from_secs(20),
+        || async {
+            node.query_all("default")
+                .await
+                .ok()
+                .filter(|items| items.iter().any(|i| i["message"] == "the last words"))
+        },
+    )
+    .await?;
+    let metrics = node.metrics().await?;
+    assert_eq!(
+        metric_sum(&metrics, "logcluster_ingest_idle_closes_total", &[]),
+        2.0,
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -164,6 +164,11 @@ pub struct RawIngest {
     /// buffers and TLS state, so this bounds memory as `maxPendingBytes` does.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// A framed or syslog TCP connection that sends nothing for this long is closed (its
+    /// pending acknowledgements still go out; a syslog line it left unfinished is stored);
+    /// `0s` keeps idle connections open.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
     /// Tenant for entries that name none and arrive without a frame tenant.
     #[serde(default = "default_tenant")]
     pub default_tenant: String,
@@ -405,6 +410,9 @@ pub const MAX_BATCH_RECORDS: u32 = 500_000;
 fn default_max_connections() -> u32 {
     1024
 }
+fn default_idle_timeout() -> String {
+    "10m".into()
+}
 fn default_max_batch_records() -> u32 {
     100_000
 }
@@ -522,6 +530,7 @@ impl Default for RawIngest {
             max_pending_bytes: default_max_pending_bytes(),
             max_batch_records: default_max_batch_records(),
             max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
             default_tenant: default_tenant(),
             schema_dir: None,
             schema_poll_interval: default_schema_poll(),
@@ -664,6 +673,8 @@ pub struct NodeConfig {
     pub max_pending_bytes: u64,
     pub max_batch_records: usize,
     pub max_connections: usize,
+    /// `None`: idle connections stay open.
+    pub idle_timeout: Option<Duration>,
     pub default_tenant: String,
     pub schema_dir: Option<PathBuf>,
     pub schema_poll_interval: Duration,
@@ -1024,6 +1035,11 @@ impl RawNodeConfig {
             max_pending_bytes: self.ingest.max_pending_bytes,
             max_batch_records: self.ingest.max_batch_records as usize,
             max_connections: self.ingest.max_connections as usize,
+            idle_timeout: Some(duration_field(
+                "ingest.idleTimeout",
+                &self.ingest.idle_timeout,
+            )?)
+            .filter(|timeout| !timeout.is_zero()),
             default_tenant: self.ingest.default_tenant,
             schema_dir: self.ingest.schema_dir,
             schema_poll_interval: duration_field(
@@ -1185,6 +1201,10 @@ mod tests {
         let default = NodeConfig::from_yaml(base).expect("defaults");
         assert_eq!(default.max_batch_records, 100_000);
         assert_eq!(default.max_connections, 1024);
+        assert_eq!(default.idle_timeout, Some(Duration::from_secs(600)));
+        let kept = NodeConfig::from_yaml(&format!("{base}ingest: {{idleTimeout: 0s}}\n"))
+            .expect("no idle timeout");
+        assert_eq!(kept.idle_timeout, None);
         let error = NodeConfig::from_yaml(&format!("{base}ingest: {{maxConnections: 0}}\n"))
             .expect_err("no connections");
         assert!(error.to_string().contains("maxConnections"), "{error}");

@@ -141,12 +141,19 @@ pub async fn serve_connection<S>(
         let _ = writer.shutdown().await;
     };
     let metrics = pipeline.metrics().clone();
+    let idle_pipeline = pipeline.clone();
     let read_frames = async move {
         let mut fixed = [0u8; FRAME_FIXED_LEN];
         loop {
+            // Between frames: a client that sends nothing for `ingest.idleTimeout` is let
+            // go (the acks of its last frames still go out).
             let first = tokio::select! {
                 read = reader.read(&mut fixed[..1]) => read,
                 () = shutdown.wait() => return,
+                () = idle_pipeline.idle() => {
+                    debug!("closing an idle framed connection");
+                    return;
+                }
             };
             match first {
                 Ok(0) => return,

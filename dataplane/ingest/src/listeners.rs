@@ -234,9 +234,12 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut index = 0usize;
     loop {
+        // Idle for `ingest.idleTimeout`: closed like an end of stream (an unfinished
+        // last line is stored).
         let read = tokio::select! {
             read = stream.read(&mut buf) => read,
             () = shutdown.wait() => Ok(0),
+            () = pipeline.idle() => Ok(0),
         };
         let n = match read {
             Ok(n) => n,

@@ -28,6 +28,8 @@ pub struct IngestMetrics {
     pub batches: Family<Labels, Counter>,
     /// Entries skipped because their batch id was already stored.
     pub duplicate_entries: Counter,
+    /// TCP connections closed after `ingest.idleTimeout` without a byte.
+    pub idle_closes: Counter,
     /// Payload bytes decoded but not yet durable (the ingest queue depth).
     pub pending_bytes: Gauge,
     /// Batches between receipt and acknowledgement.
@@ -62,6 +64,7 @@ impl Default for IngestMetrics {
             protocol_errors: Family::default(),
             batches: Family::default(),
             duplicate_entries: Counter::default(),
+            idle_closes: Counter::default(),
             pending_bytes: Gauge::default(),
             inflight_batches: Gauge::default(),
             connections: Gauge::default(),
@@ -121,6 +124,11 @@ impl IngestMetrics {
             "batches",
             "Batches answered, by status",
             self.batches.clone(),
+        );
+        r.register(
+            "idle_closes",
+            "TCP connections closed after ingest.idleTimeout without a byte",
+            self.idle_closes.clone(),
         );
         r.register(
             "duplicate_entries",

@@ -200,6 +200,8 @@ pub struct Limits {
     pub max_batch_records: usize,
     /// Open TCP connections across the framed and syslog listeners (`ingest.maxConnections`).
     pub max_connections: usize,
+    /// How long a TCP connection may send nothing before it is closed (`ingest.idleTimeout`).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// An admitted TCP connection: counted in the `connections` gauge and holding one of the
@@ -227,6 +229,7 @@ pub struct Pipeline {
     /// Most records a batch may hold (`ingest.maxBatchRecords`).
     max_batch_records: usize,
     connection_slots: Arc<Semaphore>,
+    idle_timeout: Option<std::time::Duration>,
     first_seen: std::sync::Mutex<FirstSeen>,
 }
 
@@ -280,6 +283,7 @@ impl Pipeline {
             budget_kib,
             max_batch_records: limits.max_batch_records,
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            idle_timeout: limits.idle_timeout,
             first_seen: std::sync::Mutex::new(FirstSeen::default()),
         })
     }
@@ -326,6 +330,18 @@ impl Pipeline {
             _slot: slot,
             gauge: self.metrics.connections.clone(),
         })
+    }
+
+    /// Resolves once a TCP connection has been idle too long (`ingest.idleTimeout`; never
+    /// without one), counting the close: race it with the connection's next read.
+    pub async fn idle(&self) {
+        match self.idle_timeout {
+            Some(timeout) => {
+                tokio::time::sleep(timeout).await;
+                self.metrics.idle_closes.inc();
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// Waits until `bytes` fit in the pending budget (backpressure for TCP listeners).
@@ -798,6 +814,7 @@ mod tests {
                 max_pending_bytes: 1 << 20,
                 max_batch_records: 1000,
                 max_connections: 8,
+                idle_timeout: None,
             },
         )
     }
