@@ -117,17 +117,8 @@ async fn send_ships_every_format_with_failover_and_query_prints_it() -> anyhow::
     ))?;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["sent"].as_u64(), Some(200));
-    common::eventually(
-        "udp entries",
-        std::time::Duration::from_secs(20),
-        || async {
-            node.query_all("default")
-                .await
-                .ok()
-                .filter(|items| items.len() >= 190)
-        },
-    )
-    .await?;
+    node.stored_when("default", "udp entries", |items| items.len() >= 190)
+        .await?;
     // query: the command prints what the API returns.
     let (ok, out, err) = logcluster(&[
         "query".into(),

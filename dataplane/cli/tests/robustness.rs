@@ -231,16 +231,9 @@ async fn udp_garbage_is_counted_and_the_listener_keeps_working() -> anyhow::Resu
             target,
         )
         .await?;
-    common::eventually(
-        "the valid datagram to be stored",
-        std::time::Duration::from_secs(20),
-        || async {
-            node.query_all("default")
-                .await
-                .ok()
-                .filter(|items| items.iter().any(|i| i["message"] == "valid after garbage"))
-        },
-    )
+    node.stored_when("default", "the valid datagram to be stored", |items| {
+        items.iter().any(|i| i["message"] == "valid after garbage")
+    })
     .await?;
     let metrics = node.metrics().await?;
     assert!(
@@ -349,16 +342,9 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
     let stream: String = (0..1500).map(|k| format!("<13>line {k}\n")).collect();
     syslog.write_all(stream.as_bytes()).await?;
     syslog.shutdown().await?;
-    common::eventually(
-        "every syslog line to be stored",
-        std::time::Duration::from_secs(20),
-        || async {
-            node.query_all("default")
-                .await
-                .ok()
-                .filter(|items| items.len() == 1500)
-        },
-    )
+    node.stored_when("default", "every syslog line to be stored", |items| {
+        items.len() == 1500
+    })
     .await?;
     Ok(())
 }
@@ -377,16 +363,9 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow:
     assert!(node.connect().await.is_err(), "a third TLS connection");
     let mut syslog = tokio::net::TcpStream::connect(("127.0.0.1", node.port("syslog_tcp"))).await?;
     let _ = syslog.write_all(b"<13>refused line\n").await;
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        syslog.read_to_end(&mut rest),
-    )
-    .await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "the syslog connection is closed: {read:?}"
-    );
+    common::closed_by_server(&mut syslog)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let metrics = node.metrics().await?;
     assert_eq!(
         metric_sum(
@@ -433,23 +412,12 @@ async fn idle_connections_are_closed_and_their_last_syslog_line_kept() -> anyhow
     // A syslog sender that stops in the middle of a line: the line is kept.
     let mut syslog = tokio::net::TcpStream::connect(("127.0.0.1", node.port("syslog_tcp"))).await?;
     syslog.write_all(b"<13>the last words").await?;
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(30).mul_f64(logcluster_testkit::patience()),
-        syslog.read_to_end(&mut rest),
-    )
-    .await?;
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    common::eventually(
-        "the unfinished line to be stored",
-        std::time::Duration::from_secs(20),
-        || async {
-            node.query_all("default")
-                .await
-                .ok()
-                .filter(|items| items.iter().any(|i| i["message"] == "the last words"))
-        },
-    )
+    common::closed_by_server(&mut syslog)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    node.stored_when("default", "the unfinished line to be stored", |items| {
+        items.iter().any(|i| i["message"] == "the last words")
+    })
     .await?;
     let metrics = node.metrics().await?;
     assert_eq!(

@@ -422,11 +422,7 @@ pub fn build_block_with(
     traces: Option<&TraceBook>,
 ) -> Result<(Vec<u8>, BlockMeta), StorageError> {
     let mut builder = BlockBuilder::new(format);
-    let mut view = EntryRef::default();
-    for entry in entries {
-        view.set(entry);
-        builder.push(&view);
-    }
+    builder.push_entries(entries);
     builder.finish(zstd_level, traces)
 }
 
@@ -536,6 +532,15 @@ impl BlockBuilder {
                 }
             })
         });
+    }
+
+    /// Adds owned entries to the block, through one reused view.
+    pub fn push_entries(&mut self, entries: &[LogEntry]) {
+        let mut view = EntryRef::default();
+        for entry in entries {
+            view.set(entry);
+            self.push(&view);
+        }
     }
 
     /// Compresses the block; returns its bytes and its metadata (offset left 0 for the

@@ -746,11 +746,7 @@ impl Inner {
             let entries = chunk
                 .decoded()
                 .ok_or_else(|| StorageError::Encode("a tail record does not decode".to_string()))?;
-            let mut view = EntryRef::default();
-            for entry in entries.iter() {
-                view.set(entry);
-                block.push(&view);
-            }
+            block.push_entries(entries);
         }
         Ok(block)
     }

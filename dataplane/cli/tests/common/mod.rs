@@ -112,6 +112,22 @@ impl TestNode {
         Ok(value)
     }
 
+    /// A tenant's entries once `done` holds for them (waiting up to 20 s, times patience).
+    pub async fn stored_when(
+        &self,
+        tenant: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> anyhow::Result<Vec<Value>> {
+        eventually(what, Duration::from_secs(20), || async {
+            self.query_all(tenant)
+                .await
+                .ok()
+                .filter(|items| done(items))
+        })
+        .await
+    }
+
     /// Every entry of a tenant, following cursors.
     pub async fn query_all(&self, tenant: &str) -> anyhow::Result<Vec<Value>> {
         let mut items = Vec::new();
@@ -279,6 +295,19 @@ pub async fn http_raw(
     )
     .await?;
     Ok((response.status, response.body))
+}
+
+/// Whether the server closes `stream` (reads to its end, or fails) within 30 s times
+/// patience; what was read, or why not.
+pub async fn closed_by_server(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<(), String> {
+    let mut rest = Vec::new();
+    let deadline = Duration::from_secs(30).mul_f64(logcluster_testkit::patience());
+    match tokio::time::timeout(deadline, stream.read_to_end(&mut rest)).await {
+        Ok(Ok(0) | Err(_)) => Ok(()),
+        other => Err(format!("still open: {other:?}, read {} bytes", rest.len())),
+    }
 }
 
 /// Polls until a value comes or the deadline (stretched by LOGCLUSTER_TEST_PATIENCE) passes.

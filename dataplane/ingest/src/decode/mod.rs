@@ -217,25 +217,12 @@ pub fn decode_payload(
 
 /// How many entries (field 1) a protobuf `LogBatch` holds, counted on the wire without
 /// decoding them; `None` when the framing does not parse (the decoder then says why).
-fn protobuf_entry_count(mut payload: &[u8]) -> Option<usize> {
-    use prost::encoding::{WireType, decode_key, decode_varint};
+fn protobuf_entry_count(payload: &[u8]) -> Option<usize> {
+    use logcluster_proto::wire::{RawField, walk_fields};
     let mut count = 0usize;
-    while !payload.is_empty() {
-        let (field, wire_type) = decode_key(&mut payload).ok()?;
-        match wire_type {
-            WireType::Varint => {
-                decode_varint(&mut payload).ok()?;
-            }
-            WireType::SixtyFourBit => payload = payload.get(8..)?,
-            WireType::ThirtyTwoBit => payload = payload.get(4..)?,
-            WireType::LengthDelimited => {
-                let len = usize::try_from(decode_varint(&mut payload).ok()?).ok()?;
-                payload = payload.get(len..)?;
-                count += usize::from(field == 1);
-            }
-            WireType::StartGroup | WireType::EndGroup => return None,
-        }
-    }
+    walk_fields(payload, |tag, field| {
+        count += usize::from(tag == 1 && matches!(field, RawField::Delimited(_)));
+    })?;
     Some(count)
 }
 
@@ -397,31 +384,21 @@ mod tests {
                 ..LogEntry::default()
             })
         };
-        match format {
-            Format::Json => (0..n)
-                .map(|k| match k {
-                    1 => "{broken\n".to_string(),
-                    _ => format!("{{\"message\":\"m{k}\"}}\n"),
-                })
-                .collect::<String>()
-                .into_bytes(),
-            Format::Raw => {
-                let mut out = Vec::new();
-                for k in 0..n {
-                    match k {
-                        1 => out.extend_from_slice(b"bad \xff\n"),
-                        _ => out.extend_from_slice(format!("line {k}\n").as_bytes()),
-                    }
+        // Line formats: record 1 is the bad line, the others `good(k)`.
+        let lines = |bad: &[u8], good: &dyn Fn(usize) -> String| -> Vec<u8> {
+            let mut out = Vec::new();
+            for k in 0..n {
+                match k {
+                    1 => out.extend_from_slice(bad),
+                    _ => out.extend_from_slice(good(k).as_bytes()),
                 }
-                out
             }
-            Format::Syslog => (0..n)
-                .map(|k| match k {
-                    1 => "<999>out of range\n".to_string(),
-                    _ => format!("<13>m{k}\n"),
-                })
-                .collect::<String>()
-                .into_bytes(),
+            out
+        };
+        match format {
+            Format::Json => lines(b"{broken\n", &|k| format!("{{\"message\":\"m{k}\"}}\n")),
+            Format::Raw => lines(b"bad \xff\n", &|k| format!("line {k}\n")),
+            Format::Syslog => lines(b"<999>out of range\n", &|k| format!("<13>m{k}\n")),
             Format::Journald => (0..n)
                 .map(|k| format!("MESSAGE=m{k}\n\n"))
                 .collect::<String>()
