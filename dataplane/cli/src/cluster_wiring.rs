@@ -15,7 +15,7 @@ use logcluster_cluster::replication::{Cluster, ClusterMetrics, EncodedBatch, Rep
 use logcluster_cluster::rpc::Handler;
 use logcluster_common::shutdown::Shutdown;
 use logcluster_config::{ClusterConfig, MembersSource, RawTls};
-use logcluster_ingest::pipeline::{Sink, Stored};
+use logcluster_ingest::pipeline::{Sink, SinkOutcome, Stored};
 use logcluster_proto::LogEntry;
 use logcluster_query::api::{QueryRequest, QueryService};
 use logcluster_query::fanout;
@@ -107,12 +107,21 @@ impl Sink for ClusterSink {
     /// it when called through [`Sink::append_from_blocking_thread`].
     fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
         let batch = EncodedBatch::new(entries);
+        let too_large = batch.too_large().to_vec();
         let cluster = self.0.clone();
         Box::pin(async move {
-            cluster
-                .append_encoded(batch_uid, batch)
-                .await
-                .map_err(|e| e.to_string())
+            let duplicates = if batch.is_empty() {
+                0
+            } else {
+                cluster
+                    .append_encoded(batch_uid, batch)
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
+            Ok(SinkOutcome {
+                duplicates,
+                too_large,
+            })
         })
     }
 }

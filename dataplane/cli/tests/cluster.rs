@@ -211,6 +211,48 @@ async fn without_a_write_quorum_the_client_is_told_to_retry_never_accepted() -> 
 }
 
 #[tokio::test]
+async fn records_that_grow_past_a_request_are_refused_and_the_rest_replicated() -> anyhow::Result<()>
+{
+    let sandbox = ClusterSandbox::start(3).await?;
+    let mut client = sandbox.connect().await?;
+    let payload = common::expanding_ndjson();
+    for _ in 0..2 {
+        // The wide records' part would be over a replica request and a WAL record: refused
+        // for good (not "retry later"), and the small records stored, once.
+        let ack = client.roundtrip(Format::Json, 1, "big", &payload).await?;
+        assert_eq!(
+            (ack.status, ack.accepted, ack.rejected),
+            (AckStatus::Partial, 2, 300),
+            "{ack:?}{}",
+            sandbox.logs()
+        );
+        assert!(
+            ack.error.contains("write-ahead log record limit"),
+            "{}",
+            ack.error
+        );
+    }
+    let items = sandbox.query_all("big").await?;
+    let mut stored = messages(&items);
+    stored.sort_unstable();
+    assert_eq!(stored, ["first", "last"]);
+    let metrics = sandbox.ingestor.metrics().await?;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["part_too_large"]
+        ),
+        600.0
+    );
+    assert_eq!(
+        metric_sum(&metrics, "logcluster_cluster_quorum_failures_total", &[]),
+        0.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn killing_every_process_mid_stream_loses_nothing_acknowledged() -> anyhow::Result<()> {
     let mut sandbox = ClusterSandbox::start(3).await?;
     let mut client = sandbox.connect().await?;

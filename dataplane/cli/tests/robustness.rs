@@ -350,6 +350,103 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
 }
 
 #[tokio::test]
+async fn records_that_grow_past_the_wal_record_limit_are_refused_and_the_rest_stored()
+-> anyhow::Result<()> {
+    let node = TestNode::start(|_, _| {}).await?;
+    let payload = common::expanding_ndjson();
+    assert!(payload.len() < 4 * 1024 * 1024);
+    let mut c = node.connect().await?;
+    let ack = c.roundtrip(Format::Json, 1, "t", &payload).await?;
+    assert_eq!(
+        (ack.status, ack.accepted, ack.rejected),
+        (AckStatus::Partial, 2, 300),
+        "{ack:?}"
+    );
+    assert!(
+        ack.error.starts_with("record 1: ") && ack.error.contains("write-ahead log record limit"),
+        "{}",
+        ack.error
+    );
+    // Sent again, the same answer: the small records are not stored twice, and the wide ones
+    // are refused again rather than answered "retry later" forever.
+    let again = c.roundtrip(Format::Json, 1, "t", &payload).await?;
+    assert_eq!(
+        (again.status, again.accepted, again.rejected),
+        (AckStatus::Partial, 2, 300),
+        "{again:?}"
+    );
+    // The connection carries on.
+    assert_eq!(good_batch(&mut c, 2).await?.status, AckStatus::Accepted);
+
+    // Over the Elasticsearch bulk API, item by item.
+    let bulk: String = String::from_utf8(payload)?
+        .lines()
+        .map(|doc| format!("{{\"create\":{{\"_index\":\"es\"}}}}\n{doc}\n"))
+        .collect();
+    let (status, body) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/_bulk",
+        &[
+            ("Content-Type", "application/x-ndjson"),
+            ("X-Logcluster-Tenant", "es"),
+        ],
+        bulk.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errors"], true);
+    let items = body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 302);
+    let status_of = |k: usize| items[k]["create"]["status"].as_u64();
+    assert_eq!(
+        (status_of(0), status_of(301)),
+        (Some(201), Some(201)),
+        "{body}"
+    );
+    assert!((1..301).all(|k| status_of(k) == Some(400)));
+
+    let metrics = node.metrics().await?;
+    for (format, refused) in [("json", 600.0), ("elasticsearch", 300.0)] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "logcluster_ingest_rejected_total",
+                &[&format!("format=\"{format}\""), "part_too_large"]
+            ),
+            refused,
+            "{format}: {metrics}"
+        );
+    }
+    assert_eq!(
+        metric_sum(&metrics, "logcluster_storage_too_large_parts_total", &[]),
+        3.0
+    );
+    let stored = node.query_all("t").await?;
+    let mut messages: Vec<&str> = stored
+        .iter()
+        .filter_map(|i| i["message"].as_str())
+        .collect();
+    messages.sort_unstable();
+    assert_eq!(messages, ["first", "good 2", "last"]);
+    // The ids answered are those stored (the refused records still took their positions).
+    let mut es_ids: Vec<String> = node
+        .query_all("es")
+        .await?
+        .iter()
+        .filter_map(|i| i["id"].as_str().map(str::to_owned))
+        .collect();
+    es_ids.sort_unstable();
+    let mut answered: Vec<String> = [0, 301]
+        .iter()
+        .filter_map(|&k| items[k]["create"]["_id"].as_str().map(str::to_owned))
+        .collect();
+    answered.sort_unstable();
+    assert_eq!(es_ids, answered);
+    Ok(())
+}
+
+#[tokio::test]
 async fn connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow::Result<()> {
     let node = TestNode::start(|raw, _| raw.ingest.max_connections = 2).await?;
     let mut first = node.connect().await?;

@@ -224,7 +224,18 @@ const BUDGET_UNIT: usize = 1024;
 /// shares it: RF copies of a batch would otherwise be cloned and encoded RF times).
 pub struct EncodedBatch {
     parts: BTreeMap<PartitionId, EncodedPart>,
+    /// Positions (in the entries given) of entries left out: see [`EncodedBatch::too_large`].
+    too_large: Vec<u32>,
 }
+
+/// The most encoded entry bytes one batch may send: a member's request carries all of its
+/// partitions' parts in one RPC message, and stores each stream's part as one WAL record;
+/// both are at most 256 MiB, and the margin covers the request's other fields and framing.
+pub const MAX_BATCH_BYTES: usize = {
+    let record = logcluster_storage::wal::MAX_RECORD_LEN - 8;
+    let message = crate::rpc::MAX_MESSAGE_BYTES - 64 * 1024;
+    if record < message { record } else { message }
+};
 
 /// The entries of one partition in a batch, encoded.
 struct EncodedPart {
@@ -236,6 +247,13 @@ impl EncodedBatch {
     /// Cuts and encodes `entries` (CPU only: call it where the entries were decoded, while
     /// they are in that core's cache; the entries are freed here too).
     pub fn new(entries: Vec<LogEntry>) -> EncodedBatch {
+        EncodedBatch::within(entries, MAX_BATCH_BYTES)
+    }
+
+    /// [`EncodedBatch::new`] with at most `limit` encoded bytes sent: parts over it are
+    /// left out, largest first, until the rest fits (their entries are reported by
+    /// [`EncodedBatch::too_large`]).
+    fn within(entries: Vec<LogEntry>, limit: usize) -> EncodedBatch {
         // Each entry is encoded straight into its partition's part (what
         // `messages::encode_entries` gives for the partition's entries in order), without
         // moving the entries into groups first. A stream's entries share a partition, and
@@ -262,7 +280,54 @@ impl EncodedBatch {
             logcluster_proto::entry::encode_entry_field(4, entry, &mut part.encoded);
             part.entries += 1;
         }
-        EncodedBatch { parts }
+        let mut batch = EncodedBatch {
+            parts,
+            too_large: Vec::new(),
+        };
+        if batch.bytes() > limit {
+            batch.leave_out_over(limit, &entries);
+        }
+        batch
+    }
+
+    /// Drops the largest parts until the rest is at most `limit` bytes, noting the
+    /// positions of their entries (rare: entries that grew far beyond their input).
+    #[cold]
+    fn leave_out_over(&mut self, limit: usize, entries: &[LogEntry]) {
+        let mut by_size: Vec<(usize, PartitionId)> = self
+            .parts
+            .iter()
+            .map(|(partition, part)| (part.encoded.len(), *partition))
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        let mut total = self.bytes();
+        let mut dropped = BTreeSet::new();
+        for (size, partition) in by_size {
+            if total <= limit {
+                break;
+            }
+            total -= size;
+            self.parts.remove(&partition);
+            dropped.insert(partition);
+        }
+        self.too_large = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| dropped.contains(&partition_of(&e.tenant, &e.service)))
+            .map(|(position, _)| position as u32)
+            .collect();
+    }
+
+    /// Positions (in the entries given to [`EncodedBatch::new`]) of entries left out
+    /// because their partition's part would not fit in one request or WAL record, in
+    /// order; the batch holds the others.
+    pub fn too_large(&self) -> &[u32] {
+        &self.too_large
+    }
+
+    /// Whether no part is left to send.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
     }
 
     /// The encoded entries' size, charged to the in-flight budget.
@@ -783,5 +848,49 @@ mod tests {
             assert_eq!(part.entries, want.len());
             assert_eq!(part.encoded, crate::messages::encode_entries(want));
         }
+    }
+
+    #[test]
+    fn parts_over_the_batch_limit_are_left_out_largest_first() {
+        let entry = |service: &str, size: usize| LogEntry {
+            tenant: "acme".into(),
+            service: service.into(),
+            message: "m".repeat(size),
+            ..Default::default()
+        };
+        // db's part alone is over the limit; api's and web's fit alone but not together.
+        let entries = vec![
+            entry("api", 400),
+            entry("db", 2000),
+            entry("web", 300),
+            entry("api", 400),
+            entry("auth", 10),
+            entry("web", 300),
+        ];
+        let sizes: BTreeMap<&str, usize> = ["api", "db", "web", "auth"]
+            .into_iter()
+            .map(|service| {
+                let of: Vec<LogEntry> = entries
+                    .iter()
+                    .filter(|e| e.service == service)
+                    .cloned()
+                    .collect();
+                (service, crate::messages::encode_entries(&of).len())
+            })
+            .collect();
+        let limit = sizes["web"] + sizes["auth"];
+        assert!(sizes["api"] > sizes["web"] && sizes["api"] + sizes["web"] > limit);
+        let batch = EncodedBatch::within(entries.clone(), limit);
+        assert_eq!(batch.too_large(), [0, 1, 3]);
+        let kept: Vec<PartitionId> = batch.parts.keys().copied().collect();
+        let mut want = vec![partition_of("acme", "web"), partition_of("acme", "auth")];
+        want.sort_unstable();
+        assert_eq!(kept, want);
+        assert!(batch.bytes() <= limit);
+        // Under the limit nothing is left out.
+        let whole = EncodedBatch::within(entries, MAX_BATCH_BYTES);
+        assert!(whole.too_large().is_empty());
+        assert_eq!(whole.parts.len(), 4);
+        assert!(EncodedBatch::within(vec![entry("db", 2000)], 10).is_empty());
     }
 }

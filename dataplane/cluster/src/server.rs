@@ -106,6 +106,14 @@ pub async fn handle_append(
                 .durable()
                 .await
                 .map_err(|e| format!("replica write failed: {}", error_chain(&e)))?;
+            if !outcome.too_large.is_empty() {
+                // Senders leave such parts out (`EncodedBatch`); never answer as stored.
+                return Err(format!(
+                    "replica write refused: {} entries are in a stream part over the {}-byte limit of a write-ahead log record",
+                    outcome.too_large.len(),
+                    logcluster_storage::wal::MAX_RECORD_LEN
+                ));
+            }
             AppendReply {
                 stored: outcome.stored as u64,
                 duplicates: outcome.duplicates as u64,

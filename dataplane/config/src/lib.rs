@@ -403,8 +403,8 @@ pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
 
 /// The largest `ingest.maxBatchRecords`: with a full frame of typical records this keeps a
 /// batch's WAL record (the frame's bytes plus 100–300 bytes of ids, times, names and
-/// enrichment per entry) under 256 MiB; storage still refuses a part whose record would not
-/// be (JSON whose flattened keys expand a lot).
+/// enrichment per entry) under 256 MiB; a part whose record would not be (JSON whose
+/// flattened keys expand a lot) is refused with reason `part_too_large`, the rest stored.
 pub const MAX_BATCH_RECORDS: u32 = 500_000;
 
 fn default_max_connections() -> u32 {

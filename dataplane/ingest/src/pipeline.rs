@@ -35,8 +35,20 @@ pub trait Sink: Send + Sync + 'static {
     }
 }
 
-/// The future [`Sink::append`] returns: the count of duplicate entries, once durable.
-pub type Stored = Pin<Box<dyn Future<Output = Result<usize, String>> + Send>>;
+/// The future [`Sink::append`] returns: what was done with the entries, once durable; an
+/// error means nothing is known to be stored and the batch may be sent again.
+pub type Stored = Pin<Box<dyn Future<Output = Result<SinkOutcome, String>> + Send>>;
+
+/// What a sink did with a batch's entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkOutcome {
+    /// Entries skipped because the batch id was already stored.
+    pub duplicates: usize,
+    /// Positions (in the entries given) of entries refused for good, the others stored:
+    /// their stream's (or partition's) part of the batch would not fit in one write-ahead
+    /// log record. Sending them again as they are cannot succeed.
+    pub too_large: Vec<u32>,
+}
 
 impl Sink for Arc<logcluster_storage::Store> {
     fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
@@ -62,7 +74,10 @@ fn stored(
     Box::pin(async move {
         append
             .await
-            .map(|outcome| outcome.duplicates)
+            .map(|outcome| SinkOutcome {
+                duplicates: outcome.duplicates,
+                too_large: outcome.too_large,
+            })
             .map_err(|e| e.to_string())
     })
 }
@@ -622,15 +637,17 @@ impl Pipeline {
         let Prepared {
             batch_uid,
             accepted,
-            errors,
+            mut errors,
             count,
         } = prepared;
-        let rejected = errors.len() as u32;
-        let first_error = errors
-            .first()
-            .map(|e| format!("record {}: {}", e.index, e.message))
-            .unwrap_or_default();
+        let first_error = |errors: &[RecordError]| {
+            errors
+                .first()
+                .map(|e| format!("record {}: {}", e.index, e.message))
+                .unwrap_or_default()
+        };
         if count == 0 {
+            let rejected = errors.len() as u32;
             return self.finish(
                 started,
                 BatchResult {
@@ -642,7 +659,7 @@ impl Pipeline {
                     accepted: 0,
                     rejected,
                     duplicate: false,
-                    error: first_error,
+                    error: first_error(&errors),
                     record_errors: errors,
                     batch_uid: 0,
                 },
@@ -657,7 +674,33 @@ impl Pipeline {
             }
         };
         match stored {
-            Ok(duplicates) => {
+            Ok(SinkOutcome {
+                duplicates,
+                too_large,
+            }) => {
+                let count = count - too_large.len() as u32;
+                if !too_large.is_empty() {
+                    self.metrics
+                        .rejected
+                        .get_or_create(&labels2(
+                            "format",
+                            source.format,
+                            "reason",
+                            decode::RejectReason::PartTooLarge.label(),
+                        ))
+                        .inc_by(too_large.len() as u64);
+                    let refused = payload_indices(&errors, &too_large)
+                        .into_iter()
+                        .map(|index| RecordError {
+                            index,
+                            reason: decode::RejectReason::PartTooLarge,
+                            message: PART_TOO_LARGE.to_string(),
+                        })
+                        .collect::<Vec<_>>();
+                    errors.extend(refused);
+                    errors.sort_by_key(|e| e.index);
+                }
+                let rejected = errors.len() as u32;
                 self.metrics.duplicate_entries.inc_by(duplicates as u64);
                 self.metrics
                     .entries
@@ -670,7 +713,9 @@ impl Pipeline {
                 self.finish(
                     started,
                     BatchResult {
-                        status: if rejected > 0 {
+                        status: if count == 0 {
+                            AckStatus::Rejected
+                        } else if rejected > 0 {
                             AckStatus::Partial
                         } else {
                             AckStatus::Accepted
@@ -678,9 +723,9 @@ impl Pipeline {
                         accepted: count,
                         rejected,
                         duplicate: duplicates > 0 && duplicates == count as usize,
-                        error: first_error,
+                        error: first_error(&errors),
                         record_errors: errors,
-                        batch_uid,
+                        batch_uid: if count == 0 { 0 } else { batch_uid },
                     },
                 )
             }
@@ -689,7 +734,7 @@ impl Pipeline {
                 BatchResult {
                     status: AckStatus::RetryLater,
                     accepted: 0,
-                    rejected,
+                    rejected: errors.len() as u32,
                     duplicate: false,
                     error: format!("storage unavailable, retry later: {message}"),
                     record_errors: errors,
@@ -772,6 +817,32 @@ pub fn schema_view(entry: &LogEntry) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
+/// The error of an entry whose part of the batch was too large to store.
+const PART_TOO_LARGE: &str = "this record's stream takes more than the 256 MiB write-ahead log record limit in this batch once decoded (for example JSON whose nested keys grow when flattened); send fewer or smaller records per batch";
+
+/// Payload indices of the accepted entries at `positions` (ascending): the k-th accepted
+/// entry's index is the k-th index that no refused record took (`refused` sorted by index).
+fn payload_indices(refused: &[RecordError], positions: &[u32]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(positions.len());
+    let mut refused = refused.iter().map(|e| e.index).peekable();
+    let mut wanted = positions.iter().map(|&p| p as usize).peekable();
+    let (mut index, mut position) = (0usize, 0usize);
+    while let Some(&next) = wanted.peek() {
+        while refused.next_if(|&r| r < index).is_some() {}
+        if refused.next_if_eq(&index).is_some() {
+            index += 1;
+            continue;
+        }
+        if position == next {
+            out.push(index);
+            wanted.next();
+        }
+        position += 1;
+        index += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,7 +852,7 @@ mod tests {
 
     impl Sink for PanickingSink {
         fn append(&self, _: u64, _: Vec<LogEntry>) -> Stored {
-            Box::pin(async { Ok(0) })
+            Box::pin(async { Ok(SinkOutcome::default()) })
         }
 
         fn append_from_blocking_thread(&self, _: u64, _: Vec<LogEntry>) -> Stored {
@@ -891,5 +962,27 @@ mod tests {
         ingest.abort();
         assert!(ingest.await.is_err_and(|e| e.is_cancelled()));
         assert_eq!(pipeline.metrics().inflight_batches.get(), 0);
+    }
+
+    #[test]
+    fn refused_positions_map_to_payload_indices_past_earlier_refusals() {
+        let refused = |indices: &[usize]| -> Vec<RecordError> {
+            indices
+                .iter()
+                .map(|&index| RecordError {
+                    index,
+                    reason: RejectReason::Schema,
+                    message: String::new(),
+                })
+                .collect()
+        };
+        // Payload 0..8 with 1, 2 and 5 refused: the accepted entries are 0, 3, 4, 6, 7.
+        let earlier = refused(&[1, 2, 5]);
+        assert_eq!(payload_indices(&earlier, &[0, 1, 2, 3, 4]), [0, 3, 4, 6, 7]);
+        assert_eq!(payload_indices(&earlier, &[1, 3]), [3, 6]);
+        assert_eq!(payload_indices(&earlier, &[4]), [7]);
+        assert_eq!(payload_indices(&[], &[0, 2]), [0, 2]);
+        assert_eq!(payload_indices(&refused(&[0, 0, 1]), &[0]), [2]);
+        assert!(payload_indices(&earlier, &[]).is_empty());
     }
 }

@@ -110,6 +110,14 @@ pub enum StorageError {
     },
     #[error("failed to encode an entry: {0}")]
     Encode(String),
+    /// A batch part whose WAL record would be over [`wal::MAX_RECORD_LEN`] (entries whose
+    /// decoded form is far larger than what was sent, such as JSON whose nested keys expand
+    /// when flattened). Nothing of it is written; retrying cannot help.
+    #[error(
+        "the batch's entries for this stream encode to {bytes} bytes, over the {}-byte limit of a write-ahead log record; send them in smaller batches",
+        wal::MAX_RECORD_LEN
+    )]
+    RecordTooLarge { bytes: usize },
     #[error("fsync failed: {0}")]
     Fsync(String),
     #[error("blocks cannot be written and {tail_bytes} bytes already wait in memory; retry later")]

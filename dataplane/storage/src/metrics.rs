@@ -18,6 +18,8 @@ pub struct StorageMetrics {
     pub seal_failures: Counter,
     /// Batch parts refused because blocks cannot be written and the tail is full.
     pub backlog_refusals: Counter,
+    /// Batch parts refused because their WAL record would be over the record limit.
+    pub too_large_parts: Counter,
     pub stored_bytes: Gauge,
     pub segments: Gauge,
     pub wal_truncated_bytes: Counter,
@@ -39,6 +41,7 @@ impl Default for StorageMetrics {
             rotations: Counter::default(),
             seal_failures: Counter::default(),
             backlog_refusals: Counter::default(),
+            too_large_parts: Counter::default(),
             stored_bytes: Gauge::default(),
             segments: Gauge::default(),
             wal_truncated_bytes: Counter::default(),
@@ -85,6 +88,11 @@ impl StorageMetrics {
             "backlog_refusals",
             "Batch parts refused (retry later) because blocks could not be written and the unsealed tail was full",
             self.backlog_refusals.clone(),
+        );
+        r.register(
+            "too_large_parts",
+            "Batch parts refused (their entries rejected, not retried) because their write-ahead log record would be over the 256 MiB record limit",
+            self.too_large_parts.clone(),
         );
         r.register(
             "seal_failures",

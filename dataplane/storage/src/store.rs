@@ -21,6 +21,10 @@ pub struct AppendOutcome {
     pub stored: usize,
     /// Entries skipped because their batch id was already stored in their stream.
     pub duplicates: usize,
+    /// Positions (in the batch as given) of entries refused, not stored, because their
+    /// stream's part would not fit in one WAL record ([`StorageError::RecordTooLarge`]); the
+    /// batch's other streams are stored.
+    pub too_large: Vec<u32>,
 }
 
 /// Summary figures for the stats log, metrics and the dashboard.
@@ -461,24 +465,39 @@ impl Store {
             // (which may still wait for its fsync), is answered after its commit round.
             let stream = loop {
                 let stream = self.stream(&tenant, &service)?;
-                match stream.append(
+                let appended = match stream.append(
                     batch_uid,
                     part,
                     &self.config,
                     &self.metrics,
                     filtered,
                     received,
-                )? {
+                ) {
+                    Err(StorageError::RecordTooLarge { bytes }) => {
+                        warn!(
+                            tenant,
+                            service,
+                            bytes,
+                            entries = count,
+                            "refused a batch part over the WAL record limit"
+                        );
+                        self.metrics.too_large_parts.inc();
+                        outcome.too_large.extend_from_slice(&positions);
+                        break None;
+                    }
+                    other => other?,
+                };
+                match appended {
                     Appended::Stored => {
                         outcome.stored += count - held;
                         outcome.duplicates += held;
-                        break stream;
+                        break Some(stream);
                     }
                     Appended::Duplicate => {
                         // The first copy may not be fsynced yet (its own commit still
                         // waiting, or its append failed after the WAL write).
                         outcome.duplicates += count;
-                        break stream;
+                        break Some(stream);
                     }
                     Appended::Removed(back) => part = back,
                     Appended::Repaired(back) => {
@@ -515,7 +534,7 @@ impl Store {
                         held = count - rest.len();
                         if rest.is_empty() {
                             outcome.duplicates += count;
-                            break stream;
+                            break Some(stream);
                         }
                         part = Part::Owned(rest);
                         filtered = true;
@@ -523,8 +542,9 @@ impl Store {
                     }
                 }
             };
-            touched.push(stream);
+            touched.extend(stream);
         }
+        outcome.too_large.sort_unstable();
         Ok((outcome, touched))
     }
 

@@ -475,11 +475,9 @@ impl Stream {
         }
         // Replay (and the tail's reads) would refuse a longer record as corrupt.
         if record.len() > wal::MAX_RECORD_LEN + 8 {
-            return Err(StorageError::Encode(format!(
-                "a batch part of {} bytes is over the {}-byte limit of a WAL record",
-                record.len() - 8,
-                wal::MAX_RECORD_LEN
-            )));
+            return Err(StorageError::RecordTooLarge {
+                bytes: record.len() - 8,
+            });
         }
         if let Err(source) = inner.wal.write_all(&record) {
             // Cut a partly written record off (disk full, I/O error): otherwise records
@@ -1202,7 +1200,7 @@ mod tests {
             .err()
             .expect("refused");
         assert!(
-            error.to_string().contains("limit of a WAL record"),
+            matches!(error, StorageError::RecordTooLarge { bytes } if bytes > wal::MAX_RECORD_LEN),
             "{error}"
         );
         assert_eq!(

@@ -312,3 +312,22 @@ pub async fn closed_by_server(
 
 /// Polls until a value comes or the deadline (stretched by LOGCLUSTER_TEST_PATIENCE) passes.
 pub use logcluster_testkit::eventually;
+
+/// NDJSON whose `wide` records grow, once their nested keys are flattened, to over 256 MiB
+/// together (300 records of 1,000 fields, each key 1,000 bytes longer than sent), between
+/// two small `ok` records.
+pub fn expanding_ndjson() -> Vec<u8> {
+    let prefix = "k".repeat(1000);
+    let fields: String = (0..1000)
+        .map(|f| format!("\"f{f}\":{f}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut out = String::from("{\"service\":\"ok\",\"message\":\"first\"}\n");
+    for k in 0..300 {
+        out.push_str(&format!(
+            "{{\"service\":\"wide\",\"message\":\"wide {k}\",\"{prefix}\":{{{fields}}}}}\n"
+        ));
+    }
+    out.push_str("{\"service\":\"ok\",\"message\":\"last\"}\n");
+    out.into_bytes()
+}

@@ -471,7 +471,11 @@ async fn bulk(
             match errors.peek() {
                 Some(error) if error.index == this => {
                     let error = errors.next().expect("peeked");
-                    if error.reason != RejectReason::Schema {
+                    // Refused after decoding: such a record still took its position.
+                    if !matches!(
+                        error.reason,
+                        RejectReason::Schema | RejectReason::PartTooLarge
+                    ) {
                         decode_failures_before += 1;
                     }
                     Err((400, "document_parsing_exception", error.message.clone()))

@@ -119,6 +119,9 @@ pub enum RejectReason {
     Schema,
     /// A payload of more records than `ingest.maxBatchRecords`.
     TooManyRecords,
+    /// Records whose stream's part of the batch was too large for one write-ahead log record
+    /// once decoded (set by the pipeline from the sink's answer, not by decoders).
+    PartTooLarge,
 }
 
 impl RejectReason {
@@ -139,6 +142,7 @@ impl RejectReason {
             RejectReason::InvalidLabels => "invalid_labels",
             RejectReason::Schema => "schema",
             RejectReason::TooManyRecords => "too_many_records",
+            RejectReason::PartTooLarge => "part_too_large",
         }
     }
 }
