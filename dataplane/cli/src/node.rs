@@ -320,6 +320,7 @@ pub async fn run_node(
                 max_batch_records: config.max_batch_records,
                 max_connections: config.max_connections,
                 idle_timeout: config.idle_timeout,
+                frame_timeout: config.frame_timeout,
             },
         )),
         _ => None,

@@ -489,6 +489,56 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow:
 }
 
 #[tokio::test]
+async fn frames_that_trickle_past_the_frame_timeout_are_dropped_and_free_their_budget()
+-> anyhow::Result<()> {
+    // The budget holds one full frame: while a trickling frame holds it, nothing else fits.
+    let node = TestNode::start(|raw, _| {
+        raw.ingest.frame_timeout = "300ms".into();
+        raw.ingest.max_frame_bytes = 64 * 1024;
+        raw.ingest.max_pending_bytes = 64 * 1024;
+    })
+    .await?;
+    // A header that stops after five bytes, and a full-size frame that stops after its
+    // header and ten payload bytes.
+    let mut header_only = node.connect().await?;
+    let frame = encode_frame(Format::Raw, 1, "t", &vec![b'x'; 64 * 1024]);
+    header_only.send_raw(&frame[..5]).await?;
+    let mut trickle = node.connect().await?;
+    let payload_at = frame.len() - 64 * 1024;
+    trickle.send_raw(&frame[..payload_at + 10]).await?;
+    // A good batch waits for budget until the trickling frame is dropped, then is stored.
+    common::eventually(
+        "the trickling frame to hold the whole budget",
+        std::time::Duration::from_secs(20),
+        || async {
+            let metrics = node.metrics().await.ok()?;
+            (metric_sum(&metrics, "logcluster_ingest_pending_bytes", &[]) >= 65536.0).then_some(())
+        },
+    )
+    .await?;
+    let mut good = node.connect().await?;
+    assert_eq!(good_batch(&mut good, 2).await?.status, AckStatus::Accepted);
+    for stalled in [&mut header_only, &mut trickle] {
+        common::closed_by_server(&mut stalled.stream)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let metrics = node.metrics().await?;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_protocol_errors_total",
+            &["frame_timeout"]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    let items = node.query_all("t").await?;
+    assert_eq!(items.len(), 1, "only the good batch: {items:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn idle_connections_are_closed_and_their_last_syslog_line_kept() -> anyhow::Result<()> {
     let node = TestNode::start(|raw, _| raw.ingest.idle_timeout = "300ms".into()).await?;
     // A framed client that goes quiet after a batch: answered, then let go.

@@ -169,6 +169,12 @@ pub struct RawIngest {
     /// `0s` keeps idle connections open.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: String,
+    /// Once a frame's first byte has arrived, the rest of its header must arrive within this,
+    /// and its payload within this once the node has room for it; a connection that
+    /// trickles a frame slower is closed (counted as `frame_timeout`), so it cannot hold its
+    /// share of `maxPendingBytes` for long. `0s` waits forever.
+    #[serde(default = "default_frame_timeout")]
+    pub frame_timeout: String,
     /// Tenant for entries that name none and arrive without a frame tenant.
     #[serde(default = "default_tenant")]
     pub default_tenant: String,
@@ -413,6 +419,9 @@ fn default_max_connections() -> u32 {
 fn default_idle_timeout() -> String {
     "10m".into()
 }
+fn default_frame_timeout() -> String {
+    "1m".into()
+}
 fn default_max_batch_records() -> u32 {
     100_000
 }
@@ -531,6 +540,7 @@ impl Default for RawIngest {
             max_batch_records: default_max_batch_records(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            frame_timeout: default_frame_timeout(),
             default_tenant: default_tenant(),
             schema_dir: None,
             schema_poll_interval: default_schema_poll(),
@@ -675,6 +685,8 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// `None`: idle connections stay open.
     pub idle_timeout: Option<Duration>,
+    /// `None`: a started frame may take any time.
+    pub frame_timeout: Option<Duration>,
     pub default_tenant: String,
     pub schema_dir: Option<PathBuf>,
     pub schema_poll_interval: Duration,
@@ -1040,6 +1052,11 @@ impl RawNodeConfig {
                 &self.ingest.idle_timeout,
             )?)
             .filter(|timeout| !timeout.is_zero()),
+            frame_timeout: Some(duration_field(
+                "ingest.frameTimeout",
+                &self.ingest.frame_timeout,
+            )?)
+            .filter(|timeout| !timeout.is_zero()),
             default_tenant: self.ingest.default_tenant,
             schema_dir: self.ingest.schema_dir,
             schema_poll_interval: duration_field(
@@ -1205,6 +1222,10 @@ mod tests {
         let kept = NodeConfig::from_yaml(&format!("{base}ingest: {{idleTimeout: 0s}}\n"))
             .expect("no idle timeout");
         assert_eq!(kept.idle_timeout, None);
+        assert_eq!(default.frame_timeout, Some(Duration::from_secs(60)));
+        let patient = NodeConfig::from_yaml(&format!("{base}ingest: {{frameTimeout: 0s}}\n"))
+            .expect("no frame timeout");
+        assert_eq!(patient.frame_timeout, None);
         let error = NodeConfig::from_yaml(&format!("{base}ingest: {{maxConnections: 0}}\n"))
             .expect_err("no connections");
         assert!(error.to_string().contains("maxConnections"), "{error}");

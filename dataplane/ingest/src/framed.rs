@@ -163,27 +163,35 @@ pub async fn serve_connection<S>(
                     return;
                 }
             }
-            if let Err(error) = reader.read_exact(&mut fixed[1..]).await {
-                metrics
-                    .protocol_errors
-                    .get_or_create(&label("kind", "truncated_frame"))
-                    .inc();
-                warn!(%error, "connection closed inside a frame header");
-                return;
-            }
-            let mut header_bytes = fixed.to_vec();
-            let tenant_len = fixed[FRAME_FIXED_LEN - 1] as usize;
-            if fixed[0..2] == logcluster_proto::frame::FRAME_MAGIC && tenant_len > 0 {
-                let mut tenant = vec![0u8; tenant_len];
-                if reader.read_exact(&mut tenant).await.is_err() {
+            // The rest of the header (and the tenant) within `ingest.frameTimeout`.
+            let header = pipeline.frame_part(async {
+                reader.read_exact(&mut fixed[1..]).await?;
+                let mut header_bytes = fixed.to_vec();
+                let tenant_len = fixed[FRAME_FIXED_LEN - 1] as usize;
+                if fixed[0..2] == logcluster_proto::frame::FRAME_MAGIC && tenant_len > 0 {
+                    let start = header_bytes.len();
+                    header_bytes.resize(start + tenant_len, 0);
+                    reader.read_exact(&mut header_bytes[start..]).await?;
+                }
+                Ok::<_, std::io::Error>(header_bytes)
+            });
+            let header_bytes = match header.await {
+                Some(Ok(header_bytes)) => header_bytes,
+                Some(Err(error)) => {
                     metrics
                         .protocol_errors
                         .get_or_create(&label("kind", "truncated_frame"))
                         .inc();
+                    warn!(%error, "connection closed inside a frame header");
                     return;
                 }
-                header_bytes.extend_from_slice(&tenant);
-            }
+                None => {
+                    warn!(
+                        "closing a connection whose frame header did not arrive within ingest.frameTimeout"
+                    );
+                    return;
+                }
+            };
             let header = match FrameHeader::parse(&header_bytes, config.max_frame_bytes) {
                 Ok(Some(header)) => header,
                 Ok(None) => return,
@@ -229,9 +237,19 @@ pub async fn serve_connection<S>(
                 }
             };
             let reservation = pipeline.reserve(header.payload_len as usize).await;
-            let payload = match read_exact_vec(&mut reader, header.payload_len as usize).await {
-                Ok(payload) => payload,
-                Err(error) => {
+            // The payload within `ingest.frameTimeout` of the node having room for it: a
+            // trickling client would otherwise hold its reserved share of the budget.
+            let read = read_exact_vec(&mut reader, header.payload_len as usize);
+            let payload = match pipeline.frame_part(read).await {
+                Some(Ok(payload)) => payload,
+                None => {
+                    warn!(
+                        expected = header.payload_len,
+                        "closing a connection whose frame payload did not arrive within ingest.frameTimeout; the partial batch is discarded"
+                    );
+                    return;
+                }
+                Some(Err(error)) => {
                     metrics
                         .protocol_errors
                         .get_or_create(&label("kind", "truncated_frame"))

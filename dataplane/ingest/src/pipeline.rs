@@ -217,6 +217,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a TCP connection may send nothing before it is closed (`ingest.idleTimeout`).
     pub idle_timeout: Option<std::time::Duration>,
+    /// How long the rest of a started frame may take (`ingest.frameTimeout`).
+    pub frame_timeout: Option<std::time::Duration>,
 }
 
 /// An admitted TCP connection: counted in the `connections` gauge and holding one of the
@@ -245,6 +247,7 @@ pub struct Pipeline {
     max_batch_records: usize,
     connection_slots: Arc<Semaphore>,
     idle_timeout: Option<std::time::Duration>,
+    frame_timeout: Option<std::time::Duration>,
     first_seen: std::sync::Mutex<FirstSeen>,
 }
 
@@ -299,6 +302,7 @@ impl Pipeline {
             max_batch_records: limits.max_batch_records,
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             idle_timeout: limits.idle_timeout,
+            frame_timeout: limits.frame_timeout,
             first_seen: std::sync::Mutex::new(FirstSeen::default()),
         })
     }
@@ -357,6 +361,22 @@ impl Pipeline {
             }
             None => std::future::pending().await,
         }
+    }
+
+    /// `read` (the rest of a started frame's header, or its payload) if it finishes within
+    /// `ingest.frameTimeout`; `None`, counted as the protocol error `frame_timeout`, if not.
+    pub async fn frame_part<T>(&self, read: impl Future<Output = T>) -> Option<T> {
+        let Some(timeout) = self.frame_timeout else {
+            return Some(read.await);
+        };
+        let result = tokio::time::timeout(timeout, read).await.ok();
+        if result.is_none() {
+            self.metrics
+                .protocol_errors
+                .get_or_create(&label("kind", "frame_timeout"))
+                .inc();
+        }
+        result
     }
 
     /// Waits until `bytes` fit in the pending budget (backpressure for TCP listeners).
@@ -886,6 +906,7 @@ mod tests {
                 max_batch_records: 1000,
                 max_connections: 8,
                 idle_timeout: None,
+                frame_timeout: None,
             },
         )
     }
