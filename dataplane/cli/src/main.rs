@@ -2,6 +2,7 @@
 
 mod cluster_cmd;
 mod cluster_wiring;
+mod http_server;
 mod node;
 mod query_cmd;
 mod send;

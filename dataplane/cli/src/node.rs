@@ -441,6 +441,12 @@ pub async fn run_node(
     };
     let query_metrics = logcluster_query::api::QueryMetrics::default();
     query_metrics.register(&mut registry);
+    let http_refused = prometheus_client::metrics::counter::Counter::<u64>::default();
+    registry.register(
+        "logcluster_http_refused_connections",
+        "HTTP connections closed as soon as accepted because ingest.maxConnections HTTP connections were open",
+        http_refused.clone(),
+    );
     let state = Arc::new(HttpState {
         registry,
         schemas: schemas.clone(),
@@ -508,15 +514,19 @@ pub async fn run_node(
                 query_metrics.clone(),
             ));
         }
-        let http_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { http_shutdown.wait().await })
-                .await
-            {
-                error!(%error, "http server failed");
-            }
-        });
+        // The same bounds as the framed listener: as many connections (counted apart), and
+        // a request's head within the frame timeout.
+        let limits = crate::http_server::HttpLimits {
+            max_connections: config.max_connections,
+            header_timeout: config.frame_timeout,
+        };
+        tasks.spawn(crate::http_server::serve(
+            listener,
+            app,
+            limits,
+            http_refused,
+            shutdown.clone(),
+        ));
     }
     if let Some(store) = &store {
         tokio::spawn(maintenance(store.clone(), config.fsync, shutdown.clone()));

@@ -539,6 +539,106 @@ async fn frames_that_trickle_past_the_frame_timeout_are_dropped_and_free_their_b
 }
 
 #[tokio::test]
+async fn http_requests_that_trickle_are_cut_off_and_free_their_budget() -> anyhow::Result<()> {
+    let node = TestNode::start(|raw, _| {
+        raw.ingest.frame_timeout = "1s".into();
+        raw.ingest.max_frame_bytes = 64 * 1024;
+        raw.ingest.max_pending_bytes = 64 * 1024;
+    })
+    .await?;
+    let addr = node.http_addr();
+    // A request head that stops halfway: the connection is closed.
+    let mut head = tokio::net::TcpStream::connect(&addr).await?;
+    head.write_all(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    // A body declared at the whole budget that stops after ten bytes: it holds the budget
+    // (other bodies are answered 429) until it is cut off.
+    let mut body = tokio::net::TcpStream::connect(&addr).await?;
+    body.write_all(
+        format!(
+            "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nX-Logcluster-Tenant: t\r\nContent-Length: {}\r\n\r\n{{\"message\"",
+            64 * 1024
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let good = br#"{"service":"ok","message":"good"}"#;
+    let tenant = [("X-Logcluster-Tenant", "t")];
+    common::eventually(
+        "the trickling body to hold the whole budget",
+        std::time::Duration::from_secs(20),
+        || async {
+            let metrics = node.metrics().await.ok()?;
+            (metric_sum(&metrics, "logcluster_ingest_pending_bytes", &[]) >= 65536.0).then_some(())
+        },
+    )
+    .await?;
+    let (status, _) = common::http(&addr, "POST", "/api/v1/ingest", &tenant, good).await?;
+    assert_eq!(status, 429, "the budget is held by the trickling body");
+    common::eventually(
+        "a good request to be stored once the trickling body is cut off",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (status, _) = common::http(&addr, "POST", "/api/v1/ingest", &tenant, good)
+                .await
+                .ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await?;
+    common::closed_by_server(&mut head)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    // The cut-off body is answered with an error, then its connection closed.
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        body.read_to_string(&mut answer),
+    )
+    .await??;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let metrics = node.metrics().await?;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_protocol_errors_total",
+            &["body_timeout"]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let items = node.query_all("t").await?;
+    assert_eq!(items.len(), 1, "only the good request: {items:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow::Result<()> {
+    let node = TestNode::start(|raw, _| raw.ingest.max_connections = 2).await?;
+    let addr = node.http_addr();
+    let held = [
+        tokio::net::TcpStream::connect(&addr).await?,
+        tokio::net::TcpStream::connect(&addr).await?,
+    ];
+    let mut third = tokio::net::TcpStream::connect(&addr).await?;
+    common::closed_by_server(&mut third)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    drop(held);
+    let metrics = common::eventually(
+        "the HTTP slots to come back",
+        std::time::Duration::from_secs(20),
+        || async { node.metrics().await.ok() },
+    )
+    .await?;
+    assert!(
+        metric_sum(&metrics, "logcluster_http_refused_connections_total", &[]) >= 1.0,
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn idle_connections_are_closed_and_their_last_syslog_line_kept() -> anyhow::Result<()> {
     let node = TestNode::start(|raw, _| raw.ingest.idle_timeout = "300ms".into()).await?;
     // A framed client that goes quiet after a batch: answered, then let go.

@@ -25,10 +25,11 @@ use crate::pipeline::{BatchSource, Pipeline};
 
 /// The ingest routes, to be merged into the node's HTTP router.
 pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/v1/ingest", post(ingest))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(pipeline)
+        .with_state(pipeline.clone());
+    crate::http_bodies::bounded(routes, pipeline, max_body_bytes)
 }
 
 fn error_response(status: StatusCode, message: String, retry: bool) -> Response {

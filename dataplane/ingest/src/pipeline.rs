@@ -363,6 +363,11 @@ impl Pipeline {
         }
     }
 
+    /// `ingest.frameTimeout`: how long a started frame (or HTTP request body) may take.
+    pub fn frame_timeout(&self) -> Option<std::time::Duration> {
+        self.frame_timeout
+    }
+
     /// `read` (the rest of a started frame's header, or its payload) if it finishes within
     /// `ingest.frameTimeout`; `None`, counted as the protocol error `frame_timeout`, if not.
     pub async fn frame_part<T>(&self, read: impl Future<Output = T>) -> Option<T> {

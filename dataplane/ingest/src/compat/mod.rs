@@ -37,11 +37,16 @@ pub struct CompatOptions {
 
 /// The routes of all three APIs, to be merged into the node's HTTP router.
 pub fn router(pipeline: Arc<Pipeline>, options: CompatOptions) -> Router {
-    let shared = Arc::new(Compat { pipeline, options });
-    Router::new()
+    let max_body_bytes = options.max_body_bytes;
+    let shared = Arc::new(Compat {
+        pipeline: pipeline.clone(),
+        options,
+    });
+    let routes = Router::new()
         .merge(elastic::router(shared.clone()))
         .merge(otlp::router(shared.clone()))
-        .merge(loki::router(shared))
+        .merge(loki::router(shared));
+    crate::http_bodies::bounded(routes, pipeline, max_body_bytes)
 }
 
 pub(crate) struct Compat {

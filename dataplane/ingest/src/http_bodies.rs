@@ -1,0 +1,124 @@
+//! Request bodies of the HTTP ingest routes under the same bounds as framed payloads: a body
+//! reserves its size in the pipeline's byte budget *before* it is buffered (429 with
+//! `Retry-After` when the budget is full), and must arrive within `ingest.frameTimeout`.
+//! Without this, every open connection could buffer a body of up to `ingest.maxFrameBytes`,
+//! however slowly it trickled in.
+//!
+//! The reservation is released as soon as the body has been read (or dropped); the handler
+//! then reserves what it decodes, as before.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::metrics::label;
+use crate::pipeline::{Pipeline, Reservation};
+
+#[derive(Clone)]
+struct Bounds {
+    pipeline: Arc<Pipeline>,
+    max_body_bytes: usize,
+}
+
+/// `router` with every request body bounded as the module describes.
+pub fn bounded(router: Router, pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        Bounds {
+            pipeline,
+            max_body_bytes,
+        },
+        guard,
+    ))
+}
+
+/// The bytes a request's body may take: its declared length (capped by the limit; a longer
+/// one is refused by the handler's own limit), the limit when it is chunked, none without a
+/// body.
+fn declared_len(request: &Request, limit: usize) -> usize {
+    let headers = request.headers();
+    match headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(len) => usize::try_from(len).unwrap_or(usize::MAX).min(limit),
+        None if headers.contains_key(header::TRANSFER_ENCODING) => limit,
+        None => 0,
+    }
+}
+
+async fn guard(State(bounds): State<Bounds>, request: Request, next: Next) -> Response {
+    let len = declared_len(&request, bounds.max_body_bytes);
+    if len == 0 {
+        return next.run(request).await;
+    }
+    let pipeline = &bounds.pipeline;
+    let Some(reservation) = pipeline.try_reserve(len) else {
+        pipeline
+            .metrics()
+            .batches
+            .get_or_create(&label("status", "busy"))
+            .inc();
+        let body = axum::Json(json!({
+            "status": "error",
+            "error": "ingest queue is full, retry later",
+        }));
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            body,
+        )
+            .into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let body = timed(body, pipeline, reservation);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// `body` that fails once `ingest.frameTimeout` has passed before its end, holding
+/// `reservation` until its end (or until it is dropped).
+fn timed(body: Body, pipeline: &Pipeline, reservation: Reservation) -> Body {
+    let timeout = pipeline.frame_timeout();
+    let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+    let metrics = pipeline.metrics().clone();
+    let state = (body.into_data_stream(), Some(reservation));
+    let stream = futures_util::stream::unfold(state, move |(mut data, held)| {
+        let metrics = metrics.clone();
+        async move {
+            // Ended (by its end, an error or the deadline): nothing more, and no longer held.
+            held.as_ref()?;
+            let next = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, data.next()).await,
+                None => Ok(data.next().await),
+            };
+            let item = match next {
+                Ok(Some(Ok(chunk))) => return Some((Ok(chunk), (data, held))),
+                Ok(None) => return None,
+                Ok(Some(Err(error))) => std::io::Error::other(error),
+                Err(_) => {
+                    metrics
+                        .protocol_errors
+                        .get_or_create(&label("kind", "body_timeout"))
+                        .inc();
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the request body did not arrive within {:?} (ingest.frameTimeout)",
+                            timeout.unwrap_or(Duration::ZERO)
+                        ),
+                    )
+                }
+            };
+            Some((Err::<Bytes, _>(item), (data, None)))
+        }
+    });
+    Body::from_stream(stream)
+}
