@@ -488,12 +488,18 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow:
     Ok(())
 }
 
+/// `ingest.frameTimeout` for the stalled-client tests: long enough for the test to see the
+/// stalled request hold the budget first, even on a loaded machine.
+fn stall_window() -> String {
+    format!("{}ms", (1000.0 * logcluster_testkit::patience()) as u64)
+}
+
 #[tokio::test]
 async fn frames_that_trickle_past_the_frame_timeout_are_dropped_and_free_their_budget()
 -> anyhow::Result<()> {
     // The budget holds one full frame: while a trickling frame holds it, nothing else fits.
     let node = TestNode::start(|raw, _| {
-        raw.ingest.frame_timeout = "300ms".into();
+        raw.ingest.frame_timeout = stall_window();
         raw.ingest.max_frame_bytes = 64 * 1024;
         raw.ingest.max_pending_bytes = 64 * 1024;
     })
@@ -541,7 +547,7 @@ async fn frames_that_trickle_past_the_frame_timeout_are_dropped_and_free_their_b
 #[tokio::test]
 async fn http_requests_that_trickle_are_cut_off_and_free_their_budget() -> anyhow::Result<()> {
     let node = TestNode::start(|raw, _| {
-        raw.ingest.frame_timeout = "1s".into();
+        raw.ingest.frame_timeout = stall_window();
         raw.ingest.max_frame_bytes = 64 * 1024;
         raw.ingest.max_pending_bytes = 64 * 1024;
     })
