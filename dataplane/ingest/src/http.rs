@@ -29,7 +29,13 @@ pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
         .route("/api/v1/ingest", post(ingest))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(pipeline.clone());
-    crate::http_bodies::bounded(routes, pipeline, max_body_bytes)
+    crate::http_bodies::bounded(routes, pipeline, max_body_bytes, |_| {
+        error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            crate::http_bodies::BUSY.into(),
+            true,
+        )
+    })
 }
 
 fn error_response(status: StatusCode, message: String, retry: bool) -> Response {
@@ -97,7 +103,7 @@ async fn ingest(
             .inc();
         return error_response(
             StatusCode::TOO_MANY_REQUESTS,
-            "ingest queue is full, retry later".into(),
+            crate::http_bodies::BUSY.into(),
             true,
         );
     };

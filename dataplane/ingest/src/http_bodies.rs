@@ -13,27 +13,41 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::StreamExt;
-use serde_json::json;
 
 use crate::metrics::label;
 use crate::pipeline::{Pipeline, Reservation};
+
+/// The answer to a request refused because the budget is full, in the route's protocol
+/// (given the request's headers): `429` with `Retry-After`.
+pub type BusyAnswer = fn(&HeaderMap) -> Response;
+
+/// The message of every "budget full" answer.
+pub const BUSY: &str = "the ingest queue is full, retry later";
 
 #[derive(Clone)]
 struct Bounds {
     pipeline: Arc<Pipeline>,
     max_body_bytes: usize,
+    busy: BusyAnswer,
 }
 
-/// `router` with every request body bounded as the module describes.
-pub fn bounded(router: Router, pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
+/// `router` with every request body bounded as the module describes; `busy` answers a
+/// request that finds the budget full.
+pub fn bounded(
+    router: Router,
+    pipeline: Arc<Pipeline>,
+    max_body_bytes: usize,
+    busy: BusyAnswer,
+) -> Router {
     router.layer(axum::middleware::from_fn_with_state(
         Bounds {
             pipeline,
             max_body_bytes,
+            busy,
         },
         guard,
     ))
@@ -67,16 +81,7 @@ async fn guard(State(bounds): State<Bounds>, request: Request, next: Next) -> Re
             .batches
             .get_or_create(&label("status", "busy"))
             .inc();
-        let body = axum::Json(json!({
-            "status": "error",
-            "error": "ingest queue is full, retry later",
-        }));
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "1")],
-            body,
-        )
-            .into_response();
+        return (bounds.busy)(request.headers());
     };
     let (parts, body) = request.into_parts();
     let body = timed(body, pipeline, reservation);

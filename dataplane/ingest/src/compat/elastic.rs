@@ -67,6 +67,15 @@ pub(super) fn router(compat: Arc<Compat>) -> Router {
         .with_state(compat)
 }
 
+/// The answer when the ingest budget is full.
+pub(super) fn busy(_: &HeaderMap) -> Response {
+    super::retry_after(es_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "es_rejected_execution_exception",
+        crate::http_bodies::BUSY,
+    ))
+}
+
 fn product(mut response: Response) -> Response {
     response.headers_mut().insert(
         "x-elastic-product",
@@ -424,11 +433,7 @@ async fn bulk(
         (result, items)
     };
     let Some(result) = result else {
-        return super::retry_after(es_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "es_rejected_execution_exception",
-            "the ingest queue is full, retry later",
-        ));
+        return busy(&HeaderMap::new());
     };
     if result.status == AckStatus::RetryLater {
         return super::retry_after(es_error(

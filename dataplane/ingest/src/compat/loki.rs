@@ -83,6 +83,11 @@ pub(super) fn router(compat: Arc<Compat>) -> Router {
         .with_state(compat)
 }
 
+/// The answer when the ingest budget is full.
+pub(super) fn busy(_: &HeaderMap) -> Response {
+    text(StatusCode::TOO_MANY_REQUESTS, crate::http_bodies::BUSY)
+}
+
 fn text(status: StatusCode, message: &str) -> Response {
     let mut response = (
         status,
@@ -165,10 +170,7 @@ async fn push(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body)
         })
         .await
     else {
-        return text(
-            StatusCode::TOO_MANY_REQUESTS,
-            "the ingest queue is full, retry later",
-        );
+        return busy(&headers);
     };
     match result.status {
         AckStatus::Accepted => StatusCode::NO_CONTENT.into_response(),

@@ -37,16 +37,16 @@ pub struct CompatOptions {
 
 /// The routes of all three APIs, to be merged into the node's HTTP router.
 pub fn router(pipeline: Arc<Pipeline>, options: CompatOptions) -> Router {
-    let max_body_bytes = options.max_body_bytes;
+    let limit = options.max_body_bytes;
     let shared = Arc::new(Compat {
         pipeline: pipeline.clone(),
         options,
     });
-    let routes = Router::new()
-        .merge(elastic::router(shared.clone()))
-        .merge(otlp::router(shared.clone()))
-        .merge(loki::router(shared));
-    crate::http_bodies::bounded(routes, pipeline, max_body_bytes)
+    let bounded = |routes, busy| crate::http_bodies::bounded(routes, pipeline.clone(), limit, busy);
+    Router::new()
+        .merge(bounded(elastic::router(shared.clone()), elastic::busy))
+        .merge(bounded(otlp::router(shared.clone()), otlp::busy))
+        .merge(bounded(loki::router(shared), loki::busy))
 }
 
 pub(crate) struct Compat {

@@ -194,6 +194,19 @@ enum Encoding {
     Json,
 }
 
+/// The answer when the ingest budget is full, in the request's encoding.
+pub(super) fn busy(headers: &HeaderMap) -> Response {
+    let encoding = match super::media_type(headers).as_deref() {
+        Some("application/x-protobuf") | Some("application/protobuf") => Encoding::Protobuf,
+        _ => Encoding::Json,
+    };
+    answer(
+        encoding,
+        StatusCode::TOO_MANY_REQUESTS,
+        crate::http_bodies::BUSY,
+    )
+}
+
 fn answer(encoding: Encoding, status: StatusCode, message: &str) -> Response {
     // google.rpc.Code: INVALID_ARGUMENT 3, RESOURCE_EXHAUSTED 8, UNAVAILABLE 14.
     let code = match status {
@@ -309,7 +322,7 @@ async fn export(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Bod
         return answer(
             encoding,
             StatusCode::TOO_MANY_REQUESTS,
-            "the ingest queue is full, retry later",
+            crate::http_bodies::BUSY,
         );
     };
     match result.status {
