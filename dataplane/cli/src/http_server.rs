@@ -25,7 +25,15 @@ pub struct HttpLimits {
     pub header_timeout: Option<Duration>,
 }
 
+/// Longest wait for the head of the one request an overflow connection may make.
+const OVERFLOW_HEAD: Duration = Duration::from_secs(5);
+
 /// Serves `app` on `listener` until `shutdown`, then lets open requests finish.
+///
+/// Past `max_connections`, a few more connections (an eighth as many, at least 8) are
+/// served one request each, with a short wait for its head, then closed: health probes and
+/// metric scrapes still get through when shippers hold every slot, while the count stays
+/// bounded. Past those, a connection is closed as soon as it is accepted.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -34,6 +42,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let overflow = Arc::new(Semaphore::new((limits.max_connections / 8).max(8)));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -43,6 +52,15 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
+            // A client gave up while queued: nothing to do.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue;
+            }
             Err(error) => {
                 // Out of file descriptors, mostly: wait a moment rather than spin.
                 warn!(%error, "HTTP accept failed");
@@ -50,23 +68,35 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if refused.inc() % 1000 == 0 {
-                warn!(
-                    max = limits.max_connections,
-                    "refusing HTTP connections: too many open (logged once per 1,000)"
-                );
-            }
-            continue;
+        let (slot, one_request) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, false),
+            Err(_) => match overflow.clone().try_acquire_owned() {
+                Ok(slot) => (slot, true),
+                Err(_) => {
+                    if refused.inc() % 1000 == 0 {
+                        warn!(
+                            max = limits.max_connections,
+                            "refusing HTTP connections: too many open (logged once per 1,000)"
+                        );
+                    }
+                    continue;
+                }
+            },
         };
         let app = app.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
+            builder.timer(TokioTimer::new());
+            if one_request {
+                let head = limits
+                    .header_timeout
+                    .map_or(OVERFLOW_HEAD, |t| t.min(OVERFLOW_HEAD));
+                builder.keep_alive(false).header_read_timeout(head);
+            } else {
+                builder.header_read_timeout(limits.header_timeout);
+            }
             let connection =
                 builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
             let mut connection = std::pin::pin!(connection);
@@ -86,5 +116,7 @@ pub async fn serve(
             }
         });
     }
+    // New connections are refused from here on, not left waiting in the backlog.
+    drop(listener);
     while connections.join_next().await.is_some() {}
 }

@@ -227,7 +227,7 @@ async fn records_that_grow_past_a_request_are_refused_and_the_rest_replicated() 
             sandbox.logs()
         );
         assert!(
-            ack.error.contains("write-ahead log record limit"),
+            ack.error.contains("limit of a write-ahead log record"),
             "{}",
             ack.error
         );

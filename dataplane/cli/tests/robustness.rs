@@ -363,7 +363,8 @@ async fn records_that_grow_past_the_wal_record_limit_are_refused_and_the_rest_st
         "{ack:?}"
     );
     assert!(
-        ack.error.starts_with("record 1: ") && ack.error.contains("write-ahead log record limit"),
+        ack.error.starts_with("record 1: ")
+            && ack.error.contains("limit of a write-ahead log record"),
         "{}",
         ack.error
     );
@@ -405,6 +406,13 @@ async fn records_that_grow_past_the_wal_record_limit_are_refused_and_the_rest_st
         "{body}"
     );
     assert!((1..301).all(|k| status_of(k) == Some(400)));
+    let reason = items[150]["create"]["error"]["reason"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        reason.contains("limit of a write-ahead log record"),
+        "{reason}"
+    );
 
     let metrics = node.metrics().await?;
     for (format, refused) in [("json", 600.0), ("elasticsearch", 300.0)] {
@@ -491,7 +499,7 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow:
 /// `ingest.frameTimeout` for the stalled-client tests: long enough for the test to see the
 /// stalled request hold the budget first, even on a loaded machine.
 fn stall_window() -> String {
-    format!("{}ms", (1000.0 * logcluster_testkit::patience()) as u64)
+    format!("{}ms", (3000.0 * logcluster_testkit::patience()) as u64)
 }
 
 #[tokio::test]
@@ -622,12 +630,34 @@ async fn http_requests_that_trickle_are_cut_off_and_free_their_budget() -> anyho
 async fn http_connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow::Result<()> {
     let node = TestNode::start(|raw, _| raw.ingest.max_connections = 2).await?;
     let addr = node.http_addr();
-    let held = [
-        tokio::net::TcpStream::connect(&addr).await?,
-        tokio::net::TcpStream::connect(&addr).await?,
-    ];
-    let mut third = tokio::net::TcpStream::connect(&addr).await?;
-    common::closed_by_server(&mut third)
+    let health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Two connections take the two slots, and are served, keep-alive.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut connection = tokio::net::TcpStream::connect(&addr).await?;
+        connection.write_all(health).await?;
+        let mut head = [0u8; 12];
+        connection.read_exact(&mut head).await?;
+        assert_eq!(&head, b"HTTP/1.1 200");
+        held.push(connection);
+    }
+    // Past them, a connection is served one request, then closed (probes and scrapes get
+    // through while shippers hold every slot).
+    let mut once = tokio::net::TcpStream::connect(&addr).await?;
+    once.write_all(health).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        once.read_to_string(&mut answer),
+    )
+    .await??;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Those are bounded too (at least 8 of them): past them, closed at once.
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(&addr).await?);
+    }
+    let mut refused = tokio::net::TcpStream::connect(&addr).await?;
+    common::closed_by_server(&mut refused)
         .await
         .map_err(anyhow::Error::msg)?;
     drop(held);

@@ -53,9 +53,8 @@ pub fn bounded(
     ))
 }
 
-/// The bytes a request's body may take: its declared length (capped by the limit; a longer
-/// one is refused by the handler's own limit), the limit when it is chunked, none without a
-/// body.
+/// The bytes a request's body may take: its declared length, the limit when it is chunked
+/// (it may grow that far), none without a body.
 fn declared_len(request: &Request, limit: usize) -> usize {
     let headers = request.headers();
     match headers
@@ -63,7 +62,7 @@ fn declared_len(request: &Request, limit: usize) -> usize {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
-        Some(len) => usize::try_from(len).unwrap_or(usize::MAX).min(limit),
+        Some(len) => usize::try_from(len).unwrap_or(usize::MAX),
         None if headers.contains_key(header::TRANSFER_ENCODING) => limit,
         None => 0,
     }
@@ -71,7 +70,9 @@ fn declared_len(request: &Request, limit: usize) -> usize {
 
 async fn guard(State(bounds): State<Bounds>, request: Request, next: Next) -> Response {
     let len = declared_len(&request, bounds.max_body_bytes);
-    if len == 0 {
+    // Nothing to read, or a declared length over the limit, which the handler refuses
+    // (413) before reading a byte.
+    if len == 0 || len > bounds.max_body_bytes {
         return next.run(request).await;
     }
     let pipeline = &bounds.pipeline;

@@ -843,11 +843,13 @@ pub fn schema_view(entry: &LogEntry) -> serde_json::Value {
 }
 
 /// The error of an entry whose part of the batch was too large to store.
-const PART_TOO_LARGE: &str = "this record's stream takes more than the 256 MiB write-ahead log record limit in this batch once decoded (for example JSON whose nested keys grow when flattened); send fewer or smaller records per batch";
+const PART_TOO_LARGE: &str = "this record's part of the batch (its stream's records; in a cluster, its partition's, and the batch's whole size once decoded) is over the 256 MiB limit of a write-ahead log record or replica request (for example JSON whose nested keys grow when flattened); the same batch is refused again, send fewer or smaller records per batch";
 
-/// Payload indices of the accepted entries at `positions` (ascending): the k-th accepted
-/// entry's index is the k-th index that no refused record took (`refused` sorted by index).
+/// Payload indices of the accepted entries at `positions` (ascending; sinks give them so, and
+/// any other is skipped): the k-th accepted entry's index is the k-th index that no refused
+/// record took (`refused` sorted by index).
 fn payload_indices(refused: &[RecordError], positions: &[u32]) -> Vec<usize> {
+    debug_assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     let mut out = Vec::with_capacity(positions.len());
     let mut refused = refused.iter().map(|e| e.index).peekable();
     let mut wanted = positions.iter().map(|&p| p as usize).peekable();
@@ -856,6 +858,10 @@ fn payload_indices(refused: &[RecordError], positions: &[u32]) -> Vec<usize> {
         while refused.next_if(|&r| r < index).is_some() {}
         if refused.next_if_eq(&index).is_some() {
             index += 1;
+            continue;
+        }
+        if position > next {
+            wanted.next();
             continue;
         }
         if position == next {

@@ -25,6 +25,8 @@ pub struct AppendOutcome {
     /// stream's part would not fit in one WAL record ([`StorageError::RecordTooLarge`]); the
     /// batch's other streams are stored.
     pub too_large: Vec<u32>,
+    /// The largest of those parts' record sizes.
+    pub too_large_bytes: usize,
 }
 
 /// Summary figures for the stats log, metrics and the dashboard.
@@ -419,6 +421,13 @@ impl Store {
                 }
             }
             let (part, streams) = store.append_blocking(uid | 1, Part::Owned(leftovers), None)?;
+            // A repair (hand-over, anti-entropy, a redirected hint) must store everything or
+            // fail: its source may be deleted once it succeeds.
+            if !part.too_large.is_empty() {
+                return Err(StorageError::RecordTooLarge {
+                    bytes: part.too_large_bytes,
+                });
+            }
             outcome.stored += part.stored;
             outcome.duplicates += part.duplicates;
             touched.extend(streams);
@@ -483,6 +492,7 @@ impl Store {
                         );
                         self.metrics.too_large_parts.inc();
                         outcome.too_large.extend_from_slice(&positions);
+                        outcome.too_large_bytes = outcome.too_large_bytes.max(bytes);
                         break None;
                     }
                     other => other?,

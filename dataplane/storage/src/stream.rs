@@ -458,6 +458,13 @@ impl Stream {
         let record = received
             .and_then(|(bodies, positions)| bodies.record(batch_uid, positions))
             .unwrap_or_else(|| entries.record(batch_uid));
+        // Replay (and the tail's reads) would refuse a longer record as corrupt; refused
+        // first, for good, whatever else is wrong.
+        if record.len() > wal::MAX_RECORD_LEN + 8 {
+            return Err(StorageError::RecordTooLarge {
+                bytes: record.len() - 8,
+            });
+        }
         // Blocks are failing to be written (disk errors, the fd limit) and the tail, which
         // waits in memory for them, is full: try once more when due, else refuse the part
         // (retry later) rather than grow the tail without bound.
@@ -472,12 +479,6 @@ impl Stream {
                     tail_bytes: inner.tail_bytes,
                 });
             }
-        }
-        // Replay (and the tail's reads) would refuse a longer record as corrupt.
-        if record.len() > wal::MAX_RECORD_LEN + 8 {
-            return Err(StorageError::RecordTooLarge {
-                bytes: record.len() - 8,
-            });
         }
         if let Err(source) = inner.wal.write_all(&record) {
             // Cut a partly written record off (disk full, I/O error): otherwise records

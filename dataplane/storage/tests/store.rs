@@ -1097,3 +1097,37 @@ async fn reads_during_ingest_see_every_trace_id_across_window_rolls() {
         .count();
     assert!(windows >= 2, "{windows} windows");
 }
+
+#[tokio::test]
+async fn a_stream_part_over_the_record_limit_is_refused_alone_and_a_repair_of_it_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, metrics) = small_store(dir.path()).await;
+    // Positions 0 and 2 in stream t/s, 1 in stream t/huge (one entry over the limit).
+    let mut batch = numbered_batch(7, 3);
+    batch[1].service = "huge".into();
+    batch[1].message = "x".repeat(logcluster_storage::wal::MAX_RECORD_LEN);
+    let outcome = store
+        .append_on_this_thread(7, batch.clone(), None)
+        .durable()
+        .await
+        .expect("the rest is stored");
+    assert_eq!((outcome.stored, outcome.too_large), (2, vec![1]));
+    assert!(outcome.too_large_bytes > logcluster_storage::wal::MAX_RECORD_LEN);
+    assert_eq!(metrics.too_large_parts.get(), 1);
+    assert_eq!(
+        all_ids(&store, "t"),
+        [batch[0].id.clone(), batch[2].id.clone()]
+    );
+    // A repair must store everything or fail (its source may be deleted on success).
+    let error = store
+        .append_missing(vec![batch[1].clone()])
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            logcluster_storage::StorageError::RecordTooLarge { .. }
+        ),
+        "{error}"
+    );
+}
