@@ -290,37 +290,60 @@ impl EncodedBatch {
         batch
     }
 
-    /// Drops the largest parts until the rest is at most `limit` bytes, noting the
-    /// positions of their entries (rare: entries that grew far beyond their input).
+    /// Leaves out every stream over `limit` bytes (one WAL record each on a member), then
+    /// the largest streams until the rest is at most `limit` bytes (one request), noting the
+    /// positions of their entries; the parts of their partitions are encoded again without
+    /// them. Rare: entries that grew far beyond their input.
     #[cold]
     fn leave_out_over(&mut self, limit: usize, entries: &[LogEntry]) {
-        let mut by_size: Vec<(usize, PartitionId)> = self
-            .parts
-            .iter()
-            .map(|(partition, part)| (part.encoded.len(), *partition))
+        let mut streams: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for entry in entries {
+            let len = entry.encoded_len();
+            *streams.entry((&entry.tenant, &entry.service)).or_default() +=
+                1 + prost::length_delimiter_len(len) + len;
+        }
+        let mut by_size: Vec<(usize, (&str, &str))> = streams
+            .into_iter()
+            .map(|(stream, size)| (size, stream))
             .collect();
         by_size.sort_unstable_by(|a, b| b.cmp(a));
         let mut total = self.bytes();
         let mut dropped = BTreeSet::new();
-        for (size, partition) in by_size {
-            if total <= limit {
+        for (size, stream) in by_size {
+            if total <= limit && size <= limit {
                 break;
             }
-            total -= size;
-            self.parts.remove(&partition);
-            dropped.insert(partition);
+            total = total.saturating_sub(size);
+            dropped.insert(stream);
         }
-        self.too_large = entries
+        let left_out = |e: &LogEntry| dropped.contains(&(e.tenant.as_str(), e.service.as_str()));
+        let touched: BTreeSet<PartitionId> = dropped
             .iter()
-            .enumerate()
-            .filter(|(_, e)| dropped.contains(&partition_of(&e.tenant, &e.service)))
-            .map(|(position, _)| position as u32)
+            .map(|(tenant, service)| partition_of(tenant, service))
             .collect();
+        for partition in &touched {
+            self.parts.remove(partition);
+        }
+        for (position, entry) in entries.iter().enumerate() {
+            if left_out(entry) {
+                self.too_large.push(position as u32);
+                continue;
+            }
+            let partition = partition_of(&entry.tenant, &entry.service);
+            if touched.contains(&partition) {
+                let part = self.parts.entry(partition).or_insert_with(|| EncodedPart {
+                    encoded: Vec::new(),
+                    entries: 0,
+                });
+                logcluster_proto::entry::encode_entry_field(4, entry, &mut part.encoded);
+                part.entries += 1;
+            }
+        }
     }
 
     /// Positions (in the entries given to [`EncodedBatch::new`]) of entries left out
-    /// because their partition's part would not fit in one request or WAL record, in
-    /// order; the batch holds the others.
+    /// because their stream's part would not fit in one WAL record or the batch in one
+    /// request, in order; the batch holds the others.
     pub fn too_large(&self) -> &[u32] {
         &self.too_large
     }
@@ -892,5 +915,26 @@ mod tests {
         assert!(whole.too_large().is_empty());
         assert_eq!(whole.parts.len(), 4);
         assert!(EncodedBatch::within(vec![entry("db", 2000)], 10).is_empty());
+
+        // A small stream that shares the huge one's partition stays, and its part is the
+        // partition's part without the huge stream.
+        let db = partition_of("acme", "db");
+        let neighbour = (0..)
+            .map(|k| format!("small-{k}"))
+            .find(|s| partition_of("acme", s) == db)
+            .expect("a service in db's partition");
+        let entries = vec![
+            entry(&neighbour, 10),
+            entry("db", 2000),
+            entry(&neighbour, 20),
+        ];
+        let batch = EncodedBatch::within(entries.clone(), 1000);
+        assert_eq!(batch.too_large(), [1]);
+        assert_eq!(batch.parts.len(), 1);
+        assert_eq!(batch.parts[&db].entries, 2);
+        assert_eq!(
+            batch.parts[&db].encoded,
+            crate::messages::encode_entries(&[entries[0].clone(), entries[2].clone()])
+        );
     }
 }

@@ -843,7 +843,7 @@ pub fn schema_view(entry: &LogEntry) -> serde_json::Value {
 }
 
 /// The error of an entry whose part of the batch was too large to store.
-const PART_TOO_LARGE: &str = "this record's part of the batch (its stream's records; in a cluster, its partition's, and the batch's whole size once decoded) is over the 256 MiB limit of a write-ahead log record or replica request (for example JSON whose nested keys grow when flattened); the same batch is refused again, send fewer or smaller records per batch";
+const PART_TOO_LARGE: &str = "this record's stream takes more than the 256 MiB limit of a write-ahead log record in this batch once decoded, or (in a cluster) the batch takes more than a replica request holds (for example JSON whose nested keys grow when flattened); the same batch is refused again, send fewer or smaller records per batch";
 
 /// Payload indices of the accepted entries at `positions` (ascending; sinks give them so, and
 /// any other is skipped): the k-th accepted entry's index is the k-th index that no refused
