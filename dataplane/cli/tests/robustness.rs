@@ -611,14 +611,33 @@ async fn http_requests_that_trickle_are_cut_off_and_free_their_budget() -> anyho
     )
     .await??;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // The same on an ecosystem API, counted once, as a timeout.
+    let mut loki = tokio::net::TcpStream::connect(&addr).await?;
+    loki.write_all(
+        b"POST /loki/api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"streams\"",
+    )
+    .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        loki.read_to_string(&mut answer),
+    )
+    .await??;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let metrics = node.metrics().await?;
-    assert_eq!(
+    let protocol_errors = |kind: &str| {
         metric_sum(
             &metrics,
             "logcluster_ingest_protocol_errors_total",
-            &["body_timeout"]
+            &[&format!("kind=\"{kind}\"")],
+        )
+    };
+    assert_eq!(
+        (
+            protocol_errors("body_timeout"),
+            protocol_errors("bad_body_encoding")
         ),
-        1.0,
+        (2.0, 0.0),
         "{metrics}"
     );
     let items = node.query_all("t").await?;

@@ -89,6 +89,21 @@ async fn guard(State(bounds): State<Bounds>, request: Request, next: Next) -> Re
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// Whether a body read failed because [`bounded`] cut it off (already counted).
+pub fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// `body` that fails once `ingest.frameTimeout` has passed before its end, holding
 /// `reservation` until its end (or until it is dropped).
 fn timed(body: Body, pipeline: &Pipeline, reservation: Reservation) -> Body {

@@ -63,13 +63,19 @@ pub(crate) enum BodyError {
     Invalid(String),
     /// A `Content-Encoding` this server does not speak.
     UnsupportedEncoding(String),
+    /// The body did not arrive within `ingest.frameTimeout`.
+    TimedOut(String),
 }
 
 impl BodyError {
+    fn timed_out(&self) -> bool {
+        matches!(self, BodyError::TimedOut(_))
+    }
+
     pub fn message(&self) -> String {
         match self {
             BodyError::TooLarge(limit) => format!("request body is larger than {limit} bytes"),
-            BodyError::Invalid(message) => message.clone(),
+            BodyError::Invalid(message) | BodyError::TimedOut(message) => message.clone(),
             BodyError::UnsupportedEncoding(encoding) => {
                 format!("unsupported Content-Encoding {encoding:?}: use gzip, deflate or none")
             }
@@ -80,6 +86,7 @@ impl BodyError {
         match self {
             BodyError::TooLarge(_) => "body_too_large",
             BodyError::Invalid(_) => "bad_body_encoding",
+            BodyError::TimedOut(_) => "body_timeout",
             BodyError::UnsupportedEncoding(_) => "unsupported_encoding",
         }
     }
@@ -102,6 +109,10 @@ impl Compat {
                     .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
                 if over {
                     Err(BodyError::TooLarge(limit))
+                } else if crate::http_bodies::timed_out(&error) {
+                    Err(BodyError::TimedOut(format!(
+                        "could not read the body: {error}"
+                    )))
                 } else {
                     Err(BodyError::Invalid(format!(
                         "could not read the body: {error}"
@@ -123,7 +134,10 @@ impl Compat {
                 Some(other) => Err(BodyError::UnsupportedEncoding(other.to_string())),
             },
         };
-        if let Err(error) = &result {
+        // A body cut off by `ingest.frameTimeout` is counted there (`body_timeout`).
+        if let Err(error) = &result
+            && !error.timed_out()
+        {
             self.protocol_error(protocol, error.metric_kind());
         }
         result
