@@ -14,6 +14,25 @@ async fn good_batch(client: &mut FrameClient, id: u64) -> anyhow::Result<logclus
         .await
 }
 
+/// An Elasticsearch `_bulk` request of NDJSON `body` for `tenant`: status and JSON answer.
+async fn bulk_request(
+    node: &TestNode,
+    tenant: &str,
+    body: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    common::http(
+        &node.http_addr(),
+        "POST",
+        "/_bulk",
+        &[
+            ("Content-Type", "application/x-ndjson"),
+            ("X-Logcluster-Tenant", tenant),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn malformed_input_is_refused_clearly_and_other_connections_carry_on() -> anyhow::Result<()> {
     let node = TestNode::start(|raw, dir| {
@@ -299,17 +318,7 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
     let bulk: String = (0..1001)
         .map(|k| format!("{{\"index\":{{\"_index\":\"es\"}}}}\n{{\"message\":\"e{k}\"}}\n"))
         .collect();
-    let (status, body) = common::http(
-        &node.http_addr(),
-        "POST",
-        "/_bulk",
-        &[
-            ("Content-Type", "application/x-ndjson"),
-            ("X-Logcluster-Tenant", "t"),
-        ],
-        bulk.as_bytes(),
-    )
-    .await?;
+    let (status, body) = bulk_request(&node, "t", &bulk).await?;
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         body["error"]["type"], "illegal_argument_exception",
@@ -384,17 +393,7 @@ async fn records_that_grow_past_the_wal_record_limit_are_refused_and_the_rest_st
         .lines()
         .map(|doc| format!("{{\"create\":{{\"_index\":\"es\"}}}}\n{doc}\n"))
         .collect();
-    let (status, body) = common::http(
-        &node.http_addr(),
-        "POST",
-        "/_bulk",
-        &[
-            ("Content-Type", "application/x-ndjson"),
-            ("X-Logcluster-Tenant", "es"),
-        ],
-        bulk.as_bytes(),
-    )
-    .await?;
+    let (status, body) = bulk_request(&node, "es", &bulk).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["errors"], true);
     let items = body["items"].as_array().expect("items");
@@ -496,22 +495,58 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() -> anyhow:
     Ok(())
 }
 
-/// `ingest.frameTimeout` for the stalled-client tests: long enough for the test to see the
-/// stalled request hold the budget first, even on a loaded machine.
-fn stall_window() -> String {
-    format!("{}ms", (3000.0 * logcluster_testkit::patience()) as u64)
+/// Waits until `what` holds the node's whole 64 KiB budget.
+async fn budget_held(node: &TestNode, what: &str) -> anyhow::Result<()> {
+    common::eventually(
+        &format!("{what} to hold the whole budget"),
+        std::time::Duration::from_secs(20),
+        || async {
+            let metrics = node.metrics().await.ok()?;
+            (metric_sum(&metrics, "logcluster_ingest_pending_bytes", &[]) >= 65536.0).then_some(())
+        },
+    )
+    .await
+}
+
+/// A node for the stalled-client tests: its budget holds one full frame (64 KiB), and its
+/// `ingest.frameTimeout` is long enough for the test to see a stalled request hold the
+/// budget first, even on a loaded machine.
+async fn stall_node() -> anyhow::Result<TestNode> {
+    TestNode::start(|raw, _| {
+        raw.ingest.frame_timeout =
+            format!("{}ms", (3000.0 * logcluster_testkit::patience()) as u64);
+        raw.ingest.max_frame_bytes = 64 * 1024;
+        raw.ingest.max_pending_bytes = 64 * 1024;
+    })
+    .await
+}
+
+/// Reads an HTTP answer to its end (the server closes the connection): a 400.
+async fn answered_400_then_closed(connection: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30).mul_f64(logcluster_testkit::patience()),
+        connection.read_to_string(&mut answer),
+    )
+    .await??;
+    anyhow::ensure!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    Ok(())
+}
+
+/// The protocol errors of `kind` a node's metrics count.
+fn protocol_errors(metrics: &str, kind: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "logcluster_ingest_protocol_errors_total",
+        &[&format!("kind=\"{kind}\"")],
+    )
 }
 
 #[tokio::test]
 async fn frames_that_trickle_past_the_frame_timeout_are_dropped_and_free_their_budget()
 -> anyhow::Result<()> {
     // The budget holds one full frame: while a trickling frame holds it, nothing else fits.
-    let node = TestNode::start(|raw, _| {
-        raw.ingest.frame_timeout = stall_window();
-        raw.ingest.max_frame_bytes = 64 * 1024;
-        raw.ingest.max_pending_bytes = 64 * 1024;
-    })
-    .await?;
+    let node = stall_node().await?;
     // A header that stops after five bytes, and a full-size frame that stops after its
     // header and ten payload bytes.
     let mut header_only = node.connect().await?;
@@ -521,15 +556,7 @@ async fn frames_that_trickle_past_the_frame_timeout_are_dropped_and_free_their_b
     let payload_at = frame.len() - 64 * 1024;
     trickle.send_raw(&frame[..payload_at + 10]).await?;
     // A good batch waits for budget until the trickling frame is dropped, then is stored.
-    common::eventually(
-        "the trickling frame to hold the whole budget",
-        std::time::Duration::from_secs(20),
-        || async {
-            let metrics = node.metrics().await.ok()?;
-            (metric_sum(&metrics, "logcluster_ingest_pending_bytes", &[]) >= 65536.0).then_some(())
-        },
-    )
-    .await?;
+    budget_held(&node, "the trickling frame").await?;
     let mut good = node.connect().await?;
     assert_eq!(good_batch(&mut good, 2).await?.status, AckStatus::Accepted);
     for stalled in [&mut header_only, &mut trickle] {
@@ -538,15 +565,7 @@ async fn frames_that_trickle_past_the_frame_timeout_are_dropped_and_free_their_b
             .map_err(anyhow::Error::msg)?;
     }
     let metrics = node.metrics().await?;
-    assert_eq!(
-        metric_sum(
-            &metrics,
-            "logcluster_ingest_protocol_errors_total",
-            &["frame_timeout"]
-        ),
-        2.0,
-        "{metrics}"
-    );
+    assert_eq!(protocol_errors(&metrics, "frame_timeout"), 2.0, "{metrics}");
     let items = node.query_all("t").await?;
     assert_eq!(items.len(), 1, "only the good batch: {items:?}");
     Ok(())
@@ -554,12 +573,7 @@ async fn frames_that_trickle_past_the_frame_timeout_are_dropped_and_free_their_b
 
 #[tokio::test]
 async fn http_requests_that_trickle_are_cut_off_and_free_their_budget() -> anyhow::Result<()> {
-    let node = TestNode::start(|raw, _| {
-        raw.ingest.frame_timeout = stall_window();
-        raw.ingest.max_frame_bytes = 64 * 1024;
-        raw.ingest.max_pending_bytes = 64 * 1024;
-    })
-    .await?;
+    let node = stall_node().await?;
     let addr = node.http_addr();
     // A request head that stops halfway: the connection is closed.
     let mut head = tokio::net::TcpStream::connect(&addr).await?;
@@ -578,15 +592,7 @@ async fn http_requests_that_trickle_are_cut_off_and_free_their_budget() -> anyho
     .await?;
     let good = br#"{"service":"ok","message":"good"}"#;
     let tenant = [("X-Logcluster-Tenant", "t")];
-    common::eventually(
-        "the trickling body to hold the whole budget",
-        std::time::Duration::from_secs(20),
-        || async {
-            let metrics = node.metrics().await.ok()?;
-            (metric_sum(&metrics, "logcluster_ingest_pending_bytes", &[]) >= 65536.0).then_some(())
-        },
-    )
-    .await?;
+    budget_held(&node, "the trickling body").await?;
     let (status, _) = common::http(&addr, "POST", "/api/v1/ingest", &tenant, good).await?;
     assert_eq!(status, 429, "the budget is held by the trickling body");
     common::eventually(
@@ -604,38 +610,19 @@ async fn http_requests_that_trickle_are_cut_off_and_free_their_budget() -> anyho
         .await
         .map_err(anyhow::Error::msg)?;
     // The cut-off body is answered with an error, then its connection closed.
-    let mut answer = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        body.read_to_string(&mut answer),
-    )
-    .await??;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    answered_400_then_closed(&mut body).await?;
     // The same on an ecosystem API, counted once, as a timeout.
     let mut loki = tokio::net::TcpStream::connect(&addr).await?;
     loki.write_all(
         b"POST /loki/api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"streams\"",
     )
     .await?;
-    let mut answer = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        loki.read_to_string(&mut answer),
-    )
-    .await??;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    answered_400_then_closed(&mut loki).await?;
     let metrics = node.metrics().await?;
-    let protocol_errors = |kind: &str| {
-        metric_sum(
-            &metrics,
-            "logcluster_ingest_protocol_errors_total",
-            &[&format!("kind=\"{kind}\"")],
-        )
-    };
     assert_eq!(
         (
-            protocol_errors("body_timeout"),
-            protocol_errors("bad_body_encoding")
+            protocol_errors(&metrics, "body_timeout"),
+            protocol_errors(&metrics, "bad_body_encoding")
         ),
         (2.0, 0.0),
         "{metrics}"

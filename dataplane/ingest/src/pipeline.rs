@@ -568,15 +568,7 @@ impl Pipeline {
         };
         let mut errors: Vec<RecordError> = output.errors;
         for error in &errors {
-            self.metrics
-                .rejected
-                .get_or_create(&labels2(
-                    "format",
-                    source.format,
-                    "reason",
-                    error.reason.label(),
-                ))
-                .inc();
+            self.count_rejected(source.format, error.reason, 1);
         }
         let mut entries = Vec::with_capacity(output.records.len());
         // Every payload item is either a record or a decode error, in order: the k-th record's
@@ -705,15 +697,11 @@ impl Pipeline {
             }) => {
                 let count = count - too_large.len() as u32;
                 if !too_large.is_empty() {
-                    self.metrics
-                        .rejected
-                        .get_or_create(&labels2(
-                            "format",
-                            source.format,
-                            "reason",
-                            decode::RejectReason::PartTooLarge.label(),
-                        ))
-                        .inc_by(too_large.len() as u64);
+                    self.count_rejected(
+                        source.format,
+                        RejectReason::PartTooLarge,
+                        too_large.len() as u64,
+                    );
                     let refused = payload_indices(&errors, &too_large)
                         .into_iter()
                         .map(|index| RecordError {
@@ -767,6 +755,14 @@ impl Pipeline {
                 },
             ),
         }
+    }
+
+    /// Counts `n` refused records in `logcluster_ingest_rejected{format,reason}`.
+    fn count_rejected(&self, format: &str, reason: RejectReason, n: u64) {
+        self.metrics
+            .rejected
+            .get_or_create(&labels2("format", format, "reason", reason.label()))
+            .inc_by(n);
     }
 
     fn finish(&self, started: Instant, result: BatchResult) -> BatchResult {
