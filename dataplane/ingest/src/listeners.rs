@@ -222,17 +222,21 @@ pub async fn run_syslog_tcp(
     while connections.join_next().await.is_some() {}
 }
 
+/// Most bytes of a syslog stream cut into one batch: what has arrived when the connection
+/// is read, up to this, is stored (and fsynced) together.
+const SYSLOG_BATCH_BYTES: usize = 1024 * 1024;
+/// Batches of one syslog connection being stored at once, while the next is read.
+const SYSLOG_IN_FLIGHT: usize = 4;
+
 async fn serve_syslog<S: AsyncRead + Unpin>(
     mut stream: S,
     pipeline: Arc<Pipeline>,
     max_message: usize,
     shutdown: Shutdown,
 ) {
-    let metrics = pipeline.metrics().clone();
-    let ctx = DecodeContext::default();
     let mut framer = SyslogFramer::new(max_message);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut index = 0usize;
+    let mut storing = tokio::task::JoinSet::new();
     loop {
         // Idle for `ingest.idleTimeout`: closed like an end of stream (an unfinished
         // last line is stored).
@@ -241,52 +245,107 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
             () = shutdown.wait() => Ok(0),
             () = pipeline.idle() => Ok(0),
         };
-        let n = match read {
-            Ok(n) => n,
-            Err(error) => {
-                debug!(%error, "syslog connection read failed");
-                0
-            }
-        };
-        let mut output = DecodeOutput::default();
-        if n == 0 {
-            if let Some(last) = framer.finish() {
-                match last {
-                    Ok(message) => decode_syslog_one(&message, index, &ctx, &mut output),
-                    Err(error) => push_framing_error(&mut output, index, &error.to_string()),
+        let mut ended = !matches!(read, Ok(n) if n > 0);
+        if let Err(error) = &read {
+            debug!(%error, "syslog connection read failed");
+        }
+        let mut bytes = 0usize;
+        let mut messages = Vec::new();
+        if let Ok(n) = read
+            && n > 0
+        {
+            bytes += n;
+            frame_into(&mut framer, &buf[..n], &mut messages);
+        }
+        // Whatever else has arrived already goes in the same batch (one WAL write and
+        // fsync for many reads), up to a batch's worth.
+        while !ended && bytes < SYSLOG_BATCH_BYTES {
+            use futures_util::FutureExt;
+            match stream.read(&mut buf).now_or_never() {
+                None => break,
+                Some(Ok(n)) if n > 0 => {
+                    bytes += n;
+                    frame_into(&mut framer, &buf[..n], &mut messages);
                 }
-            }
-        } else {
-            metrics
-                .bytes
-                .get_or_create(&label("format", "syslog"))
-                .inc_by(n as u64);
-            framer.push(&buf[..n]);
-            while let Some(next) = framer.next_message() {
-                match next {
-                    Ok(message) => decode_syslog_one(&message, index, &ctx, &mut output),
-                    Err(error) => push_framing_error(&mut output, index, &error.to_string()),
-                }
-                index += 1;
+                Some(_) => ended = true,
             }
         }
-        if !output.records.is_empty() || !output.errors.is_empty() {
-            let reservation = pipeline.reserve(n.max(1)).await;
-            let source = BatchSource {
-                format: "syslog",
-                tenant: None,
-                batch_id: 0,
-            };
-            let result = pipeline.ingest_decoded(source, output).await;
-            drop(reservation);
-            if result.status == logcluster_proto::AckStatus::RetryLater {
-                warn!(error = %result.error, "syslog batch could not be stored; closing the connection so the sender retries");
+        if ended && let Some(last) = framer.finish() {
+            messages.push(last.map_err(|error| error.to_string()));
+        }
+        if !messages.is_empty() {
+            while storing.len() >= SYSLOG_IN_FLIGHT {
+                if !stored(storing.join_next().await) {
+                    return;
+                }
+            }
+            let reservation = pipeline.reserve(bytes.max(1)).await;
+            let pipeline = pipeline.clone();
+            storing.spawn(async move {
+                let source = BatchSource {
+                    format: "syslog",
+                    tenant: None,
+                    batch_id: 0,
+                };
+                let result = pipeline
+                    .ingest_listener_batch(source, bytes, move |_| {
+                        let ctx = DecodeContext::default();
+                        let mut output = DecodeOutput::default();
+                        for (index, message) in messages.into_iter().enumerate() {
+                            match message {
+                                Ok(message) => {
+                                    decode_syslog_one(&message, index, &ctx, &mut output)
+                                }
+                                Err(error) => push_framing_error(&mut output, index, &error),
+                            }
+                        }
+                        Ok(output)
+                    })
+                    .await;
+                drop(reservation);
+                result
+            });
+        }
+        // A batch that could not be stored closes the connection, so the sender retries.
+        while let Some(done) = storing.try_join_next() {
+            if !stored(Some(done)) {
                 return;
             }
         }
-        if n == 0 {
+        if ended {
+            while let Some(done) = storing.join_next().await {
+                stored(Some(done));
+            }
             return;
         }
+    }
+}
+
+/// Adds `chunk` of a syslog stream to `framer` and moves the messages it completes (or why
+/// one could not be framed) to `messages`.
+fn frame_into(
+    framer: &mut SyslogFramer,
+    chunk: &[u8],
+    messages: &mut Vec<Result<Vec<u8>, String>>,
+) {
+    framer.push(chunk);
+    while let Some(next) = framer.next_message() {
+        messages.push(next.map_err(|error| error.to_string()));
+    }
+}
+
+/// Whether a syslog batch's storing went well enough to read on (logs why not).
+fn stored(done: Option<Result<crate::pipeline::BatchResult, tokio::task::JoinError>>) -> bool {
+    match done {
+        Some(Ok(result)) if result.status == logcluster_proto::AckStatus::RetryLater => {
+            warn!(error = %result.error, "syslog batch could not be stored; closing the connection so the sender retries");
+            false
+        }
+        Some(Err(error)) => {
+            warn!(%error, "storing a syslog batch failed; closing the connection");
+            false
+        }
+        _ => true,
     }
 }
 

@@ -451,6 +451,35 @@ impl Pipeline {
     where
         F: FnOnce(&SchemaSet) -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
     {
+        self.ingest_on_blocking_thread(source, payload_len, true, decode)
+            .await
+    }
+
+    /// [`Pipeline::ingest_with`] for a batch a listener cut itself (a syslog stream): bounded
+    /// by its read size, never refused for its record count.
+    pub async fn ingest_listener_batch<F>(
+        self: &Arc<Self>,
+        source: BatchSource,
+        payload_len: usize,
+        decode: F,
+    ) -> BatchResult
+    where
+        F: FnOnce(&SchemaSet) -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
+    {
+        self.ingest_on_blocking_thread(source, payload_len, false, decode)
+            .await
+    }
+
+    async fn ingest_on_blocking_thread<F>(
+        self: &Arc<Self>,
+        source: BatchSource,
+        payload_len: usize,
+        client_batch: bool,
+        decode: F,
+    ) -> BatchResult
+    where
+        F: FnOnce(&SchemaSet) -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
+    {
         let started = Instant::now();
         self.metrics
             .bytes
@@ -464,7 +493,13 @@ impl Pipeline {
         let src = source.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let schemas = pipeline.schemas.current();
-            let decoded = decode(&schemas).and_then(|output| pipeline.within_limit(output));
+            let decoded = decode(&schemas).and_then(|output| {
+                if client_batch {
+                    pipeline.within_limit(output)
+                } else {
+                    Ok(output)
+                }
+            });
             decoded.map(|output| {
                 let mut prepared = pipeline.prepare(&src, output, &schemas);
                 if let Accepted::Entries(entries) = &mut prepared.accepted
