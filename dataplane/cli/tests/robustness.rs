@@ -267,6 +267,56 @@ async fn udp_garbage_is_counted_and_the_listener_keeps_working() -> anyhow::Resu
 }
 
 #[tokio::test]
+async fn every_udp_datagram_is_stored_or_counted_as_dropped_even_by_the_kernel()
+-> anyhow::Result<()> {
+    let node = TestNode::start(|_, _| {}).await?;
+    let process = node.process.as_ref().expect("running");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let target = ("127.0.0.1", node.port("udp"));
+    // While the node hangs, its socket's receive buffer fills and the kernel drops the rest.
+    process.sigstop()?;
+    let sent = 30_000u32;
+    let padding = "p".repeat(200);
+    for k in 0..sent {
+        let datagram = format!("{{\"service\":\"u\",\"message\":\"d{k} {padding}\"}}");
+        socket.send_to(datagram.as_bytes(), target).await?;
+    }
+    process.sigcont()?;
+    let counted = |metrics: &str| {
+        (
+            metric_sum(
+                metrics,
+                "logcluster_ingest_entries_total",
+                &["format=\"json\""],
+            ),
+            metric_sum(metrics, "logcluster_ingest_udp_drops_total", &[]),
+            metric_sum(
+                metrics,
+                "logcluster_ingest_udp_drops_total",
+                &["socket_buffer"],
+            ),
+        )
+    };
+    let (stored, dropped, by_kernel) = common::eventually(
+        "every datagram to be stored or counted as dropped",
+        std::time::Duration::from_secs(30),
+        || async {
+            let metrics = node.metrics().await.ok()?;
+            let (stored, dropped, by_kernel) = counted(&metrics);
+            (stored + dropped == f64::from(sent)).then_some((stored, dropped, by_kernel))
+        },
+    )
+    .await?;
+    assert!(
+        stored > 0.0 && by_kernel > 0.0,
+        "{stored} {dropped} {by_kernel}"
+    );
+    let items = node.query_all("default").await?;
+    assert_eq!(items.len() as f64, stored);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Result<()> {
     // Tiny records: the frames are small in bytes, large in entries.
     let node = TestNode::start(|raw, _| raw.ingest.max_batch_records = 1000).await?;

@@ -42,6 +42,11 @@ impl UdpKind {
 /// Largest batch handed to the pipeline at once from UDP.
 const UDP_BATCH_ENTRIES: usize = 4096;
 const UDP_QUEUE_DATAGRAMS: usize = 8192;
+/// UDP batches being stored at once while the next is gathered.
+const UDP_IN_FLIGHT: usize = 4;
+/// The receive buffer asked for a UDP socket (the kernel caps it at `net.core.rmem_max`):
+/// datagrams that arrive while the listener is busy wait there instead of being dropped.
+const UDP_RECEIVE_BUFFER: usize = 8 * 1024 * 1024;
 
 fn decode_syslog_one(bytes: &[u8], index: usize, ctx: &DecodeContext, output: &mut DecodeOutput) {
     match decode::decode_syslog_message(bytes, ctx) {
@@ -63,9 +68,21 @@ pub async fn run_udp(
     pipeline: Arc<Pipeline>,
     shutdown: Shutdown,
 ) {
+    let listener = kind.name();
+    let sock = socket2::SockRef::from(&socket);
+    if let Err(error) = sock.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        warn!(%error, listener, "could not enlarge the UDP receive buffer");
+    }
+    info!(
+        listener,
+        receive_buffer = sock.recv_buffer_size().unwrap_or(0),
+        "udp listener receiving (raise net.core.rmem_max for a larger buffer)"
+    );
+    let kernel_drops = KernelDrops::of(&socket);
     let (tx, mut rx) = mpsc::channel::<(DecodeOutput, Reservation)>(UDP_QUEUE_DATAGRAMS);
     let batch_pipeline = pipeline.clone();
     let batcher = tokio::spawn(async move {
+        let mut storing = tokio::task::JoinSet::new();
         while let Some((first, reservation)) = rx.recv().await {
             let mut output = first;
             let mut reservations = vec![reservation];
@@ -88,20 +105,34 @@ pub async fn run_udp(
                 tenant: None,
                 batch_id: 0,
             };
-            let result = batch_pipeline.ingest_decoded(source, output).await;
-            if result.status == logcluster_proto::AckStatus::RetryLater {
-                warn!(error = %result.error, "udp batch could not be stored");
+            while storing.len() >= UDP_IN_FLIGHT {
+                storing.join_next().await;
             }
-            drop(reservations);
+            let pipeline = batch_pipeline.clone();
+            storing.spawn(async move {
+                // Bytes were counted as the datagrams came.
+                let result = pipeline
+                    .ingest_listener_batch(source, 0, move |_| Ok(output))
+                    .await;
+                if result.status == logcluster_proto::AckStatus::RetryLater {
+                    warn!(error = %result.error, "udp batch could not be stored");
+                }
+                drop(reservations);
+            });
         }
+        while storing.join_next().await.is_some() {}
     });
     let metrics = pipeline.metrics().clone();
-    let listener = kind.name();
     let ctx = DecodeContext::default();
     let mut buf = vec![0u8; 65_536];
+    let mut drops_checked = tokio::time::interval(Duration::from_secs(1));
     loop {
         let received = tokio::select! {
             received = socket.recv_from(&mut buf) => received,
+            _ = drops_checked.tick() => {
+                kernel_drops.count(&metrics, listener);
+                continue;
+            }
             () = shutdown.wait() => break,
         };
         let (len, _peer) = match received {
@@ -164,9 +195,66 @@ pub async fn run_udp(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
+    kernel_drops.count(&metrics, listener);
     drop(tx);
     let _ = batcher.await;
     info!(listener, "udp listener stopped");
+}
+
+/// Datagrams the kernel dropped because a UDP socket's receive buffer was full: the `drops`
+/// column of the socket's line in `/proc/self/net/udp` (or `udp6`), found by its inode.
+struct KernelDrops {
+    inode: Option<u64>,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl KernelDrops {
+    fn of(socket: &UdpSocket) -> KernelDrops {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+            .ok()
+            .map(|m| m.ino());
+        KernelDrops {
+            inode,
+            seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The socket's drop count now, if the kernel says.
+    fn read(&self) -> Option<u64> {
+        let inode = self.inode?.to_string();
+        ["/proc/self/net/udp", "/proc/self/net/udp6"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .find_map(|table| {
+                table.lines().skip(1).find_map(|line| {
+                    let columns: Vec<&str> = line.split_whitespace().collect();
+                    (columns.get(9) == Some(&inode.as_str()))
+                        .then(|| columns.last()?.parse().ok())
+                        .flatten()
+                })
+            })
+    }
+
+    /// Adds the drops since the last look to `udp_drops{reason="socket_buffer"}`.
+    fn count(&self, metrics: &crate::metrics::IngestMetrics, listener: &str) {
+        let Some(now) = self.read() else {
+            return;
+        };
+        let before = self.seen.swap(now, std::sync::atomic::Ordering::Relaxed);
+        let new = now.saturating_sub(before);
+        if new > 0 {
+            metrics
+                .udp_drops
+                .get_or_create(&labels2("listener", listener, "reason", "socket_buffer"))
+                .inc_by(new);
+            metrics
+                .totals
+                .dropped
+                .fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Syslog over TCP (plain) or TLS (when `acceptor` is set), RFC 6587 framing auto-detected.
