@@ -293,7 +293,7 @@ async fn every_udp_datagram_is_stored_or_counted_as_dropped_even_by_the_kernel()
             metric_sum(
                 metrics,
                 "logcluster_ingest_udp_drops_total",
-                &["socket_buffer"],
+                &["reason=\"kernel\""],
             ),
         )
     };

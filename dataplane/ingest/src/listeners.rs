@@ -2,8 +2,9 @@
 //!
 //! UDP is lossy by nature: when the pipeline's byte budget or the batching queue is full a
 //! datagram is dropped and counted (`logcluster_ingest_udp_drops`), never queued without
-//! bound. TCP syslog reads the next chunk only after the previous one is durable, so a slow
-//! disk slows the sender (backpressure) instead of dropping.
+//! bound; so are those the kernel drops and those storage refuses. TCP syslog reserves what
+//! it reads in the byte budget and keeps at most a few batches of a connection in flight, so
+//! a slow disk slows the sender (backpressure) instead of dropping.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +79,7 @@ pub async fn run_udp(
         receive_buffer = sock.recv_buffer_size().unwrap_or(0),
         "udp listener receiving (raise net.core.rmem_max for a larger buffer)"
     );
-    let kernel_drops = KernelDrops::of(&socket);
+    let kernel_drops = Arc::new(KernelDrops::of(&socket));
     let (tx, mut rx) = mpsc::channel::<(DecodeOutput, Reservation)>(UDP_QUEUE_DATAGRAMS);
     let batch_pipeline = pipeline.clone();
     let batcher = tokio::spawn(async move {
@@ -115,7 +116,13 @@ pub async fn run_udp(
                     .ingest_listener_batch(source, 0, move |_| Ok(output))
                     .await;
                 if result.status == logcluster_proto::AckStatus::RetryLater {
-                    warn!(error = %result.error, "udp batch could not be stored");
+                    warn!(error = %result.error, "udp batch could not be stored; its datagrams are dropped");
+                    count_udp_drops(
+                        pipeline.metrics(),
+                        kind.name(),
+                        "storage",
+                        reservations.len() as u64,
+                    );
                 }
                 drop(reservations);
             });
@@ -126,37 +133,14 @@ pub async fn run_udp(
     let ctx = DecodeContext::default();
     let mut buf = vec![0u8; 65_536];
     let mut drops_checked = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let received = tokio::select! {
-            received = socket.recv_from(&mut buf) => received,
-            _ = drops_checked.tick() => {
-                kernel_drops.count(&metrics, listener);
-                continue;
-            }
-            () = shutdown.wait() => break,
-        };
-        let (len, _peer) = match received {
-            Ok(pair) => pair,
-            Err(error) => {
-                debug!(%error, "udp receive failed");
-                continue;
-            }
-        };
-        let datagram = &buf[..len];
+    let take = |datagram: &[u8]| {
         metrics
             .bytes
             .get_or_create(&label("format", listener))
-            .inc_by(len as u64);
-        let Some(reservation) = pipeline.try_reserve(len) else {
-            metrics
-                .udp_drops
-                .get_or_create(&labels2("listener", listener, "reason", "memory_budget"))
-                .inc();
-            metrics
-                .totals
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            continue;
+            .inc_by(datagram.len() as u64);
+        let Some(reservation) = pipeline.try_reserve(datagram.len()) else {
+            count_udp_drops(&metrics, listener, "memory_budget", 1);
+            return;
         };
         let output = match kind {
             UdpKind::Json => match decode::decode_payload(Format::Json, datagram, &ctx) {
@@ -171,7 +155,7 @@ pub async fn run_udp(
                             error.reason().label(),
                         ))
                         .inc();
-                    continue;
+                    return;
                 }
             },
             UdpKind::Syslog => {
@@ -185,15 +169,28 @@ pub async fn run_udp(
                 mpsc::error::TrySendError::Full(_) => "queue_full",
                 mpsc::error::TrySendError::Closed(_) => "shutting_down",
             };
-            metrics
-                .udp_drops
-                .get_or_create(&labels2("listener", listener, "reason", reason))
-                .inc();
-            metrics
-                .totals
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            count_udp_drops(&metrics, listener, reason, 1);
         }
+    };
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buf) => received,
+            _ = drops_checked.tick() => {
+                // A file read: off the runtime's threads.
+                let (drops, metrics) = (kernel_drops.clone(), metrics.clone());
+                tokio::task::spawn_blocking(move || drops.count(&metrics, listener));
+                continue;
+            }
+            () = shutdown.wait() => break,
+        };
+        match received {
+            Ok((len, _peer)) => take(&buf[..len]),
+            Err(error) => debug!(%error, "udp receive failed"),
+        }
+    }
+    // What the socket holds already is taken too, then the kernel's last count.
+    while let Ok((len, _peer)) = socket.try_recv_from(&mut buf) {
+        take(&buf[..len]);
     }
     kernel_drops.count(&metrics, listener);
     drop(tx);
@@ -201,7 +198,24 @@ pub async fn run_udp(
     info!(listener, "udp listener stopped");
 }
 
-/// Datagrams the kernel dropped because a UDP socket's receive buffer was full: the `drops`
+/// Counts `datagrams` dropped for `reason` (`logcluster_ingest_udp_drops`).
+fn count_udp_drops(
+    metrics: &crate::metrics::IngestMetrics,
+    listener: &str,
+    reason: &str,
+    datagrams: u64,
+) {
+    metrics
+        .udp_drops
+        .get_or_create(&labels2("listener", listener, "reason", reason))
+        .inc_by(datagrams);
+    metrics
+        .totals
+        .dropped
+        .fetch_add(datagrams, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Datagrams the kernel dropped for a UDP socket (its receive buffer was full, mostly): the `drops`
 /// column of the socket's line in `/proc/self/net/udp` (or `udp6`), found by its inode.
 struct KernelDrops {
     inode: Option<u64>,
@@ -237,7 +251,7 @@ impl KernelDrops {
             })
     }
 
-    /// Adds the drops since the last look to `udp_drops{reason="socket_buffer"}`.
+    /// Adds the drops since the last look to `udp_drops{reason="kernel"}`.
     fn count(&self, metrics: &crate::metrics::IngestMetrics, listener: &str) {
         let Some(now) = self.read() else {
             return;
@@ -245,14 +259,7 @@ impl KernelDrops {
         let before = self.seen.swap(now, std::sync::atomic::Ordering::Relaxed);
         let new = now.saturating_sub(before);
         if new > 0 {
-            metrics
-                .udp_drops
-                .get_or_create(&labels2("listener", listener, "reason", "socket_buffer"))
-                .inc_by(new);
-            metrics
-                .totals
-                .dropped
-                .fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+            count_udp_drops(metrics, listener, "kernel", new);
         }
     }
 }
@@ -322,14 +329,21 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
     max_message: usize,
     shutdown: Shutdown,
 ) {
+    let metrics = pipeline.metrics().clone();
     let mut framer = SyslogFramer::new(max_message);
     let mut buf = vec![0u8; 64 * 1024];
     let mut storing = tokio::task::JoinSet::new();
-    loop {
-        // Idle for `ingest.idleTimeout`: closed like an end of stream (an unfinished
-        // last line is stored).
+    let mut failed = false;
+    while !failed {
+        // Idle for `ingest.idleTimeout`: closed like an end of stream (an unfinished last
+        // line is stored). A batch that could not be stored ends the connection at once, so
+        // the sender retries: nothing more is read.
         let read = tokio::select! {
             read = stream.read(&mut buf) => read,
+            Some(done) = storing.join_next(), if !storing.is_empty() => {
+                failed = !stored(done);
+                continue;
+            }
             () = shutdown.wait() => Ok(0),
             () = pipeline.idle() => Ok(0),
         };
@@ -338,36 +352,49 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
             debug!(%error, "syslog connection read failed");
         }
         let mut bytes = 0usize;
+        let mut reservations = Vec::new();
         let mut messages = Vec::new();
         if let Ok(n) = read
             && n > 0
         {
+            // Read, then reserved (waiting for room: backpressure), as framed payloads.
+            reservations.push(pipeline.reserve(n).await);
             bytes += n;
             frame_into(&mut framer, &buf[..n], &mut messages);
         }
         // Whatever else has arrived already goes in the same batch (one WAL write and
-        // fsync for many reads), up to a batch's worth.
+        // fsync for many reads), up to a batch's worth, as long as the budget has room.
         while !ended && bytes < SYSLOG_BATCH_BYTES {
             use futures_util::FutureExt;
+            let Some(room) = pipeline.try_reserve(buf.len()) else {
+                break;
+            };
             match stream.read(&mut buf).now_or_never() {
                 None => break,
                 Some(Ok(n)) if n > 0 => {
+                    reservations.push(room);
                     bytes += n;
                     frame_into(&mut framer, &buf[..n], &mut messages);
                 }
                 Some(_) => ended = true,
             }
         }
+        metrics
+            .bytes
+            .get_or_create(&label("format", "syslog"))
+            .inc_by(bytes as u64);
         if ended && let Some(last) = framer.finish() {
             messages.push(last.map_err(|error| error.to_string()));
         }
         if !messages.is_empty() {
             while storing.len() >= SYSLOG_IN_FLIGHT {
-                if !stored(storing.join_next().await) {
-                    return;
+                if let Some(done) = storing.join_next().await {
+                    failed |= !stored(done);
                 }
             }
-            let reservation = pipeline.reserve(bytes.max(1)).await;
+            if failed {
+                break;
+            }
             let pipeline = pipeline.clone();
             storing.spawn(async move {
                 let source = BatchSource {
@@ -375,8 +402,9 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
                     tenant: None,
                     batch_id: 0,
                 };
+                // Bytes were counted as they were read.
                 let result = pipeline
-                    .ingest_listener_batch(source, bytes, move |_| {
+                    .ingest_listener_batch(source, 0, move |_| {
                         let ctx = DecodeContext::default();
                         let mut output = DecodeOutput::default();
                         for (index, message) in messages.into_iter().enumerate() {
@@ -390,22 +418,33 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
                         Ok(output)
                     })
                     .await;
-                drop(reservation);
+                drop(reservations);
                 result
             });
         }
-        // A batch that could not be stored closes the connection, so the sender retries.
-        while let Some(done) = storing.try_join_next() {
-            if !stored(Some(done)) {
-                return;
-            }
-        }
         if ended {
-            while let Some(done) = storing.join_next().await {
-                stored(Some(done));
-            }
-            return;
+            break;
         }
+    }
+    // The batches already handed over finish (none is cut off halfway).
+    while let Some(done) = storing.join_next().await {
+        stored(done);
+    }
+}
+
+/// Whether a syslog batch was stored (logs why not): if not, the connection is closed so
+/// the sender retries.
+fn stored(done: Result<crate::pipeline::BatchResult, tokio::task::JoinError>) -> bool {
+    match done {
+        Ok(result) if result.status == logcluster_proto::AckStatus::RetryLater => {
+            warn!(error = %result.error, "syslog batch could not be stored; closing the connection so the sender retries");
+            false
+        }
+        Err(error) => {
+            warn!(%error, "storing a syslog batch failed; closing the connection");
+            false
+        }
+        Ok(_) => true,
     }
 }
 
@@ -419,21 +458,6 @@ fn frame_into(
     framer.push(chunk);
     while let Some(next) = framer.next_message() {
         messages.push(next.map_err(|error| error.to_string()));
-    }
-}
-
-/// Whether a syslog batch's storing went well enough to read on (logs why not).
-fn stored(done: Option<Result<crate::pipeline::BatchResult, tokio::task::JoinError>>) -> bool {
-    match done {
-        Some(Ok(result)) if result.status == logcluster_proto::AckStatus::RetryLater => {
-            warn!(error = %result.error, "syslog batch could not be stored; closing the connection so the sender retries");
-            false
-        }
-        Some(Err(error)) => {
-            warn!(%error, "storing a syslog batch failed; closing the connection");
-            false
-        }
-        _ => true,
     }
 }
 

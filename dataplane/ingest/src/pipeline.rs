@@ -539,20 +539,9 @@ impl Pipeline {
         }
     }
 
-    /// Ingests records that a listener already decoded (UDP, syslog).
-    pub async fn ingest_decoded(
-        self: &Arc<Self>,
-        source: BatchSource,
-        output: DecodeOutput,
-    ) -> BatchResult {
-        let started = Instant::now();
-        let prepared = self.prepare(&source, output, &self.schemas.current());
-        self.commit(source, prepared, started).await
-    }
-
     /// The check of `ingest.maxBatchRecords` for batches a client cut (frames, HTTP bodies,
     /// compatible APIs; decoders of framed payloads stop at it already). Batches the UDP and
-    /// syslog listeners make themselves ([`Pipeline::ingest_decoded`]) are bounded by their
+    /// syslog listeners make themselves ([`Pipeline::ingest_listener_batch`]) are bounded by their
     /// read size instead, and are never refused for their count.
     fn within_limit(&self, output: DecodeOutput) -> Result<DecodeOutput, (RejectReason, String)> {
         if output.len() > self.max_batch_records {
