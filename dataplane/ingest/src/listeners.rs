@@ -113,7 +113,7 @@ pub async fn run_udp(
             storing.spawn(async move {
                 // Bytes were counted as the datagrams came.
                 let result = pipeline
-                    .ingest_listener_batch(source, 0, move |_| Ok(output))
+                    .ingest_on_blocking_thread(source, 0, false, move |_| Ok(output))
                     .await;
                 if result.status == logcluster_proto::AckStatus::RetryLater {
                     warn!(error = %result.error, "udp batch could not be stored; its datagrams are dropped");
@@ -404,7 +404,7 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
                 };
                 // Bytes were counted as they were read.
                 let result = pipeline
-                    .ingest_listener_batch(source, 0, move |_| {
+                    .ingest_on_blocking_thread(source, 0, false, move |_| {
                         let ctx = DecodeContext::default();
                         let mut output = DecodeOutput::default();
                         for (index, message) in messages.into_iter().enumerate() {

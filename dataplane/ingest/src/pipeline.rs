@@ -455,22 +455,10 @@ impl Pipeline {
             .await
     }
 
-    /// [`Pipeline::ingest_with`] for a batch a listener cut itself (a syslog stream): bounded
-    /// by its read size, never refused for its record count.
-    pub async fn ingest_listener_batch<F>(
-        self: &Arc<Self>,
-        source: BatchSource,
-        payload_len: usize,
-        decode: F,
-    ) -> BatchResult
-    where
-        F: FnOnce(&SchemaSet) -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
-    {
-        self.ingest_on_blocking_thread(source, payload_len, false, decode)
-            .await
-    }
-
-    async fn ingest_on_blocking_thread<F>(
+    /// [`Pipeline::ingest_with`]; `client_batch: false` for a batch a listener cut itself
+    /// (UDP, a syslog stream), bounded by its read size and never refused for its record
+    /// count.
+    pub(crate) async fn ingest_on_blocking_thread<F>(
         self: &Arc<Self>,
         source: BatchSource,
         payload_len: usize,
@@ -541,7 +529,7 @@ impl Pipeline {
 
     /// The check of `ingest.maxBatchRecords` for batches a client cut (frames, HTTP bodies,
     /// compatible APIs; decoders of framed payloads stop at it already). Batches the UDP and
-    /// syslog listeners make themselves ([`Pipeline::ingest_listener_batch`]) are bounded by their
+    /// syslog listeners make themselves (`Pipeline::ingest_on_blocking_thread` with `client_batch: false`) are bounded by their
     /// read size instead, and are never refused for their count.
     fn within_limit(&self, output: DecodeOutput) -> Result<DecodeOutput, (RejectReason, String)> {
         if output.len() > self.max_batch_records {
