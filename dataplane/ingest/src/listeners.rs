@@ -80,27 +80,22 @@ pub async fn run_udp(
         "udp listener receiving (raise net.core.rmem_max for a larger buffer)"
     );
     let kernel_drops = Arc::new(KernelDrops::of(&socket));
-    let (tx, mut rx) = mpsc::channel::<(DecodeOutput, Reservation)>(UDP_QUEUE_DATAGRAMS);
+    // Datagrams go to the batcher as received; they are parsed with their batch on the
+    // blocking pool, so the receiving task only empties the socket.
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Reservation)>(UDP_QUEUE_DATAGRAMS);
     let batch_pipeline = pipeline.clone();
     let batcher = tokio::spawn(async move {
         let mut storing = tokio::task::JoinSet::new();
-        while let Some((first, reservation)) = rx.recv().await {
-            let mut output = first;
-            let mut reservations = vec![reservation];
-            while output.records.len() < UDP_BATCH_ENTRIES {
+        while let Some(first) = rx.recv().await {
+            let mut datagrams = vec![first];
+            while datagrams.len() < UDP_BATCH_ENTRIES {
                 match rx.try_recv() {
-                    Ok((more, reservation)) => {
-                        let offset = output.records.len() + output.errors.len();
-                        output.records.extend(more.records);
-                        output.errors.extend(more.errors.into_iter().map(|mut e| {
-                            e.index += offset;
-                            e
-                        }));
-                        reservations.push(reservation);
-                    }
+                    Ok(more) => datagrams.push(more),
                     Err(_) => break,
                 }
             }
+            let (datagrams, reservations): (Vec<Vec<u8>>, Vec<Reservation>) =
+                datagrams.into_iter().unzip();
             let source = BatchSource {
                 format: kind.name(),
                 tenant: None,
@@ -112,8 +107,11 @@ pub async fn run_udp(
             let pipeline = batch_pipeline.clone();
             storing.spawn(async move {
                 // Bytes were counted as the datagrams came.
+                let metrics = pipeline.metrics().clone();
                 let result = pipeline
-                    .ingest_on_blocking_thread(source, 0, false, move |_| Ok(output))
+                    .ingest_on_blocking_thread(source, 0, false, move |_| {
+                        Ok(decode_datagrams(kind, &datagrams, &metrics))
+                    })
                     .await;
                 if result.status == logcluster_proto::AckStatus::RetryLater {
                     warn!(error = %result.error, "udp batch could not be stored; its datagrams are dropped");
@@ -130,7 +128,6 @@ pub async fn run_udp(
         while storing.join_next().await.is_some() {}
     });
     let metrics = pipeline.metrics().clone();
-    let ctx = DecodeContext::default();
     let mut buf = vec![0u8; 65_536];
     let mut drops_checked = tokio::time::interval(Duration::from_secs(1));
     let take = |datagram: &[u8]| {
@@ -142,29 +139,7 @@ pub async fn run_udp(
             count_udp_drops(&metrics, listener, "memory_budget", 1);
             return;
         };
-        let output = match kind {
-            UdpKind::Json => match decode::decode_payload(Format::Json, datagram, &ctx) {
-                Ok(output) => output,
-                Err(error) => {
-                    metrics
-                        .rejected
-                        .get_or_create(&labels2(
-                            "format",
-                            listener,
-                            "reason",
-                            error.reason().label(),
-                        ))
-                        .inc();
-                    return;
-                }
-            },
-            UdpKind::Syslog => {
-                let mut output = DecodeOutput::default();
-                decode_syslog_one(datagram, 0, &ctx, &mut output);
-                output
-            }
-        };
-        if let Err(error) = tx.try_send((output, reservation)) {
+        if let Err(error) = tx.try_send((datagram.to_vec(), reservation)) {
             let reason = match error {
                 mpsc::error::TrySendError::Full(_) => "queue_full",
                 mpsc::error::TrySendError::Closed(_) => "shutting_down",
@@ -196,6 +171,47 @@ pub async fn run_udp(
     drop(tx);
     let _ = batcher.await;
     info!(listener, "udp listener stopped");
+}
+
+/// The records of a batch of datagrams, one payload each: a JSON datagram that does not
+/// decode is counted as rejected (by reason) and left out, a syslog one is a record error.
+fn decode_datagrams(
+    kind: UdpKind,
+    datagrams: &[Vec<u8>],
+    metrics: &crate::metrics::IngestMetrics,
+) -> DecodeOutput {
+    let ctx = DecodeContext::default();
+    let mut output = DecodeOutput::default();
+    for datagram in datagrams {
+        match kind {
+            UdpKind::Json => match decode::decode_payload(Format::Json, datagram, &ctx) {
+                Ok(more) => {
+                    let offset = output.records.len() + output.errors.len();
+                    output.records.extend(more.records);
+                    output.errors.extend(more.errors.into_iter().map(|mut e| {
+                        e.index += offset;
+                        e
+                    }));
+                }
+                Err(error) => {
+                    metrics
+                        .rejected
+                        .get_or_create(&labels2(
+                            "format",
+                            kind.name(),
+                            "reason",
+                            error.reason().label(),
+                        ))
+                        .inc();
+                }
+            },
+            UdpKind::Syslog => {
+                let index = output.records.len() + output.errors.len();
+                decode_syslog_one(datagram, index, &ctx, &mut output);
+            }
+        }
+    }
+    output
 }
 
 /// Counts `datagrams` dropped for `reason` (`logcluster_ingest_udp_drops`).
