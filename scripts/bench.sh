@@ -7,8 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bench="${1:-/tmp/bench}"
-[ -d "$bench" ] || cp -r "$root/../shared/bench" "$bench"
-[ -f "$bench/data/logs.ndjson" ] || python3 "$bench/scripts/gen_logs.py" --lines 1000000 --seed 42 --out "$bench/data"
+source "$root/scripts/bench_data.sh"
 # NO_BUILD=1: use the existing binary (e.g. repeated runs while the tree is being edited)
 source "$root/scripts/bench_node.sh"
 echo "== JSON over TLS (1M lines of logs.ndjson, framed, 2 connections, batches of 2000)"

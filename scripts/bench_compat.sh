@@ -6,8 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bench="${1:-/tmp/bench}"
 lines="${2:-200000}"
-[ -d "$bench" ] || cp -r "$root/../shared/bench" "$bench"
-[ -f "$bench/data/logs.ndjson" ] || python3 "$bench/scripts/gen_logs.py" --lines 1000000 --seed 42 --out "$bench/data"
+source "$root/scripts/bench_data.sh"
 py="$root/target/pyenv/bin/python"
 [ -x "$py" ] || { python3 -m venv "$root/target/pyenv"; "$root/target/pyenv/bin/pip" install -q -r "$root/scripts/python-requirements.txt"; }
 "$py" -c 'import cramjam' 2>/dev/null || "$root/target/pyenv/bin/pip" install -q cramjam

@@ -9,8 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bench="${1:-/tmp/bench}"
 runs="${2:-3}"
-[ -d "$bench" ] || cp -r "$root/../shared/bench" "$bench"
-[ -f "$bench/data/logs.syslog" ] || python3 "$bench/scripts/gen_logs.py" --lines 1000000 --seed 42 --out "$bench/data"
+source "$root/scripts/bench_data.sh"
 want=$(wc -l < "$bench/data/logs.syslog")
 entries() {
     curl -s "http://127.0.0.1:$http/metrics" |
