@@ -244,6 +244,9 @@ async fn udp_garbage_is_counted_and_the_listener_keeps_working() -> anyhow::Resu
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let target = ("127.0.0.1", node.port("udp"));
     socket.send_to(b"\xff\xfe\x00 not json", target).await?;
+    // Datagrams without a record are refused too, not silently taken.
+    socket.send_to(b"[]", target).await?;
+    socket.send_to(b" \n ", target).await?;
     socket
         .send_to(
             b"{\"service\":\"u\",\"message\":\"valid after garbage\"}",
@@ -256,8 +259,8 @@ async fn udp_garbage_is_counted_and_the_listener_keeps_working() -> anyhow::Resu
     .await?;
     // Datagrams are parsed with their batch, and batches are stored side by side: the
     // garbage's may be counted a moment after the valid one is stored.
-    common::eventually(
-        "the garbage datagram to be counted as rejected",
+    let metrics = common::eventually(
+        "the garbage and the empty datagrams to be counted as rejected",
         std::time::Duration::from_secs(20),
         || async {
             let metrics = node.metrics().await.ok()?;
@@ -265,11 +268,24 @@ async fn udp_garbage_is_counted_and_the_listener_keeps_working() -> anyhow::Resu
                 &metrics,
                 "logcluster_ingest_rejected_total",
                 &["format=\"json\""],
-            ) >= 1.0)
-                .then_some(())
+            ) >= 3.0)
+                .then_some(metrics)
         },
     )
     .await?;
+    let rejected = |reason: &str| {
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["format=\"json\"", &format!("reason=\"{reason}\"")],
+        )
+    };
+    assert_eq!((rejected("invalid_utf8"), rejected("empty")), (1.0, 2.0));
+    // Rejected, not also dropped.
+    assert_eq!(
+        metric_sum(&metrics, "logcluster_ingest_udp_drops_total", &[]),
+        0.0
+    );
     Ok(())
 }
 
@@ -285,7 +301,12 @@ async fn every_udp_datagram_is_stored_or_counted_as_dropped_even_by_the_kernel()
     let sent = 30_000u32;
     let padding = "p".repeat(200);
     for k in 0..sent {
-        let datagram = format!("{{\"service\":\"u\",\"message\":\"d{k} {padding}\"}}");
+        // Some garbage among them: rejected (or dropped by the kernel), never both.
+        let datagram = if k % 1000 == 7 {
+            format!("not json {padding}")
+        } else {
+            format!("{{\"service\":\"u\",\"message\":\"d{k} {padding}\"}}")
+        };
         socket.send_to(datagram.as_bytes(), target).await?;
     }
     process.sigcont()?;
@@ -302,22 +323,33 @@ async fn every_udp_datagram_is_stored_or_counted_as_dropped_even_by_the_kernel()
                 "logcluster_ingest_udp_drops_total",
                 &["reason=\"kernel\""],
             ),
+            metric_sum(
+                metrics,
+                "logcluster_ingest_rejected_total",
+                &["format=\"json\""],
+            ),
         )
     };
-    let (stored, dropped, by_kernel) = common::eventually(
-        "every datagram to be stored or counted as dropped",
+    let all_counted = |(stored, dropped, _, rejected): (f64, f64, f64, f64)| {
+        stored + dropped + rejected == f64::from(sent)
+    };
+    let (stored, dropped, by_kernel, rejected) = common::eventually(
+        "every datagram to be stored or counted as dropped or rejected",
         std::time::Duration::from_secs(30),
         || async {
-            let metrics = node.metrics().await.ok()?;
-            let (stored, dropped, by_kernel) = counted(&metrics);
-            (stored + dropped == f64::from(sent)).then_some((stored, dropped, by_kernel))
+            let counts = counted(&node.metrics().await.ok()?);
+            all_counted(counts).then_some(counts)
         },
     )
     .await?;
     assert!(
-        stored > 0.0 && by_kernel > 0.0,
-        "{stored} {dropped} {by_kernel}"
+        stored > 0.0 && by_kernel > 0.0 && rejected > 0.0,
+        "{stored} {dropped} {by_kernel} {rejected}"
     );
+    // And no datagram is counted twice later (the kernel count is read every second).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let later = counted(&node.metrics().await?);
+    assert!(all_counted(later), "{later:?}");
     let items = node.query_all("default").await?;
     assert_eq!(items.len() as f64, stored);
     Ok(())

@@ -40,8 +40,10 @@ impl UdpKind {
     }
 }
 
-/// Largest batch handed to the pipeline at once from UDP.
+/// Largest batch handed to the pipeline at once from UDP, in datagrams and in bytes (a JSON
+/// datagram may hold many NDJSON records).
 const UDP_BATCH_ENTRIES: usize = 4096;
+const UDP_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const UDP_QUEUE_DATAGRAMS: usize = 8192;
 /// UDP batches being stored at once while the next is gathered.
 const UDP_IN_FLIGHT: usize = 4;
@@ -87,10 +89,14 @@ pub async fn run_udp(
     let batcher = tokio::spawn(async move {
         let mut storing = tokio::task::JoinSet::new();
         while let Some(first) = rx.recv().await {
+            let mut bytes = first.0.len();
             let mut datagrams = vec![first];
-            while datagrams.len() < UDP_BATCH_ENTRIES {
+            while datagrams.len() < UDP_BATCH_ENTRIES && bytes < UDP_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(more) => datagrams.push(more),
+                    Ok(more) => {
+                        bytes += more.0.len();
+                        datagrams.push(more);
+                    }
                     Err(_) => break,
                 }
             }
@@ -108,9 +114,15 @@ pub async fn run_udp(
             storing.spawn(async move {
                 // Bytes were counted as the datagrams came.
                 let metrics = pipeline.metrics().clone();
+                // Datagrams that decoded to records: those are what a failed store drops
+                // (the others were counted as rejected already).
+                let with_records = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let decoded = with_records.clone();
                 let result = pipeline
                     .ingest_on_blocking_thread(source, 0, false, move |_| {
-                        Ok(decode_datagrams(kind, &datagrams, &metrics))
+                        let (output, with_records) = decode_datagrams(kind, &datagrams, &metrics);
+                        decoded.store(with_records, std::sync::atomic::Ordering::Relaxed);
+                        Ok(output)
                     })
                     .await;
                 if result.status == logcluster_proto::AckStatus::RetryLater {
@@ -119,7 +131,7 @@ pub async fn run_udp(
                         pipeline.metrics(),
                         kind.name(),
                         "storage",
-                        reservations.len() as u64,
+                        with_records.load(std::sync::atomic::Ordering::Relaxed),
                     );
                 }
                 drop(reservations);
@@ -163,28 +175,50 @@ pub async fn run_udp(
             Err(error) => debug!(%error, "udp receive failed"),
         }
     }
-    // What the socket holds already is taken too, then the kernel's last count.
-    while let Ok((len, _peer)) = socket.try_recv_from(&mut buf) {
-        take(&buf[..len]);
+    // What the socket holds already is taken too (a real non-blocking read until the kernel
+    // says there is nothing: tokio's `try_recv_from` trusts its readiness flag), then the
+    // kernel's last count, and the socket is closed before the last batches are stored, so
+    // nothing waits in it uncounted.
+    match socket.into_std() {
+        Ok(socket) => {
+            while let Ok((len, _peer)) = socket.recv_from(&mut buf) {
+                take(&buf[..len]);
+            }
+            kernel_drops.count(&metrics, listener);
+        }
+        Err(error) => warn!(%error, listener, "could not drain the udp socket at shutdown"),
     }
-    kernel_drops.count(&metrics, listener);
     drop(tx);
     let _ = batcher.await;
     info!(listener, "udp listener stopped");
 }
 
-/// The records of a batch of datagrams, one payload each: a JSON datagram that does not
-/// decode is counted as rejected (by reason) and left out, a syslog one is a record error.
+/// The records of a batch of datagrams, one payload each, and how many datagrams gave
+/// records: a JSON datagram that does not decode, or holds no record, is counted as rejected
+/// (by reason) and left out, a syslog one is a record error.
 fn decode_datagrams(
     kind: UdpKind,
     datagrams: &[Vec<u8>],
     metrics: &crate::metrics::IngestMetrics,
-) -> DecodeOutput {
+) -> (DecodeOutput, u64) {
     let ctx = DecodeContext::default();
     let mut output = DecodeOutput::default();
+    let mut with_records = 0;
+    let reject = |reason: &str| {
+        metrics
+            .rejected
+            .get_or_create(&labels2("format", kind.name(), "reason", reason))
+            .inc();
+        metrics
+            .totals
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
     for datagram in datagrams {
+        let records = output.records.len();
         match kind {
             UdpKind::Json => match decode::decode_payload(Format::Json, datagram, &ctx) {
+                Ok(more) if more.records.is_empty() && more.errors.is_empty() => reject("empty"),
                 Ok(more) => {
                     let offset = output.records.len() + output.errors.len();
                     output.records.extend(more.records);
@@ -193,25 +227,18 @@ fn decode_datagrams(
                         e
                     }));
                 }
-                Err(error) => {
-                    metrics
-                        .rejected
-                        .get_or_create(&labels2(
-                            "format",
-                            kind.name(),
-                            "reason",
-                            error.reason().label(),
-                        ))
-                        .inc();
-                }
+                Err(error) => reject(error.reason().label()),
             },
             UdpKind::Syslog => {
                 let index = output.records.len() + output.errors.len();
                 decode_syslog_one(datagram, index, &ctx, &mut output);
             }
         }
+        if output.records.len() > records {
+            with_records += 1;
+        }
     }
-    output
+    (output, with_records)
 }
 
 /// Counts `datagrams` dropped for `reason` (`logcluster_ingest_udp_drops`).
@@ -272,10 +299,12 @@ impl KernelDrops {
         let Some(now) = self.read() else {
             return;
         };
-        let before = self.seen.swap(now, std::sync::atomic::Ordering::Relaxed);
-        let new = now.saturating_sub(before);
-        if new > 0 {
-            count_udp_drops(metrics, listener, "kernel", new);
+        // Reads may overlap (a tick's and the last one): each drop is counted once.
+        let before = self
+            .seen
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        if now > before {
+            count_udp_drops(metrics, listener, "kernel", now - before);
         }
     }
 }
