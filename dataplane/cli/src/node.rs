@@ -74,6 +74,7 @@ pub fn storage_config(config: &NodeConfig) -> StorageConfig {
     storage.segment_max_bytes = config.segment_max_bytes;
     storage.segment_max_age = config.segment_max_age;
     storage.block_target_bytes = config.block_target_bytes;
+    storage.tail_memory_bytes = config.tail_memory_bytes;
     storage.zstd_level = config.zstd_level;
     storage.block_format = match config.block_format {
         BlockFormat::Templates => segment::FORMAT_TEMPLATES,

@@ -251,6 +251,11 @@ pub struct RawStorage {
     /// Raw bytes per compressed block.
     #[serde(default = "default_block_bytes")]
     pub block_target_bytes: u64,
+    /// Raw bytes that the streams' tails (entries not yet compressed into a block) may hold
+    /// in memory together: past it, the larger tails are cut into blocks early, so memory
+    /// does not grow with the number of streams (tenant × service).
+    #[serde(default = "default_tail_memory_bytes")]
+    pub tail_memory_bytes: u64,
     /// zstd level for blocks (1-19).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
@@ -461,6 +466,9 @@ fn default_segment_age() -> String {
 fn default_block_bytes() -> u64 {
     1024 * 1024
 }
+fn default_tail_memory_bytes() -> u64 {
+    32 * 1024 * 1024
+}
 fn default_block_format() -> String {
     "templates".into()
 }
@@ -557,6 +565,7 @@ impl Default for RawStorage {
             segment_max_bytes: default_segment_bytes(),
             segment_max_age: default_segment_age(),
             block_target_bytes: default_block_bytes(),
+            tail_memory_bytes: default_tail_memory_bytes(),
             zstd_level: default_zstd_level(),
             block_format: default_block_format(),
             shared_trace_ids: true,
@@ -700,6 +709,8 @@ pub struct NodeConfig {
     pub segment_max_bytes: u64,
     pub segment_max_age: Duration,
     pub block_target_bytes: usize,
+    /// `storage.tailMemoryBytes`.
+    pub tail_memory_bytes: usize,
     pub zstd_level: i32,
     /// Layout of new blocks (`storage.blockFormat`).
     pub block_format: BlockFormat,
@@ -1004,6 +1015,12 @@ impl RawNodeConfig {
                 "must be between 1 KiB and 64 MiB",
             ));
         }
+        if self.storage.tail_memory_bytes < 64 * 1024 {
+            return Err(invalid(
+                "storage.tailMemoryBytes",
+                "must be at least 64 KiB",
+            ));
+        }
         if self.storage.segment_max_bytes < self.storage.block_target_bytes {
             return Err(invalid(
                 "storage.segmentMaxBytes",
@@ -1076,6 +1093,8 @@ impl RawNodeConfig {
                 &self.storage.segment_max_age,
             )?,
             block_target_bytes: self.storage.block_target_bytes as usize,
+            tail_memory_bytes: usize::try_from(self.storage.tail_memory_bytes)
+                .unwrap_or(usize::MAX),
             zstd_level: self.storage.zstd_level,
             block_format,
             shared_trace_ids: self.storage.shared_trace_ids,

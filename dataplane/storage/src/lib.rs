@@ -54,6 +54,10 @@ pub struct StorageConfig {
     /// Raw bytes (the entries' WAL records) per compressed block (the unit of reading and
     /// skipping).
     pub block_target_bytes: usize,
+    /// Record bytes the streams' tails may hold in memory together: past it, tails at or
+    /// above their fair share of it are cut into blocks before their target size (on their
+    /// next append, or by [`Store::maintain`], the largest first, for idle ones).
+    pub tail_memory_bytes: usize,
     pub zstd_level: i32,
     /// Layout of new blocks: [`segment::FORMAT_TEMPLATES`] (the default),
     /// [`segment::FORMAT_COLUMNS`] or [`segment::FORMAT_ROWS`], for as long as a rollback to
@@ -81,6 +85,7 @@ impl StorageConfig {
             segment_max_bytes: 50 * 1024 * 1024,
             segment_max_age: Duration::from_secs(3600),
             block_target_bytes: 1024 * 1024,
+            tail_memory_bytes: 32 * 1024 * 1024,
             zstd_level: 3,
             block_format: segment::FORMAT_TEMPLATES,
             shared_trace_ids: true,

@@ -20,6 +20,13 @@ pub struct StorageMetrics {
     pub backlog_refusals: Counter,
     /// Batch parts refused because their WAL record would be over the record limit.
     pub too_large_parts: Counter,
+    /// Record bytes of the streams' tails (not yet compressed into blocks), and how many
+    /// streams have one: what `storage.tailMemoryBytes` bounds.
+    pub tail_bytes: Gauge,
+    pub tail_streams: Gauge,
+    /// Blocks cut before their target size because the tails together held more than
+    /// `storage.tailMemoryBytes`.
+    pub memory_flushes: Counter,
     pub stored_bytes: Gauge,
     pub segments: Gauge,
     pub wal_truncated_bytes: Counter,
@@ -42,6 +49,9 @@ impl Default for StorageMetrics {
             seal_failures: Counter::default(),
             backlog_refusals: Counter::default(),
             too_large_parts: Counter::default(),
+            tail_bytes: Gauge::default(),
+            tail_streams: Gauge::default(),
+            memory_flushes: Counter::default(),
             stored_bytes: Gauge::default(),
             segments: Gauge::default(),
             wal_truncated_bytes: Counter::default(),
@@ -98,6 +108,21 @@ impl StorageMetrics {
             "seal_failures",
             "Block flushes and segment rotations that failed after the batches were in the WAL (the batches stay in the WAL; the work is tried again after a second); a failure after the rename (directory fsync, deleting the sealed WAL) is counted too, and recovery finishes it",
             self.seal_failures.clone(),
+        );
+        r.register(
+            "tail_bytes",
+            "Record bytes held in memory by the streams' tails, not yet compressed into blocks (bounded by storage.tailMemoryBytes)",
+            self.tail_bytes.clone(),
+        );
+        r.register(
+            "tail_streams",
+            "Streams holding a tail in memory",
+            self.tail_streams.clone(),
+        );
+        r.register(
+            "memory_flushes",
+            "Blocks cut before their target size because the tails together held more than storage.tailMemoryBytes",
+            self.memory_flushes.clone(),
         );
         r.register(
             "stored_bytes",

@@ -743,6 +743,7 @@ impl Store {
 
     /// Seals old segments and applies retention (blocking). Called periodically.
     pub fn maintain(&self) -> Result<(), StorageError> {
+        self.relieve_tail_memory();
         for stream in self.all_streams() {
             stream.rotate_if_old(&self.config, &self.metrics)?;
         }
@@ -780,6 +781,31 @@ impl Store {
         self.remove_unreferenced_trace_ids()?;
         self.refresh_gauges();
         Ok(())
+    }
+
+    /// Cuts the largest tails into blocks while the tails together hold more than
+    /// `storage.tailMemoryBytes` (appends do this for their own stream; this is for tails
+    /// left by streams that went idle).
+    fn relieve_tail_memory(&self) {
+        let budget = self.config.tail_memory_bytes;
+        let held = || usize::try_from(self.metrics.tail_bytes.get()).unwrap_or(0);
+        if held() <= budget {
+            return;
+        }
+        let mut streams: Vec<(usize, Arc<Stream>)> = self
+            .all_streams()
+            .into_iter()
+            .map(|stream| (stream.tail_bytes(), stream))
+            .collect();
+        streams.sort_unstable_by_key(|(held, _)| std::cmp::Reverse(*held));
+        for (_, stream) in streams {
+            if held() <= budget {
+                break;
+            }
+            // A failed flush is counted and logged there, and tried again later; the
+            // other streams still go.
+            let _ = stream.relieve_memory(&self.config, &self.metrics);
+        }
     }
 
     fn refresh_gauges(&self) {

@@ -182,6 +182,8 @@ struct Inner {
     open_blocks: Vec<Arc<BlockMeta>>,
     tail: Vec<Arc<TailChunk>>,
     tail_bytes: usize,
+    /// `tail_bytes` in the store-wide count that `storage.tailMemoryBytes` bounds.
+    tails: TailAccount,
     /// The tail's block, built as entries arrive (while they are in cache); `None` while
     /// the tail is empty and after a failed flush (see [`Inner::take_building`]).
     building: Option<BlockBuilder>,
@@ -205,6 +207,59 @@ fn wal_path(dir: &Path, seq: u64) -> PathBuf {
 fn open_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("seg-{seq:016}.open"))
 }
+/// A stream's tail in the store-wide gauges `StorageMetrics::tail_bytes` and `tail_streams`:
+/// every stream's tail waits in memory for its block, so together they grow with the number
+/// of streams (tenant × service) unless `storage.tailMemoryBytes` bounds them.
+struct TailAccount {
+    bytes: prometheus_client::metrics::gauge::Gauge,
+    streams: prometheus_client::metrics::gauge::Gauge,
+    flushes: prometheus_client::metrics::counter::Counter,
+    held: usize,
+}
+
+impl TailAccount {
+    fn new(metrics: &StorageMetrics) -> TailAccount {
+        TailAccount {
+            bytes: metrics.tail_bytes.clone(),
+            streams: metrics.tail_streams.clone(),
+            flushes: metrics.memory_flushes.clone(),
+            held: 0,
+        }
+    }
+
+    /// This tail now holds `held` bytes.
+    fn set(&mut self, held: usize) {
+        let (before, after) = (self.held as i64, held as i64);
+        self.bytes.inc_by(after - before);
+        match (before == 0, after == 0) {
+            (true, false) => {
+                self.streams.inc();
+            }
+            (false, true) => {
+                self.streams.dec();
+            }
+            _ => {}
+        }
+        self.held = held;
+    }
+
+    /// Whether this tail should become a block now to bring the tails back under `budget`:
+    /// together they hold more, and this one at least its fair share of the budget (so
+    /// tails below it hold at most the budget together, and blocks stay as large as the
+    /// budget allows; a tail above it that no longer grows waits for `Store::maintain`).
+    fn over_budget(&self, budget: usize) -> bool {
+        let total = usize::try_from(self.bytes.get()).unwrap_or(0);
+        let streams = usize::try_from(self.streams.get()).unwrap_or(0).max(1);
+        self.held > 0 && total > budget && self.held.saturating_mul(streams) >= budget
+    }
+}
+
+impl Drop for TailAccount {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 /// How long after a failed block flush or seal the next one is tried.
 const SEAL_RETRY: Duration = Duration::from_secs(1);
 
@@ -358,6 +413,7 @@ impl Stream {
             open_blocks: Vec::new(),
             tail: Vec::new(),
             tail_bytes: 0,
+            tails: TailAccount::new(metrics),
             building: None,
             uids_current: HashSet::new(),
             uids_recent,
@@ -555,6 +611,30 @@ impl Stream {
     /// Marks the WAL dirty again after a failed fsync so a later commit retries it.
     pub fn mark_dirty(&self) {
         self.lock().dirty = true;
+    }
+
+    /// Record bytes of the tail, not yet in a block.
+    pub fn tail_bytes(&self) -> usize {
+        self.lock().tail_bytes
+    }
+
+    /// Cuts the tail into a block now if the tails together hold more than
+    /// `storage.tailMemoryBytes` and this one at least its fair share; appends do this
+    /// themselves, so this is for streams that went idle. Whether it did.
+    pub fn relieve_memory(
+        &self,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+    ) -> Result<bool, StorageError> {
+        let mut inner = self.lock();
+        let due = inner.sealing_due() || !inner.flush_failed;
+        if inner.removed || !due || !inner.tails.over_budget(config.tail_memory_bytes) {
+            return Ok(false);
+        }
+        let result = inner.flush_tail(config);
+        self.sealing_outcome(&mut inner, result, metrics)?;
+        metrics.memory_flushes.inc();
+        Ok(true)
     }
 
     /// Seals the active segment if it is non-empty and older than the configured age.
@@ -804,14 +884,21 @@ impl Inner {
         flush: bool,
     ) -> Result<(), StorageError> {
         self.tail_bytes += record.len();
+        self.tails.set(self.tail_bytes);
         self.tail.push(Arc::new(TailChunk {
             record,
             max_ts,
             entries: std::sync::OnceLock::new(),
         }));
         self.building = Some(building);
-        if flush && self.tail_bytes >= config.block_target_bytes {
+        if !flush {
+            return Ok(());
+        }
+        if self.tail_bytes >= config.block_target_bytes {
             self.flush_tail(config)?;
+        } else if self.tails.over_budget(config.tail_memory_bytes) {
+            self.flush_tail(config)?;
+            self.tails.flushes.inc();
         }
         Ok(())
     }
@@ -837,6 +924,7 @@ impl Inner {
         self.open_blocks.push(Arc::new(meta));
         self.tail.clear();
         self.tail_bytes = 0;
+        self.tails.set(0);
         Ok(())
     }
 

@@ -1131,3 +1131,72 @@ async fn a_stream_part_over_the_record_limit_is_refused_alone_and_a_repair_of_it
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_tails_of_many_streams_stay_within_the_memory_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let budget = 64 * 1024;
+    let config = || {
+        let mut config = StorageConfig::new(dir.path());
+        // Far from a full block: without the budget every tail would stay in memory.
+        config.block_target_bytes = 1024 * 1024;
+        config.tail_memory_bytes = budget;
+        config
+    };
+    let metrics = StorageMetrics::default();
+    let store = Store::open(config(), metrics.clone()).await.expect("open");
+    let held = || usize::try_from(metrics.tail_bytes.get()).expect("not negative");
+    let batch = |uid: u64, service: &str, n: u32| -> Vec<LogEntry> {
+        (0..n)
+            .map(|i| {
+                let ts = uid as i64 * 1000 + i64::from(i);
+                let message = format!("{service} handled request {uid}/{i} in 12ms");
+                entry("t", service, uid, i, ts, Level::Info, &message)
+            })
+            .collect()
+    };
+    // One stream fills most of the budget, then goes idle.
+    let mut expected = Vec::new();
+    let mut uid = 0;
+    while held() < budget * 3 / 4 {
+        uid += 1;
+        let entries = batch(uid, "idle", 20);
+        expected.extend(entries.iter().map(|e| e.id.clone()));
+        store.append(uid, entries).await.expect("append");
+    }
+    let idle_tail = held();
+    // Forty streams take turns: the larger tails are cut into blocks early.
+    let mut peak = 0;
+    for _round in 0..40 {
+        for s in 0..40 {
+            uid += 1;
+            let entries = batch(uid, &format!("s{s}"), 10);
+            expected.extend(entries.iter().map(|e| e.id.clone()));
+            store.append(uid, entries).await.expect("append");
+            peak = peak.max(held());
+        }
+    }
+    let appended = metrics.appended_bytes.get() as usize;
+    assert!(appended > 20 * budget, "{appended}");
+    // The turning streams' tails stay within about the budget: each is cut once past its
+    // share (and the part that took it there).
+    assert!(peak <= idle_tail + 2 * budget, "tails held {peak} bytes");
+    assert!(metrics.memory_flushes.get() > 0);
+    let streams = metrics.tail_streams.get();
+    assert!((1..=41).contains(&streams), "{streams}");
+    // The idle stream's tail is what keeps them over: maintenance cuts it.
+    assert!(held() > budget && held() - budget < idle_tail, "{}", held());
+    store.maintain().expect("maintain");
+    assert!(held() <= budget, "{}", held());
+    // Nothing was lost or doubled by the early blocks, before and after a restart.
+    expected.sort();
+    assert_eq!(all_ids(&store, "t"), expected);
+    drop(store);
+    let metrics = StorageMetrics::default();
+    let store = Store::open(config(), metrics.clone())
+        .await
+        .expect("reopen");
+    assert_eq!(all_ids(&store, "t"), expected);
+    let held = usize::try_from(metrics.tail_bytes.get()).expect("not negative");
+    assert!(held <= 2 * budget, "{held}");
+}
