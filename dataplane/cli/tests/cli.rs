@@ -238,3 +238,105 @@ async fn a_node_holds_no_transparent_huge_pages() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A port nothing listens on (bound, then closed).
+fn closed_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `logcluster send` against an address that never answers, as a child process.
+fn unreachable_send(ca: &std::path::Path, extra: &[&str]) -> anyhow::Result<tokio::process::Child> {
+    let mut args = vec![
+        "send".to_string(),
+        "--tls-ca".into(),
+        ca.display().to_string(),
+        "--address".into(),
+        format!("127.0.0.1:{}", closed_port()?),
+        "--no-schema-check".into(),
+        "--json-summary".into(),
+        "--burst".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Ok(
+        tokio::process::Command::new(logcluster_testkit::binary_path("logcluster"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?,
+    )
+}
+
+#[tokio::test]
+async fn send_takes_host_and_port_and_gives_up_on_an_unreachable_ingestor() -> anyhow::Result<()> {
+    let node = TestNode::start(|_, _| {}).await?;
+    // `--address host:port`: the port overrides --tcp-port (here a wrong one).
+    let address = format!("127.0.0.1:{}", node.port("ingest"));
+    let mut args = send_args(
+        &node,
+        &["--count", "600", "--batch", "100", "--tenant", "hp"],
+    );
+    let tcp_port = args.iter().position(|a| a == "--tcp-port").expect("set") + 1;
+    args[tcp_port] = "1".into();
+    args.extend(["--address".into(), address]);
+    let (ok, out, err) = logcluster(&args)?;
+    assert!(ok, "{err}");
+    assert_eq!(summary(&out)["acked"].as_u64(), Some(600), "{out}\n{err}");
+    assert_eq!(node.query_all("hp").await?.len(), 600);
+    // Nothing listens: every batch uses up its tries and fails, and the command says so
+    // (before, it waited for a connection forever). The deadline only keeps a hang from
+    // hanging the suite.
+    let child = unreachable_send(&node.ca, &["--count", "500", "--batch", "100"])?;
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await??;
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{out}\n{err}");
+    assert!(err.contains("500 entries failed after retries"), "{err}");
+    let s = summary(&out);
+    assert_eq!(
+        (s["acked"].as_u64(), s["failed"].as_u64()),
+        (Some(0), Some(500)),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn send_stops_on_sigterm_even_when_nothing_drains_its_queue() -> anyhow::Result<()> {
+    // Only its CA is used: the sender is pointed elsewhere.
+    let node = TestNode::start(|_, _| {}).await?;
+    // Endless, and its queue fills at once: the producer waits on it when the signal comes.
+    let child = unreachable_send(&node.ca, &["--count", "0", "--batch", "10"])?;
+    let pid = child.id().expect("running");
+    let queued = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    tokio::time::sleep_until(queued).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(status.success());
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await??;
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(err.contains("signal received"), "{err}");
+    // What was queued and never acknowledged is reported failed.
+    let s = summary(&out);
+    assert_eq!(s["acked"].as_u64(), Some(0), "{out}\n{err}");
+    assert!(s["failed"].as_u64() > Some(0), "{out}\n{err}");
+    assert_eq!(s["failed"], s["sent"], "{out}");
+    assert!(!output.status.success());
+    Ok(())
+}

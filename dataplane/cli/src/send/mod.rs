@@ -2,7 +2,10 @@
 //!
 //! Batches (generated, or lines of a file / stdin) go out as frames of the framed protocol over
 //! TLS — pipelined on each connection, retried with the same batch id (so the server
-//! de-duplicates) up to 3 times with backoff, failing over across `--address` values — or as
+//! de-duplicates) up to 3 times with backoff, failing over across `--address` values (while
+//! no connection can be made for about 10 s, each failed attempt to connect counts as a failed
+//! try of every batch waiting, so an unreachable ingestor fails them instead of waiting
+//! forever) — or as
 //! NDJSON datagrams over UDP, each kept under 1400 bytes. Before sending, the schemas the node
 //! serves are fetched and entries that would be refused are counted and not sent. SIGINT or
 //! SIGTERM stops producing, waits for in-flight acks and prints the summary.
@@ -49,6 +52,7 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 10_000)]
     pub count: u64,
     /// Ingestor addresses, repeatable or comma-separated; connections fail over between them.
+    /// `host` or `host:port` (the port then overrides --tcp-port or --udp-port).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
     pub address: Vec<String>,
     /// Framed TLS port.
@@ -118,6 +122,8 @@ struct Counters {
     bytes: AtomicU64,
     outstanding: AtomicU64,
     retries: AtomicU64,
+    /// Connections up now.
+    connected: AtomicU64,
     latencies_ms: Mutex<Vec<f64>>,
 }
 
@@ -136,6 +142,41 @@ pub struct Summary {
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
+
+/// Host and port of an `--address` value: `host`, `ip`, `[ipv6]`, `host:port`, `ip:port` or
+/// `[ipv6]:port`; without a port, `default_port`.
+fn endpoint(address: &str, default_port: u16) -> (String, u16) {
+    if let Ok(socket) = address.parse::<std::net::SocketAddr>() {
+        return (socket.ip().to_string(), socket.port());
+    }
+    if address.parse::<std::net::IpAddr>().is_ok() {
+        return (address.to_string(), default_port);
+    }
+    if let Some(ip) = address
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    {
+        return (ip.to_string(), default_port);
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') => match port.parse() {
+            Ok(port) => (host.to_string(), port),
+            Err(_) => (address.to_string(), default_port),
+        },
+        _ => (address.to_string(), default_port),
+    }
+}
+
+/// Resolves once `stop` is set.
+async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Consecutive failures to connect after which, while no connection is up, the batches
+/// waiting are counted as failed tries (the pauses between attempts add up to ~10 s by then).
+const UNREACHABLE_AFTER: u32 = 20;
 
 /// Retry delays after the 1st, 2nd and 3rd failure of a batch.
 pub const BACKOFF: [Duration; 3] = [
@@ -455,17 +496,24 @@ async fn send_tcp(
             .bytes
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
         let frame = Arc::new(encode_frame(format, id, &args.tenant, &payload));
-        if work_tx
-            .send(Batch {
-                id,
-                entries: count,
-                frame,
-                attempts: 0,
-            })
-            .await
-            .is_err()
-        {
-            bail!("all connections stopped");
+        let batch = Batch {
+            id,
+            entries: count,
+            frame,
+            attempts: 0,
+        };
+        // The queue is full while nothing drains it (no connection): a signal still stops.
+        tokio::select! {
+            queued = work_tx.send(batch) => {
+                if queued.is_err() {
+                    bail!("all connections stopped");
+                }
+            }
+            () = stopped(stop) => {
+                counters.outstanding.fetch_sub(count, Ordering::SeqCst);
+                counters.sent.fetch_sub(count, Ordering::Relaxed);
+                break;
+            }
         }
     }
     // Wait for every batch to be acknowledged or to fail; after a signal, at most 15 s.
@@ -569,6 +617,7 @@ async fn connection(
     let mut failures = 0u32;
     while !done.load(Ordering::SeqCst) {
         let address = args.address[address_index % args.address.len()].clone();
+        let (host, port) = endpoint(&address, args.tcp_port);
         let name = match rustls::pki_types::ServerName::try_from(args.server_name.clone()) {
             Ok(name) => name,
             Err(error) => {
@@ -576,7 +625,7 @@ async fn connection(
                 return;
             }
         };
-        let stream = match TcpStream::connect((address.as_str(), args.tcp_port)).await {
+        let stream = match TcpStream::connect((host.as_str(), port)).await {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
                 connector
@@ -593,13 +642,22 @@ async fn connection(
             }
             Err(error) => {
                 failures += 1;
-                warn!(%address, port = args.tcp_port, %error, "connection failed; trying the next address");
+                warn!(%host, port, %error, "connection failed; trying the next address");
                 address_index += 1;
+                // Unreachable for a while with no other connection up: the batches waiting
+                // use up a try each (they fail after their last), instead of waiting forever.
+                if failures >= UNREACHABLE_AFTER && counters.connected.load(Ordering::SeqCst) == 0 {
+                    let mut waiting = work.lock().await;
+                    while let Ok(batch) = waiting.try_recv() {
+                        settle(batch, None, Instant::now(), &counters, &retry);
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis((50 * u64::from(failures)).min(1000)))
                     .await;
                 continue;
             }
         };
+        counters.connected.fetch_add(1, Ordering::SeqCst);
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut pending: VecDeque<(Batch, Instant)> = VecDeque::new();
         let mut buf = Vec::with_capacity(4096);
@@ -642,6 +700,7 @@ async fn connection(
                 }
             }
         };
+        counters.connected.fetch_sub(1, Ordering::SeqCst);
         // Whatever was not acknowledged is retried with the same batch id.
         for (batch, sent_at) in pending.drain(..) {
             settle(batch, None, sent_at, &counters, &retry);
@@ -665,7 +724,7 @@ async fn send_udp(
         bail!("UDP carries JSON only; use --format json with --udp");
     }
     let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
-    let target = format!("{}:{}", args.address[0], args.udp_port);
+    let (host, port) = endpoint(&args.address[0], args.udp_port);
     let mut producer = Producer::new(args)?;
     let mut pacer = Pacer {
         started: Instant::now(),
@@ -693,9 +752,9 @@ async fn send_udp(
         }
         for datagram in datagrams {
             socket
-                .send_to(&datagram, &target)
+                .send_to(&datagram, (host.as_str(), port))
                 .await
-                .with_context(|| format!("cannot send to {target}"))?;
+                .with_context(|| format!("cannot send to {host} port {port}"))?;
             counters
                 .bytes
                 .fetch_add(datagram.len() as u64, Ordering::Relaxed);
@@ -778,6 +837,27 @@ mod tests {
         assert_eq!(w.args.batch, 1000);
         assert_eq!(w.args.rate, 5000);
         assert!(Wrapper::try_parse_from(["send", "--batch", "x"]).is_err());
+    }
+
+    #[test]
+    fn addresses_may_name_their_port() {
+        let cases = [
+            ("127.0.0.1", ("127.0.0.1", 3001)),
+            ("127.0.0.1:4000", ("127.0.0.1", 4000)),
+            ("ingest.example", ("ingest.example", 3001)),
+            ("ingest.example:4000", ("ingest.example", 4000)),
+            ("::1", ("::1", 3001)),
+            ("[::1]", ("::1", 3001)),
+            ("[::1]:4000", ("::1", 4000)),
+            ("host:notaport", ("host:notaport", 3001)),
+        ];
+        for (address, (host, port)) in cases {
+            assert_eq!(
+                endpoint(address, 3001),
+                (host.to_string(), port),
+                "{address}"
+            );
+        }
     }
 
     #[test]
