@@ -124,6 +124,7 @@ fn write_ready_file(path: &Path, ports: &BTreeMap<&str, u16>, name: &str) -> any
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = NodeConfig::from_file(&args.config)
         .with_context(|| format!("invalid node configuration {}", args.config.display()))?;
+    raise_open_file_limit();
     let shutdown = Shutdown::new();
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -135,6 +136,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a node until `shutdown` fires.
+/// Every stream keeps its WAL and its segments open, so a node with many streams (tenants ×
+/// services) needs more descriptors than the usual soft limit of 1024 (what containers get
+/// under containerd 2 and systemd's default): the soft limit is raised to the hard one.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open file limit"),
+        Err(error) => warn!(%error, "could not raise the open file limit"),
+    }
+}
+
 pub async fn run_node(
     config: NodeConfig,
     ready_file: Option<PathBuf>,

@@ -246,14 +246,18 @@ fn closed_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// `logcluster send` against an address that never answers, as a child process.
-fn unreachable_send(ca: &std::path::Path, extra: &[&str]) -> anyhow::Result<tokio::process::Child> {
+/// `logcluster send` to `address` (where no ingestor answers), as a child process.
+fn unreachable_send(
+    ca: &std::path::Path,
+    address: &str,
+    extra: &[&str],
+) -> anyhow::Result<tokio::process::Child> {
     let mut args = vec![
         "send".to_string(),
         "--tls-ca".into(),
         ca.display().to_string(),
         "--address".into(),
-        format!("127.0.0.1:{}", closed_port()?),
+        address.to_string(),
         "--no-schema-check".into(),
         "--json-summary".into(),
         "--burst".into(),
@@ -288,7 +292,8 @@ async fn send_takes_host_and_port_and_gives_up_on_an_unreachable_ingestor() -> a
     // Nothing listens: every batch uses up its tries and fails, and the command says so
     // (before, it waited for a connection forever). The deadline only keeps a hang from
     // hanging the suite.
-    let child = unreachable_send(&node.ca, &["--count", "500", "--batch", "100"])?;
+    let closed = format!("127.0.0.1:{}", closed_port()?);
+    let child = unreachable_send(&node.ca, &closed, &["--count", "500", "--batch", "100"])?;
     let output = tokio::time::timeout(
         std::time::Duration::from_secs(120),
         child.wait_with_output(),
@@ -314,7 +319,8 @@ async fn send_stops_on_sigterm_even_when_nothing_drains_its_queue() -> anyhow::R
     // Only its CA is used: the sender is pointed elsewhere.
     let node = TestNode::start(|_, _| {}).await?;
     // Endless, and its queue fills at once: the producer waits on it when the signal comes.
-    let child = unreachable_send(&node.ca, &["--count", "0", "--batch", "10"])?;
+    let closed = format!("127.0.0.1:{}", closed_port()?);
+    let child = unreachable_send(&node.ca, &closed, &["--count", "0", "--batch", "10"])?;
     let pid = child.id().expect("running");
     let queued = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     tokio::time::sleep_until(queued).await;
@@ -338,5 +344,51 @@ async fn send_stops_on_sigterm_even_when_nothing_drains_its_queue() -> anyhow::R
     assert!(s["failed"].as_u64() > Some(0), "{out}\n{err}");
     assert_eq!(s["failed"], s["sent"], "{out}");
     assert!(!output.status.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn send_gives_up_on_a_peer_that_accepts_but_never_answers_the_handshake() -> anyhow::Result<()>
+{
+    let node = TestNode::start(|_, _| {}).await?;
+    // Accepts TCP connections and holds them, silent.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = silent.local_addr()?.to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let child = unreachable_send(
+        &node.ca,
+        &address,
+        &[
+            "--count",
+            "200",
+            "--batch",
+            "100",
+            "--connect-timeout",
+            "1s",
+        ],
+    )?;
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await??;
+    held.abort();
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{out}\n{err}");
+    assert!(err.contains("--connect-timeout"), "{err}");
+    let s = summary(&out);
+    assert_eq!(
+        (s["acked"].as_u64(), s["failed"].as_u64()),
+        (Some(0), Some(200)),
+        "{out}"
+    );
     Ok(())
 }

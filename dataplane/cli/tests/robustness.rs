@@ -805,3 +805,33 @@ async fn idle_connections_are_closed_and_their_last_syslog_line_kept() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_raises_its_open_file_limit_to_hold_many_streams() -> anyhow::Result<()> {
+    // Each stream keeps its WAL and segments open. Containers often start with a soft limit
+    // of 1024 under a far larger hard one; here the node inherits a soft limit of 256.
+    let (_, hard) = rlimit::Resource::NOFILE.get()?;
+    anyhow::ensure!(hard > 2048, "the hard open-file limit ({hard}) leaves nothing to raise");
+    rlimit::Resource::NOFILE.set(256, hard)?;
+    let node = TestNode::start(|_, _| {}).await?;
+    let pid = node.process.as_ref().expect("running").pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("a soft limit");
+    assert_eq!(soft, hard, "{limits}");
+    // 300 services: more open files than 256 allow, stored at once.
+    let payload: String = (0..300)
+        .map(|k| format!("{{\"service\":\"svc-{k}\",\"message\":\"line {k}\"}}\n"))
+        .collect();
+    let mut client = node.connect().await?;
+    let ack = client
+        .roundtrip(Format::Json, 1, "many", payload.as_bytes())
+        .await?;
+    assert_eq!((ack.status, ack.accepted), (AckStatus::Accepted, 300), "{ack:?}");
+    assert_eq!(node.query_all("many").await?.len(), 300);
+    Ok(())
+}

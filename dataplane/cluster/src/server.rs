@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use logcluster_common::error_chain;
 use logcluster_storage::wal::EntryBodies;
 use logcluster_storage::{Store, Written};
 use prost::Message;
@@ -65,7 +66,7 @@ pub async fn handle_append(
             let count = request.entries.len() as u64;
             hints
                 .append(&request.hint_for, &request)
-                .map_err(|e| format!("{e}: {}", error_chain(&e)))?;
+                .map_err(|e| error_chain(&e))?;
             Ok(Decoded::Hinted(count))
         } else if request.repair {
             Ok(Decoded::Repair(request.entries))
@@ -121,17 +122,6 @@ pub async fn handle_append(
         }
     };
     Ok(reply.encode_to_vec())
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// Offers stored hints to their members every `interval` until `stop` resolves.

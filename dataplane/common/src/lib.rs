@@ -9,3 +9,16 @@ pub mod io;
 pub mod metrics;
 pub mod shutdown;
 pub mod tls;
+
+/// `error` and its sources, `outer: inner: innermost` (an I/O error's own text, such as "Too
+/// many open files", is often only in a source).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

@@ -45,6 +45,8 @@ impl UdpKind {
 const UDP_BATCH_ENTRIES: usize = 4096;
 const UDP_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const UDP_QUEUE_DATAGRAMS: usize = 8192;
+/// Most datagrams taken from a UDP socket at shutdown (more than its receive buffer holds).
+const UDP_SHUTDOWN_DRAIN: usize = 100_000;
 /// UDP batches being stored at once while the next is gathered.
 const UDP_IN_FLIGHT: usize = 4;
 /// The receive buffer asked for a UDP socket (the kernel caps it at `net.core.rmem_max`):
@@ -181,10 +183,21 @@ pub async fn run_udp(
     // nothing waits in it uncounted.
     match socket.into_std() {
         Ok(socket) => {
-            while let Ok((len, _peer)) = socket.recv_from(&mut buf) {
-                take(&buf[..len]);
+            // Bounded, so that a flood at the drain's own rate cannot hold shutdown; what
+            // arrives while the kernel's count is read is taken after it.
+            let mut left = UDP_SHUTDOWN_DRAIN;
+            for pass in 0..2 {
+                while left > 0 {
+                    let Ok((len, _peer)) = socket.recv_from(&mut buf) else {
+                        break;
+                    };
+                    take(&buf[..len]);
+                    left -= 1;
+                }
+                if pass == 0 {
+                    kernel_drops.count(&metrics, listener);
+                }
             }
-            kernel_drops.count(&metrics, listener);
         }
         Err(error) => warn!(%error, listener, "could not drain the udp socket at shutdown"),
     }

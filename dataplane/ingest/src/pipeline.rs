@@ -78,7 +78,7 @@ fn stored(
                 duplicates: outcome.duplicates,
                 too_large: outcome.too_large,
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| logcluster_common::error_chain(&e))
     })
 }
 
@@ -249,7 +249,13 @@ pub struct Pipeline {
     idle_timeout: Option<std::time::Duration>,
     frame_timeout: Option<std::time::Duration>,
     first_seen: std::sync::Mutex<FirstSeen>,
+    /// When storage last failed a batch in the node's log (at most one line per
+    /// [`STORAGE_WARNING_EVERY`]; every failure is counted in `batches{status="retry_later"}`).
+    storage_warned: std::sync::Mutex<Option<Instant>>,
 }
+
+/// Least time between two log lines about batches storage failed.
+const STORAGE_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// When recent batches (by uid) were first received. A retried batch sent to this node gets
 /// its first attempt's receive time, so that entries without a timestamp of their own
@@ -304,6 +310,7 @@ impl Pipeline {
             idle_timeout: limits.idle_timeout,
             frame_timeout: limits.frame_timeout,
             first_seen: std::sync::Mutex::new(FirstSeen::default()),
+            storage_warned: std::sync::Mutex::new(None),
         })
     }
 
@@ -754,18 +761,34 @@ impl Pipeline {
                     },
                 )
             }
-            Err(message) => self.finish(
-                started,
-                BatchResult {
-                    status: AckStatus::RetryLater,
-                    accepted: 0,
-                    rejected: errors.len() as u32,
-                    duplicate: false,
-                    error: format!("storage unavailable, retry later: {message}"),
-                    record_errors: errors,
-                    batch_uid: 0,
-                },
-            ),
+            Err(message) => {
+                self.warn_storage_failed(&message);
+                self.finish(
+                    started,
+                    BatchResult {
+                        status: AckStatus::RetryLater,
+                        accepted: 0,
+                        rejected: errors.len() as u32,
+                        duplicate: false,
+                        error: format!("storage unavailable, retry later: {message}"),
+                        record_errors: errors,
+                        batch_uid: 0,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Logs why storage failed a batch: the client only gets retry-later, and an operator
+    /// needs the cause (a full disk, the open-file limit). Rate-limited.
+    fn warn_storage_failed(&self, message: &str) {
+        let mut warned = self
+            .storage_warned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= STORAGE_WARNING_EVERY) {
+            *warned = Some(Instant::now());
+            tracing::warn!(error = %message, "storage failed a batch; the client is told to retry later (logged at most every 10 s; counted in logcluster_ingest_batches{{status=\"retry_later\"}})");
         }
     }
 

@@ -55,8 +55,9 @@ pub struct StorageConfig {
     /// skipping).
     pub block_target_bytes: usize,
     /// Record bytes the streams' tails may hold in memory together: past it, tails at or
-    /// above their fair share of it are cut into blocks before their target size (on their
-    /// next append, or by [`Store::maintain`], the largest first, for idle ones).
+    /// above their fair share of it (and at least 16 KiB, or a 64th of it) are cut into blocks before their
+    /// target size (on their next append, or by [`Store::maintain`], the largest first, for
+    /// idle ones).
     pub tail_memory_bytes: usize,
     pub zstd_level: i32,
     /// Layout of new blocks: [`segment::FORMAT_TEMPLATES`] (the default),

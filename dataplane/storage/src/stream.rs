@@ -250,7 +250,9 @@ impl TailAccount {
     fn over_budget(&self, budget: usize) -> bool {
         let total = usize::try_from(self.bytes.get()).unwrap_or(0);
         let streams = usize::try_from(self.streams.get()).unwrap_or(0).max(1);
-        self.held > 0 && total > budget && self.held.saturating_mul(streams) >= budget
+        self.held >= MIN_EARLY_BLOCK.min(budget / 64)
+            && total > budget
+            && self.held.saturating_mul(streams) >= budget
     }
 }
 
@@ -259,6 +261,12 @@ impl Drop for TailAccount {
         self.set(0);
     }
 }
+
+/// The smallest tail cut early for the memory budget (or a 64th of the budget, if less): each
+/// block costs an index entry (time range, filters, summaries) and compresses worse the
+/// smaller it is, so with very many streams the tails may hold up to this much each, above
+/// `storage.tailMemoryBytes`.
+const MIN_EARLY_BLOCK: usize = 16 * 1024;
 
 /// How long after a failed block flush or seal the next one is tried.
 const SEAL_RETRY: Duration = Duration::from_secs(1);
@@ -631,8 +639,12 @@ impl Stream {
         if inner.removed || !due || !inner.tails.over_budget(config.tail_memory_bytes) {
             return Ok(false);
         }
-        let result = inner.flush_tail(config);
-        self.sealing_outcome(&mut inner, result, metrics)?;
+        // Only a failure is news here: a success must not end a rotation's back-off.
+        if let Err(error) = inner.flush_tail(config) {
+            return self
+                .sealing_outcome(&mut inner, Err(error), metrics)
+                .map(|()| false);
+        }
         metrics.memory_flushes.inc();
         Ok(true)
     }

@@ -2,10 +2,10 @@
 //!
 //! Batches (generated, or lines of a file / stdin) go out as frames of the framed protocol over
 //! TLS — pipelined on each connection, retried with the same batch id (so the server
-//! de-duplicates) up to 3 times with backoff, failing over across `--address` values (while
-//! no connection can be made for about 10 s, each failed attempt to connect counts as a failed
-//! try of every batch waiting, so an unreachable ingestor fails them instead of waiting
-//! forever) — or as
+//! de-duplicates) up to 3 times with backoff, failing over across `--address` values (once
+//! no connection has been made for 10 s, each failed attempt to connect, bounded by
+//! `--connect-timeout`, counts as a failed try of every batch waiting, so an unreachable
+//! ingestor fails them instead of waiting forever) — or as
 //! NDJSON datagrams over UDP, each kept under 1400 bytes. Before sending, the schemas the node
 //! serves are fetched and entries that would be refused are counted and not sent. SIGINT or
 //! SIGTERM stops producing, waits for in-flight acks and prints the summary.
@@ -99,6 +99,9 @@ pub struct SendArgs {
     /// Seconds between stats lines.
     #[arg(long, default_value_t = 1)]
     pub stats_interval: u64,
+    /// How long a connection with its TLS handshake may take before the attempt fails.
+    #[arg(long, default_value = "5s")]
+    pub connect_timeout: String,
 }
 
 /// A batch ready to send.
@@ -145,25 +148,29 @@ pub struct Summary {
 
 /// Host and port of an `--address` value: `host`, `ip`, `[ipv6]`, `host:port`, `ip:port` or
 /// `[ipv6]:port`; without a port, `default_port`.
-fn endpoint(address: &str, default_port: u16) -> (String, u16) {
+fn endpoint(address: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
     if let Ok(socket) = address.parse::<std::net::SocketAddr>() {
-        return (socket.ip().to_string(), socket.port());
+        return Ok((socket.ip().to_string(), socket.port()));
     }
     if address.parse::<std::net::IpAddr>().is_ok() {
-        return (address.to_string(), default_port);
+        return Ok((address.to_string(), default_port));
     }
     if let Some(ip) = address
         .strip_prefix('[')
         .and_then(|rest| rest.strip_suffix(']'))
     {
-        return (ip.to_string(), default_port);
+        return Ok((ip.to_string(), default_port));
     }
     match address.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && !host.contains(':') => match port.parse() {
-            Ok(port) => (host.to_string(), port),
-            Err(_) => (address.to_string(), default_port),
-        },
-        _ => (address.to_string(), default_port),
+        Some((host, port)) if !host.is_empty() && !host.contains(':') => {
+            let port = port
+                .parse()
+                .with_context(|| format!("--address {address:?}: {port:?} is not a port number"))?;
+            Ok((host.to_string(), port))
+        }
+        Some(_) => bail!("--address {address:?} is neither host, host:port nor [ipv6]:port"),
+        None if address.is_empty() => bail!("--address must not be empty"),
+        None => Ok((address.to_string(), default_port)),
     }
 }
 
@@ -174,9 +181,9 @@ async fn stopped(stop: &AtomicBool) {
     }
 }
 
-/// Consecutive failures to connect after which, while no connection is up, the batches
-/// waiting are counted as failed tries (the pauses between attempts add up to ~10 s by then).
-const UNREACHABLE_AFTER: u32 = 20;
+/// How long a connection may keep failing to connect before, while no connection is up,
+/// each failed attempt counts as a failed try of every batch waiting.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Retry delays after the 1st, 2nd and 3rd failure of a batch.
 pub const BACKOFF: [Duration; 3] = [
@@ -461,6 +468,24 @@ async fn send_tcp(
         .context("--tls-ca is required for TLS (or use --udp)")?;
     let tls = logcluster_common::tls::load_client_config(ca, None)
         .context("cannot load the CA certificate")?;
+    let targets: Vec<(String, u16)> = args
+        .address
+        .iter()
+        .map(|address| endpoint(address, args.tcp_port))
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!targets.is_empty(), "--address names no ingestor");
+    let name = rustls::pki_types::ServerName::try_from(args.server_name.clone())
+        .with_context(|| format!("invalid --server-name {:?}", args.server_name))?;
+    // An address that drops packets, or a peer that never answers the handshake, would
+    // otherwise hold a connection attempt for minutes.
+    let connect_timeout =
+        logcluster_config::parse_duration(&args.connect_timeout).with_context(|| {
+            format!(
+                "--connect-timeout {:?} is not a duration",
+                args.connect_timeout
+            )
+        })?;
+    let targets = Arc::new(targets);
     let (work_tx, work_rx) =
         mpsc::channel::<Batch>(args.connections.max(1) * args.max_in_flight.max(1) * 2);
     let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
@@ -470,6 +495,9 @@ async fn send_tcp(
         connections.push(tokio::spawn(connection(
             index,
             args.clone(),
+            targets.clone(),
+            name.clone(),
+            connect_timeout,
             tls.clone(),
             work_rx.clone(),
             work_tx.clone(),
@@ -512,6 +540,7 @@ async fn send_tcp(
             () = stopped(stop) => {
                 counters.outstanding.fetch_sub(count, Ordering::SeqCst);
                 counters.sent.fetch_sub(count, Ordering::Relaxed);
+                counters.bytes.fetch_sub(payload.len() as u64, Ordering::Relaxed);
                 break;
             }
         }
@@ -528,13 +557,18 @@ async fn send_tcp(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let left = counters.outstanding.swap(0, Ordering::SeqCst);
-    counters.failed.fetch_add(left, Ordering::Relaxed);
+    // The connections are stopped first: one could still settle a batch (and count it)
+    // after what is left is counted here.
     done.store(true, Ordering::SeqCst);
     drop(work_tx);
-    for handle in connections {
+    for handle in &connections {
         handle.abort();
     }
+    for handle in connections {
+        let _ = handle.await;
+    }
+    let left = counters.outstanding.swap(0, Ordering::SeqCst);
+    counters.failed.fetch_add(left, Ordering::Relaxed);
     Ok(())
 }
 
@@ -579,8 +613,13 @@ fn settle(
         }
         _ => {
             if batch.attempts as usize >= BACKOFF.len() {
+                let error = match ack {
+                    Some(ack) if !ack.error.is_empty() => ack.error.as_str(),
+                    _ => "no acknowledgement (no connection, or it was lost)",
+                };
                 warn!(
                     batch = batch.id,
+                    %error,
                     "batch failed after {} retries",
                     BACKOFF.len()
                 );
@@ -603,9 +642,13 @@ fn settle(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     index: usize,
     args: SendArgs,
+    targets: Arc<Vec<(String, u16)>>,
+    name: rustls::pki_types::ServerName<'static>,
+    connect_timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
     work: Arc<tokio::sync::Mutex<mpsc::Receiver<Batch>>>,
     retry: mpsc::Sender<Batch>,
@@ -615,38 +658,42 @@ async fn connection(
     let connector = tokio_rustls::TlsConnector::from(tls);
     let mut address_index = index;
     let mut failures = 0u32;
+    let mut failing_since: Option<Instant> = None;
     while !done.load(Ordering::SeqCst) {
-        let address = args.address[address_index % args.address.len()].clone();
-        let (host, port) = endpoint(&address, args.tcp_port);
-        let name = match rustls::pki_types::ServerName::try_from(args.server_name.clone()) {
-            Ok(name) => name,
-            Err(error) => {
-                warn!(%error, "invalid --server-name");
-                return;
-            }
+        let (host, port) = &targets[address_index % targets.len()];
+        let port = *port;
+        let attempt = async {
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| e.to_string())
         };
-        let stream = match TcpStream::connect((host.as_str(), port)).await {
-            Ok(tcp) => {
-                let _ = tcp.set_nodelay(true);
-                connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Err(error) => Err(error.to_string()),
+        let stream = match tokio::time::timeout(connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no connection and TLS handshake within {connect_timeout:?} (--connect-timeout)"
+            )),
         };
         let stream = match stream {
             Ok(stream) => {
                 failures = 0;
+                failing_since = None;
                 stream
             }
             Err(error) => {
                 failures += 1;
+                let failing_since = *failing_since.get_or_insert_with(Instant::now);
                 warn!(%host, port, %error, "connection failed; trying the next address");
                 address_index += 1;
                 // Unreachable for a while with no other connection up: the batches waiting
                 // use up a try each (they fail after their last), instead of waiting forever.
-                if failures >= UNREACHABLE_AFTER && counters.connected.load(Ordering::SeqCst) == 0 {
+                if failing_since.elapsed() >= UNREACHABLE_AFTER
+                    && counters.connected.load(Ordering::SeqCst) == 0
+                {
                     let mut waiting = work.lock().await;
                     while let Ok(batch) = waiting.try_recv() {
                         settle(batch, None, Instant::now(), &counters, &retry);
@@ -723,8 +770,19 @@ async fn send_udp(
     if format != Format::Json {
         bail!("UDP carries JSON only; use --format json with --udp");
     }
-    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
-    let (host, port) = endpoint(&args.address[0], args.udp_port);
+    let (host, port) = endpoint(&args.address[0], args.udp_port)?;
+    // Resolved once; the socket binds in the target's family.
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let bind = if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await?;
     let mut producer = Producer::new(args)?;
     let mut pacer = Pacer {
         started: Instant::now(),
@@ -752,9 +810,9 @@ async fn send_udp(
         }
         for datagram in datagrams {
             socket
-                .send_to(&datagram, (host.as_str(), port))
+                .send_to(&datagram, target)
                 .await
-                .with_context(|| format!("cannot send to {host} port {port}"))?;
+                .with_context(|| format!("cannot send to {target}"))?;
             counters
                 .bytes
                 .fetch_add(datagram.len() as u64, Ordering::Relaxed);
@@ -849,14 +907,13 @@ mod tests {
             ("::1", ("::1", 3001)),
             ("[::1]", ("::1", 3001)),
             ("[::1]:4000", ("::1", 4000)),
-            ("host:notaport", ("host:notaport", 3001)),
         ];
         for (address, (host, port)) in cases {
-            assert_eq!(
-                endpoint(address, 3001),
-                (host.to_string(), port),
-                "{address}"
-            );
+            let parsed = endpoint(address, 3001).expect(address);
+            assert_eq!(parsed, (host.to_string(), port), "{address}");
+        }
+        for bad in ["host:notaport", "host:70000", "a:b:c", ""] {
+            assert!(endpoint(bad, 3001).is_err(), "{bad}");
         }
     }
 
