@@ -811,7 +811,10 @@ async fn a_node_raises_its_open_file_limit_to_hold_many_streams() -> anyhow::Res
     // Each stream keeps its WAL and segments open. Containers often start with a soft limit
     // of 1024 under a far larger hard one; here the node inherits a soft limit of 256.
     let (_, hard) = rlimit::Resource::NOFILE.get()?;
-    anyhow::ensure!(hard > 2048, "the hard open-file limit ({hard}) leaves nothing to raise");
+    anyhow::ensure!(
+        hard > 2048,
+        "the hard open-file limit ({hard}) leaves nothing to raise"
+    );
     rlimit::Resource::NOFILE.set(256, hard)?;
     let node = TestNode::start(|_, _| {}).await?;
     let pid = node.process.as_ref().expect("running").pid();
@@ -831,7 +834,11 @@ async fn a_node_raises_its_open_file_limit_to_hold_many_streams() -> anyhow::Res
     let ack = client
         .roundtrip(Format::Json, 1, "many", payload.as_bytes())
         .await?;
-    assert_eq!((ack.status, ack.accepted), (AckStatus::Accepted, 300), "{ack:?}");
+    assert_eq!(
+        (ack.status, ack.accepted),
+        (AckStatus::Accepted, 300),
+        "{ack:?}"
+    );
     assert_eq!(node.query_all("many").await?.len(), 300);
     Ok(())
 }
