@@ -108,18 +108,54 @@ impl SandboxNode {
     }
 }
 
-/// Follows cursors of a query endpoint until the end.
+/// Follows cursors of a query endpoint until the end; a complete answer only: pages that
+/// say `partial` (fewer than the read quorum answered, as right after restarts) are asked
+/// again from the start, and a failure says so.
 pub async fn follow(addr: &str, path: &str, tenant: &str) -> anyhow::Result<Vec<Value>> {
+    let last_partial = std::cell::RefCell::new(Value::Null);
+    let answer = super::eventually(
+        &format!("a complete answer from {path}"),
+        Duration::from_secs(20),
+        || async {
+            match follow_once(addr, path, tenant).await {
+                Ok(Ok(items)) => Some(Ok(items)),
+                Ok(Err(partial)) => {
+                    *last_partial.borrow_mut() = partial;
+                    None
+                }
+                Err(error) => Some(Err(error)),
+            }
+        },
+    )
+    .await;
+    match answer {
+        Ok(answer) => answer,
+        Err(error) => Err(error.context(format!(
+            "the last page was partial: {}",
+            last_partial.borrow()
+        ))),
+    }
+}
+
+/// Every page once; `Ok(Err(page))` when a page was partial.
+async fn follow_once(
+    addr: &str,
+    path: &str,
+    tenant: &str,
+) -> anyhow::Result<Result<Vec<Value>, Value>> {
     let mut items = Vec::new();
     let mut cursor = Value::Null;
     loop {
         let body = json!({"tenant_id": tenant, "limit": 1000, "cursor": cursor});
         let (status, page) = http(addr, "POST", path, &[], body.to_string().as_bytes()).await?;
         anyhow::ensure!(status == 200, "{path} answered {status}: {page}");
+        if page["stats"]["partial"] == true {
+            return Ok(Err(page["stats"].clone()));
+        }
         items.extend(page["items"].as_array().cloned().unwrap_or_default());
         cursor = page["next_cursor"].clone();
         if cursor.is_null() {
-            return Ok(items);
+            return Ok(Ok(items));
         }
     }
 }
