@@ -246,6 +246,21 @@ fn closed_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Whether `child` succeeded, and its stdout and stderr. The deadline only keeps a hang
+/// from hanging the suite.
+async fn finished(child: tokio::process::Child) -> anyhow::Result<(bool, String, String)> {
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await??;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
 /// `logcluster send` to `address` (where no ingestor answers), as a child process.
 fn unreachable_send(
     ca: &std::path::Path,
@@ -294,16 +309,8 @@ async fn send_takes_host_and_port_and_gives_up_on_an_unreachable_ingestor() -> a
     // hanging the suite.
     let closed = format!("127.0.0.1:{}", closed_port()?);
     let child = unreachable_send(&node.ca, &closed, &["--count", "500", "--batch", "100"])?;
-    let output = tokio::time::timeout(
-        std::time::Duration::from_secs(120),
-        child.wait_with_output(),
-    )
-    .await??;
-    let (out, err) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert!(!output.status.success(), "{out}\n{err}");
+    let (success, out, err) = finished(child).await?;
+    assert!(!success, "{out}\n{err}");
     assert!(err.contains("500 entries failed after retries"), "{err}");
     let s = summary(&out);
     assert_eq!(
@@ -328,22 +335,14 @@ async fn send_stops_on_sigterm_even_when_nothing_drains_its_queue() -> anyhow::R
         .args(["-TERM", &pid.to_string()])
         .status()?;
     assert!(status.success());
-    let output = tokio::time::timeout(
-        std::time::Duration::from_secs(120),
-        child.wait_with_output(),
-    )
-    .await??;
-    let (out, err) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
+    let (success, out, err) = finished(child).await?;
     assert!(err.contains("signal received"), "{err}");
     // What was queued and never acknowledged is reported failed.
     let s = summary(&out);
     assert_eq!(s["acked"].as_u64(), Some(0), "{out}\n{err}");
     assert!(s["failed"].as_u64() > Some(0), "{out}\n{err}");
     assert_eq!(s["failed"], s["sent"], "{out}");
-    assert!(!output.status.success());
+    assert!(!success);
     Ok(())
 }
 
@@ -372,17 +371,9 @@ async fn send_gives_up_on_a_peer_that_accepts_but_never_answers_the_handshake() 
             "1s",
         ],
     )?;
-    let output = tokio::time::timeout(
-        std::time::Duration::from_secs(120),
-        child.wait_with_output(),
-    )
-    .await??;
+    let (success, out, err) = finished(child).await?;
     held.abort();
-    let (out, err) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert!(!output.status.success(), "{out}\n{err}");
+    assert!(!success, "{out}\n{err}");
     assert!(err.contains("--connect-timeout"), "{err}");
     let s = summary(&out);
     assert_eq!(
