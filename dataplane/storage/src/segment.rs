@@ -845,7 +845,9 @@ pub fn read_block(file: &File, meta: &BlockMeta) -> Result<Vec<u8>, BlockError> 
 /// An active segment being filled with blocks.
 pub struct OpenSegment {
     pub path: PathBuf,
-    pub file: File,
+    /// Written only at positions (`write_all_at`), so readers share this handle
+    /// (`Arc::clone`) instead of holding a descriptor of their own.
+    pub file: std::sync::Arc<File>,
     pub len: u64,
 }
 
@@ -863,7 +865,7 @@ impl OpenSegment {
             .map_err(|source| StorageError::io("write segment header", &path, source))?;
         Ok(OpenSegment {
             path,
-            file,
+            file: std::sync::Arc::new(file),
             len: SEG_MAGIC.len() as u64,
         })
     }

@@ -402,11 +402,7 @@ impl Stream {
             }
         };
         let open = OpenSegment::create(open_path(&dir, seq))?;
-        let open_read = Arc::new(
-            open.file
-                .try_clone()
-                .map_err(|source| StorageError::io("clone segment handle", &open.path, source))?,
-        );
+        let open_read = open.file.clone();
         let mut inner = Inner {
             seq,
             wal: wal_file,
@@ -975,9 +971,7 @@ impl Inner {
         }
         let prepared = (|| -> Result<_, StorageError> {
             let new_open = OpenSegment::create(open_path(dir, next))?;
-            let new_read = Arc::new(new_open.file.try_clone().map_err(|source| {
-                StorageError::io("clone segment handle", &new_open.path, source)
-            })?);
+            let new_read = new_open.file.clone();
             let new_wal = if start_wal {
                 let path = wal_path(dir, next);
                 let file = wal::create(&path)?;
@@ -1332,15 +1326,17 @@ mod tests {
         // The open segment can no longer be written: the flush that the next batch calls
         // for fails (the batch itself is in the WAL and stands).
         let path = stream.lock().open.path.clone();
-        stream.lock().open.file = File::open(&path).expect("read-only handle");
+        stream.lock().open.file = Arc::new(File::open(&path).expect("read-only handle"));
         append(2, &all[5..60]);
         assert_eq!(metrics.seal_failures.get(), 1);
         assert!(stream.lock().open_blocks.is_empty());
-        stream.lock().open.file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("writable handle");
+        stream.lock().open.file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("writable handle"),
+        );
         // Within the back-off: added to the tail's block, which is built again first.
         append(3, &all[60..]);
         stream.lock().flush_tail(&config).expect("flush");
@@ -1374,7 +1370,7 @@ mod tests {
         let (_dir, config, metrics, stream) = new_stream(small_blocks);
         let all = entries(400);
         let path = stream.lock().open.path.clone();
-        stream.lock().open.file = File::open(&path).expect("read-only handle");
+        stream.lock().open.file = Arc::new(File::open(&path).expect("read-only handle"));
         // Blocks fail; batch parts go on into the WAL and the tail until it holds eight
         // blocks' worth, then are refused.
         let mut stored = 0;
@@ -1396,11 +1392,13 @@ mod tests {
         assert!(tail_bytes <= tail_limit(&config), "{tail_bytes}");
         assert!(tail_bytes + 1_500 > tail_limit(&config), "{tail_bytes}");
         // Still refused while the next attempt is not due, even once blocks could be written.
-        stream.lock().open.file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("writable handle");
+        stream.lock().open.file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .expect("writable handle"),
+        );
         let next = all[stored..stored + 5].to_vec();
         let again = stream.append_owned(9_999, next.clone(), &config, &metrics);
         assert!(matches!(again, Err(StorageError::Backlog { .. })));
