@@ -218,10 +218,7 @@ fn decode_datagrams(
     let mut output = DecodeOutput::default();
     let mut with_records = 0;
     let reject = |reason: &str| {
-        metrics
-            .rejected
-            .get_or_create(&labels2("format", kind.name(), "reason", reason))
-            .inc();
+        metrics.count_rejected(kind.name(), reason, 1);
         metrics
             .totals
             .rejected

@@ -88,6 +88,13 @@ pub fn labels2(k1: &str, v1: &str, k2: &str, v2: &str) -> Labels {
 }
 
 impl IngestMetrics {
+    /// Counts `n` refused records in `logcluster_ingest_rejected{format,reason}`.
+    pub fn count_rejected(&self, format: &str, reason: &str, n: u64) {
+        self.rejected
+            .get_or_create(&labels2("format", format, "reason", reason))
+            .inc_by(n);
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("logcluster_ingest");
         r.register(

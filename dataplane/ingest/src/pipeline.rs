@@ -554,10 +554,7 @@ impl Pipeline {
         reason: RejectReason,
         message: &str,
     ) -> BatchResult {
-        self.metrics
-            .rejected
-            .get_or_create(&labels2("format", source.format, "reason", reason.label()))
-            .inc();
+        self.count_rejected(source.format, reason, 1);
         self.finish(
             started,
             BatchResult {
@@ -635,10 +632,7 @@ impl Pipeline {
                             violation.reason,
                         ))
                         .inc();
-                    self.metrics
-                        .rejected
-                        .get_or_create(&labels2("format", source.format, "reason", "schema"))
-                        .inc();
+                    self.count_rejected(source.format, RejectReason::Schema, 1);
                     errors.push(RecordError {
                         index,
                         reason: decode::RejectReason::Schema,
@@ -794,10 +788,7 @@ impl Pipeline {
 
     /// Counts `n` refused records in `logcluster_ingest_rejected{format,reason}`.
     fn count_rejected(&self, format: &str, reason: RejectReason, n: u64) {
-        self.metrics
-            .rejected
-            .get_or_create(&labels2("format", format, "reason", reason.label()))
-            .inc_by(n);
+        self.metrics.count_rejected(format, reason.label(), n);
     }
 
     fn finish(&self, started: Instant, result: BatchResult) -> BatchResult {

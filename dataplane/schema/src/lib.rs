@@ -138,7 +138,7 @@ pub fn compile(resource: &LogSchemaResource) -> Result<CompiledSchema, CompileEr
             };
             Validator::Avro(
                 logcluster_proto::avro::parse_untrusted_schema(&text)
-                    .map_err(|e| CompileError::Avro(error_text(&e)))?,
+                    .map_err(|e| CompileError::Avro(logcluster_common::error_chain(&e)))?,
             )
         }
         SchemaFormat::Protobuf => {
@@ -527,16 +527,4 @@ pub async fn watch_dir(
             Err(error) => warn!(%error, "schema reload task failed"),
         }
     }
-}
-
-/// An error with its sources, for a LogSchema's status.
-fn error_text(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

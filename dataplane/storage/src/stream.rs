@@ -181,8 +181,8 @@ struct Inner {
     open_read: Arc<File>,
     open_blocks: Vec<Arc<BlockMeta>>,
     tail: Vec<Arc<TailChunk>>,
-    tail_bytes: usize,
-    /// `tail_bytes` in the store-wide count that `storage.tailMemoryBytes` bounds.
+    /// The tail's record bytes (`tails.held`), also in the store-wide count that
+    /// `storage.tailMemoryBytes` bounds.
     tails: TailAccount,
     /// The tail's block, built as entries arrive (while they are in cache); `None` while
     /// the tail is empty and after a failed flush (see [`Inner::take_building`]).
@@ -214,6 +214,7 @@ struct TailAccount {
     bytes: prometheus_client::metrics::gauge::Gauge,
     streams: prometheus_client::metrics::gauge::Gauge,
     flushes: prometheus_client::metrics::counter::Counter,
+    /// This tail's record bytes.
     held: usize,
 }
 
@@ -416,7 +417,6 @@ impl Stream {
             open_read,
             open_blocks: Vec::new(),
             tail: Vec::new(),
-            tail_bytes: 0,
             tails: TailAccount::new(metrics),
             building: None,
             uids_current: HashSet::new(),
@@ -528,7 +528,7 @@ impl Stream {
         // Blocks are failing to be written (disk errors, the fd limit) and the tail, which
         // waits in memory for them, is full: try once more when due, else refuse the part
         // (retry later) rather than grow the tail without bound.
-        if inner.flush_failed && inner.tail_bytes + record.len() > tail_limit(config) {
+        if inner.flush_failed && inner.tails.held + record.len() > tail_limit(config) {
             let flushed = inner.sealing_due() && {
                 let result = inner.flush_tail(config);
                 self.sealing_outcome(&mut inner, result, metrics).is_ok()
@@ -536,7 +536,7 @@ impl Stream {
             if !flushed {
                 metrics.backlog_refusals.inc();
                 return Err(StorageError::Backlog {
-                    tail_bytes: inner.tail_bytes,
+                    tail_bytes: inner.tails.held,
                 });
             }
         }
@@ -560,8 +560,7 @@ impl Stream {
         // to the block and segment work below. That work, when it fails (disk full, the fd
         // limit), is counted, logged and tried again a little later, not on every append.
         let retry_due = inner.sealing_due();
-        // Blocks are cut during a rotation's back-off too, unless writing them is what fails.
-        let flush = retry_due || !inner.flush_failed;
+        let flush = inner.may_cut_blocks();
         let sealed = inner
             .push_tail(entries, record, config, flush)
             .and_then(|()| {
@@ -619,7 +618,7 @@ impl Stream {
 
     /// Record bytes of the tail, not yet in a block.
     pub fn tail_bytes(&self) -> usize {
-        self.lock().tail_bytes
+        self.lock().tails.held
     }
 
     /// Cuts the tail into a block now if the tails together hold more than
@@ -631,8 +630,10 @@ impl Stream {
         metrics: &StorageMetrics,
     ) -> Result<bool, StorageError> {
         let mut inner = self.lock();
-        let due = inner.sealing_due() || !inner.flush_failed;
-        if inner.removed || !due || !inner.tails.over_budget(config.tail_memory_bytes) {
+        if inner.removed
+            || !inner.may_cut_blocks()
+            || !inner.tails.over_budget(config.tail_memory_bytes)
+        {
             return Ok(false);
         }
         // Only a failure is news here: a success must not end a rotation's back-off.
@@ -641,7 +642,7 @@ impl Stream {
                 .sealing_outcome(&mut inner, Err(error), metrics)
                 .map(|()| false);
         }
-        metrics.memory_flushes.inc();
+        inner.tails.flushes.inc();
         Ok(true)
     }
 
@@ -797,6 +798,12 @@ impl Inner {
         self.retry_sealing_at.is_none_or(|at| Instant::now() >= at)
     }
 
+    /// Whether the tail may be cut into blocks now: during a rotation's back-off too, unless
+    /// writing blocks is what fails (then only when the retry is due).
+    fn may_cut_blocks(&self) -> bool {
+        self.sealing_due() || !self.flush_failed
+    }
+
     /// Whether batch `batch_uid` is in the open segment or a recent sealed one.
     fn holds_batch(&self, batch_uid: u64) -> bool {
         self.uids_current.contains(&batch_uid)
@@ -891,8 +898,7 @@ impl Inner {
         config: &StorageConfig,
         flush: bool,
     ) -> Result<(), StorageError> {
-        self.tail_bytes += record.len();
-        self.tails.set(self.tail_bytes);
+        self.tails.set(self.tails.held + record.len());
         self.tail.push(Arc::new(TailChunk {
             record,
             max_ts,
@@ -902,7 +908,7 @@ impl Inner {
         if !flush {
             return Ok(());
         }
-        if self.tail_bytes >= config.block_target_bytes {
+        if self.tails.held >= config.block_target_bytes {
             self.flush_tail(config)?;
         } else if self.tails.over_budget(config.tail_memory_bytes) {
             self.flush_tail(config)?;
@@ -931,7 +937,6 @@ impl Inner {
         let meta = built?;
         self.open_blocks.push(Arc::new(meta));
         self.tail.clear();
-        self.tail_bytes = 0;
         self.tails.set(0);
         Ok(())
     }
@@ -1362,7 +1367,7 @@ mod tests {
         // The tail did not wait for the rotation: blocks went on into the open segment.
         let inner = stream.lock();
         assert!(inner.open_blocks.len() > 5, "{}", inner.open_blocks.len());
-        assert!(inner.tail_bytes < 2 * 1_500, "{}", inner.tail_bytes);
+        assert!(inner.tails.held < 2 * 1_500, "{}", inner.tails.held);
     }
 
     #[test]
@@ -1387,7 +1392,7 @@ mod tests {
         };
         assert!(matches!(refused, StorageError::Backlog { .. }), "{refused}");
         assert_eq!(metrics.backlog_refusals.get(), 1);
-        let tail_bytes = stream.lock().tail_bytes;
+        let tail_bytes = stream.lock().tails.held;
         // Full: at most the limit, and one more part would have passed it.
         assert!(tail_bytes <= tail_limit(&config), "{tail_bytes}");
         assert!(tail_bytes + 1_500 > tail_limit(&config), "{tail_bytes}");

@@ -36,7 +36,6 @@ use serde_json::{Map, Value, json};
 
 use super::{BodyError, Compat};
 use crate::decode::{self, DecodeContext, DecodeOutput, RecordError, RejectReason};
-use crate::metrics::labels2;
 use crate::pipeline::BatchSource;
 
 /// The version reported to shippers that check it (Filebeat, Vector's `api_version: auto`).
@@ -400,17 +399,11 @@ async fn bulk(
     };
     let unsupported = items.iter().filter(|i| i.doc.is_none()).count();
     if unsupported > 0 {
-        compat
-            .pipeline
-            .metrics()
-            .rejected
-            .get_or_create(&labels2(
-                "format",
-                "elasticsearch",
-                "reason",
-                "unsupported_action",
-            ))
-            .inc_by(unsupported as u64);
+        compat.pipeline.metrics().count_rejected(
+            "elasticsearch",
+            "unsupported_action",
+            unsupported as u64,
+        );
     }
     let with_docs: Vec<&Item> = items.iter().filter(|i| i.doc.is_some()).collect();
     let all_have_ids = !with_docs.is_empty() && with_docs.iter().all(|i| i.id.is_some());
