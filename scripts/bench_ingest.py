@@ -7,24 +7,53 @@ entries. Prints rate, MB/s and ack latency percentiles (send of a frame -> its a
 
 Usage: bench_ingest.py FILE --port 3001 --ca CA.pem [--format json|syslog|protobuf]
        [--batch 2000] [--inflight 16] [--connections 2] [--tenant bench]
+
+With --format protobuf, FILE holds ready frame payloads (a 4-byte big-endian length, then a
+LogBatch), as `cargo run --release -p logcluster-ingest --example protobuf_frames` writes them
+from an NDJSON file; --batch is then the frames' own size.
 """
 import argparse, os, socket, ssl, statistics, struct, sys, threading, time
 
 FORMATS = {"json": 1, "protobuf": 2, "avro": 3, "raw": 4, "syslog": 5, "journald": 6}
 
 
-def frames(path, batch, fmt, tenant, start_id):
+def payloads(path, batch, fmt):
+    """(entries, payload) per frame."""
     with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
+        data = f.read()
+    if fmt == "protobuf":
+        out, at = [], 0
+        while at < len(data):
+            (n,) = struct.unpack(">I", data[at:at + 4])
+            payload = data[at + 4:at + 4 + n]
+            at += 4 + n
+            # Entries are the LogBatch's field-1 records: count their tags (0x0a) while
+            # skipping each record's bytes.
+            count, i = 0, 0
+            while i < len(payload):
+                assert payload[i] == 0x0A, "not a LogBatch"
+                i += 1
+                length, shift = 0, 0
+                while True:
+                    b = payload[i]; i += 1
+                    length |= (b & 0x7F) << shift; shift += 7
+                    if b < 0x80: break
+                i += length
+                count += 1
+            out.append((count, payload))
+        return out
+    lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
+    return [(len(lines[i:i + batch]), b"\n".join(lines[i:i + batch])) for i in range(0, len(lines), batch)]
+
+
+def frames(path, batch, fmt, tenant, start_id):
     t = tenant.encode()
     out = []
-    for i in range(0, len(lines), batch):
-        chunk = lines[i:i + batch]
-        payload = b"\n".join(chunk)
+    for n, payload in payloads(path, batch, fmt):
         header = b"LC" + bytes([1, FORMATS[fmt]]) + struct.pack(">QI", start_id + len(out), len(payload)) + bytes([len(t)]) + t
-        out.append((len(chunk), header + payload))
+        out.append((n, header + payload))
     return out
 
 

@@ -53,6 +53,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a pod's log, a file or a pipe gets plain
+        // text that log shippers and grep can read.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Blocking threads do decoding, WAL writes, fsyncs, compression and scans. Each keeps an
     // allocator heap of its own that retains freed pages: with 16 threads a single node

@@ -165,6 +165,84 @@ async fn send_ships_every_format_with_failover_and_query_prints_it() -> anyhow::
     Ok(())
 }
 
+/// What a query returns for an entry, without what the node assigns (id, arrival).
+fn stored_form(mut item: Value) -> Value {
+    if let Some(object) = item.as_object_mut() {
+        for assigned in ["id", "received_at", "tenant"] {
+            object.remove(assigned);
+        }
+    }
+    item
+}
+
+#[tokio::test]
+async fn send_converts_a_file_of_ndjson_to_protobuf_and_avro_records() -> anyhow::Result<()> {
+    let node = TestNode::start(|_, _| {}).await?;
+    // Lines of the shapes shippers write: aliases, nested objects, every value type, epoch
+    // and RFC 3339 times; and two lines that are not records.
+    let mut lines: Vec<String> = (0..120)
+        .map(|i| {
+            const LEVELS: [&str; 3] = ["INFO", "warn", "ERROR"];
+            serde_json::json!({
+                "timestamp": format!("2026-11-24T10:{:02}:{:02}.{:03}Z", i / 60, i % 60, i),
+                "level": LEVELS[i % 3],
+                "service": format!("svc-{}", i % 4),
+                "host": "web-1",
+                "trace_id": format!("{i:032x}"),
+                "message": format!("request {i} took {}ms", i * 7),
+                "http": {"status": 200 + i, "path": "/api/items"},
+                "ratio": i as f64 / 8.0,
+                "cached": i % 2 == 0,
+            })
+            .to_string()
+        })
+        .collect();
+    lines.push(
+        r#"{"ts": 1732442400123, "severity": 3, "msg": "epoch and aliases", "app": "legacy"}"#
+            .into(),
+    );
+    lines.push("not json at all".into());
+    lines.push(r#"["an", "array"]"#.into());
+    let file = node.dir.path().join("mixed.ndjson");
+    std::fs::write(&file, lines.join("\n"))?;
+    let file = file.display().to_string();
+    let mut stored = Vec::new();
+    for format in ["json", "proto", "avro"] {
+        let tenant = format!("file-{format}");
+        let (ok, out, err) = logcluster(&send_args(
+            &node,
+            &[
+                "--file", &file, "--format", format, "--tenant", &tenant, "--batch", "50",
+            ],
+        ))?;
+        assert!(ok, "{format}: {err}");
+        let s = summary(&out);
+        assert_eq!(s["acked"].as_u64(), Some(121), "{format}: {out}\n{err}");
+        if format != "json" {
+            // Lines that are no record are counted and named, not sent; the warnings are
+            // plain text (stderr is a pipe here, as in a pod).
+            assert!(!err.contains('\x1b'), "colour codes in a pipe: {err:?}");
+            assert_eq!(s["invalid"].as_u64(), Some(2), "{format}: {out}");
+            assert!(
+                err.contains("line=122") && err.contains("line=123"),
+                "{err}"
+            );
+        }
+        let items = node.query_all(&tenant).await?;
+        stored.push(items.into_iter().map(stored_form).collect::<Vec<_>>());
+    }
+    assert_eq!(stored[0].len(), 121);
+    assert_eq!(
+        stored[1], stored[0],
+        "protobuf records differ from the JSON lines"
+    );
+    assert_eq!(
+        stored[2], stored[0],
+        "Avro records differ from the JSON lines"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn send_checks_the_nodes_schemas_before_sending() -> anyhow::Result<()> {
     let node = TestNode::start(|raw, dir| {

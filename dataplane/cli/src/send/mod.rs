@@ -75,7 +75,9 @@ pub struct SendArgs {
     /// Give every generated entry this service.
     #[arg(long)]
     pub service: Option<String>,
-    /// Send the lines of this file (NDJSON, or syslog/raw lines with --format); `-` = stdin.
+    /// Send the lines of this file; `-` = stdin. NDJSON lines go as they are with --format json
+    /// and are converted to records (the node's own JSON mapping) with proto or avro; with
+    /// syslog or raw the lines are syslog messages or raw lines.
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Parallel TLS connections.
@@ -334,12 +336,18 @@ async fn fetch_schemas(query_url: &str) -> Vec<CompiledSchema> {
     compiled
 }
 
+/// Lines of a file that cannot be converted are each counted as invalid; only the first few
+/// are also logged.
+const MAX_LINE_WARNINGS: u64 = 10;
+
 /// Produces the batches to send, one at a time.
 struct Producer {
     generator: Option<Generator>,
     lines: Option<Box<dyn Iterator<Item = std::io::Result<String>> + Send>>,
     remaining: u64,
     next_id: u64,
+    /// Lines read so far (for the warnings about lines that cannot be converted).
+    line_number: u64,
 }
 
 impl Producer {
@@ -370,6 +378,7 @@ impl Producer {
                 args.count
             },
             next_id: (rand::random::<u64>() >> 16).max(1) << 16,
+            line_number: 0,
         })
     }
 
@@ -383,10 +392,37 @@ impl Producer {
     ) -> anyhow::Result<Option<(u64, Vec<u8>, u64)>> {
         self.next_id += 1;
         if let Some(lines) = &mut self.lines {
+            // Protobuf and Avro carry records, not lines: each NDJSON line is mapped to one.
+            let convert = matches!(format, Format::Protobuf | Format::Avro);
             let mut chunk = Vec::with_capacity(args.batch);
+            let mut entries = Vec::new();
             for line in lines.by_ref() {
                 let line = line.context("failed to read input")?;
+                self.line_number += 1;
                 if line.trim().is_empty() {
+                    continue;
+                }
+                if convert {
+                    match payload::entry_from_json_line(&line) {
+                        Ok(entry)
+                            if schemas.is_empty()
+                                || payload::entry_passes(&entry, format, schemas) =>
+                        {
+                            entries.push(entry);
+                            if entries.len() >= args.batch {
+                                break;
+                            }
+                        }
+                        Ok(_) => {
+                            counters.invalid.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            let skipped = counters.invalid.fetch_add(1, Ordering::Relaxed);
+                            if skipped < MAX_LINE_WARNINGS {
+                                warn!(line = self.line_number, %error, "line not sent: it is not a JSON record");
+                            }
+                        }
+                    }
                     continue;
                 }
                 if format == Format::Json
@@ -399,6 +435,17 @@ impl Producer {
                 if chunk.len() >= args.batch {
                     break;
                 }
+            }
+            if convert {
+                if entries.is_empty() {
+                    return Ok(None);
+                }
+                let count = entries.len() as u64;
+                return Ok(Some((
+                    self.next_id,
+                    payload::encode(format, &entries)?,
+                    count,
+                )));
             }
             if chunk.is_empty() {
                 return Ok(None);

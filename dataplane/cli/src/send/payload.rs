@@ -122,6 +122,19 @@ pub fn entry_passes(entry: &LogEntry, format: Format, schemas: &[CompiledSchema]
     true
 }
 
+/// One NDJSON line of a file as the entry the node would make of it (its own lenient JSON
+/// mapping), for the formats that carry records rather than lines.
+pub fn entry_from_json_line(line: &str) -> Result<LogEntry, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let context = logcluster_ingest::decode::DecodeContext {
+        keep_original: false,
+        ..Default::default()
+    };
+    logcluster_ingest::decode::decode_json_value(value, &context)
+        .map(|decoded| decoded.entry)
+        .map_err(|e| e.message)
+}
+
 /// The same check for a JSON line of a file; unparseable lines are left to the server.
 pub fn json_line_passes(line: &str, schemas: &[CompiledSchema], invalid: &AtomicU64) -> bool {
     let Ok(value) = serde_json::from_str::<Value>(line) else {
