@@ -333,6 +333,7 @@ pub async fn run_node(
                 max_connections: config.max_connections,
                 idle_timeout: config.idle_timeout,
                 frame_timeout: config.frame_timeout,
+                max_timestamp_ahead: config.max_timestamp_ahead,
             },
         )),
         _ => None,

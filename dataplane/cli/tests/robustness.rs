@@ -72,6 +72,25 @@ async fn malformed_input_is_refused_clearly_and_other_connections_carry_on() -> 
     assert_eq!(ack.status, AckStatus::Partial, "{ack:?}");
     assert!(ack.error.contains("orders"), "{}", ack.error);
 
+    // 2b. A clock decades ahead: that record is refused (it would hold its segment from age
+    // retention until 2099); the one beside it, an hour ahead, is stored.
+    let in_an_hour = logcluster_proto::time::format_rfc3339(
+        logcluster_proto::time::now_nanos() + 3_600_000_000_000,
+    );
+    let payload = format!(
+        "{{\"message\":\"from 2099\",\"timestamp\":\"2099-01-01T00:00:00Z\"}}\n{{\"message\":\"an hour ahead\",\"timestamp\":\"{in_an_hour}\"}}"
+    );
+    let ack = c
+        .roundtrip(Format::Json, 504, "t", payload.as_bytes())
+        .await?;
+    assert_eq!(ack.status, AckStatus::Partial, "{ack:?}");
+    assert_eq!((ack.accepted, ack.rejected), (1, 1));
+    assert!(
+        ack.error.contains("record 0") && ack.error.contains("maxTimestampAhead"),
+        "{}",
+        ack.error
+    );
+
     // 3. An undecodable protobuf payload: the batch is rejected, the connection stays usable.
     let ack = c
         .roundtrip(Format::Protobuf, 502, "t", &[0xff, 0xff, 0xff, 0xff, 0x0f])
@@ -188,6 +207,14 @@ async fn malformed_input_is_refused_clearly_and_other_connections_carry_on() -> 
             &["reason=\"schema\""]
         ) >= 1.0
     );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["reason=\"future_timestamp\""]
+        ),
+        1.0
+    );
     assert!(
         metric_sum(
             &metrics,
@@ -228,13 +255,13 @@ async fn malformed_input_is_refused_clearly_and_other_connections_carry_on() -> 
     assert!(
         messages.contains(&"fine")
             && messages.contains(&"has id")
+            && messages.contains(&"an hour ahead")
             && messages.contains(&"after a bad batch")
     );
-    assert!(
-        !messages.iter().any(|m| m.contains("never complete")
-            || m.contains("no id")
-            || m.contains("plaintext"))
-    );
+    assert!(!messages.iter().any(|m| m.contains("never complete")
+        || m.contains("no id")
+        || m.contains("2099")
+        || m.contains("plaintext")));
     Ok(())
 }
 

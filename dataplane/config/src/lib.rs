@@ -178,6 +178,12 @@ pub struct RawIngest {
     /// Tenant for entries that name none and arrive without a frame tenant.
     #[serde(default = "default_tenant")]
     pub default_tenant: String,
+    /// Records stamped further ahead of this node's clock are rejected
+    /// (`future_timestamp`): a clock years ahead would otherwise keep a whole segment from
+    /// age retention until that date, and hide the record from every recent time range.
+    /// `0s` accepts any timestamp.
+    #[serde(default = "default_max_timestamp_ahead")]
+    pub max_timestamp_ahead: String,
     /// Folder of LogSchema YAML files, reloaded on change.
     #[serde(default)]
     pub schema_dir: Option<PathBuf>,
@@ -427,6 +433,9 @@ fn default_idle_timeout() -> String {
 fn default_frame_timeout() -> String {
     "1m".into()
 }
+fn default_max_timestamp_ahead() -> String {
+    "2d".into()
+}
 fn default_max_batch_records() -> u32 {
     100_000
 }
@@ -549,6 +558,7 @@ impl Default for RawIngest {
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
             frame_timeout: default_frame_timeout(),
+            max_timestamp_ahead: default_max_timestamp_ahead(),
             default_tenant: default_tenant(),
             schema_dir: None,
             schema_poll_interval: default_schema_poll(),
@@ -696,6 +706,8 @@ pub struct NodeConfig {
     pub idle_timeout: Option<Duration>,
     /// `None`: a started frame may take any time.
     pub frame_timeout: Option<Duration>,
+    /// `None`: any timestamp is accepted.
+    pub max_timestamp_ahead: Option<Duration>,
     pub default_tenant: String,
     pub schema_dir: Option<PathBuf>,
     pub schema_poll_interval: Duration,
@@ -1074,6 +1086,11 @@ impl RawNodeConfig {
                 &self.ingest.frame_timeout,
             )?)
             .filter(|timeout| !timeout.is_zero()),
+            max_timestamp_ahead: Some(duration_field(
+                "ingest.maxTimestampAhead",
+                &self.ingest.max_timestamp_ahead,
+            )?)
+            .filter(|ahead| !ahead.is_zero()),
             default_tenant: self.ingest.default_tenant,
             schema_dir: self.ingest.schema_dir,
             schema_poll_interval: duration_field(
@@ -1245,6 +1262,13 @@ mod tests {
         let patient = NodeConfig::from_yaml(&format!("{base}ingest: {{frameTimeout: 0s}}\n"))
             .expect("no frame timeout");
         assert_eq!(patient.frame_timeout, None);
+        assert_eq!(
+            default.max_timestamp_ahead,
+            Some(Duration::from_secs(2 * 86_400))
+        );
+        let any = NodeConfig::from_yaml(&format!("{base}ingest: {{maxTimestampAhead: 0s}}\n"))
+            .expect("any timestamp");
+        assert_eq!(any.max_timestamp_ahead, None);
         let error = NodeConfig::from_yaml(&format!("{base}ingest: {{maxConnections: 0}}\n"))
             .expect_err("no connections");
         assert!(error.to_string().contains("maxConnections"), "{error}");

@@ -219,6 +219,9 @@ pub struct Limits {
     pub idle_timeout: Option<std::time::Duration>,
     /// How long the rest of a started frame may take (`ingest.frameTimeout`).
     pub frame_timeout: Option<std::time::Duration>,
+    /// How far ahead of this node's clock a record's timestamp may be
+    /// (`ingest.maxTimestampAhead`).
+    pub max_timestamp_ahead: Option<std::time::Duration>,
 }
 
 /// An admitted TCP connection: counted in the `connections` gauge and holding one of the
@@ -248,6 +251,8 @@ pub struct Pipeline {
     connection_slots: Arc<Semaphore>,
     idle_timeout: Option<std::time::Duration>,
     frame_timeout: Option<std::time::Duration>,
+    /// Nanoseconds a record's timestamp may be ahead of its receive time (`i64::MAX`: any).
+    max_ahead_nanos: i64,
     first_seen: std::sync::Mutex<FirstSeen>,
     /// When storage last failed a batch in the node's log (at most one line per
     /// [`STORAGE_WARNING_EVERY`]; every failure is counted in `batches{status="retry_later"}`).
@@ -309,6 +314,9 @@ impl Pipeline {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             idle_timeout: limits.idle_timeout,
             frame_timeout: limits.frame_timeout,
+            max_ahead_nanos: limits.max_timestamp_ahead.map_or(i64::MAX, |ahead| {
+                i64::try_from(ahead.as_nanos()).unwrap_or(i64::MAX)
+            }),
             first_seen: std::sync::Mutex::new(FirstSeen::default()),
             storage_warned: std::sync::Mutex::new(None),
         })
@@ -644,6 +652,19 @@ impl Pipeline {
             entry.received_at = received_at;
             if entry.timestamp == 0 {
                 entry.timestamp = received_at;
+            } else if entry.timestamp.saturating_sub(received_at) > self.max_ahead_nanos {
+                // Judged against the batch's first receive time: a retry is judged the same.
+                self.count_rejected(source.format, RejectReason::FutureTimestamp, 1);
+                errors.push(RecordError {
+                    index,
+                    reason: RejectReason::FutureTimestamp,
+                    message: format!(
+                        "timestamp {} is more than ingest.maxTimestampAhead ahead of the node's clock ({})",
+                        logcluster_proto::time::format_rfc3339(entry.timestamp),
+                        logcluster_proto::time::format_rfc3339(received_at),
+                    ),
+                });
+                continue;
             }
             self.enrichment.apply(&mut entry);
             entry.id = logcluster_common::ids::entry_id(batch_uid, position as u32);
@@ -940,6 +961,7 @@ mod tests {
                 max_connections: 8,
                 idle_timeout: None,
                 frame_timeout: None,
+                max_timestamp_ahead: Some(std::time::Duration::from_secs(3600)),
             },
         )
     }
@@ -1016,6 +1038,49 @@ mod tests {
         ingest.abort();
         assert!(ingest.await.is_err_and(|e| e.is_cancelled()));
         assert_eq!(pipeline.metrics().inflight_batches.get(), 0);
+    }
+
+    /// A record stamped further ahead than `ingest.maxTimestampAhead` (an hour here) is
+    /// refused and counted; the others keep their positions (and so their entry ids).
+    #[test]
+    fn a_record_stamped_too_far_ahead_is_refused_and_counted() {
+        let pipeline = pipeline(Box::new(PanickingSink));
+        let now = logcluster_proto::time::now_nanos();
+        let at =
+            |seconds: i64| logcluster_proto::time::format_rfc3339(now + seconds * 1_000_000_000);
+        let payload = format!(
+            "{{\"message\":\"now\",\"timestamp\":\"{}\"}}\n{{\"message\":\"skewed\",\"timestamp\":\"{}\"}}\n{{\"message\":\"ahead\",\"timestamp\":\"{}\"}}\n{{\"message\":\"no time\"}}",
+            at(0),
+            at(600),
+            at(7200),
+        );
+        let output =
+            decode::decode_payload(Format::Json, payload.as_bytes(), &DecodeContext::default())
+                .expect("decodes");
+        let prepared = pipeline.prepare(&source(), output, &pipeline.schemas.current());
+        let Accepted::Entries(entries) = prepared.accepted else {
+            panic!("prepare stores nothing");
+        };
+        let messages: Vec<&str> = entries.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages, ["now", "skewed", "no time"]);
+        assert_eq!(
+            entries[2].id,
+            logcluster_common::ids::entry_id(prepared.batch_uid, 3)
+        );
+        assert_eq!(prepared.errors.len(), 1);
+        assert_eq!(prepared.errors[0].index, 2);
+        assert_eq!(prepared.errors[0].reason, RejectReason::FutureTimestamp);
+        assert!(
+            prepared.errors[0].message.contains(&at(7200)),
+            "{:?}",
+            prepared.errors
+        );
+        let rejected = pipeline
+            .metrics()
+            .rejected
+            .get_or_create(&labels2("format", "json", "reason", "future_timestamp"))
+            .get();
+        assert_eq!(rejected, 1);
     }
 
     #[test]

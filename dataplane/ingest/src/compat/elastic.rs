@@ -470,10 +470,7 @@ async fn bulk(
                 Some(error) if error.index == this => {
                     let error = errors.next().expect("peeked");
                     // Refused after decoding: such a record still took its position.
-                    if !matches!(
-                        error.reason,
-                        RejectReason::Schema | RejectReason::PartTooLarge
-                    ) {
+                    if !error.reason.after_decoding() {
                         decode_failures_before += 1;
                     }
                     Err((400, "document_parsing_exception", error.message.clone()))

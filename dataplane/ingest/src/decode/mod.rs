@@ -122,9 +122,21 @@ pub enum RejectReason {
     /// Records whose stream's part of the batch was too large for one write-ahead log record
     /// once decoded (set by the pipeline from the sink's answer, not by decoders).
     PartTooLarge,
+    /// A timestamp further ahead of the node's clock than `ingest.maxTimestampAhead` (set
+    /// by the pipeline, not by decoders).
+    FutureTimestamp,
 }
 
 impl RejectReason {
+    /// Set by the pipeline to a record that decoded: such a record still took its position
+    /// among the batch's decoded records (and its entry id's ordinal).
+    pub fn after_decoding(self) -> bool {
+        matches!(
+            self,
+            RejectReason::Schema | RejectReason::PartTooLarge | RejectReason::FutureTimestamp
+        )
+    }
+
     /// The snake_case metrics label.
     pub fn label(self) -> &'static str {
         match self {
@@ -143,6 +155,7 @@ impl RejectReason {
             RejectReason::Schema => "schema",
             RejectReason::TooManyRecords => "too_many_records",
             RejectReason::PartTooLarge => "part_too_large",
+            RejectReason::FutureTimestamp => "future_timestamp",
         }
     }
 }
@@ -491,6 +504,8 @@ mod tests {
             RejectReason::InvalidLabels,
             RejectReason::Schema,
             RejectReason::TooManyRecords,
+            RejectReason::PartTooLarge,
+            RejectReason::FutureTimestamp,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), all.len());
