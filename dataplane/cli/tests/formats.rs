@@ -292,6 +292,115 @@ async fn http_and_udp_ingest_are_queryable() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Shippers compress their HTTP bodies (Fluent Bit, Vector, OpenTelemetry exporters): the
+/// native ingest route takes gzip, deflate and zstd bodies, bounds what they decompress to, and
+/// refuses an encoding it does not speak with 415.
+#[tokio::test]
+async fn http_ingest_takes_compressed_bodies_within_the_size_limit() -> anyhow::Result<()> {
+    use std::io::Write;
+    let node = TestNode::start(|raw, _| raw.ingest.max_frame_bytes = 64 * 1024).await?;
+    let lines = |name: &str| {
+        format!(
+            "{{\"service\":\"zip\",\"message\":\"{name} one\"}}\n{{\"service\":\"zip\",\"message\":\"{name} two\"}}"
+        )
+    };
+    let gzip = {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(lines("gzip").as_bytes())?;
+        encoder.finish()?
+    };
+    let deflate = {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(lines("deflate").as_bytes())?;
+        encoder.finish()?
+    };
+    let zstd = zstd::bulk::compress(lines("zstd").as_bytes(), 3)?;
+    for (encoding, body) in [("gzip", gzip), ("deflate", deflate), ("zstd", zstd)] {
+        let (status, answer) = common::http(
+            &node.http_addr(),
+            "POST",
+            "/api/v1/ingest",
+            &[("X-Logcluster-Tenant", "z"), ("Content-Encoding", encoding)],
+            &body,
+        )
+        .await?;
+        assert_eq!(
+            (status, &answer["accepted"]),
+            (200, &json!(2)),
+            "{encoding}: {answer}"
+        );
+    }
+    // Small on the wire, past the limit once decompressed: 413, nothing stored.
+    let bomb = zstd::bulk::compress(&vec![b' '; 1 << 20], 3)?;
+    let (status, answer) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/api/v1/ingest",
+        &[("X-Logcluster-Tenant", "z"), ("Content-Encoding", "zstd")],
+        &bomb,
+    )
+    .await?;
+    assert!(bomb.len() < 64 * 1024);
+    assert_eq!(status, 413, "{answer}");
+    let (status, answer) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/api/v1/ingest",
+        &[("X-Logcluster-Tenant", "z"), ("Content-Encoding", "zstd")],
+        b"not zstd at all",
+    )
+    .await?;
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/api/v1/ingest",
+        &[("X-Logcluster-Tenant", "z"), ("Content-Encoding", "br")],
+        lines("brotli").as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 415, "{answer}");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| e.contains("zstd")),
+        "{answer}"
+    );
+    let mut messages: Vec<String> = node
+        .query_all("z")
+        .await?
+        .iter()
+        .filter_map(|item| item["message"].as_str().map(str::to_string))
+        .collect();
+    messages.sort();
+    assert_eq!(
+        messages,
+        [
+            "deflate one",
+            "deflate two",
+            "gzip one",
+            "gzip two",
+            "zstd one",
+            "zstd two"
+        ]
+    );
+    let metrics = node.metrics().await?;
+    for kind in [
+        "body_too_large",
+        "bad_body_encoding",
+        "unsupported_encoding",
+    ] {
+        assert_eq!(
+            common::metric_sum(
+                &metrics,
+                "logcluster_ingest_protocol_errors_total",
+                &[&format!("kind=\"{kind}\"")]
+            ),
+            1.0,
+            "{kind}"
+        );
+    }
+    Ok(())
+}
+
 pub async fn wait_for_items(
     node: &TestNode,
     tenant: &str,

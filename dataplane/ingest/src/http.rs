@@ -2,9 +2,12 @@
 //! NDJSON (other text formats with `?format=raw|syslog|journald`).
 //!
 //! The tenant comes from the `X-Logcluster-Tenant` header or `?tenant=`; an optional
-//! `X-Logcluster-Batch-Id` header makes retries idempotent like the framed protocol. Status
+//! `X-Logcluster-Batch-Id` header makes retries idempotent like the framed protocol. A body
+//! may be compressed (`Content-Encoding: gzip`, `deflate`, `zstd` or `snappy`), up to the same
+//! size limit once decompressed. Status
 //! codes mean what shippers expect: 200 only after the batch is durable (per-record refusals
-//! listed in the body), 400 when nothing could be accepted, 413 over the size limit, 429 with
+//! listed in the body), 400 when nothing could be accepted, 413 over the size limit, 415 for
+//! an unknown `Content-Encoding`, 429 with
 //! `Retry-After` when the ingest budget is exhausted, 503 with `Retry-After` when storage
 //! cannot take the batch.
 
@@ -28,7 +31,10 @@ pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
     let routes = Router::new()
         .route("/api/v1/ingest", post(ingest))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(pipeline.clone());
+        .with_state(Route {
+            pipeline: pipeline.clone(),
+            max_body_bytes,
+        });
     crate::http_bodies::bounded(routes, pipeline, max_body_bytes, |_| {
         error_response(
             StatusCode::TOO_MANY_REQUESTS,
@@ -36,6 +42,13 @@ pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
             true,
         )
     })
+}
+
+#[derive(Clone)]
+struct Route {
+    pipeline: Arc<Pipeline>,
+    /// Largest body, also once decompressed.
+    max_body_bytes: usize,
 }
 
 fn error_response(status: StatusCode, message: String, retry: bool) -> Response {
@@ -48,7 +61,10 @@ fn error_response(status: StatusCode, message: String, retry: bool) -> Response 
 }
 
 async fn ingest(
-    State(pipeline): State<Arc<Pipeline>>,
+    State(Route {
+        pipeline,
+        max_body_bytes,
+    }): State<Route>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -94,6 +110,24 @@ async fn ingest(
                 );
             }
         },
+    };
+    let body = match crate::compat::decode_content(&headers, body, max_body_bytes) {
+        Ok(body) => body,
+        Err(error) => {
+            pipeline
+                .metrics()
+                .protocol_errors
+                .get_or_create(&label("kind", error.metric_kind()))
+                .inc();
+            let status = match error {
+                crate::compat::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                crate::compat::BodyError::UnsupportedEncoding(_) => {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error_response(status, error.message(), false);
+        }
     };
     let Some(reservation) = pipeline.try_reserve(body.len()) else {
         pipeline

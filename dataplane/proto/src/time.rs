@@ -134,6 +134,11 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 
 /// Interprets a bare number as a Unix time by magnitude: seconds, milliseconds, microseconds or
 /// nanoseconds (the way most shippers send epoch numbers). Fractions of seconds are kept.
+///
+/// A double holds about 16 significant digits: today's time in seconds or milliseconds has
+/// room for microseconds only (`1714521600.123` is `1714521600.12299990654…`), so the fraction
+/// of those two is rounded to the microsecond, and `…600.123` is `.123000000`. The whole part
+/// and the fraction are scaled apart, so the whole part stays exact.
 pub fn nanos_from_epoch_number(value: f64) -> Option<i64> {
     if !value.is_finite() || value < 0.0 {
         return None;
@@ -141,19 +146,24 @@ pub fn nanos_from_epoch_number(value: f64) -> Option<i64> {
     if value.fract() == 0.0 && value < 9.0e15 {
         return nanos_from_epoch_int(value as i64);
     }
-    let nanos = if value < 1e11 {
-        value * 1e9
-    } else if value < 1e14 {
-        value * 1e6
-    } else if value < 1e17 {
-        value * 1e3
-    } else {
-        value
-    };
-    if nanos > i64::MAX as f64 {
-        return None;
+    if value >= 1e17 {
+        return (value <= i64::MAX as f64).then_some(value as i64);
     }
-    Some(nanos as i64)
+    let scale: i64 = if value < 1e11 {
+        1_000_000_000
+    } else if value < 1e14 {
+        1_000_000
+    } else {
+        1_000
+    };
+    let whole = value.trunc();
+    let fraction = (value - whole) * scale as f64;
+    let fraction = if scale >= 1_000_000 {
+        (fraction / 1e3).round() as i64 * 1_000
+    } else {
+        fraction.round() as i64
+    };
+    (whole as i64).checked_mul(scale)?.checked_add(fraction)
 }
 
 /// Integer variant of [`nanos_from_epoch_number`], exact for every magnitude.
@@ -198,6 +208,28 @@ mod tests {
     #[test]
     fn epoch_numbers_by_magnitude() {
         assert_eq!(nanos_from_epoch_number(1.5), Some(1_500_000_000));
+        // Fractions as written, not as the nearest double has them.
+        assert_eq!(
+            nanos_from_epoch_number(1_714_521_600.123),
+            Some(1_714_521_600_123_000_000)
+        );
+        assert_eq!(
+            nanos_from_epoch_number(1_714_521_600.25),
+            Some(1_714_521_600_250_000_000)
+        );
+        assert_eq!(
+            nanos_from_epoch_number(1_714_521_600.999_999_9),
+            Some(1_714_521_601_000_000_000)
+        );
+        assert_eq!(
+            nanos_from_epoch_number(1_714_521_600_123.456),
+            Some(1_714_521_600_123_456_000)
+        );
+        assert_eq!(
+            nanos_from_epoch_number(1_714_521_600_123_456.5),
+            Some(1_714_521_600_123_456_500)
+        );
+        assert_eq!(nanos_from_epoch_number(9.3e18), None);
         assert_eq!(
             nanos_from_epoch_number(1_714_572_000_123.0),
             Some(1_714_572_000_123_000_000)

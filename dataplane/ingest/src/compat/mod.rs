@@ -5,8 +5,8 @@
 //! Each protocol only maps its wire format onto [`DecodeOutput`]; validation, enrichment,
 //! tenancy, ids and the durable write are the [`Pipeline`]'s, as for every other input. What
 //! the three share lives here: the bounded body read (the protocol's own "too large" answer
-//! instead of a generic one), `Content-Encoding` (gzip, deflate; snappy where Loki uses it)
-//! with a bound on the decompressed size, the tenant headers, and the ingest budget.
+//! instead of a generic one), `Content-Encoding` (gzip, deflate, zstd; snappy as Loki uses
+//! it) with a bound on the decompressed size (also used by the native ingest route), the tenant headers, and the ingest budget.
 //!
 //! The tenant comes from `X-Logcluster-Tenant`, or Loki's `X-Scope-OrgID` (which Promtail,
 //! Alloy and the Loki clients send), on every protocol; without either the node's default
@@ -77,7 +77,9 @@ impl BodyError {
             BodyError::TooLarge(limit) => format!("request body is larger than {limit} bytes"),
             BodyError::Invalid(message) | BodyError::TimedOut(message) => message.clone(),
             BodyError::UnsupportedEncoding(encoding) => {
-                format!("unsupported Content-Encoding {encoding:?}: use gzip, deflate or none")
+                format!(
+                    "unsupported Content-Encoding {encoding:?}: use gzip, deflate, zstd, snappy or none"
+                )
             }
         }
     }
@@ -119,20 +121,7 @@ impl Compat {
                     )))
                 }
             }
-            Ok(raw) => match header_text(headers, "content-encoding")
-                .map(|e| e.trim().to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("") | Some("identity") => Ok(raw),
-                Some("gzip") | Some("x-gzip") => {
-                    inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, "gzip")
-                }
-                Some("deflate") => {
-                    inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit, "deflate")
-                }
-                Some("snappy") => snappy(&raw, limit),
-                Some(other) => Err(BodyError::UnsupportedEncoding(other.to_string())),
-            },
+            Ok(raw) => decode_content(headers, raw, limit),
         };
         // A body cut off by `ingest.frameTimeout` is counted there (`body_timeout`).
         if let Err(error) = &result
@@ -170,6 +159,32 @@ impl Compat {
         let result = self.pipeline.ingest_with(source, len, |_| decode()).await;
         drop(reservation);
         Some(result)
+    }
+}
+
+/// Undoes a body's `Content-Encoding`; the result may be at most `limit` bytes.
+pub(crate) fn decode_content(
+    headers: &HeaderMap,
+    raw: Bytes,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    match header_text(headers, "content-encoding")
+        .map(|e| e.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("identity") => Ok(raw),
+        Some("gzip") | Some("x-gzip") => {
+            inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, "gzip")
+        }
+        Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit, "deflate"),
+        Some("zstd") => match zstd::stream::read::Decoder::new(&raw[..]) {
+            Ok(decoder) => inflate(decoder, limit, "zstd"),
+            Err(error) => Err(BodyError::Invalid(format!(
+                "body is not valid zstd: {error}"
+            ))),
+        },
+        Some("snappy") => snappy(&raw, limit),
+        Some(other) => Err(BodyError::UnsupportedEncoding(other.to_string())),
     }
 }
 
