@@ -65,6 +65,55 @@ struct HttpState {
     tenant_tokens: bool,
 }
 
+/// How long a node waits for a data directory whose previous owner is still exiting.
+const DATA_DIR_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the exclusive lock on `<dataDir>/lock` and writes this process's id into it. A
+/// second node on the same directory (a copied config, two `logcluster up` on one
+/// `--data-dir`, two pods on one volume) would interleave its WAL writes and segment files
+/// with the first's; it refuses to start instead, naming the holder.
+async fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let deadline = Instant::now() + DATA_DIR_LOCK_WAIT;
+    let mut waited = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                if !waited {
+                    info!(path = %path.display(), "waiting for the data directory's lock");
+                    waited = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                anyhow::bail!(
+                    "the data directory {} is in use by another LogCluster process (pid {}): each node needs a directory of its own",
+                    dir.display(),
+                    holder.trim()
+                );
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(error).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
 pub fn storage_config(config: &NodeConfig) -> StorageConfig {
     let mut storage = StorageConfig::new(&config.data_dir);
     storage.fsync = match config.fsync {
@@ -161,6 +210,12 @@ pub async fn run_node(
         cluster_metrics.register(&mut registry);
     }
 
+    // Held until the node exits (the kernel releases it even on kill -9).
+    let _data_dir_lock = if config.has_role(Role::Storage) {
+        Some(lock_data_dir(&config.data_dir).await?)
+    } else {
+        None
+    };
     let store = if config.has_role(Role::Storage) {
         Some(
             Store::open(storage_config(&config), storage_metrics.clone())

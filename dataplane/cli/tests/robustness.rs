@@ -869,3 +869,48 @@ async fn a_node_raises_its_open_file_limit_to_hold_many_streams() -> anyhow::Res
     assert_eq!(node.query_all("many").await?.len(), 300);
     Ok(())
 }
+
+/// Two nodes on one data directory would interleave their WAL writes: the second refuses to
+/// start and names the first, which carries on; once the first is gone (kill -9), a node
+/// starts on the directory and finds everything the first acknowledged.
+#[tokio::test]
+async fn a_second_node_on_the_same_data_directory_refuses_to_start() -> anyhow::Result<()> {
+    let mut node = TestNode::start(|_, _| {}).await?;
+    let mut client = node.connect().await?;
+    assert_eq!(
+        good_batch(&mut client, 1).await?.status,
+        AckStatus::Accepted
+    );
+    let first = node.process.as_ref().map(|p| p.pid()).unwrap_or_default();
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(logcluster_testkit::binary_path("logcluster"))
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config_path)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in use by another LogCluster process")
+            && stderr.contains(&format!("pid {first}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        good_batch(&mut client, 2).await?.status,
+        AckStatus::Accepted
+    );
+    node.kill_9()?;
+    node.spawn().await?;
+    let messages: Vec<String> = node
+        .query_all("t")
+        .await?
+        .iter()
+        .filter_map(|item| item["message"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    Ok(())
+}
