@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -89,6 +90,34 @@ async fn util_linux_logger_over_tcp_and_udp_is_queryable() -> anyhow::Result<()>
     let item = wait_for_message(&node, "disk almost full").await?;
     assert_eq!(item["service"], "cron");
     assert_eq!(item["level"], "WARN");
+    // A legacy program writing Latin-1: syslog cannot hear a refusal, so the byte that is not
+    // UTF-8 becomes U+FFFD and the message is kept (and counted).
+    let status = Command::new("logger")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--tcp",
+            "--rfc3164",
+            "-t",
+            "legacy",
+        ])
+        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9 au lait served"))
+        .status()?;
+    assert!(status.success());
+    let item = wait_for_message(&node, "au lait served").await?;
+    assert_eq!(item["message"], "caf\u{fffd} au lait served");
+    assert_eq!(item["service"], "legacy");
+    let metrics = node.metrics().await?;
+    assert_eq!(
+        common::metric_sum(
+            &metrics,
+            "logcluster_ingest_utf8_repaired_total",
+            &["format=\"syslog\""]
+        ),
+        1.0
+    );
     Ok(())
 }
 

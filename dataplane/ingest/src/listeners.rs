@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::decode::{self, DecodeContext, DecodeOutput, Decoded, RecordError, SyslogFramer};
+use crate::decode::{self, DecodeContext, DecodeOutput, RecordError, SyslogFramer};
 use crate::metrics::{label, labels2};
 use crate::pipeline::{BatchSource, Pipeline, Reservation};
 
@@ -52,19 +52,6 @@ const UDP_IN_FLIGHT: usize = 4;
 /// The receive buffer asked for a UDP socket (the kernel caps it at `net.core.rmem_max`):
 /// datagrams that arrive while the listener is busy wait there instead of being dropped.
 const UDP_RECEIVE_BUFFER: usize = 8 * 1024 * 1024;
-
-fn decode_syslog_one(bytes: &[u8], index: usize, ctx: &DecodeContext, output: &mut DecodeOutput) {
-    match decode::decode_syslog_message(bytes, ctx) {
-        Ok(entry) => output.records.push(Decoded {
-            entry,
-            original: None,
-        }),
-        Err(mut error) => {
-            error.index = index;
-            output.errors.push(error);
-        }
-    }
-}
 
 /// Receives datagrams until shutdown.
 pub async fn run_udp(
@@ -241,7 +228,7 @@ fn decode_datagrams(
             },
             UdpKind::Syslog => {
                 let index = output.records.len() + output.errors.len();
-                decode_syslog_one(datagram, index, &ctx, &mut output);
+                decode::decode_syslog_into(datagram, index, &ctx, &mut output);
             }
         }
         if output.records.len() > records {
@@ -465,7 +452,7 @@ async fn serve_syslog<S: AsyncRead + Unpin>(
                         for (index, message) in messages.into_iter().enumerate() {
                             match message {
                                 Ok(message) => {
-                                    decode_syslog_one(&message, index, &ctx, &mut output)
+                                    decode::decode_syslog_into(&message, index, &ctx, &mut output)
                                 }
                                 Err(error) => push_framing_error(&mut output, index, &error),
                             }

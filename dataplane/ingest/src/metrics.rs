@@ -18,6 +18,8 @@ pub struct IngestMetrics {
     pub bytes: Family<Labels, Counter>,
     /// Entries refused, by input format and reason.
     pub rejected: Family<Labels, Counter>,
+    /// Records stored with invalid UTF-8 replaced by U+FFFD, by format.
+    pub utf8_repaired: Family<Labels, Counter>,
     /// Schema violations, by schema name and reason.
     pub schema_rejects: Family<Labels, Counter>,
     /// UDP datagrams dropped, by listener and reason.
@@ -59,6 +61,7 @@ impl Default for IngestMetrics {
             entries: Family::default(),
             bytes: Family::default(),
             rejected: Family::default(),
+            utf8_repaired: Family::default(),
             schema_rejects: Family::default(),
             udp_drops: Family::default(),
             protocol_errors: Family::default(),
@@ -111,6 +114,11 @@ impl IngestMetrics {
             "rejected",
             "Entries refused, by format and reason",
             self.rejected.clone(),
+        );
+        r.register(
+            "utf8_repaired",
+            "Records whose bytes that were not UTF-8 were replaced by U+FFFD instead of refusing them (syslog, raw lines, journald values), by format",
+            self.utf8_repaired.clone(),
         );
         r.register(
             "schema_rejects",

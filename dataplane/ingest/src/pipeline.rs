@@ -594,6 +594,12 @@ impl Pipeline {
         for error in &errors {
             self.count_rejected(source.format, error.reason, 1);
         }
+        if output.repaired > 0 {
+            self.metrics
+                .utf8_repaired
+                .get_or_create(&label("format", source.format))
+                .inc_by(output.repaired as u64);
+        }
         let mut entries = Vec::with_capacity(output.records.len());
         // Every payload item is either a record or a decode error, in order: the k-th record's
         // payload index is the k-th index that no decode error took.

@@ -86,19 +86,23 @@ fn utf8(bytes: &[u8]) -> Result<&str, Rejection> {
     std::str::from_utf8(bytes).map_err(|_| {
         (
             RejectReason::InvalidUtf8,
-            "journal field value is not valid UTF-8".to_string(),
+            "journal field name is not valid UTF-8".to_string(),
         )
     })
 }
 
-fn to_entry(raw: Vec<RawField<'_>>, ctx: &DecodeContext) -> Result<LogEntry, Rejection> {
+/// The entry of a journal record, and whether a value's invalid UTF-8 was replaced by U+FFFD
+/// (journald keeps such a `MESSAGE` as a binary field; refusing it would lose the line).
+fn to_entry(raw: Vec<RawField<'_>>, ctx: &DecodeContext) -> Result<(LogEntry, bool), Rejection> {
     let mut entry = LogEntry::default();
     let mut fields = BTreeMap::new();
-    let mut services: [Option<&str>; 3] = [None; 3];
+    let mut services: [Option<std::borrow::Cow<'_, str>>; 3] = [None, None, None];
+    let mut repaired = false;
     for (name, value) in raw {
         // Names were checked to be ASCII.
         let name = utf8(name)?;
-        let value = utf8(value)?;
+        let value = String::from_utf8_lossy(value);
+        repaired |= matches!(value, std::borrow::Cow::Owned(_));
         match name {
             "MESSAGE" => entry.message = value.to_string(),
             "PRIORITY" => match value.trim().parse::<u8>() {
@@ -137,7 +141,7 @@ fn to_entry(raw: Vec<RawField<'_>>, ctx: &DecodeContext) -> Result<LogEntry, Rej
     for (name, value) in SERVICE_FIELDS.iter().zip(services) {
         let Some(value) = value else { continue };
         if !chosen && !value.is_empty() {
-            entry.service = value.to_string();
+            entry.service = value.into_owned();
             chosen = true;
         } else {
             fields.insert((*name).to_string(), FieldValue::str(value));
@@ -145,7 +149,7 @@ fn to_entry(raw: Vec<RawField<'_>>, ctx: &DecodeContext) -> Result<LogEntry, Rej
     }
     entry.fields = fields;
     ctx.fill_service(&mut entry);
-    Ok(entry)
+    Ok((entry, repaired))
 }
 
 /// Finds the end of the empty line that ends the entry containing `from`.
@@ -168,10 +172,13 @@ pub(crate) fn decode_journald(payload: &[u8], ctx: &DecodeContext) -> DecodeOutp
             Ok(raw) if raw.is_empty() => continue,
             Ok(raw) => {
                 match to_entry(raw, ctx) {
-                    Ok(entry) => out.records.push(Decoded {
-                        entry,
-                        original: None,
-                    }),
+                    Ok((entry, repaired)) => {
+                        out.repaired += usize::from(repaired);
+                        out.records.push(Decoded {
+                            entry,
+                            original: None,
+                        });
+                    }
                     Err((reason, message)) => {
                         out.errors.push(RecordError::new(index, reason, message))
                     }
@@ -310,7 +317,10 @@ MESSAGE=Accepted publickey for ops from 10.0.0.5 port 52144 ssh2\n\
             .map(|r| r.entry.message.as_str())
             .collect();
         assert_eq!(messages[0], "first");
-        assert_eq!(messages.len(), 2);
+        // A value that is not UTF-8 is stored with U+FFFD, and counted.
+        assert_eq!(messages[1], "caf\u{fffd}");
+        assert_eq!(messages.len(), 3);
+        assert_eq!(out.repaired, 1);
         let errors: Vec<_> = out.errors.iter().map(|e| (e.index, e.reason)).collect();
         assert_eq!(
             errors,
@@ -318,7 +328,6 @@ MESSAGE=Accepted publickey for ops from 10.0.0.5 port 52144 ssh2\n\
                 (1, RejectReason::InvalidJournald),
                 (2, RejectReason::InvalidJournald),
                 (3, RejectReason::BadTimestamp),
-                (4, RejectReason::InvalidUtf8),
             ]
         );
     }

@@ -31,6 +31,7 @@ use prost::Message;
 
 pub use framer::{FramingError, SyslogFramer};
 pub use json::decode_json_value;
+pub(crate) use syslog::decode_syslog_into;
 pub use syslog::decode_syslog_message;
 
 /// Settings that apply to every record of a payload.
@@ -165,6 +166,10 @@ impl RejectReason {
 pub struct DecodeOutput {
     pub records: Vec<Decoded>,
     pub errors: Vec<RecordError>,
+    /// Records stored with invalid UTF-8 replaced by U+FFFD: syslog messages, raw lines and
+    /// journald values, whose senders (network devices, legacy applications writing Latin-1)
+    /// have no way to hear a refusal and resend, unlike JSON's.
+    pub repaired: usize,
 }
 
 impl DecodeOutput {
@@ -264,7 +269,7 @@ fn decode_protobuf(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, 
         .collect();
     Ok(DecodeOutput {
         records,
-        errors: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -276,7 +281,7 @@ fn decode_avro(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, Payl
     })?;
     let mut out = DecodeOutput {
         records: Vec::with_capacity(values.len()),
-        errors: Vec::new(),
+        ..Default::default()
     };
     for (index, value) in values.into_iter().enumerate() {
         match decode_json_value(value, ctx) {
@@ -414,7 +419,7 @@ mod tests {
         };
         match format {
             Format::Json => lines(b"{broken\n", &|k| format!("{{\"message\":\"m{k}\"}}\n")),
-            Format::Raw => lines(b"bad \xff\n", &|k| format!("line {k}\n")),
+            Format::Raw => lines(b"<999>bad syslog\n", &|k| format!("line {k}\n")),
             Format::Syslog => lines(b"<999>out of range\n", &|k| format!("<13>m{k}\n")),
             Format::Journald => (0..n)
                 .map(|k| format!("MESSAGE=m{k}\n\n"))

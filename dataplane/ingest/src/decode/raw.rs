@@ -13,8 +13,8 @@ use logcluster_proto::{Level, LogEntry};
 
 use super::journald::{decode_journald, looks_like_journald};
 use super::json::{decode_json_line, level_from_text};
-use super::syslog::decode_syslog_message;
-use super::{DecodeContext, DecodeOutput, Decoded, RecordError, RejectReason};
+use super::syslog::decode_syslog_into;
+use super::{DecodeContext, DecodeOutput, Decoded};
 
 /// Decodes a raw payload; indexes are line numbers.
 pub(crate) fn decode_raw(payload: &[u8], ctx: &DecodeContext) -> DecodeOutput {
@@ -34,28 +34,15 @@ pub(crate) fn decode_raw(payload: &[u8], ctx: &DecodeContext) -> DecodeOutput {
         if content[0] == b'{' {
             decode_json_line(content, index, ctx, &mut out);
         } else if content[0] == b'<' && content.get(1).is_some_and(u8::is_ascii_digit) {
-            match decode_syslog_message(content, ctx) {
-                Ok(entry) => out.records.push(Decoded {
-                    entry,
-                    original: None,
-                }),
-                Err(mut error) => {
-                    error.index = index;
-                    out.errors.push(error);
-                }
-            }
+            decode_syslog_into(content, index, ctx, &mut out);
         } else {
-            match std::str::from_utf8(line) {
-                Ok(text) => out.records.push(Decoded {
-                    entry: plain_text(text, ctx),
-                    original: None,
-                }),
-                Err(_) => out.errors.push(RecordError::new(
-                    index,
-                    RejectReason::InvalidUtf8,
-                    "line is not valid UTF-8",
-                )),
-            }
+            // Bytes that are not UTF-8 (a Latin-1 file) become U+FFFD rather than lose the line.
+            let text = String::from_utf8_lossy(line);
+            out.repaired += usize::from(matches!(text, std::borrow::Cow::Owned(_)));
+            out.records.push(Decoded {
+                entry: plain_text(&text, ctx),
+                original: None,
+            });
         }
     }
     out
@@ -129,6 +116,7 @@ fn plain_text(line: &str, ctx: &DecodeContext) -> LogEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::RejectReason;
     use logcluster_proto::FieldValue;
 
     fn ctx() -> DecodeContext {
@@ -181,7 +169,8 @@ mod tests {
 2024-05-01T00:00:00Z INFO plain line\r\n\
 {\"message\": broken\n\
 <99999>bad syslog\n\
-caf\xc3 invalid utf8\n";
+caf\xe9 latin-1\n\
+<14>Nov 24 10:00:00 box app: caf\xe9 latin-1 syslog\n";
         let out = decode_raw(payload, &ctx());
         let messages: Vec<_> = out
             .records
@@ -193,9 +182,13 @@ caf\xc3 invalid utf8\n";
             [
                 "json line",
                 "syslog line",
-                "2024-05-01T00:00:00Z INFO plain line"
+                "2024-05-01T00:00:00Z INFO plain line",
+                "caf\u{fffd} latin-1",
+                "caf\u{fffd} latin-1 syslog"
             ]
         );
+        // Bytes that are not UTF-8 are replaced, not a reason to lose the line.
+        assert_eq!(out.repaired, 2);
         assert!(out.records[0].original.is_some());
         assert_eq!(
             out.records[0].entry.fields.get("user"),
@@ -208,8 +201,7 @@ caf\xc3 invalid utf8\n";
             errors,
             [
                 (4, RejectReason::InvalidJson),
-                (5, RejectReason::InvalidSyslog),
-                (6, RejectReason::InvalidUtf8)
+                (5, RejectReason::InvalidSyslog)
             ]
         );
     }

@@ -56,8 +56,37 @@ fn invalid(message: impl Into<String>) -> RecordError {
 }
 
 /// Decodes one RFC 3164 or RFC 5424 message (trailing CR, LF and NUL are ignored). The error's
-/// index is 0; callers set it.
+/// index is 0; callers set it. Bytes that are not UTF-8 (RFC 3164 allows any, RFC 5424 any
+/// without a BOM) become U+FFFD: syslog has no way to tell a sender its message was refused.
 pub fn decode_syslog_message(bytes: &[u8], ctx: &DecodeContext) -> Result<LogEntry, RecordError> {
+    decode_syslog_text(bytes, ctx).map(|(entry, _)| entry)
+}
+
+/// Decodes one message into `out`: its record (counted in `repaired` if its bytes were not
+/// all UTF-8), or its error at `index`.
+pub(crate) fn decode_syslog_into(
+    bytes: &[u8],
+    index: usize,
+    ctx: &DecodeContext,
+    out: &mut DecodeOutput,
+) {
+    match decode_syslog_text(bytes, ctx) {
+        Ok((entry, repaired)) => {
+            out.repaired += usize::from(repaired);
+            out.records.push(Decoded {
+                entry,
+                original: None,
+            });
+        }
+        Err(mut error) => {
+            error.index = index;
+            out.errors.push(error);
+        }
+    }
+}
+
+/// [`decode_syslog_message`], and whether invalid UTF-8 was replaced.
+fn decode_syslog_text(bytes: &[u8], ctx: &DecodeContext) -> Result<(LogEntry, bool), RecordError> {
     let end = bytes
         .iter()
         .rposition(|b| !matches!(b, b'\n' | b'\r' | 0))
@@ -66,16 +95,11 @@ pub fn decode_syslog_message(bytes: &[u8], ctx: &DecodeContext) -> Result<LogEnt
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0))
         .unwrap_or(end);
-    let text = std::str::from_utf8(&bytes[start..end]).map_err(|_| {
-        RecordError::new(
-            0,
-            RejectReason::InvalidUtf8,
-            "syslog message is not valid UTF-8",
-        )
-    })?;
-    let mut entry = parse(text)?;
+    let text = String::from_utf8_lossy(&bytes[start..end]);
+    let repaired = matches!(text, std::borrow::Cow::Owned(_));
+    let mut entry = parse(&text)?;
     ctx.fill_service(&mut entry);
-    Ok(entry)
+    Ok((entry, repaired))
 }
 
 fn parse(text: &str) -> Result<LogEntry, RecordError> {
@@ -398,16 +422,7 @@ pub(crate) fn decode_syslog_payload(payload: &[u8], ctx: &DecodeContext) -> Deco
     let mut index = 0;
     let mut handle = |message: Result<Vec<u8>, super::FramingError>, out: &mut DecodeOutput| {
         match message {
-            Ok(bytes) => match decode_syslog_message(&bytes, ctx) {
-                Ok(entry) => out.records.push(Decoded {
-                    entry,
-                    original: None,
-                }),
-                Err(mut error) => {
-                    error.index = index;
-                    out.errors.push(error);
-                }
-            },
+            Ok(bytes) => decode_syslog_into(&bytes, index, ctx, out),
             Err(error) => {
                 out.errors
                     .push(RecordError::new(index, error.reason(), error.to_string()))
@@ -598,7 +613,7 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_rejected_with_a_reason() {
-        let cases: [(&[u8], RejectReason); 6] = [
+        let cases: [(&[u8], RejectReason); 5] = [
             (b"no pri at all", RejectReason::InvalidSyslog),
             (b"<999>1 - - - - - -", RejectReason::InvalidSyslog),
             (b"<1x>hello", RejectReason::InvalidSyslog),
@@ -607,12 +622,39 @@ mod tests {
                 b"<14>1 - h a - - [id k=\"unterminated] m",
                 RejectReason::InvalidSyslog,
             ),
-            (b"<14>1 - h a - - - caf\xc3", RejectReason::InvalidUtf8),
         ];
         for (bytes, reason) in cases {
             let err = decode_syslog_message(bytes, &ctx()).expect_err("rejected");
             assert_eq!(err.reason, reason, "{}", String::from_utf8_lossy(bytes));
         }
+    }
+
+    /// Syslog cannot tell its sender a message was refused: bytes that are not UTF-8 (a
+    /// Latin-1 device, a message cut inside a character) become U+FFFD, counted, and the
+    /// rest of the message is kept.
+    #[test]
+    fn bytes_that_are_not_utf8_are_replaced_not_refused() {
+        let mut out = DecodeOutput::default();
+        for (index, bytes) in [
+            &b"<14>1 - h a - - - caf\xe9 cr\xe8me"[..],
+            b"<14>Nov 24 10:00:00 box app: \xff\xfe ok",
+            b"<14>1 - h a - - - plain",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            decode_syslog_into(bytes, index, &ctx(), &mut out);
+        }
+        let messages: Vec<&str> = out
+            .records
+            .iter()
+            .map(|r| r.entry.message.as_str())
+            .collect();
+        assert_eq!(
+            messages,
+            ["caf\u{fffd} cr\u{fffd}me", "\u{fffd}\u{fffd} ok", "plain"]
+        );
+        assert_eq!((out.repaired, out.errors.len()), (2, 0));
     }
 
     #[test]
