@@ -1,5 +1,5 @@
 //! The CPU cost per entry of each step a JSON log takes through one node on its way to disk,
-//! on the shared benchmark dataset: NDJSON decoding, WAL records, token hashing for the block
+//! on the shared benchmark dataset: NDJSON and Protobuf decoding, WAL records, token hashing for the block
 //! filter, and block building (templates layout, zstd level 3, blocks of about 1 MiB per
 //! stream, as the store cuts them).
 //!
@@ -93,6 +93,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             entries.push(entry);
         }
     }
+    // The same records as Protobuf frames (as `examples/protobuf_frames` writes them).
+    let protobuf: Vec<Vec<u8>> = entries
+        .chunks(FRAME_LINES)
+        .map(|chunk| {
+            logcluster_proto::LogBatch {
+                entries: chunk.to_vec(),
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    measure("decode Protobuf", n, || {
+        protobuf
+            .iter()
+            .map(|f| {
+                decode_payload(Format::Protobuf, f, &ctx)
+                    .map(|out| out.records.len())
+                    .unwrap_or(0)
+            })
+            .sum()
+    });
     measure("WAL records (per 2000-line frame)", n, || {
         entries
             .chunks(FRAME_LINES)
