@@ -56,6 +56,11 @@ fn main() -> anyhow::Result<()> {
         // Colours only for a person at a terminal: a pod's log, a file or a pipe gets plain
         // text that log shippers and grep can read.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr is a pipe whose reader went away) is
+        // dropped. By default the subscriber reports that failure with `eprint!`, which
+        // panics on the same broken stderr: the task that logged died, and with it, for
+        // one, the task that turns SIGTERM into a graceful shutdown.
+        .log_internal_errors(false)
         .init();
     // Blocking threads do decoding, WAL writes, fsyncs, compression and scans. Each keeps an
     // allocator heap of its own that retains freed pages: with 16 threads a single node

@@ -914,3 +914,58 @@ async fn a_second_node_on_the_same_data_directory_refuses_to_start() -> anyhow::
     assert_eq!(messages.len(), 2, "{messages:?}");
     Ok(())
 }
+
+/// A node whose stderr is a pipe nobody reads any more (the log shipper it was piped into
+/// exited) keeps serving and still stops cleanly on SIGTERM: a log line it cannot write is
+/// dropped. The log subscriber used to report the failed write with `eprint!`, which panicked
+/// on the same broken pipe in whatever task logged: at start the node itself, later the task
+/// that turns SIGTERM into a graceful shutdown (the node then ignored SIGTERM).
+#[tokio::test]
+async fn a_node_whose_log_pipe_is_closed_keeps_serving_and_stops_on_sigterm() -> anyhow::Result<()>
+{
+    use tokio::io::AsyncBufReadExt;
+    let mut node = TestNode::start(|_, _| {}).await?;
+    node.terminate().await?;
+    let ready = node.dir.path().join("piped-ready.json");
+    let mut child = tokio::process::Command::new(logcluster_testkit::binary_path("logcluster"))
+        .arg("node")
+        .arg("--config")
+        .arg(&node.config_path)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    // Read one line, then close the pipe: every later line (the stats line each second, the
+    // shutdown's) meets a broken pipe.
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    lines.next_line().await?;
+    drop(lines);
+    let port = common::eventually("the ready-file", std::time::Duration::from_secs(30), || {
+        let ready = ready.clone();
+        async move {
+            let text = std::fs::read_to_string(&ready).ok()?;
+            let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+            value["ports"]["ingest"].as_u64()
+        }
+    })
+    .await?;
+    // Past a few stats lines, it still takes batches.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut client = FrameClient::connect(u16::try_from(port)?, &node.ca).await?;
+    assert_eq!(
+        good_batch(&mut client, 7).await?.status,
+        AckStatus::Accepted
+    );
+    let pid = child.id().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("the node ignored SIGTERM with its log pipe closed"))??;
+    assert!(exit.success(), "{exit}");
+    Ok(())
+}
