@@ -65,18 +65,26 @@ struct HttpState {
     tenant_tokens: bool,
 }
 
-/// How long a node waits for a data directory whose previous owner is still exiting.
-const DATA_DIR_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long a process waits for a directory whose previous owner is still exiting.
+const DIR_LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Takes the exclusive lock on `<dataDir>/lock` and writes this process's id into it. A
-/// second node on the same directory (a copied config, two `logcluster up` on one
-/// `--data-dir`, two pods on one volume) would interleave its WAL writes and segment files
-/// with the first's; it refuses to start instead, naming the holder.
-async fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+/// Takes the exclusive lock on `<dir>/<name>` for as long as the returned file is open, and
+/// writes this process's id into it. A second node on a storage node's data directory (a
+/// copied config, two pods on one volume) would interleave its WAL writes and segment files
+/// with the first's, and a second `logcluster up` would rewrite the running one's members
+/// file: each refuses to start instead, naming the holder (`holder` says what it is, `advice`
+/// what to do). On a
+/// filesystem without locks the process warns and runs unprotected.
+pub(crate) async fn lock_exclusively(
+    dir: &Path,
+    name: &str,
+    holder: &str,
+    advice: &str,
+) -> anyhow::Result<Option<std::fs::File>> {
     use std::io::Write;
     std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    let path = dir.join("lock");
+        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    let path = dir.join(name);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -84,34 +92,41 @@ async fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let deadline = Instant::now() + DATA_DIR_LOCK_WAIT;
+    let deadline = Instant::now() + DIR_LOCK_WAIT;
     let mut waited = false;
     loop {
         match file.try_lock() {
             Ok(()) => break,
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 if !waited {
-                    info!(path = %path.display(), "waiting for the data directory's lock");
+                    info!(path = %path.display(), "waiting for the directory's lock");
                     waited = true;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
                 anyhow::bail!(
-                    "the data directory {} is in use by another LogCluster process (pid {}): each node needs a directory of its own",
+                    "{} is in use by another {holder} (pid {}): {advice}",
                     dir.display(),
-                    holder.trim()
+                    pid.trim()
                 );
             }
             Err(std::fs::TryLockError::Error(error)) => {
-                return Err(error).with_context(|| format!("cannot lock {}", path.display()));
+                warn!(path = %path.display(), %error, "cannot lock the directory (does its filesystem support locks?); running without the guard against a second process on it");
+                return Ok(None);
             }
         }
     }
-    file.set_len(0)?;
-    writeln!(file, "{}", std::process::id())?;
-    Ok(file)
+    // The pid only makes the refusal's message better: a full disk must not stop a node
+    // (retention is what frees space).
+    if let Err(error) = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+    {
+        warn!(path = %path.display(), %error, "cannot write this process's id into the lock file");
+    }
+    Ok(Some(file))
 }
 
 pub fn storage_config(config: &NodeConfig) -> StorageConfig {
@@ -212,7 +227,15 @@ pub async fn run_node(
 
     // Held until the node exits (the kernel releases it even on kill -9).
     let _data_dir_lock = if config.has_role(Role::Storage) {
-        Some(lock_data_dir(&config.data_dir).await?)
+        Some(
+            lock_exclusively(
+                &config.data_dir,
+                "lock",
+                "LogCluster node",
+                "each node needs a data directory of its own",
+            )
+            .await?,
+        )
     } else {
         None
     };

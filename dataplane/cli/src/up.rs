@@ -346,6 +346,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    // Before anything in it is written: a second `up` on this directory would rewrite the
+    // running cluster's members file and node configurations.
+    let _up_lock = crate::node::lock_exclusively(
+        &data_dir,
+        "up.lock",
+        "`logcluster up`",
+        "stop it, or give this one another --data-dir",
+    )
+    .await?;
     let schemas = match &args.schemas {
         Some(dir) => dir.clone(),
         None => data_dir.join("schemas"),

@@ -895,7 +895,7 @@ async fn a_second_node_on_the_same_data_directory_refuses_to_start() -> anyhow::
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{stderr}");
     assert!(
-        stderr.contains("in use by another LogCluster process")
+        stderr.contains("in use by another LogCluster node")
             && stderr.contains(&format!("pid {first}")),
         "{stderr}"
     );

@@ -64,6 +64,26 @@ async fn up_runs_a_cluster_that_survives_a_killed_member_and_stops_cleanly() -> 
     let items = follow(&query_addr, "/v1/query", "default").await?;
     assert_eq!(items.len(), 2000, "every acknowledged entry is queryable");
 
+    // A second `up` on the same directory refuses to start before it touches anything (it
+    // used to rewrite the members file, leaving the running cluster without members).
+    let second = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(binary_path("logcluster"))
+            .args(&args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in use by another `logcluster up`"),
+        "{stderr}"
+    );
+    let members = std::fs::read_to_string(data.join("members.yaml"))?;
+    assert_eq!(members.matches("storage-").count(), 3, "{members}");
+    send(&ca, ingest, http, 10, 3)?;
+
     // kill -9 a storage member: `up` restarts it; writes and reads go on meanwhile.
     let victim = storage[1]["pid"].as_u64().unwrap_or_default();
     assert!(alive(victim));
@@ -108,7 +128,7 @@ async fn up_runs_a_cluster_that_survives_a_killed_member_and_stops_cleanly() -> 
     )
     .await?;
     let items = follow(&query_addr, "/v1/query", "default").await?;
-    assert_eq!(items.len(), 3000);
+    assert_eq!(items.len(), 3010);
 
     // `logcluster cluster status` shows the three members, up, with their ring shares.
     let output = std::process::Command::new(binary_path("logcluster"))

@@ -117,7 +117,7 @@ impl IngestMetrics {
         );
         r.register(
             "utf8_repaired",
-            "Records whose bytes that were not UTF-8 were replaced by U+FFFD instead of refusing them (syslog, raw lines, journald values), by format",
+            "Records decoded with bytes that were not UTF-8 replaced by U+FFFD instead of being refused (syslog, raw lines, journald values; counted before any later refusal), by format",
             self.utf8_repaired.clone(),
         );
         r.register(

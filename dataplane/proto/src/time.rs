@@ -166,6 +166,40 @@ pub fn nanos_from_epoch_number(value: f64) -> Option<i64> {
     (whole as i64).checked_mul(scale)?.checked_add(fraction)
 }
 
+/// A decimal epoch number written out (`1714521600.123456789`), exactly: the whole part and
+/// each digit of the fraction as written, by the magnitude rule of [`nanos_from_epoch_number`]
+/// (digits past the nanosecond are dropped). `None` when `text` is not digits with at most one
+/// `.`.
+pub fn nanos_from_epoch_decimal(text: &str) -> Option<i64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let scale: i64 = if whole < 100_000_000_000 {
+        1_000_000_000
+    } else if whole < 100_000_000_000_000 {
+        1_000_000
+    } else if whole < 100_000_000_000_000_000 {
+        1_000
+    } else {
+        1
+    };
+    let mut fraction_nanos = 0i64;
+    let mut unit = scale;
+    for digit in fraction.bytes() {
+        unit /= 10;
+        if unit == 0 {
+            break;
+        }
+        fraction_nanos += i64::from(digit - b'0') * unit;
+    }
+    whole.checked_mul(scale)?.checked_add(fraction_nanos)
+}
+
 /// Integer variant of [`nanos_from_epoch_number`], exact for every magnitude.
 pub fn nanos_from_epoch_int(value: i64) -> Option<i64> {
     if value < 0 {
@@ -230,6 +264,34 @@ mod tests {
             Some(1_714_521_600_123_456_500)
         );
         assert_eq!(nanos_from_epoch_number(9.3e18), None);
+        // Written out, every digit down to the nanosecond counts.
+        assert_eq!(
+            nanos_from_epoch_decimal("1714521600.123456789"),
+            Some(1_714_521_600_123_456_789)
+        );
+        assert_eq!(
+            nanos_from_epoch_decimal("1714521600123.4567899"),
+            Some(1_714_521_600_123_456_789)
+        );
+        assert_eq!(
+            nanos_from_epoch_decimal("1714521600"),
+            Some(1_714_521_600_000_000_000)
+        );
+        assert_eq!(
+            nanos_from_epoch_decimal("1714521600."),
+            Some(1_714_521_600_000_000_000)
+        );
+        for refused in [
+            "",
+            ".5",
+            "1e9",
+            "-1",
+            "1.2.3",
+            "12a",
+            "99999999999999999999",
+        ] {
+            assert_eq!(nanos_from_epoch_decimal(refused), None, "{refused}");
+        }
         assert_eq!(
             nanos_from_epoch_number(1_714_572_000_123.0),
             Some(1_714_572_000_123_000_000)

@@ -76,8 +76,9 @@ pub struct SendArgs {
     #[arg(long)]
     pub service: Option<String>,
     /// Send the lines of this file; `-` = stdin. NDJSON lines go as they are with --format json
-    /// and are converted to records (the node's own JSON mapping) with proto or avro; with
-    /// syslog or raw the lines are syslog messages or raw lines.
+    /// and are converted to records (the node's own JSON mapping) with proto or avro (Avro's
+    /// record schema carries an array field as its JSON text); with syslog or raw the lines
+    /// are syslog messages or raw lines.
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Parallel TLS connections.

@@ -28,7 +28,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use logcluster_proto::json::flatten_owned;
-use logcluster_proto::time::{nanos_from_epoch_int, nanos_from_epoch_number, parse_rfc3339};
+use logcluster_proto::time::{
+    nanos_from_epoch_decimal, nanos_from_epoch_int, nanos_from_epoch_number, parse_rfc3339,
+};
 use logcluster_proto::{FieldValue, Level, LogEntry, field_value::Kind};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -519,6 +521,8 @@ pub(crate) fn timestamp_from_str(text: &str) -> Result<i64, RecordError> {
     }
     let nanos = if let Ok(i) = trimmed.parse::<i64>() {
         nanos_from_epoch_int(i)
+    } else if let Some(nanos) = nanos_from_epoch_decimal(trimmed) {
+        Some(nanos)
     } else if let Ok(f) = trimmed.parse::<f64>() {
         nanos_from_epoch_number(f)
     } else {
