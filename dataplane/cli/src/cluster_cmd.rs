@@ -136,9 +136,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             let status: Value = serde_json::from_str(&response.body)
                 .with_context(|| format!("{url} did not answer JSON"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                out!("{}", serde_json::to_string_pretty(&status)?)?;
             } else {
-                print!("{}", render(&status));
+                out!("{}", render(&status).trim_end())?;
             }
             Ok(())
         }

@@ -1,5 +1,16 @@
 //! The `logcluster` binary: node roles and the client commands. It only wires library crates.
 
+/// `println!` that returns the write's error instead of panicking: the commands' output is
+/// often piped into `head` or `grep -m1`, which close the pipe early.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(
+            &mut std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        )
+    };
+}
+
 mod cluster_cmd;
 mod cluster_wiring;
 mod http_server;
@@ -70,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(6)
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Node(args) => node::run(args).await,
@@ -80,5 +91,17 @@ fn main() -> anyhow::Result<()> {
             Command::Alerts(args) => query_cmd::alerts(args).await,
             Command::Cluster(args) => cluster_cmd::run(args).await,
         }
-    })
+    });
+    // Whoever read the output stopped reading (`logcluster query … | head`): done, as the
+    // standard tools are.
+    match result {
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }

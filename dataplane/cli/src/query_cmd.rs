@@ -91,10 +91,13 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let mut all_items = Vec::new();
     let mut printed = 0usize;
     if args.output == Output::Table {
-        println!(
+        out!(
             "{:<24} {:<5} {:<16} {:<20} MESSAGE",
-            "TIMESTAMP", "LEVEL", "SERVICE", "HOST"
-        );
+            "TIMESTAMP",
+            "LEVEL",
+            "SERVICE",
+            "HOST"
+        )?;
     }
     loop {
         let response = logcluster_common::http_client::request(
@@ -124,10 +127,16 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         let items = page["items"].as_array().cloned().unwrap_or_default();
         printed += items.len();
         match args.output {
-            Output::Table => items
-                .iter()
-                .for_each(|i| println!("{}", table_row(i, width))),
-            Output::Ndjson => items.iter().for_each(|i| println!("{i}")),
+            Output::Table => {
+                for item in &items {
+                    out!("{}", table_row(item, width))?;
+                }
+            }
+            Output::Ndjson => {
+                for item in &items {
+                    out!("{item}")?;
+                }
+            }
             Output::Json => all_items.extend(items),
         }
         eprintln!("stats: {}", page["stats"]);
@@ -138,7 +147,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         body["cursor"] = next;
     }
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&all_items)?);
+        out!("{}", serde_json::to_string_pretty(&all_items)?)?;
     }
     eprintln!("{printed} entries");
     Ok(())
@@ -224,10 +233,13 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let mut chunk = vec![0u8; 64 * 1024];
     let mut checked_status = false;
     if args.output == Output::Table {
-        println!(
+        out!(
             "{:<24} {:<5} {:<16} {:<20} MESSAGE",
-            "TIMESTAMP", "LEVEL", "SERVICE", "HOST"
-        );
+            "TIMESTAMP",
+            "LEVEL",
+            "SERVICE",
+            "HOST"
+        )?;
     }
     loop {
         let n = stream.read(&mut chunk).await?;
@@ -266,8 +278,8 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
                 bail!("tail stopped: {error}");
             }
             match args.output {
-                Output::Table => println!("{}", table_row(&item, width)),
-                _ => println!("{item}"),
+                Output::Table => out!("{}", table_row(&item, width))?,
+                _ => out!("{item}")?,
             }
         }
     }
@@ -302,13 +314,17 @@ pub async fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
         );
     }
     if args.output != Output::Table {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        out!("{}", serde_json::to_string_pretty(&body)?)?;
         return Ok(());
     }
-    println!(
+    out!(
         "{:<28} {:<9} {:>12} {:<16} {:<24} QUERY",
-        "NAME", "STATE", "VALUE", "CONDITION", "ACTIVE SINCE"
-    );
+        "NAME",
+        "STATE",
+        "VALUE",
+        "CONDITION",
+        "ACTIVE SINCE"
+    )?;
     for rule in body["rules"].as_array().into_iter().flatten() {
         let text = |k: &str| rule[k].as_str().unwrap_or("-").to_string();
         let value = rule["value"]
@@ -320,7 +336,7 @@ pub async fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
             rule["threshold"],
             rule["for_seconds"]
         );
-        println!(
+        out!(
             "{:<28} {:<9} {:>12} {:<16} {:<24} {}",
             text("name"),
             text("state"),
@@ -328,7 +344,7 @@ pub async fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
             condition,
             text("active_since"),
             text("query")
-        );
+        )?;
     }
     for error in body["errors"].as_array().into_iter().flatten() {
         eprintln!("rule error: {}", error.as_str().unwrap_or(""));

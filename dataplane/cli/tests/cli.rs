@@ -162,6 +162,28 @@ async fn send_ships_every_format_with_failover_and_query_prints_it() -> anyhow::
         "level:(".into(),
     ])?;
     assert!(!ok && err.contains("query"), "{err}");
+    // Piped into a reader that stops early (`| head -1`): a quiet, successful end, not a
+    // panic about a broken pipe.
+    let mut child = std::process::Command::new(logcluster_testkit::binary_path("logcluster"))
+        .args(["query", "--url", &format!("http://{}", node.http_addr())])
+        .args([
+            "--tenant", "cli", "--all", "--limit", "50", "--output", "ndjson",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut first,
+    )?;
+    assert!(first.starts_with('{'), "{first}");
+    let output = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !err.contains("panicked"),
+        "{err}"
+    );
     Ok(())
 }
 

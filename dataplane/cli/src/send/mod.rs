@@ -205,7 +205,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let summary = run_with(args.clone()).await?;
     if args.json_summary {
-        println!("{}", serde_json::to_string(&summary)?);
+        out!("{}", serde_json::to_string(&summary)?)?;
     }
     eprintln!(
         "sent {} acked {} failed {} rejected {} duplicates {} invalid {} retries {} in {:.2}s: {:.0} logs/s, ack p50 {:.1} ms p99 {:.1} ms",
