@@ -94,6 +94,17 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     if second > 60 {
         return None;
     }
+    // A day the month does not have (`2024-02-30`) is a mistake, not the next month's first.
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if day > days_in_month {
+        return None;
+    }
     let mut pos = 19;
     let mut frac_nanos = 0i64;
     if pos < b.len() && (b[pos] == b'.' || b[pos] == b',') {
@@ -236,6 +247,17 @@ mod tests {
             Some(base + 1)
         );
         assert_eq!(parse_rfc3339("2024-13-01T14:00:00Z"), None);
+        for impossible in [
+            "2024-02-30T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(impossible), None, "{impossible}");
+        }
+        assert!(parse_rfc3339("2024-02-29T00:00:00Z").is_some());
+        assert!(parse_rfc3339("2000-02-29T00:00:00Z").is_some());
+        assert!(parse_rfc3339("2024-12-31T23:59:59Z").is_some());
         assert_eq!(parse_rfc3339("not a date at all!!"), None);
     }
 
