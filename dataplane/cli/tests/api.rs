@@ -279,3 +279,75 @@ async fn schema_changes_are_picked_up_without_a_restart() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// `contains` ignores case beyond ASCII, as the query language's free text does: `ÜBER`
+/// finds `über` and `Über` (and not `uber`), in searches and in counts, whether the
+/// entries are still in the tail or already in blocks.
+#[tokio::test]
+async fn contains_ignores_case_beyond_ascii() -> anyhow::Result<()> {
+    let node = TestNode::start(|raw, _| raw.storage.block_target_bytes = 1024).await?;
+    let messages = [
+        "Übertragung fehlgeschlagen",
+        "über den Wolken",
+        "ÜBER ALLES",
+        "uber eats",
+        "Ärger mit Straße",
+        "plain ascii",
+    ];
+    // Five rounds in two batches: the first batch is cut into a block of 1 KiB, the second
+    // stays in the tail.
+    for rounds in [4, 1] {
+        let body: String = (0..rounds)
+            .flat_map(|_| messages.iter())
+            .map(|m| {
+                format!(
+                    "{}\n",
+                    json!({"service": "de", "level": "WARN", "message": m})
+                )
+            })
+            .collect();
+        let (status, answer) = common::http(
+            &node.http_addr(),
+            "POST",
+            "/api/v1/ingest",
+            &[("X-Logcluster-Tenant", "u")],
+            body.as_bytes(),
+        )
+        .await?;
+        assert_eq!(status, 200, "{answer}");
+    }
+    for (needle, expected) in [
+        ("ÜBER", 15),
+        ("über", 15),
+        ("äRGER", 5),
+        ("STRASSE", 0),
+        ("eats", 5),
+    ] {
+        let page = node
+            .query(json!({"tenant_id": "u", "contains": needle, "limit": 100}))
+            .await?;
+        let found = page["items"].as_array().map_or(0, Vec::len);
+        assert_eq!(found, expected, "{needle}: {page}");
+        let (status, stats) = common::http(
+            &node.http_addr(),
+            "GET",
+            &format!(
+                "/api/v1/stats?tenant_id=u&interval=1d&contains={}",
+                needle
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect::<String>()
+            ),
+            &[],
+            b"",
+        )
+        .await?;
+        assert_eq!(status, 200, "{stats}");
+        assert_eq!(
+            stats["totals"]["WARN"].as_u64().unwrap_or(0),
+            expected as u64,
+            "{needle}: {stats}"
+        );
+    }
+    Ok(())
+}

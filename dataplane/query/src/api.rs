@@ -228,7 +228,9 @@ impl Compiled {
     /// string, the only message predicate is `contains`, which storage then applies exactly
     /// (see [`Compiled::message_free_scan_filter`]).
     pub fn messages_needed(&self) -> bool {
-        self.query.is_some()
+        // A non-ASCII `contains` is matched after Unicode lower-casing, which storage's
+        // byte-wise needle cannot do.
+        self.query.is_some() || self.contains.as_ref().is_some_and(|c| !c.is_ascii())
     }
 
     /// [`Compiled::scan_filter`] for a consumer that reads only an entry's timestamp,
@@ -274,10 +276,7 @@ impl Compiled {
 
     pub fn matches(&self, entry: &LogEntry) -> bool {
         if let Some(needle) = &self.contains
-            && !logcluster_storage::segment::contains_ignore_ascii_case(
-                entry.message.as_bytes(),
-                needle.as_bytes(),
-            )
+            && !lang::contains_folded(&entry.message, needle)
         {
             return false;
         }
@@ -347,8 +346,15 @@ pub fn compile(
         .as_ref()
         .filter(|c| !c.is_empty())
         .map(|c| {
-            tokens.extend(logcluster_proto::tokens::interior_tokens(c));
-            c.to_ascii_lowercase()
+            // Case-insensitive as the query language's free text is: ASCII byte-wise (its
+            // whole tokens and its bytes then prune blocks and records), anything else after
+            // Unicode lower-casing (`ÜBER` finds `über`), which promises no bytes or tokens.
+            if c.is_ascii() {
+                tokens.extend(logcluster_proto::tokens::interior_tokens(c));
+                c.to_ascii_lowercase()
+            } else {
+                c.to_lowercase()
+            }
         });
     let query = match request
         .query
@@ -379,9 +385,10 @@ pub fn compile(
             Some(parsed)
         }
     };
-    // `contains` is matched ASCII-case-insensitively on the message, so its bytes are in
-    // every match's record; of two needles the longer is the more selective.
+    // An ASCII `contains` is matched ASCII-case-insensitively on the message, so its bytes
+    // are in every match's record; of two needles the longer is the more selective.
     if let Some(needle) = &contains
+        && needle.is_ascii()
         && needle.len() > record_needle.as_ref().map_or(0, |(n, _)| n.len())
     {
         record_needle = Some((needle.clone(), NeedleScope::Message));

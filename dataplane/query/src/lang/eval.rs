@@ -112,7 +112,7 @@ fn compare(value: &Value, number: f64) -> bool {
 
 /// Case-insensitive substring test; `needle` is already lower-cased. ASCII needles are
 /// compared byte-wise with ASCII folding; others against the lower-cased haystack.
-pub(super) fn contains_folded(haystack: &str, needle: &str) -> bool {
+pub(crate) fn contains_folded(haystack: &str, needle: &str) -> bool {
     if needle.is_empty() {
         return true;
     }
