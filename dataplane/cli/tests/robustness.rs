@@ -882,18 +882,13 @@ async fn a_second_node_on_the_same_data_directory_refuses_to_start() -> anyhow::
         AckStatus::Accepted
     );
     let first = node.process.as_ref().map(|p| p.pid()).unwrap_or_default();
-    let second = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::process::Command::new(logcluster_testkit::binary_path("logcluster"))
-            .arg("node")
-            .arg("--config")
-            .arg(&node.config_path)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success(), "{stderr}");
+    let (ok, stderr) = common::run_to_end(&[
+        "node".into(),
+        "--config".into(),
+        node.config_path.clone().into(),
+    ])
+    .await?;
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("in use by another LogCluster node")
             && stderr.contains(&format!("pid {first}")),

@@ -66,16 +66,8 @@ async fn up_runs_a_cluster_that_survives_a_killed_member_and_stops_cleanly() -> 
 
     // A second `up` on the same directory refuses to start before it touches anything (it
     // used to rewrite the members file, leaving the running cluster without members).
-    let second = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(binary_path("logcluster"))
-            .args(&args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success(), "{stderr}");
+    let (ok, stderr) = common::run_to_end(&args.iter().map(Into::into).collect::<Vec<_>>()).await?;
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("in use by another `logcluster up`"),
         "{stderr}"

@@ -151,6 +151,24 @@ impl TestNode {
     }
 }
 
+/// Runs `logcluster <args>` to its end (at most a minute: a process that should have refused
+/// to start but did not is killed); returns whether it succeeded and its stderr.
+pub async fn run_to_end(args: &[std::ffi::OsString]) -> anyhow::Result<(bool, String)> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(logcluster_testkit::binary_path("logcluster"))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("still running after a minute")??;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
 /// Starts `logcluster node --config <config>` and waits for its ready-file; returns the
 /// process and the ports it bound.
 pub async fn spawn_node(
