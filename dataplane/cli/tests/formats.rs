@@ -401,6 +401,69 @@ async fn http_ingest_takes_compressed_bodies_within_the_size_limit() -> anyhow::
     Ok(())
 }
 
+/// A small compressed body that inflates past what is left of the ingest budget (held here by
+/// a frame still arriving) is answered 429 (busy, retry later), and taken once the budget is
+/// free again. (That the inflating itself holds room as it grows, not only its result, is
+/// `compat::tests::inflated_output_is_reserved_as_it_grows` in the ingest crate.)
+#[tokio::test]
+async fn inflating_a_body_needs_room_in_the_ingest_budget() -> anyhow::Result<()> {
+    use std::io::Write;
+    let node = TestNode::start(|raw, _| {
+        raw.ingest.max_frame_bytes = 1 << 20;
+        raw.ingest.max_pending_bytes = 1 << 20;
+    })
+    .await?;
+    let lines: String = (0..4000)
+        .map(|i| format!("{{\"service\":\"zip\",\"message\":\"line {i:0>100}\"}}\n"))
+        .collect();
+    assert!(lines.len() > 400 * 1024 && lines.len() < 1 << 20);
+    let gzip = {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(lines.as_bytes())?;
+        encoder.finish()?
+    };
+    assert!(gzip.len() < 64 * 1024, "{}", gzip.len());
+    let addr = node.http_addr();
+    let post = || {
+        common::http(
+            &addr,
+            "POST",
+            "/api/v1/ingest",
+            &[("X-Logcluster-Tenant", "z"), ("Content-Encoding", "gzip")],
+            &gzip,
+        )
+    };
+    // A frame of 900 KiB whose payload has not arrived holds 900 KiB of the 1 MiB budget.
+    let payload = vec![b' '; 900 * 1024];
+    let frame = logcluster_proto::frame::encode_frame(Format::Json, 1, "z", &payload);
+    let mut stalled = node.connect().await?;
+    stalled
+        .send_raw(&frame[..frame.len() - payload.len() + 10])
+        .await?;
+    let (status, answer) = common::eventually(
+        "a busy answer",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (status, answer) = post().await.ok()?;
+            (status != 200).then_some((status, answer))
+        },
+    )
+    .await?;
+    assert_eq!(status, 429, "{answer}");
+    // The rest of the frame arrives: its budget comes back, and the body is taken.
+    stalled
+        .send_raw(&frame[frame.len() - payload.len() + 10..])
+        .await?;
+    assert!(stalled.read_ack().await?.is_some());
+    let (status, answer) = post().await?;
+    assert_eq!(
+        (status, &answer["accepted"]),
+        (200, &json!(4000)),
+        "{answer}"
+    );
+    Ok(())
+}
+
 pub async fn wait_for_items(
     node: &TestNode,
     tenant: &str,

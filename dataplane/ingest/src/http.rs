@@ -111,8 +111,17 @@ async fn ingest(
             }
         },
     };
-    let body = match crate::compat::decode_content(&headers, body, max_body_bytes) {
+    let body = match crate::compat::decode_content(&pipeline, &headers, body, max_body_bytes).await
+    {
         Ok(body) => body,
+        Err(crate::compat::BodyError::Busy) => {
+            crate::compat::count_busy(&pipeline);
+            return error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                crate::http_bodies::BUSY.into(),
+                true,
+            );
+        }
         Err(error) => {
             pipeline
                 .metrics()

@@ -370,6 +370,7 @@ async fn bulk(
                 &error.message(),
             );
         }
+        Err(BodyError::Busy) => return busy(&headers),
         Err(error) => {
             return es_error(StatusCode::BAD_REQUEST, "parse_exception", &error.message());
         }

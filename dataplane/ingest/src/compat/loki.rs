@@ -124,13 +124,18 @@ async fn push(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body)
         Err(error @ BodyError::TooLarge(_)) => {
             return text(StatusCode::PAYLOAD_TOO_LARGE, &error.message());
         }
+        Err(BodyError::Busy) => return busy(&headers),
         Err(error) => return text(StatusCode::BAD_REQUEST, &error.message()),
     };
     let body = if protobuf
         && super::header_text(&headers, "content-encoding").is_none_or(|e| e.trim().is_empty())
     {
-        match super::snappy(&body, compat.options.max_body_bytes) {
+        match super::snappy_body(&compat.pipeline, body, compat.options.max_body_bytes).await {
             Ok(body) => body,
+            Err(BodyError::Busy) => {
+                super::count_busy(&compat.pipeline);
+                return busy(&headers);
+            }
             Err(error) => {
                 compat.protocol_error("loki", error.metric_kind());
                 let status = match error {

@@ -65,16 +65,21 @@ pub(crate) enum BodyError {
     UnsupportedEncoding(String),
     /// The body did not arrive within `ingest.frameTimeout`.
     TimedOut(String),
+    /// The ingest budget has no room for the decompressed body: answered "busy" (429).
+    Busy,
 }
 
 impl BodyError {
-    fn timed_out(&self) -> bool {
-        matches!(self, BodyError::TimedOut(_))
+    /// Counted where it is detected (`body_timeout`) or as a busy batch, not as a
+    /// protocol error.
+    fn counted_elsewhere(&self) -> bool {
+        matches!(self, BodyError::TimedOut(_) | BodyError::Busy)
     }
 
     pub fn message(&self) -> String {
         match self {
             BodyError::TooLarge(limit) => format!("request body is larger than {limit} bytes"),
+            BodyError::Busy => crate::http_bodies::BUSY.to_string(),
             BodyError::Invalid(message) | BodyError::TimedOut(message) => message.clone(),
             BodyError::UnsupportedEncoding(encoding) => {
                 format!(
@@ -90,6 +95,7 @@ impl BodyError {
             BodyError::Invalid(_) => "bad_body_encoding",
             BodyError::TimedOut(_) => "body_timeout",
             BodyError::UnsupportedEncoding(_) => "unsupported_encoding",
+            BodyError::Busy => "busy",
         }
     }
 }
@@ -121,13 +127,16 @@ impl Compat {
                     )))
                 }
             }
-            Ok(raw) => decode_content(headers, raw, limit),
+            Ok(raw) => decode_content(&self.pipeline, headers, raw, limit).await,
         };
         // A body cut off by `ingest.frameTimeout` is counted there (`body_timeout`).
         if let Err(error) = &result
-            && !error.timed_out()
+            && !error.counted_elsewhere()
         {
             self.protocol_error(protocol, error.metric_kind());
+        }
+        if let Err(BodyError::Busy) = &result {
+            count_busy(&self.pipeline);
         }
         result
     }
@@ -162,54 +171,139 @@ impl Compat {
     }
 }
 
+/// Counts a request answered "busy" (the ingest budget is full).
+pub(crate) fn count_busy(pipeline: &Pipeline) {
+    pipeline
+        .metrics()
+        .batches
+        .get_or_create(&crate::metrics::label("status", "busy"))
+        .inc();
+}
+
 /// Undoes a body's `Content-Encoding`; the result may be at most `limit` bytes.
-pub(crate) fn decode_content(
+/// Decompression runs on a blocking thread, and what it produces holds room in the ingest
+/// budget as it grows ([`BodyError::Busy`] when there is none): the compressed body was
+/// counted while it was read, and without this a few hundred small requests could each
+/// inflate to `limit` bytes at once. The room is given back on return; the caller then
+/// reserves what it decodes, as for a plain body.
+pub(crate) async fn decode_content(
+    pipeline: &Arc<Pipeline>,
     headers: &HeaderMap,
     raw: Bytes,
     limit: usize,
 ) -> Result<Bytes, BodyError> {
-    match header_text(headers, "content-encoding")
+    let encoding = header_text(headers, "content-encoding")
         .map(|e| e.trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("") | Some("identity") => Ok(raw),
-        Some("gzip") | Some("x-gzip") => {
-            inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, "gzip")
-        }
-        Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit, "deflate"),
-        Some("zstd") => match zstd::stream::read::Decoder::new(&raw[..]) {
-            Ok(decoder) => inflate(decoder, limit, "zstd"),
+        .unwrap_or_default();
+    if matches!(encoding.as_str(), "" | "identity") {
+        return Ok(raw);
+    }
+    budgeted(pipeline, move |room| {
+        decompress(&encoding, &raw, limit, room)
+    })
+    .await
+}
+
+/// Runs `work` on a blocking thread with a `room` that reserves its output in the ingest
+/// budget as it grows; the room is given back when `work` returns.
+async fn budgeted(
+    pipeline: &Arc<Pipeline>,
+    work: impl FnOnce(&mut dyn FnMut(usize) -> bool) -> Result<Bytes, BodyError> + Send + 'static,
+) -> Result<Bytes, BodyError> {
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        let mut room = |bytes: usize| {
+            pipeline
+                .try_reserve(bytes)
+                .map(|reservation| held.push(reservation))
+                .is_some()
+        };
+        work(&mut room)
+    })
+    .await
+    .unwrap_or_else(|join| Err(BodyError::Invalid(format!("decompressing failed: {join}"))))
+}
+
+/// Output taken in steps of this much, each reserved in the budget first.
+const INFLATE_STEP: usize = 256 * 1024;
+
+/// Decompresses `raw` as `encoding` says; `room(n)` must reserve `n` more bytes of output.
+fn decompress(
+    encoding: &str,
+    raw: &[u8],
+    limit: usize,
+    room: &mut dyn FnMut(usize) -> bool,
+) -> Result<Bytes, BodyError> {
+    match encoding {
+        "gzip" | "x-gzip" => inflate(flate2::read::MultiGzDecoder::new(raw), limit, "gzip", room),
+        "deflate" => inflate(flate2::read::ZlibDecoder::new(raw), limit, "deflate", room),
+        "zstd" => match zstd::stream::read::Decoder::new(raw) {
+            Ok(decoder) => inflate(decoder, limit, "zstd", room),
             Err(error) => Err(BodyError::Invalid(format!(
                 "body is not valid zstd: {error}"
             ))),
         },
-        Some("snappy") => snappy(&raw, limit),
-        Some(other) => Err(BodyError::UnsupportedEncoding(other.to_string())),
+        "snappy" => snappy(raw, limit, room),
+        other => Err(BodyError::UnsupportedEncoding(other.to_string())),
     }
 }
 
-fn inflate(mut reader: impl Read, limit: usize, name: &str) -> Result<Bytes, BodyError> {
+fn inflate(
+    mut reader: impl Read,
+    limit: usize,
+    name: &str,
+    room: &mut dyn FnMut(usize) -> bool,
+) -> Result<Bytes, BodyError> {
     let mut out = Vec::new();
-    match reader.by_ref().take(limit as u64 + 1).read_to_end(&mut out) {
-        Ok(_) if out.len() > limit => Err(BodyError::TooLarge(limit)),
-        Ok(_) => Ok(Bytes::from(out)),
-        Err(error) => Err(BodyError::Invalid(format!(
-            "body is not valid {name}: {error}"
-        ))),
+    loop {
+        // At most one byte past the limit is read: enough to tell it was passed.
+        let step = INFLATE_STEP.min(limit + 1 - out.len());
+        if !room(step) {
+            return Err(BodyError::Busy);
+        }
+        let before = out.len();
+        match reader.by_ref().take(step as u64).read_to_end(&mut out) {
+            Ok(_) if out.len() > limit => return Err(BodyError::TooLarge(limit)),
+            Ok(_) if out.len() - before < step => return Ok(Bytes::from(out)),
+            Ok(_) => {}
+            Err(error) => {
+                return Err(BodyError::Invalid(format!(
+                    "body is not valid {name}: {error}"
+                )));
+            }
+        }
     }
 }
 
 /// Snappy's block format, as Loki and Prometheus remote-write use it (not the framed format).
-pub(crate) fn snappy(raw: &[u8], limit: usize) -> Result<Bytes, BodyError> {
+pub(crate) fn snappy(
+    raw: &[u8],
+    limit: usize,
+    room: &mut dyn FnMut(usize) -> bool,
+) -> Result<Bytes, BodyError> {
     let len = snap::raw::decompress_len(raw)
         .map_err(|e| BodyError::Invalid(format!("body is not valid snappy: {e}")))?;
     if len > limit {
         return Err(BodyError::TooLarge(limit));
     }
+    if !room(len) {
+        return Err(BodyError::Busy);
+    }
     snap::raw::Decoder::new()
         .decompress_vec(raw)
         .map(Bytes::from)
         .map_err(|e| BodyError::Invalid(format!("body is not valid snappy: {e}")))
+}
+
+/// [`snappy`] for a Loki push's body (snappy without a `Content-Encoding` header), under the
+/// same budget as [`decode_content`].
+pub(crate) async fn snappy_body(
+    pipeline: &Arc<Pipeline>,
+    raw: Bytes,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    budgeted(pipeline, move |room| snappy(&raw, limit, room)).await
 }
 
 /// Adds `Retry-After: 1` (shippers back off and resend on 429 and 503).
@@ -257,28 +351,45 @@ mod tests {
         gz.write_all(&zeros).expect("in memory");
         let packed = gz.finish().expect("in memory");
         assert!(packed.len() < 1_000);
-        let ok = inflate(
-            flate2::read::MultiGzDecoder::new(&packed[..]),
-            100_000,
-            "gzip",
-        )
-        .expect("fits");
+        let room = &mut |_| true;
+        let ok = decompress("gzip", &packed, 100_000, room).expect("fits");
         assert_eq!(ok.len(), 100_000);
         assert!(matches!(
-            inflate(
-                flate2::read::MultiGzDecoder::new(&packed[..]),
-                99_999,
-                "gzip"
-            ),
+            decompress("gzip", &packed, 99_999, room),
             Err(BodyError::TooLarge(99_999))
         ));
         assert!(matches!(
-            inflate(
-                flate2::read::MultiGzDecoder::new(&b"not gzip"[..]),
-                10,
-                "gzip"
-            ),
+            decompress("gzip", b"not gzip", 10, room),
             Err(BodyError::Invalid(_))
+        ));
+    }
+
+    /// What a body inflates to is reserved before it is produced, step by step: never more
+    /// than one step ahead of the output, and a budget without room stops it (busy).
+    #[test]
+    fn inflated_output_is_reserved_as_it_grows() {
+        let plain = vec![b'x'; 1 << 20];
+        let packed = zstd::bulk::compress(&plain, 3).expect("in memory");
+        let mut reserved = 0;
+        let out = decompress("zstd", &packed, 2 << 20, &mut |bytes| {
+            reserved += bytes;
+            true
+        })
+        .expect("fits");
+        assert_eq!(out.len(), 1 << 20);
+        assert!(
+            reserved >= out.len() && reserved <= out.len() + INFLATE_STEP,
+            "{reserved}"
+        );
+        let mut left = 512 * 1024;
+        let mut room = |bytes: usize| {
+            let fits = bytes <= left;
+            left = left.saturating_sub(bytes);
+            fits
+        };
+        assert!(matches!(
+            decompress("zstd", &packed, 2 << 20, &mut room),
+            Err(BodyError::Busy)
         ));
     }
 
@@ -287,11 +398,19 @@ mod tests {
         let packed = snap::raw::Encoder::new()
             .compress_vec(&[7u8; 5000])
             .expect("in memory");
-        assert_eq!(snappy(&packed, 5000).expect("fits").len(), 5000);
-        assert!(matches!(snappy(&packed, 4999), Err(BodyError::TooLarge(_))));
-        assert!(snappy(b"\xff\xff\xff\xff\x0f", 1 << 20).is_err());
+        let room = &mut |_| true;
+        assert_eq!(snappy(&packed, 5000, room).expect("fits").len(), 5000);
         assert!(matches!(
-            snappy(b"\x05abc", 100),
+            snappy(&packed, 4999, room),
+            Err(BodyError::TooLarge(_))
+        ));
+        assert!(snappy(b"\xff\xff\xff\xff\x0f", 1 << 20, room).is_err());
+        assert!(matches!(
+            snappy(&packed, 5000, &mut |_| false),
+            Err(BodyError::Busy)
+        ));
+        assert!(matches!(
+            snappy(b"\x05abc", 100, room),
             Err(BodyError::Invalid(_))
         ));
     }

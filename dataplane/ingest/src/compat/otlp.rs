@@ -289,6 +289,7 @@ async fn export(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Bod
         Err(error @ BodyError::TooLarge(_)) => {
             return answer(encoding, StatusCode::PAYLOAD_TOO_LARGE, &error.message());
         }
+        Err(BodyError::Busy) => return busy(&headers),
         Err(error) => return answer(encoding, StatusCode::BAD_REQUEST, &error.message()),
     };
     let source = BatchSource {
