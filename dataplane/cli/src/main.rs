@@ -1,14 +1,49 @@
 //! The `logcluster` binary: node roles and the client commands. It only wires library crates.
 
 /// `println!` that returns the write's error instead of panicking: the commands' output is
-/// often piped into `head` or `grep -m1`, which close the pipe early.
+/// often piped into `head` or `grep -m1`, which close the pipe early ([`StdoutClosed`]).
 macro_rules! out {
     ($($arg:tt)*) => {
         std::io::Write::write_fmt(
             &mut std::io::stdout().lock(),
             format_args!("{}\n", format_args!($($arg)*)),
         )
+        .map_err(crate::StdoutClosed::from_io)
     };
+}
+
+/// `eprintln!` for the commands' own summaries, which a closed stderr simply loses.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
+
+/// Whoever read a command's output stopped reading: the command is done (exit 0), as the
+/// standard tools are. Only [`out!`] gives this error, so a broken pipe elsewhere (a
+/// connection) is still an error.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+impl StdoutClosed {
+    fn from_io(error: std::io::Error) -> anyhow::Error {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::Error::new(StdoutClosed)
+        } else {
+            error.into()
+        }
+    }
 }
 
 mod cluster_cmd;
@@ -92,16 +127,8 @@ fn main() -> anyhow::Result<()> {
             Command::Cluster(args) => cluster_cmd::run(args).await,
         }
     });
-    // Whoever read the output stopped reading (`logcluster query … | head`): done, as the
-    // standard tools are.
     match result {
-        Err(error)
-            if error
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            Ok(())
-        }
+        Err(error) if error.downcast_ref::<StdoutClosed>().is_some() => Ok(()),
         other => other,
     }
 }

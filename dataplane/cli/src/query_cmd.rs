@@ -139,7 +139,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             }
             Output::Json => all_items.extend(items),
         }
-        eprintln!("stats: {}", page["stats"]);
+        note!("stats: {}", page["stats"]);
         let next = page["next_cursor"].clone();
         if !args.all || next.is_null() {
             break;
@@ -149,7 +149,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     if args.output == Output::Json {
         out!("{}", serde_json::to_string_pretty(&all_items)?)?;
     }
-    eprintln!("{printed} entries");
+    note!("{printed} entries");
     Ok(())
 }
 
@@ -347,7 +347,7 @@ pub async fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
         )?;
     }
     for error in body["errors"].as_array().into_iter().flatten() {
-        eprintln!("rule error: {}", error.as_str().unwrap_or(""));
+        note!("rule error: {}", error.as_str().unwrap_or(""));
     }
     Ok(())
 }

@@ -293,6 +293,7 @@ async fn contains_ignores_case_beyond_ascii() -> anyhow::Result<()> {
         "uber eats",
         "Ärger mit Straße",
         "plain ascii",
+        "ΟΔΥΣΣΕΑΣ στην Ιθάκη",
     ];
     // Five rounds in two batches: the first batch is cut into a block of 1 KiB, the second
     // stays in the tail.
@@ -322,12 +323,21 @@ async fn contains_ignores_case_beyond_ascii() -> anyhow::Result<()> {
         ("äRGER", 5),
         ("STRASSE", 0),
         ("eats", 5),
+        // Lower-cased as a whole word, ΟΔΥΣ would end in a final sigma (ς).
+        ("ΟΔΥΣ", 5),
+        ("ιθάκη", 5),
     ] {
         let page = node
             .query(json!({"tenant_id": "u", "contains": needle, "limit": 100}))
             .await?;
         let found = page["items"].as_array().map_or(0, Vec::len);
         assert_eq!(found, expected, "{needle}: {page}");
+        // The query language's free text matches the same entries.
+        let page = node
+            .query(json!({"tenant_id": "u", "query": format!("\"{needle}\""), "limit": 100}))
+            .await?;
+        let found = page["items"].as_array().map_or(0, Vec::len);
+        assert_eq!(found, expected, "query {needle}: {page}");
         let (status, stats) = common::http(
             &node.http_addr(),
             "GET",

@@ -184,6 +184,19 @@ async fn send_ships_every_format_with_failover_and_query_prints_it() -> anyhow::
         output.status.success() && !err.contains("panicked"),
         "{err}"
     );
+    // Both streams into one reader that stops at once (`2>&1 | head -1`): with JSON output,
+    // printed at the end, the first write to meet the closed pipe is a page's summary line
+    // on stderr.
+    let script = format!(
+        "{} query --url http://{} --tenant cli --all --limit 50 --output json 2>&1 | head -1 >/dev/null; echo \"status=${{PIPESTATUS[0]}}\"",
+        logcluster_testkit::binary_path("logcluster").display(),
+        node.http_addr()
+    );
+    let output = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()?;
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("status=0"), "{out}");
     Ok(())
 }
 

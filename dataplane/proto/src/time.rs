@@ -95,14 +95,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
         return None;
     }
     // A day the month does not have (`2024-02-30`) is a mistake, not the next month's first.
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days_in_month = match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    };
-    if day > days_in_month {
+    if day > days_in_month(year, month) {
         return None;
     }
     let mut pos = 19;
@@ -175,6 +168,17 @@ pub fn nanos_from_epoch_number(value: f64) -> Option<i64> {
         fraction.round() as i64
     };
     (whole as i64).checked_mul(scale)?.checked_add(fraction)
+}
+
+/// The days of `month` (1-12) in `year`.
+pub fn days_in_month(year: i64, month: u32) -> u32 {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// A decimal epoch number written out (`1714521600.123456789`), exactly: the whole part and
@@ -258,6 +262,10 @@ mod tests {
         assert!(parse_rfc3339("2024-02-29T00:00:00Z").is_some());
         assert!(parse_rfc3339("2000-02-29T00:00:00Z").is_some());
         assert!(parse_rfc3339("2024-12-31T23:59:59Z").is_some());
+        assert!(
+            parse_rfc3339("2016-12-31T23:59:60Z").is_some(),
+            "a leap second"
+        );
         assert_eq!(parse_rfc3339("not a date at all!!"), None);
     }
 

@@ -353,7 +353,7 @@ pub fn compile(
                 tokens.extend(logcluster_proto::tokens::interior_tokens(c));
                 c.to_ascii_lowercase()
             } else {
-                c.to_lowercase()
+                lang::fold_case(c)
             }
         });
     let query = match request

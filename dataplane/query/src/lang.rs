@@ -89,7 +89,7 @@ use std::time::Duration;
 use logcluster_proto::Level;
 use logcluster_storage::segment::NeedleScope;
 
-pub(crate) use eval::contains_folded;
+pub(crate) use eval::{contains_folded, fold_case};
 pub use parser::{MAX_DEPTH, parse};
 
 /// A parsed query: an optional predicate and an optional relative time range.

@@ -207,7 +207,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     if args.json_summary {
         out!("{}", serde_json::to_string(&summary)?)?;
     }
-    eprintln!(
+    note!(
         "sent {} acked {} failed {} rejected {} duplicates {} invalid {} retries {} in {:.2}s: {:.0} logs/s, ack p50 {:.1} ms p99 {:.1} ms",
         summary.sent,
         summary.acked,
@@ -899,14 +899,18 @@ async fn print_stats(counters: Arc<Counters>, total: u64, every: Duration) {
         if tty && total > 0 {
             let done = (acked as f64 / total as f64).min(1.0);
             let filled = (done * 30.0) as usize;
-            eprint!(
-                "\r[{}{}] {:>3.0}% {line}",
-                "#".repeat(filled),
-                ".".repeat(30 - filled),
-                done * 100.0
+            // A progress bar that cannot be drawn (stderr closed) is skipped.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr().lock(),
+                format_args!(
+                    "\r[{}{}] {:>3.0}% {line}",
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    done * 100.0
+                ),
             );
         } else {
-            eprintln!("{line}");
+            note!("{line}");
         }
         last = (acked, bytes, Instant::now());
     }

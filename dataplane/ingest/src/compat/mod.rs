@@ -198,21 +198,33 @@ pub(crate) async fn decode_content(
     if matches!(encoding.as_str(), "" | "identity") {
         return Ok(raw);
     }
-    budgeted(pipeline, move |room| {
+    let len = raw.len();
+    budgeted(pipeline, len, move |room| {
         decompress(&encoding, &raw, limit, room)
     })
     .await
 }
 
+/// Bodies inflated at once: the blocking threads are shared with the WAL writes and fsyncs,
+/// which must not wait behind a burst of compressed requests.
+static INFLATING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Runs `work` on a blocking thread with a `room` that reserves its output in the ingest
-/// budget as it grows; the room is given back when `work` returns.
+/// budget as it grows; the room is given back when `work` returns. The `raw_len` bytes of
+/// the compressed body hold room while they wait their turn ([`INFLATING`]).
 async fn budgeted(
     pipeline: &Arc<Pipeline>,
+    raw_len: usize,
     work: impl FnOnce(&mut dyn FnMut(usize) -> bool) -> Result<Bytes, BodyError> + Send + 'static,
 ) -> Result<Bytes, BodyError> {
+    let waiting = pipeline.try_reserve(raw_len).ok_or(BodyError::Busy)?;
+    let _turn = INFLATING
+        .acquire()
+        .await
+        .map_err(|_| BodyError::Invalid("the node is stopping".into()))?;
     let pipeline = pipeline.clone();
     tokio::task::spawn_blocking(move || {
-        let mut held = Vec::new();
+        let mut held = vec![waiting];
         let mut room = |bytes: usize| {
             pipeline
                 .try_reserve(bytes)
@@ -263,6 +275,8 @@ fn inflate(
             return Err(BodyError::Busy);
         }
         let before = out.len();
+        // Exactly the reserved step: a doubling vector would hold up to twice what it holds.
+        out.reserve_exact(step);
         match reader.by_ref().take(step as u64).read_to_end(&mut out) {
             Ok(_) if out.len() > limit => return Err(BodyError::TooLarge(limit)),
             Ok(_) if out.len() - before < step => return Ok(Bytes::from(out)),
@@ -303,7 +317,8 @@ pub(crate) async fn snappy_body(
     raw: Bytes,
     limit: usize,
 ) -> Result<Bytes, BodyError> {
-    budgeted(pipeline, move |room| snappy(&raw, limit, room)).await
+    let len = raw.len();
+    budgeted(pipeline, len, move |room| snappy(&raw, limit, room)).await
 }
 
 /// Adds `Retry-After: 1` (shippers back off and resend on 429 and 503).

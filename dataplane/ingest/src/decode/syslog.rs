@@ -292,6 +292,11 @@ fn bsd_timestamp(text: &str) -> Option<(u32, u32, i64, i64, &str)> {
         return None;
     }
     let day: u32 = rest[..day_len].parse().ok()?;
+    // The year is not known yet: a leap year's month lengths (`Feb 30` and `Apr 31` are
+    // mistakes, `Feb 29` may be right).
+    if day > logcluster_proto::time::days_in_month(2000, month) {
+        return None;
+    }
     let rest = rest[day_len..].strip_prefix(' ')?;
     let b = rest.as_bytes();
     if b.len() < 8 || b[2] != b':' || b[5] != b':' {
@@ -600,6 +605,17 @@ mod tests {
         let mut entry = LogEntry::default();
         parse_3164("Jan  1 12:00:00 host app: soon", &mut entry, now);
         assert_eq!(entry.timestamp, now + 12 * 3600 * NANOS_PER_SEC);
+    }
+
+    /// A day its month does not have is no timestamp (not the next month's first day): the
+    /// message keeps the text, and the node stamps it with its arrival.
+    #[test]
+    fn an_impossible_bsd_date_is_no_timestamp() {
+        let entry = decode("<14>Feb 30 10:00:00 host app: after the date");
+        assert_eq!(entry.timestamp, 0);
+        assert!(entry.message.contains("Feb 30"), "{}", entry.message);
+        assert_ne!(decode("<14>Feb 29 10:00:00 host app: leap").timestamp, 0);
+        assert_eq!(decode("<14>Apr 31 10:00:00 host app: x").timestamp, 0);
     }
 
     #[test]

@@ -110,14 +110,24 @@ fn compare(value: &Value, number: f64) -> bool {
     }
 }
 
-/// Case-insensitive substring test; `needle` is already lower-cased. ASCII needles are
-/// compared byte-wise with ASCII folding; others against the lower-cased haystack.
+/// Text folded for case-insensitive matching: each character's Unicode lower case, with the
+/// final sigma as sigma (`str::to_lowercase` writes `ς` at a word's end, so a folded `ΟΔΥΣ`
+/// would not be found in a folded `ΟΔΥΣΣΕΑΣ`).
+pub(crate) fn fold_case(text: &str) -> String {
+    text.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == 'ς' { 'σ' } else { c })
+        .collect()
+}
+
+/// Case-insensitive substring test; `needle` is already folded ([`fold_case`]). ASCII needles
+/// are compared byte-wise with ASCII folding; others against the folded haystack.
 pub(crate) fn contains_folded(haystack: &str, needle: &str) -> bool {
     if needle.is_empty() {
         return true;
     }
     if !needle.is_ascii() {
-        return haystack.to_lowercase().contains(needle);
+        return fold_case(haystack).contains(needle);
     }
     logcluster_storage::segment::contains_ignore_ascii_case(haystack.as_bytes(), needle.as_bytes())
 }

@@ -262,7 +262,7 @@ impl<'a> Parser<'a> {
                 if text.is_empty() {
                     return Err(self.error_at(at, "empty value: the phrase is empty"));
                 }
-                Ok(Node::Leaf(Expr::Text(text.to_lowercase())))
+                Ok(Node::Leaf(Expr::Text(super::eval::fold_case(&text))))
             }
             Some(_) => {
                 if let Some(op) = self.peek_keyword() {
@@ -293,7 +293,7 @@ impl<'a> Parser<'a> {
                     }
                     self.pos = save;
                 }
-                Ok(Node::Leaf(Expr::Text(word.to_lowercase())))
+                Ok(Node::Leaf(Expr::Text(super::eval::fold_case(word))))
             }
         }
     }
@@ -390,7 +390,7 @@ impl<'a> Parser<'a> {
     fn exact(&self, field: &Field, text: String, at: usize) -> Result<Value, ParseError> {
         Ok(match field {
             Field::Level => Value::Level(CmpOp::Eq, self.level(&text, at)?),
-            Field::Message => Value::Exact(text.to_lowercase()),
+            Field::Message => Value::Exact(super::eval::fold_case(&text)),
             _ => Value::Exact(text),
         })
     }
