@@ -338,6 +338,14 @@ pub fn compile(
     };
     let mut from_ts = bound(&request.from_ts, "from_ts", i64::MIN)?;
     let to_ts = bound(&request.to_ts, "to_ts", i64::MAX)?;
+    // Swapped bounds are a mistake to point out, not an empty answer to give.
+    if from_ts > to_ts {
+        return Err(QueryError::BadRequest(format!(
+            "from_ts ({}) is after to_ts ({}): the range is [from_ts, to_ts)",
+            logcluster_proto::time::format_rfc3339(from_ts),
+            logcluster_proto::time::format_rfc3339(to_ts)
+        )));
+    }
     let mut tokens = Vec::new();
     let mut record_needle = None;
     let mut core_and_message_only = true;
@@ -1143,6 +1151,25 @@ mod tests {
             compile(&bad_level, None, "d")
                 .err()
                 .is_some_and(|e| e.to_string().contains("LOUD"))
+        );
+        let swapped = QueryRequest {
+            from_ts: Some(json!("2024-05-01T15:00:00Z")),
+            to_ts: Some(json!("2024-05-01T14:00:00Z")),
+            ..Default::default()
+        };
+        assert!(
+            compile(&swapped, None, "d")
+                .err()
+                .is_some_and(|e| e.to_string().contains("is after to_ts"))
+        );
+        let empty = QueryRequest {
+            from_ts: Some(json!("2024-05-01T15:00:00Z")),
+            to_ts: Some(json!("2024-05-01T15:00:00Z")),
+            ..Default::default()
+        };
+        assert!(
+            compile(&empty, None, "d").is_ok(),
+            "an empty range is no mistake"
         );
         let bad_time = QueryRequest {
             from_ts: Some(json!("yesterday")),

@@ -490,7 +490,9 @@ fn bad_timestamp(text: impl std::fmt::Display) -> RecordError {
     RecordError::new(
         0,
         RejectReason::BadTimestamp,
-        format!("timestamp {text} is neither RFC 3339 nor an epoch number"),
+        format!(
+            "timestamp {text} is neither RFC 3339 nor an epoch number, or is outside the years 1678-2262 that nanoseconds since 1970 can hold"
+        ),
     )
 }
 
