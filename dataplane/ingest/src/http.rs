@@ -35,13 +35,16 @@ pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
             pipeline: pipeline.clone(),
             max_body_bytes,
         });
-    crate::http_bodies::bounded(routes, pipeline, max_body_bytes, |_| {
-        error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            crate::http_bodies::BUSY.into(),
-            true,
-        )
-    })
+    crate::http_bodies::bounded(routes, pipeline, max_body_bytes, |_| busy())
+}
+
+/// The answer when the ingest budget is full: 429 with `Retry-After`.
+fn busy() -> Response {
+    error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        crate::http_bodies::BUSY.into(),
+        true,
+    )
 }
 
 #[derive(Clone)]
@@ -115,12 +118,8 @@ async fn ingest(
     {
         Ok(body) => body,
         Err(crate::compat::BodyError::Busy) => {
-            crate::compat::count_busy(&pipeline);
-            return error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                crate::http_bodies::BUSY.into(),
-                true,
-            );
+            pipeline.metrics().count_busy();
+            return busy();
         }
         Err(error) => {
             pipeline
@@ -139,16 +138,8 @@ async fn ingest(
         }
     };
     let Some(reservation) = pipeline.try_reserve(body.len()) else {
-        pipeline
-            .metrics()
-            .batches
-            .get_or_create(&label("status", "busy"))
-            .inc();
-        return error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            crate::http_bodies::BUSY.into(),
-            true,
-        );
+        pipeline.metrics().count_busy();
+        return busy();
     };
     let source = BatchSource {
         format: if format == Format::Json {

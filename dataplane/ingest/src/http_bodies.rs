@@ -77,11 +77,7 @@ async fn guard(State(bounds): State<Bounds>, request: Request, next: Next) -> Re
     }
     let pipeline = &bounds.pipeline;
     let Some(reservation) = pipeline.try_reserve(len) else {
-        pipeline
-            .metrics()
-            .batches
-            .get_or_create(&label("status", "busy"))
-            .inc();
+        pipeline.metrics().count_busy();
         return (bounds.busy)(request.headers());
     };
     let (parts, body) = request.into_parts();

@@ -98,6 +98,12 @@ impl IngestMetrics {
             .inc_by(n);
     }
 
+    /// Counts a batch answered "busy" (the ingest budget was full) in
+    /// `logcluster_ingest_batches{status="busy"}`.
+    pub fn count_busy(&self) {
+        self.batches.get_or_create(&label("status", "busy")).inc();
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("logcluster_ingest");
         r.register(

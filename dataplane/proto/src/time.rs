@@ -153,14 +153,8 @@ pub fn nanos_from_epoch_number(value: f64) -> Option<i64> {
     if value >= 1e17 {
         return (value <= i64::MAX as f64).then_some(value as i64);
     }
-    let scale: i64 = if value < 1e11 {
-        1_000_000_000
-    } else if value < 1e14 {
-        1_000_000
-    } else {
-        1_000
-    };
     let whole = value.trunc();
+    let scale = epoch_unit_nanos(whole as i64);
     let fraction = (value - whole) * scale as f64;
     let fraction = if scale >= 1_000_000 {
         (fraction / 1e3).round() as i64 * 1_000
@@ -194,15 +188,7 @@ pub fn nanos_from_epoch_decimal(text: &str) -> Option<i64> {
         return None;
     }
     let whole: i64 = whole.parse().ok()?;
-    let scale: i64 = if whole < 100_000_000_000 {
-        1_000_000_000
-    } else if whole < 100_000_000_000_000 {
-        1_000_000
-    } else if whole < 100_000_000_000_000_000 {
-        1_000
-    } else {
-        1
-    };
+    let scale = epoch_unit_nanos(whole);
     let mut fraction_nanos = 0i64;
     let mut unit = scale;
     for digit in fraction.bytes() {
@@ -220,14 +206,20 @@ pub fn nanos_from_epoch_int(value: i64) -> Option<i64> {
     if value < 0 {
         return None;
     }
-    if value < 100_000_000_000 {
-        value.checked_mul(1_000_000_000)
-    } else if value < 100_000_000_000_000 {
-        value.checked_mul(1_000_000)
-    } else if value < 100_000_000_000_000_000 {
-        value.checked_mul(1_000)
+    value.checked_mul(epoch_unit_nanos(value))
+}
+
+/// Nanoseconds in the unit of an epoch number, told by its whole part's magnitude: seconds
+/// below 10^11, milliseconds below 10^14, microseconds below 10^17, else nanoseconds.
+fn epoch_unit_nanos(whole: i64) -> i64 {
+    if whole < 100_000_000_000 {
+        1_000_000_000
+    } else if whole < 100_000_000_000_000 {
+        1_000_000
+    } else if whole < 100_000_000_000_000_000 {
+        1_000
     } else {
-        Some(value)
+        1
     }
 }
 

@@ -354,15 +354,11 @@ pub fn compile(
         .as_ref()
         .filter(|c| !c.is_empty())
         .map(|c| {
-            // Case-insensitive as the query language's free text is: ASCII byte-wise (its
-            // whole tokens and its bytes then prune blocks and records), anything else after
-            // Unicode lower-casing (`ÜBER` finds `über`), which promises no bytes or tokens.
-            if c.is_ascii() {
-                tokens.extend(logcluster_proto::tokens::interior_tokens(c));
-                c.to_ascii_lowercase()
-            } else {
-                lang::fold_case(c)
-            }
+            // Matched as the query language's free text is (`ÜBER` finds `über`), with the
+            // same pruning facts: tokens and bytes only for ASCII text.
+            let needle = lang::fold_case(c);
+            tokens.extend(lang::substring_tokens(&needle));
+            needle
         });
     let query = match request
         .query
@@ -393,13 +389,13 @@ pub fn compile(
             Some(parsed)
         }
     };
-    // An ASCII `contains` is matched ASCII-case-insensitively on the message, so its bytes
-    // are in every match's record; of two needles the longer is the more selective.
-    if let Some(needle) = &contains
-        && needle.is_ascii()
-        && needle.len() > record_needle.as_ref().map_or(0, |(n, _)| n.len())
+    // Of two needles the longer is the more selective.
+    if let Some(found) = contains
+        .as_deref()
+        .and_then(|needle| lang::substring_needle(needle, NeedleScope::Message))
+        && found.0.len() > record_needle.as_ref().map_or(0, |(n, _)| n.len())
     {
-        record_needle = Some((needle.clone(), NeedleScope::Message));
+        record_needle = Some(found);
     }
     Ok(Compiled {
         record_needle,

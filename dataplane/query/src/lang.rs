@@ -90,6 +90,7 @@ use logcluster_proto::Level;
 use logcluster_storage::segment::NeedleScope;
 
 pub(crate) use eval::{contains_folded, fold_case};
+pub(crate) use hints::{substring_needle, substring_tokens};
 pub use parser::{MAX_DEPTH, parse};
 
 /// A parsed query: an optional predicate and an optional relative time range.

@@ -1105,6 +1105,17 @@ mod tests {
         tail.iter().flat_map(|c| c.entries().to_vec()).collect()
     }
 
+    /// Gives the stream's open segment a writable handle, or a read-only one (its block writes
+    /// then fail, as on a read-only or full disk).
+    fn set_open_segment_writable(stream: &Stream, path: &Path, writable: bool) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .expect("segment handle");
+        stream.lock().open.file = Arc::new(file);
+    }
+
     fn small_blocks(dir: &Path) -> StorageConfig {
         let mut config = StorageConfig::new(dir);
         config.block_target_bytes = 1_500;
@@ -1331,17 +1342,11 @@ mod tests {
         // The open segment can no longer be written: the flush that the next batch calls
         // for fails (the batch itself is in the WAL and stands).
         let path = stream.lock().open.path.clone();
-        stream.lock().open.file = Arc::new(File::open(&path).expect("read-only handle"));
+        set_open_segment_writable(&stream, &path, false);
         append(2, &all[5..60]);
         assert_eq!(metrics.seal_failures.get(), 1);
         assert!(stream.lock().open_blocks.is_empty());
-        stream.lock().open.file = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .expect("writable handle"),
-        );
+        set_open_segment_writable(&stream, &path, true);
         // Within the back-off: added to the tail's block, which is built again first.
         append(3, &all[60..]);
         stream.lock().flush_tail(&config).expect("flush");
@@ -1375,7 +1380,7 @@ mod tests {
         let (_dir, config, metrics, stream) = new_stream(small_blocks);
         let all = entries(400);
         let path = stream.lock().open.path.clone();
-        stream.lock().open.file = Arc::new(File::open(&path).expect("read-only handle"));
+        set_open_segment_writable(&stream, &path, false);
         // Blocks fail; batch parts go on into the WAL and the tail until it holds eight
         // blocks' worth, then are refused.
         let mut stored = 0;
@@ -1397,13 +1402,7 @@ mod tests {
         assert!(tail_bytes <= tail_limit(&config), "{tail_bytes}");
         assert!(tail_bytes + 1_500 > tail_limit(&config), "{tail_bytes}");
         // Still refused while the next attempt is not due, even once blocks could be written.
-        stream.lock().open.file = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .expect("writable handle"),
-        );
+        set_open_segment_writable(&stream, &path, true);
         let next = all[stored..stored + 5].to_vec();
         let again = stream.append_owned(9_999, next.clone(), &config, &metrics);
         assert!(matches!(again, Err(StorageError::Backlog { .. })));

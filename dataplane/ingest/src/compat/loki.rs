@@ -133,7 +133,7 @@ async fn push(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body)
         match super::snappy_body(&compat.pipeline, body, compat.options.max_body_bytes).await {
             Ok(body) => body,
             Err(BodyError::Busy) => {
-                super::count_busy(&compat.pipeline);
+                compat.pipeline.metrics().count_busy();
                 return busy(&headers);
             }
             Err(error) => {

@@ -24,7 +24,7 @@ use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
 
 use crate::decode::{DecodeOutput, RejectReason};
-use crate::metrics::{label, labels2};
+use crate::metrics::labels2;
 use crate::pipeline::{BatchResult, BatchSource, Pipeline};
 
 /// Settings of the compatibility APIs.
@@ -136,7 +136,7 @@ impl Compat {
             self.protocol_error(protocol, error.metric_kind());
         }
         if let Err(BodyError::Busy) = &result {
-            count_busy(&self.pipeline);
+            self.pipeline.metrics().count_busy();
         }
         result
     }
@@ -158,26 +158,13 @@ impl Compat {
         F: FnOnce() -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
     {
         let Some(reservation) = self.pipeline.try_reserve(len) else {
-            self.pipeline
-                .metrics()
-                .batches
-                .get_or_create(&label("status", "busy"))
-                .inc();
+            self.pipeline.metrics().count_busy();
             return None;
         };
         let result = self.pipeline.ingest_with(source, len, |_| decode()).await;
         drop(reservation);
         Some(result)
     }
-}
-
-/// Counts a request answered "busy" (the ingest budget is full).
-pub(crate) fn count_busy(pipeline: &Pipeline) {
-    pipeline
-        .metrics()
-        .batches
-        .get_or_create(&crate::metrics::label("status", "busy"))
-        .inc();
 }
 
 /// Undoes a body's `Content-Encoding`; the result may be at most `limit` bytes.

@@ -101,8 +101,8 @@ fn to_entry(raw: Vec<RawField<'_>>, ctx: &DecodeContext) -> Result<(LogEntry, bo
     for (name, value) in raw {
         // Names were checked to be ASCII.
         let name = utf8(name)?;
-        let value = String::from_utf8_lossy(value);
-        repaired |= matches!(value, std::borrow::Cow::Owned(_));
+        let (value, lossy) = super::lossy_utf8(value);
+        repaired |= lossy;
         match name {
             "MESSAGE" => entry.message = value.to_string(),
             "PRIORITY" => match value.trim().parse::<u8>() {

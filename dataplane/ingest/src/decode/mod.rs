@@ -28,6 +28,7 @@ mod syslog;
 
 use logcluster_proto::{Format, Level, LogBatch, LogEntry};
 use prost::Message;
+use std::borrow::Cow;
 
 pub use framer::{FramingError, SyslogFramer};
 pub use json::decode_json_value;
@@ -159,6 +160,14 @@ impl RejectReason {
             RejectReason::FutureTimestamp => "future_timestamp",
         }
     }
+}
+
+/// Text of bytes whose invalid UTF-8 sequences are U+FFFD, and whether there were any
+/// ([`DecodeOutput::repaired`] counts those records).
+pub(crate) fn lossy_utf8(bytes: &[u8]) -> (Cow<'_, str>, bool) {
+    let text = String::from_utf8_lossy(bytes);
+    let repaired = matches!(text, Cow::Owned(_));
+    (text, repaired)
 }
 
 /// The records of a payload and the errors of the records that were rejected.

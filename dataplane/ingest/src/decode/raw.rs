@@ -37,8 +37,8 @@ pub(crate) fn decode_raw(payload: &[u8], ctx: &DecodeContext) -> DecodeOutput {
             decode_syslog_into(content, index, ctx, &mut out);
         } else {
             // Bytes that are not UTF-8 (a Latin-1 file) become U+FFFD rather than lose the line.
-            let text = String::from_utf8_lossy(line);
-            out.repaired += usize::from(matches!(text, std::borrow::Cow::Owned(_)));
+            let (text, repaired) = super::lossy_utf8(line);
+            out.repaired += usize::from(repaired);
             out.records.push(Decoded {
                 entry: plain_text(&text, ctx),
                 original: None,

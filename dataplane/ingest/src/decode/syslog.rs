@@ -95,8 +95,7 @@ fn decode_syslog_text(bytes: &[u8], ctx: &DecodeContext) -> Result<(LogEntry, bo
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0))
         .unwrap_or(end);
-    let text = String::from_utf8_lossy(&bytes[start..end]);
-    let repaired = matches!(text, std::borrow::Cow::Owned(_));
+    let (text, repaired) = super::lossy_utf8(&bytes[start..end]);
     let mut entry = parse(&text)?;
     ctx.fill_service(&mut entry);
     Ok((entry, repaired))

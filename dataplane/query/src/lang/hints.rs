@@ -116,7 +116,7 @@ fn facts(expr: &Expr) -> Facts {
 /// Tokens certainly whole in any text containing `needle` (lower-cased) case-insensitively.
 /// Non-ASCII needles are matched by Unicode lower-casing, which can turn a non-ASCII
 /// character into an ASCII one, so they promise nothing.
-fn substring_tokens(needle: &str) -> BTreeSet<String> {
+pub(crate) fn substring_tokens(needle: &str) -> BTreeSet<String> {
     if !needle.is_ascii() {
         return BTreeSet::new();
     }
@@ -126,7 +126,7 @@ fn substring_tokens(needle: &str) -> BTreeSet<String> {
 /// The record needle of a case-insensitive message substring: only ASCII needles, which
 /// are matched byte-wise with ASCII folding (a non-ASCII one is matched after Unicode
 /// lower-casing, which the record's bytes need not show).
-fn substring_needle(needle: &str, scope: NeedleScope) -> Option<(String, NeedleScope)> {
+pub(crate) fn substring_needle(needle: &str, scope: NeedleScope) -> Option<(String, NeedleScope)> {
     (!needle.is_empty() && needle.is_ascii()).then(|| (needle.to_ascii_lowercase(), scope))
 }
 
