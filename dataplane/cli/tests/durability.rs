@@ -9,8 +9,26 @@ use common::TestNode;
 use logcluster_proto::frame::{AckStatus, Format};
 
 fn payload(batch: u64, per_batch: u64) -> Vec<u8> {
+    spread_payload(batch, per_batch, Spread::OneServicePerBatch)
+}
+
+/// How a batch's entries fall into streams.
+#[derive(Clone, Copy, PartialEq)]
+enum Spread {
+    /// All of a batch in one of three services.
+    OneServicePerBatch,
+    /// Each batch over this many services, entry by entry (a shipper's batch from many
+    /// workloads).
+    Services(u64),
+}
+
+fn spread_payload(batch: u64, per_batch: u64, spread: Spread) -> Vec<u8> {
+    let service = |i: u64| match spread {
+        Spread::OneServicePerBatch => batch % 3,
+        Spread::Services(n) => i % n,
+    };
     (0..per_batch)
-        .map(|i| format!("{{\"service\":\"svc-{}\",\"message\":\"batch {batch} entry {i}\",\"level\":\"INFO\",\"trace_id\":\"{}\"}}", batch % 3, trace_of(batch, i)))
+        .map(|i| format!("{{\"service\":\"svc-{}\",\"message\":\"batch {batch} entry {i}\",\"level\":\"INFO\",\"trace_id\":\"{}\"}}", service(i), trace_of(batch, i)))
         .collect::<Vec<_>>()
         .join("\n")
         .into_bytes()
@@ -28,12 +46,25 @@ fn trace_of(batch: u64, i: u64) -> String {
 #[tokio::test]
 async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_duplicate()
 -> anyhow::Result<()> {
+    kill_9_during_a_send(Spread::OneServicePerBatch, 50).await
+}
+
+/// The same with every batch over more streams than a commit round fsyncs one by one: the
+/// rounds make them durable with one `syncfs` (`file_system_syncs_total`).
+#[tokio::test]
+async fn kill_9_during_a_send_of_batches_over_many_streams_loses_nothing_acknowledged()
+-> anyhow::Result<()> {
+    let services = logcluster_storage::SYNCFS_FROM as u64 + 8;
+    kill_9_during_a_send(Spread::Services(services), services * 2).await
+}
+
+async fn kill_9_during_a_send(spread: Spread, per_batch: u64) -> anyhow::Result<()> {
     let mut node = TestNode::start(|raw, _| {
         raw.storage.segment_max_bytes = 128 * 1024;
         raw.storage.block_target_bytes = 16 * 1024;
     })
     .await?;
-    const PER_BATCH: u64 = 50;
+    let payload = |batch: u64| spread_payload(batch, per_batch, spread);
     let mut client = node.connect().await?;
     // Pipeline frames so that some are in flight when the process dies.
     let mut acked: HashSet<u64> = HashSet::new();
@@ -43,7 +74,7 @@ async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_dupl
     while !killed {
         for _ in 0..8 {
             client
-                .send(Format::Json, next, "dur", &payload(next, PER_BATCH))
+                .send(Format::Json, next, "dur", &payload(next))
                 .await?;
             next += 1;
             sent += 1;
@@ -57,6 +88,19 @@ async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_dupl
             }
         }
         if acked.len() >= 100 {
+            if let Spread::Services(services) = spread {
+                let metrics = node.metrics().await?;
+                let syncs =
+                    common::metric_sum(&metrics, "logcluster_storage_file_system_syncs_total", &[]);
+                let fsyncs = common::metric_sum(&metrics, "logcluster_storage_fsyncs_total", &[]);
+                if logcluster_storage::syncfs_usable() {
+                    // (A round whose streams a syncfs mostly made clean already fsyncs the
+                    // few left one by one.)
+                    assert!(syncs > 0.0, "{syncs} syncfs, {fsyncs} fsyncs");
+                } else {
+                    assert!(fsyncs >= services as f64, "{fsyncs} fsyncs");
+                }
+            }
             node.kill_9()?;
             killed = true;
         }
@@ -70,14 +114,16 @@ async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_dupl
     drop(client);
     // Sealed segments refer to trace ids in windows written before the kill.
     let book = node.dir.path().join("data/streams/dur/.traces");
-    let sealed = std::fs::read_dir(node.dir.path().join("data/streams/dur/svc-0"))?
-        .filter(|f| {
-            f.as_ref()
-                .is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".seg"))
-        })
-        .count();
-    assert!(sealed > 0, "no segment was sealed before the kill");
-    assert!(std::fs::read_dir(&book)?.count() > 0, "no trace-id window");
+    if spread == Spread::OneServicePerBatch {
+        let sealed = std::fs::read_dir(node.dir.path().join("data/streams/dur/svc-0"))?
+            .filter(|f| {
+                f.as_ref()
+                    .is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+            })
+            .count();
+        assert!(sealed > 0, "no segment was sealed before the kill");
+        assert!(std::fs::read_dir(&book)?.count() > 0, "no trace-id window");
+    }
     node.spawn().await?;
     let items = node.query_all("dur").await?;
     let present: HashMap<String, String> = items
@@ -89,7 +135,7 @@ async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_dupl
         .collect();
     assert_eq!(present.len(), items.len(), "no entry is stored twice");
     for batch in &acked {
-        for i in 0..PER_BATCH {
+        for i in 0..per_batch {
             let trace = present.get(&format!("batch {batch} entry {i}"));
             assert!(
                 trace.is_some(),
@@ -103,7 +149,7 @@ async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_dupl
     let mut duplicates = 0;
     for batch in 1..next {
         let ack = client
-            .roundtrip(Format::Json, batch, "dur", &payload(batch, PER_BATCH))
+            .roundtrip(Format::Json, batch, "dur", &payload(batch))
             .await?;
         assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
         if ack.duplicate {
@@ -124,7 +170,7 @@ async fn kill_9_during_a_send_loses_no_acknowledged_entry_and_retries_never_dupl
     }
     assert_eq!(
         items.len() as u64,
-        sent * PER_BATCH,
+        sent * per_batch,
         "every batch stored exactly once after retries"
     );
     assert!(counts.values().all(|c| *c == 1), "an entry was duplicated");

@@ -12,6 +12,7 @@ pub struct StorageMetrics {
     pub appended_bytes: Counter,
     pub duplicate_batches: Counter,
     pub fsyncs: Counter,
+    pub file_system_syncs: Counter,
     pub fsync_seconds: Histogram,
     pub rotations: Counter,
     /// Block flushes and segment rotations that failed after a batch was in the WAL.
@@ -44,6 +45,7 @@ impl Default for StorageMetrics {
             appended_bytes: Counter::default(),
             duplicate_batches: Counter::default(),
             fsyncs: Counter::default(),
+            file_system_syncs: Counter::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             rotations: Counter::default(),
             seal_failures: Counter::default(),
@@ -85,8 +87,13 @@ impl StorageMetrics {
         );
         r.register("fsyncs", "WAL fsyncs (group commits)", self.fsyncs.clone());
         r.register(
+            "file_system_syncs",
+            "Group commits that made many dirty WALs durable with one syncfs of their file system instead of an fsync each",
+            self.file_system_syncs.clone(),
+        );
+        r.register(
             "fsync_seconds",
-            "Duration of WAL fsyncs",
+            "Duration of WAL fsyncs and file system syncs",
             self.fsync_seconds.clone(),
         );
         r.register(

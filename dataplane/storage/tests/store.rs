@@ -562,6 +562,47 @@ async fn a_parallel_scan_visits_exactly_what_a_sequential_scan_visits() {
     assert_eq!(parallel_stats.objects_read, stats.objects_read);
 }
 
+/// A batch over many streams (services) is made durable with one `syncfs` of the data
+/// directory's file system rather than an fsync per stream WAL; a batch over a few streams
+/// with an fsync each. Both are answered once durable and read back whole after a reopen.
+#[tokio::test]
+async fn a_batch_over_many_streams_is_made_durable_with_one_file_system_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, metrics) = small_store(dir.path()).await;
+    let services = logcluster_storage::SYNCFS_FROM as u32 + 8;
+    let many: Vec<LogEntry> = (0..services * 3)
+        .map(|i| {
+            let service = format!("svc-{}", i % services);
+            entry("t", &service, 1, i, i64::from(i), Level::Info, "many")
+        })
+        .collect();
+    let outcome = store.append(1, many).await.expect("many streams");
+    assert_eq!(outcome.stored, services as usize * 3);
+    if logcluster_storage::syncfs_usable() {
+        assert_eq!(metrics.file_system_syncs.get(), 1, "one syncfs");
+        assert_eq!(metrics.fsyncs.get(), 0, "no fsync per stream");
+    } else {
+        // A kernel whose syncfs does not report write errors: an fsync each.
+        assert_eq!(metrics.fsyncs.get(), u64::from(services));
+    }
+    let syncs = (metrics.file_system_syncs.get(), metrics.fsyncs.get());
+    let few: Vec<LogEntry> = (0..6)
+        .map(|i| {
+            let service = format!("svc-{}", i % 3);
+            entry("t", &service, 2, i, 1000 + i64::from(i), Level::Info, "few")
+        })
+        .collect();
+    store.append(2, few).await.expect("few streams");
+    assert_eq!(
+        (metrics.file_system_syncs.get(), metrics.fsyncs.get()),
+        (syncs.0, syncs.1 + 3),
+        "an fsync for each of the three streams"
+    );
+    drop(store);
+    let (reopened, _) = small_store(dir.path()).await;
+    assert_each_once(&all_ids(&reopened, "t"), services as usize * 3 + 6);
+}
+
 /// A batch, or repair entries, that the store already holds is answered only once that copy
 /// is durable: a retry that arrives while the first copy still waits for its fsync (or
 /// whose first attempt failed after the WAL write) must not be acknowledged before it.
