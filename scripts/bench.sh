@@ -4,7 +4,8 @@
 # Runs one measurement at a time: JSON ingest over TLS (python framed sender, the file's bytes
 # as they are), Protobuf ingest (the same sender, the dataset's records converted to Protobuf
 # frames beforehand; then logcluster send's generated entries), stored size after
-# sealing, peak RSS, and Q1-Q4 of scripts/peers/common.py through the query API.
+# sealing, peak RSS, Q1-Q4 of scripts/peers/common.py through the query API, and JSON ingest
+# again with each batch spread over ~400 services (streams).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bench="${1:-/tmp/bench}"
@@ -33,4 +34,9 @@ stored=$(du -sb "$work/data/streams/bench" | cut -f1)
 python3 -c "print(f'   raw {$raw:,} B, stored {$stored:,} B (segments with indexes), ratio {$raw/$stored:.2f}x')"
 echo "== Q1-Q4 (median of 5)"
 python3 "$root/scripts/bench_queries.py" --url "http://127.0.0.1:$http" --tenant bench
+echo "   node peak RSS: $(peak_rss)"
+echo "== JSON over TLS, every batch over ~400 services (the dataset spread by scripts/spread_services.py)"
+spread="$bench/data/logs-400-services.ndjson"
+[ -s "$spread" ] || python3 "$root/scripts/spread_services.py" "$bench/data/logs.ndjson" "$spread"
+python3 "$root/scripts/bench_ingest.py" "$spread" --port "$ingest" --ca "$work/pki/tls/ca.pem" --tenant spread
 echo "   node peak RSS: $(peak_rss)"
