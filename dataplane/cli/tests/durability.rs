@@ -59,9 +59,14 @@ async fn kill_9_during_a_send_of_batches_over_many_streams_loses_nothing_acknowl
 }
 
 async fn kill_9_during_a_send(spread: Spread, per_batch: u64) -> anyhow::Result<()> {
+    // Streams seal segments during the send (a batch over many streams gives each a little).
+    let (segment, block) = match spread {
+        Spread::OneServicePerBatch => (128 * 1024, 16 * 1024),
+        Spread::Services(_) => (16 * 1024, 4 * 1024),
+    };
     let mut node = TestNode::start(|raw, _| {
-        raw.storage.segment_max_bytes = 128 * 1024;
-        raw.storage.block_target_bytes = 16 * 1024;
+        raw.storage.segment_max_bytes = segment;
+        raw.storage.block_target_bytes = block;
     })
     .await?;
     let payload = |batch: u64| spread_payload(batch, per_batch, spread);
@@ -93,7 +98,8 @@ async fn kill_9_during_a_send(spread: Spread, per_batch: u64) -> anyhow::Result<
                 let syncs =
                     common::metric_sum(&metrics, "logcluster_storage_file_system_syncs_total", &[]);
                 let fsyncs = common::metric_sum(&metrics, "logcluster_storage_fsyncs_total", &[]);
-                if logcluster_storage::syncfs_usable() {
+                let data_dir = std::fs::File::open(node.dir.path().join("data/streams"))?;
+                if logcluster_storage::file_system_sync_usable(&data_dir) {
                     // (A round whose streams a syncfs mostly made clean already fsyncs the
                     // few left one by one.)
                     assert!(syncs > 0.0, "{syncs} syncfs, {fsyncs} fsyncs");
@@ -114,16 +120,14 @@ async fn kill_9_during_a_send(spread: Spread, per_batch: u64) -> anyhow::Result<
     drop(client);
     // Sealed segments refer to trace ids in windows written before the kill.
     let book = node.dir.path().join("data/streams/dur/.traces");
-    if spread == Spread::OneServicePerBatch {
-        let sealed = std::fs::read_dir(node.dir.path().join("data/streams/dur/svc-0"))?
-            .filter(|f| {
-                f.as_ref()
-                    .is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".seg"))
-            })
-            .count();
-        assert!(sealed > 0, "no segment was sealed before the kill");
-        assert!(std::fs::read_dir(&book)?.count() > 0, "no trace-id window");
-    }
+    let sealed = std::fs::read_dir(node.dir.path().join("data/streams/dur/svc-0"))?
+        .filter(|f| {
+            f.as_ref()
+                .is_ok_and(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+        })
+        .count();
+    assert!(sealed > 0, "no segment was sealed before the kill");
+    assert!(std::fs::read_dir(&book)?.count() > 0, "no trace-id window");
     node.spawn().await?;
     let items = node.query_all("dur").await?;
     let present: HashMap<String, String> = items

@@ -1,13 +1,24 @@
 //! Group commit: appenders write their WAL records, then wait here; one committer task
-//! fsyncs every dirty stream touched since its last round (in parallel on blocking threads)
-//! and wakes all waiters of that round together. Under load a round covers many batches, so
-//! the fsync cost per batch falls as the load grows.
+//! makes every dirty stream touched since its last round durable and wakes all waiters of
+//! that round together. Under load a round covers many batches, so the sync cost per batch
+//! falls as the load grows.
+//!
+//! A round fsyncs each dirty WAL (in parallel on blocking threads), or, with at least
+//! [`SYNCFS_FROM`] of them on the data directory's file system, syncs that file system once
+//! (`syncfs`): with hundreds of streams (services) in every batch, one fsync per stream per
+//! round was most of a node's system time.
+//!
+//! A failed sync is final for the streams it covered (see `Stream::mark_sync_failed`): the
+//! kernel reports a write error once and may then count the lost pages as written.
 
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::error;
+use tracing::{error, info};
 
 use crate::stream::Stream;
 use crate::{StorageError, StorageMetrics};
@@ -17,25 +28,88 @@ pub struct CommitRequest {
     pub done: oneshot::Sender<Result<(), String>>,
 }
 
+/// From this many dirty WALs on the data directory's file system, a round syncs the file
+/// system once instead of each WAL.
+pub const SYNCFS_FROM: usize = 32;
+
+/// How rounds make WALs durable.
+pub(crate) struct Syncer {
+    /// The data directory's device and a handle of the directory opened before any WAL of
+    /// this process was written, when its file system may be synced at once: `syncfs`
+    /// through this handle reports every write error on the file system since it was opened
+    /// (once; see the module docs).
+    file_system: Option<(u64, File)>,
+    fsync: fn(&File) -> std::io::Result<()>,
+    syncfs: fn(&File) -> std::io::Result<()>,
+}
+
+impl Syncer {
+    /// A syncer for the streams under `data_dir` (which exists): `syncfs` where
+    /// [`file_system_sync_usable`] says it is sound, fsyncs otherwise.
+    pub(crate) fn new(data_dir: &Path) -> Syncer {
+        let file_system = File::open(data_dir).ok().and_then(|dir| {
+            let meta = dir.metadata().ok()?;
+            file_system_sync_usable(&dir).then(|| (std::os::unix::fs::MetadataExt::dev(&meta), dir))
+        });
+        match &file_system {
+            Some(_) => info!(
+                data_dir = %data_dir.display(),
+                from = SYNCFS_FROM,
+                "commit rounds with many dirty WALs sync the data directory's file system at once"
+            ),
+            None => info!(
+                data_dir = %data_dir.display(),
+                "commit rounds fsync each dirty WAL (syncfs is not relied on for this file system or kernel)"
+            ),
+        }
+        Syncer {
+            file_system,
+            fsync: File::sync_data,
+            syncfs: syncfs_of,
+        }
+    }
+
+    /// Whether rounds may sync the file system at once.
+    pub(crate) fn syncs_file_system(&self) -> bool {
+        self.file_system.is_some()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn syncfs_of(file: &File) -> std::io::Result<()> {
+    rustix::fs::syncfs(file).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn syncfs_of(_: &File) -> std::io::Result<()> {
+    Err(std::io::Error::other("syncfs is Linux only"))
+}
+
 /// Runs until every sender is dropped.
-pub async fn run_committer(mut rx: mpsc::Receiver<CommitRequest>, metrics: StorageMetrics) {
+pub(crate) async fn run_committer(
+    mut rx: mpsc::Receiver<CommitRequest>,
+    syncer: Arc<Syncer>,
+    metrics: StorageMetrics,
+) {
     let mut pending: Vec<CommitRequest> = Vec::new();
     while let Some(first) = rx.recv().await {
         pending.push(first);
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
+        // Each stream once (by address: a hundred batches over 400 streams each are common).
+        let mut seen: HashSet<usize> = HashSet::new();
         let mut streams: Vec<Arc<Stream>> = Vec::new();
         for request in &pending {
             for stream in &request.streams {
-                if !streams.iter().any(|s| Arc::ptr_eq(s, stream)) {
+                if seen.insert(Arc::as_ptr(stream) as usize) {
                     streams.push(stream.clone());
                 }
             }
         }
-        let result = sync_streams(streams, &metrics).await;
+        let result = sync_streams(streams, &syncer, &metrics).await;
         if let Err(message) = &result {
-            error!(error = %message, "wal fsync failed; the affected batches are answered retry-later");
+            error!(error = %message, "wal sync failed; the affected batches are answered retry-later");
         }
         for request in pending.drain(..) {
             let _ = request.done.send(result.clone());
@@ -43,45 +117,59 @@ pub async fn run_committer(mut rx: mpsc::Receiver<CommitRequest>, metrics: Stora
     }
 }
 
-/// From this many dirty WALs on one file system, a round flushes the file system once
-/// (`syncfs`) instead of each WAL: with hundreds of streams (services) in every batch, one
-/// fsync per stream per round was most of a node's system time.
-pub const SYNCFS_FROM: usize = 32;
-
-/// Makes the dirty WAL of each stream durable: each with its own fsync, in parallel, or (many
-/// on one file system, where `syncfs` reports write errors) the file system at once.
-pub async fn sync_streams(
+/// Makes the dirty WAL of each stream durable: each with its own fsync, in parallel, or
+/// (at least [`SYNCFS_FROM`] on the data directory's file system, where that is sound) that
+/// file system at once.
+pub(crate) async fn sync_streams(
     streams: Vec<Arc<Stream>>,
+    syncer: &Arc<Syncer>,
     metrics: &StorageMetrics,
 ) -> Result<(), String> {
-    let streams = if streams.len() >= SYNCFS_FROM && syncfs_usable() {
-        let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || sync_file_systems(streams, &metrics))
-            .await
-            .map_err(|join| join.to_string())??
-    } else {
-        streams
+    let (together, mut streams): (Vec<_>, Vec<_>) = match &syncer.file_system {
+        Some((device, _)) => streams
+            .into_iter()
+            .partition(|stream| stream.device == Some(*device)),
+        None => (Vec::new(), streams),
     };
+    let together = if together.len() >= SYNCFS_FROM {
+        together
+    } else {
+        streams.extend(together);
+        Vec::new()
+    };
+    let mut first_error = None;
+    if !together.is_empty() {
+        let (syncer, metrics) = (syncer.clone(), metrics.clone());
+        let synced =
+            tokio::task::spawn_blocking(move || sync_file_system(&together, &syncer, &metrics))
+                .await
+                .map_err(|join| join.to_string())
+                .and_then(|result| result);
+        if let Err(error) = synced {
+            first_error = Some(error);
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for stream in streams {
-        let metrics = metrics.clone();
+        let (metrics, fsync) = (metrics.clone(), syncer.fsync);
         tasks.spawn_blocking(move || -> Result<(), StorageError> {
             let Some(file) = stream.take_dirty_wal()? else {
                 return Ok(());
             };
             let started = Instant::now();
-            let result = file.sync_data();
+            let result = fsync(&file);
             metrics
                 .fsync_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.fsyncs.inc();
             result.map_err(|e| {
-                stream.mark_dirty();
-                StorageError::Fsync(format!("{}/{}: {e}", stream.tenant, stream.service))
+                let error =
+                    StorageError::Fsync(format!("{}/{}: {e}", stream.tenant, stream.service));
+                failed(&stream, &error.to_string(), &metrics);
+                error
             })
         });
     }
-    let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         let outcome = match joined {
             Ok(inner) => inner.map_err(|e| e.to_string()),
@@ -94,68 +182,92 @@ pub async fn sync_streams(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Flushes each file system that holds at least [`SYNCFS_FROM`] of the streams' dirty WALs
-/// with one `syncfs`; returns the streams left for an fsync each (on other file systems).
-fn sync_file_systems(
-    streams: Vec<Arc<Stream>>,
+/// Syncs the file system that holds the WALs of `streams` once, if any of them is dirty.
+/// Every stream is looked at (and its dirty mark taken) before the call: each write of a
+/// batch that waits for this round finished before the round began.
+fn sync_file_system(
+    streams: &[Arc<Stream>],
+    syncer: &Syncer,
     metrics: &StorageMetrics,
-) -> Result<Vec<Arc<Stream>>, String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut by_device: std::collections::HashMap<u64, Vec<(Arc<Stream>, std::fs::File)>> =
-        std::collections::HashMap::new();
+) -> Result<(), String> {
+    let Some((_, dir)) = &syncer.file_system else {
+        return Err("no file system to sync".to_string());
+    };
+    let mut dirty = Vec::with_capacity(streams.len());
+    let mut first_error = None;
     for stream in streams {
-        let Some(file) = stream.take_dirty_wal().map_err(|e| e.to_string())? else {
-            continue;
-        };
-        match file.metadata() {
-            Ok(meta) => by_device
-                .entry(meta.dev())
-                .or_default()
-                .push((stream, file)),
-            Err(e) => {
-                stream.mark_dirty();
-                return Err(format!("{}/{}: {e}", stream.tenant, stream.service));
+        match stream.take_dirty() {
+            Ok(true) => dirty.push(stream),
+            Ok(false) => {}
+            Err(error) => {
+                first_error.get_or_insert(error.to_string());
             }
         }
     }
-    let mut rest = Vec::new();
-    let mut first_error = None;
-    for (_, group) in by_device {
-        if group.len() < SYNCFS_FROM {
-            for (stream, _) in group {
-                stream.mark_dirty();
-                rest.push(stream);
-            }
-            continue;
-        }
+    if !dirty.is_empty() {
         let started = Instant::now();
-        // Everything written to the file system before the call is durable after it, and
-        // a write error since the file was opened is reported (Linux 5.8 and later).
-        let result = rustix::fs::syncfs(&group[0].1);
+        let result = (syncer.syncfs)(dir);
         metrics
-            .fsync_seconds
+            .file_system_sync_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.file_system_syncs.inc();
         if let Err(e) = result {
-            for (stream, _) in &group {
-                stream.mark_dirty();
+            // Which file's pages were lost is unknown: every WAL the sync covered.
+            let error = format!(
+                "syncfs of the data directory's file system ({} WALs, among them {}/{}): {e}",
+                dirty.len(),
+                dirty[0].tenant,
+                dirty[0].service
+            );
+            for stream in &dirty {
+                failed(stream, &error, metrics);
             }
-            let (stream, _) = &group[0];
-            first_error.get_or_insert(format!(
-                "syncfs of the file system of {} WALs (through {}/{}): {e}",
-                group.len(),
-                stream.tenant,
-                stream.service
-            ));
+            first_error.get_or_insert(error);
         }
     }
-    first_error.map_or(Ok(rest), Err)
+    first_error.map_or(Ok(()), Err)
 }
 
-/// Whether commit rounds may use `syncfs`: only where it reports write errors, which Linux
-/// does since 5.8 (before, it answered success whatever happened, so each WAL is fsynced
-/// instead).
-pub fn syncfs_usable() -> bool {
+/// Marks a stream's WAL as failed to sync: counted, and logged the first time.
+fn failed(stream: &Stream, error: &str, metrics: &StorageMetrics) {
+    metrics.wal_sync_failures.inc();
+    if stream.mark_sync_failed(error) {
+        error!(
+            tenant = %stream.tenant,
+            service = %stream.service,
+            %error,
+            "a sync of this stream's WAL failed: its batches are answered retry-later until the node restarts and recovery checks the WAL"
+        );
+    }
+}
+
+/// Whether `syncfs` through a handle of `dir` is as sound as an fsync of each file there:
+/// Linux 5.8 or later (earlier, `syncfs` answered success whatever happened), on a local
+/// file system whose sync is known to write and flush every file's data (ext2/3/4, XFS,
+/// Btrfs, F2FS; not network, FUSE or overlay file systems, whose errors it may not report).
+pub fn file_system_sync_usable(dir: &File) -> bool {
+    kernel_reports_syncfs_errors() && local_file_system(dir)
+}
+
+#[cfg(target_os = "linux")]
+fn local_file_system(dir: &File) -> bool {
+    const EXT: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const F2FS: i64 = 0xF2F5_2010;
+    // `f_type`'s width differs by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(dir)
+        .map(|stat| [EXT, XFS, BTRFS, F2FS].contains(&(stat.f_type as i64)))
+        .unwrap_or(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn local_file_system(_: &File) -> bool {
+    false
+}
+
+fn kernel_reports_syncfs_errors() -> bool {
     static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *REPORTS.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -175,7 +287,12 @@ fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_at_least;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::StorageConfig;
+    use crate::stream::{Appended, Part};
+    use crate::traces::TraceBook;
 
     #[test]
     fn kernel_releases_compare_by_major_then_minor() {
@@ -186,5 +303,134 @@ mod tests {
         assert_eq!(kernel_at_least("4.19.0", (5, 8)), Some(false));
         assert_eq!(kernel_at_least("6", (5, 8)), None);
         assert_eq!(kernel_at_least("", (5, 8)), None);
+    }
+
+    /// `n` streams of tenant `t` under `dir`, each with one batch written (dirty).
+    fn dirty_streams(dir: &Path, n: usize, metrics: &StorageMetrics) -> Vec<Arc<Stream>> {
+        let config = StorageConfig::new(dir);
+        let book = Arc::new(TraceBook::open(&dir.join("t")).expect("book"));
+        (0..n)
+            .map(|i| {
+                let service = format!("s{i}");
+                let stream = Stream::open(
+                    "t",
+                    &service,
+                    dir.join("t").join(&service),
+                    &config,
+                    metrics,
+                    book.clone(),
+                )
+                .expect("stream");
+                let entry = logcluster_proto::LogEntry {
+                    id: format!("{:016x}-{:08x}", 7, i),
+                    timestamp: 1,
+                    tenant: "t".into(),
+                    service,
+                    message: "m".into(),
+                    ..Default::default()
+                };
+                let appended = stream
+                    .append(7, Part::Owned(vec![entry]), &config, metrics, false, None)
+                    .expect("append");
+                assert!(matches!(appended, Appended::Stored));
+                Arc::new(stream)
+            })
+            .collect()
+    }
+
+    static SYNCFS_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static FSYNC_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn syncer(dir: &Path, syncfs: fn(&File) -> std::io::Result<()>) -> Arc<Syncer> {
+        let handle = File::open(dir).expect("dir");
+        let device = std::os::unix::fs::MetadataExt::dev(&handle.metadata().expect("meta"));
+        Arc::new(Syncer {
+            file_system: Some((device, handle)),
+            fsync: |file| {
+                FSYNC_CALLS.fetch_add(1, Ordering::SeqCst);
+                file.sync_data()
+            },
+            syncfs,
+        })
+    }
+
+    fn broken(_: &File) -> std::io::Result<()> {
+        Err(std::io::Error::other("injected write error"))
+    }
+
+    /// One syncfs for a round of many dirty WALs, none for a round with nothing dirty, and a
+    /// failed one is final: every stream it covered refuses later rounds, even when syncs
+    /// succeed again (the lost pages would count as written), while other streams go on.
+    #[tokio::test]
+    async fn a_failed_file_system_sync_fails_every_later_round_of_its_streams() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = StorageMetrics::default();
+        let streams = dirty_streams(dir.path(), SYNCFS_FROM + 2, &metrics);
+        let counting: fn(&File) -> std::io::Result<()> = |file| {
+            SYNCFS_CALLS.fetch_add(1, Ordering::SeqCst);
+            syncfs_of(file)
+        };
+        let good = syncer(dir.path(), counting);
+        let before = SYNCFS_CALLS.load(Ordering::SeqCst);
+        sync_streams(streams.clone(), &good, &metrics)
+            .await
+            .expect("synced");
+        assert_eq!(SYNCFS_CALLS.load(Ordering::SeqCst), before + 1);
+        assert_eq!(metrics.file_system_syncs.get(), 1);
+        // Nothing dirty: no sync at all.
+        sync_streams(streams.clone(), &good, &metrics)
+            .await
+            .expect("clean");
+        assert_eq!(metrics.file_system_syncs.get(), 1);
+
+        let more = dirty_streams(&dir.path().join("more"), SYNCFS_FROM, &metrics);
+        let error = sync_streams(more.clone(), &syncer(dir.path(), broken), &metrics)
+            .await
+            .expect_err("the injected error");
+        assert!(error.contains("injected write error"), "{error}");
+        assert_eq!(metrics.wal_sync_failures.get(), SYNCFS_FROM as u64);
+        for round in 0..2 {
+            let error = sync_streams(more.clone(), &good, &metrics)
+                .await
+                .expect_err("refused after the failure");
+            assert!(error.contains("earlier sync"), "round {round}: {error}");
+        }
+        // The streams the failed sync did not cover are unaffected.
+        sync_streams(streams, &good, &metrics)
+            .await
+            .expect("other streams");
+    }
+
+    /// Below `SYNCFS_FROM` each dirty WAL is fsynced; a failed fsync is final for its stream
+    /// alone.
+    #[tokio::test]
+    async fn a_failed_fsync_fails_every_later_round_of_its_stream_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = StorageMetrics::default();
+        let streams = dirty_streams(dir.path(), 3, &metrics);
+        let before = FSYNC_CALLS.load(Ordering::SeqCst);
+        let good = syncer(dir.path(), broken);
+        sync_streams(streams.clone(), &good, &metrics)
+            .await
+            .expect("three fsyncs, no syncfs");
+        assert!(FSYNC_CALLS.load(Ordering::SeqCst) >= before + 3);
+        assert_eq!(metrics.file_system_syncs.get(), 0);
+
+        let bad = Arc::new(Syncer {
+            file_system: None,
+            fsync: broken,
+            syncfs: broken,
+        });
+        let more = dirty_streams(&dir.path().join("more"), 2, &metrics);
+        sync_streams(more[..1].to_vec(), &bad, &metrics)
+            .await
+            .expect_err("the injected error");
+        sync_streams(more.clone(), &good, &metrics)
+            .await
+            .expect_err("the failed stream refuses");
+        sync_streams(more[1..].to_vec(), &good, &metrics)
+            .await
+            .expect("the other stream syncs");
+        assert_eq!(metrics.wal_sync_failures.get(), 1);
     }
 }

@@ -26,7 +26,7 @@ pub mod wal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use commit::{SYNCFS_FROM, syncfs_usable};
+pub use commit::{SYNCFS_FROM, file_system_sync_usable};
 pub use metrics::StorageMetrics;
 pub use scan::{Cursor, ScanFilter, ScanStats, TopResult};
 pub use store::{AppendOutcome, Store, StoreStats, Written};

@@ -13,6 +13,8 @@ pub struct StorageMetrics {
     pub duplicate_batches: Counter,
     pub fsyncs: Counter,
     pub file_system_syncs: Counter,
+    pub file_system_sync_seconds: Histogram,
+    pub wal_sync_failures: Counter,
     pub fsync_seconds: Histogram,
     pub rotations: Counter,
     /// Block flushes and segment rotations that failed after a batch was in the WAL.
@@ -46,6 +48,8 @@ impl Default for StorageMetrics {
             duplicate_batches: Counter::default(),
             fsyncs: Counter::default(),
             file_system_syncs: Counter::default(),
+            file_system_sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            wal_sync_failures: Counter::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             rotations: Counter::default(),
             seal_failures: Counter::default(),
@@ -85,15 +89,29 @@ impl StorageMetrics {
             "Batch parts skipped because their batch id was already stored",
             self.duplicate_batches.clone(),
         );
-        r.register("fsyncs", "WAL fsyncs (group commits)", self.fsyncs.clone());
+        r.register(
+            "fsyncs",
+            "WAL fsyncs (one per dirty WAL in a group commit round that does not sync the file system at once)",
+            self.fsyncs.clone(),
+        );
         r.register(
             "file_system_syncs",
-            "Group commits that made many dirty WALs durable with one syncfs of their file system instead of an fsync each",
+            "Group commit rounds that made many dirty WALs durable with one syncfs of the data directory's file system instead of an fsync each",
             self.file_system_syncs.clone(),
         );
         r.register(
+            "file_system_sync_seconds",
+            "Duration of those syncfs calls (they write whatever else is dirty on the file system too)",
+            self.file_system_sync_seconds.clone(),
+        );
+        r.register(
+            "wal_sync_failures",
+            "WALs whose fsync, or a syncfs covering them, failed: their streams answer retry-later until the node restarts",
+            self.wal_sync_failures.clone(),
+        );
+        r.register(
             "fsync_seconds",
-            "Duration of WAL fsyncs and file system syncs",
+            "Duration of WAL fsyncs",
             self.fsync_seconds.clone(),
         );
         r.register(

@@ -8,7 +8,7 @@ use logcluster_proto::{EntryRef, LogEntry};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::commit::{CommitRequest, run_committer, sync_streams};
+use crate::commit::{CommitRequest, Syncer, run_committer, sync_streams};
 use crate::scan::{self, Cursor, ScanFilter, ScanStats, TopResult};
 use crate::stream::{Appended, Part, Stream, StreamSnapshot};
 use crate::traces::{TraceBook, WindowCache};
@@ -53,6 +53,7 @@ pub struct Store {
     windows: Arc<WindowCache>,
     metrics: StorageMetrics,
     commit_tx: mpsc::Sender<CommitRequest>,
+    syncer: Arc<Syncer>,
 }
 
 /// Directory name for a tenant or service: bytes outside `[A-Za-z0-9_-]` (and a leading
@@ -112,6 +113,16 @@ impl Store {
         config: StorageConfig,
         metrics: StorageMetrics,
     ) -> Result<Arc<Store>, StorageError> {
+        // Before recovery writes anything: the handle `syncfs` reports write errors through
+        // is opened first.
+        let root = config.data_dir.join("streams");
+        let syncer = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&root)
+                .map_err(|source| StorageError::io("create data dir", &root, source))?;
+            Ok::<_, StorageError>(Arc::new(Syncer::new(&root)))
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))??;
         let recover_config = config.clone();
         let recover_metrics = metrics.clone();
         let windows = Arc::new(WindowCache::default());
@@ -122,7 +133,7 @@ impl Store {
         .await
         .map_err(|e| StorageError::Task(e.to_string()))??;
         let (commit_tx, commit_rx) = mpsc::channel(4096);
-        tokio::spawn(run_committer(commit_rx, metrics.clone()));
+        tokio::spawn(run_committer(commit_rx, syncer.clone(), metrics.clone()));
         let store = Arc::new(Store {
             config,
             streams: RwLock::new(streams),
@@ -131,9 +142,16 @@ impl Store {
             repair_lock: std::sync::RwLock::new(()),
             metrics,
             commit_tx,
+            syncer,
         });
         store.refresh_gauges();
         Ok(store)
+    }
+
+    /// Whether commit rounds with many dirty WALs sync the data directory's file system at
+    /// once (see `commit`).
+    pub fn syncs_file_system(&self) -> bool {
+        self.syncer.syncs_file_system()
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -832,7 +850,7 @@ impl Store {
 
     /// Fsyncs every dirty WAL (periodic flush under `FsyncPolicy::Interval`, and shutdown).
     pub async fn flush(&self) -> Result<(), StorageError> {
-        sync_streams(self.all_streams(), &self.metrics)
+        sync_streams(self.all_streams(), &self.syncer, &self.metrics)
             .await
             .map_err(StorageError::Fsync)
     }

@@ -157,6 +157,8 @@ pub struct Stream {
     pub tenant: String,
     pub service: String,
     pub dir: PathBuf,
+    /// The device of the stream's directory (its WAL's file system), when known.
+    pub(crate) device: Option<u64>,
     inner: Mutex<Inner>,
     /// Changes whenever the stream's content does (append, quarantine, retention):
     /// rebalancing deletes a handed-over stream only if it did not change meanwhile, and
@@ -177,6 +179,11 @@ struct Inner {
     flush_failed: bool,
     /// Written since the last fsync.
     dirty: bool,
+    /// Why a sync of the WAL failed, once one has. The pages it covered may be lost while the
+    /// kernel counts them written, so a later sync that succeeds proves nothing: every batch
+    /// of the stream is answered retry-later from then on, until a restart's recovery checks
+    /// the WAL (fsyncgate: errors are reported once).
+    sync_failed: Option<String>,
     open: OpenSegment,
     open_read: Arc<File>,
     open_blocks: Vec<Arc<BlockMeta>>,
@@ -413,6 +420,7 @@ impl Stream {
             retry_sealing_at: None,
             flush_failed: false,
             dirty: false,
+            sync_failed: None,
             open,
             open_read,
             open_blocks: Vec::new(),
@@ -449,10 +457,14 @@ impl Stream {
         if count > 0 {
             info!(tenant, service, seq, "recovered stream from wal");
         }
+        let device = std::fs::metadata(&dir)
+            .ok()
+            .map(|meta| std::os::unix::fs::MetadataExt::dev(&meta));
         Ok(Stream {
             tenant: tenant.to_string(),
             service: service.to_string(),
             dir,
+            device,
             inner: Mutex::new(inner),
             // Distinct across incarnations of the same stream (a stream removed by a
             // hand-over and created again), so cached digests never match by accident.
@@ -597,23 +609,38 @@ impl Stream {
         result
     }
 
-    /// A handle to the active WAL for fsync outside the lock, if anything is unsynced.
+    /// A handle to the active WAL for fsync outside the lock, if anything is unsynced; the
+    /// WAL counts as synced from then on (the caller marks it failed if the fsync fails).
+    /// An error once a sync of the WAL has failed.
     pub fn take_dirty_wal(&self) -> Result<Option<File>, StorageError> {
         let mut inner = self.lock();
+        inner.refuse_after_failed_sync()?;
         if !inner.dirty {
             return Ok(None);
         }
-        inner.dirty = false;
-        inner
+        let file = inner
             .wal
             .try_clone()
-            .map(Some)
-            .map_err(|source| StorageError::io("clone wal handle", &inner.wal_path, source))
+            .map_err(|source| StorageError::io("clone wal handle", &inner.wal_path, source))?;
+        inner.dirty = false;
+        Ok(Some(file))
     }
 
-    /// Marks the WAL dirty again after a failed fsync so a later commit retries it.
-    pub fn mark_dirty(&self) {
-        self.lock().dirty = true;
+    /// Whether anything was unsynced ([`Stream::take_dirty_wal`] for a sync of the whole
+    /// file system, which needs no handle of the WAL).
+    pub fn take_dirty(&self) -> Result<bool, StorageError> {
+        let mut inner = self.lock();
+        inner.refuse_after_failed_sync()?;
+        Ok(std::mem::replace(&mut inner.dirty, false))
+    }
+
+    /// Records that a sync covering the WAL failed (see `Inner::sync_failed`); whether this
+    /// is the first failure.
+    pub fn mark_sync_failed(&self, error: &str) -> bool {
+        let mut inner = self.lock();
+        let first = inner.sync_failed.is_none();
+        inner.sync_failed.get_or_insert_with(|| error.to_string());
+        first
     }
 
     /// Record bytes of the tail, not yet in a block.
@@ -787,10 +814,23 @@ fn sealed_from(seq: u64, path: PathBuf, file: File, index: SegmentIndex, size: u
 impl Inner {
     /// Fsyncs the active WAL under the lock.
     fn sync_wal(&mut self) -> Result<(), StorageError> {
+        self.refuse_after_failed_sync()?;
         self.dirty = false;
-        self.wal
-            .sync_data()
-            .map_err(|source| StorageError::io("sync wal", &self.wal_path, source))
+        self.wal.sync_data().map_err(|source| {
+            let error = StorageError::io("sync wal", &self.wal_path, source);
+            self.sync_failed = Some(error.to_string());
+            error
+        })
+    }
+
+    /// An error once a sync of the WAL has failed.
+    fn refuse_after_failed_sync(&self) -> Result<(), StorageError> {
+        match &self.sync_failed {
+            None => Ok(()),
+            Some(error) => Err(StorageError::Fsync(format!(
+                "an earlier sync of this stream's WAL failed ({error}); its batches are answered retry-later until the node restarts and recovery checks the WAL"
+            ))),
+        }
     }
 
     /// Whether block and segment work may be tried (none for a while after a failure).
