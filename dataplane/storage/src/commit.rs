@@ -432,5 +432,21 @@ mod tests {
             .await
             .expect("the other stream syncs");
         assert_eq!(metrics.wal_sync_failures.get(), 1);
+        // Nothing more is written to the failed WAL: appends are refused at once.
+        let config = StorageConfig::new(dir.path());
+        let entry = logcluster_proto::LogEntry {
+            id: format!("{:016x}-{:08x}", 8, 0),
+            timestamp: 2,
+            tenant: "t".into(),
+            service: "s0".into(),
+            message: "m".into(),
+            ..Default::default()
+        };
+        let refused = more[0].append(8, Part::Owned(vec![entry]), &config, &metrics, false, None);
+        assert!(
+            matches!(&refused, Err(StorageError::Fsync(e)) if e.contains("earlier sync")),
+            "{:?}",
+            refused.err()
+        );
     }
 }

@@ -518,6 +518,9 @@ impl Stream {
         if inner.removed {
             return Ok(Appended::Removed(entries));
         }
+        // Nothing more goes into a WAL whose sync failed (its batches could never be
+        // answered): the batch is answered retry-later at once.
+        inner.refuse_after_failed_sync()?;
         if inner.holds_batch(batch_uid) {
             metrics.duplicate_batches.inc();
             return Ok(Appended::Duplicate);
@@ -852,9 +855,12 @@ impl Inner {
 
     /// Records the original batch uids of entries written under another uid (repairs).
     fn note_repaired(&mut self, record_uid: u64, entries: &Part<'_>) {
-        let prefix = format!("{record_uid:016x}-");
+        // `{record_uid:016x}-`, without formatting a string for every part.
+        let mut prefix = Vec::with_capacity(17);
+        logcluster_proto::ids::push_hex(&mut prefix, &record_uid.to_be_bytes());
+        prefix.push(b'-');
         entries.for_each_id(|id| {
-            if id.starts_with(&prefix) {
+            if id.as_bytes().starts_with(&prefix) {
                 return;
             }
             if let Some(uid) = crate::store::batch_uid_of(id) {
