@@ -177,8 +177,14 @@ struct Inner {
     /// The last attempt to write the tail as a block failed (a failed rotation alone does
     /// not stop blocks from being written into the open segment).
     flush_failed: bool,
-    /// Written since the last fsync.
+    /// Written (or waiting in `unwritten`) since the last fsync.
     dirty: bool,
+    /// Records appended but not yet written to the WAL file: under `FsyncPolicy::Always`
+    /// nothing is answered before the commit round writes and syncs them, so a round writes
+    /// a stream's records of many batches at once instead of one `write` per batch part.
+    /// At most [`UNWRITTEN_LIMIT`] (then written at once). The file holds `wal_bytes` minus
+    /// these bytes.
+    unwritten: Vec<u8>,
     /// Why a sync of the WAL failed, once one has. The pages it covered may be lost while the
     /// kernel counts them written, so a later sync that succeeds proves nothing: every batch
     /// of the stream is answered retry-later from then on, until a restart's recovery checks
@@ -420,6 +426,7 @@ impl Stream {
             retry_sealing_at: None,
             flush_failed: false,
             dirty: false,
+            unwritten: Vec::new(),
             sync_failed: None,
             open,
             open_read,
@@ -555,15 +562,20 @@ impl Stream {
                 });
             }
         }
-        if let Err(source) = inner.wal.write_all(&record) {
-            // Cut a partly written record off (disk full, I/O error): otherwise records
-            // written after it would sit behind a torn one, and replay stops at the tear.
-            let keep = inner.wal_bytes;
-            let _ = inner.wal.set_len(keep);
-            let _ = std::io::Seek::seek(&mut inner.wal, std::io::SeekFrom::Start(keep));
-            return Err(StorageError::io("append to wal", &inner.wal_path, source));
-        }
+        // Acknowledged only after a commit round (which writes what waits): the record
+        // waits with the stream's others, up to a limit. Acknowledged after the write (an
+        // fsync interval): written now.
+        let wait = matches!(config.fsync, crate::FsyncPolicy::Always)
+            && inner.unwritten.len() + record.len() <= UNWRITTEN_LIMIT;
+        inner.unwritten.extend_from_slice(&record);
         inner.wal_bytes += record.len() as u64;
+        if !wait && let Err(error) = inner.write_unwritten() {
+            // Not appended: it is taken back (those before it wait for the round).
+            let keep = inner.unwritten.len() - record.len();
+            inner.unwritten.truncate(keep);
+            inner.wal_bytes -= record.len() as u64;
+            return Err(error);
+        }
         inner.dirty = true;
         inner.uids_current.insert(batch_uid);
         inner.note_repaired(batch_uid, &entries);
@@ -621,6 +633,7 @@ impl Stream {
         if !inner.dirty {
             return Ok(None);
         }
+        inner.write_unwritten()?;
         let file = inner
             .wal
             .try_clone()
@@ -634,6 +647,9 @@ impl Stream {
     pub fn take_dirty(&self) -> Result<bool, StorageError> {
         let mut inner = self.lock();
         inner.refuse_after_failed_sync()?;
+        if inner.dirty {
+            inner.write_unwritten()?;
+        }
         Ok(std::mem::replace(&mut inner.dirty, false))
     }
 
@@ -814,10 +830,48 @@ fn sealed_from(seq: u64, path: PathBuf, file: File, index: SegmentIndex, size: u
     }
 }
 
+/// Bytes of records a stream keeps for its next commit round before writing them at once.
+const UNWRITTEN_LIMIT: usize = 64 * 1024;
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Records that no round wrote yet (none of them was answered): written for a later
+        // open of the stream, as they would have been.
+        let _ = self.write_unwritten();
+    }
+}
+
 impl Inner {
+    /// Writes the records waiting for the WAL file, in one `write`. On failure (disk full,
+    /// an I/O error) the file is cut back to the records before them and they keep waiting;
+    /// if it cannot be cut back, a torn record could hide every later one from replay, so the
+    /// stream fails as after a failed sync.
+    fn write_unwritten(&mut self) -> Result<(), StorageError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        // What the file holds: `wal_bytes` counts the waiting records too.
+        let written = self.wal_bytes - self.unwritten.len() as u64;
+        match self.wal.write_all(&self.unwritten) {
+            Ok(()) => {
+                self.unwritten.clear();
+                Ok(())
+            }
+            Err(source) => {
+                let error = StorageError::io("append to wal", &self.wal_path, source);
+                if let Err(cut) = self.wal.set_len(written) {
+                    let cut = StorageError::io("cut a torn wal record", &self.wal_path, cut);
+                    self.sync_failed.get_or_insert_with(|| cut.to_string());
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// Fsyncs the active WAL under the lock.
     fn sync_wal(&mut self) -> Result<(), StorageError> {
         self.refuse_after_failed_sync()?;
+        self.write_unwritten()?;
         self.dirty = false;
         self.wal.sync_data().map_err(|source| {
             let error = StorageError::io("sync wal", &self.wal_path, source);
@@ -1268,6 +1322,8 @@ mod tests {
             let files = |stream: &Stream| {
                 let mut inner = stream.lock();
                 inner.flush_tail(&config).expect("flush");
+                // The records a commit round would write.
+                inner.write_unwritten().expect("write");
                 let wal = std::fs::read(&inner.wal_path).expect("wal");
                 let segment = std::fs::read(&inner.open.path).expect("segment");
                 (wal, segment)
@@ -1461,5 +1517,99 @@ mod tests {
         assert!(stream.lock().retry_sealing_at.is_none());
         stream.lock().flush_tail(&config).expect("flush");
         assert_built_at_once(&stream, &all[..stored], &config);
+    }
+
+    /// `n` entries of batch `uid` (distinct ids), messages padded with `pad`.
+    fn uid_batch(uid: u64, n: u32, pad: &str) -> Vec<LogEntry> {
+        (0..n)
+            .map(|i| LogEntry {
+                id: logcluster_proto::ids::entry_id(uid, i),
+                timestamp: 1_000 + i64::from(i),
+                message: format!("entry {i} of {uid} {pad}"),
+                service: "api".into(),
+                tenant: "acme".into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn wal_len(stream: &Stream) -> u64 {
+        let path = stream.lock().wal_path.clone();
+        std::fs::metadata(path).expect("wal").len()
+    }
+
+    /// Under `FsyncPolicy::Always` a record waits for the commit round, which writes the
+    /// stream's waiting records in one go; past `UNWRITTEN_LIMIT` they are written at once;
+    /// under an fsync interval (acknowledged after the write) each is written at once. A
+    /// reopened stream holds every record once either way.
+    #[test]
+    fn records_wait_for_the_commit_round_and_are_written_once() {
+        // Blocks of 1 MiB: every entry is still in the tail when the stream is reopened.
+        let (dir, config, metrics, stream) = new_stream(|dir| StorageConfig::new(dir));
+        let empty = wal_len(&stream);
+        let batch = |uid: u64, n: u32| uid_batch(uid, n, "");
+        for uid in 1..=3 {
+            stream
+                .append_owned(uid, batch(uid, 4), &config, &metrics)
+                .expect("append");
+        }
+        assert_eq!(wal_len(&stream), empty, "the records wait for the round");
+        let taken = stream.take_dirty_wal().expect("round").expect("dirty");
+        taken.sync_data().expect("fsync");
+        let written = wal_len(&stream);
+        assert!(written > empty);
+        assert_eq!(written, stream.lock().wal_bytes);
+        assert!(stream.take_dirty_wal().expect("clean").is_none());
+        // Past the limit the waiting records are written with the one that passes it.
+        let mut uid = 10;
+        while stream.lock().unwritten.len() + 4_000 <= UNWRITTEN_LIMIT {
+            stream
+                .append_owned(uid, batch(uid, 4), &config, &metrics)
+                .expect("append");
+            uid += 1;
+        }
+        assert_eq!(wal_len(&stream), written);
+        let big = uid_batch(uid, 40, &"x".repeat(150));
+        stream
+            .append_owned(uid, big, &config, &metrics)
+            .expect("append");
+        assert_eq!(wal_len(&stream), stream.lock().wal_bytes, "written at once");
+        assert!(stream.lock().unwritten.is_empty());
+        let reopened = reopened_tail(stream, dir.path(), &config, &metrics);
+        let mut ids: Vec<String> = reopened.iter().map(|e| e.id.clone()).collect();
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            (ids.len(), count),
+            (count, 3 * 4 + (uid - 10) as usize * 4 + 40)
+        );
+
+        let (_dir, mut interval, metrics, stream) = new_stream(small_blocks);
+        interval.fsync = crate::FsyncPolicy::Interval(Duration::from_secs(1));
+        let before = wal_len(&stream);
+        stream
+            .append_owned(1, batch(1, 4), &interval, &metrics)
+            .expect("append");
+        assert!(wal_len(&stream) > before, "written at once");
+    }
+
+    /// A round whose write of the waiting records fails (here: the handle is read-only) and
+    /// cannot cut the file back fails the stream as a failed sync does: a torn record could
+    /// hide every later one from replay.
+    #[test]
+    fn a_wal_write_that_cannot_be_cut_back_fails_the_stream() {
+        let (_dir, config, metrics, stream) = new_stream(small_blocks);
+        stream
+            .append_owned(1, uid_batch(1, 4, "a"), &config, &metrics)
+            .expect("append");
+        let path = stream.lock().wal_path.clone();
+        stream.lock().wal = File::open(&path).expect("read-only handle");
+        let error = stream.take_dirty_wal().expect_err("the write fails");
+        assert!(error.to_string().contains("append to wal"), "{error}");
+        let error = stream.take_dirty_wal().expect_err("the stream failed");
+        assert!(error.to_string().contains("earlier sync"), "{error}");
+        let refused = stream.append_owned(2, uid_batch(2, 4, "b"), &config, &metrics);
+        assert!(refused.is_err());
     }
 }
