@@ -11,7 +11,7 @@
 //! A failed sync is final for the streams it covered (see `Stream::mark_sync_failed`): the
 //! kernel reports a write error once and may then count the lost pages as written.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -85,7 +85,50 @@ fn syncfs_of(_: &File) -> std::io::Result<()> {
     Err(std::io::Error::other("syncfs is Linux only"))
 }
 
-/// Runs until every sender is dropped.
+/// What a round could not make durable: the streams that failed, each with why, or (a task
+/// that died) every stream of the round.
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    /// By the stream's address.
+    streams: HashMap<usize, String>,
+    all: Option<String>,
+}
+
+impl Failures {
+    fn stream(&mut self, stream: &Arc<Stream>, error: String) {
+        self.streams
+            .entry(Arc::as_ptr(stream) as usize)
+            .or_insert(error);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty() && self.all.is_none()
+    }
+
+    /// Why one of `streams` failed, if one did.
+    fn of(&self, streams: &[Arc<Stream>]) -> Option<&String> {
+        self.all.as_ref().or_else(|| {
+            streams
+                .iter()
+                .find_map(|stream| self.streams.get(&(Arc::as_ptr(stream) as usize)))
+        })
+    }
+
+    /// One message for them all (a flush of every stream).
+    pub(crate) fn into_message(self) -> String {
+        let count = self.streams.len();
+        match (self.all, self.streams.into_values().next()) {
+            (Some(all), _) => all,
+            (None, Some(first)) if count > 1 => format!("{first} (and {} more WALs)", count - 1),
+            (None, Some(first)) => first,
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// Runs until every sender is dropped. A request is answered with a failure only when one of
+/// its own streams failed: a stream that cannot be written or synced does not hold up the
+/// batches of the others.
 pub(crate) async fn run_committer(
     mut rx: mpsc::Receiver<CommitRequest>,
     syncer: Arc<Syncer>,
@@ -107,24 +150,36 @@ pub(crate) async fn run_committer(
                 }
             }
         }
-        let result = sync_streams(streams, &syncer, &metrics).await;
-        if let Err(message) = &result {
-            error!(error = %message, "wal sync failed; the affected batches are answered retry-later");
-        }
+        let failures = match sync_streams(streams, &syncer, &metrics).await {
+            Ok(()) => Failures::default(),
+            Err(failures) => {
+                let failed = failures.all.iter().chain(failures.streams.values()).next();
+                error!(
+                    error = failed.map(String::as_str).unwrap_or_default(),
+                    streams = failures.streams.len(),
+                    "wal write or sync failed; the batches of the affected streams are answered retry-later"
+                );
+                failures
+            }
+        };
         for request in pending.drain(..) {
-            let _ = request.done.send(result.clone());
+            let answer = match failures.of(&request.streams) {
+                Some(error) => Err(error.clone()),
+                None => Ok(()),
+            };
+            let _ = request.done.send(answer);
         }
     }
 }
 
-/// Makes the dirty WAL of each stream durable: each with its own fsync, in parallel, or
-/// (at least [`SYNCFS_FROM`] on the data directory's file system, where that is sound) that
-/// file system at once.
+/// Makes the dirty WAL of each stream durable (writing the records that wait for it first):
+/// each with its own fsync, in parallel, or (at least [`SYNCFS_FROM`] on the data
+/// directory's file system, where that is sound) that file system at once.
 pub(crate) async fn sync_streams(
     streams: Vec<Arc<Stream>>,
     syncer: &Arc<Syncer>,
     metrics: &StorageMetrics,
-) -> Result<(), String> {
+) -> Result<(), Failures> {
     let (together, mut streams): (Vec<_>, Vec<_>) = match &syncer.file_system {
         Some((device, _)) => streams
             .into_iter()
@@ -137,71 +192,76 @@ pub(crate) async fn sync_streams(
         streams.extend(together);
         Vec::new()
     };
-    let mut first_error = None;
+    let mut failures = Failures::default();
     if !together.is_empty() {
         let (syncer, metrics) = (syncer.clone(), metrics.clone());
-        let synced =
-            tokio::task::spawn_blocking(move || sync_file_system(&together, &syncer, &metrics))
-                .await
-                .map_err(|join| join.to_string())
-                .and_then(|result| result);
-        if let Err(error) = synced {
-            first_error = Some(error);
+        match tokio::task::spawn_blocking(move || sync_file_system(&together, &syncer, &metrics))
+            .await
+        {
+            Ok(synced) => failures = synced,
+            Err(join) => failures.all = Some(join.to_string()),
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
     for stream in streams {
         let (metrics, fsync) = (metrics.clone(), syncer.fsync);
-        tasks.spawn_blocking(move || -> Result<(), StorageError> {
-            let Some(file) = stream.take_dirty_wal()? else {
-                return Ok(());
-            };
-            let started = Instant::now();
-            let result = fsync(&file);
-            metrics
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
-            metrics.fsyncs.inc();
-            result.map_err(|e| {
-                let error =
-                    StorageError::Fsync(format!("{}/{}: {e}", stream.tenant, stream.service));
-                failed(&stream, &error.to_string(), &metrics);
-                error
-            })
+        tasks.spawn_blocking(move || {
+            let outcome = (|| -> Result<(), StorageError> {
+                let Some(file) = stream.take_dirty_wal()? else {
+                    return Ok(());
+                };
+                let started = Instant::now();
+                let result = fsync(&file);
+                metrics
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.fsyncs.inc();
+                result.map_err(|e| {
+                    let error =
+                        StorageError::Fsync(format!("{}/{}: {e}", stream.tenant, stream.service));
+                    failed(&stream, &error.to_string(), &metrics);
+                    error
+                })
+            })();
+            (stream, outcome)
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        let outcome = match joined {
-            Ok(inner) => inner.map_err(|e| e.to_string()),
-            Err(join) => Err(join.to_string()),
-        };
-        if let Err(e) = outcome {
-            first_error.get_or_insert(e);
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((stream, Err(error))) => failures.stream(&stream, error.to_string()),
+            Err(join) => {
+                failures.all.get_or_insert(join.to_string());
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures)
+    }
 }
 
-/// Syncs the file system that holds the WALs of `streams` once, if any of them is dirty.
-/// Every stream is looked at (and its dirty mark taken) before the call: each write of a
-/// batch that waits for this round finished before the round began.
+/// Syncs the file system that holds the WALs of `streams` once, if any of them is dirty
+/// (writing each one's waiting records first). Every stream is looked at (and its dirty mark
+/// taken) before the call: each write of a batch that waits for this round finished before
+/// the round began.
 fn sync_file_system(
     streams: &[Arc<Stream>],
     syncer: &Syncer,
     metrics: &StorageMetrics,
-) -> Result<(), String> {
+) -> Failures {
+    let mut failures = Failures::default();
     let Some((_, dir)) = &syncer.file_system else {
-        return Err("no file system to sync".to_string());
+        failures.all = Some("no file system to sync".to_string());
+        return failures;
     };
     let mut dirty = Vec::with_capacity(streams.len());
-    let mut first_error = None;
     for stream in streams {
         match stream.take_dirty() {
             Ok(true) => dirty.push(stream),
             Ok(false) => {}
-            Err(error) => {
-                first_error.get_or_insert(error.to_string());
-            }
+            Err(error) => failures.stream(stream, error.to_string()),
         }
     }
     if !dirty.is_empty() {
@@ -219,13 +279,13 @@ fn sync_file_system(
                 dirty[0].tenant,
                 dirty[0].service
             );
-            for stream in &dirty {
+            for stream in dirty {
                 failed(stream, &error, metrics);
+                failures.stream(stream, error.clone());
             }
-            first_error.get_or_insert(error);
         }
     }
-    first_error.map_or(Ok(()), Err)
+    failures
 }
 
 /// Marks a stream's WAL as failed to sync: counted, and logged the first time.
@@ -293,6 +353,17 @@ mod tests {
     use crate::StorageConfig;
     use crate::stream::{Appended, Part};
     use crate::traces::TraceBook;
+
+    /// A round's outcome as one message.
+    async fn round(
+        streams: Vec<Arc<Stream>>,
+        syncer: &Arc<Syncer>,
+        metrics: &StorageMetrics,
+    ) -> Result<(), String> {
+        sync_streams(streams, syncer, metrics)
+            .await
+            .map_err(Failures::into_message)
+    }
 
     #[test]
     fn kernel_releases_compare_by_major_then_minor() {
@@ -372,31 +443,31 @@ mod tests {
         };
         let good = syncer(dir.path(), counting);
         let before = SYNCFS_CALLS.load(Ordering::SeqCst);
-        sync_streams(streams.clone(), &good, &metrics)
+        round(streams.clone(), &good, &metrics)
             .await
             .expect("synced");
         assert_eq!(SYNCFS_CALLS.load(Ordering::SeqCst), before + 1);
         assert_eq!(metrics.file_system_syncs.get(), 1);
         // Nothing dirty: no sync at all.
-        sync_streams(streams.clone(), &good, &metrics)
+        round(streams.clone(), &good, &metrics)
             .await
             .expect("clean");
         assert_eq!(metrics.file_system_syncs.get(), 1);
 
         let more = dirty_streams(&dir.path().join("more"), SYNCFS_FROM, &metrics);
-        let error = sync_streams(more.clone(), &syncer(dir.path(), broken), &metrics)
+        let error = round(more.clone(), &syncer(dir.path(), broken), &metrics)
             .await
             .expect_err("the injected error");
         assert!(error.contains("injected write error"), "{error}");
         assert_eq!(metrics.wal_sync_failures.get(), SYNCFS_FROM as u64);
-        for round in 0..2 {
-            let error = sync_streams(more.clone(), &good, &metrics)
+        for attempt in 0..2 {
+            let error = round(more.clone(), &good, &metrics)
                 .await
                 .expect_err("refused after the failure");
-            assert!(error.contains("earlier sync"), "round {round}: {error}");
+            assert!(error.contains("earlier sync"), "attempt {attempt}: {error}");
         }
         // The streams the failed sync did not cover are unaffected.
-        sync_streams(streams, &good, &metrics)
+        round(streams, &good, &metrics)
             .await
             .expect("other streams");
     }
@@ -410,7 +481,7 @@ mod tests {
         let streams = dirty_streams(dir.path(), 3, &metrics);
         let before = FSYNC_CALLS.load(Ordering::SeqCst);
         let good = syncer(dir.path(), broken);
-        sync_streams(streams.clone(), &good, &metrics)
+        round(streams.clone(), &good, &metrics)
             .await
             .expect("three fsyncs, no syncfs");
         assert!(FSYNC_CALLS.load(Ordering::SeqCst) >= before + 3);
@@ -422,13 +493,13 @@ mod tests {
             syncfs: broken,
         });
         let more = dirty_streams(&dir.path().join("more"), 2, &metrics);
-        sync_streams(more[..1].to_vec(), &bad, &metrics)
+        round(more[..1].to_vec(), &bad, &metrics)
             .await
             .expect_err("the injected error");
-        sync_streams(more.clone(), &good, &metrics)
+        round(more.clone(), &good, &metrics)
             .await
             .expect_err("the failed stream refuses");
-        sync_streams(more[1..].to_vec(), &good, &metrics)
+        round(more[1..].to_vec(), &good, &metrics)
             .await
             .expect("the other stream syncs");
         assert_eq!(metrics.wal_sync_failures.get(), 1);
@@ -448,5 +519,39 @@ mod tests {
             "{:?}",
             refused.err()
         );
+    }
+
+    /// A batch is answered with a failure only when one of its own streams failed.
+    #[tokio::test]
+    async fn a_failed_stream_fails_only_the_batches_that_hold_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = StorageMetrics::default();
+        let streams = dirty_streams(dir.path(), 2, &metrics);
+        streams[0].mark_sync_failed("injected");
+        let (tx, rx) = mpsc::channel(8);
+        let syncer = Arc::new(Syncer {
+            file_system: None,
+            fsync: File::sync_data,
+            syncfs: broken,
+        });
+        tokio::spawn(run_committer(rx, syncer, metrics.clone()));
+        let mut answers = Vec::new();
+        for held in [
+            vec![streams[0].clone(), streams[1].clone()],
+            vec![streams[1].clone()],
+        ] {
+            let (done, answer) = oneshot::channel();
+            tx.send(CommitRequest {
+                streams: held,
+                done,
+            })
+            .await
+            .expect("send");
+            answers.push(answer);
+        }
+        let second = answers.pop().expect("second").await.expect("answer");
+        let first = answers.pop().expect("first").await.expect("answer");
+        assert!(first.is_err_and(|e| e.contains("earlier sync")));
+        assert_eq!(second, Ok(()));
     }
 }

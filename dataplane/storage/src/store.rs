@@ -852,7 +852,7 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StorageError> {
         sync_streams(self.all_streams(), &self.syncer, &self.metrics)
             .await
-            .map_err(StorageError::Fsync)
+            .map_err(|failures| StorageError::Fsync(failures.into_message()))
     }
 
     /// Final flush before exit: every written record is fsynced.

@@ -567,15 +567,15 @@ impl Stream {
         // fsync interval): written now.
         let wait = matches!(config.fsync, crate::FsyncPolicy::Always)
             && inner.unwritten.len() + record.len() <= UNWRITTEN_LIMIT;
-        inner.unwritten.extend_from_slice(&record);
-        inner.wal_bytes += record.len() as u64;
-        if !wait && let Err(error) = inner.write_unwritten() {
-            // Not appended: it is taken back (those before it wait for the round).
-            let keep = inner.unwritten.len() - record.len();
-            inner.unwritten.truncate(keep);
-            inner.wal_bytes -= record.len() as u64;
-            return Err(error);
+        if wait {
+            inner.unwritten.extend_from_slice(&record);
+        } else {
+            // Those waiting first, then this one from its own buffer; either failing, this
+            // part is not appended (those waiting keep waiting).
+            inner.write_unwritten()?;
+            inner.write_record(&record)?;
         }
+        inner.wal_bytes += record.len() as u64;
         inner.dirty = true;
         inner.uids_current.insert(batch_uid);
         inner.note_repaired(batch_uid, &entries);
@@ -836,9 +836,22 @@ const UNWRITTEN_LIMIT: usize = 64 * 1024;
 impl Drop for Inner {
     fn drop(&mut self) {
         // Records that no round wrote yet (none of them was answered): written for a later
-        // open of the stream, as they would have been.
-        let _ = self.write_unwritten();
+        // open of the stream, as they would have been; not into a WAL that may end in a torn
+        // record, nor into a handed-over stream's.
+        if self.sync_failed.is_none() && !self.removed {
+            let _ = self.write_unwritten();
+        }
     }
+}
+
+/// Writes WAL bytes (tests can make a write fail part-way, as a full disk does).
+fn write_wal(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    #[cfg(test)]
+    if let Some(written) = tests::FAIL_WRITE_AFTER.take() {
+        file.write_all(&bytes[..written.min(bytes.len())])?;
+        return Err(std::io::Error::from_raw_os_error(28));
+    }
+    file.write_all(bytes)
 }
 
 impl Inner {
@@ -852,20 +865,34 @@ impl Inner {
         }
         // What the file holds: `wal_bytes` counts the waiting records too.
         let written = self.wal_bytes - self.unwritten.len() as u64;
-        match self.wal.write_all(&self.unwritten) {
-            Ok(()) => {
-                self.unwritten.clear();
-                Ok(())
-            }
-            Err(source) => {
-                let error = StorageError::io("append to wal", &self.wal_path, source);
-                if let Err(cut) = self.wal.set_len(written) {
-                    let cut = StorageError::io("cut a torn wal record", &self.wal_path, cut);
-                    self.sync_failed.get_or_insert_with(|| cut.to_string());
-                }
+        let bytes = std::mem::take(&mut self.unwritten);
+        match self.write_at_end(&bytes, written) {
+            // Its memory goes too: a stream holds none between rounds.
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.unwritten = bytes;
                 Err(error)
             }
         }
+    }
+
+    /// Writes one record now (nothing waits: the file holds `wal_bytes`).
+    fn write_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
+        debug_assert!(self.unwritten.is_empty());
+        self.write_at_end(record, self.wal_bytes)
+    }
+
+    /// Appends `bytes` to the WAL file, which holds `written` bytes; on failure cuts it back
+    /// to them, and fails the stream if it cannot (see `write_unwritten`).
+    fn write_at_end(&mut self, bytes: &[u8], written: u64) -> Result<(), StorageError> {
+        write_wal(&mut self.wal, bytes).map_err(|source| {
+            let error = StorageError::io("append to wal", &self.wal_path, source);
+            if let Err(cut) = self.wal.set_len(written) {
+                let cut = StorageError::io("cut a torn wal record", &self.wal_path, cut);
+                self.sync_failed.get_or_insert_with(|| cut.to_string());
+            }
+            error
+        })
     }
 
     /// Fsyncs the active WAL under the lock.
@@ -1174,6 +1201,12 @@ mod tests {
                 None,
             )
         }
+    }
+
+    thread_local! {
+        /// Makes the next WAL write on this thread fail (ENOSPC) after this many bytes.
+        pub(super) static FAIL_WRITE_AFTER: std::cell::Cell<Option<usize>> =
+            const { std::cell::Cell::new(None) };
     }
 
     fn open_stream(dir: &Path, config: &StorageConfig, metrics: &StorageMetrics) -> Stream {
@@ -1611,5 +1644,96 @@ mod tests {
         assert!(error.to_string().contains("earlier sync"), "{error}");
         let refused = stream.append_owned(2, uid_batch(2, 4, "b"), &config, &metrics);
         assert!(refused.is_err());
+    }
+
+    /// A round whose write fails part-way (a full disk) cuts the file back to the records
+    /// before it; they keep waiting, and the next round writes them once. An append written
+    /// at once (an fsync interval) that fails is not appended. The sync of a whole file system
+    /// writes what waits as well.
+    #[test]
+    fn a_failed_wal_write_is_cut_back_and_written_again_once() {
+        let (dir, config, metrics, stream) = new_stream(|dir| StorageConfig::new(dir));
+        let empty = wal_len(&stream);
+        for uid in 1..=3 {
+            stream
+                .append_owned(uid, uid_batch(uid, 4, "waits"), &config, &metrics)
+                .expect("append");
+        }
+        FAIL_WRITE_AFTER.set(Some(100));
+        let error = stream.take_dirty_wal().expect_err("a full disk");
+        assert!(error.to_string().contains("append to wal"), "{error}");
+        assert_eq!(wal_len(&stream), empty, "cut back");
+        assert!(!stream.lock().unwritten.is_empty(), "still waiting");
+        assert!(stream.take_dirty().expect("the next round"), "was dirty");
+        assert_eq!(wal_len(&stream), stream.lock().wal_bytes);
+        assert!(stream.lock().unwritten.is_empty());
+
+        let mut interval = config.clone();
+        interval.fsync = crate::FsyncPolicy::Interval(Duration::from_secs(1));
+        let before = (wal_len(&stream), stream.lock().wal_bytes);
+        FAIL_WRITE_AFTER.set(Some(50));
+        let refused = stream.append_owned(4, uid_batch(4, 4, "refused"), &interval, &metrics);
+        assert!(refused.is_err(), "a full disk");
+        assert_eq!((wal_len(&stream), stream.lock().wal_bytes), before);
+        stream
+            .append_owned(5, uid_batch(5, 4, "written"), &interval, &metrics)
+            .expect("append");
+        assert_eq!(wal_len(&stream), stream.lock().wal_bytes, "written at once");
+
+        let reopened = reopened_tail(stream, dir.path(), &config, &metrics);
+        let mut ids: Vec<String> = reopened.iter().map(|e| e.id.clone()).collect();
+        ids.sort();
+        let expected: Vec<String> = [1, 2, 3, 5]
+            .into_iter()
+            .flat_map(|uid| (0..4).map(move |i| logcluster_proto::ids::entry_id(uid, i)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            ids, expected,
+            "each record once, the refused one not at all"
+        );
+    }
+
+    /// A stream that rotates while records wait writes them into the WAL it seals, not the
+    /// next one: reopened, it holds each entry once.
+    #[test]
+    fn records_waiting_at_a_rotation_go_into_the_sealed_wal() {
+        let (dir, config, metrics, stream) = new_stream(|dir| {
+            let mut config = small_blocks(dir);
+            config.segment_max_bytes = 4 * 1024;
+            config
+        });
+        for uid in 1..=40 {
+            stream
+                .append_owned(uid, uid_batch(uid, 5, "rotating"), &config, &metrics)
+                .expect("append");
+        }
+        assert!(metrics.rotations.get() > 0, "the stream rotated");
+        drop(stream);
+        let reopened = open_stream(dir.path(), &config, &metrics);
+        let snapshot = reopened.snapshot();
+        let read = |file: &File, blocks: &[Arc<BlockMeta>]| -> Vec<String> {
+            blocks
+                .iter()
+                .flat_map(|meta| {
+                    let bytes = segment::read_block(file, meta).expect("read");
+                    segment::decode_block(&bytes, meta, Some(&snapshot.traces)).expect("decode")
+                })
+                .map(|entry| entry.id)
+                .collect()
+        };
+        let mut ids = Vec::new();
+        for sealed in &snapshot.sealed {
+            ids.extend(read(&sealed.file, &sealed.blocks));
+        }
+        ids.extend(read(&snapshot.open_file, &snapshot.open_blocks));
+        for chunk in &snapshot.tail {
+            ids.extend(chunk.entries().iter().map(|e| e.id.clone()));
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!((ids.len(), count), (200, 200));
     }
 }
