@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
+use anyhow::Context;
 use common::TestNode;
 use logcluster_proto::frame::{AckStatus, Format};
 
@@ -203,5 +204,103 @@ async fn sigterm_flushes_and_exits_cleanly_and_data_survives_restart() -> anyhow
     node.spawn().await?;
     let items = node.query_all("term").await?;
     assert_eq!(items.len(), 200);
+    Ok(())
+}
+
+/// Unmounts a file system mounted for a test (lazily: the node may still hold files there).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Mounts a tmpfs of `megabytes` at `at`; `None` where this process may not mount.
+fn mount_small_file_system(at: &std::path::Path, megabytes: u32) -> Option<Mounted> {
+    std::fs::create_dir_all(at).ok()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+        .arg(at)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    mounted.then(|| Mounted(at.to_path_buf()))
+}
+
+/// Fills the file system of `dir` with one file until a write fails for lack of space.
+fn fill(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path)?;
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if error.raw_os_error() == Some(28) => break,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    // Whatever a partial block left.
+    while file.write(&block[..512]).is_ok_and(|n| n > 0) {}
+    Ok(path)
+}
+
+/// A full disk under a running node (a real file system: a small tmpfs mounted for the test):
+/// a batch whose WAL records cannot be written is answered retry-later, never acknowledged; the
+/// node stays up; once space is back the retried batch is stored, and after kill -9 and a
+/// restart every acknowledged entry is there exactly once. Skipped, saying so, where the test
+/// may not mount a file system (not root).
+#[tokio::test]
+async fn a_full_disk_answers_retry_later_and_the_retry_is_stored_once_space_returns()
+-> anyhow::Result<()> {
+    let probe = tempfile::tempdir()?;
+    if mount_small_file_system(&probe.path().join("probe"), 1).is_none() {
+        eprintln!("skipped: mounting a small tmpfs needs root (mount -t tmpfs)");
+        return Ok(());
+    }
+    let mut mounted = None;
+    let mut node = TestNode::start(|_, dir| {
+        mounted = mount_small_file_system(&dir.join("data"), 16);
+    })
+    .await?;
+    let _mounted = mounted.context("mount the data directory")?;
+    let data = node.dir.path().join("data");
+    let mut client = node.connect().await?;
+    // The stream (svc-1: batches 1 and 4 of `payload`) and its files exist before the disk
+    // fills.
+    let ack = client
+        .roundtrip(Format::Json, 1, "full", &payload(1, 20))
+        .await?;
+    assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
+    let filler = fill(&data)?;
+    let ack = client
+        .roundtrip(Format::Json, 2, "full", &payload(4, 200))
+        .await?;
+    assert_eq!(ack.status, AckStatus::RetryLater, "{ack:?}");
+    assert!(ack.error.contains("No space left"), "{}", ack.error);
+    let metrics = node.metrics().await?;
+    assert!(metrics.contains("logcluster_"), "the node answers");
+    std::fs::remove_file(&filler)?;
+    let ack = client
+        .roundtrip(Format::Json, 2, "full", &payload(4, 200))
+        .await?;
+    assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
+    drop(client);
+    node.kill_9()?;
+    node.spawn().await?;
+    let items = node.query_all("full").await?;
+    let mut messages: Vec<&str> = items
+        .iter()
+        .filter_map(|item| item["message"].as_str())
+        .collect();
+    messages.sort_unstable();
+    let count = messages.len();
+    messages.dedup();
+    assert_eq!((messages.len(), count), (220, 220), "each entry once");
     Ok(())
 }

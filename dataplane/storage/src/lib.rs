@@ -125,7 +125,7 @@ pub enum StorageError {
         wal::MAX_RECORD_LEN
     )]
     RecordTooLarge { bytes: usize },
-    #[error("fsync failed: {0}")]
+    #[error("the WAL could not be made durable: {0}")]
     Fsync(String),
     #[error("blocks cannot be written and {tail_bytes} bytes already wait in memory; retry later")]
     Backlog { tail_bytes: usize },
