@@ -207,6 +207,24 @@ async fn sigterm_flushes_and_exits_cleanly_and_data_survives_restart() -> anyhow
     Ok(())
 }
 
+/// The tenant holds `count` entries, each message once.
+async fn assert_each_message_once(
+    node: &TestNode,
+    tenant: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    let items = node.query_all(tenant).await?;
+    let mut messages: Vec<&str> = items
+        .iter()
+        .filter_map(|item| item["message"].as_str())
+        .collect();
+    messages.sort_unstable();
+    let stored = messages.len();
+    messages.dedup();
+    assert_eq!((messages.len(), stored), (count, count), "each entry once");
+    Ok(())
+}
+
 /// Unmounts a file system mounted for a test (lazily: the node may still hold files there).
 struct Mounted(std::path::PathBuf);
 
@@ -293,16 +311,7 @@ async fn a_full_disk_answers_retry_later_and_the_retry_is_stored_once_space_retu
     drop(client);
     node.kill_9()?;
     node.spawn().await?;
-    let items = node.query_all("full").await?;
-    let mut messages: Vec<&str> = items
-        .iter()
-        .filter_map(|item| item["message"].as_str())
-        .collect();
-    messages.sort_unstable();
-    let count = messages.len();
-    messages.dedup();
-    assert_eq!((messages.len(), count), (220, 220), "each entry once");
-    Ok(())
+    assert_each_message_once(&node, "full", 220).await
 }
 
 /// A file system whose device fails writes once its backing store is full: ext2-style ext4
@@ -442,14 +451,5 @@ async fn a_failed_wal_fsync_is_never_trusted_again_until_a_restart() -> anyhow::
             "after the restart: {ack:?}"
         );
     }
-    let items = node.query_all("eio").await?;
-    let mut messages: Vec<&str> = items
-        .iter()
-        .filter_map(|item| item["message"].as_str())
-        .collect();
-    messages.sort_unstable();
-    let count = messages.len();
-    messages.dedup();
-    assert_eq!((messages.len(), count), (230, 230), "each entry once");
-    Ok(())
+    assert_each_message_once(&node, "eio", 230).await
 }

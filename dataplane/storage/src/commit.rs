@@ -229,7 +229,9 @@ pub(crate) async fn sync_streams(
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
-            Ok((stream, Err(error))) => failures.stream(&stream, with_sources(&error)),
+            Ok((stream, Err(error))) => {
+                failures.stream(&stream, logcluster_common::error_chain(&error))
+            }
             Err(join) => {
                 failures.all.get_or_insert(join.to_string());
             }
@@ -261,7 +263,7 @@ fn sync_file_system(
         match stream.take_dirty() {
             Ok(true) => dirty.push(stream),
             Ok(false) => {}
-            Err(error) => failures.stream(stream, with_sources(&error)),
+            Err(error) => failures.stream(stream, logcluster_common::error_chain(&error)),
         }
     }
     if !dirty.is_empty() {
@@ -286,18 +288,6 @@ fn sync_file_system(
         }
     }
     failures
-}
-
-/// An error and its causes ("failed to append to wal …: No space left on device").
-fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Marks a stream's WAL as failed to sync: counted, and logged the first time.
