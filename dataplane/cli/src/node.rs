@@ -567,7 +567,7 @@ pub async fn run_node(
         ports.insert("http", listener.local_addr()?.port());
         let mut app = Router::new()
             .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/api/v1/schemas", get(list_schemas))
             .route("/api/v1/node", get(node_info))
@@ -658,7 +658,28 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     )
 }
 
+/// Why the node needs a restart: a WAL of its store failed to sync, and the streams it held
+/// refuse their batches until recovery replays the WALs (see `Stream::mark_sync_failed`).
+fn needs_restart(state: &HttpState) -> Option<&'static str> {
+    state
+        .store
+        .as_ref()
+        .filter(|store| store.wal_sync_failed())
+        .map(|_| "a WAL sync failed: this node refuses those streams' batches until it restarts")
+}
+
+/// Live unless the node needs a restart (the kubelet's liveness probe then restarts it).
+async fn healthz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    match needs_restart(&state) {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+        None => (StatusCode::OK, "ok"),
+    }
+}
+
 async fn readyz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    if let Some(why) = needs_restart(&state) {
+        return (StatusCode::SERVICE_UNAVAILABLE, why);
+    }
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
     } else {

@@ -417,11 +417,20 @@ async fn a_failed_wal_fsync_is_never_trusted_again_until_a_restart() -> anyhow::
         .roundtrip(Format::Json, 2, "eio", &payload(4, 200))
         .await?;
     assert_eq!(ack.status, AckStatus::RetryLater, "{ack:?}");
-    let metrics = node.metrics().await?;
+    let metrics = common::http_text(&node.http_addr(), "/metrics").await?;
     assert!(
         common::metric_sum(&metrics, "logcluster_storage_wal_sync_failures_total", &[]) >= 1.0,
         "counted"
     );
+    // Neither live nor ready: the kubelet restarts it, and traffic goes elsewhere meanwhile.
+    for probe in ["/healthz", "/readyz"] {
+        let (status, body) = common::http(&node.http_addr(), "GET", probe, &[], b"").await?;
+        assert_eq!(status, 503, "{probe}: {body}");
+        assert!(
+            body.to_string().contains("WAL sync failed"),
+            "{probe}: {body}"
+        );
+    }
     // The device works again; the retry is still refused (its record may be lost).
     std::fs::remove_file(&filler)?;
     let ack = client
@@ -440,6 +449,8 @@ async fn a_failed_wal_fsync_is_never_trusted_again_until_a_restart() -> anyhow::
     drop(client);
     node.kill_9()?;
     node.spawn().await?;
+    let (status, _) = common::http(&node.http_addr(), "GET", "/healthz", &[], b"").await?;
+    assert_eq!(status, 200, "live again after the restart");
     let mut client = node.connect().await?;
     for (id, batch, count) in [(2, 4, 200), (3, 7, 10)] {
         let ack = client

@@ -148,6 +148,12 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether a WAL sync failed since the store opened: the streams it covered refuse their
+    /// batches until the process restarts.
+    pub fn wal_sync_failed(&self) -> bool {
+        self.metrics.wal_sync_failures.get() > 0
+    }
+
     /// Whether commit rounds with many dirty WALs sync the data directory's file system at
     /// once (see `commit`).
     pub fn syncs_file_system(&self) -> bool {
