@@ -364,7 +364,17 @@ impl FailingDisk {
             mount: at.to_path_buf(),
         };
         std::mem::forget(tmpfs); // unmounted by `disk`
-        run("mount", &[device.as_ref(), at.as_os_str()])?;
+        // Whatever the image's default, an I/O error must not turn the file system read-only:
+        // the node writes again once the device works.
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "errors=continue".as_ref(),
+                device.as_ref(),
+                at.as_os_str(),
+            ],
+        )?;
         Some(disk)
     }
 }
