@@ -219,7 +219,7 @@ pub(crate) async fn sync_streams(
                 result.map_err(|e| {
                     let error =
                         StorageError::Fsync(format!("{}/{}: {e}", stream.tenant, stream.service));
-                    failed(&stream, &error.to_string(), &metrics);
+                    stream.mark_sync_failed(&error.to_string());
                     error
                 })
             })();
@@ -282,25 +282,12 @@ fn sync_file_system(
                 dirty[0].service
             );
             for stream in dirty {
-                failed(stream, &error, metrics);
+                stream.mark_sync_failed(&error);
                 failures.stream(stream, error.clone());
             }
         }
     }
     failures
-}
-
-/// Marks a stream's WAL as failed to sync: counted, and logged the first time.
-fn failed(stream: &Stream, error: &str, metrics: &StorageMetrics) {
-    metrics.wal_sync_failures.inc();
-    if stream.mark_sync_failed(error) {
-        error!(
-            tenant = %stream.tenant,
-            service = %stream.service,
-            %error,
-            "a sync of this stream's WAL failed: its batches are answered retry-later until the node restarts and recovery checks the WAL"
-        );
-    }
 }
 
 /// Whether `syncfs` through a handle of `dir` is as sound as an fsync of each file there:

@@ -106,7 +106,7 @@ impl StorageMetrics {
         );
         r.register(
             "wal_sync_failures",
-            "WALs whose fsync, or a syncfs covering them, failed: their streams answer retry-later until the node restarts",
+            "Streams whose WAL failed to sync (an fsync, or a syncfs covering it), or whose torn write could not be cut back: they answer retry-later until the node restarts",
             self.wal_sync_failures.clone(),
         );
         r.register(

@@ -190,6 +190,8 @@ struct Inner {
     /// of the stream is answered retry-later from then on, until a restart's recovery checks
     /// the WAL (fsyncgate: errors are reported once).
     sync_failed: Option<String>,
+    /// `wal_sync_failures_total`: counts each stream the first time its WAL fails.
+    sync_failures: prometheus_client::metrics::counter::Counter,
     open: OpenSegment,
     open_read: Arc<File>,
     open_blocks: Vec<Arc<BlockMeta>>,
@@ -428,6 +430,7 @@ impl Stream {
             dirty: false,
             unwritten: Vec::new(),
             sync_failed: None,
+            sync_failures: metrics.wal_sync_failures.clone(),
             open,
             open_read,
             open_blocks: Vec::new(),
@@ -653,13 +656,9 @@ impl Stream {
         Ok(std::mem::replace(&mut inner.dirty, false))
     }
 
-    /// Records that a sync covering the WAL failed (see `Inner::sync_failed`); whether this
-    /// is the first failure.
-    pub fn mark_sync_failed(&self, error: &str) -> bool {
-        let mut inner = self.lock();
-        let first = inner.sync_failed.is_none();
-        inner.sync_failed.get_or_insert_with(|| error.to_string());
-        first
+    /// Records that a sync covering the WAL failed (see `Inner::sync_failed`).
+    pub fn mark_sync_failed(&self, error: &str) {
+        self.lock().fail_sync(error.to_string());
     }
 
     /// Record bytes of the tail, not yet in a block.
@@ -889,7 +888,7 @@ impl Inner {
             let error = StorageError::io("append to wal", &self.wal_path, source);
             if let Err(cut) = self.wal.set_len(written) {
                 let cut = StorageError::io("cut a torn wal record", &self.wal_path, cut);
-                self.sync_failed.get_or_insert_with(|| cut.to_string());
+                self.fail_sync(logcluster_common::error_chain(&cut));
             }
             error
         })
@@ -902,9 +901,23 @@ impl Inner {
         self.dirty = false;
         self.wal.sync_data().map_err(|source| {
             let error = StorageError::io("sync wal", &self.wal_path, source);
-            self.sync_failed = Some(error.to_string());
+            self.fail_sync(logcluster_common::error_chain(&error));
             error
         })
+    }
+
+    /// Fails the stream for good (see `sync_failed`): counted and logged the first time.
+    fn fail_sync(&mut self, error: String) {
+        if self.sync_failed.is_some() {
+            return;
+        }
+        tracing::error!(
+            wal = %self.wal_path.display(),
+            %error,
+            "a WAL of this stream may have lost written pages: its batches are answered retry-later until the node restarts"
+        );
+        self.sync_failures.inc();
+        self.sync_failed = Some(error);
     }
 
     /// An error once a sync of the WAL has failed.

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use logcluster_proto::{FieldValue, Level, LogEntry};
 
-use super::{DecodeContext, DecodeOutput, Decoded, RecordError, RejectReason, level_from_severity};
+use super::{DecodeContext, DecodeOutput, RecordError, RejectReason, level_from_severity};
 
 /// Longest field name accepted (journald itself allows 64).
 const MAX_NAME: usize = 256;
@@ -172,13 +172,7 @@ pub(crate) fn decode_journald(payload: &[u8], ctx: &DecodeContext) -> DecodeOutp
             Ok(raw) if raw.is_empty() => continue,
             Ok(raw) => {
                 match to_entry(raw, ctx) {
-                    Ok((entry, repaired)) => {
-                        out.repaired += usize::from(repaired);
-                        out.records.push(Decoded {
-                            entry,
-                            original: None,
-                        });
-                    }
+                    Ok((entry, repaired)) => out.push_text_record(entry, repaired),
                     Err((reason, message)) => {
                         out.errors.push(RecordError::new(index, reason, message))
                     }

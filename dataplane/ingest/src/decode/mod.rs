@@ -182,6 +182,16 @@ pub struct DecodeOutput {
 }
 
 impl DecodeOutput {
+    /// Adds a record decoded from text that was not taken as-is when `repaired` (invalid
+    /// UTF-8 replaced by U+FFFD), counted as such.
+    pub fn push_text_record(&mut self, entry: LogEntry, repaired: bool) {
+        self.repaired += usize::from(repaired);
+        self.records.push(Decoded {
+            entry,
+            original: None,
+        });
+    }
+
     /// Records decoded so far, accepted or refused.
     pub fn len(&self) -> usize {
         self.records.len() + self.errors.len()

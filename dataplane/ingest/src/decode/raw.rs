@@ -14,7 +14,7 @@ use logcluster_proto::{Level, LogEntry};
 use super::journald::{decode_journald, looks_like_journald};
 use super::json::{decode_json_line, level_from_text};
 use super::syslog::decode_syslog_into;
-use super::{DecodeContext, DecodeOutput, Decoded};
+use super::{DecodeContext, DecodeOutput};
 
 /// Decodes a raw payload; indexes are line numbers.
 pub(crate) fn decode_raw(payload: &[u8], ctx: &DecodeContext) -> DecodeOutput {
@@ -38,11 +38,7 @@ pub(crate) fn decode_raw(payload: &[u8], ctx: &DecodeContext) -> DecodeOutput {
         } else {
             // Bytes that are not UTF-8 (a Latin-1 file) become U+FFFD rather than lose the line.
             let (text, repaired) = super::lossy_utf8(line);
-            out.repaired += usize::from(repaired);
-            out.records.push(Decoded {
-                entry: plain_text(&text, ctx),
-                original: None,
-            });
+            out.push_text_record(plain_text(&text, ctx), repaired);
         }
     }
     out

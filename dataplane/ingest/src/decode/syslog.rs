@@ -18,7 +18,7 @@ use logcluster_proto::{FieldValue, Level, LogEntry};
 
 use super::framer::SyslogFramer;
 use super::json::level_from_text;
-use super::{DecodeContext, DecodeOutput, Decoded, RecordError, RejectReason, level_from_severity};
+use super::{DecodeContext, DecodeOutput, RecordError, RejectReason, level_from_severity};
 
 const FACILITIES: [&str; 24] = [
     "kern",
@@ -71,13 +71,7 @@ pub(crate) fn decode_syslog_into(
     out: &mut DecodeOutput,
 ) {
     match decode_syslog_text(bytes, ctx) {
-        Ok((entry, repaired)) => {
-            out.repaired += usize::from(repaired);
-            out.records.push(Decoded {
-                entry,
-                original: None,
-            });
-        }
+        Ok((entry, repaired)) => out.push_text_record(entry, repaired),
         Err(mut error) => {
             error.index = index;
             out.errors.push(error);
