@@ -216,6 +216,23 @@ struct Inner {
     traces: Arc<TraceBook>,
 }
 
+/// Drops a WAL's pages from the page cache once a sync covering it failed. After a failed
+/// write-back the kernel marks the lost pages clean but keeps them cached, so a restarted
+/// node's recovery would read records the disk never got, take a retry of their batch for a
+/// duplicate and acknowledge it, and append after them (on the device's next read, the hole
+/// cuts the WAL short there and takes those appends with it). Read from the device, the WAL
+/// ends at the hole and recovery truncates it there. Pages still dirty (records written
+/// since, never acknowledged) stay; they may reach the disk after the hole, where recovery
+/// stops anyway.
+fn forget_cached_pages(wal: &File, path: &Path) {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::fs::fadvise(wal, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::warn!(wal = %path.display(), %error, "could not drop the failed WAL's pages from the page cache");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (wal, path);
+}
+
 fn wal_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("wal-{seq:016}.log"))
 }
@@ -918,6 +935,7 @@ impl Inner {
         );
         self.sync_failures.inc();
         self.sync_failed = Some(error);
+        forget_cached_pages(&self.wal, &self.wal_path);
     }
 
     /// An error once a sync of the WAL has failed.
