@@ -658,14 +658,10 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     )
 }
 
-/// Why the node needs a restart: a WAL of its store failed to sync, and the streams it held
-/// refuse their batches until recovery replays the WALs (see `Stream::mark_sync_failed`).
+/// Why the node needs a restart: a file of its store failed to sync (see
+/// `Store::sync_failed`), and only recovery, reading what the device holds, can go on.
 fn needs_restart(state: &HttpState) -> Option<&'static str> {
-    state
-        .store
-        .as_ref()
-        .filter(|store| store.wal_sync_failed())
-        .map(|_| "a WAL sync failed: this node refuses those streams' batches until it restarts")
+    state.store.as_ref().and_then(|store| store.sync_failed())
 }
 
 /// Live unless the node needs a restart (the kubelet's liveness probe then restarts it).

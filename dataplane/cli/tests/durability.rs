@@ -509,3 +509,137 @@ async fn a_failed_wal_fsync_is_never_trusted_again_until_a_restart() -> anyhow::
     node.spawn().await?;
     assert_each_message_once(&node, "eio", 230).await
 }
+
+/// A segment whose blocks (or the trace ids they refer to) failed to reach the device is never
+/// sealed: the kernel reports a lost write-back once and then counts the pages written, so a
+/// seal that tries again would fsync "successfully", delete the WAL and leave a segment the
+/// disk does not hold. The device's backing store fills while blocks wait in the page cache
+/// (their first write-back is the seal's fsync), and then works again: every later seal is
+/// refused and counted, the probes answer 503, batches are still taken, and after a restart
+/// over a remounted file system (what the device holds) every acknowledged entry is there
+/// once, rebuilt from the WAL. Skipped, saying so, where the test may not mount file systems.
+#[tokio::test]
+async fn a_failed_segment_sync_never_lets_it_be_sealed() -> anyhow::Result<()> {
+    a_failed_sync_under_blocks_never_seals(false).await
+}
+
+/// The same with a trace id per entry: the tenant's trace-id book, synced before the segment,
+/// or the segment fails (whichever's pages the file system placed where the device has no
+/// room); `trace_id_book_sync_failures_are_final` checks the book's part alone.
+#[tokio::test]
+async fn a_failed_sync_under_blocks_with_trace_ids_never_lets_a_segment_be_sealed()
+-> anyhow::Result<()> {
+    a_failed_sync_under_blocks_never_seals(true).await
+}
+
+async fn a_failed_sync_under_blocks_never_seals(traces: bool) -> anyhow::Result<()> {
+    let probe = tempfile::tempdir()?;
+    let Some(disk) = FailingDisk::mount(&probe.path().join("backing"), &probe.path().join("data"))
+    else {
+        eprintln!(
+            "skipped: a loop device over a small tmpfs needs root (mount, losetup, mkfs.ext4)"
+        );
+        return Ok(());
+    };
+    drop(disk);
+    let mut disk = None;
+    let mut node = TestNode::start(|raw, dir| {
+        // Blocks are cut as batches arrive; the segment is sealed by age, by maintenance.
+        raw.storage.block_target_bytes = 16 * 1024;
+        raw.storage.segment_max_age = "1s".into();
+        disk = FailingDisk::mount(&dir.join("backing"), &dir.join("data"));
+    })
+    .await?;
+    let disk = disk.context("mount the failing disk")?;
+    // Entries whose blocks do not compress much: a block spans many pages of the segment.
+    let batch = |batch: u64, count: u64| -> Vec<u8> {
+        (0..count)
+            .map(|i| {
+                let noise: String = (1..=8u64)
+                    .map(|k| format!("{:016x} ", (batch * 1_000 + i * 10 + k).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                    .collect();
+                // One trace per entry: the book's window outgrows its first page (synced
+                // when the window was made).
+                let trace = if traces {
+                    let id = u128::from(batch * 1_000 + i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+                    format!(",\"trace_id\":\"{id:032x}\"")
+                } else {
+                    String::new()
+                };
+                format!("{{\"service\":\"svc-0\",\"message\":\"batch {batch} entry {i} {noise}\",\"level\":\"INFO\"{trace}}}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into_bytes()
+    };
+    let mut client = node.connect().await?;
+    for id in 1..=3 {
+        let ack = client
+            .roundtrip(Format::Json, id, "seal", &batch(id, 200))
+            .await?;
+        assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
+    }
+    // The batches' WAL records are on the device; their blocks (and trace ids) are only
+    // cached. The first write-back of those fails: the device's backing store fills before
+    // the segment is old enough to be sealed.
+    let filler = fill(&disk.backing)?;
+    let metric = |text: &str, name: &str| common::metric_sum(text, name, &[]);
+    let failures = wait_for_metric(&node, "logcluster_storage_seal_failures_total", 1.0).await?;
+    std::fs::remove_file(&filler)?;
+    // The device works again: the next seals are refused too (a failed fsync proves the
+    // pages lost, and a later one that succeeds proves nothing).
+    let metrics = wait_for_metric(
+        &node,
+        "logcluster_storage_seal_failures_total",
+        metric(&failures, "logcluster_storage_seal_failures_total") + 1.0,
+    )
+    .await?;
+    assert_eq!(
+        metric(&metrics, "logcluster_storage_rotations_total"),
+        0.0,
+        "nothing is sealed over pages the device may lack"
+    );
+    assert_eq!(
+        metric(&metrics, "logcluster_storage_segment_sync_failures_total"),
+        1.0,
+        "counted once"
+    );
+    let ack = client
+        .roundtrip(Format::Json, 4, "seal", &batch(4, 200))
+        .await?;
+    assert_eq!(
+        ack.status,
+        AckStatus::Accepted,
+        "the WAL still takes batches: {ack:?}"
+    );
+    for probe in ["/healthz", "/readyz"] {
+        let (status, body) = common::http(&node.http_addr(), "GET", probe, &[], b"").await?;
+        assert_eq!(status, 503, "{probe}: {body}");
+        assert!(body.to_string().contains("sync failed"), "{probe}: {body}");
+    }
+    drop(client);
+    node.kill_9()?;
+    disk.remount()?;
+    node.spawn().await?;
+    assert_each_message_once(&node, "seal", 800).await
+}
+
+/// The node's metrics once `name` has reached `at_least`, or a segment was sealed
+/// (maintenance runs every few seconds).
+async fn wait_for_metric(node: &TestNode, name: &str, at_least: f64) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        // Not `node.metrics()`: the node is not live then.
+        let metrics = common::http_text(&node.http_addr(), "/metrics").await?;
+        if common::metric_sum(&metrics, name, &[]) >= at_least
+            || common::metric_sum(&metrics, "logcluster_storage_rotations_total", &[]) > 0.0
+        {
+            return Ok(metrics);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed under {at_least}: {metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

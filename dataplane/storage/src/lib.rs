@@ -127,6 +127,10 @@ pub enum StorageError {
     RecordTooLarge { bytes: usize },
     #[error("the WAL could not be made durable: {0}")]
     Fsync(String),
+    /// An open segment, or a trace-id window its blocks refer to, failed to sync before: it
+    /// is not sealed until a restart (the WAL keeps its batches).
+    #[error("not sealed: {0}")]
+    SealRefused(String),
     #[error("blocks cannot be written and {tail_bytes} bytes already wait in memory; retry later")]
     Backlog { tail_bytes: usize },
     #[error("storage is shutting down")]

@@ -15,6 +15,9 @@ pub struct StorageMetrics {
     pub file_system_syncs: Counter,
     pub file_system_sync_seconds: Histogram,
     pub wal_sync_failures: Counter,
+    /// Open segments and trace-id windows whose fsync failed (never sealed on until a
+    /// restart).
+    pub segment_sync_failures: Counter,
     pub fsync_seconds: Histogram,
     pub rotations: Counter,
     /// Block flushes and segment rotations that failed after a batch was in the WAL.
@@ -50,6 +53,7 @@ impl Default for StorageMetrics {
             file_system_syncs: Counter::default(),
             file_system_sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             wal_sync_failures: Counter::default(),
+            segment_sync_failures: Counter::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             rotations: Counter::default(),
             seal_failures: Counter::default(),
@@ -108,6 +112,11 @@ impl StorageMetrics {
             "wal_sync_failures",
             "Streams whose WAL failed to sync (an fsync, or a syncfs covering it), or whose torn write could not be cut back: they answer retry-later until the node restarts",
             self.wal_sync_failures.clone(),
+        );
+        r.register(
+            "segment_sync_failures",
+            "Open segments and trace-id windows whose fsync failed: no segment that needs them is sealed until the node restarts and rebuilds it from the WAL (which keeps the batches meanwhile)",
+            self.segment_sync_failures.clone(),
         );
         r.register(
             "fsync_seconds",

@@ -849,6 +849,10 @@ pub struct OpenSegment {
     /// (`Arc::clone`) instead of holding a descriptor of their own.
     pub file: std::sync::Arc<File>,
     pub len: u64,
+    /// Why an fsync of the file failed, once one has. The kernel reports a lost write-back
+    /// once and then counts the pages written, so a later fsync that succeeds proves nothing:
+    /// the segment is never sealed, and its WAL stays until a restart rebuilds it.
+    pub sync_failed: Option<String>,
 }
 
 impl OpenSegment {
@@ -867,7 +871,19 @@ impl OpenSegment {
             path,
             file: std::sync::Arc::new(file),
             len: SEG_MAGIC.len() as u64,
+            sync_failed: None,
         })
+    }
+
+    /// An error once an fsync of the file has failed (see `sync_failed`).
+    pub fn refuse_after_failed_sync(&self) -> Result<(), StorageError> {
+        match &self.sync_failed {
+            None => Ok(()),
+            Some(error) => Err(StorageError::SealRefused(format!(
+                "an earlier fsync of {} failed ({error}); the WAL keeps its batches until the node restarts and rebuilds the segment",
+                self.path.display()
+            ))),
+        }
     }
 
     /// Appends a compressed block; returns its offset.
@@ -884,7 +900,20 @@ impl OpenSegment {
     /// there), fsyncs, and renames the file to `sealed_path`, which must not exist yet.
     /// `Err`: nothing was renamed, and sealing may be tried again. `Ok`: the sealed file, its
     /// size, and whether fsyncing the directory (the rename's durability) succeeded.
-    pub fn seal(&self, index: &SegmentIndex, sealed_path: &Path) -> Result<Sealing, StorageError> {
+    pub fn seal(
+        &mut self,
+        index: &SegmentIndex,
+        sealed_path: &Path,
+    ) -> Result<Sealing, StorageError> {
+        let size = self.write_index(index)?;
+        self.rename(sealed_path, size)
+    }
+
+    /// Writes index and footer after the blocks (cutting off whatever a failed attempt left
+    /// there) and fsyncs; returns the segment's size. A failed fsync is final (see
+    /// `sync_failed`).
+    pub fn write_index(&mut self, index: &SegmentIndex) -> Result<u64, StorageError> {
+        self.refuse_after_failed_sync()?;
         let body = index.encode_to_vec();
         let mut tail = Vec::with_capacity(body.len() + FOOTER_LEN);
         tail.extend_from_slice(&body);
@@ -896,8 +925,18 @@ impl OpenSegment {
         self.file
             .write_all_at(&tail, self.len)
             .and_then(|()| self.file.set_len(size))
-            .and_then(|()| self.file.sync_all())
             .map_err(|source| StorageError::io("seal segment", &self.path, source))?;
+        if let Err(source) = self.file.sync_all() {
+            let error = StorageError::io("sync segment", &self.path, source);
+            self.sync_failed = Some(logcluster_common::error_chain(&error));
+            return Err(error);
+        }
+        Ok(size)
+    }
+
+    /// Renames the file, its index written ([`OpenSegment::write_index`] gave `size`), to
+    /// `sealed_path`, which must not exist yet.
+    pub fn rename(&self, sealed_path: &Path, size: u64) -> Result<Sealing, StorageError> {
         if sealed_path.exists() {
             let taken = std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -925,6 +964,20 @@ pub struct Sealing {
     pub size: u64,
     /// Fsyncing the directory after the rename.
     pub dir_synced: Result<(), StorageError>,
+}
+
+/// Drops a file's pages from the page cache once a sync covering it failed. After a failed
+/// write-back the kernel marks the lost pages clean but keeps them cached, so whatever reads
+/// the file next (a restarted node's recovery) would see data the disk never got. Read from
+/// the device, the file shows the hole, which checksums catch. Pages dirtied since stay (what
+/// they hold was never acknowledged).
+pub fn forget_cached_pages(file: &File, path: &Path) {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::warn!(path = %path.display(), %error, "could not drop the pages of a file whose sync failed from the page cache");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, path);
 }
 
 /// Fsyncs the directory holding `path` so a create, rename or delete is durable.

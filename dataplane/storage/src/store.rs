@@ -148,10 +148,20 @@ impl Store {
         Ok(store)
     }
 
-    /// Whether a WAL sync failed since the store opened: the streams it covered refuse their
-    /// batches until the process restarts.
-    pub fn wal_sync_failed(&self) -> bool {
-        self.metrics.wal_sync_failures.get() > 0
+    /// Why the node needs a restart, if a sync failed since the store opened: streams whose
+    /// WAL sync failed refuse their batches, and segments whose own sync (or their trace-id
+    /// window's) failed are not sealed, until the process restarts and recovery reads what
+    /// the device holds.
+    pub fn sync_failed(&self) -> Option<&'static str> {
+        if self.metrics.wal_sync_failures.get() > 0 {
+            Some("a WAL sync failed: this node refuses those streams' batches until it restarts")
+        } else if self.metrics.segment_sync_failures.get() > 0 {
+            Some(
+                "a segment or trace-id window sync failed: this node seals no segment that needs it (the WALs keep the batches) until it restarts",
+            )
+        } else {
+            None
+        }
     }
 
     /// Whether commit rounds with many dirty WALs sync the data directory's file system at
@@ -202,7 +212,11 @@ impl Store {
             return Ok(book.clone());
         }
         let dir = tenant_dir(&self.config.data_dir, tenant);
-        let book = Arc::new(TraceBook::open_with(&dir, self.windows.clone())?);
+        let book = Arc::new(TraceBook::open_with(
+            &dir,
+            self.windows.clone(),
+            self.metrics.segment_sync_failures.clone(),
+        )?);
         books.insert(tenant.to_string(), book.clone());
         Ok(book)
     }
@@ -768,8 +782,13 @@ impl Store {
     /// Seals old segments and applies retention (blocking). Called periodically.
     pub fn maintain(&self) -> Result<(), StorageError> {
         self.relieve_tail_memory();
+        // A stream whose seal fails (counted and logged there) holds up neither the others
+        // nor retention.
+        let mut first_error = None;
         for stream in self.all_streams() {
-            stream.rotate_if_old(&self.config, &self.metrics)?;
+            if let Err(error) = stream.rotate_if_old(&self.config, &self.metrics) {
+                first_error.get_or_insert(error);
+            }
         }
         if let Some(max_age) = self.config.retention_max_age {
             let cutoff = logcluster_proto::time::now_nanos() - max_age.as_nanos() as i64;
@@ -804,7 +823,7 @@ impl Store {
         }
         self.remove_unreferenced_trace_ids()?;
         self.refresh_gauges();
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Cuts the largest tails into blocks while the tails together hold more than
@@ -979,7 +998,11 @@ fn recover(
         else {
             continue;
         };
-        let book = Arc::new(TraceBook::open_with(&tenant_dir, windows.clone())?);
+        let book = Arc::new(TraceBook::open_with(
+            &tenant_dir,
+            windows.clone(),
+            metrics.segment_sync_failures.clone(),
+        )?);
         books.insert(tenant.clone(), book.clone());
         for service_dir in read_dirs(&tenant_dir)? {
             // The trace-id book (an encoded name never starts with a dot).

@@ -216,23 +216,6 @@ struct Inner {
     traces: Arc<TraceBook>,
 }
 
-/// Drops a WAL's pages from the page cache once a sync covering it failed. After a failed
-/// write-back the kernel marks the lost pages clean but keeps them cached, so a restarted
-/// node's recovery would read records the disk never got, take a retry of their batch for a
-/// duplicate and acknowledge it, and append after them (on the device's next read, the hole
-/// cuts the WAL short there and takes those appends with it). Read from the device, the WAL
-/// ends at the hole and recovery truncates it there. Pages still dirty (records written
-/// since, never acknowledged) stay; they may reach the disk after the hole, where recovery
-/// stops anyway.
-fn forget_cached_pages(wal: &File, path: &Path) {
-    #[cfg(target_os = "linux")]
-    if let Err(error) = rustix::fs::fadvise(wal, 0, None, rustix::fs::Advice::DontNeed) {
-        tracing::warn!(wal = %path.display(), %error, "could not drop the failed WAL's pages from the page cache");
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (wal, path);
-}
-
 fn wal_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("wal-{seq:016}.log"))
 }
@@ -935,7 +918,10 @@ impl Inner {
         );
         self.sync_failures.inc();
         self.sync_failed = Some(error);
-        forget_cached_pages(&self.wal, &self.wal_path);
+        // A restarted node's recovery must read the WAL from the device: replaying records
+        // only the page cache kept, it would take a retry of their batch for a duplicate and
+        // append after a hole that the device's next read cuts the WAL short at.
+        segment::forget_cached_pages(&self.wal, &self.wal_path);
     }
 
     /// An error once a sync of the WAL has failed.
@@ -1112,6 +1098,7 @@ impl Inner {
         metrics: &StorageMetrics,
         start_next: bool,
     ) -> Result<(), StorageError> {
+        self.open.refuse_after_failed_sync()?;
         self.flush_tail(config)?;
         let next = self.seq.max(seq) + 1;
         let index = SegmentIndex {
@@ -1133,6 +1120,16 @@ impl Inner {
             self.sync_wal()?;
         }
         let prepared = (|| -> Result<_, StorageError> {
+            // The trace ids the blocks refer to are durable before the segment is, and the
+            // segment before anything of the next one is made (the first write-back of their
+            // pages is the one that can fail; a failure here is final, see `sync_failed`).
+            self.traces.sync()?;
+            let size = self.open.write_index(&index).inspect_err(|_| {
+                if let Some(error) = &self.open.sync_failed {
+                    metrics.segment_sync_failures.inc();
+                    tracing::error!(segment = %self.open.path.display(), %error, "an open segment may have lost written pages: it is not sealed, and its WAL stays, until the node restarts");
+                }
+            })?;
             let new_open = OpenSegment::create(open_path(dir, next))?;
             let new_read = new_open.file.clone();
             let new_wal = if start_wal {
@@ -1145,9 +1142,7 @@ impl Inner {
             } else {
                 None
             };
-            // The trace ids the blocks refer to are durable before the segment is.
-            self.traces.sync()?;
-            let sealing = self.open.seal(&index, &sealed_at)?;
+            let sealing = self.open.rename(&sealed_at, size)?;
             Ok((new_open, new_read, new_wal, sealing))
         })();
         let (new_open, new_read, new_wal, sealing) = match prepared {

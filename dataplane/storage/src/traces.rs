@@ -151,22 +151,73 @@ struct Current {
 
 impl Current {
     /// Fsyncs the window if anything in it is unsynced.
-    fn sync(&mut self) -> Result<(), StorageError> {
+    fn sync(&mut self, failures: &Failures) -> Result<(), StorageError> {
         if self.dirty {
-            self.file
-                .sync_data()
-                .map_err(|source| StorageError::io("sync trace-id window", &self.path, source))?;
+            sync_window(&self.file, &self.path, failures)?;
             self.dirty = false;
         }
         Ok(())
     }
 }
 
+/// Why a window's fsync failed, once one has, and the store's count of such failures. The
+/// kernel reports a lost write-back once and then counts the pages written, so a later fsync
+/// that succeeds proves nothing: the book fails every sync from then on, and no segment is
+/// sealed over ids the disk may lack until a restart (the WALs keep the batches).
+struct Failures {
+    first: Mutex<Option<String>>,
+    counter: prometheus_client::metrics::counter::Counter,
+}
+
+impl Failures {
+    fn refuse_after_failed_sync(&self) -> Result<(), StorageError> {
+        match &*lock(&self.first) {
+            None => Ok(()),
+            Some(error) => Err(StorageError::SealRefused(format!(
+                "an earlier fsync of the tenant's trace-id book failed ({error}); the WALs keep the batches until the node restarts"
+            ))),
+        }
+    }
+}
+
+/// Fsyncs a window; a failure is final for the book (see [`Failures`]), and the window's
+/// pages leave the page cache so that the next process reads what the device holds.
+fn sync_window(file: &File, path: &Path, failures: &Failures) -> Result<(), StorageError> {
+    failures.refuse_after_failed_sync()?;
+    #[cfg(test)]
+    if tests::FAIL_NEXT_SYNC.take() {
+        let source = std::io::Error::from_raw_os_error(5);
+        return Err(fail_window(file, path, failures, source));
+    }
+    file.sync_data()
+        .map_err(|source| fail_window(file, path, failures, source))
+}
+
+/// A failed window sync: final for the book (counted and logged once), and the window's pages
+/// leave the page cache.
+fn fail_window(
+    file: &File,
+    path: &Path,
+    failures: &Failures,
+    source: std::io::Error,
+) -> StorageError {
+    let error = StorageError::io("sync trace-id window", path, source);
+    let mut first = lock(&failures.first);
+    if first.is_none() {
+        let text = logcluster_common::error_chain(&error);
+        tracing::error!(window = %path.display(), error = %text, "a trace-id window may have lost written pages: no segment is sealed until the node restarts");
+        failures.counter.inc();
+        *first = Some(text);
+    }
+    crate::segment::forget_cached_pages(file, path);
+    error
+}
+
 struct Writer {
     /// The number the next window gets.
     next: u64,
     current: Option<Current>,
-    /// Earlier windows whose fsync failed or never ran (a failed write): blocks may refer
+    /// Earlier windows whose fsync never ran (a failed write) or failed: blocks may refer
     /// to what they hold, so [`TraceBook::sync`] fsyncs them before anything is sealed.
     unsynced: Vec<(PathBuf, File)>,
 }
@@ -203,6 +254,7 @@ pub struct TraceBook {
     id: u64,
     writer: Mutex<Writer>,
     cache: Arc<WindowCache>,
+    failures: Failures,
 }
 
 fn window_path(dir: &Path, number: u64) -> PathBuf {
@@ -223,13 +275,15 @@ impl TraceBook {
     /// The book of the tenant whose directory is `tenant_dir` (created on first use). Reads
     /// existing windows; new ids go to a new window.
     pub fn open(tenant_dir: &Path) -> Result<TraceBook, StorageError> {
-        TraceBook::open_with(tenant_dir, Arc::default())
+        TraceBook::open_with(tenant_dir, Arc::default(), Default::default())
     }
 
-    /// [`TraceBook::open`] with a window cache shared with other books.
+    /// [`TraceBook::open`] with a window cache shared with other books, counting failed
+    /// window fsyncs in `sync_failures` (`segment_sync_failures_total`).
     pub fn open_with(
         tenant_dir: &Path,
         cache: Arc<WindowCache>,
+        sync_failures: prometheus_client::metrics::counter::Counter,
     ) -> Result<TraceBook, StorageError> {
         let dir = tenant_dir.join(DIR);
         let last = window_numbers(&dir)?.into_iter().max().unwrap_or(0);
@@ -242,6 +296,10 @@ impl TraceBook {
                 unsynced: Vec::new(),
             }),
             cache,
+            failures: Failures {
+                first: Mutex::new(None),
+                counter: sync_failures,
+            },
         })
     }
 
@@ -256,7 +314,7 @@ impl TraceBook {
         if current.used.elapsed() < idle {
             return Ok(false);
         }
-        current.sync()?;
+        current.sync(&self.failures)?;
         writer.current = None;
         Ok(true)
     }
@@ -341,14 +399,14 @@ impl TraceBook {
     /// Fsyncs every window with unsynced ids; run before a segment whose blocks may refer
     /// to them is sealed.
     pub fn sync(&self) -> Result<(), StorageError> {
+        self.failures.refuse_after_failed_sync()?;
         let mut writer = lock(&self.writer);
         while let Some((path, file)) = writer.unsynced.last() {
-            file.sync_data()
-                .map_err(|source| StorageError::io("sync trace-id window", path, source))?;
+            sync_window(file, path, &self.failures)?;
             writer.unsynced.pop();
         }
         match writer.current.as_mut() {
-            Some(current) => current.sync(),
+            Some(current) => current.sync(&self.failures),
             None => Ok(()),
         }
     }
@@ -357,7 +415,7 @@ impl TraceBook {
     /// [`TraceBook::sync`] when that fails).
     fn start_window(&self, writer: &mut Writer) -> Result<(), StorageError> {
         if let Some(done) = writer.current.as_mut()
-            && let Err(error) = done.sync()
+            && let Err(error) = done.sync(&self.failures)
         {
             writer.retire();
             return Err(error);
@@ -513,6 +571,44 @@ mod tests {
 
     use super::*;
 
+    thread_local! {
+        /// Makes the next window sync on this thread fail (EIO), as a failed write-back would.
+        pub(super) static FAIL_NEXT_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A failed window sync is final: the kernel reports a lost write-back once, so a later
+    /// sync that succeeds would let a segment be sealed over ids the disk may lack.
+    #[test]
+    fn trace_id_book_sync_failures_are_final() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let failures = prometheus_client::metrics::counter::Counter::default();
+        let book =
+            TraceBook::open_with(dir.path(), Arc::default(), failures.clone()).expect("open");
+        let entry = |n: u128| logcluster_proto::LogEntry {
+            trace_id: format!(
+                "{:032x}",
+                n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+            ),
+            ..Default::default()
+        };
+        book.intern(&[entry(1), entry(2)]).expect("intern");
+        book.sync().expect("a sync that works");
+        book.intern(&[entry(3)]).expect("intern");
+        FAIL_NEXT_SYNC.set(true);
+        let error = book.sync().expect_err("the sync fails");
+        assert!(
+            error.to_string().contains("sync trace-id window"),
+            "{error}"
+        );
+        for _ in 0..2 {
+            let error = book.sync().expect_err("and stays failed");
+            assert!(error.to_string().contains("earlier fsync"), "{error}");
+        }
+        book.intern(&[entry(4)]).expect("ids are still given out");
+        assert!(book.sync().is_err(), "nor do later ids");
+        assert_eq!(failures.get(), 1, "counted once");
+    }
+
     fn entry(trace_id: &str) -> LogEntry {
         LogEntry {
             trace_id: trace_id.to_string(),
@@ -631,7 +727,9 @@ mod tests {
             .collect();
         let books: Vec<TraceBook> = dirs
             .iter()
-            .map(|d| TraceBook::open_with(d.path(), cache.clone()).expect("open"))
+            .map(|d| {
+                TraceBook::open_with(d.path(), cache.clone(), Default::default()).expect("open")
+            })
             .collect();
         for (n, book) in books.iter().enumerate() {
             let (window, _) = book
