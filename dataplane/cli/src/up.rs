@@ -100,6 +100,29 @@ struct Node {
     raw: RawNodeConfig,
     child: Child,
     ready: serde_json::Value,
+    /// Liveness checks in a row that the node answered "needs a restart" (503).
+    unhealthy: u32,
+}
+
+/// How often `up` asks each node whether it is live (`/healthz`), and after how many answers
+/// in a row that it needs a restart (a 503: a WAL or segment sync failed, see
+/// `Store::sync_failed`) it restarts it: the kubelet's liveness probe, as the operator sets it
+/// (every 10 s, 6 failures), made quicker for a local cluster. A node that does not answer
+/// (starting, busy, stopped with SIGSTOP) is not judged: only its own 503 counts.
+const LIVENESS_EVERY: Duration = Duration::from_secs(5);
+const LIVENESS_FAILURES: u32 = 3;
+
+impl Node {
+    /// Asks the node whether it is live; returns why not when it answers 503.
+    async fn liveness(&self) -> Option<String> {
+        let url = format!("http://{}/healthz", self.raw.listen.http);
+        match logcluster_common::http_client::request("GET", &url, &[], b"", Duration::from_secs(2))
+            .await
+        {
+            Ok(response) if response.status == 503 => Some(response.body),
+            _ => None,
+        }
+    }
 }
 
 impl Node {
@@ -231,6 +254,7 @@ async fn start(name: &str, config: RawNodeConfig, paths: &Paths) -> anyhow::Resu
                 raw: config,
                 child,
                 ready: info,
+                unhealthy: 0,
             };
             node.pin_ports(paths)?;
             Ok(node)
@@ -462,17 +486,39 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     drop(by_name);
 
-    // Supervise: a node that exits (a crash, or kill -9 while trying things out) is
-    // restarted with the same identity, ports and data, as Kubernetes would restart a pod.
+    // Supervise: a node that exits (a crash, or kill -9 while trying things out), or that
+    // says it needs a restart, is restarted with the same identity, ports and data, as
+    // Kubernetes would restart a pod.
     let supervise = async {
+        let mut liveness_due = tokio::time::Instant::now() + LIVENESS_EVERY;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            let check_liveness = tokio::time::Instant::now() >= liveness_due;
+            if check_liveness {
+                liveness_due = tokio::time::Instant::now() + LIVENESS_EVERY;
+            }
             let mut restarted_any = false;
             for node in nodes.iter_mut() {
-                let Ok(Some(status)) = node.child.try_wait() else {
-                    continue;
-                };
-                warn!(node = %node.name, %status, "node exited; restarting it (its log is in the data directory)");
+                match node.child.try_wait() {
+                    Ok(Some(status)) => {
+                        warn!(node = %node.name, %status, "node exited; restarting it (its log is in the data directory)");
+                    }
+                    _ if check_liveness => match node.liveness().await {
+                        Some(why) => {
+                            node.unhealthy += 1;
+                            if node.unhealthy < LIVENESS_FAILURES {
+                                continue;
+                            }
+                            warn!(node = %node.name, %why, "node says it needs a restart; restarting it (its log is in the data directory)");
+                            terminate(&node.name, &mut node.child).await;
+                        }
+                        None => {
+                            node.unhealthy = 0;
+                            continue;
+                        }
+                    },
+                    _ => continue,
+                }
                 match start(&node.name, node.raw.clone(), &paths).await {
                     Ok(restarted) => {
                         info!(node = %node.name, "node restarted");
