@@ -112,15 +112,25 @@ struct Node {
 const LIVENESS_EVERY: Duration = Duration::from_secs(5);
 const LIVENESS_FAILURES: u32 = 3;
 
+/// A node's answer to a liveness check.
+enum Liveness {
+    Live,
+    /// It answered 503, saying why.
+    NeedsRestart(String),
+    /// No answer, or another one: not judged.
+    Unknown,
+}
+
 impl Node {
-    /// Asks the node whether it is live; returns why not when it answers 503.
-    async fn liveness(&self) -> Option<String> {
+    /// Asks the node whether it is live (`/healthz`).
+    async fn liveness(&self) -> Liveness {
         let url = format!("http://{}/healthz", self.raw.listen.http);
-        match logcluster_common::http_client::request("GET", &url, &[], b"", Duration::from_secs(2))
+        match logcluster_common::http_client::request("GET", &url, &[], b"", Duration::from_secs(1))
             .await
         {
-            Ok(response) if response.status == 503 => Some(response.body),
-            _ => None,
+            Ok(response) if response.status == 200 => Liveness::Live,
+            Ok(response) if response.status == 503 => Liveness::NeedsRestart(response.body),
+            _ => Liveness::Unknown,
         }
     }
 }
@@ -504,7 +514,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                         warn!(node = %node.name, %status, "node exited; restarting it (its log is in the data directory)");
                     }
                     _ if check_liveness => match node.liveness().await {
-                        Some(why) => {
+                        Liveness::NeedsRestart(why) => {
                             node.unhealthy += 1;
                             if node.unhealthy < LIVENESS_FAILURES {
                                 continue;
@@ -512,10 +522,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                             warn!(node = %node.name, %why, "node says it needs a restart; restarting it (its log is in the data directory)");
                             terminate(&node.name, &mut node.child).await;
                         }
-                        None => {
+                        Liveness::Live => {
                             node.unhealthy = 0;
                             continue;
                         }
+                        Liveness::Unknown => continue,
                     },
                     _ => continue,
                 }

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +40,11 @@ pub(crate) struct Syncer {
     /// through this handle reports every write error on the file system since it was opened
     /// (once; see the module docs).
     file_system: Option<(u64, File)>,
+    /// A `syncfs` failed: rounds fsync each WAL from then on. The handle reports a write error
+    /// on the file system once, so a later `syncfs` would succeed over pages lost to it that
+    /// belong to WALs the failed round did not cover (written meanwhile, or written back by
+    /// the kernel's flusher); each WAL's own fsync reports its own errors.
+    file_system_failed: std::sync::atomic::AtomicBool,
     fsync: fn(&File) -> std::io::Result<()>,
     syncfs: fn(&File) -> std::io::Result<()>,
 }
@@ -64,6 +70,7 @@ impl Syncer {
         }
         Syncer {
             file_system,
+            file_system_failed: Default::default(),
             fsync: File::sync_data,
             syncfs: syncfs_of,
         }
@@ -71,7 +78,14 @@ impl Syncer {
 
     /// Whether rounds may sync the file system at once.
     pub(crate) fn syncs_file_system(&self) -> bool {
-        self.file_system.is_some()
+        self.usable_file_system().is_some()
+    }
+
+    /// The data directory's device and handle while rounds may sync it at once.
+    fn usable_file_system(&self) -> Option<&(u64, File)> {
+        self.file_system
+            .as_ref()
+            .filter(|_| !self.file_system_failed.load(Ordering::Relaxed))
     }
 }
 
@@ -180,7 +194,7 @@ pub(crate) async fn sync_streams(
     syncer: &Arc<Syncer>,
     metrics: &StorageMetrics,
 ) -> Result<(), Failures> {
-    let (together, mut streams): (Vec<_>, Vec<_>) = match &syncer.file_system {
+    let (together, mut streams): (Vec<_>, Vec<_>) = match syncer.usable_file_system() {
         Some((device, _)) => streams
             .into_iter()
             .partition(|stream| stream.device == Some(*device)),
@@ -274,6 +288,9 @@ fn sync_file_system(
             .observe(started.elapsed().as_secs_f64());
         metrics.file_system_syncs.inc();
         if let Err(e) = result {
+            if !syncer.file_system_failed.swap(true, Ordering::Relaxed) {
+                error!(error = %e, "syncfs of the data directory's file system failed: commit rounds fsync each WAL from now on");
+            }
             // Which file's pages were lost is unknown: every WAL the sync covered.
             let error = format!(
                 "syncfs of the data directory's file system ({} WALs, among them {}/{}): {e}",
@@ -406,6 +423,7 @@ mod tests {
         let device = std::os::unix::fs::MetadataExt::dev(&handle.metadata().expect("meta"));
         Arc::new(Syncer {
             file_system: Some((device, handle)),
+            file_system_failed: Default::default(),
             fsync: |file| {
                 FSYNC_CALLS.fetch_add(1, Ordering::SeqCst);
                 file.sync_data()
@@ -444,10 +462,21 @@ mod tests {
         assert_eq!(metrics.file_system_syncs.get(), 1);
 
         let more = dirty_streams(&dir.path().join("more"), SYNCFS_FROM, &metrics);
-        let error = round(more.clone(), &syncer(dir.path(), broken), &metrics)
+        let failing = syncer(dir.path(), broken);
+        let error = round(more.clone(), &failing, &metrics)
             .await
             .expect_err("the injected error");
         assert!(error.contains("injected write error"), "{error}");
+        assert_eq!(metrics.wal_sync_failures.get(), SYNCFS_FROM as u64);
+        // That syncer's handle reported the error once: its later rounds fsync each WAL,
+        // whose own errors their fsyncs report.
+        assert!(!failing.syncs_file_system());
+        let others = dirty_streams(&dir.path().join("others"), SYNCFS_FROM + 1, &metrics);
+        let fsyncs = FSYNC_CALLS.load(Ordering::SeqCst);
+        round(others, &failing, &metrics)
+            .await
+            .expect("fsynced one by one");
+        assert!(FSYNC_CALLS.load(Ordering::SeqCst) > fsyncs + SYNCFS_FROM);
         assert_eq!(metrics.wal_sync_failures.get(), SYNCFS_FROM as u64);
         for attempt in 0..2 {
             let error = round(more.clone(), &good, &metrics)
@@ -477,6 +506,7 @@ mod tests {
         assert_eq!(metrics.file_system_syncs.get(), 0);
 
         let bad = Arc::new(Syncer {
+            file_system_failed: Default::default(),
             file_system: None,
             fsync: broken,
             syncfs: broken,
@@ -519,6 +549,7 @@ mod tests {
         streams[0].mark_sync_failed("injected");
         let (tx, rx) = mpsc::channel(8);
         let syncer = Arc::new(Syncer {
+            file_system_failed: Default::default(),
             file_system: None,
             fsync: File::sync_data,
             syncfs: broken,

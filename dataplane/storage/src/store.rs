@@ -229,22 +229,34 @@ impl Store {
     /// Deletes the trace-id book windows no block of the tenant refers to any more, and lets
     /// quiet tenants' books drop their lookup tables.
     fn remove_unreferenced_trace_ids(&self) -> Result<(), StorageError> {
+        // One tenant's failure holds up none of the others.
+        let mut first_error = None;
         for (tenant, book) in self.books() {
-            book.rest_if_idle(BOOK_IDLE)?;
-            // Read before the streams: a block built meanwhile refers to a window at or
-            // above it.
-            let floor = book.floor();
-            let mut referenced = std::collections::HashSet::new();
-            for stream in self.all_streams() {
-                if stream.tenant == tenant {
-                    stream.trace_windows(&mut referenced);
-                }
+            if let Err(error) = self.remove_unreferenced_trace_ids_of(&tenant, &book) {
+                first_error.get_or_insert(error);
             }
-            let removed = book.remove_unreferenced(floor, &referenced)?;
-            if removed > 0 {
-                info!(tenant = %tenant, windows = removed, "retention: deleted trace-id windows no block refers to");
-                self.metrics.trace_windows_deleted.inc_by(removed as u64);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn remove_unreferenced_trace_ids_of(
+        &self,
+        tenant: &str,
+        book: &TraceBook,
+    ) -> Result<(), StorageError> {
+        book.rest_if_idle(BOOK_IDLE)?;
+        // Read before the streams: a block built meanwhile refers to a window at or above it.
+        let floor = book.floor();
+        let mut referenced = std::collections::HashSet::new();
+        for stream in self.all_streams() {
+            if stream.tenant == tenant {
+                stream.trace_windows(&mut referenced);
             }
+        }
+        let removed = book.remove_unreferenced(floor, &referenced)?;
+        if removed > 0 {
+            info!(tenant = %tenant, windows = removed, "retention: deleted trace-id windows no block refers to");
+            self.metrics.trace_windows_deleted.inc_by(removed as u64);
         }
         Ok(())
     }
@@ -786,8 +798,12 @@ impl Store {
         // nor retention.
         let mut first_error = None;
         for stream in self.all_streams() {
-            if let Err(error) = stream.rotate_if_old(&self.config, &self.metrics) {
-                first_error.get_or_insert(error);
+            match stream.rotate_if_old(&self.config, &self.metrics) {
+                // Reported where the sync failed (a log line, a metric, the probes).
+                Ok(_) | Err(StorageError::SealRefused(_)) => {}
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
         if let Some(max_age) = self.config.retention_max_age {
@@ -821,7 +837,9 @@ impl Store {
                 }
             }
         }
-        self.remove_unreferenced_trace_ids()?;
+        if let Err(error) = self.remove_unreferenced_trace_ids() {
+            first_error.get_or_insert(error);
+        }
         self.refresh_gauges();
         first_error.map_or(Ok(()), Err)
     }
@@ -884,13 +902,16 @@ impl Store {
     pub async fn shutdown(&self) -> Result<(), StorageError> {
         let streams = self.all_streams();
         tokio::task::spawn_blocking(move || {
+            // A stream that fails (one whose WAL sync failed before refuses) keeps none of the
+            // others from being synced.
+            let mut first_error = None;
             for stream in streams {
                 if let Err(error) = stream.sync() {
-                    warn!(%error, "final wal sync failed");
-                    return Err(error);
+                    warn!(%error, tenant = %stream.tenant, service = %stream.service, "final wal sync failed");
+                    first_error.get_or_insert(error);
                 }
             }
-            Ok(())
+            first_error.map_or(Ok(()), Err)
         })
         .await
         .map_err(|e| StorageError::Task(e.to_string()))?

@@ -621,7 +621,12 @@ impl Stream {
             Err(error) => {
                 metrics.seal_failures.inc();
                 inner.retry_sealing_at = Some(Instant::now() + SEAL_RETRY);
-                warn!(%error, tenant = %self.tenant, service = %self.service, "block or segment not written; the WAL holds the batches, retrying in a second");
+                if matches!(error, StorageError::SealRefused(_)) {
+                    // Logged once where the sync failed; the probes and metrics say so since.
+                    tracing::debug!(%error, tenant = %self.tenant, service = %self.service, "segment not sealed");
+                } else {
+                    warn!(%error, tenant = %self.tenant, service = %self.service, "block or segment not written; the WAL holds the batches, retrying in a second");
+                }
             }
         }
         result
@@ -1098,7 +1103,9 @@ impl Inner {
         metrics: &StorageMetrics,
         start_next: bool,
     ) -> Result<(), StorageError> {
+        // Refused at once (no block cut, no WAL synced) while a failed sync stands.
         self.open.refuse_after_failed_sync()?;
+        self.traces.refuse_after_failed_sync()?;
         self.flush_tail(config)?;
         let next = self.seq.max(seq) + 1;
         let index = SegmentIndex {

@@ -180,27 +180,23 @@ impl Failures {
     }
 }
 
-/// Fsyncs a window; a failure is final for the book (see [`Failures`]), and the window's
-/// pages leave the page cache so that the next process reads what the device holds.
+/// Fsyncs a window; a failure is final for the book (see [`Failures`]). The window's pages stay
+/// cached: this process reads the ids of its open segments' blocks from them, and after a
+/// restart no block refers to the window (only sealed segments' blocks outlive a restart, and
+/// none is sealed over it), so nothing reads it from the device.
 fn sync_window(file: &File, path: &Path, failures: &Failures) -> Result<(), StorageError> {
     failures.refuse_after_failed_sync()?;
     #[cfg(test)]
     if tests::FAIL_NEXT_SYNC.take() {
         let source = std::io::Error::from_raw_os_error(5);
-        return Err(fail_window(file, path, failures, source));
+        return Err(fail_window(path, failures, source));
     }
     file.sync_data()
-        .map_err(|source| fail_window(file, path, failures, source))
+        .map_err(|source| fail_window(path, failures, source))
 }
 
-/// A failed window sync: final for the book (counted and logged once), and the window's pages
-/// leave the page cache.
-fn fail_window(
-    file: &File,
-    path: &Path,
-    failures: &Failures,
-    source: std::io::Error,
-) -> StorageError {
+/// A failed window sync: final for the book (counted and logged once).
+fn fail_window(path: &Path, failures: &Failures, source: std::io::Error) -> StorageError {
     let error = StorageError::io("sync trace-id window", path, source);
     let mut first = lock(&failures.first);
     if first.is_none() {
@@ -209,7 +205,6 @@ fn fail_window(
         failures.counter.inc();
         *first = Some(text);
     }
-    crate::segment::forget_cached_pages(file, path);
     error
 }
 
@@ -314,7 +309,10 @@ impl TraceBook {
         if current.used.elapsed() < idle {
             return Ok(false);
         }
-        current.sync(&self.failures)?;
+        // A failed book syncs nothing; its table goes all the same.
+        if self.failures.refuse_after_failed_sync().is_ok() {
+            current.sync(&self.failures)?;
+        }
         writer.current = None;
         Ok(true)
     }
@@ -394,6 +392,12 @@ impl TraceBook {
             }
         }
         Ok(Some((current.number, ordinals)))
+    }
+
+    /// An error once a window sync has failed: no segment whose blocks may refer to the book's
+    /// ids is sealed until a restart.
+    pub fn refuse_after_failed_sync(&self) -> Result<(), StorageError> {
+        self.failures.refuse_after_failed_sync()
     }
 
     /// Fsyncs every window with unsynced ids; run before a segment whose blocks may refer
@@ -607,6 +611,8 @@ mod tests {
         book.intern(&[entry(4)]).expect("ids are still given out");
         assert!(book.sync().is_err(), "nor do later ids");
         assert_eq!(failures.get(), 1, "counted once");
+        // Maintenance still lets an idle window's lookup table go (without a sync).
+        assert!(book.rest_if_idle(std::time::Duration::ZERO).expect("rests"));
     }
 
     fn entry(trace_id: &str) -> LogEntry {

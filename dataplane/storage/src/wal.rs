@@ -108,12 +108,22 @@ pub fn create(path: &Path) -> Result<File, StorageError> {
 }
 
 /// Reads every valid record of a WAL file and truncates a torn or corrupt tail.
+///
+/// The file is synced before it is read: a write-back of its pages that failed while no
+/// process saw the error (the last one died first) is reported to this new handle, and the
+/// kernel keeps such lost pages cached as if written. Their records were never acknowledged,
+/// but read from the cache they would answer a retry of their batch as a duplicate; so the
+/// cached pages are dropped and the file is read from the device, where the hole ends it.
 pub fn replay(path: &Path) -> Result<Replay, StorageError> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|source| StorageError::io("open wal", path, source))?;
+    if let Err(error) = replay_sync(&file) {
+        tracing::warn!(wal = %path.display(), %error, "a write-back of this WAL failed before the restart: reading what the device holds");
+        crate::segment::forget_cached_pages(&file, path);
+    }
     let mut data = Vec::new();
     file.read_to_end(&mut data)
         .map_err(|source| StorageError::io("read wal", path, source))?;
@@ -150,6 +160,15 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
         valid_len: valid_len.max(8),
         truncated_bytes: total.saturating_sub(valid_len.max(8)),
     })
+}
+
+/// The sync [`replay`] runs first (a test can make it fail, as a failed write-back would).
+fn replay_sync(file: &File) -> std::io::Result<()> {
+    #[cfg(test)]
+    if tests::FAIL_REPLAY_SYNC.take() {
+        return Err(std::io::Error::from_raw_os_error(5));
+    }
+    file.sync_data()
 }
 
 /// The entries of one whole record (as [`encode_record`] makes it), if it is intact.
@@ -224,6 +243,32 @@ fn checked_body(buf: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Makes the next sync before a replay on this thread fail (EIO), as a write-back
+        /// that failed before a restart would.
+        pub(super) static FAIL_REPLAY_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A failed sync before a replay only changes where the file is read from (the device,
+    /// the cached pages dropped): the replay goes on and yields what the file holds.
+    #[test]
+    fn a_failed_sync_before_a_replay_still_replays_what_the_file_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let mut file = create(&path).expect("create");
+        let entries = vec![LogEntry {
+            message: "kept".into(),
+            ..Default::default()
+        }];
+        file.write_all(&encode_record(7, &entries)).expect("write");
+        file.sync_data().expect("sync");
+        FAIL_REPLAY_SYNC.set(true);
+        let replay = replay(&path).expect("replay");
+        assert!(!FAIL_REPLAY_SYNC.get(), "the sync ran");
+        assert_eq!(replay.records.len(), 1);
+        assert_eq!(replay.truncated_bytes, 0);
+    }
     use std::io::Write;
 
     fn entry(i: i64) -> LogEntry {
