@@ -119,7 +119,12 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
-            Command::Node(args) => node::run(args).await,
+            Command::Node(args) => {
+                if !up::exit_with_parent() {
+                    anyhow::bail!("the `logcluster up` that started this node has exited");
+                }
+                node::run(args).await
+            }
             Command::Send(args) => send::run(args).await,
             Command::Query(args) => query_cmd::run(args).await,
             Command::Tail(args) => query_cmd::tail(args).await,

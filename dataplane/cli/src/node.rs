@@ -191,8 +191,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     raise_open_file_limit();
     let shutdown = Shutdown::new();
     let signal_shutdown = shutdown.clone();
+    let signals = logcluster_common::shutdown::listen_for_signals();
     tokio::spawn(async move {
-        logcluster_common::shutdown::wait_for_signal().await;
+        signals.wait().await;
         info!("signal received: stopping listeners, finishing in-flight batches, flushing");
         signal_shutdown.trigger();
     });

@@ -94,6 +94,38 @@ struct Paths {
     pki: logcluster_common::certs::DevPki,
 }
 
+/// Set by `up` for its nodes to its own pid: a node stops (SIGTERM, so cleanly) when that
+/// process dies, even by kill -9, instead of living on without its supervisor and holding the
+/// ports and the data directory ([`exit_with_parent`]).
+pub const EXIT_WITH_PARENT: &str = "LOGCLUSTER_EXIT_WITH_PARENT";
+
+/// In a node started by `up` ([`EXIT_WITH_PARENT`]): asks the kernel for a SIGTERM when the
+/// parent dies. Returns false when the parent is already gone (the node should not start).
+/// `up` starts its nodes from the thread that runs its whole life (the runtime's `block_on`),
+/// so the signal comes only when the process ends.
+pub fn exit_with_parent() -> bool {
+    let Some(parent) = std::env::var(EXIT_WITH_PARENT)
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok())
+    else {
+        return true;
+    };
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+        if let Err(error) = set_parent_process_death_signal(Some(Signal::TERM)) {
+            warn!(%error, "cannot ask to be stopped when `up` exits");
+        }
+        // The parent may have died before the request: the node was then handed to another.
+        getppid().is_some_and(|pid| pid.as_raw_nonzero().get() == parent)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = parent;
+        true
+    }
+}
+
 /// A child node of `up`.
 struct Node {
     name: String,
@@ -254,6 +286,7 @@ async fn start(name: &str, config: RawNodeConfig, paths: &Paths) -> anyhow::Resu
         .arg("--ready-file")
         .arg(&ready)
         .stderr(log)
+        .env(EXIT_WITH_PARENT, std::process::id().to_string())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("failed to start {name}"))?;
@@ -374,6 +407,9 @@ fn write_summary(nodes: &[Node], paths: &Paths, ready_path: &Path) -> anyhow::Re
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Installed first: a Ctrl+C or SIGTERM while the nodes start waits for them to be up and
+    // then stops them all, instead of ending `up` alone.
+    let signals = logcluster_common::shutdown::listen_for_signals();
     if args.storage == 0 {
         bail!("--storage must be at least 1");
     }
@@ -547,7 +583,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        () = logcluster_common::shutdown::wait_for_signal() => {
+        () = signals.wait() => {
             info!("stopping the local cluster");
         }
         () = supervise => {}

@@ -172,3 +172,63 @@ async fn up_runs_a_cluster_that_survives_a_killed_member_and_stops_cleanly() -> 
     }
     Ok(())
 }
+
+/// `up` killed with -9 takes its nodes with it: the kernel sends each a SIGTERM when its parent
+/// dies, and each stops cleanly instead of living on without a supervisor, holding the ports
+/// and the data directory; a new `up` on the same directory then starts.
+#[tokio::test]
+async fn up_killed_with_9_takes_its_nodes_down() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let args: Vec<String> = ["up", "--ephemeral-ports", "--storage", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(
+            [
+                "--replication-factor",
+                "1",
+                "--write-quorum",
+                "1",
+                "--read-quorum",
+                "1",
+            ]
+            .map(String::from),
+        )
+        .chain(["--data-dir".to_string(), data.display().to_string()])
+        .collect();
+    let mut up = NodeProcess::spawn(&binary_path("logcluster"), &args)?;
+    up.wait_ready(&data.join("ready.json"), Duration::from_secs(60))
+        .await?;
+    let info = ready(&data)?;
+    let pids: Vec<u64> = [
+        &info["storage"][0]["pid"],
+        &info["pids"]["ingestor"],
+        &info["pids"]["query"],
+    ]
+    .iter()
+    .filter_map(|pid| pid.as_u64())
+    .collect();
+    assert_eq!(pids.len(), 3, "{info}");
+    assert!(pids.iter().all(|pid| alive(*pid)));
+    up.kill_9()?;
+    eventually(
+        "every node of the killed up to stop",
+        Duration::from_secs(30),
+        || {
+            let pids = pids.clone();
+            async move { pids.iter().all(|pid| !alive(*pid)).then_some(()) }
+        },
+    )
+    .await?;
+    let log = std::fs::read_to_string(data.join("storage-0.log"))?;
+    assert!(log.contains("stopped cleanly"), "{log}");
+    // The killed `up` left its ready.json; the new one writes its own.
+    std::fs::remove_file(data.join("ready.json"))?;
+    let mut again = NodeProcess::spawn(&binary_path("logcluster"), &args)?;
+    again
+        .wait_ready(&data.join("ready.json"), Duration::from_secs(60))
+        .await?;
+    let status = again.terminate(Duration::from_secs(60)).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}

@@ -43,20 +43,40 @@ impl Shutdown {
 /// Resolves on SIGINT or SIGTERM. If the handlers cannot be installed it never resolves
 /// (and logs why), rather than shutting the node down spuriously.
 pub async fn wait_for_signal() {
+    listen_for_signals().wait().await
+}
+
+/// SIGINT and SIGTERM listeners, installed when made: a signal that comes before
+/// [`Signals::wait`] is awaited waits for it, where before the listeners exist it would end
+/// the process at once (the default action), leaving whatever it started running.
+pub struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+/// Installs the listeners now (within a Tokio runtime).
+pub fn listen_for_signals() -> Signals {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
+        (Ok(int), Ok(term)) => Signals(Some((int, term))),
         (Err(error), _) | (_, Err(error)) => {
             tracing::error!(%error, "cannot install signal handlers");
-            std::future::pending::<()>().await;
+            Signals(None)
+        }
+    }
+}
+
+impl Signals {
+    /// Resolves on SIGINT or SIGTERM (never, if the listeners could not be installed).
+    pub async fn wait(self) {
+        match self.0 {
+            Some((mut int, mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 }
