@@ -87,7 +87,7 @@ pub struct Hint {
 
 impl HintStore {
     pub fn open(dir: PathBuf) -> Result<HintStore, HintError> {
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        logcluster_common::durable::create_dir_all(&dir).map_err(io(&dir))?;
         Ok(HintStore {
             dir,
             open: Mutex::new(BTreeMap::new()),
@@ -155,7 +155,7 @@ impl HintStore {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.get(member).is_none_or(|o| o.bytes >= FILE_BYTES) {
             let dir = self.dir.join(member);
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            logcluster_common::durable::create_dir_all(&dir).map_err(io(&dir))?;
             let seq = self.files(member).last().map(|(s, _)| s + 1).unwrap_or(1);
             let path = dir.join(format!("hints-{seq:012}.log"));
             let file = OpenOptions::new()

@@ -3,6 +3,7 @@
 //! Nothing here knows about logs; it is the plumbing every node and client needs the same way.
 
 pub mod certs;
+pub mod durable;
 pub mod http_client;
 pub mod ids;
 pub mod io;

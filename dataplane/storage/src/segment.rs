@@ -982,10 +982,13 @@ pub fn forget_cached_pages(file: &File, path: &Path) {
 
 /// Fsyncs the directory holding `path` so a create, rename or delete is durable.
 pub fn sync_dir(path: &Path) -> Result<(), StorageError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| StorageError::io("sync directory", dir, source))
+    logcluster_common::durable::sync_parent(path).map_err(|source| {
+        StorageError::io(
+            "sync directory",
+            path.parent().unwrap_or(Path::new(".")),
+            source,
+        )
+    })
 }
 
 /// Opens a sealed segment and reads its index; any inconsistency is `CorruptSegment`.

@@ -117,7 +117,7 @@ impl Store {
         // is opened first.
         let root = config.data_dir.join("streams");
         let syncer = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&root)
+            logcluster_common::durable::create_dir_all(&root)
                 .map_err(|source| StorageError::io("create data dir", &root, source))?;
             Ok::<_, StorageError>(Arc::new(Syncer::new(&root)))
         })
@@ -1007,7 +1007,7 @@ fn recover(
     windows: &Arc<WindowCache>,
 ) -> Result<Recovered, StorageError> {
     let root = config.data_dir.join("streams");
-    std::fs::create_dir_all(&root)
+    logcluster_common::durable::create_dir_all(&root)
         .map_err(|source| StorageError::io("create data dir", &root, source))?;
     let mut streams = HashMap::new();
     let mut books = HashMap::new();

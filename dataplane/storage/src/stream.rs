@@ -325,7 +325,7 @@ impl Stream {
         metrics: &StorageMetrics,
         traces: Arc<TraceBook>,
     ) -> Result<Stream, StorageError> {
-        std::fs::create_dir_all(&dir)
+        logcluster_common::durable::create_dir_all(&dir)
             .map_err(|source| StorageError::io("create stream dir", &dir, source))?;
         let mut sealed_seqs = Vec::new();
         let mut wal_seqs = Vec::new();

@@ -426,9 +426,8 @@ impl TraceBook {
         }
         writer.current = None;
         if !self.dir.exists() {
-            std::fs::create_dir_all(&self.dir)
+            logcluster_common::durable::create_dir_all(&self.dir)
                 .map_err(|source| StorageError::io("create trace-id book", &self.dir, source))?;
-            crate::segment::sync_dir(&self.dir)?;
         }
         let number = writer.next;
         let path = window_path(&self.dir, number);
