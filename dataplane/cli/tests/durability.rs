@@ -774,25 +774,34 @@ async fn a_wal_write_back_that_failed_unseen_is_read_from_the_device_after_a_res
     .await?;
     let disk = disk.context("mount the failing disk")?;
     let mut client = node.connect().await?;
-    // Larger than a page: most of its record lies past the WAL's first page (on the device
-    // since the WAL was made), where the device has no room once it is full.
+    // The stream, its files and a first batch reach the device while it works.
     let ack = client
-        .roundtrip(Format::Json, 1, "unseen", &payload(1, 200))
+        .roundtrip(Format::Json, 1, "unseen", &payload(1, 20))
+        .await?;
+    assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
+    let sync_file_system = || {
+        std::process::Command::new("sync")
+            .arg("-f")
+            .arg(&disk.mount)
+            .stderr(std::process::Stdio::null())
+            .status()
+    };
+    anyhow::ensure!(sync_file_system()?.success(), "the device works");
+    // Larger than a page: most of its record lies past the pages the device already has,
+    // where it has no room once it is full.
+    let ack = client
+        .roundtrip(Format::Json, 2, "unseen", &payload(4, 200))
         .await?;
     assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
     drop(client);
     let filler = fill(&disk.backing)?;
-    let _ = std::process::Command::new("sync")
-        .arg("-f")
-        .arg(&disk.mount)
-        .stderr(std::process::Stdio::null())
-        .status()?;
+    let _ = sync_file_system()?;
     node.kill_9()?;
     std::fs::remove_file(&filler)?;
     node.spawn().await?;
     let mut client = node.connect().await?;
     let ack = client
-        .roundtrip(Format::Json, 1, "unseen", &payload(1, 200))
+        .roundtrip(Format::Json, 2, "unseen", &payload(4, 200))
         .await?;
     assert_eq!(ack.status, AckStatus::Accepted, "{ack:?}");
     assert!(
@@ -805,5 +814,5 @@ async fn a_wal_write_back_that_failed_unseen_is_read_from_the_device_after_a_res
     assert!(status.success(), "{status}");
     disk.remount()?;
     node.spawn().await?;
-    assert_each_message_once(&node, "unseen", 200).await
+    assert_each_message_once(&node, "unseen", 220).await
 }

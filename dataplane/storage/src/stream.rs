@@ -185,6 +185,9 @@ struct Inner {
     /// At most [`UNWRITTEN_LIMIT`] (then written at once). The file holds `wal_bytes` minus
     /// these bytes.
     unwritten: Vec<u8>,
+    /// Directories to fsync with the WAL's next sync: a new stream's directory and its WAL's
+    /// entry are durable only then (a `syncfs` covers them too).
+    unsynced_dirs: Vec<PathBuf>,
     /// Why a sync of the WAL failed, once one has. The pages it covered may be lost while the
     /// kernel counts them written, so a later sync that succeeds proves nothing: every batch
     /// of the stream is answered retry-later from then on, until a restart's recovery checks
@@ -325,7 +328,10 @@ impl Stream {
         metrics: &StorageMetrics,
         traces: Arc<TraceBook>,
     ) -> Result<Stream, StorageError> {
-        logcluster_common::durable::create_dir_all(&dir)
+        // A new stream's directories, and its WAL's entry in them, are made durable by the
+        // first sync of its WAL (`Inner::unsynced_dirs`), not here: nothing of it counts as
+        // durable before, and creating a stream holds every append of the store up.
+        let mut unsynced_dirs = logcluster_common::durable::create_dir_all_unsynced(&dir)
             .map_err(|source| StorageError::io("create stream dir", &dir, source))?;
         let mut sealed_seqs = Vec::new();
         let mut wal_seqs = Vec::new();
@@ -412,8 +418,8 @@ impl Stream {
             }
             None => {
                 let path = wal_path(&dir, active_seq);
-                let file = wal::create(&path)?;
-                segment::sync_dir(&path)?;
+                let file = wal::create_unsynced(&path)?;
+                unsynced_dirs.push(dir.clone());
                 (active_seq, file, wal::WAL_MAGIC.len() as u64)
             }
         };
@@ -429,6 +435,7 @@ impl Stream {
             flush_failed: false,
             dirty: false,
             unwritten: Vec::new(),
+            unsynced_dirs,
             sync_failed: None,
             sync_failures: metrics.wal_sync_failures.clone(),
             open,
@@ -642,6 +649,7 @@ impl Stream {
             return Ok(None);
         }
         inner.write_unwritten()?;
+        inner.sync_dirs()?;
         let file = inner
             .wal
             .try_clone()
@@ -657,6 +665,8 @@ impl Stream {
         inner.refuse_after_failed_sync()?;
         if inner.dirty {
             inner.write_unwritten()?;
+            // The file system's sync covers the directories too.
+            inner.unsynced_dirs.clear();
         }
         Ok(std::mem::replace(&mut inner.dirty, false))
     }
@@ -903,12 +913,27 @@ impl Inner {
     fn sync_wal(&mut self) -> Result<(), StorageError> {
         self.refuse_after_failed_sync()?;
         self.write_unwritten()?;
+        self.sync_dirs()?;
         self.dirty = false;
         self.wal.sync_data().map_err(|source| {
             let error = StorageError::io("sync wal", &self.wal_path, source);
             self.fail_sync(logcluster_common::error_chain(&error));
             error
         })
+    }
+
+    /// Fsyncs the directories a new stream's files need (see `unsynced_dirs`); a failure is
+    /// final, as a failed WAL sync is.
+    fn sync_dirs(&mut self) -> Result<(), StorageError> {
+        while let Some(dir) = self.unsynced_dirs.last() {
+            if let Err(source) = File::open(dir).and_then(|d| d.sync_all()) {
+                let error = StorageError::io("sync directory", dir, source);
+                self.fail_sync(logcluster_common::error_chain(&error));
+                return Err(error);
+            }
+            self.unsynced_dirs.pop();
+        }
+        Ok(())
     }
 
     /// Fails the stream for good (see `sync_failed`): counted and logged the first time.
@@ -1612,6 +1637,11 @@ mod tests {
     fn records_wait_for_the_commit_round_and_are_written_once() {
         // Blocks of 1 MiB: every entry is still in the tail when the stream is reopened.
         let (dir, config, metrics, stream) = new_stream(|dir| StorageConfig::new(dir));
+        // The new stream's directory entries are synced with its WAL's first sync.
+        assert_eq!(
+            stream.lock().unsynced_dirs.last(),
+            Some(&dir.path().join("stream"))
+        );
         let empty = wal_len(&stream);
         let batch = |uid: u64, n: u32| uid_batch(uid, n, "");
         for uid in 1..=3 {
@@ -1622,6 +1652,10 @@ mod tests {
         assert_eq!(wal_len(&stream), empty, "the records wait for the round");
         let taken = stream.take_dirty_wal().expect("round").expect("dirty");
         taken.sync_data().expect("fsync");
+        assert!(
+            stream.lock().unsynced_dirs.is_empty(),
+            "synced in the round"
+        );
         let written = wal_len(&stream);
         assert!(written > empty);
         assert_eq!(written, stream.lock().wal_bytes);

@@ -96,13 +96,21 @@ pub struct Replay {
 
 /// Creates a new WAL file with its header, fsynced, ready for appends.
 pub fn create(path: &Path) -> Result<File, StorageError> {
+    let file = create_unsynced(path)?;
+    file.sync_data()
+        .map_err(|source| StorageError::io("write wal header", path, source))?;
+    Ok(file)
+}
+
+/// [`create`] without the fsync: for a WAL whose first records are synced with it (a
+/// header that a crash tears is rewritten by [`replay`]).
+pub fn create_unsynced(path: &Path) -> Result<File, StorageError> {
     let mut file = OpenOptions::new()
         .create_new(true)
         .append(true)
         .open(path)
         .map_err(|source| StorageError::io("create wal", path, source))?;
     file.write_all(WAL_MAGIC)
-        .and_then(|()| file.sync_data())
         .map_err(|source| StorageError::io("write wal header", path, source))?;
     Ok(file)
 }
