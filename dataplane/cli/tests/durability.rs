@@ -314,6 +314,28 @@ async fn a_full_disk_answers_retry_later_and_the_retry_is_stored_once_space_retu
     assert_each_message_once(&node, "full", 220).await
 }
 
+/// A node whose data directory is on a [`FailingDisk`]; `None` (saying the test is skipped)
+/// where this process may not mount file systems or set up loop devices.
+async fn node_on_failing_disk(
+    customize: impl FnOnce(&mut logcluster_config::RawNodeConfig),
+) -> anyhow::Result<Option<(TestNode, FailingDisk)>> {
+    let probe = tempfile::tempdir()?;
+    if FailingDisk::mount(&probe.path().join("backing"), &probe.path().join("data")).is_none() {
+        eprintln!(
+            "skipped: a loop device over a small tmpfs needs root (mount, losetup, mkfs.ext4)"
+        );
+        return Ok(None);
+    }
+    let mut disk = None;
+    let node = TestNode::start(|raw, dir| {
+        customize(raw);
+        disk = FailingDisk::mount(&dir.join("backing"), &dir.join("data"));
+    })
+    .await?;
+    let disk = disk.context("mount the failing disk")?;
+    Ok(Some((node, disk)))
+}
+
 /// A file system whose device fails writes once its backing store is full: ext2-style ext4
 /// (no journal) on a loop device over a sparse image in a small tmpfs. Writes land in the page
 /// cache; the fsync that writes them back fails (ENOSPC from the loop device), as on a disk
@@ -426,21 +448,9 @@ impl Drop for FailingDisk {
 /// where the test may not mount file systems or set up loop devices.
 #[tokio::test]
 async fn a_failed_wal_fsync_is_never_trusted_again_until_a_restart() -> anyhow::Result<()> {
-    let probe = tempfile::tempdir()?;
-    let Some(disk) = FailingDisk::mount(&probe.path().join("backing"), &probe.path().join("data"))
-    else {
-        eprintln!(
-            "skipped: a loop device over a small tmpfs needs root (mount, losetup, mkfs.ext4)"
-        );
+    let Some((mut node, disk)) = node_on_failing_disk(|_| {}).await? else {
         return Ok(());
     };
-    drop(disk);
-    let mut disk = None;
-    let mut node = TestNode::start(|_, dir| {
-        disk = FailingDisk::mount(&dir.join("backing"), &dir.join("data"));
-    })
-    .await?;
-    let disk = disk.context("mount the failing disk")?;
     let mut client = node.connect().await?;
     let ack = client
         .roundtrip(Format::Json, 1, "eio", &payload(1, 20))
@@ -533,24 +543,15 @@ async fn a_failed_sync_under_blocks_with_trace_ids_never_lets_a_segment_be_seale
 }
 
 async fn a_failed_sync_under_blocks_never_seals(traces: bool) -> anyhow::Result<()> {
-    let probe = tempfile::tempdir()?;
-    let Some(disk) = FailingDisk::mount(&probe.path().join("backing"), &probe.path().join("data"))
-    else {
-        eprintln!(
-            "skipped: a loop device over a small tmpfs needs root (mount, losetup, mkfs.ext4)"
-        );
-        return Ok(());
-    };
-    drop(disk);
-    let mut disk = None;
-    let mut node = TestNode::start(|raw, dir| {
+    let Some((mut node, disk)) = node_on_failing_disk(|raw| {
         // Blocks are cut as batches arrive; the segment is sealed by age, by maintenance.
         raw.storage.block_target_bytes = 16 * 1024;
         raw.storage.segment_max_age = "1s".into();
-        disk = FailingDisk::mount(&dir.join("backing"), &dir.join("data"));
     })
-    .await?;
-    let disk = disk.context("mount the failing disk")?;
+    .await?
+    else {
+        return Ok(());
+    };
     // Entries whose blocks do not compress much: a block spans many pages of the segment.
     let batch = |batch: u64, count: u64| -> Vec<u8> {
         (0..count)
@@ -658,22 +659,7 @@ async fn up_restarts_a_member_that_says_it_needs_a_restart() -> anyhow::Result<(
         return Ok(());
     };
     let data = disk.mount.join("data");
-    let args: Vec<String> = ["up", "--ephemeral-ports", "--storage", "1"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(
-            [
-                "--replication-factor",
-                "1",
-                "--write-quorum",
-                "1",
-                "--read-quorum",
-                "1",
-            ]
-            .map(String::from),
-        )
-        .chain(["--data-dir".to_string(), data.display().to_string()])
-        .collect();
+    let args = common::up_with_one_member(&data);
     let mut up = logcluster_testkit::NodeProcess::spawn(
         &logcluster_testkit::binary_path("logcluster"),
         &args,
@@ -757,22 +743,13 @@ async fn up_restarts_a_member_that_says_it_needs_a_restart() -> anyhow::Result<(
 #[tokio::test]
 async fn a_wal_write_back_that_failed_unseen_is_read_from_the_device_after_a_restart()
 -> anyhow::Result<()> {
-    let probe = tempfile::tempdir()?;
-    let Some(disk) = FailingDisk::mount(&probe.path().join("backing"), &probe.path().join("data"))
+    let Some((mut node, disk)) = node_on_failing_disk(|raw| {
+        raw.storage.fsync = "1h".into();
+    })
+    .await?
     else {
-        eprintln!(
-            "skipped: a loop device over a small tmpfs needs root (mount, losetup, mkfs.ext4)"
-        );
         return Ok(());
     };
-    drop(disk);
-    let mut disk = None;
-    let mut node = TestNode::start(|raw, dir| {
-        raw.storage.fsync = "1h".into();
-        disk = FailingDisk::mount(&dir.join("backing"), &dir.join("data"));
-    })
-    .await?;
-    let disk = disk.context("mount the failing disk")?;
     let mut client = node.connect().await?;
     // The stream, its files and a first batch reach the device while it works.
     let ack = client

@@ -180,22 +180,7 @@ async fn up_runs_a_cluster_that_survives_a_killed_member_and_stops_cleanly() -> 
 async fn up_killed_with_9_takes_its_nodes_down() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let args: Vec<String> = ["up", "--ephemeral-ports", "--storage", "1"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(
-            [
-                "--replication-factor",
-                "1",
-                "--write-quorum",
-                "1",
-                "--read-quorum",
-                "1",
-            ]
-            .map(String::from),
-        )
-        .chain(["--data-dir".to_string(), data.display().to_string()])
-        .collect();
+    let args = common::up_with_one_member(&data);
     let mut up = NodeProcess::spawn(&binary_path("logcluster"), &args)?;
     up.wait_ready(&data.join("ready.json"), Duration::from_secs(60))
         .await?;

@@ -331,6 +331,29 @@ pub async fn closed_by_server(
 /// Polls until a value comes or the deadline (stretched by LOGCLUSTER_TEST_PATIENCE) passes.
 pub use logcluster_testkit::eventually;
 
+/// Arguments of a `logcluster up` with one storage member (one copy of everything) on
+/// ephemeral ports, its data in `data`: the smallest whole cluster.
+pub fn up_with_one_member(data: &Path) -> Vec<String> {
+    let flags = [
+        "up",
+        "--ephemeral-ports",
+        "--storage",
+        "1",
+        "--replication-factor",
+        "1",
+        "--write-quorum",
+        "1",
+        "--read-quorum",
+        "1",
+        "--data-dir",
+    ];
+    flags
+        .iter()
+        .map(|s| s.to_string())
+        .chain([data.display().to_string()])
+        .collect()
+}
+
 /// NDJSON whose `wide` records grow, once their nested keys are flattened, to over 256 MiB
 /// together (300 records of 1,000 fields, each key 1,000 bytes longer than sent), between
 /// two small `ok` records.
