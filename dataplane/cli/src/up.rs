@@ -134,6 +134,24 @@ struct Node {
     ready: serde_json::Value,
     /// Liveness checks in a row that the node answered "needs a restart" (503).
     unhealthy: u32,
+    /// When this process was started.
+    started: tokio::time::Instant,
+    /// The wait before the next restart: none after a node ran [`STABLE_AFTER`], then 1 s,
+    /// doubling up to [`RESTART_BACKOFF_MAX`] while restarts fail or the node soon stops again
+    /// (the kubelet's crash-loop back-off), so that a node that cannot start (its disk still
+    /// failing, its port taken) is not started twice a second.
+    backoff: Duration,
+    /// When the node, stopped, is started again.
+    restart_at: Option<tokio::time::Instant>,
+}
+
+/// A node that ran this long before it stopped is restarted at once.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The back-off after `backoff`: 1 s, then doubling up to [`RESTART_BACKOFF_MAX`].
+fn longer(backoff: Duration) -> Duration {
+    (backoff * 2).clamp(Duration::from_secs(1), RESTART_BACKOFF_MAX)
 }
 
 /// How often `up` asks each node whether it is live (`/healthz`), and after how many answers
@@ -298,6 +316,9 @@ async fn start(name: &str, config: RawNodeConfig, paths: &Paths) -> anyhow::Resu
                 child,
                 ready: info,
                 unhealthy: 0,
+                started: tokio::time::Instant::now(),
+                backoff: Duration::ZERO,
+                restart_at: None,
             };
             node.pin_ports(paths)?;
             Ok(node)
@@ -545,10 +566,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
             let mut restarted_any = false;
             for node in nodes.iter_mut() {
+                let now = tokio::time::Instant::now();
                 match node.child.try_wait() {
-                    Ok(Some(status)) => {
-                        warn!(node = %node.name, %status, "node exited; restarting it (its log is in the data directory)");
+                    Ok(Some(status)) if node.restart_at.is_none() => {
+                        if node.started.elapsed() >= STABLE_AFTER {
+                            node.backoff = Duration::ZERO;
+                        }
+                        node.restart_at = Some(now + node.backoff);
+                        warn!(node = %node.name, %status, in_seconds = node.backoff.as_secs(), "node exited; restarting it (its log is in the data directory)");
                     }
+                    Ok(Some(_)) => {}
                     _ if check_liveness => match node.liveness().await {
                         Liveness::NeedsRestart(why) => {
                             node.unhealthy += 1;
@@ -557,6 +584,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                             }
                             warn!(node = %node.name, %why, "node says it needs a restart; restarting it (its log is in the data directory)");
                             terminate(&node.name, &mut node.child).await;
+                            node.restart_at = Some(now);
                         }
                         Liveness::Live => {
                             node.unhealthy = 0;
@@ -566,14 +594,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     },
                     _ => continue,
                 }
+                if node
+                    .restart_at
+                    .is_some_and(|at| tokio::time::Instant::now() < at)
+                {
+                    continue;
+                }
                 match start(&node.name, node.raw.clone(), &paths).await {
-                    Ok(restarted) => {
+                    Ok(mut restarted) => {
                         info!(node = %node.name, "node restarted");
+                        // Should it stop again soon, the next restart waits longer.
+                        restarted.backoff = longer(node.backoff);
                         *node = restarted;
                         restarted_any = true;
                     }
                     Err(error) => {
-                        warn!(node = %node.name, error = %format!("{error:#}"), "restart failed; trying again")
+                        node.backoff = longer(node.backoff);
+                        node.restart_at = Some(tokio::time::Instant::now() + node.backoff);
+                        warn!(node = %node.name, error = %format!("{error:#}"), "restart failed; trying again in {}s", node.backoff.as_secs())
                     }
                 }
             }

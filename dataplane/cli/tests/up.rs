@@ -217,3 +217,72 @@ async fn up_killed_with_9_takes_its_nodes_down() -> anyhow::Result<()> {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+/// A node that cannot start again is retried after a growing wait (1 s, 2 s, 4 s, … like the
+/// kubelet's crash-loop back-off), not twice a second; once it can start, it is back. Its
+/// HTTP port is taken here while it is down, so each restart fails.
+#[tokio::test]
+async fn up_waits_longer_between_failed_restarts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut up = NodeProcess::spawn(
+        &binary_path("logcluster"),
+        &common::up_with_one_member(&data),
+    )?;
+    up.wait_ready(&data.join("ready.json"), Duration::from_secs(60))
+        .await?;
+    let member = |info: &Value| {
+        (
+            info["storage"][0]["pid"].as_u64().unwrap_or(0),
+            info["storage"][0]["http"].as_u64().unwrap_or(0),
+        )
+    };
+    let (first, http) = member(&ready(&data)?);
+    let taken = eventually(
+        "the member's port taken while it is down",
+        Duration::from_secs(30),
+        || {
+            let data = data.clone();
+            async move {
+                let (pid, _) = member(&ready(&data).ok()?);
+                if alive(pid) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status();
+                }
+                std::net::TcpListener::bind(("127.0.0.1", http as u16)).ok()
+            }
+        },
+    )
+    .await?;
+    eventually(
+        "restarts three times refused",
+        Duration::from_secs(60),
+        || {
+            let log = up.log_contents();
+            async move { log.contains("trying again in 4s").then_some(()) }
+        },
+    )
+    .await?;
+    let log = up.log_contents();
+    let waits: Vec<usize> = ["in 1s", "in 2s", "in 4s"]
+        .iter()
+        .filter_map(|wait| log.find(wait))
+        .collect();
+    assert!(
+        waits.len() == 3 && waits.windows(2).all(|w| w[0] < w[1]),
+        "each wait longer than the last: {log}"
+    );
+    drop(taken);
+    eventually("the member back", Duration::from_secs(60), || {
+        let data = data.clone();
+        async move {
+            let (pid, _) = member(&ready(&data).ok()?);
+            (pid != first && alive(pid)).then_some(())
+        }
+    })
+    .await?;
+    let status = up.terminate(Duration::from_secs(60)).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
