@@ -62,6 +62,7 @@ pub fn render(status: &Value) -> String {
             member["leaving"].as_bool().unwrap_or(false),
         ) {
             (false, _, _) => "unreachable",
+            (true, ..) if own["needs_restart"].is_string() => "needs restart",
             (true, _, true) => "leaving",
             (true, false, _) => "not ready",
             (true, true, false) => "up",

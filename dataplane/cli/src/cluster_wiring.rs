@@ -257,6 +257,8 @@ pub async fn member_status(
         logcluster_cluster::antientropy::streams_to_hand_over(store, &view.ring, name);
     json!({
         "name": name,
+        // Why the member needs a restart (a sync failed; its probes answer 503), if it does.
+        "needs_restart": store.sync_failed(),
         "storage": store.stats(),
         "hints_pending_bytes": pending,
         "repair": {

@@ -695,6 +695,13 @@ async fn up_restarts_a_member_that_says_it_needs_a_restart() -> anyhow::Result<(
     );
     let (status, body) = common::http(&member_http, "GET", "/healthz", &[], b"").await?;
     assert_eq!(status, 503, "{body}");
+    // `logcluster cluster status` says so too.
+    let output = std::process::Command::new(logcluster_testkit::binary_path("logcluster"))
+        .args(["cluster", "status", "--url"])
+        .arg(format!("http://127.0.0.1:{}", ports["http"]))
+        .output()?;
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("needs restart"), "{table}");
     common::eventually(
         "up to restart the member",
         std::time::Duration::from_secs(60),
