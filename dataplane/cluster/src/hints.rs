@@ -163,9 +163,7 @@ impl HintStore {
                 .append(true)
                 .open(&path)
                 .map_err(io(&path))?;
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&dir))?;
+            logcluster_common::durable::sync_parent(&path).map_err(io(&dir))?;
             open.insert(
                 member.to_string(),
                 Open {

@@ -1,4 +1,4 @@
-//! Directories made durable: a directory's entry lives in its parent's data, so a directory
+//! Files and directories made durable. Directories: a directory's entry lives in its parent's data, so a directory
 //! created without an fsync of its parent may vanish in a crash, and with it every file inside
 //! that was itself fsynced (an acknowledged WAL). Some file systems sync new parents with a
 //! file's fsync (ext4, XFS through their journals); POSIX does not promise it.
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// created (outermost first), so that the whole path survives a crash.
 pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     for parent in create_dir_all_unsynced(dir)? {
-        std::fs::File::open(parent)?.sync_all()?;
+        sync_dir(&parent)?;
     }
     Ok(())
 }
@@ -44,7 +44,26 @@ fn parent_of(path: &Path) -> PathBuf {
 
 /// Fsyncs the directory that holds `path`, making a create, rename or delete there durable.
 pub fn sync_parent(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(parent_of(path))?.sync_all()
+    sync_dir(&parent_of(path))
+}
+
+/// Fsyncs directory `dir` itself (the entries it holds).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Drops a file's pages from the page cache once a sync covering it failed. After a failed
+/// write-back the kernel marks the lost pages clean but keeps them cached, so whatever reads
+/// the file next (a restarted node's recovery) would see data the disk never got. Read from
+/// the device, the file shows the hole, which checksums catch. Pages dirtied since stay (what
+/// they hold was never acknowledged).
+pub fn forget_cached_pages(file: &std::fs::File, path: &Path) {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::warn!(path = %path.display(), %error, "could not drop the pages of a file whose sync failed from the page cache");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, path);
 }
 
 #[cfg(test)]

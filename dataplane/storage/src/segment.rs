@@ -899,7 +899,10 @@ impl OpenSegment {
     /// Writes index and footer after the blocks (cutting off whatever a failed attempt left
     /// there), fsyncs, and renames the file to `sealed_path`, which must not exist yet.
     /// `Err`: nothing was renamed, and sealing may be tried again. `Ok`: the sealed file, its
-    /// size, and whether fsyncing the directory (the rename's durability) succeeded.
+    /// size, and whether fsyncing the directory (the rename's durability) succeeded. Tests'
+    /// shorthand for [`OpenSegment::write_index`] then [`OpenSegment::rename`]: a stream syncs
+    /// the trace ids its blocks refer to and makes the next segment's files between the two.
+    #[cfg(test)]
     pub fn seal(
         &mut self,
         index: &SegmentIndex,
@@ -964,20 +967,6 @@ pub struct Sealing {
     pub size: u64,
     /// Fsyncing the directory after the rename.
     pub dir_synced: Result<(), StorageError>,
-}
-
-/// Drops a file's pages from the page cache once a sync covering it failed. After a failed
-/// write-back the kernel marks the lost pages clean but keeps them cached, so whatever reads
-/// the file next (a restarted node's recovery) would see data the disk never got. Read from
-/// the device, the file shows the hole, which checksums catch. Pages dirtied since stay (what
-/// they hold was never acknowledged).
-pub fn forget_cached_pages(file: &File, path: &Path) {
-    #[cfg(target_os = "linux")]
-    if let Err(error) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
-        tracing::warn!(path = %path.display(), %error, "could not drop the pages of a file whose sync failed from the page cache");
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, path);
 }
 
 /// Fsyncs the directory holding `path` so a create, rename or delete is durable.

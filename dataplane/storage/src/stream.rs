@@ -926,7 +926,7 @@ impl Inner {
     /// final, as a failed WAL sync is.
     fn sync_dirs(&mut self) -> Result<(), StorageError> {
         while let Some(dir) = self.unsynced_dirs.last() {
-            if let Err(source) = File::open(dir).and_then(|d| d.sync_all()) {
+            if let Err(source) = logcluster_common::durable::sync_dir(dir) {
                 let error = StorageError::io("sync directory", dir, source);
                 self.fail_sync(logcluster_common::error_chain(&error));
                 return Err(error);
@@ -951,7 +951,7 @@ impl Inner {
         // A restarted node's recovery must read the WAL from the device: replaying records
         // only the page cache kept, it would take a retry of their batch for a duplicate and
         // append after a hole that the device's next read cuts the WAL short at.
-        segment::forget_cached_pages(&self.wal, &self.wal_path);
+        logcluster_common::durable::forget_cached_pages(&self.wal, &self.wal_path);
     }
 
     /// An error once a sync of the WAL has failed.

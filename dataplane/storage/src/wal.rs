@@ -130,7 +130,7 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
         .map_err(|source| StorageError::io("open wal", path, source))?;
     if let Err(error) = replay_sync(&file) {
         tracing::warn!(wal = %path.display(), %error, "a write-back of this WAL failed before the restart: reading what the device holds");
-        crate::segment::forget_cached_pages(&file, path);
+        logcluster_common::durable::forget_cached_pages(&file, path);
     }
     let mut data = Vec::new();
     file.read_to_end(&mut data)
