@@ -16,10 +16,11 @@ use logcluster_cluster::rpc::Handler;
 use logcluster_common::shutdown::Shutdown;
 use logcluster_config::{ClusterConfig, MembersSource, RawTls};
 use logcluster_ingest::pipeline::{Sink, SinkOutcome, Stored};
-use logcluster_proto::LogEntry;
+use logcluster_proto::{EntryRef, LogEntry};
 use logcluster_query::api::{QueryRequest, QueryService};
 use logcluster_query::fanout;
 use logcluster_storage::Store;
+use logcluster_storage::wal::EntryBodies;
 use serde_json::{Value, json};
 
 /// Follows the configured membership source and builds the replication client.
@@ -106,7 +107,27 @@ impl Sink for ClusterSink {
     /// Cuts and encodes the batch's parts at once, by the caller: on the thread that decoded
     /// it when called through [`Sink::append_from_blocking_thread`].
     fn append(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
-        let batch = EncodedBatch::new(entries);
+        self.send(batch_uid, EncodedBatch::new(entries))
+    }
+
+    fn takes_views(&self) -> bool {
+        true
+    }
+
+    /// The parts are made of the bodies: no entry is encoded again.
+    fn append_views_from_blocking_thread(
+        &self,
+        batch_uid: u64,
+        views: Vec<EntryRef<'_>>,
+        bodies: &EntryBodies<'_>,
+    ) -> Stored {
+        self.send(batch_uid, EncodedBatch::from_views(&views, bodies))
+    }
+}
+
+impl ClusterSink {
+    /// Replicates an encoded batch; the future ends once the write quorum stored it.
+    fn send(&self, batch_uid: u64, batch: EncodedBatch) -> Stored {
         let too_large = batch.too_large().to_vec();
         let cluster = self.0.clone();
         Box::pin(async move {

@@ -290,6 +290,66 @@ impl EncodedBatch {
         batch
     }
 
+    /// [`EncodedBatch::new`] of entries given as views with their protobuf bodies
+    /// (`bodies.spans[i]` encodes `views[i]`, as prost writes it): each part is made of the
+    /// bodies as they are, not encoded again.
+    pub fn from_views(
+        views: &[logcluster_proto::EntryRef<'_>],
+        bodies: &logcluster_storage::wal::EntryBodies<'_>,
+    ) -> EncodedBatch {
+        let total: usize = bodies.spans.iter().map(|span| span.len() + 6).sum();
+        if total > MAX_BATCH_BYTES {
+            // Rare: the owned path knows how to leave parts out.
+            return EncodedBatch::new(views.iter().map(|view| view.to_entry()).collect());
+        }
+        // Each view's partition, looked up per run of one stream; then each part sized once.
+        let mut run: Option<(&str, &str, PartitionId)> = None;
+        let partitions: Vec<PartitionId> = views
+            .iter()
+            .map(|view| match run {
+                Some((tenant, service, p)) if tenant == view.tenant && service == view.service => p,
+                _ => {
+                    let p = partition_of(view.tenant, view.service);
+                    run = Some((view.tenant, view.service, p));
+                    p
+                }
+            })
+            .collect();
+        let mut sizes: BTreeMap<PartitionId, usize> = BTreeMap::new();
+        for (partition, span) in partitions.iter().zip(&bodies.spans) {
+            *sizes.entry(*partition).or_default() +=
+                1 + prost::length_delimiter_len(span.len()) + span.len();
+        }
+        let mut parts: BTreeMap<PartitionId, EncodedPart> = sizes
+            .into_iter()
+            .map(|(partition, size)| {
+                let part = EncodedPart {
+                    encoded: Vec::with_capacity(size),
+                    entries: 0,
+                };
+                (partition, part)
+            })
+            .collect();
+        for (partition, span) in partitions.iter().zip(&bodies.spans) {
+            let Some(part) = parts.get_mut(partition) else {
+                continue;
+            };
+            let body = &bodies.source[span.clone()];
+            prost::encoding::encode_key(
+                4,
+                prost::encoding::WireType::LengthDelimited,
+                &mut part.encoded,
+            );
+            prost::encoding::encode_varint(body.len() as u64, &mut part.encoded);
+            part.encoded.extend_from_slice(body);
+            part.entries += 1;
+        }
+        EncodedBatch {
+            parts,
+            too_large: Vec::new(),
+        }
+    }
+
     /// Leaves out every stream over `limit` bytes (one WAL record each on a member), then
     /// the largest streams until the rest is at most `limit` bytes (one request), noting the
     /// positions of their entries; the parts of their partitions are encoded again without
@@ -856,7 +916,7 @@ mod tests {
             .collect();
         let batch = EncodedBatch::new(entries.clone());
         let mut expected: BTreeMap<PartitionId, Vec<LogEntry>> = BTreeMap::new();
-        for entry in entries {
+        for entry in entries.clone() {
             expected
                 .entry(partition_of(&entry.tenant, &entry.service))
                 .or_default()
@@ -870,6 +930,29 @@ mod tests {
             let want = &expected[partition];
             assert_eq!(part.entries, want.len());
             assert_eq!(part.encoded, crate::messages::encode_entries(want));
+        }
+        // The same batch from views and their bodies is the same bytes.
+        let views: Vec<logcluster_proto::EntryRef<'_>> =
+            entries.iter().map(logcluster_proto::EntryRef::of).collect();
+        let mut source = Vec::new();
+        let mut spans = Vec::new();
+        for view in &views {
+            let start = source.len();
+            view.encode_body(&mut source);
+            spans.push(start..source.len());
+        }
+        let bodies = logcluster_storage::wal::EntryBodies {
+            source: &source,
+            spans,
+        };
+        let from_views = EncodedBatch::from_views(&views, &bodies);
+        assert_eq!(
+            from_views.parts.keys().collect::<Vec<_>>(),
+            batch.parts.keys().collect::<Vec<_>>()
+        );
+        for (partition, part) in &batch.parts {
+            assert_eq!(from_views.parts[partition].entries, part.entries);
+            assert_eq!(from_views.parts[partition].encoded, part.encoded);
         }
     }
 

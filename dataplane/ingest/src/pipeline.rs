@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use logcluster_proto::entry::FieldValue;
-use logcluster_proto::{AckStatus, Format, LogEntry};
+use logcluster_proto::{AckStatus, EntryRef, FieldRef, Format, LogEntry};
 use logcluster_schema::{SchemaRegistry, SchemaSet};
+use logcluster_storage::wal::EntryBodies;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::decode::{self, DecodeContext, DecodeOutput, Decoded, RecordError, RejectReason};
@@ -32,6 +33,24 @@ pub trait Sink: Send + Sync + 'static {
     /// the wait for durability to the future.
     fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
         self.append(batch_uid, entries)
+    }
+
+    /// Whether [`Sink::append_views_from_blocking_thread`] stores views without owned
+    /// entries; the pipeline then decodes JSON into views of its payload.
+    fn takes_views(&self) -> bool {
+        false
+    }
+
+    /// [`Sink::append_from_blocking_thread`] of entries as views, with their protobuf bodies
+    /// (`bodies.spans[i]` is the encoding of `views[i]`, as prost writes it).
+    fn append_views_from_blocking_thread(
+        &self,
+        batch_uid: u64,
+        views: Vec<EntryRef<'_>>,
+        bodies: &EntryBodies<'_>,
+    ) -> Stored {
+        let _ = bodies;
+        self.append_from_blocking_thread(batch_uid, views.iter().map(EntryRef::to_entry).collect())
     }
 }
 
@@ -60,6 +79,22 @@ impl Sink for Arc<logcluster_storage::Store> {
     /// for the group commit.
     fn append_from_blocking_thread(&self, batch_uid: u64, entries: Vec<LogEntry>) -> Stored {
         let appended = self.append_on_this_thread(batch_uid, entries, None);
+        stored(appended.durable())
+    }
+
+    fn takes_views(&self) -> bool {
+        true
+    }
+
+    /// As a replica write: blocks are built from the views, and the WAL records are made
+    /// of the bodies.
+    fn append_views_from_blocking_thread(
+        &self,
+        batch_uid: u64,
+        views: Vec<EntryRef<'_>>,
+        bodies: &EntryBodies<'_>,
+    ) -> Stored {
+        let appended = self.append_received_on_this_thread(batch_uid, views, bodies);
         stored(appended.durable())
     }
 }
@@ -133,6 +168,28 @@ impl Enrichment {
         add("k8s.pod", &self.pod);
         add("k8s.namespace", &self.namespace);
         add("k8s.node", &self.node);
+    }
+
+    /// [`Enrichment::apply`] to a view (its fields stay in key order).
+    fn apply_to_view<'a>(&'a self, view: &mut EntryRef<'a>) {
+        if view.host.is_empty()
+            && let Some(host) = &self.host
+        {
+            view.host = host;
+        }
+        for (key, value) in [
+            ("environment", &self.environment),
+            ("app_version", &self.app_version),
+            ("k8s.pod", &self.pod),
+            ("k8s.namespace", &self.namespace),
+            ("k8s.node", &self.node),
+        ] {
+            if let Some(value) = value
+                && let Err(at) = view.fields.binary_search_by(|(k, _)| (*k).cmp(key))
+            {
+                view.fields.insert(at, (key, FieldRef::Str(value)));
+            }
+        }
     }
 }
 
@@ -440,16 +497,50 @@ impl Pipeline {
         let len = payload.len();
         let input_format = source.format;
         let max_records = self.max_batch_records;
+        // Records keep their parsed JSON only when a schema of the set that will validate
+        // them could want it.
+        let context = move |schemas: &SchemaSet| DecodeContext {
+            default_service: "unknown".to_string(),
+            keep_original: schemas.has_schema_for_format(input_format),
+            max_records,
+        };
+        if format == Format::Json && self.sink.takes_views() {
+            return self.ingest_json_views(source, payload, context).await;
+        }
         self.ingest_with(source, len, move |schemas| {
-            // Records keep their parsed JSON only when a schema of the set that will
-            // validate them could want it.
-            let ctx = DecodeContext {
-                default_service: "unknown".to_string(),
-                keep_original: schemas.has_schema_for_format(input_format),
-                max_records,
-            };
-            decode::decode_payload(format, &payload, &ctx)
+            decode::decode_payload(format, &payload, &context(schemas))
                 .map_err(|error| (error.reason(), error.to_string()))
+        })
+        .await
+    }
+
+    /// [`Pipeline::ingest_payload`] of JSON for a sink that takes views: NDJSON records are
+    /// decoded as views of the payload and stored from them on the decoding thread
+    /// ([`decode::decode_json_views`]); a payload the views cannot read is decoded as usual.
+    async fn ingest_json_views(
+        self: &Arc<Self>,
+        source: BatchSource,
+        payload: Vec<u8>,
+        context: impl FnOnce(&SchemaSet) -> DecodeContext + Send + 'static,
+    ) -> BatchResult {
+        let len = payload.len();
+        self.ingest_prepared(source, len, move |pipeline, source, schemas| {
+            let ctx = context(schemas);
+            match decode::decode_json_views(&payload, &ctx) {
+                Some(Ok(output)) => {
+                    if output.records.len() + output.errors.len() > pipeline.max_batch_records {
+                        let error =
+                            decode::PayloadError::TooManyRecords(pipeline.max_batch_records);
+                        return Err((error.reason(), error.to_string()));
+                    }
+                    Ok(pipeline.prepare_views_and_store(source, output, schemas))
+                }
+                Some(Err(error)) => Err((error.reason(), error.to_string())),
+                None => decode::decode_payload(Format::Json, &payload, &ctx)
+                    .map_err(|error| (error.reason(), error.to_string()))
+                    .and_then(|output| pipeline.within_limit(output))
+                    .map(|output| pipeline.prepare_and_store(source, output, schemas)),
+            }
         })
         .await
     }
@@ -483,6 +574,59 @@ impl Pipeline {
     where
         F: FnOnce(&SchemaSet) -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
     {
+        self.ingest_prepared(source, payload_len, move |pipeline, source, schemas| {
+            let output = decode(schemas)?;
+            let output = if client_batch {
+                pipeline.within_limit(output)?
+            } else {
+                output
+            };
+            Ok(pipeline.prepare_and_store(source, output, schemas))
+        })
+        .await
+    }
+
+    /// [`Pipeline::prepare`], and the accepted entries handed to the sink on this (blocking)
+    /// thread.
+    fn prepare_and_store(
+        &self,
+        source: &BatchSource,
+        output: DecodeOutput,
+        schemas: &SchemaSet,
+    ) -> Prepared {
+        let mut prepared = self.prepare(source, output, schemas);
+        if let Accepted::Entries(entries) = &mut prepared.accepted
+            && !entries.is_empty()
+        {
+            let entries = std::mem::take(entries);
+            // Counted until the store future ends, or is dropped unfinished (the ingest was
+            // abandoned), or the sink panics here.
+            let inflight = InFlight::start(&self.metrics);
+            let stored = self
+                .sink
+                .append_from_blocking_thread(prepared.batch_uid, entries);
+            prepared.accepted = Accepted::Storing(Box::pin(async move {
+                let _inflight = inflight;
+                stored.await
+            }));
+        }
+        prepared
+    }
+
+    /// Runs `work` (decode, prepare, hand to the sink) for a payload of `payload_len` bytes
+    /// on a blocking thread, and answers the batch once stored; an `Err` refuses the whole
+    /// payload with that reason and message.
+    async fn ingest_prepared<F>(
+        self: &Arc<Self>,
+        source: BatchSource,
+        payload_len: usize,
+        work: F,
+    ) -> BatchResult
+    where
+        F: FnOnce(&Pipeline, &BatchSource, &SchemaSet) -> Result<Prepared, (RejectReason, String)>
+            + Send
+            + 'static,
+    {
         let started = Instant::now();
         self.metrics
             .bytes
@@ -496,32 +640,7 @@ impl Pipeline {
         let src = source.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let schemas = pipeline.schemas.current();
-            let decoded = decode(&schemas).and_then(|output| {
-                if client_batch {
-                    pipeline.within_limit(output)
-                } else {
-                    Ok(output)
-                }
-            });
-            decoded.map(|output| {
-                let mut prepared = pipeline.prepare(&src, output, &schemas);
-                if let Accepted::Entries(entries) = &mut prepared.accepted
-                    && !entries.is_empty()
-                {
-                    let entries = std::mem::take(entries);
-                    // Counted until the store future ends, or is dropped unfinished (the
-                    // ingest was abandoned), or the sink panics here.
-                    let inflight = InFlight::start(&pipeline.metrics);
-                    let stored = pipeline
-                        .sink
-                        .append_from_blocking_thread(prepared.batch_uid, entries);
-                    prepared.accepted = Accepted::Storing(Box::pin(async move {
-                        let _inflight = inflight;
-                        stored.await
-                    }));
-                }
-                prepared
-            })
+            work(&pipeline, &src, &schemas)
         })
         .await;
         match prepared {
@@ -579,8 +698,119 @@ impl Pipeline {
 
     /// Tenant, validation, enrichment and ids (CPU only).
     fn prepare(&self, source: &BatchSource, output: DecodeOutput, schemas: &SchemaSet) -> Prepared {
+        let (batch_uid, received_at) = self.batch_uid_and_time(source);
+        if output.repaired > 0 {
+            self.metrics
+                .utf8_repaired
+                .get_or_create(&label("format", source.format))
+                .inc_by(output.repaired as u64);
+        }
+        let records = output
+            .records
+            .into_iter()
+            .map(|Decoded { entry, original }| (entry, original));
+        let (kept, errors) =
+            self.prepare_entries(source, records, output.errors, schemas, received_at);
+        let entries: Vec<LogEntry> = kept
+            .into_iter()
+            .map(|(position, mut entry)| {
+                entry.id = logcluster_common::ids::entry_id(batch_uid, position);
+                entry
+            })
+            .collect();
+        Prepared {
+            batch_uid,
+            count: entries.len() as u32,
+            accepted: Accepted::Entries(entries),
+            errors,
+        }
+    }
+
+    /// [`Pipeline::prepare`] of JSON decoded as views of its payload, handed to the sink
+    /// right here with their protobuf bodies (which become the WAL records): no owned entry
+    /// is made for a record the views took.
+    fn prepare_views_and_store(
+        &self,
+        source: &BatchSource,
+        output: decode::ViewsOutput<'_>,
+        schemas: &SchemaSet,
+    ) -> Prepared {
+        let (batch_uid, received_at) = self.batch_uid_and_time(source);
+        // Records the views left are owned entries: kept aside, viewed once prepared.
+        let mut owned = Vec::new();
+        let records = output.records.into_iter().map(|record| match record {
+            decode::Record::View(view) => (Draft::View(view), None),
+            decode::Record::Owned(Decoded { entry, original }) => (Draft::Owned(entry), original),
+        });
+        let (kept, errors) =
+            self.prepare_entries(source, records, output.errors, schemas, received_at);
+        let kept: Vec<(u32, Option<EntryRef<'_>>)> = kept
+            .into_iter()
+            .map(|(position, draft)| match draft {
+                Draft::View(view) => (position, Some(view)),
+                Draft::Owned(entry) => {
+                    owned.push(entry);
+                    (position, None)
+                }
+            })
+            .collect();
+        let count = kept.len() as u32;
+        if kept.is_empty() {
+            return Prepared {
+                batch_uid,
+                count,
+                accepted: Accepted::Entries(Vec::new()),
+                errors,
+            };
+        }
+        let ids: Vec<String> = kept
+            .iter()
+            .map(|(position, _)| logcluster_common::ids::entry_id(batch_uid, *position))
+            .collect();
+        let mut owned = owned.iter();
+        let views: Vec<EntryRef<'_>> = kept
+            .into_iter()
+            .zip(&ids)
+            .map(|((_, view), id)| {
+                let mut view = view.unwrap_or_else(|| {
+                    EntryRef::of(owned.next().expect("one owned entry per draft left"))
+                });
+                view.id = id;
+                view
+            })
+            .collect();
+        let mut source_bytes = Vec::with_capacity(views.len() * 256);
+        let mut spans = Vec::with_capacity(views.len());
+        for view in &views {
+            let start = source_bytes.len();
+            view.encode_body(&mut source_bytes);
+            spans.push(start..source_bytes.len());
+        }
+        let bodies = EntryBodies {
+            source: &source_bytes,
+            spans,
+        };
+        // Counted until the store future ends, or is dropped unfinished (the ingest was
+        // abandoned), or the sink panics here.
+        let inflight = InFlight::start(&self.metrics);
+        let stored = self
+            .sink
+            .append_views_from_blocking_thread(batch_uid, views, &bodies);
+        Prepared {
+            batch_uid,
+            count,
+            accepted: Accepted::Storing(Box::pin(async move {
+                let _inflight = inflight;
+                stored.await
+            })),
+            errors,
+        }
+    }
+
+    /// The batch's uid and receive time: a retried batch id keeps its first receive time.
+    fn batch_uid_and_time(&self, source: &BatchSource) -> (u64, i64) {
         let now = logcluster_proto::time::now_nanos();
-        let (batch_uid, received_at) = if source.batch_id == 0 {
+        if source.batch_id == 0 {
             (logcluster_common::ids::random_u64(), now)
         } else {
             let uid = logcluster_common::ids::batch_uid(
@@ -589,32 +819,33 @@ impl Pipeline {
             );
             let mut first_seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
             (uid, first_seen.received_at(uid, now))
-        };
-        let mut errors: Vec<RecordError> = output.errors;
+        }
+    }
+
+    /// Tenant, validation, receive time and enrichment of decoded records (each with its
+    /// parsed JSON when kept), after `errors` the decoder refused: the entries kept, each
+    /// with its position among the records (which its id is made of), and every refusal,
+    /// counted, in payload order.
+    fn prepare_entries<'a, E: Prepare<'a>>(
+        &'a self,
+        source: &'a BatchSource,
+        records: impl Iterator<Item = (E, Option<serde_json::Value>)>,
+        errors: Vec<RecordError>,
+        schemas: &SchemaSet,
+        received_at: i64,
+    ) -> (Vec<(u32, E)>, Vec<RecordError>) {
+        let mut errors = errors;
         for error in &errors {
             self.count_rejected(source.format, error.reason, 1);
         }
-        if output.repaired > 0 {
-            self.metrics
-                .utf8_repaired
-                .get_or_create(&label("format", source.format))
-                .inc_by(output.repaired as u64);
-        }
-        let mut entries = Vec::with_capacity(output.records.len());
+        let mut entries = Vec::with_capacity(records.size_hint().0);
         // Every payload item is either a record or a decode error, in order: the k-th record's
         // payload index is the k-th index that no decode error took.
         let mut decode_failed: Vec<usize> = errors.iter().map(|e| e.index).collect();
         decode_failed.sort_unstable();
         let mut failed = decode_failed.into_iter().peekable();
         let mut next_index = 0usize;
-        for (
-            position,
-            Decoded {
-                mut entry,
-                original,
-            },
-        ) in output.records.into_iter().enumerate()
-        {
+        for (position, (mut entry, original)) in records.enumerate() {
             while let Some(&taken) = failed.peek() {
                 if taken > next_index {
                     break;
@@ -627,16 +858,16 @@ impl Pipeline {
             let index = next_index;
             next_index += 1;
             if let Some(tenant) = &source.tenant {
-                entry.tenant = tenant.clone();
-            } else if entry.tenant.is_empty() {
-                entry.tenant = self.default_tenant.clone();
+                entry.set_tenant(tenant);
+            } else if entry.tenant_is_empty() {
+                entry.set_tenant(&self.default_tenant);
             }
-            if entry.service.is_empty() {
-                entry.service = "unknown".to_string();
+            if entry.service().is_empty() {
+                entry.set_service("unknown");
             }
-            if schemas.has_schema_for(&entry.service, source.format) {
-                let view = original.unwrap_or_else(|| schema_view(&entry));
-                if let Err(violation) = schemas.validate(&entry.service, source.format, &view) {
+            if schemas.has_schema_for(entry.service(), source.format) {
+                let view = original.unwrap_or_else(|| entry.schema_view());
+                if let Err(violation) = schemas.validate(entry.service(), source.format, &view) {
                     self.metrics
                         .schema_rejects
                         .get_or_create(&labels2(
@@ -655,10 +886,10 @@ impl Pipeline {
                     continue;
                 }
             }
-            entry.received_at = received_at;
-            if entry.timestamp == 0 {
-                entry.timestamp = received_at;
-            } else if entry.timestamp.saturating_sub(received_at) > self.max_ahead_nanos {
+            let timestamp = entry.timestamp();
+            if timestamp == 0 {
+                entry.set_times(received_at, received_at);
+            } else if timestamp.saturating_sub(received_at) > self.max_ahead_nanos {
                 // Judged against the batch's first receive time: a retry is judged the same.
                 self.count_rejected(source.format, RejectReason::FutureTimestamp, 1);
                 errors.push(RecordError {
@@ -666,23 +897,19 @@ impl Pipeline {
                     reason: RejectReason::FutureTimestamp,
                     message: format!(
                         "timestamp {} is more than ingest.maxTimestampAhead ahead of the node's clock ({})",
-                        logcluster_proto::time::format_rfc3339(entry.timestamp),
+                        logcluster_proto::time::format_rfc3339(timestamp),
                         logcluster_proto::time::format_rfc3339(received_at),
                     ),
                 });
                 continue;
+            } else {
+                entry.set_times(timestamp, received_at);
             }
-            self.enrichment.apply(&mut entry);
-            entry.id = logcluster_common::ids::entry_id(batch_uid, position as u32);
-            entries.push(entry);
+            entry.enrich(&self.enrichment);
+            entries.push((position as u32, entry));
         }
         errors.sort_by_key(|e| e.index);
-        Prepared {
-            batch_uid,
-            count: entries.len() as u32,
-            accepted: Accepted::Entries(entries),
-            errors,
-        }
+        (entries, errors)
     }
 
     async fn commit(
@@ -846,6 +1073,134 @@ impl Pipeline {
     }
 }
 
+/// What [`Pipeline::prepare_entries`] changes in an entry, owned or a view; a view takes
+/// the text it is given by reference.
+trait Prepare<'a> {
+    fn tenant_is_empty(&self) -> bool;
+    fn set_tenant(&mut self, tenant: &'a str);
+    fn service(&self) -> &str;
+    fn set_service(&mut self, service: &'static str);
+    fn timestamp(&self) -> i64;
+    fn set_times(&mut self, timestamp: i64, received_at: i64);
+    fn enrich(&mut self, enrichment: &'a Enrichment);
+    /// What a schema validates when the record's JSON was not kept.
+    fn schema_view(&self) -> serde_json::Value;
+}
+
+impl<'a> Prepare<'a> for LogEntry {
+    fn tenant_is_empty(&self) -> bool {
+        self.tenant.is_empty()
+    }
+    fn set_tenant(&mut self, tenant: &'a str) {
+        tenant.clone_into(&mut self.tenant);
+    }
+    fn service(&self) -> &str {
+        &self.service
+    }
+    fn set_service(&mut self, service: &'static str) {
+        service.clone_into(&mut self.service);
+    }
+    fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+    fn set_times(&mut self, timestamp: i64, received_at: i64) {
+        self.timestamp = timestamp;
+        self.received_at = received_at;
+    }
+    fn enrich(&mut self, enrichment: &'a Enrichment) {
+        enrichment.apply(self);
+    }
+    fn schema_view(&self) -> serde_json::Value {
+        schema_view(self)
+    }
+}
+
+impl<'a> Prepare<'a> for EntryRef<'a> {
+    fn tenant_is_empty(&self) -> bool {
+        self.tenant.is_empty()
+    }
+    fn set_tenant(&mut self, tenant: &'a str) {
+        self.tenant = tenant;
+    }
+    fn service(&self) -> &str {
+        self.service
+    }
+    fn set_service(&mut self, service: &'static str) {
+        self.service = service;
+    }
+    fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+    fn set_times(&mut self, timestamp: i64, received_at: i64) {
+        self.timestamp = timestamp;
+        self.received_at = received_at;
+    }
+    fn enrich(&mut self, enrichment: &'a Enrichment) {
+        enrichment.apply_to_view(self);
+    }
+    fn schema_view(&self) -> serde_json::Value {
+        schema_view(&self.to_entry())
+    }
+}
+
+/// A record of [`Pipeline::prepare_views_and_store`]: a view of its payload, or an owned
+/// entry the views could not take.
+enum Draft<'a> {
+    View(EntryRef<'a>),
+    Owned(LogEntry),
+}
+
+impl<'a> Prepare<'a> for Draft<'a> {
+    fn tenant_is_empty(&self) -> bool {
+        match self {
+            Draft::View(view) => view.tenant_is_empty(),
+            Draft::Owned(entry) => entry.tenant_is_empty(),
+        }
+    }
+    fn set_tenant(&mut self, tenant: &'a str) {
+        match self {
+            Draft::View(view) => view.set_tenant(tenant),
+            Draft::Owned(entry) => entry.set_tenant(tenant),
+        }
+    }
+    fn service(&self) -> &str {
+        match self {
+            Draft::View(view) => view.service,
+            Draft::Owned(entry) => &entry.service,
+        }
+    }
+    fn set_service(&mut self, service: &'static str) {
+        match self {
+            Draft::View(view) => view.set_service(service),
+            Draft::Owned(entry) => Prepare::set_service(entry, service),
+        }
+    }
+    fn timestamp(&self) -> i64 {
+        match self {
+            Draft::View(view) => view.timestamp,
+            Draft::Owned(entry) => entry.timestamp,
+        }
+    }
+    fn set_times(&mut self, timestamp: i64, received_at: i64) {
+        match self {
+            Draft::View(view) => view.set_times(timestamp, received_at),
+            Draft::Owned(entry) => entry.set_times(timestamp, received_at),
+        }
+    }
+    fn enrich(&mut self, enrichment: &'a Enrichment) {
+        match self {
+            Draft::View(view) => view.enrich(enrichment),
+            Draft::Owned(entry) => entry.enrich(enrichment),
+        }
+    }
+    fn schema_view(&self) -> serde_json::Value {
+        match self {
+            Draft::View(view) => Prepare::schema_view(view),
+            Draft::Owned(entry) => schema_view(entry),
+        }
+    }
+}
+
 struct Prepared {
     batch_uid: u64,
     accepted: Accepted,
@@ -981,6 +1336,150 @@ mod tests {
     }
 
     const PAYLOAD: &[u8] = b"{\"message\":\"one\"}\n{\"message\":\"two\"}\n";
+
+    /// A sink that keeps what it is given: owned entries, or views (then also checking that
+    /// each body is the view's encoding).
+    struct RecordingSink {
+        views: bool,
+        got: std::sync::Mutex<Vec<LogEntry>>,
+        viewed: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Sink for RecordingSink {
+        fn append(&self, _: u64, entries: Vec<LogEntry>) -> Stored {
+            self.got.lock().expect("lock").extend(entries);
+            Box::pin(async { Ok(SinkOutcome::default()) })
+        }
+
+        fn takes_views(&self) -> bool {
+            self.views
+        }
+
+        fn append_views_from_blocking_thread(
+            &self,
+            batch_uid: u64,
+            views: Vec<EntryRef<'_>>,
+            bodies: &EntryBodies<'_>,
+        ) -> Stored {
+            use prost::Message;
+            assert_eq!(views.len(), bodies.spans.len());
+            for (view, span) in views.iter().zip(&bodies.spans) {
+                let body = &bodies.source[span.clone()];
+                assert_eq!(body, view.to_entry().encode_to_vec().as_slice());
+            }
+            self.viewed
+                .fetch_add(views.len(), std::sync::atomic::Ordering::Relaxed);
+            self.append(batch_uid, views.iter().map(EntryRef::to_entry).collect())
+        }
+    }
+
+    /// JSON decoded as views of the payload is prepared exactly as owned entries are:
+    /// tenant, default service, receive time, refusals, ids and every enrichment field
+    /// (kept where the record has its own), with records the views cannot take mixed in.
+    #[tokio::test]
+    async fn views_are_prepared_and_enriched_as_owned_entries_are() {
+        let enrichment = Enrichment {
+            host: Some("node-host".into()),
+            environment: Some("prod".into()),
+            app_version: Some("1.2.3".into()),
+            pod: Some("pod-1".into()),
+            namespace: Some("ns".into()),
+            node: Some("node-a".into()),
+        };
+        let payload = [
+            r#"{"message":"one","host":"h1","environment":"mine"}"#,
+            r#"{"msg":"two","level":"warn","ts":1714572000,"service":"svc","k8s.node":"n0","zz":1}"#,
+            r#"{"message":"nested","http":{"status":500}}"#,
+            r#"{"message":"future","timestamp":"2999-01-01T00:00:00Z"}"#,
+            "not json",
+            r#"{"message":"esc\"aped","tenant":"x","app_version":"own"}"#,
+            r#"{"message":"no tenant of its own, nor a service","a.b":"c"}"#,
+        ]
+        .join("\n");
+        let mut answers = Vec::new();
+        let mut stored = Vec::new();
+        for views in [false, true] {
+            let sink = Arc::new(RecordingSink {
+                views,
+                got: std::sync::Mutex::new(Vec::new()),
+                viewed: std::sync::atomic::AtomicUsize::new(0),
+            });
+            struct Shared(Arc<RecordingSink>);
+            impl Sink for Shared {
+                fn append(&self, uid: u64, entries: Vec<LogEntry>) -> Stored {
+                    self.0.append(uid, entries)
+                }
+                fn takes_views(&self) -> bool {
+                    self.0.takes_views()
+                }
+                fn append_views_from_blocking_thread(
+                    &self,
+                    uid: u64,
+                    views: Vec<EntryRef<'_>>,
+                    bodies: &EntryBodies<'_>,
+                ) -> Stored {
+                    self.0.append_views_from_blocking_thread(uid, views, bodies)
+                }
+            }
+            let pipeline = Pipeline::new(
+                Box::new(Shared(sink.clone())),
+                SchemaRegistry::new(),
+                enrichment.clone(),
+                IngestMetrics::default(),
+                "default".to_string(),
+                Limits {
+                    max_pending_bytes: 1 << 20,
+                    max_batch_records: 1000,
+                    max_connections: 8,
+                    idle_timeout: None,
+                    frame_timeout: None,
+                    max_timestamp_ahead: Some(std::time::Duration::from_secs(3600)),
+                },
+            );
+            for tenant in [Some("t".to_string()), None] {
+                let result = pipeline
+                    .ingest_payload(
+                        Format::Json,
+                        BatchSource { tenant, ..source() },
+                        payload.clone().into_bytes(),
+                    )
+                    .await;
+                answers.push(result);
+            }
+            // The five entries accepted each time reach a sink that takes views as views.
+            let viewed = sink.viewed.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(viewed, if views { 10 } else { 0 });
+            let mut entries = std::mem::take(&mut *sink.got.lock().expect("lock"));
+            for entry in &mut entries {
+                // Each pipeline stamps its own receive time.
+                if entry.timestamp == entry.received_at {
+                    entry.timestamp = 0;
+                }
+                entry.received_at = 0;
+            }
+            stored.push(entries);
+        }
+        assert_eq!(answers[0], answers[2]);
+        assert_eq!(answers[1], answers[3]);
+        assert_eq!(answers[0].accepted, 5, "{:?}", answers[0]);
+        assert_eq!(answers[0].rejected, 2, "{:?}", answers[0]);
+        assert_eq!(stored[0], stored[1]);
+        let first = &stored[1][0];
+        assert_eq!(first.host, "h1");
+        assert_eq!(first.tenant, "t");
+        assert_eq!(first.fields["environment"].to_text(), "mine");
+        assert_eq!(first.fields["app_version"].to_text(), "1.2.3");
+        assert_eq!(first.fields["k8s.pod"].to_text(), "pod-1");
+        assert_eq!(first.fields["k8s.namespace"].to_text(), "ns");
+        let second = &stored[1][1];
+        assert_eq!(second.host, "node-host");
+        assert_eq!(second.fields["k8s.node"].to_text(), "n0");
+        let last = stored[1].last().expect("entries");
+        assert_eq!(
+            (last.tenant.as_str(), last.service.as_str()),
+            ("default", "unknown")
+        );
+    }
 
     /// A sink that panics on the decoding thread answers retry-later, and the batch is no
     /// longer counted in flight.

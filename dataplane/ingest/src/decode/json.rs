@@ -31,7 +31,7 @@ use logcluster_proto::json::flatten_owned;
 use logcluster_proto::time::{
     nanos_from_epoch_decimal, nanos_from_epoch_int, nanos_from_epoch_number, parse_rfc3339,
 };
-use logcluster_proto::{FieldValue, Level, LogEntry, field_value::Kind};
+use logcluster_proto::{EntryRef, FieldRef, FieldValue, Level, LogEntry, field_value::Kind};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -151,7 +151,9 @@ enum Parsed<'de> {
 /// dotted keys, which may meet another member's key (`{"a.b":1,"a":{"b":2}}`), and then
 /// the order decides which value stays. Flat records with distinct keys (nearly all) are
 /// not sorted: their keys are compared by a cheap digest, and a repeated digest sorts.
-fn one_per_key(mut members: Vec<Member<'_>>) -> Vec<Member<'_>> {
+fn one_per_key<K: std::ops::Deref<Target = str> + Ord, V: MemberValue>(
+    mut members: Vec<(K, V)>,
+) -> Vec<(K, V)> {
     const SMALL: usize = 32;
     if members.len() <= SMALL {
         let mut digests = [0u64; SMALL];
@@ -168,7 +170,7 @@ fn one_per_key(mut members: Vec<Member<'_>>) -> Vec<Member<'_>> {
     // Stable: equal keys stay in input order, and the last of them is kept.
     members.sort_by(|a, b| a.0.cmp(&b.0));
     members.dedup_by(|later, earlier| {
-        let equal = later.0 == earlier.0;
+        let equal = *later.0 == *earlier.0;
         if equal {
             std::mem::swap(later, earlier);
         }
@@ -191,13 +193,51 @@ fn key_digest(key: &[u8]) -> u64 {
     head ^ tail.rotate_left(29) ^ key.len() as u64
 }
 
+/// A value of a flat record, borrowed from its line.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Flat<'a> {
+    Str(&'a str),
+    Number(serde_json::Number),
+    Bool(bool),
+    Null,
+}
+
+impl Flat<'_> {
+    fn to_value(&self) -> Value {
+        match self {
+            Flat::Str(s) => Value::String((*s).to_string()),
+            Flat::Number(n) => Value::Number(n.clone()),
+            Flat::Bool(b) => Value::Bool(*b),
+            Flat::Null => Value::Null,
+        }
+    }
+}
+
+/// Whether a member's value is an object (and so is flattened, see [`one_per_key`]).
+trait MemberValue {
+    fn is_object(&self) -> bool;
+}
+
+impl MemberValue for Value {
+    fn is_object(&self) -> bool {
+        Value::is_object(self)
+    }
+}
+
+impl MemberValue for Flat<'_> {
+    fn is_object(&self) -> bool {
+        false
+    }
+}
+
 /// The fast path of an NDJSON line: one object whose values are strings without escapes,
-/// numbers, booleans or nulls, parsed in one pass without serde's machinery. `None` for
-/// anything else (nesting, escapes, control characters, malformed text): [`Parsed`] then
-/// parses the line, with serde's errors. Where it answers, it answers what [`Parsed`] gives
-/// (numbers are read by serde_json itself, so they come out bit for bit the same; a property
-/// test checks the rest).
-fn flat_object(line: &str) -> Option<Parsed<'_>> {
+/// numbers, booleans or nulls, parsed in one pass without serde's machinery, its members
+/// borrowed from the line (one per key, as [`one_per_key`] gives them). `None` for anything
+/// else (nesting, escapes, control characters, malformed text): [`Parsed`] then parses the
+/// line, with serde's errors. Where it answers, it answers what [`Parsed`] gives (numbers
+/// are read by serde_json itself, so they come out bit for bit the same; a property test
+/// checks the rest).
+fn flat_members(line: &str) -> Option<Vec<(&str, Flat<'_>)>> {
     let bytes = line.as_bytes();
     let skip_ws = |mut at: usize| {
         while at < bytes.len() && matches!(bytes[at], b' ' | b'\t' | b'\n' | b'\r') {
@@ -221,7 +261,7 @@ fn flat_object(line: &str) -> Option<Parsed<'_>> {
         return None;
     }
     at = skip_ws(at + 1);
-    let mut members: Vec<Member<'_>> = Vec::with_capacity(16);
+    let mut members: Vec<(&str, Flat<'_>)> = Vec::with_capacity(16);
     if bytes.get(at) == Some(&b'}') {
         at += 1;
     } else {
@@ -239,7 +279,7 @@ fn flat_object(line: &str) -> Option<Parsed<'_>> {
                 b'"' => {
                     let (text, next) = string(at)?;
                     at = next;
-                    Value::String(text.to_string())
+                    Flat::Str(text)
                 }
                 b'-' | b'0'..=b'9' => {
                     let start = at;
@@ -248,24 +288,23 @@ fn flat_object(line: &str) -> Option<Parsed<'_>> {
                     {
                         at += 1;
                     }
-                    let number: serde_json::Number = serde_json::from_str(&line[start..at]).ok()?;
-                    Value::Number(number)
+                    Flat::Number(serde_json::from_str(&line[start..at]).ok()?)
                 }
                 b't' if bytes[at..].starts_with(b"true") => {
                     at += 4;
-                    Value::Bool(true)
+                    Flat::Bool(true)
                 }
                 b'f' if bytes[at..].starts_with(b"false") => {
                     at += 5;
-                    Value::Bool(false)
+                    Flat::Bool(false)
                 }
                 b'n' if bytes[at..].starts_with(b"null") => {
                     at += 4;
-                    Value::Null
+                    Flat::Null
                 }
                 _ => return None,
             };
-            members.push((Cow::Borrowed(key), value));
+            members.push((key, value));
             at = skip_ws(at);
             match bytes.get(at) {
                 Some(b',') => at = skip_ws(at + 1),
@@ -277,7 +316,18 @@ fn flat_object(line: &str) -> Option<Parsed<'_>> {
             }
         }
     }
-    (skip_ws(at) == bytes.len()).then(|| Parsed::Object(one_per_key(members)))
+    (skip_ws(at) == bytes.len()).then(|| one_per_key(members))
+}
+
+/// [`flat_members`] as [`Parsed`] gives them.
+fn flat_object(line: &str) -> Option<Parsed<'_>> {
+    let members = flat_members(line)?;
+    Some(Parsed::Object(
+        members
+            .into_iter()
+            .map(|(key, value)| (Cow::Borrowed(key), value.to_value()))
+            .collect(),
+    ))
 }
 
 /// An object key, borrowed where the input allows.
@@ -486,6 +536,153 @@ fn map_members(members: Vec<Member<'_>>, ctx: &DecodeContext) -> Result<LogEntry
     Ok(entry)
 }
 
+/// [`map_members`] of a flat record's borrowed members, giving a view whose strings borrow
+/// from the record (or from `ctx`); `None` where the entry would need text the record does
+/// not hold as it is (a number or a boolean as a message, host or other text, a numeric
+/// level kept as `level_raw`): such a record takes [`map_members`]. Where it answers, it
+/// answers what [`map_members`] does (a property test checks it).
+fn map_flat<'a>(
+    members: Vec<(&'a str, Flat<'a>)>,
+    ctx: &'a DecodeContext,
+) -> Option<Result<EntryRef<'a>, RecordError>> {
+    if members.is_empty() {
+        return Some(Err(RecordError::new(
+            0,
+            RejectReason::MissingMessage,
+            "record is an empty object",
+        )));
+    }
+    let has = |key: &str| members.iter().any(|(k, _)| *k == key);
+    let canonical = has("id") && has("received_at");
+    let mut picks: [[Option<(&'a str, Flat<'a>)>; RANKS]; SLOTS] = Default::default();
+    let mut fields: Vec<(&'a str, FieldRef<'a>)> = Vec::with_capacity(members.len());
+    for (key, value) in members {
+        if value == Flat::Null {
+            continue;
+        }
+        if canonical && (key == "id" || key == "received_at") {
+            continue;
+        }
+        match classify(key) {
+            Some((slot, rank)) if !matches!(value, Flat::Bool(_)) || slot == Slot::Message => {
+                picks[slot as usize][rank] = Some((key, value));
+            }
+            _ => fields.push((key, flat_field(&value))),
+        }
+    }
+    let field_at =
+        |fields: &[(&str, FieldRef<'_>)], key: &str| fields.iter().position(|(k, _)| *k == key);
+    let mut chosen: [Option<FlatPick<'a>>; SLOTS] = Default::default();
+    for (slot, (slot_picks, slot_choice)) in picks.iter_mut().zip(chosen.iter_mut()).enumerate() {
+        for (rank, pick) in slot_picks.iter_mut().enumerate() {
+            if let Some((key, value)) = pick.take() {
+                if slot_choice.is_none() {
+                    *slot_choice = Some(FlatPick::Json(value));
+                } else {
+                    fields.push((key, flat_field(&value)));
+                }
+                continue;
+            }
+            if slot_choice.is_some() {
+                continue;
+            }
+            let dotted = DOTTED
+                .iter()
+                .find(|(s, r, _)| *s as usize == slot && *r == rank);
+            if let Some((_, _, key)) = dotted
+                && let Some(at) = field_at(&fields, key)
+                && matches!(
+                    fields[at].1,
+                    FieldRef::Str(_) | FieldRef::Int(_) | FieldRef::Float(_)
+                )
+            {
+                let FieldRef::Str(text) = fields[at].1 else {
+                    return None;
+                };
+                fields.swap_remove(at);
+                *slot_choice = Some(FlatPick::Text(text));
+            }
+        }
+    }
+    let [timestamp, level, message, service, host, trace, tenant] = chosen;
+    let timestamp = match timestamp {
+        None => 0,
+        Some(FlatPick::Json(Flat::Number(n))) => match timestamp_from_number(&n) {
+            Ok(nanos) => nanos,
+            Err(error) => return Some(Err(error)),
+        },
+        Some(FlatPick::Json(Flat::Str(text)) | FlatPick::Text(text)) => {
+            match timestamp_from_str(text) {
+                Ok(nanos) => nanos,
+                Err(error) => return Some(Err(error)),
+            }
+        }
+        Some(FlatPick::Json(_)) => return None,
+    };
+    let level = match level {
+        None => Level::Unspecified,
+        Some(FlatPick::Json(Flat::Number(n))) => n.as_i64().and_then(level_from_number)?,
+        Some(FlatPick::Json(Flat::Str(text)) | FlatPick::Text(text)) => {
+            match level_from_text(text) {
+                Some(level) => level,
+                None => {
+                    match field_at(&fields, "level_raw") {
+                        Some(at) => fields[at].1 = FieldRef::Str(text),
+                        None => fields.push(("level_raw", FieldRef::Str(text))),
+                    }
+                    Level::Unspecified
+                }
+            }
+        }
+        Some(FlatPick::Json(_)) => return None,
+    };
+    let text = |pick: Option<FlatPick<'a>>| match pick {
+        None => Some(""),
+        Some(FlatPick::Json(Flat::Str(text)) | FlatPick::Text(text)) => Some(text),
+        Some(FlatPick::Json(_)) => None,
+    };
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut service = text(service)?;
+    if service.is_empty() {
+        service = if ctx.default_service.is_empty() {
+            "unknown"
+        } else {
+            &ctx.default_service
+        };
+    }
+    Some(Ok(EntryRef {
+        id: "",
+        timestamp,
+        received_at: 0,
+        tenant: text(tenant)?,
+        service,
+        level: level as i32,
+        message: text(message)?,
+        host: text(host)?,
+        trace_id: text(trace)?,
+        fields,
+    }))
+}
+
+/// A value chosen for a slot of a flat record: a member's, or a dotted field's text.
+enum FlatPick<'a> {
+    Json(Flat<'a>),
+    Text(&'a str),
+}
+
+/// [`field_from_json`](logcluster_proto::json::field_from_json) of a flat value.
+fn flat_field<'a>(value: &Flat<'a>) -> FieldRef<'a> {
+    match value {
+        Flat::Str(s) => FieldRef::Str(s),
+        Flat::Bool(b) => FieldRef::Bool(*b),
+        Flat::Number(n) => match n.as_i64() {
+            Some(i) => FieldRef::Int(i),
+            None => FieldRef::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        Flat::Null => FieldRef::Json("null"),
+    }
+}
+
 fn bad_timestamp(text: impl std::fmt::Display) -> RecordError {
     RecordError::new(
         0,
@@ -499,17 +696,20 @@ fn bad_timestamp(text: impl std::fmt::Display) -> RecordError {
 fn parse_timestamp(pick: &Pick) -> Result<i64, RecordError> {
     match pick {
         Pick::Json(Value::String(s)) => timestamp_from_str(s),
-        Pick::Json(Value::Number(n)) => {
-            let nanos = match n.as_i64() {
-                Some(i) => nanos_from_epoch_int(i),
-                None if n.is_u64() => None,
-                None => n.as_f64().and_then(nanos_from_epoch_number),
-            };
-            nanos.ok_or_else(|| bad_timestamp(n))
-        }
+        Pick::Json(Value::Number(n)) => timestamp_from_number(n),
         Pick::Json(other) => Err(bad_timestamp(other)),
         Pick::Field(f) => timestamp_from_str(&f.to_text()),
     }
+}
+
+/// An epoch number (seconds, milliseconds, microseconds or nanoseconds).
+fn timestamp_from_number(n: &serde_json::Number) -> Result<i64, RecordError> {
+    let nanos = match n.as_i64() {
+        Some(i) => nanos_from_epoch_int(i),
+        None if n.is_u64() => None,
+        None => n.as_f64().and_then(nanos_from_epoch_number),
+    };
+    nanos.ok_or_else(|| bad_timestamp(n))
 }
 
 /// An RFC 3339 string or a numeric string holding an epoch number; empty means none.
@@ -692,6 +892,96 @@ pub(crate) fn decode_json_payload(
         first_record = false;
     }
     Ok(out)
+}
+
+/// A record of a JSON payload decoded by [`decode_json_views`].
+pub(crate) enum Record<'a> {
+    /// A flat record, as a view of the payload.
+    View(EntryRef<'a>),
+    /// Any other record, decoded as [`decode_json_payload`] decodes it.
+    Owned(Decoded),
+}
+
+/// What [`decode_json_views`] gives: as [`DecodeOutput`], with records that may be views.
+pub(crate) struct ViewsOutput<'a> {
+    pub records: Vec<Record<'a>>,
+    pub errors: Vec<RecordError>,
+}
+
+/// [`decode_json_payload`] of NDJSON as views of `payload` where the records allow it (flat
+/// objects with unescaped strings, nearly all of what shippers send), without an allocation
+/// per string and per field; other records are decoded as there. The records are the same
+/// (a property test checks it). `None` for what is not NDJSON of valid UTF-8 (an array, a
+/// pretty-printed document): [`decode_json_payload`] then decodes it. Never keeps the
+/// original: a payload that schemas may validate takes [`decode_json_payload`].
+pub(crate) fn decode_json_views<'a>(
+    payload: &'a [u8],
+    ctx: &'a DecodeContext,
+) -> Option<Result<ViewsOutput<'a>, PayloadError>> {
+    if ctx.keep_original {
+        return None;
+    }
+    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+    let mut out = ViewsOutput {
+        records: Vec::new(),
+        errors: Vec::new(),
+    };
+    let Some(first) = payload.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return Some(Ok(out));
+    };
+    if payload[first] == b'[' {
+        return None;
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    out.records.reserve(
+        (memchr::memchr_iter(b'\n', payload).count() + 1).min(ctx.max_records.saturating_add(1)),
+    );
+    let mut offset = 0usize;
+    let mut first_record = true;
+    let ends = memchr::memchr_iter(b'\n', payload).chain(std::iter::once(payload.len()));
+    for (index, line_end) in ends.enumerate() {
+        if out.records.len() + out.errors.len() > ctx.max_records {
+            return Some(Err(PayloadError::TooManyRecords(ctx.max_records)));
+        }
+        let line_start = offset;
+        offset = line_end + 1;
+        // Cut at '\n', so on character boundaries.
+        let line = &text[line_start..line_end];
+        if line.bytes().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let mapped = flat_members(line).and_then(|members| map_flat(members, ctx));
+        let result = match mapped {
+            Some(Ok(view)) => {
+                out.records.push(Record::View(view));
+                first_record = false;
+                continue;
+            }
+            Some(Err(error)) => Err(error),
+            None => match serde_json::from_str::<Parsed<'_>>(line) {
+                Ok(parsed) => decode_parsed(parsed, ctx),
+                // Not NDJSON: a pretty-printed document spanning lines.
+                Err(error) if first_record && error.is_eof() => return None,
+                Err(error) => {
+                    out.errors.push(parse_error(index, line.as_bytes(), &error));
+                    first_record = false;
+                    continue;
+                }
+            },
+        };
+        match result {
+            Ok(decoded) => out.records.push(Record::Owned(decoded)),
+            Err(mut error) => {
+                error.index = index;
+                out.errors.push(error);
+            }
+        }
+        first_record = false;
+    }
+    if out.records.len() + out.errors.len() > ctx.max_records {
+        return Some(Err(PayloadError::TooManyRecords(ctx.max_records)));
+    }
+    Some(Ok(out))
 }
 
 /// The elements of a JSON array, at most `.0` of them kept (those after are parsed, not
@@ -1118,6 +1408,53 @@ mod tests {
         }
     }
 
+    /// Records of every kind the views take or leave, one per line, decoded both ways.
+    /// A record of the views path is the entry (a view field for field, each key once).
+    fn same_record(record: &Record<'_>, expected: &LogEntry) {
+        match record {
+            Record::View(view) => assert_eq!(view, &EntryRef::of(expected)),
+            Record::Owned(decoded) => assert_eq!(&decoded.entry, expected),
+        }
+    }
+
+    #[test]
+    fn views_of_edge_records_are_the_entries_decoded_otherwise() {
+        let text = [
+            r#"{"level":"bogus","level_raw":"old","message":"m","service":"s"}"#,
+            r#"{"id":"x","received_at":5,"message":"canonical","ts":1714572000}"#,
+            r#"{"log.level":"warn","service.name":"svc","host.name":"h","trace.id":"t"}"#,
+            r#"{"log.level":40,"message":"numeric dotted level"}"#,
+            r#"{"message":17,"level":"INFO"}"#,
+            r#"{"msg":true,"severity":99}"#,
+            r#"{"level":"ERROR","lvl":"x","severity":"y","message":"first alias wins"}"#,
+            r#"{"time":"yesterday"}"#,
+            r#"{"timestamp":"2024-05-01T14:00:00.123Z","tenant":"t1","app":"a"}"#,
+            r#"{"a":1,"a":2,"b":null,"c":1.5,"d":18446744073709551615}"#,
+            r#"{}"#,
+            r#"{"message":"esc\"aped"}"#,
+        ]
+        .join("\n");
+        let ctx = DecodeContext {
+            keep_original: false,
+            ..ctx()
+        };
+        let owned = decode_json_payload(text.as_bytes(), &ctx).expect("payload");
+        let views = decode_json_views(text.as_bytes(), &ctx)
+            .expect("ndjson")
+            .expect("payload");
+        let taken = views
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::View(_)))
+            .count();
+        assert_eq!(taken, 6);
+        assert_eq!(views.records.len(), owned.records.len());
+        for (record, expected) in views.records.iter().zip(&owned.records) {
+            same_record(record, &expected.entry);
+        }
+        assert_eq!(views.errors, owned.errors);
+    }
+
     proptest! {
         /// The NDJSON path (members parsed without a map) decodes every object exactly as
         /// the map-based path does: entry, original value and errors; duplicate keys (the
@@ -1164,6 +1501,67 @@ mod tests {
                     prop_assert_eq!(&by_line.errors[0].message, &error.message);
                 }
             }
+        }
+
+        /// Views of NDJSON lines are the entries the owned path decodes, errors included;
+        /// a payload the views path leaves alone is one the owned path decodes as a whole.
+        #[test]
+        fn views_of_ndjson_lines_are_the_entries_decoded_otherwise(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            "[a-z.]{1,6}",
+                            prop::sample::select(vec![
+                                "message", "msg", "log", "MESSAGE", "level", "severity", "lvl",
+                                "log.level", "timestamp", "ts", "time", "@timestamp", "service",
+                                "app", "service.name", "host", "hostname", "host.name",
+                                "trace_id", "traceId", "trace.id", "tenant", "tenant_id", "id",
+                                "received_at", "fields", "level_raw", "é", "",
+                            ])
+                            .prop_map(str::to_string),
+                        ],
+                        prop::sample::select(vec![false, false, false, false, false, false, false, true]),
+                        prop_oneof![
+                            // Values the views take (strings without escapes), then anything.
+                            6 => prop_oneof![
+                                Just(Value::Null),
+                                any::<bool>().prop_map(Value::Bool),
+                                any::<i64>().prop_map(|i| json!(i)),
+                                any::<u64>().prop_map(|u| json!(u)),
+                                (-1.0e12f64..1.0e12).prop_map(|f| json!(f)),
+                                "[a-zA-Z0-9 :._é-]{0,12}".prop_map(Value::String),
+                            ],
+                            1 => arb_json_value(),
+                            1 => prop::sample::select(vec![
+                                json!("ERROR"), json!("notice"), json!(99), json!(30), json!(3),
+                                json!("1714572000"), json!("yesterday"), json!(1.5e9), json!(""),
+                            ]),
+                        ],
+                    ),
+                    0..12,
+                ),
+                1..5,
+            ),
+            junk in prop::sample::select(vec!["", "{", "nope", "[1]", "\"text\"", " "]),
+            default_service in prop::sample::select(vec!["", "from-ctx"]),
+        ) {
+            let mut text: Vec<String> = lines.iter().map(|members| object_text(members)).collect();
+            text.insert(text.len() / 2, junk.to_string());
+            let text = text.join("\n");
+            let ctx = DecodeContext { default_service: default_service.to_string(), keep_original: false, ..ctx() };
+            let Some(views) = decode_json_views(text.as_bytes(), &ctx) else {
+                // Only a document that is not line-wise NDJSON is left to the owned path.
+                prop_assert!(text.starts_with('{') || text.starts_with('['), "{}", text);
+                return Ok(());
+            };
+            let owned = decode_json_payload(text.as_bytes(), &ctx).expect("payload");
+            let views = views.expect("payload");
+            prop_assert_eq!(views.records.len(), owned.records.len());
+            for (record, expected) in views.records.iter().zip(&owned.records) {
+                same_record(record, &expected.entry);
+            }
+            prop_assert_eq!(views.errors, owned.errors);
         }
 
         #[test]

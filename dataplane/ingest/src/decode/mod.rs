@@ -32,6 +32,7 @@ use std::borrow::Cow;
 
 pub use framer::{FramingError, SyslogFramer};
 pub use json::decode_json_value;
+pub(crate) use json::{Record, ViewsOutput, decode_json_views};
 pub(crate) use syslog::decode_syslog_into;
 pub use syslog::decode_syslog_message;
 
