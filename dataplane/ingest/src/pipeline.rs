@@ -504,8 +504,17 @@ impl Pipeline {
             keep_original: schemas.has_schema_for_format(input_format),
             max_records,
         };
-        if format == Format::Json && self.sink.takes_views() {
-            return self.ingest_json_views(source, payload, context).await;
+        if self.sink.takes_views() {
+            let views: Option<ViewsDecoder> = match format {
+                Format::Json => Some(decode::decode_json_views),
+                Format::Protobuf => Some(decode::decode_protobuf_views),
+                _ => None,
+            };
+            if let Some(views) = views {
+                return self
+                    .ingest_views(format, views, source, payload, context)
+                    .await;
+            }
         }
         self.ingest_with(source, len, move |schemas| {
             decode::decode_payload(format, &payload, &context(schemas))
@@ -514,11 +523,13 @@ impl Pipeline {
         .await
     }
 
-    /// [`Pipeline::ingest_payload`] of JSON for a sink that takes views: NDJSON records are
-    /// decoded as views of the payload and stored from them on the decoding thread
-    /// ([`decode::decode_json_views`]); a payload the views cannot read is decoded as usual.
-    async fn ingest_json_views(
+    /// [`Pipeline::ingest_payload`] for a sink that takes views: records are decoded as
+    /// views of the payload by `views` and stored from them on the decoding thread; a
+    /// payload the views cannot read is decoded as usual.
+    async fn ingest_views(
         self: &Arc<Self>,
+        format: Format,
+        views: ViewsDecoder,
         source: BatchSource,
         payload: Vec<u8>,
         context: impl FnOnce(&SchemaSet) -> DecodeContext + Send + 'static,
@@ -526,7 +537,7 @@ impl Pipeline {
         let len = payload.len();
         self.ingest_prepared(source, len, move |pipeline, source, schemas| {
             let ctx = context(schemas);
-            match decode::decode_json_views(&payload, &ctx) {
+            match views(&payload, &ctx) {
                 Some(Ok(output)) => {
                     if output.records.len() + output.errors.len() > pipeline.max_batch_records {
                         let error =
@@ -536,7 +547,7 @@ impl Pipeline {
                     Ok(pipeline.prepare_views_and_store(source, output, schemas))
                 }
                 Some(Err(error)) => Err((error.reason(), error.to_string())),
-                None => decode::decode_payload(Format::Json, &payload, &ctx)
+                None => decode::decode_payload(format, &payload, &ctx)
                     .map_err(|error| (error.reason(), error.to_string()))
                     .and_then(|output| pipeline.within_limit(output))
                     .map(|output| pipeline.prepare_and_store(source, output, schemas)),
@@ -1072,6 +1083,12 @@ impl Pipeline {
         result
     }
 }
+
+/// A decoder of a format's payload into views of it ([`decode::decode_json_views`]).
+type ViewsDecoder = for<'a> fn(
+    &'a [u8],
+    &'a DecodeContext,
+) -> Option<Result<decode::ViewsOutput<'a>, decode::PayloadError>>;
 
 /// What [`Pipeline::prepare_entries`] changes in an entry, owned or a view; a view takes
 /// the text it is given by reference.

@@ -293,6 +293,50 @@ fn decode_protobuf(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, 
     })
 }
 
+/// [`decode_protobuf`] as views of the payload's entries (their strings borrowed, no
+/// allocation per string and per field); `None` where a view cannot read the payload as
+/// prost would (a malformed message, a group): [`decode_protobuf`] then decodes it, or says
+/// why it cannot.
+pub(crate) fn decode_protobuf_views<'a>(
+    payload: &'a [u8],
+    ctx: &'a DecodeContext,
+) -> Option<Result<ViewsOutput<'a>, PayloadError>> {
+    use logcluster_proto::wire::{RawField, walk_fields};
+    if protobuf_entry_count(payload).is_some_and(|count| count > ctx.max_records) {
+        return Some(Err(PayloadError::TooManyRecords(ctx.max_records)));
+    }
+    let mut records = Vec::new();
+    let mut readable = true;
+    walk_fields(payload, |tag, field| match (tag, field) {
+        (1, RawField::Delimited(span)) if readable => {
+            match logcluster_proto::EntryRef::decode(&payload[span]) {
+                Some(mut view) => {
+                    view.id = "";
+                    view.received_at = 0;
+                    view.level = Level::from_i32_lossy(view.level) as i32;
+                    if view.service.is_empty() {
+                        view.service = if ctx.default_service.is_empty() {
+                            "unknown"
+                        } else {
+                            &ctx.default_service
+                        };
+                    }
+                    records.push(Record::View(view));
+                }
+                None => readable = false,
+            }
+        }
+        // A LogBatch has no other field: prost skips unknown ones, and refuses an entry
+        // of another wire type.
+        (1, _) => readable = false,
+        _ => {}
+    })?;
+    readable.then_some(Ok(ViewsOutput {
+        records,
+        errors: Vec::new(),
+    }))
+}
+
 fn decode_avro(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, PayloadError> {
     use logcluster_proto::avro::{AvroError, decode_container_of_at_most};
     let values = decode_container_of_at_most(payload, ctx.max_records).map_err(|e| match e {
@@ -550,6 +594,53 @@ mod tests {
             framer.push(&bytes);
             while framer.next_message().is_some() {}
             let _ = framer.finish();
+        }
+
+        /// Views of a Protobuf batch are the entries prost decodes, ids, receive times,
+        /// levels and default services treated alike; damaged batches are left to prost.
+        #[test]
+        fn protobuf_views_are_the_entries_prost_decodes(
+            entries in proptest::collection::vec(
+                (
+                    ".{0,6}", any::<i64>(), any::<i64>(), "[a-z]{0,4}", "[a-z]{0,4}", -2i32..9,
+                    ".{0,20}",
+                    proptest::collection::btree_map(".{0,4}", prop_oneof![
+                        ".{0,6}".prop_map(FieldValue::str),
+                        any::<i64>().prop_map(FieldValue::int),
+                        any::<bool>().prop_map(FieldValue::bool),
+                    ], 0..4),
+                ),
+                0..6,
+            ),
+            damage in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+            extra in proptest::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let batch = LogBatch {
+                entries: entries
+                    .into_iter()
+                    .map(|(id, timestamp, received_at, tenant, service, level, message, fields)| {
+                        LogEntry { id, timestamp, received_at, tenant, service, level, message, fields, ..Default::default() }
+                    })
+                    .collect(),
+            };
+            let mut bytes = batch.encode_to_vec();
+            if let Some((at, byte)) = damage && !bytes.is_empty() {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            bytes.extend_from_slice(&extra);
+            let ctx = DecodeContext { default_service: "fallback".into(), ..ctx() };
+            if let Some(views) = decode_protobuf_views(&bytes, &ctx) {
+                let views = views.expect("within the limit");
+                let owned = decode_protobuf(&bytes, &ctx);
+                prop_assert!(owned.is_ok(), "prost refuses what the views read");
+                let owned = owned.expect("decodes");
+                prop_assert_eq!(views.records.len(), owned.records.len());
+                for (view, decoded) in views.records.iter().zip(&owned.records) {
+                    let Record::View(view) = view else { panic!("only views") };
+                    prop_assert_eq!(view, &logcluster_proto::EntryRef::of(&decoded.entry));
+                }
+            }
         }
 
         #[test]
