@@ -31,7 +31,7 @@ pub struct CommitRequest {
 
 /// From this many dirty WALs on the data directory's file system, a round syncs the file
 /// system once instead of each WAL.
-pub const SYNCFS_FROM: usize = 32;
+pub const SYNCFS_FROM: usize = 8;
 
 /// How rounds make WALs durable.
 pub(crate) struct Syncer {
