@@ -116,16 +116,19 @@ def main():
     shards = [all_frames[k::a.connections] for k in range(a.connections)]
     results, lock = [], threading.Lock()
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     threads = [threading.Thread(target=run_connection, args=(a.port, ctx, s, a.inflight, results, lock)) for s in shards]
     for t in threads: t.start()
     for t in threads: t.join()
     dt = time.perf_counter() - t0
+    sender_cpu = time.process_time() - cpu0
     acked = sum(r[0] for r in results)
     failed = sum(r[1] for r in results)
     lat = sorted(x for r in results for x in r[2])
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
     print(f"acked {acked} failed {failed} in {dt:.2f} s: {acked / dt:,.0f} logs/s, {size / dt / 1e6:.1f} MB/s; "
-          f"ack latency per {a.batch}-line frame p50 {p(0.5):.1f} ms p99 {p(0.99):.1f} ms")
+          f"ack latency per {a.batch}-line frame p50 {p(0.5):.1f} ms p99 {p(0.99):.1f} ms; "
+          f"sender CPU while sending {sender_cpu:.2f} s")
     sys.exit(1 if failed else 0)
 
 

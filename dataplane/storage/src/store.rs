@@ -511,8 +511,16 @@ impl Store {
         };
         let mut outcome = AppendOutcome::default();
         let mut touched = Vec::with_capacity(parts.len());
-        for ((tenant, service), (mut part, positions)) in parts {
+        // Concurrent batches mostly touch the same streams: a part whose stream another
+        // batch holds is put back and appended after this batch's other parts (waiting for
+        // it then), instead of this thread sleeping behind that batch's block building.
+        let mut todo: std::collections::VecDeque<_> = parts
+            .into_iter()
+            .map(|(key, (part, positions))| (key, part, positions, false))
+            .collect();
+        while let Some(((tenant, service), mut part, positions, wait)) = todo.pop_front() {
             let count = part.len();
+            let mut busy = None;
             // The bytes the part was received as, while the part is whole (a part filtered
             // below is encoded by the stream).
             let mut received = bodies.map(|b| (b, positions.as_slice()));
@@ -522,16 +530,22 @@ impl Store {
             let mut held = 0usize;
             // Every way out holds the stream: what it stored, or what it found already stored
             // (which may still wait for its fsync), is answered after its commit round.
+            let mut first_try = !wait;
             let stream = loop {
                 let stream = self.stream(&tenant, &service)?;
-                let appended = match stream.append(
-                    batch_uid,
-                    part,
-                    &self.config,
-                    &self.metrics,
-                    filtered,
-                    received,
-                ) {
+                let appended = if std::mem::take(&mut first_try) {
+                    stream.try_append(batch_uid, part, &self.config, &self.metrics, received)
+                } else {
+                    stream.append(
+                        batch_uid,
+                        part,
+                        &self.config,
+                        &self.metrics,
+                        filtered,
+                        received,
+                    )
+                };
+                let appended = match appended {
                     Err(StorageError::RecordTooLarge { bytes }) => {
                         warn!(
                             tenant,
@@ -560,6 +574,10 @@ impl Store {
                         break Some(stream);
                     }
                     Appended::Removed(back) => part = back,
+                    Appended::Busy(back) => {
+                        busy = Some(back);
+                        break None;
+                    }
                     Appended::Repaired(back) => {
                         // Some of this batch came earlier by repair: store only what the
                         // stream does not hold (any timestamp: a retried batch may differ).
@@ -602,6 +620,10 @@ impl Store {
                     }
                 }
             };
+            if let Some(part) = busy {
+                todo.push_back(((tenant, service), part, positions, true));
+                continue;
+            }
             touched.extend(stream);
         }
         outcome.too_large.sort_unstable();
@@ -1083,6 +1105,54 @@ fn read_dirs(dir: &std::path::Path) -> Result<Vec<PathBuf>, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A batch part whose stream another append holds waits until the batch's other parts
+    /// are appended: the other streams take their parts meanwhile, and the held one takes
+    /// its part once free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_stream_takes_its_part_after_the_batch_s_other_streams() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(StorageConfig::new(dir.path()), StorageMetrics::default())
+            .await
+            .expect("store");
+        let entry = |service: &str| LogEntry {
+            tenant: "t".into(),
+            service: service.into(),
+            message: "m".into(),
+            timestamp: 1,
+            ..Default::default()
+        };
+        // Both streams exist; "a" comes first in the batch's order.
+        store
+            .append(1, vec![entry("a"), entry("b")])
+            .await
+            .expect("first batch");
+        let a = store.stream("t", "a").expect("a");
+        let b = store.stream("t", "b").expect("b");
+        let held = a.hold();
+        let appending = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .append_on_this_thread(2, vec![entry("a"), entry("b")], None)
+                    .written
+                    .map(|(outcome, _)| outcome.stored)
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b.has_batch(2) {
+            assert!(
+                Instant::now() < deadline,
+                "b never took its part while a was held"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(held);
+        let stored = appending.join().expect("no panic").expect("appended");
+        assert_eq!(stored, 2);
+        assert!(a.has_batch(2) && b.has_batch(2));
+    }
 
     proptest::proptest! {
         /// Every entry lands in its (tenant, service) group once, in its batch order.

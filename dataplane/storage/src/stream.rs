@@ -151,6 +151,8 @@ pub(crate) enum Appended<'a> {
     /// Some entries of this batch arrived earlier by repair: the caller filters out the ids
     /// the stream holds and appends the rest with `filtered` set.
     Repaired(Vec<LogEntry>),
+    /// [`Stream::try_append`] found the stream busy; the entries come back untouched.
+    Busy(Part<'a>),
 }
 
 pub struct Stream {
@@ -311,6 +313,12 @@ fn parse_seq(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
 }
 
 impl Stream {
+    /// Holds the stream's lock (a test standing for another batch's append).
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> MutexGuard<'_, impl Sized> {
+        self.lock()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock would be a bug; the data on disk stays consistent
         // (WAL first), so continuing with the inner value is the safest choice.
@@ -531,7 +539,46 @@ impl Stream {
         filtered: bool,
         received: Option<(&wal::EntryBodies<'_>, &[u32])>,
     ) -> Result<Appended<'a>, StorageError> {
-        let mut inner = self.lock();
+        self.append_locked(
+            self.lock(),
+            batch_uid,
+            entries,
+            config,
+            metrics,
+            filtered,
+            received,
+        )
+    }
+
+    /// [`Stream::append`] if the stream's lock is free, else `Busy` with the entries (the
+    /// caller appends its other parts first instead of waiting behind another batch's).
+    pub(crate) fn try_append<'a>(
+        &self,
+        batch_uid: u64,
+        entries: Part<'a>,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+        received: Option<(&wal::EntryBodies<'_>, &[u32])>,
+    ) -> Result<Appended<'a>, StorageError> {
+        let inner = match self.inner.try_lock() {
+            Ok(inner) => inner,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(Appended::Busy(entries)),
+        };
+        self.append_locked(inner, batch_uid, entries, config, metrics, false, received)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_locked<'a>(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        batch_uid: u64,
+        entries: Part<'a>,
+        config: &StorageConfig,
+        metrics: &StorageMetrics,
+        filtered: bool,
+        received: Option<(&wal::EntryBodies<'_>, &[u32])>,
+    ) -> Result<Appended<'a>, StorageError> {
         if inner.removed {
             return Ok(Appended::Removed(entries));
         }
