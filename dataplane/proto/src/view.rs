@@ -7,7 +7,7 @@
 //! refuses groups, which prost skips, so a caller that falls back to prost on `None` stores
 //! the same entries either way.
 
-use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
+use prost::encoding::{WireType, decode_key, decode_varint};
 
 use crate::entry::{FieldValue, LogEntry, field_value::Kind};
 
@@ -158,8 +158,8 @@ impl<'a> EntryRef<'a> {
         };
         let number = |tag: u32, value: u64, out: &mut Vec<u8>| {
             if value != 0 {
-                encode_key(tag, WireType::Varint, out);
-                encode_varint(value, out);
+                put_key(tag, WireType::Varint, out);
+                put_varint(value, out);
             }
         };
         text(1, self.id, out);
@@ -180,12 +180,12 @@ impl<'a> EntryRef<'a> {
                 FieldRef::Absent => 0,
                 _ => 1 + varint_len(value_len as u64) + value_len,
             };
-            encode_key(10, WireType::LengthDelimited, out);
-            encode_varint((key_len + value_field) as u64, out);
+            put_key(10, WireType::LengthDelimited, out);
+            put_varint((key_len + value_field) as u64, out);
             text(1, key, out);
             if value_field > 0 {
-                encode_key(2, WireType::LengthDelimited, out);
-                encode_varint(value_len as u64, out);
+                put_key(2, WireType::LengthDelimited, out);
+                put_varint(value_len as u64, out);
                 value.encode_body(out);
             }
         }
@@ -231,15 +231,15 @@ impl FieldRef<'_> {
             FieldRef::Absent => {}
             FieldRef::Str(s) => put_text(1, s, out),
             FieldRef::Int(i) => {
-                encode_key(2, WireType::Varint, out);
-                encode_varint(*i as u64, out);
+                put_key(2, WireType::Varint, out);
+                put_varint(*i as u64, out);
             }
             FieldRef::Float(f) => {
-                encode_key(3, WireType::SixtyFourBit, out);
+                put_key(3, WireType::SixtyFourBit, out);
                 out.extend_from_slice(&f.to_le_bytes());
             }
             FieldRef::Bool(b) => {
-                encode_key(4, WireType::Varint, out);
+                put_key(4, WireType::Varint, out);
                 out.push(u8::from(*b));
             }
             FieldRef::Json(s) => put_text(5, s, out),
@@ -249,9 +249,29 @@ impl FieldRef<'_> {
 
 /// A string field (tags here are below 16: one key byte).
 fn put_text(tag: u32, value: &str, out: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(value.len() as u64, out);
+    put_key(tag, WireType::LengthDelimited, out);
+    put_varint(value.len() as u64, out);
     out.extend_from_slice(value.as_bytes());
+}
+
+/// A field's key: what `prost::encoding::encode_key` writes, for tags below 16 (one byte).
+fn put_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
+    debug_assert!(tag < 16);
+    out.push(((tag << 3) | wire_type as u32) as u8);
+}
+
+/// What `prost::encoding::encode_varint` writes, without its per-byte buffer calls: most
+/// values here (lengths, small numbers) take one byte.
+fn put_varint(mut value: u64, out: &mut Vec<u8>) {
+    if value < 0x80 {
+        out.push(value as u8);
+        return;
+    }
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 fn text_len(value: &str) -> usize {

@@ -246,15 +246,27 @@ fn flat_members(line: &str) -> Option<Vec<(&str, Flat<'_>)>> {
         at
     };
     // The text of the string starting at `at` (a quote), and the index after its end.
+    // serde refuses control characters in strings; an escape ends the fast path. Short
+    // strings (keys, most values) are read byte by byte, the rest of a longer one by memchr.
     let string = |at: usize| -> Option<(&str, usize)> {
+        const SHORT: usize = 24;
         let start = at + 1;
-        let end = start + memchr::memchr2(b'"', b'\\', bytes.get(start..)?)?;
-        let text = &bytes[start..end];
-        // serde refuses control characters in strings; an escape ends the fast path.
-        if bytes[end] != b'"' || text.iter().fold(false, |bad, b| bad | (*b < 0x20)) {
-            return None;
-        }
-        Some((&line[start..end], end + 1))
+        let rest = bytes.get(start..)?;
+        let head = &rest[..rest.len().min(SHORT)];
+        let len = match head.iter().position(|&b| STRING_STOP[usize::from(b)]) {
+            Some(i) if rest[i] == b'"' => i,
+            Some(_) => return None,
+            None if head.len() == rest.len() => return None,
+            None => {
+                let i = SHORT + memchr::memchr2(b'"', b'\\', &rest[SHORT..])?;
+                let text = &rest[SHORT..i];
+                if rest[i] != b'"' || text.iter().fold(false, |bad, b| bad | (*b < 0x20)) {
+                    return None;
+                }
+                i
+            }
+        };
+        Some((&line[start..start + len], start + len + 1))
     };
     let mut at = skip_ws(0);
     if bytes.get(at) != Some(&b'{') {
@@ -288,7 +300,7 @@ fn flat_members(line: &str) -> Option<Vec<(&str, Flat<'_>)>> {
                     {
                         at += 1;
                     }
-                    Flat::Number(serde_json::from_str(&line[start..at]).ok()?)
+                    Flat::Number(number(&line[start..at])?)
                 }
                 b't' if bytes[at..].starts_with(b"true") => {
                     at += 4;
@@ -318,6 +330,40 @@ fn flat_members(line: &str) -> Option<Vec<(&str, Flat<'_>)>> {
     }
     (skip_ws(at) == bytes.len()).then(|| one_per_key(members))
 }
+
+/// A JSON number's text as serde_json reads it: plain integers (most numbers in logs) at
+/// once, anything else by serde_json itself. `None` where serde_json refuses the text.
+fn number(text: &str) -> Option<serde_json::Number> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    // Up to 18 digits always fit an i64; a leading zero (or "-0") is left to serde_json.
+    if (1..=18).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (!digits.starts_with('0') || text == "0")
+    {
+        let mut value = 0i64;
+        for b in digits.bytes() {
+            value = value * 10 + i64::from(b - b'0');
+        }
+        return Some(if digits.len() == text.len() {
+            serde_json::Number::from(value)
+        } else {
+            serde_json::Number::from(-value)
+        });
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// Bytes that end a string's fast reading: its closing quote, an escape, or a control
+/// character serde refuses.
+const STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = byte < 0x20 || byte == b'"' as usize || byte == b'\\' as usize;
+        byte += 1;
+    }
+    table
+};
 
 /// [`flat_members`] as [`Parsed`] gives them.
 fn flat_object(line: &str) -> Option<Parsed<'_>> {
@@ -895,7 +941,7 @@ pub(crate) fn decode_json_payload(
 }
 
 /// A record of a JSON payload decoded by [`decode_json_views`].
-pub(crate) enum Record<'a> {
+pub enum Record<'a> {
     /// A flat record, as a view of the payload.
     View(EntryRef<'a>),
     /// Any other record, decoded as [`decode_json_payload`] decodes it.
@@ -903,7 +949,7 @@ pub(crate) enum Record<'a> {
 }
 
 /// What [`decode_json_views`] gives: as [`DecodeOutput`], with records that may be views.
-pub(crate) struct ViewsOutput<'a> {
+pub struct ViewsOutput<'a> {
     pub records: Vec<Record<'a>>,
     pub errors: Vec<RecordError>,
 }
@@ -914,7 +960,7 @@ pub(crate) struct ViewsOutput<'a> {
 /// (a property test checks it). `None` for what is not NDJSON of valid UTF-8 (an array, a
 /// pretty-printed document): [`decode_json_payload`] then decodes it. Never keeps the
 /// original: a payload that schemas may validate takes [`decode_json_payload`].
-pub(crate) fn decode_json_views<'a>(
+pub fn decode_json_views<'a>(
     payload: &'a [u8],
     ctx: &'a DecodeContext,
 ) -> Option<Result<ViewsOutput<'a>, PayloadError>> {
@@ -1379,6 +1425,9 @@ mod tests {
                     prop_oneof![
                         "[a-z é\\\"\u{1}]{0,6}".prop_map(|s| serde_json::to_string(&s).expect("str")),
                         "[a-z é\\\"\u{1}]{0,6}".prop_map(|s| format!("\"{s}\"")),
+                        // Past the bytes read one by one.
+                        "[a-z]{20,30}[a-z é\\\"\u{1}]{0,6}".prop_map(|s| format!("\"{s}\"")),
+                        "[a-z]{20,30}[a-z é\\\"\u{1}]{0,6}".prop_map(|s| serde_json::to_string(&s).expect("str")),
                         prop::sample::select(vec![
                             "0", "-0", "12", "-12", "1.5e3", "1E-2", "01", "1.", "-", "1e999",
                             "123456789012345678901234567890", "18446744073709551615",
@@ -1453,6 +1502,22 @@ mod tests {
             same_record(record, &expected.entry);
         }
         assert_eq!(views.errors, owned.errors);
+    }
+
+    proptest! {
+        /// Integers read at once are what serde_json reads, sign, zeros and overflow alike.
+        #[test]
+        fn numbers_read_as_serde_json_reads_them(
+            text in prop_oneof![
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<u64>().prop_map(|u| u.to_string()),
+                "-?[0-9]{1,21}",
+                "-?[0-9]{1,4}(\\.[0-9]{0,3})?([eE][-+]?[0-9]{0,3})?",
+            ],
+        ) {
+            let serde = serde_json::from_str::<serde_json::Number>(&text).ok();
+            prop_assert_eq!(number(&text), serde, "{}", text);
+        }
     }
 
     proptest! {

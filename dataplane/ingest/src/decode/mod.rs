@@ -32,7 +32,7 @@ use std::borrow::Cow;
 
 pub use framer::{FramingError, SyslogFramer};
 pub use json::decode_json_value;
-pub(crate) use json::{Record, ViewsOutput, decode_json_views};
+pub use json::{Record, ViewsOutput, decode_json_views};
 pub(crate) use syslog::decode_syslog_into;
 pub use syslog::decode_syslog_message;
 
@@ -297,7 +297,7 @@ fn decode_protobuf(payload: &[u8], ctx: &DecodeContext) -> Result<DecodeOutput, 
 /// allocation per string and per field); `None` where a view cannot read the payload as
 /// prost would (a malformed message, a group): [`decode_protobuf`] then decodes it, or says
 /// why it cannot.
-pub(crate) fn decode_protobuf_views<'a>(
+pub fn decode_protobuf_views<'a>(
     payload: &'a [u8],
     ctx: &'a DecodeContext,
 ) -> Option<Result<ViewsOutput<'a>, PayloadError>> {
