@@ -366,6 +366,8 @@ mod tests {
         prop_oneof![
             Just(FieldValue { kind: None }),
             ".{0,12}".prop_map(FieldValue::str),
+            // A map entry of 128 bytes or more: a two-byte length.
+            ".{100,160}".prop_map(FieldValue::str),
             any::<i64>().prop_map(FieldValue::int),
             any::<f64>().prop_map(FieldValue::float),
             any::<bool>().prop_map(FieldValue::bool),

@@ -603,7 +603,7 @@ mod tests {
             entries in proptest::collection::vec(
                 (
                     ".{0,6}", any::<i64>(), any::<i64>(), "[a-z]{0,4}", "[a-z]{0,4}", -2i32..9,
-                    ".{0,20}",
+                    (".{0,20}", ".{0,8}", "[0-9a-f]{0,32}"),
                     proptest::collection::btree_map(".{0,4}", prop_oneof![
                         ".{0,6}".prop_map(FieldValue::str),
                         any::<i64>().prop_map(FieldValue::int),
@@ -618,8 +618,8 @@ mod tests {
             let batch = LogBatch {
                 entries: entries
                     .into_iter()
-                    .map(|(id, timestamp, received_at, tenant, service, level, message, fields)| {
-                        LogEntry { id, timestamp, received_at, tenant, service, level, message, fields, ..Default::default() }
+                    .map(|(id, timestamp, received_at, tenant, service, level, (message, host, trace_id), fields)| {
+                        LogEntry { id, timestamp, received_at, tenant, service, level, message, host, trace_id, fields }
                     })
                     .collect(),
             };
