@@ -1154,6 +1154,78 @@ mod tests {
         assert!(a.has_batch(2) && b.has_batch(2));
     }
 
+    /// The same batch sent twice at once while one of its streams is busy (a client's retry
+    /// racing its first attempt): each stream stores it once, and the two appends account
+    /// for every entry as stored or duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_raced_by_its_retry_past_a_busy_stream_is_stored_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(StorageConfig::new(dir.path()), StorageMetrics::default())
+            .await
+            .expect("store");
+        let entry = |service: &str, message: &str| LogEntry {
+            id: format!("{service}-{message}"),
+            tenant: "t".into(),
+            service: service.into(),
+            message: message.into(),
+            timestamp: 1,
+            ..Default::default()
+        };
+        store
+            .append(1, vec![entry("a", "first"), entry("b", "first")])
+            .await
+            .expect("first batch");
+        let a = store.stream("t", "a").expect("a");
+        let b = store.stream("t", "b").expect("b");
+        let held = a.hold();
+        let attempt = || {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let batch = vec![entry("a", "raced"), entry("b", "raced")];
+                store
+                    .append_on_this_thread(2, batch, None)
+                    .written
+                    .map(|(outcome, _)| (outcome.stored, outcome.duplicates))
+            })
+        };
+        let (first, second) = (attempt(), attempt());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b.has_batch(2) {
+            assert!(
+                Instant::now() < deadline,
+                "b never took its part while a was held"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(held);
+        let first = first.join().expect("no panic").expect("appended");
+        let second = second.join().expect("no panic").expect("appended");
+        assert_eq!(first.0 + second.0, 2, "{first:?} {second:?}");
+        assert_eq!(first.1 + second.1, 2, "{first:?} {second:?}");
+        for service in ["a", "b"] {
+            let services = std::collections::BTreeSet::from([service.to_string()]);
+            let mut messages = Vec::new();
+            let always = |_: &LogEntry| true;
+            store.scan(
+                &ScanFilter {
+                    tenant: "t",
+                    services: Some(&services),
+                    from_ts: i64::MIN,
+                    to_ts: i64::MAX,
+                    level_mask: u32::MAX,
+                    required_tokens: &[],
+                    record_needle: None,
+                    core_and_message_only: false,
+                    message_unread: false,
+                    predicate: &always,
+                },
+                |entry| messages.push(entry.message.clone()),
+            );
+            messages.sort();
+            assert_eq!(messages, ["first", "raced"], "stream {service}");
+        }
+    }
+
     proptest::proptest! {
         /// Every entry lands in its (tenant, service) group once, in its batch order.
         #[test]
