@@ -774,19 +774,24 @@ impl Pipeline {
                 errors,
             };
         }
-        let ids: Vec<String> = kept
-            .iter()
-            .map(|(position, _)| logcluster_common::ids::entry_id(batch_uid, *position))
-            .collect();
+        // Every id in one string (they are all ENTRY_ID_LEN ASCII bytes long).
+        use logcluster_proto::ids::{ENTRY_ID_LEN, push_entry_id};
+        let mut id_bytes = Vec::with_capacity(kept.len() * ENTRY_ID_LEN);
+        for (position, _) in &kept {
+            push_entry_id(&mut id_bytes, batch_uid, *position);
+        }
+        let ids = String::from_utf8(id_bytes).unwrap_or_default();
         let mut owned = owned.iter();
         let views: Vec<EntryRef<'_>> = kept
             .into_iter()
-            .zip(&ids)
-            .map(|((_, view), id)| {
+            .enumerate()
+            .map(|(i, (_, view))| {
                 let mut view = view.unwrap_or_else(|| {
                     EntryRef::of(owned.next().expect("one owned entry per draft left"))
                 });
-                view.id = id;
+                view.id = ids
+                    .get(i * ENTRY_ID_LEN..(i + 1) * ENTRY_ID_LEN)
+                    .unwrap_or_default();
                 view
             })
             .collect();

@@ -116,12 +116,20 @@ impl std::hash::Hasher for Mix64Hasher {
 /// `<16 hex digits of batch uid>-<8 hex digits of position>`: ids of one batch sort together,
 /// and a retried batch yields identical ids.
 pub fn entry_id(batch_uid: u64, index: u32) -> String {
-    let mut out = Vec::with_capacity(25);
-    push_hex(&mut out, &batch_uid.to_be_bytes());
-    out.push(b'-');
-    push_hex(&mut out, &index.to_be_bytes());
+    let mut out = Vec::with_capacity(ENTRY_ID_LEN);
+    push_entry_id(&mut out, batch_uid, index);
     // Hex digits and '-' are ASCII.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// The length of every [`entry_id`].
+pub const ENTRY_ID_LEN: usize = 25;
+
+/// Appends [`entry_id`]'s text to `out` (many ids in one buffer).
+pub fn push_entry_id(out: &mut Vec<u8>, batch_uid: u64, index: u32) {
+    push_hex(out, &batch_uid.to_be_bytes());
+    out.push(b'-');
+    push_hex(out, &index.to_be_bytes());
 }
 
 /// The `(batch uid, position)` of an id that [`entry_id`] made, exactly: 16 and 8 lower-case

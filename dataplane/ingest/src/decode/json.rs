@@ -151,9 +151,7 @@ enum Parsed<'de> {
 /// dotted keys, which may meet another member's key (`{"a.b":1,"a":{"b":2}}`), and then
 /// the order decides which value stays. Flat records with distinct keys (nearly all) are
 /// not sorted: their keys are compared by a cheap digest, and a repeated digest sorts.
-fn one_per_key<K: std::ops::Deref<Target = str> + Ord, V: MemberValue>(
-    mut members: Vec<(K, V)>,
-) -> Vec<(K, V)> {
+fn one_per_key<K: std::ops::Deref<Target = str> + Ord, V: MemberValue>(members: &mut Vec<(K, V)>) {
     const SMALL: usize = 32;
     if members.len() <= SMALL {
         let mut digests = [0u64; SMALL];
@@ -164,7 +162,7 @@ fn one_per_key<K: std::ops::Deref<Target = str> + Ord, V: MemberValue>(
             digests[i] = digest;
         }
         if !must_sort {
-            return members;
+            return;
         }
     }
     // Stable: equal keys stay in input order, and the last of them is kept.
@@ -176,7 +174,6 @@ fn one_per_key<K: std::ops::Deref<Target = str> + Ord, V: MemberValue>(
         }
         equal
     });
-    members
 }
 
 /// A digest of a key from its length and its first and last eight bytes: equal keys have
@@ -237,7 +234,7 @@ impl MemberValue for Flat<'_> {
 /// line, with serde's errors. Where it answers, it answers what [`Parsed`] gives (numbers
 /// are read by serde_json itself, so they come out bit for bit the same; a property test
 /// checks the rest).
-fn flat_members(line: &str) -> Option<Vec<(&str, Flat<'_>)>> {
+fn flat_members<'a>(line: &'a str, members: &mut Vec<(&'a str, Flat<'a>)>) -> Option<()> {
     let bytes = line.as_bytes();
     let skip_ws = |mut at: usize| {
         while at < bytes.len() && matches!(bytes[at], b' ' | b'\t' | b'\n' | b'\r') {
@@ -273,7 +270,7 @@ fn flat_members(line: &str) -> Option<Vec<(&str, Flat<'_>)>> {
         return None;
     }
     at = skip_ws(at + 1);
-    let mut members: Vec<(&str, Flat<'_>)> = Vec::with_capacity(16);
+    members.clear();
     if bytes.get(at) == Some(&b'}') {
         at += 1;
     } else {
@@ -367,7 +364,8 @@ const STRING_STOP: [bool; 256] = {
 
 /// [`flat_members`] as [`Parsed`] gives them.
 fn flat_object(line: &str) -> Option<Parsed<'_>> {
-    let members = flat_members(line)?;
+    let mut members = Vec::with_capacity(16);
+    flat_members(line, &mut members)?;
     Some(Parsed::Object(
         members
             .into_iter()
@@ -415,7 +413,8 @@ impl<'de> Deserialize<'de> for Parsed<'de> {
                 while let Some(Key(key)) = map.next_key()? {
                     members.push((key, map.next_value()?));
                 }
-                Ok(Parsed::Object(one_per_key(members)))
+                one_per_key(&mut members);
+                Ok(Parsed::Object(members))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed<'de>, A::Error> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
@@ -588,7 +587,7 @@ fn map_members(members: Vec<Member<'_>>, ctx: &DecodeContext) -> Result<LogEntry
 /// level kept as `level_raw`): such a record takes [`map_members`]. Where it answers, it
 /// answers what [`map_members`] does (a property test checks it).
 fn map_flat<'a>(
-    members: Vec<(&'a str, Flat<'a>)>,
+    members: &mut Vec<(&'a str, Flat<'a>)>,
     ctx: &'a DecodeContext,
 ) -> Option<Result<EntryRef<'a>, RecordError>> {
     if members.is_empty() {
@@ -602,7 +601,7 @@ fn map_flat<'a>(
     let canonical = has("id") && has("received_at");
     let mut picks: [[Option<(&'a str, Flat<'a>)>; RANKS]; SLOTS] = Default::default();
     let mut fields: Vec<(&'a str, FieldRef<'a>)> = Vec::with_capacity(members.len());
-    for (key, value) in members {
+    for (key, value) in members.drain(..) {
         if value == Flat::Null {
             continue;
         }
@@ -984,6 +983,8 @@ pub fn decode_json_views<'a>(
     );
     let mut offset = 0usize;
     let mut first_record = true;
+    // One list of members for every line: they all borrow from the payload.
+    let mut members = Vec::with_capacity(16);
     let ends = memchr::memchr_iter(b'\n', payload).chain(std::iter::once(payload.len()));
     for (index, line_end) in ends.enumerate() {
         if out.records.len() + out.errors.len() > ctx.max_records {
@@ -996,7 +997,7 @@ pub fn decode_json_views<'a>(
         if line.bytes().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        let mapped = flat_members(line).and_then(|members| map_flat(members, ctx));
+        let mapped = flat_members(line, &mut members).and_then(|()| map_flat(&mut members, ctx));
         let result = match mapped {
             Some(Ok(view)) => {
                 out.records.push(Record::View(view));
