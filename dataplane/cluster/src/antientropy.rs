@@ -61,18 +61,7 @@ fn every_entry<'a>(
     to_ts: i64,
     predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
 ) -> ScanFilter<'a> {
-    ScanFilter {
-        tenant,
-        services: Some(services),
-        from_ts,
-        to_ts,
-        level_mask: u32::MAX,
-        required_tokens: &[],
-        record_needle: None,
-        core_and_message_only: false,
-        message_unread: false,
-        predicate,
-    }
+    ScanFilter::whole(tenant, Some(services), from_ts, to_ts, predicate)
 }
 
 /// Visits (stream, key, entry) of every local stream in partitions `me` and `peer` both own,

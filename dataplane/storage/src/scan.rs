@@ -68,7 +68,30 @@ pub struct ScanFilter<'a> {
     pub predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
 }
 
-impl ScanFilter<'_> {
+impl<'a> ScanFilter<'a> {
+    /// Every entry of `services` (all of the tenant's when `None`) in `[from_ts, to_ts)` that
+    /// `predicate` keeps, whole: no level, token or needle narrows it.
+    pub fn whole(
+        tenant: &'a str,
+        services: Option<&'a BTreeSet<String>>,
+        from_ts: i64,
+        to_ts: i64,
+        predicate: &'a (dyn Fn(&LogEntry) -> bool + Sync),
+    ) -> ScanFilter<'a> {
+        ScanFilter {
+            tenant,
+            services,
+            from_ts,
+            to_ts,
+            level_mask: u32::MAX,
+            required_tokens: &[],
+            record_needle: None,
+            core_and_message_only: false,
+            message_unread: false,
+            predicate,
+        }
+    }
+
     /// The row prefilter of a block read: the same time range, levels and needle.
     fn rows(&self) -> segment::RowFilter<'_> {
         segment::RowFilter {

@@ -385,18 +385,13 @@ impl Store {
                 part.iter().map(|e| e.id.as_str()).collect();
             let mut held: std::collections::HashSet<String> = std::collections::HashSet::new();
             let always = |_: &LogEntry| true;
-            let filter = ScanFilter {
-                tenant: &tenant,
-                services: Some(&services),
-                from_ts: from,
-                to_ts: to.saturating_add(1),
-                level_mask: u32::MAX,
-                required_tokens: &[],
-                record_needle: None,
-                core_and_message_only: false,
-                message_unread: false,
-                predicate: &always,
-            };
+            let filter = ScanFilter::whole(
+                &tenant,
+                Some(&services),
+                from,
+                to.saturating_add(1),
+                &always,
+            );
             store.scan(&filter, |entry| {
                 if wanted.contains(entry.id.as_str()) {
                     held.insert(entry.id.clone());
@@ -587,18 +582,13 @@ impl Store {
                         let services = std::collections::BTreeSet::from([service.clone()]);
                         let always = |_: &LogEntry| true;
                         self.scan(
-                            &ScanFilter {
-                                tenant: &tenant,
-                                services: Some(&services),
-                                from_ts: i64::MIN,
-                                to_ts: i64::MAX,
-                                level_mask: u32::MAX,
-                                required_tokens: &[],
-                                record_needle: None,
-                                core_and_message_only: false,
-                                message_unread: false,
-                                predicate: &always,
-                            },
+                            &ScanFilter::whole(
+                                &tenant,
+                                Some(&services),
+                                i64::MIN,
+                                i64::MAX,
+                                &always,
+                            ),
                             |entry| {
                                 if ids.contains(&entry.id) {
                                     present.insert(entry.id.clone());
@@ -1107,47 +1097,63 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    /// An entry of stream (t, `service`).
+    fn entry(service: &str, message: &str) -> LogEntry {
+        LogEntry {
+            id: format!("{service}-{message}"),
+            tenant: "t".into(),
+            service: service.into(),
+            message: message.into(),
+            timestamp: 1,
+            ..Default::default()
+        }
+    }
+
+    /// A store whose streams (t, a) and (t, b) hold batch 1, and those streams.
+    async fn two_streams(dir: &std::path::Path) -> (Arc<Store>, Arc<Stream>, Arc<Stream>) {
+        let store = Store::open(StorageConfig::new(dir), StorageMetrics::default())
+            .await
+            .expect("store");
+        store
+            .append(1, vec![entry("a", "first"), entry("b", "first")])
+            .await
+            .expect("first batch");
+        let a = store.stream("t", "a").expect("a");
+        let b = store.stream("t", "b").expect("b");
+        (store, a, b)
+    }
+
+    /// Waits (30 s at most) until `stream` holds batch `uid`.
+    fn wait_for_batch(stream: &Stream, uid: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stream.has_batch(uid) {
+            assert!(
+                Instant::now() < deadline,
+                "the stream never took its part of batch {uid}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// A batch part whose stream another append holds waits until the batch's other parts
     /// are appended: the other streams take their parts meanwhile, and the held one takes
     /// its part once free.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_busy_stream_takes_its_part_after_the_batch_s_other_streams() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(StorageConfig::new(dir.path()), StorageMetrics::default())
-            .await
-            .expect("store");
-        let entry = |service: &str| LogEntry {
-            tenant: "t".into(),
-            service: service.into(),
-            message: "m".into(),
-            timestamp: 1,
-            ..Default::default()
-        };
-        // Both streams exist; "a" comes first in the batch's order.
-        store
-            .append(1, vec![entry("a"), entry("b")])
-            .await
-            .expect("first batch");
-        let a = store.stream("t", "a").expect("a");
-        let b = store.stream("t", "b").expect("b");
+        // "a" comes first in the batch's order.
+        let (store, a, b) = two_streams(dir.path()).await;
         let held = a.hold();
         let appending = {
             let store = store.clone();
             std::thread::spawn(move || {
                 store
-                    .append_on_this_thread(2, vec![entry("a"), entry("b")], None)
+                    .append_on_this_thread(2, vec![entry("a", "m"), entry("b", "m")], None)
                     .written
                     .map(|(outcome, _)| outcome.stored)
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !b.has_batch(2) {
-            assert!(
-                Instant::now() < deadline,
-                "b never took its part while a was held"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_batch(&b, 2);
         drop(held);
         let stored = appending.join().expect("no panic").expect("appended");
         assert_eq!(stored, 2);
@@ -1160,23 +1166,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_raced_by_its_retry_past_a_busy_stream_is_stored_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(StorageConfig::new(dir.path()), StorageMetrics::default())
-            .await
-            .expect("store");
-        let entry = |service: &str, message: &str| LogEntry {
-            id: format!("{service}-{message}"),
-            tenant: "t".into(),
-            service: service.into(),
-            message: message.into(),
-            timestamp: 1,
-            ..Default::default()
-        };
-        store
-            .append(1, vec![entry("a", "first"), entry("b", "first")])
-            .await
-            .expect("first batch");
-        let a = store.stream("t", "a").expect("a");
-        let b = store.stream("t", "b").expect("b");
+        let (store, a, b) = two_streams(dir.path()).await;
         let held = a.hold();
         let attempt = || {
             let store = store.clone();
@@ -1189,14 +1179,7 @@ mod tests {
             })
         };
         let (first, second) = (attempt(), attempt());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !b.has_batch(2) {
-            assert!(
-                Instant::now() < deadline,
-                "b never took its part while a was held"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_batch(&b, 2);
         drop(held);
         let first = first.join().expect("no panic").expect("appended");
         let second = second.join().expect("no panic").expect("appended");
@@ -1207,18 +1190,7 @@ mod tests {
             let mut messages = Vec::new();
             let always = |_: &LogEntry| true;
             store.scan(
-                &ScanFilter {
-                    tenant: "t",
-                    services: Some(&services),
-                    from_ts: i64::MIN,
-                    to_ts: i64::MAX,
-                    level_mask: u32::MAX,
-                    required_tokens: &[],
-                    record_needle: None,
-                    core_and_message_only: false,
-                    message_unread: false,
-                    predicate: &always,
-                },
+                &ScanFilter::whole("t", Some(&services), i64::MIN, i64::MAX, &always),
                 |entry| messages.push(entry.message.clone()),
             );
             messages.sort();
