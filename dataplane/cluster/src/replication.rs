@@ -334,14 +334,11 @@ impl EncodedBatch {
             let Some(part) = parts.get_mut(partition) else {
                 continue;
             };
-            let body = &bodies.source[span.clone()];
-            prost::encoding::encode_key(
+            logcluster_proto::wire::put_delimited(
                 4,
-                prost::encoding::WireType::LengthDelimited,
+                &bodies.source[span.clone()],
                 &mut part.encoded,
             );
-            prost::encoding::encode_varint(body.len() as u64, &mut part.encoded);
-            part.encoded.extend_from_slice(body);
             part.entries += 1;
         }
         EncodedBatch {

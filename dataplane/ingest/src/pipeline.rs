@@ -539,11 +539,7 @@ impl Pipeline {
             let ctx = context(schemas);
             match views(&payload, &ctx) {
                 Some(Ok(output)) => {
-                    if output.records.len() + output.errors.len() > pipeline.max_batch_records {
-                        let error =
-                            decode::PayloadError::TooManyRecords(pipeline.max_batch_records);
-                        return Err((error.reason(), error.to_string()));
-                    }
+                    pipeline.check_record_count(output.records.len() + output.errors.len())?;
                     Ok(pipeline.prepare_views_and_store(source, output, schemas))
                 }
                 Some(Err(error)) => Err((error.reason(), error.to_string())),
@@ -677,11 +673,17 @@ impl Pipeline {
     /// syslog listeners make themselves (`Pipeline::ingest_on_blocking_thread` with `client_batch: false`) are bounded by their
     /// read size instead, and are never refused for their count.
     fn within_limit(&self, output: DecodeOutput) -> Result<DecodeOutput, (RejectReason, String)> {
-        if output.len() > self.max_batch_records {
+        self.check_record_count(output.len())?;
+        Ok(output)
+    }
+
+    /// [`Pipeline::within_limit`] of a payload's count of records, accepted or refused.
+    fn check_record_count(&self, records: usize) -> Result<(), (RejectReason, String)> {
+        if records > self.max_batch_records {
             let error = decode::PayloadError::TooManyRecords(self.max_batch_records);
             return Err((error.reason(), error.to_string()));
         }
-        Ok(output)
+        Ok(())
     }
 
     /// Refuses a whole payload: counted by format and reason, answered with the reason.

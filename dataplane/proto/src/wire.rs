@@ -6,6 +6,14 @@ use std::ops::Range;
 
 use prost::encoding::{WireType, decode_key, decode_varint};
 
+/// Appends a length-delimited field `tag` whose contents are `body` (already encoded: a
+/// nested message's bytes forwarded as they are), as prost writes such a field.
+pub fn put_delimited(tag: u32, body: &[u8], out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(body.len() as u64, out);
+    out.extend_from_slice(body);
+}
+
 /// The value of one top-level field, as [`walk_fields`] meets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawField {

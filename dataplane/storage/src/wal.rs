@@ -53,9 +53,7 @@ impl EntryBodies<'_> {
         let len = bodies.iter().map(|body| body.len() + 4).sum();
         Some(build_record(batch_uid, len, |out| {
             for body in bodies {
-                prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, out);
-                prost::encoding::encode_varint(body.len() as u64, out);
-                out.extend_from_slice(body);
+                logcluster_proto::wire::put_delimited(1, body, out);
             }
         }))
     }

@@ -90,6 +90,14 @@ const DOTTED: [(Slot, usize, &str); 4] = [
     (Slot::Trace, 2, "trace.id"),
 ];
 
+/// The dotted alias of a slot's `rank`, if that rank is one.
+fn dotted_alias(slot: usize, rank: usize) -> Option<&'static str> {
+    DOTTED
+        .iter()
+        .find(|(s, r, _)| *s as usize == slot && *r == rank)
+        .map(|(_, _, key)| *key)
+}
+
 /// Whether a value can fill a slot (otherwise it is kept as an ordinary field).
 fn usable(slot: Slot, value: &Value) -> bool {
     match value {
@@ -533,16 +541,13 @@ fn map_members(members: Vec<Member<'_>>, ctx: &DecodeContext) -> Result<LogEntry
             if slot_choice.is_some() {
                 continue;
             }
-            let dotted = DOTTED
-                .iter()
-                .find(|(s, r, _)| *s as usize == slot && *r == rank);
-            if let Some((_, _, key)) = dotted
-                && let Some(value) = fields.get(*key)
+            if let Some(key) = dotted_alias(slot, rank)
+                && let Some(value) = fields.get(key)
                 && matches!(
                     value.kind,
                     Some(Kind::Str(_) | Kind::Int(_) | Kind::Float(_))
                 )
-                && let Some(value) = fields.remove(*key)
+                && let Some(value) = fields.remove(key)
             {
                 *slot_choice = Some(Pick::Field(value));
             }
@@ -631,10 +636,7 @@ fn map_flat<'a>(
             if slot_choice.is_some() {
                 continue;
             }
-            let dotted = DOTTED
-                .iter()
-                .find(|(s, r, _)| *s as usize == slot && *r == rank);
-            if let Some((_, _, key)) = dotted
+            if let Some(key) = dotted_alias(slot, rank)
                 && let Some(at) = field_at(&fields, key)
                 && matches!(
                     fields[at].1,
@@ -724,6 +726,7 @@ fn flat_field<'a>(value: &Flat<'a>) -> FieldRef<'a> {
             Some(i) => FieldRef::Int(i),
             None => FieldRef::Float(n.as_f64().unwrap_or(0.0)),
         },
+        // Not met: a record's nulls count as absent and are left out before.
         Flat::Null => FieldRef::Json("null"),
     }
 }
@@ -1337,6 +1340,45 @@ mod tests {
         format!("{{{}}}", body.join(","))
     }
 
+    /// A record's key: a short dotted name, or one the mapping treats specially.
+    fn arb_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z.]{1,6}",
+            prop::sample::select(vec![
+                "message",
+                "msg",
+                "log",
+                "MESSAGE",
+                "level",
+                "severity",
+                "lvl",
+                "log.level",
+                "timestamp",
+                "ts",
+                "time",
+                "@timestamp",
+                "service",
+                "app",
+                "service.name",
+                "host",
+                "hostname",
+                "host.name",
+                "trace_id",
+                "traceId",
+                "trace.id",
+                "tenant",
+                "tenant_id",
+                "id",
+                "received_at",
+                "fields",
+                "level_raw",
+                "é",
+                "",
+            ])
+            .prop_map(str::to_string),
+        ]
+    }
+
     fn arb_json_value() -> impl Strategy<Value = Value> {
         let scalar = prop_oneof![
             Just(Value::Null),
@@ -1529,17 +1571,7 @@ mod tests {
         fn ndjson_lines_decode_exactly_like_parsed_values(
             members in proptest::collection::vec(
                 (
-                    prop_oneof![
-                        "[a-z.]{1,6}",
-                        prop::sample::select(vec![
-                            "message", "msg", "log", "MESSAGE", "level", "severity", "lvl",
-                            "log.level", "timestamp", "ts", "time", "@timestamp", "service",
-                            "app", "service.name", "host", "hostname", "host.name",
-                            "trace_id", "traceId", "trace.id", "tenant", "tenant_id", "id",
-                            "received_at", "fields", "é", "",
-                        ])
-                        .prop_map(str::to_string),
-                    ],
+                    arb_key(),
                     any::<bool>(),
                     arb_json_value(),
                 ),
@@ -1576,17 +1608,7 @@ mod tests {
             lines in proptest::collection::vec(
                 proptest::collection::vec(
                     (
-                        prop_oneof![
-                            "[a-z.]{1,6}",
-                            prop::sample::select(vec![
-                                "message", "msg", "log", "MESSAGE", "level", "severity", "lvl",
-                                "log.level", "timestamp", "ts", "time", "@timestamp", "service",
-                                "app", "service.name", "host", "hostname", "host.name",
-                                "trace_id", "traceId", "trace.id", "tenant", "tenant_id", "id",
-                                "received_at", "fields", "level_raw", "é", "",
-                            ])
-                            .prop_map(str::to_string),
-                        ],
+                        arb_key(),
                         prop::sample::select(vec![false, false, false, false, false, false, false, true]),
                         prop_oneof![
                             // Values the views take (strings without escapes), then anything.
