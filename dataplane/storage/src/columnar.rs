@@ -552,19 +552,62 @@ impl Columns {
         let mut block = Vec::new();
         let raws = self.raw_sections(trace_ordinals);
         let mut sections = Vec::with_capacity(2 * raws.len());
-        // One compression context for every section: setting one up (allocating and
-        // clearing its tables) costs more than compressing a small section.
-        let mut compressor = zstd::bulk::Compressor::new(zstd_level)
-            .map_err(|source| StorageError::Compress { source })?;
+        let mut compressor = Kept::take(zstd_level)?;
         for raw in &raws {
-            let compressed = compressor
-                .compress(raw)
-                .map_err(|source| StorageError::Compress { source })?;
+            let compressed = compressor.compress(raw)?;
             sections.push(crate::segment::block_len(compressed.len())?);
             sections.push(crate::segment::block_len(raw.len())?);
             block.extend_from_slice(&compressed);
         }
         Ok((block, sections))
+    }
+}
+
+/// Compression contexts kept between blocks, with their levels. Setting one up allocates
+/// and clears its tables (about a megabyte at level 3), which costs more than compressing a
+/// small section; a context used again only clears what its last frame left dirty.
+static COMPRESSORS: std::sync::Mutex<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How many idle contexts [`COMPRESSORS`] keeps: as many as blocks are usually compressed at
+/// once (one per core); a context beyond them is dropped after its block.
+const KEPT_COMPRESSORS: usize = 4;
+
+/// A compression context taken from [`COMPRESSORS`] (or new), put back when dropped.
+struct Kept(Option<(i32, zstd::bulk::Compressor<'static>)>);
+
+impl Kept {
+    fn take(level: i32) -> Result<Kept, StorageError> {
+        let kept = {
+            let mut idle = COMPRESSORS.lock().unwrap_or_else(|e| e.into_inner());
+            let at = idle.iter().position(|(l, _)| *l == level);
+            at.map(|at| idle.swap_remove(at))
+        };
+        let kept = match kept {
+            Some(kept) => kept,
+            None => (
+                level,
+                zstd::bulk::Compressor::new(level)
+                    .map_err(|source| StorageError::Compress { source })?,
+            ),
+        };
+        Ok(Kept(Some(kept)))
+    }
+
+    fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, StorageError> {
+        let (_, compressor) = self.0.as_mut().expect("a kept context until dropped");
+        compressor
+            .compress(raw)
+            .map_err(|source| StorageError::Compress { source })
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let mut idle = COMPRESSORS.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < KEPT_COMPRESSORS {
+            idle.extend(self.0.take());
+        }
     }
 }
 

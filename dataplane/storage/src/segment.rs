@@ -1620,6 +1620,24 @@ pub(crate) mod tests {
             proptest::prop_assert_eq!(meta.rollup, rollup);
         }
 
+        /// A block's filter is built from exactly the tokens of its entries in every layout
+        /// (the hosts and trace ids a block skips as repeats included).
+        #[test]
+        fn a_block_collects_exactly_the_tokens_of_its_entries(all in arb_entries()) {
+            for format in [FORMAT_TEMPLATES, FORMAT_COLUMNS, FORMAT_ROWS] {
+                let mut builder = BlockBuilder::new(format);
+                builder.push_entries(&all);
+                let collected: HashSet<u64> = builder.tokens.iter().copied().collect();
+                let mut indexed = HashSet::new();
+                for entry in &all {
+                    for_each_indexed_token(entry, |h| {
+                        indexed.insert(h);
+                    });
+                }
+                proptest::prop_assert_eq!(collected, indexed, "format {}", format);
+            }
+        }
+
         /// Column blocks, with and without templates, give back every entry bit for bit
         /// (compared as protobuf bytes, so NaN payloads and -0.0 count too).
         #[test]

@@ -56,22 +56,30 @@ const fn is_separator(byte: u8) -> bool {
     byte < 0x80 && !byte.is_ascii_alphanumeric()
 }
 
-/// [`WORD_CLASS`] of a byte that ends a word.
-const SEPARATOR: u8 = 0;
-/// [`WORD_CLASS`] of an ASCII digit.
-const DIGIT: u8 = 2;
+/// Whether each byte ends a word ([`is_separator`]).
+const SEPARATES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = is_separator(byte as u8);
+        byte += 1;
+    }
+    table
+};
 
-/// Each byte's part in a word: [`SEPARATOR`], [`DIGIT`], or 1 for the other word bytes.
-const WORD_CLASS: [u8; 256] = {
+/// [`SCAN`] of a placeholder byte.
+const PLACEHOLDER: u8 = 2;
+
+/// What [`Builder::split`] stops at: 1 for an ASCII digit, [`PLACEHOLDER`] for a placeholder
+/// byte, 0 for the rest.
+const SCAN: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut byte = 0;
     while byte < 256 {
-        table[byte] = if is_separator(byte as u8) {
-            SEPARATOR
-        } else if (byte as u8).is_ascii_digit() {
-            DIGIT
-        } else {
-            1
+        table[byte] = match byte as u8 {
+            b'0'..=b'9' => 1,
+            INT | TEXT | LITERAL => PLACEHOLDER,
+            _ => 0,
         };
         byte += 1;
     }
@@ -186,49 +194,63 @@ impl Builder {
         add_bigrams(&mut self.filter.0, value);
     }
 
+    /// Cuts `message` into its template and values; false when it holds a placeholder byte
+    /// (it is then stored whole). Only the words with a digit become values, so the message
+    /// is scanned for digits and placeholder bytes, a word is found around each digit met,
+    /// and the text between such words is copied as it is.
+    fn split(&mut self, message: &[u8]) -> bool {
+        let len = message.len();
+        let mut copied = 0;
+        let mut at = 0;
+        loop {
+            while at < len && SCAN[usize::from(message[at])] == 0 {
+                at += 1;
+            }
+            if at == len {
+                break;
+            }
+            if SCAN[usize::from(message[at])] == PLACEHOLDER {
+                return false;
+            }
+            // A digit: its word reaches back to a separator (at most to the end of the
+            // previous value, which a separator follows) and on to the next one. Placeholder
+            // bytes are separators, so none is skipped inside a word.
+            let mut start = at;
+            while start > copied && !SEPARATES[usize::from(message[start - 1])] {
+                start -= 1;
+            }
+            at += 1;
+            while at < len && !SEPARATES[usize::from(message[at])] {
+                at += 1;
+            }
+            let word = &message[start..at];
+            self.template.extend_from_slice(&message[copied..start]);
+            if let Some(value) = as_int(word) {
+                self.template.push(INT);
+                encode_varint(value, &mut self.values);
+            } else {
+                self.template.push(TEXT);
+                self.add_text(word);
+            }
+            self.ends.push(self.values.len());
+            copied = at;
+        }
+        self.template.extend_from_slice(&message[copied..]);
+        true
+    }
+
     /// Adds one row.
     pub fn push(&mut self, message: &[u8], level: i32) {
         self.template.clear();
         self.values.clear();
         self.ends.clear();
-        if message.iter().any(|b| matches!(*b, INT | TEXT | LITERAL)) {
+        if !self.split(message) {
+            self.template.clear();
+            self.values.clear();
+            self.ends.clear();
             self.template.push(LITERAL);
             self.add_text(message);
             self.ends.push(self.values.len());
-        } else {
-            let mut at = 0;
-            let word_class = |at: usize| WORD_CLASS[usize::from(message[at])];
-            while at < message.len() {
-                let start = at;
-                if word_class(at) == SEPARATOR {
-                    while at < message.len() && word_class(at) == SEPARATOR {
-                        at += 1;
-                    }
-                    self.template.extend_from_slice(&message[start..at]);
-                    continue;
-                }
-                let mut digits = false;
-                while at < message.len() {
-                    let class = word_class(at);
-                    if class == SEPARATOR {
-                        break;
-                    }
-                    digits |= class == DIGIT;
-                    at += 1;
-                }
-                let word = &message[start..at];
-                if !digits {
-                    self.template.extend_from_slice(word);
-                } else if let Some(value) = as_int(word) {
-                    self.template.push(INT);
-                    encode_varint(value, &mut self.values);
-                    self.ends.push(self.values.len());
-                } else {
-                    self.template.push(TEXT);
-                    self.add_text(word);
-                    self.ends.push(self.values.len());
-                }
-            }
         }
         let id = match self.index.get(&self.template[..]) {
             Some(&id) => id,
@@ -728,6 +750,57 @@ mod tests {
             round_trip(&messages),
             messages.iter().map(|m| m.to_vec()).collect::<Vec<_>>()
         );
+    }
+
+    /// The module docs' definition, word by word: each word with a digit is a value.
+    fn split_by_words(message: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<usize>) {
+        let mut builder = Builder::default();
+        if message.iter().any(|b| matches!(*b, INT | TEXT | LITERAL)) {
+            builder.template.push(LITERAL);
+            builder.add_text(message);
+            builder.ends.push(builder.values.len());
+            return (builder.template, builder.values, builder.ends);
+        }
+        let mut at = 0;
+        while at < message.len() {
+            let start = at;
+            let separator = is_separator(message[at]);
+            while at < message.len() && is_separator(message[at]) == separator {
+                at += 1;
+            }
+            let word = &message[start..at];
+            if separator || !word.iter().any(u8::is_ascii_digit) {
+                builder.template.extend_from_slice(word);
+                continue;
+            }
+            match as_int(word) {
+                Some(value) => {
+                    builder.template.push(INT);
+                    encode_varint(value, &mut builder.values);
+                }
+                None => {
+                    builder.template.push(TEXT);
+                    builder.add_text(word);
+                }
+            }
+            builder.ends.push(builder.values.len());
+        }
+        (builder.template, builder.values, builder.ends)
+    }
+
+    proptest::proptest! {
+        /// A message's template and values are those of the word-by-word definition.
+        #[test]
+        fn messages_split_as_their_words_do(
+            message in "(GET|get|Ab|id=|txn_|[0-9]{1,22}|0[0-9]{1,3}|x[0-9a-f]{1,8}|\\u{11}|\\u{12}|\\u{13}|é9|9é|[ _./:=-]){0,16}",
+        ) {
+            let mut builder = Builder::default();
+            builder.push(message.as_bytes(), 0);
+            let (template, values, ends) = split_by_words(message.as_bytes());
+            proptest::prop_assert_eq!(&builder.templates[0], &template);
+            proptest::prop_assert_eq!(builder.values, values);
+            proptest::prop_assert_eq!(builder.ends, ends);
+        }
     }
 
     #[test]
