@@ -7,7 +7,8 @@
 //! refuses groups, which prost skips, so a caller that falls back to prost on `None` stores
 //! the same entries either way.
 
-use prost::encoding::{WireType, decode_key, decode_varint};
+use crate::wire::{read_key, read_varint};
+use prost::encoding::WireType;
 
 use crate::entry::{FieldValue, LogEntry, field_value::Kind};
 
@@ -85,10 +86,10 @@ impl<'a> EntryRef<'a> {
         let mut entry = EntryRef::default();
         let mut rest = bytes;
         while !rest.is_empty() {
-            let (tag, wire_type) = decode_key(&mut rest).ok()?;
+            let (tag, wire_type) = read_key(&mut rest)?;
             match (tag, wire_type) {
                 (2 | 3 | 6, WireType::Varint) => {
-                    let value = decode_varint(&mut rest).ok()?;
+                    let value = read_varint(&mut rest)?;
                     match tag {
                         2 => entry.timestamp = value as i64,
                         3 => entry.received_at = value as i64,
@@ -284,7 +285,7 @@ fn varint_len(value: u64) -> usize {
 
 /// The contents of a length-delimited field.
 fn delimited<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = usize::try_from(decode_varint(rest).ok()?).ok()?;
+    let len = usize::try_from(read_varint(rest)?).ok()?;
     let contents = rest.get(..len)?;
     *rest = &rest[len..];
     Some(contents)
@@ -298,7 +299,7 @@ fn text(bytes: &[u8]) -> Option<&str> {
 fn skip(wire_type: WireType, rest: &mut &[u8]) -> Option<()> {
     match wire_type {
         WireType::Varint => {
-            decode_varint(rest).ok()?;
+            read_varint(rest)?;
         }
         WireType::SixtyFourBit => *rest = rest.get(8..)?,
         WireType::ThirtyTwoBit => *rest = rest.get(4..)?,
@@ -314,7 +315,7 @@ fn skip(wire_type: WireType, rest: &mut &[u8]) -> Option<()> {
 fn map_entry(mut rest: &[u8]) -> Option<(&str, FieldRef<'_>)> {
     let (mut key, mut value) = ("", FieldRef::Absent);
     while !rest.is_empty() {
-        match decode_key(&mut rest).ok()? {
+        match read_key(&mut rest)? {
             (1, WireType::LengthDelimited) => key = text(delimited(&mut rest)?)?,
             (2, WireType::LengthDelimited) => merge_value(delimited(&mut rest)?, &mut value)?,
             (1 | 2, _) => return None,
@@ -327,15 +328,15 @@ fn map_entry(mut rest: &[u8]) -> Option<(&str, FieldRef<'_>)> {
 /// A `FieldValue` message merged into `value`: the last kind present wins.
 fn merge_value<'a>(mut rest: &'a [u8], value: &mut FieldRef<'a>) -> Option<()> {
     while !rest.is_empty() {
-        *value = match decode_key(&mut rest).ok()? {
+        *value = match read_key(&mut rest)? {
             (1, WireType::LengthDelimited) => FieldRef::Str(text(delimited(&mut rest)?)?),
-            (2, WireType::Varint) => FieldRef::Int(decode_varint(&mut rest).ok()? as i64),
+            (2, WireType::Varint) => FieldRef::Int(read_varint(&mut rest)? as i64),
             (3, WireType::SixtyFourBit) => {
                 let bits = rest.get(..8)?;
                 rest = &rest[8..];
                 FieldRef::Float(f64::from_le_bytes(bits.try_into().ok()?))
             }
-            (4, WireType::Varint) => FieldRef::Bool(decode_varint(&mut rest).ok()? != 0),
+            (4, WireType::Varint) => FieldRef::Bool(read_varint(&mut rest)? != 0),
             (5, WireType::LengthDelimited) => FieldRef::Json(text(delimited(&mut rest)?)?),
             (1..=5, _) => return None,
             (_, wire_type) => {

@@ -14,6 +14,37 @@ pub fn put_delimited(tag: u32, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
+/// Reads a varint as prost's `decode_varint` does (`None` where it fails), a one-byte
+/// varint without a call: keys, lengths and small values nearly always fit in one byte.
+#[inline]
+pub fn read_varint(rest: &mut &[u8]) -> Option<u64> {
+    match rest.first() {
+        Some(&byte) if byte < 0x80 => {
+            *rest = &rest[1..];
+            Some(u64::from(byte))
+        }
+        _ => decode_varint(rest).ok(),
+    }
+}
+
+/// Reads a field key as prost's `decode_key` does (`None` where it fails), a one-byte key
+/// without a call.
+#[inline]
+pub fn read_key(rest: &mut &[u8]) -> Option<(u32, WireType)> {
+    match rest.first() {
+        Some(&byte) if byte < 0x80 => {
+            let tag = u32::from(byte >> 3);
+            let wire_type = WireType::try_from(u64::from(byte & 7)).ok()?;
+            if tag == 0 {
+                return None;
+            }
+            *rest = &rest[1..];
+            Some((tag, wire_type))
+        }
+        _ => decode_key(rest).ok(),
+    }
+}
+
 /// The value of one top-level field, as [`walk_fields`] meets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawField {
@@ -32,9 +63,9 @@ pub enum RawField {
 pub fn walk_fields(message: &[u8], mut f: impl FnMut(u32, RawField)) -> Option<()> {
     let mut rest = message;
     while !rest.is_empty() {
-        let (tag, wire_type) = decode_key(&mut rest).ok()?;
+        let (tag, wire_type) = read_key(&mut rest)?;
         let field = match wire_type {
-            WireType::Varint => RawField::Varint(decode_varint(&mut rest).ok()?),
+            WireType::Varint => RawField::Varint(read_varint(&mut rest)?),
             WireType::SixtyFourBit => {
                 rest = rest.get(8..)?;
                 RawField::Fixed
@@ -44,7 +75,7 @@ pub fn walk_fields(message: &[u8], mut f: impl FnMut(u32, RawField)) -> Option<(
                 RawField::Fixed
             }
             WireType::LengthDelimited => {
-                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                let len = usize::try_from(read_varint(&mut rest)?).ok()?;
                 let start = message.len() - rest.len();
                 rest = rest.get(len..)?;
                 RawField::Delimited(start..start + len)
@@ -61,6 +92,32 @@ mod tests {
     use super::*;
     use crate::{FieldValue, LogBatch, LogEntry};
     use prost::Message;
+
+    proptest::proptest! {
+        /// Keys and varints read as prost reads them, leaving the same rest.
+        #[test]
+        fn keys_and_varints_read_as_prost_reads_them(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![proptest::prelude::any::<u8>(), 0u8..0x80, 0x80u8..=0xff],
+                0..12,
+            ),
+        ) {
+            let (mut ours, mut theirs) = (&bytes[..], &bytes[..]);
+            let read = read_key(&mut ours);
+            let expected = decode_key(&mut theirs).ok();
+            proptest::prop_assert_eq!(read, expected);
+            if read.is_some() {
+                proptest::prop_assert_eq!(ours, theirs);
+            }
+            let (mut ours, mut theirs) = (&bytes[..], &bytes[..]);
+            let read = read_varint(&mut ours);
+            let expected = decode_varint(&mut theirs).ok();
+            proptest::prop_assert_eq!(read, expected);
+            if read.is_some() {
+                proptest::prop_assert_eq!(ours, theirs);
+            }
+        }
+    }
 
     #[test]
     fn fields_are_walked_in_order_with_their_places() {
