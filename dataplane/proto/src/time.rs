@@ -70,13 +70,13 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     if b.len() < 19 {
         return None;
     }
+    // The fixed-width decimal at `range` (2 or 4 digits, so it always fits).
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = b.get(range)?;
-        if part.iter().all(u8::is_ascii_digit) {
-            std::str::from_utf8(part).ok()?.parse().ok()
-        } else {
-            None
-        }
+        b.get(range)?.iter().try_fold(0i64, |value, &digit| {
+            digit
+                .is_ascii_digit()
+                .then(|| value * 10 + i64::from(digit - b'0'))
+        })
     };
     if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;

@@ -163,10 +163,15 @@ fn one_per_key<K: std::ops::Deref<Target = str> + Ord, V: MemberValue>(members: 
     const SMALL: usize = 32;
     if members.len() <= SMALL {
         let mut digests = [0u64; SMALL];
+        // One bit per digest's low six bits: a digest whose bit is clear is new, without
+        // looking through the others.
+        let mut seen = 0u64;
         let mut must_sort = false;
         for (i, (key, value)) in members.iter().enumerate() {
             let digest = key_digest(key.as_bytes());
-            must_sort |= value.is_object() || digests[..i].contains(&digest);
+            let bit = 1u64 << (digest % 64);
+            must_sort |= value.is_object() || (seen & bit != 0 && digests[..i].contains(&digest));
+            seen |= bit;
             digests[i] = digest;
         }
         if !must_sort {
@@ -187,13 +192,22 @@ fn one_per_key<K: std::ops::Deref<Target = str> + Ord, V: MemberValue>(members: 
 /// A digest of a key from its length and its first and last eight bytes: equal keys have
 /// equal digests, and different keys seldom do.
 fn key_digest(key: &[u8]) -> u64 {
-    let word = |bytes: &[u8]| {
-        let mut word = [0u8; 8];
-        word[..bytes.len()].copy_from_slice(bytes);
-        u64::from_le_bytes(word)
+    // Whole words where there are eight bytes; a shorter key is its own head and tail,
+    // zero-padded (read byte by byte: a copy of a variable length would call memcpy).
+    let (head, tail) = if key.len() >= 8 {
+        let word = |bytes: &[u8]| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            u64::from_le_bytes(word)
+        };
+        (word(&key[..8]), word(&key[key.len() - 8..]))
+    } else {
+        let word = key
+            .iter()
+            .enumerate()
+            .fold(0u64, |word, (i, &b)| word | u64::from(b) << (8 * i));
+        (word, word)
     };
-    let head = word(&key[..key.len().min(8)]);
-    let tail = word(&key[key.len().saturating_sub(8)..]);
     // Only compared for equality: no mixing needed.
     head ^ tail.rotate_left(29) ^ key.len() as u64
 }
@@ -251,27 +265,11 @@ fn flat_members<'a>(line: &'a str, members: &mut Vec<(&'a str, Flat<'a>)>) -> Op
         at
     };
     // The text of the string starting at `at` (a quote), and the index after its end.
-    // serde refuses control characters in strings; an escape ends the fast path. Short
-    // strings (keys, most values) are read byte by byte, the rest of a longer one by memchr.
+    // serde refuses control characters in strings; an escape ends the fast path.
     let string = |at: usize| -> Option<(&str, usize)> {
-        const SHORT: usize = 24;
         let start = at + 1;
-        let rest = bytes.get(start..)?;
-        let head = &rest[..rest.len().min(SHORT)];
-        let len = match head.iter().position(|&b| STRING_STOP[usize::from(b)]) {
-            Some(i) if rest[i] == b'"' => i,
-            Some(_) => return None,
-            None if head.len() == rest.len() => return None,
-            None => {
-                let i = SHORT + memchr::memchr2(b'"', b'\\', &rest[SHORT..])?;
-                let text = &rest[SHORT..i];
-                if rest[i] != b'"' || text.iter().fold(false, |bad, b| bad | (*b < 0x20)) {
-                    return None;
-                }
-                i
-            }
-        };
-        Some((&line[start..start + len], start + len + 1))
+        let len = first_string_stop(bytes.get(start..)?)?;
+        (bytes[start + len] == b'"').then(|| (&line[start..start + len], start + len + 1))
     };
     let mut at = skip_ws(0);
     if bytes.get(at) != Some(&b'{') {
@@ -356,6 +354,34 @@ fn number(text: &str) -> Option<serde_json::Number> {
         });
     }
     serde_json::from_str(text).ok()
+}
+
+/// Where the first [`STRING_STOP`] byte of `bytes` is. Eight bytes at a time: in each word,
+/// a byte below 0x20, a quote and a backslash each set their byte's high bit in a mask
+/// (borrows may set bits above a byte that matched, never below one, so the lowest bit set
+/// is the first stop).
+fn first_string_stop(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let stops = (word.wrapping_sub(ONES * 0x20) & !word
+            | zero_byte(word ^ (ONES * u64::from(b'"')))
+            | zero_byte(word ^ (ONES * u64::from(b'\\'))))
+            & HIGH;
+        if stops != 0 {
+            return Some(at + (stops.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = bytes[at..]
+        .iter()
+        .position(|&b| STRING_STOP[usize::from(b)])?;
+    Some(at + tail)
 }
 
 /// Bytes that end a string's fast reading: its closing quote, an escape, or a control
@@ -592,7 +618,7 @@ fn map_members(members: Vec<Member<'_>>, ctx: &DecodeContext) -> Result<LogEntry
 /// level kept as `level_raw`): such a record takes [`map_members`]. Where it answers, it
 /// answers what [`map_members`] does (a property test checks it).
 fn map_flat<'a>(
-    members: &mut Vec<(&'a str, Flat<'a>)>,
+    members: &[(&'a str, Flat<'a>)],
     ctx: &'a DecodeContext,
 ) -> Option<Result<EntryRef<'a>, RecordError>> {
     if members.is_empty() {
@@ -604,32 +630,35 @@ fn map_flat<'a>(
     }
     let has = |key: &str| members.iter().any(|(k, _)| *k == key);
     let canonical = has("id") && has("received_at");
-    let mut picks: [[Option<(&'a str, Flat<'a>)>; RANKS]; SLOTS] = Default::default();
+    // Each slot's members by rank, as indices of `members` (`NO_PICK`: none).
+    const NO_PICK: usize = usize::MAX;
+    let mut picks = [[NO_PICK; RANKS]; SLOTS];
     let mut fields: Vec<(&'a str, FieldRef<'a>)> = Vec::with_capacity(members.len());
-    for (key, value) in members.drain(..) {
-        if value == Flat::Null {
+    for (at, (key, value)) in members.iter().enumerate() {
+        if *value == Flat::Null {
             continue;
         }
-        if canonical && (key == "id" || key == "received_at") {
+        if canonical && (*key == "id" || *key == "received_at") {
             continue;
         }
         match classify(key) {
             Some((slot, rank)) if !matches!(value, Flat::Bool(_)) || slot == Slot::Message => {
-                picks[slot as usize][rank] = Some((key, value));
+                picks[slot as usize][rank] = at;
             }
-            _ => fields.push((key, flat_field(&value))),
+            _ => fields.push((key, flat_field(value))),
         }
     }
     let field_at =
         |fields: &[(&str, FieldRef<'_>)], key: &str| fields.iter().position(|(k, _)| *k == key);
     let mut chosen: [Option<FlatPick<'a>>; SLOTS] = Default::default();
-    for (slot, (slot_picks, slot_choice)) in picks.iter_mut().zip(chosen.iter_mut()).enumerate() {
-        for (rank, pick) in slot_picks.iter_mut().enumerate() {
-            if let Some((key, value)) = pick.take() {
+    for (slot, (slot_picks, slot_choice)) in picks.iter().zip(chosen.iter_mut()).enumerate() {
+        for (rank, &pick) in slot_picks.iter().enumerate() {
+            if pick != NO_PICK {
+                let (key, value) = &members[pick];
                 if slot_choice.is_none() {
-                    *slot_choice = Some(FlatPick::Json(value));
+                    *slot_choice = Some(FlatPick::Json(value.clone()));
                 } else {
-                    fields.push((key, flat_field(&value)));
+                    fields.push((key, flat_field(value)));
                 }
                 continue;
             }
@@ -1000,7 +1029,7 @@ pub fn decode_json_views<'a>(
         if line.bytes().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        let mapped = flat_members(line, &mut members).and_then(|()| map_flat(&mut members, ctx));
+        let mapped = flat_members(line, &mut members).and_then(|()| map_flat(&members, ctx));
         let result = match mapped {
             Some(Ok(view)) => {
                 out.records.push(Record::View(view));
@@ -1545,6 +1574,28 @@ mod tests {
             same_record(record, &expected.entry);
         }
         assert_eq!(views.errors, owned.errors);
+    }
+
+    proptest! {
+        /// The first stop of a string, read eight bytes at a time, is the first byte that
+        /// STRING_STOP names, wherever it lies in a word.
+        #[test]
+        fn string_stops_are_found_where_the_table_finds_them(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    4 => 0x20u8..0x7f,
+                    1 => Just(b'"'),
+                    1 => Just(b'\\'),
+                    1 => 0u8..0x20,
+                    1 => 0x80u8..=0xff,
+                    1 => prop_oneof![Just(0x21u8), Just(0x1f), Just(0x5b), Just(0x5d), Just(0xa2), Just(0xdc)],
+                ],
+                0..40,
+            ),
+        ) {
+            let expected = bytes.iter().position(|&b| STRING_STOP[usize::from(b)]);
+            prop_assert_eq!(first_string_stop(&bytes), expected);
+        }
     }
 
     proptest! {
