@@ -374,14 +374,21 @@ impl SegmentIndex {
 
 /// Calls `f` with the hash of every token that the block filter indexes for `entry`.
 pub fn for_each_indexed_token(entry: &LogEntry, f: impl FnMut(u64)) {
-    for_each_token_but(&EntryRef::of(entry), false, false, f);
+    for_each_token_but(&EntryRef::of(entry), false, false, None, f);
 }
 
 /// [`for_each_indexed_token`], leaving out the host or the trace id when told to (those of
-/// the previous entry of a block, whose tokens are already known).
-fn for_each_token_but(entry: &EntryRef<'_>, host: bool, trace: bool, mut f: impl FnMut(u64)) {
+/// the previous entry of a block, whose tokens are already known), and a host whose tokens
+/// `known` knows.
+fn for_each_token_but(
+    entry: &EntryRef<'_>,
+    host: bool,
+    trace: bool,
+    known: Option<&mut KnownHosts>,
+    mut f: impl FnMut(u64),
+) {
     for_each_token_hash(entry.message, &mut f);
-    if !host {
+    if !host && known.is_none_or(|hosts| hosts.fresh(entry.host)) {
         for_each_token_hash(entry.host, &mut f);
     }
     if !trace {
@@ -391,6 +398,39 @@ fn for_each_token_but(entry: &EntryRef<'_>, host: bool, trace: bool, mut f: impl
         if let FieldRef::Str(s) = value {
             for_each_token_hash(s, &mut f);
         }
+    }
+}
+
+/// The longest host [`KnownHosts`] keeps (longer ones seldom repeat).
+const KNOWN_LEN: usize = 64;
+
+/// How many hosts [`KnownHosts`] keeps.
+const KNOWN_HOSTS: usize = 8;
+
+/// The last hosts whose tokens a block has: a stream's rows come from a service's few pods
+/// in turn.
+#[derive(Default)]
+struct KnownHosts {
+    hosts: [String; KNOWN_HOSTS],
+    /// The slot the next new host takes.
+    next: usize,
+}
+
+impl KnownHosts {
+    /// Whether `host`'s tokens are new to the block (then it is kept, and they will not be).
+    fn fresh(&mut self, host: &str) -> bool {
+        if host.len() > KNOWN_LEN {
+            return true;
+        }
+        // An empty host has no tokens.
+        if host.is_empty() || self.hosts.iter().any(|h| h == host) {
+            return false;
+        }
+        let slot = &mut self.hosts[self.next];
+        slot.clear();
+        slot.push_str(host);
+        self.next = (self.next + 1) % KNOWN_HOSTS;
+        true
     }
 }
 
@@ -437,6 +477,8 @@ pub struct BlockBuilder {
     tokens: Vec<u64>,
     /// This builder in [`RECENT_TOKENS`].
     id: u64,
+    /// Hosts whose tokens the block has.
+    known: KnownHosts,
     rollup: std::collections::BTreeMap<(i64, u32), u32>,
     /// Entries of one minute and level come in runs: counted here, added to `rollup` per run.
     run: Option<((i64, u32), u32)>,
@@ -479,6 +521,7 @@ impl BlockBuilder {
                 ..Default::default()
             },
             tokens: Vec::new(),
+            known: KnownHosts::default(),
             rollup: std::collections::BTreeMap::new(),
             run: None,
             numeric: NumericFolds::default(),
@@ -523,8 +566,9 @@ impl BlockBuilder {
                 (false, false)
             }
         };
+        let known = &mut self.known;
         RECENT_TOKENS.with_borrow_mut(|recent| {
-            for_each_token_but(entry, same_host, same_trace, |h| {
+            for_each_token_but(entry, same_host, same_trace, Some(known), |h| {
                 let slot = &mut recent[h as usize & (RECENT_SLOTS - 1)];
                 if *slot != (self.id, h) {
                     *slot = (self.id, h);
@@ -560,6 +604,7 @@ impl BlockBuilder {
             numeric,
             layout,
             id: _,
+            known: _,
         } = self;
         let format = meta.format;
         if let Some((key, count)) = run {

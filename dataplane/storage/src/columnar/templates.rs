@@ -46,6 +46,8 @@ pub const TEXT: u8 = 0x12;
 pub const LITERAL: u8 = 0x13;
 
 const MAX_INT_DIGITS: usize = 18;
+/// The room a template's value column starts with, in bytes.
+const COLUMN_START: usize = 64;
 /// Symbol classes of the bigram filter: a-z, 0-9 and everything else.
 const CLASSES: usize = 37;
 /// Bytes of the bigram filter: one bit per ordered pair of classes.
@@ -259,7 +261,13 @@ impl Builder {
                 self.index.insert(self.template.clone(), id);
                 self.templates.push(self.template.clone());
                 self.levels.push(Vec::new());
-                self.columns.push(vec![Vec::new(); self.ends.len()]);
+                // Room for a few dozen values at once: a column that starts empty is moved
+                // by every doubling while it is small.
+                self.columns.push(
+                    (0..self.ends.len())
+                        .map(|_| Vec::with_capacity(COLUMN_START))
+                        .collect(),
+                );
                 id
             }
         };
