@@ -165,7 +165,10 @@ pub struct PlainWrite<'a> {
 pub fn plain_write(request: &[u8]) -> Option<PlainWrite<'_>> {
     use logcluster_proto::wire::{RawField, walk_fields};
     let (mut batch_uid, mut other) = (0, false);
-    let (mut spans, mut entries) = (Vec::new(), Vec::new());
+    // Room for entries of about 200 bytes (a log line's), so that the lists seldom move
+    // while they grow.
+    let room = request.len() / 200 + 1;
+    let (mut spans, mut entries) = (Vec::with_capacity(room), Vec::with_capacity(room));
     walk_fields(request, |tag, field| match (tag, field) {
         (1, RawField::Varint(uid)) => batch_uid = uid,
         (2, RawField::Delimited(hint_for)) => other |= !hint_for.is_empty(),

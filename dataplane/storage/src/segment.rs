@@ -520,7 +520,8 @@ impl BlockBuilder {
                 format,
                 ..Default::default()
             },
-            tokens: Vec::new(),
+            // A block's distinct tokens number in the thousands.
+            tokens: Vec::with_capacity(1024),
             known: KnownHosts::default(),
             rollup: std::collections::BTreeMap::new(),
             run: None,

@@ -69,6 +69,37 @@ const SEPARATES: [bool; 256] = {
     table
 };
 
+/// How many bytes of `bytes` come before the first one [`SCAN`] stops at (all of them when
+/// none is). Eight bytes at a time: an ASCII byte strictly between two bounds sets its high
+/// bit in a mask computed on its low seven bits alone, so no byte's test spills into
+/// another's.
+fn first_scan_stop(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const LOW7: u64 = ONES * 0x7f;
+    const HIGH: u64 = ONES * 0x80;
+    // Each byte of `word` that is ASCII and strictly between `low` and `high`.
+    let between = |word: u64, low: u64, high: u64| {
+        let seven = word & LOW7;
+        (ONES * (127 + high) - seven) & !word & (seven + ONES * (127 - low)) & HIGH
+    };
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let stops = between(word, u64::from(b'0') - 1, u64::from(b'9') + 1)
+            | between(word, u64::from(INT) - 1, u64::from(LITERAL) + 1);
+        if stops != 0 {
+            return at + (stops.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at + bytes[at..]
+        .iter()
+        .position(|&b| SCAN[usize::from(b)] != 0)
+        .unwrap_or(bytes.len() - at)
+}
+
 /// [`SCAN`] of a placeholder byte.
 const PLACEHOLDER: u8 = 2;
 
@@ -205,9 +236,7 @@ impl Builder {
         let mut copied = 0;
         let mut at = 0;
         loop {
-            while at < len && SCAN[usize::from(message[at])] == 0 {
-                at += 1;
-            }
+            at += first_scan_stop(&message[at..]);
             if at == len {
                 break;
             }
@@ -797,6 +826,33 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Eight bytes at a time, the scan stops where the table says, at the first digit or
+        /// placeholder byte, wherever it lies in a word.
+        #[test]
+        fn scans_stop_where_the_table_does(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    4 => 0x20u8..0x7f,
+                    1 => b'0'..=b'9',
+                    1 => 0x10u8..0x15,
+                    1 => 0x80u8..=0xff,
+                    1 => proptest::prop_oneof![
+                        proptest::strategy::Just(b'/'),
+                        proptest::strategy::Just(b':'),
+                        proptest::strategy::Just(0xb0u8),
+                        proptest::strategy::Just(0xb9u8),
+                        proptest::strategy::Just(0x91u8),
+                        proptest::strategy::Just(0x00u8),
+                        proptest::strategy::Just(0x7fu8),
+                    ],
+                ],
+                0..40,
+            ),
+        ) {
+            let expected = bytes.iter().position(|&b| SCAN[usize::from(b)] != 0);
+            proptest::prop_assert_eq!(first_scan_stop(&bytes), expected.unwrap_or(bytes.len()));
+        }
+
         /// A message's template and values are those of the word-by-word definition.
         #[test]
         fn messages_split_as_their_words_do(
