@@ -1438,6 +1438,38 @@ pub fn decode(
 mod tests {
     use super::*;
 
+    /// A context from the pool, used before on other sections, compresses a section to the
+    /// bytes a new context gives, at fast, default and slow levels.
+    #[test]
+    fn pooled_compression_contexts_compress_as_new_ones_do() {
+        let sections: Vec<Vec<u8>> = (0..4usize)
+            .map(|i| {
+                (0..20_000 + i * 7_000)
+                    .map(|j| (((j * 31 + i) % 251) ^ (j / 97)) as u8)
+                    .collect()
+            })
+            .collect();
+        for level in [1, 3, 9, 19] {
+            for raw in &sections {
+                let new = zstd::bulk::Compressor::new(level)
+                    .expect("context")
+                    .compress(raw)
+                    .expect("compressed");
+                for other in sections.iter().rev() {
+                    Kept::take(level)
+                        .expect("context")
+                        .compress(other)
+                        .expect("compressed");
+                }
+                let pooled = Kept::take(level)
+                    .expect("context")
+                    .compress(raw)
+                    .expect("compressed");
+                assert_eq!(pooled, new, "level {level}");
+            }
+        }
+    }
+
     #[test]
     fn a_message_needle_is_found_only_inside_one_message() {
         let messages = ["xa", "b", "a\u{1}b", "TIMEOUT", "no", "time", "out"];

@@ -1666,6 +1666,39 @@ pub(crate) mod tests {
             proptest::prop_assert_eq!(meta.rollup, rollup);
         }
 
+        /// Hosts that come back after more others than a block keeps, and hosts at and past
+        /// the longest it keeps, are all in its token set, and only they.
+        #[test]
+        fn a_block_collects_the_tokens_of_hosts_that_come_back(
+            order in proptest::collection::vec(0usize..12, 1..200),
+        ) {
+            let hosts: Vec<String> = (0..10)
+                .map(|i| format!("svc-{i}a7f-Pod{}", i * 13))
+                .chain([
+                    format!("h{}", "x".repeat(KNOWN_LEN - 1)),
+                    format!("h{}", "y".repeat(KNOWN_LEN)),
+                ])
+                .collect();
+            let all: Vec<LogEntry> = order
+                .iter()
+                .map(|&i| LogEntry {
+                    host: hosts[i].clone(),
+                    message: "m".into(),
+                    ..Default::default()
+                })
+                .collect();
+            let mut builder = BlockBuilder::new(FORMAT_TEMPLATES);
+            builder.push_entries(&all);
+            let collected: HashSet<u64> = builder.tokens.iter().copied().collect();
+            let mut indexed = HashSet::new();
+            for entry in &all {
+                for_each_indexed_token(entry, |h| {
+                    indexed.insert(h);
+                });
+            }
+            proptest::prop_assert_eq!(collected, indexed);
+        }
+
         /// A block's filter is built from exactly the tokens of its entries in every layout
         /// (the hosts and trace ids a block skips as repeats included).
         #[test]

@@ -284,19 +284,22 @@ impl Builder {
             self.ends.push(self.values.len());
         }
         let id = match self.index.get(&self.template[..]) {
-            Some(&id) => id,
+            Some(&id) => {
+                // A template met again gets room for a few dozen values at once: a column
+                // that starts small is moved by every doubling. (Not before: a template met
+                // once, as most are in messages of unique words, keeps its few bytes.)
+                let columns = &mut self.columns[id as usize];
+                if columns.first().is_some_and(|c| c.capacity() < COLUMN_START) {
+                    columns.iter_mut().for_each(|c| c.reserve(COLUMN_START));
+                }
+                id
+            }
             None => {
                 let id = self.templates.len() as u32;
                 self.index.insert(self.template.clone(), id);
                 self.templates.push(self.template.clone());
                 self.levels.push(Vec::new());
-                // Room for a few dozen values at once: a column that starts empty is moved
-                // by every doubling while it is small.
-                self.columns.push(
-                    (0..self.ends.len())
-                        .map(|_| Vec::with_capacity(COLUMN_START))
-                        .collect(),
-                );
+                self.columns.push(vec![Vec::new(); self.ends.len()]);
                 id
             }
         };
@@ -790,13 +793,14 @@ mod tests {
     }
 
     /// The module docs' definition, word by word: each word with a digit is a value.
-    fn split_by_words(message: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<usize>) {
+    fn split_by_words(message: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<usize>, Vec<u8>) {
         let mut builder = Builder::default();
         if message.iter().any(|b| matches!(*b, INT | TEXT | LITERAL)) {
             builder.template.push(LITERAL);
             builder.add_text(message);
             builder.ends.push(builder.values.len());
-            return (builder.template, builder.values, builder.ends);
+            let filter = builder.filter.0.to_vec();
+            return (builder.template, builder.values, builder.ends, filter);
         }
         let mut at = 0;
         while at < message.len() {
@@ -822,7 +826,8 @@ mod tests {
             }
             builder.ends.push(builder.values.len());
         }
-        (builder.template, builder.values, builder.ends)
+        let filter = builder.filter.0.to_vec();
+        (builder.template, builder.values, builder.ends, filter)
     }
 
     proptest::proptest! {
@@ -853,17 +858,22 @@ mod tests {
             proptest::prop_assert_eq!(first_scan_stop(&bytes), expected.unwrap_or(bytes.len()));
         }
 
-        /// A message's template and values are those of the word-by-word definition.
+        /// A message's template, values and text-value filter are those of the word-by-word
+        /// definition, after any earlier row (a literal one included).
         #[test]
         fn messages_split_as_their_words_do(
-            message in "(GET|get|Ab|id=|txn_|[0-9]{1,22}|0[0-9]{1,3}|x[0-9a-f]{1,8}|\\u{11}|\\u{12}|\\u{13}|é9|9é|[ _./:=-]){0,16}",
+            earlier in "(ab1|x\\u{11}9|GET [0-9]{1,3})?",
+            message in "(GET|get|Ab|id=|txn_|[0-9]{1,22}|0[0-9]{1,3}|x[0-9a-f]{1,8}|\\u{11}|\\u{12}|\\u{13}|\\u{7f}|\\u{1}|é9|9é|ü|[ _./:=-]){0,16}",
         ) {
             let mut builder = Builder::default();
+            builder.push(earlier.as_bytes(), 0);
+            builder.filter = Filter::default();
             builder.push(message.as_bytes(), 0);
-            let (template, values, ends) = split_by_words(message.as_bytes());
-            proptest::prop_assert_eq!(&builder.templates[0], &template);
+            let (template, values, ends, filter) = split_by_words(message.as_bytes());
+            proptest::prop_assert_eq!(&builder.template, &template);
             proptest::prop_assert_eq!(builder.values, values);
             proptest::prop_assert_eq!(builder.ends, ends);
+            proptest::prop_assert_eq!(builder.filter.0.to_vec(), filter);
         }
     }
 
