@@ -325,5 +325,50 @@ mod tests {
         fn format_then_parse_is_identity(nanos in 0i64..4_102_444_800_000_000_000) {
             prop_assert_eq!(parse_rfc3339(&format_rfc3339(nanos)), Some(nanos));
         }
+
+        /// The date and time fields are read only where every byte is a digit: a sign, a
+        /// space or another character in them refuses the text, as `str::parse` of an
+        /// all-digit check did.
+        #[test]
+        fn fields_refuse_anything_but_digits(
+            digits in proptest::collection::vec(proptest::char::range('0', '9'), 14),
+            other in proptest::option::of((0usize..14, proptest::sample::select(vec!['+', ' ', 'a', '٣', ':', '-']))),
+        ) {
+            let mut chars = digits;
+            if let Some((at, c)) = other {
+                chars[at] = c;
+            }
+            let part = |r: std::ops::Range<usize>| chars[r].iter().collect::<String>();
+            let text = format!(
+                "{}-{}-{}T{}:{}:{}Z",
+                part(0..4),
+                part(4..6),
+                part(6..8),
+                part(8..10),
+                part(10..12),
+                part(12..14),
+            );
+            if !chars.iter().all(char::is_ascii_digit) {
+                prop_assert_eq!(parse_rfc3339(&text), None, "{}", text);
+            } else {
+                let field = |r: std::ops::Range<usize>| -> i64 { part(r).parse().expect("digits") };
+                let (month, day) = (field(4..6), field(6..8));
+                let (hour, minute, second) = (field(8..10), field(10..12), field(12..14));
+                let valid = (1..=12).contains(&month)
+                    && (1..=31).contains(&day)
+                    && day <= i64::from(days_in_month(field(0..4), month as u32))
+                    && hour <= 23
+                    && minute <= 59
+                    && second <= 60;
+                let expected = valid.then(|| {
+                    (days_from_civil(field(0..4), month as u32, day as u32) * 86_400
+                        + hour * 3600
+                        + minute * 60
+                        + second.min(59))
+                        * NANOS_PER_SEC
+                });
+                prop_assert_eq!(parse_rfc3339(&text), expected, "{}", text);
+            }
+        }
     }
 }
