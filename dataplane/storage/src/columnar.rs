@@ -189,7 +189,13 @@ impl TraceIds {
 /// (so that it prints back the same); false otherwise.
 fn hex_bytes(text: &str, out: &mut Vec<u8>) -> bool {
     let digits = text.as_bytes();
-    if digits.len() < 2 || digits.len() > 510 || !digits.len().is_multiple_of(2) {
+    let lower_hex = |b: &u8| matches!(b, b'0'..=b'9' | b'a'..=b'f');
+    // Most texts (names, hosts, regions) show in their first two bytes that they are not hex.
+    if digits.len() < 2
+        || digits.len() > 510
+        || !digits.len().is_multiple_of(2)
+        || !digits[..2].iter().all(lower_hex)
+    {
         return false;
     }
     out.clear();
