@@ -1622,6 +1622,24 @@ pub(crate) mod tests {
         )
     }
 
+    /// The token hashes a block of `format` collects from `entries`, and those
+    /// `for_each_indexed_token` gives for them.
+    fn collected_and_indexed_tokens(
+        format: u32,
+        entries: &[LogEntry],
+    ) -> (HashSet<u64>, HashSet<u64>) {
+        let mut builder = BlockBuilder::new(format);
+        builder.push_entries(entries);
+        let collected = builder.tokens.iter().copied().collect();
+        let mut indexed = HashSet::new();
+        for entry in entries {
+            for_each_indexed_token(entry, |h| {
+                indexed.insert(h);
+            });
+        }
+        (collected, indexed)
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
@@ -1687,15 +1705,7 @@ pub(crate) mod tests {
                     ..Default::default()
                 })
                 .collect();
-            let mut builder = BlockBuilder::new(FORMAT_TEMPLATES);
-            builder.push_entries(&all);
-            let collected: HashSet<u64> = builder.tokens.iter().copied().collect();
-            let mut indexed = HashSet::new();
-            for entry in &all {
-                for_each_indexed_token(entry, |h| {
-                    indexed.insert(h);
-                });
-            }
+            let (collected, indexed) = collected_and_indexed_tokens(FORMAT_TEMPLATES, &all);
             proptest::prop_assert_eq!(collected, indexed);
         }
 
@@ -1704,15 +1714,7 @@ pub(crate) mod tests {
         #[test]
         fn a_block_collects_exactly_the_tokens_of_its_entries(all in arb_entries()) {
             for format in [FORMAT_TEMPLATES, FORMAT_COLUMNS, FORMAT_ROWS] {
-                let mut builder = BlockBuilder::new(format);
-                builder.push_entries(&all);
-                let collected: HashSet<u64> = builder.tokens.iter().copied().collect();
-                let mut indexed = HashSet::new();
-                for entry in &all {
-                    for_each_indexed_token(entry, |h| {
-                        indexed.insert(h);
-                    });
-                }
+                let (collected, indexed) = collected_and_indexed_tokens(format, &all);
                 proptest::prop_assert_eq!(collected, indexed, "format {}", format);
             }
         }
