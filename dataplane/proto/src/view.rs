@@ -7,7 +7,7 @@
 //! refuses groups, which prost skips, so a caller that falls back to prost on `None` stores
 //! the same entries either way.
 
-use crate::wire::{read_key, read_varint};
+use crate::wire::{put_key, put_varint, read_key, read_varint};
 use prost::encoding::WireType;
 
 use crate::entry::{FieldValue, LogEntry, field_value::Kind};
@@ -253,26 +253,6 @@ fn put_text(tag: u32, value: &str, out: &mut Vec<u8>) {
     put_key(tag, WireType::LengthDelimited, out);
     put_varint(value.len() as u64, out);
     out.extend_from_slice(value.as_bytes());
-}
-
-/// A field's key: what `prost::encoding::encode_key` writes, for tags below 16 (one byte).
-fn put_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
-    debug_assert!(tag < 16);
-    out.push(((tag << 3) | wire_type as u32) as u8);
-}
-
-/// What `prost::encoding::encode_varint` writes, without its per-byte buffer calls: most
-/// values here (lengths, small numbers) take one byte.
-fn put_varint(mut value: u64, out: &mut Vec<u8>) {
-    if value < 0x80 {
-        out.push(value as u8);
-        return;
-    }
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 fn text_len(value: &str) -> usize {

@@ -9,9 +9,30 @@ use prost::encoding::{WireType, decode_key, decode_varint};
 /// Appends a length-delimited field `tag` whose contents are `body` (already encoded: a
 /// nested message's bytes forwarded as they are), as prost writes such a field.
 pub fn put_delimited(tag: u32, body: &[u8], out: &mut Vec<u8>) {
-    prost::encoding::encode_key(tag, WireType::LengthDelimited, out);
-    prost::encoding::encode_varint(body.len() as u64, out);
+    put_key(tag, WireType::LengthDelimited, out);
+    put_varint(body.len() as u64, out);
     out.extend_from_slice(body);
+}
+
+/// Writes a field key as prost's `encode_key` does.
+#[inline]
+pub fn put_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
+    put_varint(u64::from(tag << 3 | wire_type as u32), out);
+}
+
+/// Writes a varint as prost's `encode_varint` does, a one-byte varint (most keys, lengths
+/// and small values) without a loop.
+#[inline]
+pub fn put_varint(mut value: u64, out: &mut Vec<u8>) {
+    if value < 0x80 {
+        out.push(value as u8);
+        return;
+    }
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 /// Reads a varint as prost's `decode_varint` does (`None` where it fails), a one-byte

@@ -357,7 +357,7 @@ mod tests {
 
     use super::*;
     use crate::StorageConfig;
-    use crate::stream::{Appended, Part};
+    use crate::stream::{Appended, Lock, Part};
     use crate::traces::TraceBook;
 
     /// A round's outcome as one message.
@@ -407,7 +407,15 @@ mod tests {
                     ..Default::default()
                 };
                 let appended = stream
-                    .append(7, Part::Owned(vec![entry]), &config, metrics, false, None)
+                    .append(
+                        Lock::Wait,
+                        7,
+                        Part::Owned(vec![entry]),
+                        &config,
+                        metrics,
+                        false,
+                        None,
+                    )
                     .expect("append");
                 assert!(matches!(appended, Appended::Stored));
                 Arc::new(stream)
@@ -532,7 +540,15 @@ mod tests {
             message: "m".into(),
             ..Default::default()
         };
-        let refused = more[0].append(8, Part::Owned(vec![entry]), &config, &metrics, false, None);
+        let refused = more[0].append(
+            Lock::Wait,
+            8,
+            Part::Owned(vec![entry]),
+            &config,
+            &metrics,
+            false,
+            None,
+        );
         assert!(
             matches!(&refused, Err(StorageError::Fsync(e)) if e.contains("earlier sync")),
             "{:?}",

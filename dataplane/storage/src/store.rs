@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::commit::{CommitRequest, Syncer, run_committer, sync_streams};
 use crate::scan::{self, Cursor, ScanFilter, ScanStats, TopResult};
-use crate::stream::{Appended, Part, Stream, StreamSnapshot};
+use crate::stream::{Appended, Lock, Part, Stream, StreamSnapshot};
 use crate::traces::{TraceBook, WindowCache};
 use crate::{FsyncPolicy, StorageConfig, StorageError, StorageMetrics};
 
@@ -511,9 +511,9 @@ impl Store {
         // it then), instead of this thread sleeping behind that batch's block building.
         let mut todo: std::collections::VecDeque<_> = parts
             .into_iter()
-            .map(|(key, (part, positions))| (key, part, positions, false))
+            .map(|(key, (part, positions))| (key, part, positions, Lock::IfFree))
             .collect();
-        while let Some(((tenant, service), mut part, positions, wait)) = todo.pop_front() {
+        while let Some(((tenant, service), mut part, positions, mut lock)) = todo.pop_front() {
             let count = part.len();
             let mut busy = None;
             // The bytes the part was received as, while the part is whole (a part filtered
@@ -525,22 +525,19 @@ impl Store {
             let mut held = 0usize;
             // Every way out holds the stream: what it stored, or what it found already stored
             // (which may still wait for its fsync), is answered after its commit round.
-            let mut first_try = !wait;
             let stream = loop {
                 let stream = self.stream(&tenant, &service)?;
-                let appended = if std::mem::take(&mut first_try) {
-                    stream.try_append(batch_uid, part, &self.config, &self.metrics, received)
-                } else {
-                    stream.append(
-                        batch_uid,
-                        part,
-                        &self.config,
-                        &self.metrics,
-                        filtered,
-                        received,
-                    )
-                };
-                let appended = match appended {
+                // Only the first try may find the stream busy: a part taken back from a
+                // removed stream, or filtered after a repair, waits.
+                let appended = match stream.append(
+                    std::mem::replace(&mut lock, Lock::Wait),
+                    batch_uid,
+                    part,
+                    &self.config,
+                    &self.metrics,
+                    filtered,
+                    received,
+                ) {
                     Err(StorageError::RecordTooLarge { bytes }) => {
                         warn!(
                             tenant,
@@ -611,7 +608,7 @@ impl Store {
                 }
             };
             if let Some(part) = busy {
-                todo.push_back(((tenant, service), part, positions, true));
+                todo.push_back(((tenant, service), part, positions, Lock::Wait));
                 continue;
             }
             touched.extend(stream);

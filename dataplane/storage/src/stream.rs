@@ -151,8 +151,18 @@ pub(crate) enum Appended<'a> {
     /// Some entries of this batch arrived earlier by repair: the caller filters out the ids
     /// the stream holds and appends the rest with `filtered` set.
     Repaired(Vec<LogEntry>),
-    /// [`Stream::try_append`] found the stream busy; the entries come back untouched.
+    /// [`Stream::append`] with [`Lock::IfFree`] found the stream busy; the entries come back
+    /// untouched.
     Busy(Part<'a>),
+}
+
+/// Whether [`Stream::append`] waits for the stream's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lock {
+    Wait,
+    /// Answer `Busy` instead of waiting behind another append (the caller appends its other
+    /// parts first).
+    IfFree,
 }
 
 pub struct Stream {
@@ -529,9 +539,12 @@ impl Stream {
     /// `Duplicate` when the batch id was already stored in this stream. `received`: the
     /// entries' bytes as a replica received them and their positions there, for the WAL
     /// record. Once the record is written the part is `Stored`, even if building a block or
-    /// sealing the segment then fails (counted and retried, see `sealing_outcome`).
+    /// sealing the segment then fails (counted and retried, see `sealing_outcome`). With
+    /// [`Lock::IfFree`], `Busy` with the entries when another append holds the stream.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn append<'a>(
         &self,
+        lock: Lock,
         batch_uid: u64,
         entries: Part<'a>,
         config: &StorageConfig,
@@ -539,46 +552,14 @@ impl Stream {
         filtered: bool,
         received: Option<(&wal::EntryBodies<'_>, &[u32])>,
     ) -> Result<Appended<'a>, StorageError> {
-        self.append_locked(
-            self.lock(),
-            batch_uid,
-            entries,
-            config,
-            metrics,
-            filtered,
-            received,
-        )
-    }
-
-    /// [`Stream::append`] if the stream's lock is free, else `Busy` with the entries (the
-    /// caller appends its other parts first instead of waiting behind another batch's).
-    pub(crate) fn try_append<'a>(
-        &self,
-        batch_uid: u64,
-        entries: Part<'a>,
-        config: &StorageConfig,
-        metrics: &StorageMetrics,
-        received: Option<(&wal::EntryBodies<'_>, &[u32])>,
-    ) -> Result<Appended<'a>, StorageError> {
-        let inner = match self.inner.try_lock() {
-            Ok(inner) => inner,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(Appended::Busy(entries)),
+        let mut inner = match lock {
+            Lock::Wait => self.lock(),
+            Lock::IfFree => match self.inner.try_lock() {
+                Ok(inner) => inner,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(Appended::Busy(entries)),
+            },
         };
-        self.append_locked(inner, batch_uid, entries, config, metrics, false, received)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn append_locked<'a>(
-        &self,
-        mut inner: MutexGuard<'_, Inner>,
-        batch_uid: u64,
-        entries: Part<'a>,
-        config: &StorageConfig,
-        metrics: &StorageMetrics,
-        filtered: bool,
-        received: Option<(&wal::EntryBodies<'_>, &[u32])>,
-    ) -> Result<Appended<'a>, StorageError> {
         if inner.removed {
             return Ok(Appended::Removed(entries));
         }
@@ -1298,6 +1279,7 @@ mod tests {
             metrics: &StorageMetrics,
         ) -> Result<Appended<'static>, StorageError> {
             self.append(
+                Lock::Wait,
                 batch_uid,
                 Part::Owned(entries),
                 config,
@@ -1454,7 +1436,7 @@ mod tests {
                     .append_owned(uid, part.clone(), &config, &metrics)
                     .expect("owned");
                 viewed
-                    .append(uid, Part::Views(views), &config, &metrics, false, Some((&received, &positions)))
+                    .append(Lock::Wait, uid, Part::Views(views), &config, &metrics, false, Some((&received, &positions)))
                     .expect("views");
             }
             let files = |stream: &Stream| {
@@ -1522,6 +1504,7 @@ mod tests {
         let kept = [all[3].clone(), all[5].clone()];
         stream
             .append(
+                Lock::Wait,
                 2,
                 Part::Owned(kept.to_vec()),
                 &config,
