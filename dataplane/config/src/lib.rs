@@ -262,7 +262,10 @@ pub struct RawStorage {
     /// does not grow with the number of streams (tenant × service).
     #[serde(default = "default_tail_memory_bytes")]
     pub tail_memory_bytes: u64,
-    /// zstd level for blocks (1-19).
+    /// zstd level for blocks (1-22). The default, 1, stores the benchmark dataset within
+    /// 0.2 % of level 3's bytes (column sections leave zstd little to find by searching
+    /// harder) for about a quarter fewer compression instructions (BENCHMARKS.md, "zstd
+    /// level 1").
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
     /// Layout of new blocks: `templates` (the default: columns, with messages stored as
@@ -482,7 +485,7 @@ fn default_block_format() -> String {
     "templates".into()
 }
 fn default_zstd_level() -> i32 {
-    3
+    1
 }
 fn default_max_limit() -> u32 {
     10_000

@@ -1,6 +1,6 @@
 //! The CPU cost per entry of each step a JSON log takes through one node on its way to disk,
 //! on the shared benchmark dataset: NDJSON and Protobuf decoding, WAL records, token hashing for the block
-//! filter, and block building (templates layout, zstd level 3, blocks of about 1 MiB per
+//! filter, and block building (templates layout, the store's zstd level, blocks of about 1 MiB per
 //! stream, as the store cuts them).
 //!
 //! `cargo bench -p logcluster-ingest --bench ingest_path [-- LINES]` (with the allocator of
@@ -185,16 +185,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             blocks.push(block);
         }
     }
-    measure("block building (templates, zstd 3)", n, || {
-        blocks
-            .iter()
-            .map(|b| {
-                segment::build_block(b, 3)
-                    .map(|(bytes, _)| bytes.len())
-                    .unwrap_or(0)
-            })
-            .sum()
-    });
+    let level = logcluster_storage::StorageConfig::new("").zstd_level;
+    measure(
+        &format!("block building (templates, zstd {level})"),
+        n,
+        || {
+            blocks
+                .iter()
+                .map(|b| {
+                    segment::build_block(b, level)
+                        .map(|(bytes, _)| bytes.len())
+                        .unwrap_or(0)
+                })
+                .sum()
+        },
+    );
 
     // Fingerprints of what the steps produce (untimed): a change meant only to be faster
     // must leave them as they were.
@@ -204,7 +209,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut block_print = Vec::new();
     for block in &blocks {
-        let (bytes, meta) = segment::build_block(block, 3)?;
+        let (bytes, meta) = segment::build_block(block, level)?;
         block_print.extend_from_slice(&ids::fnv1a64(&bytes).to_le_bytes());
         block_print.extend_from_slice(&ids::fnv1a64(&meta.encode_to_vec()).to_le_bytes());
     }

@@ -88,7 +88,7 @@ impl StorageConfig {
             segment_max_age: Duration::from_secs(3600),
             block_target_bytes: 1024 * 1024,
             tail_memory_bytes: 32 * 1024 * 1024,
-            zstd_level: 3,
+            zstd_level: 1,
             block_format: segment::FORMAT_TEMPLATES,
             shared_trace_ids: true,
             retention_max_age: None,
