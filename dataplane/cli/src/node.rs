@@ -189,8 +189,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = NodeConfig::from_file(&args.config)
         .with_context(|| format!("invalid node configuration {}", args.config.display()))?;
     raise_open_file_limit();
-    let workers = logcluster_common::work::set_slots(config.ingest_workers);
-    info!(workers, "batches decoded and stored at once");
     let shutdown = Shutdown::new();
     let signal_shutdown = shutdown.clone();
     let signals = logcluster_common::shutdown::listen_for_signals();
@@ -223,7 +221,6 @@ pub async fn run_node(
     storage_metrics.register(&mut registry);
     let ingest_metrics = IngestMetrics::default();
     ingest_metrics.register(&mut registry);
-    logcluster_common::work::register(&mut registry);
     let cluster_metrics = ClusterMetrics::default();
     if config.cluster.is_some() {
         cluster_metrics.register(&mut registry);

@@ -240,10 +240,6 @@ impl UpArgs {
             client_ca_file: None,
         });
         raw.storage.fsync = self.fsync.clone();
-        // The storage members and the ingestor each decode and store every batch, on this
-        // machine's same CPUs: each takes its share of them for ingest jobs.
-        raw.ingest.workers =
-            (logcluster_common::work::available_cpus() / (self.storage + 1)).max(1) as u32;
         let mut cluster = RawCluster::for_test(&paths.pki.ca_cert, &paths.members);
         cluster.listen = String::new();
         cluster.replication_factor = self.replication_factor;

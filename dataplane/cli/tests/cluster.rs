@@ -320,50 +320,6 @@ async fn a_replica_that_lost_a_stream_is_repaired_by_quorum_reads() -> anyhow::R
     Ok(())
 }
 
-fn one_ingest_job_at_a_time(raw: &mut logcluster_config::RawNodeConfig) {
-    raw.ingest.workers = 1;
-}
-
-/// The ingestor's batches and every member's replica writes are stored as ingest jobs,
-/// within the slots `ingest.workers` gives each process (the members' 1; the ingestor's
-/// default, its CPUs).
-#[tokio::test]
-async fn batches_and_replica_writes_take_the_configured_ingest_slots() -> anyhow::Result<()> {
-    let sandbox = ClusterSandbox::start_with(3, one_ingest_job_at_a_time).await?;
-    let mut client = sandbox.connect().await?;
-    let (ok, other) = send_batches(&mut client, "jobs", 1, 10).await?;
-    assert!(other.is_empty(), "{other:?}");
-    converged(&sandbox, "jobs", ok.len() * PER_BATCH as usize).await?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    for (node, slots) in sandbox
-        .storage
-        .iter()
-        .map(|member| (member, 1.0))
-        .chain([(&sandbox.ingestor, cpus)])
-    {
-        let metrics = node.metrics().await?;
-        assert_eq!(
-            metric_sum(&metrics, "logcluster_ingest_job_slots", &[]),
-            slots,
-            "{}",
-            node.name
-        );
-        // One job per batch (the ingestor) or per replica write of a batch (a member).
-        let jobs = metric_sum(&metrics, "logcluster_ingest_jobs_total", &[]);
-        assert!(
-            jobs >= ok.len() as f64,
-            "{}: {jobs} jobs for {} batches",
-            node.name,
-            ok.len()
-        );
-        assert_eq!(
-            metric_sum(&metrics, "logcluster_ingest_jobs_waiting", &[]),
-            0.0
-        );
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn reads_say_partial_when_fewer_than_the_read_quorum_answer() -> anyhow::Result<()> {
     let mut sandbox = ClusterSandbox::start(3).await?;

@@ -43,10 +43,7 @@ pub async fn handle_append(
         Stored(Written),
     }
     let (store_for_task, hints) = (store.clone(), hints.clone());
-    // One of the process's few ingest jobs at a time (`logcluster_common::work`).
-    let slot = logcluster_common::work::slot().await;
     let decoded = tokio::task::spawn_blocking(move || -> Result<Decoded, String> {
-        let _slot = slot;
         // The usual case: a replica write stored from views of the received bytes, without
         // an entry allocated (anything else, or bytes that do not read as entries, is
         // decoded whole below, which also says what is wrong).

@@ -10,7 +10,6 @@ pub mod io;
 pub mod metrics;
 pub mod shutdown;
 pub mod tls;
-pub mod work;
 
 /// `error` and its sources, `outer: inner: innermost` (an I/O error's own text, such as "Too
 /// many open files", is often only in a source).

@@ -193,13 +193,6 @@ pub struct RawIngest {
     /// Largest syslog message over TCP/UDP, in bytes.
     #[serde(default = "default_max_syslog_bytes")]
     pub max_syslog_message_bytes: u32,
-    /// Batches this process decodes and stores at once: frames, HTTP bodies, syslog and UDP
-    /// batches, and on a storage member replica writes; others wait their turn, holding no
-    /// thread. 0: as many as the CPUs the process may use (its cgroup's quota counted).
-    /// Several processes sharing the same CPUs (`logcluster up`'s cluster) do best with a
-    /// share each.
-    #[serde(default)]
-    pub workers: u32,
     /// How documents sent to the Elasticsearch-compatible `_bulk` API name their service.
     #[serde(default)]
     pub elasticsearch: RawElasticsearch,
@@ -434,9 +427,6 @@ pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
 /// flattened keys expand a lot) is refused with reason `part_too_large`, the rest stored.
 pub const MAX_BATCH_RECORDS: u32 = 500_000;
 
-/// Most `ingest.workers`.
-pub const MAX_WORKERS: u32 = 1024;
-
 fn default_max_connections() -> u32 {
     1024
 }
@@ -576,7 +566,6 @@ impl Default for RawIngest {
             schema_dir: None,
             schema_poll_interval: default_schema_poll(),
             max_syslog_message_bytes: default_max_syslog_bytes(),
-            workers: 0,
             elasticsearch: RawElasticsearch::default(),
             schemas_from_kubernetes: false,
         }
@@ -726,8 +715,6 @@ pub struct NodeConfig {
     pub schema_dir: Option<PathBuf>,
     pub schema_poll_interval: Duration,
     pub max_syslog_message_bytes: usize,
-    /// `ingest.workers` (0: the CPUs the process may use).
-    pub ingest_workers: usize,
     pub elasticsearch: RawElasticsearch,
     pub schemas_from_kubernetes: bool,
     pub environment: Option<String>,
@@ -994,12 +981,6 @@ impl RawNodeConfig {
         if self.ingest.max_connections == 0 {
             return Err(invalid("ingest.maxConnections", "must be at least 1"));
         }
-        if self.ingest.workers > MAX_WORKERS {
-            return Err(invalid(
-                "ingest.workers",
-                format!("must be at most {MAX_WORKERS} (0: the CPUs this process may use)"),
-            ));
-        }
         if !(1..=MAX_BATCH_RECORDS).contains(&self.ingest.max_batch_records) {
             return Err(invalid(
                 "ingest.maxBatchRecords",
@@ -1120,7 +1101,6 @@ impl RawNodeConfig {
                 &self.ingest.schema_poll_interval,
             )?,
             max_syslog_message_bytes: self.ingest.max_syslog_message_bytes as usize,
-            ingest_workers: self.ingest.workers as usize,
             elasticsearch: self.ingest.elasticsearch.clone(),
             schemas_from_kubernetes: self.ingest.schemas_from_kubernetes,
             environment: env("LOGCLUSTER_ENVIRONMENT").or(self.enrichment.environment),
@@ -1295,20 +1275,6 @@ mod tests {
         let error = NodeConfig::from_yaml(&format!("{base}ingest: {{maxConnections: 0}}\n"))
             .expect_err("no connections");
         assert!(error.to_string().contains("maxConnections"), "{error}");
-        assert_eq!(default.ingest_workers, 0, "as many as the CPUs by default");
-        for (workers, ok) in [(1, true), (MAX_WORKERS, true), (MAX_WORKERS + 1, false)] {
-            let yaml = format!("{base}ingest: {{workers: {workers}}}\n");
-            match NodeConfig::from_yaml(&yaml) {
-                Ok(config) => {
-                    assert!(ok, "{workers} accepted");
-                    assert_eq!(config.ingest_workers, workers as usize);
-                }
-                Err(error) => {
-                    assert!(!ok, "{workers} refused: {error}");
-                    assert!(error.to_string().contains("ingest.workers"), "{error}");
-                }
-            }
-        }
         for (records, ok) in [
             (0, false),
             (1, true),

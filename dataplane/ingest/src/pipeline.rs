@@ -645,11 +645,7 @@ impl Pipeline {
             .fetch_add(payload_len as u64, Ordering::Relaxed);
         let pipeline = self.clone();
         let src = source.clone();
-        // One of the process's few ingest jobs at a time (`logcluster_common::work`): the
-        // wait is here, on the runtime, not on a blocking thread.
-        let slot = logcluster_common::work::slot().await;
         let prepared = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
             let schemas = pipeline.schemas.current();
             work(&pipeline, &src, &schemas)
         })
@@ -1399,67 +1395,6 @@ mod tests {
                 .fetch_add(views.len(), std::sync::atomic::Ordering::Relaxed);
             self.append(batch_uid, views.iter().map(EntryRef::to_entry).collect())
         }
-    }
-
-    /// A sink that takes its time on the decoding thread and notes how many batches it
-    /// holds there at once.
-    #[derive(Default)]
-    struct SlowSink {
-        running: std::sync::atomic::AtomicUsize,
-        most: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Sink for Arc<SlowSink> {
-        fn append(&self, _: u64, _: Vec<LogEntry>) -> Stored {
-            Box::pin(async { Ok(SinkOutcome::default()) })
-        }
-
-        fn append_from_blocking_thread(&self, uid: u64, entries: Vec<LogEntry>) -> Stored {
-            use std::sync::atomic::Ordering::SeqCst;
-            let now = self.running.fetch_add(1, SeqCst) + 1;
-            self.most.fetch_max(now, SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(25));
-            self.running.fetch_sub(1, SeqCst);
-            self.append(uid, entries)
-        }
-    }
-
-    /// However many batches arrive together, no more are decoded and stored at once than
-    /// the process has ingest slots (`logcluster_common::work`); each is answered.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn batches_are_decoded_and_stored_a_few_at_a_time() {
-        let slots = logcluster_common::work::set_slots(2);
-        let sink = Arc::new(SlowSink::default());
-        let pipeline = pipeline(Box::new(sink.clone()));
-        let mut batches = tokio::task::JoinSet::new();
-        for batch_id in 0..10 {
-            let pipeline = pipeline.clone();
-            batches.spawn(async move {
-                pipeline
-                    .ingest_payload(
-                        Format::Json,
-                        BatchSource {
-                            batch_id,
-                            ..source()
-                        },
-                        PAYLOAD.to_vec(),
-                    )
-                    .await
-            });
-        }
-        let mut answered = 0;
-        while let Some(result) = batches.join_next().await {
-            let result = result.expect("batch task");
-            assert_eq!(result.status, AckStatus::Accepted, "{}", result.error);
-            assert_eq!(result.accepted, 2);
-            answered += 1;
-        }
-        assert_eq!(answered, 10);
-        let most = sink.most.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(
-            (1..=slots).contains(&most),
-            "{most} batches stored at once with {slots} slots"
-        );
     }
 
     /// JSON decoded as views of the payload is prepared exactly as owned entries are:
