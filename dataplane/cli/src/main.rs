@@ -60,8 +60,8 @@ use clap::{Parser, Subcommand};
 /// them on another (after a block is built). glibc malloc spent over a third of the node's
 /// CPU in allocation and consolidation under load; mimalloc about a fifth, much of it taking
 /// back what other threads had freed; jemalloc less than either, with a lower peak RSS
-/// (BENCHMARKS.md, "Allocator"). jemalloc is built to ask for no transparent huge pages
-/// (`.cargo/config.toml`).
+/// (BENCHMARKS.md, "Allocator"). jemalloc is built to ask for no transparent huge pages and
+/// to keep one arena per CPU (`.cargo/config.toml`).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
