@@ -264,8 +264,8 @@ pub struct RawStorage {
     pub tail_memory_bytes: u64,
     /// zstd level for blocks (1-22). The default, 1, stores the benchmark dataset within
     /// 0.2 % of level 3's bytes (column sections leave zstd little to find by searching
-    /// harder) for about a quarter fewer compression instructions (BENCHMARKS.md, "zstd
-    /// level 1").
+    /// harder) for about a quarter fewer compression instructions (BENCHMARKS.md,
+    /// "Link-time optimization and zstd level 1").
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
     /// Layout of new blocks: `templates` (the default: columns, with messages stored as

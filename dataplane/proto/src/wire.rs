@@ -114,6 +114,23 @@ mod tests {
     use crate::{FieldValue, LogBatch, LogEntry};
     use prost::Message;
 
+    /// `ours` reads from `bytes` what `theirs` (prost's reader) reads, and when it reads
+    /// something, leaves the same rest.
+    fn reads_as_prost<T: PartialEq + std::fmt::Debug>(
+        bytes: &[u8],
+        ours: fn(&mut &[u8]) -> Option<T>,
+        theirs: fn(&mut &[u8]) -> Result<T, prost::DecodeError>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let (mut our_rest, mut their_rest) = (bytes, bytes);
+        let read = ours(&mut our_rest);
+        let expected = theirs(&mut their_rest).ok();
+        proptest::prop_assert_eq!(&read, &expected);
+        if read.is_some() {
+            proptest::prop_assert_eq!(our_rest, their_rest);
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         /// Keys and varints read as prost reads them, leaving the same rest.
         #[test]
@@ -123,20 +140,8 @@ mod tests {
                 0..12,
             ),
         ) {
-            let (mut ours, mut theirs) = (&bytes[..], &bytes[..]);
-            let read = read_key(&mut ours);
-            let expected = decode_key(&mut theirs).ok();
-            proptest::prop_assert_eq!(read, expected);
-            if read.is_some() {
-                proptest::prop_assert_eq!(ours, theirs);
-            }
-            let (mut ours, mut theirs) = (&bytes[..], &bytes[..]);
-            let read = read_varint(&mut ours);
-            let expected = decode_varint(&mut theirs).ok();
-            proptest::prop_assert_eq!(read, expected);
-            if read.is_some() {
-                proptest::prop_assert_eq!(ours, theirs);
-            }
+            reads_as_prost(&bytes, read_key, |rest| decode_key(rest))?;
+            reads_as_prost(&bytes, read_varint, |rest| decode_varint(rest))?;
         }
     }
 
