@@ -432,6 +432,28 @@ async fn aggregations_and_metrics_match_ground_truth() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(status, 400, "{e}");
+    // Durations whose nanoseconds wrap to 0 (2^55 s; 2^62 minutes) or past ten years: a clear
+    // 400, not a division by zero in the task that answers.
+    for path in [
+        "/api/v1/logs/histogram?interval=36028797018963968s",
+        "/api/v1/logs/histogram?interval=4611686018427387904m",
+        "/api/v1/metrics/range?expr=count()&step=36028797018963968s",
+        "/api/v1/stats?interval=3651d",
+    ] {
+        let (status, e) = get(&node.http_addr(), path, "t1").await?;
+        assert_eq!(status, 400, "{path}: {e}");
+        assert!(
+            e["error"].as_str().is_some_and(|m| m.contains("3650d")),
+            "{path}: {e}"
+        );
+    }
+    let (status, e) = get(
+        &node.http_addr(),
+        "/api/v1/logs/histogram?from=2h&interval=3650d",
+        "t1",
+    )
+    .await?;
+    assert_eq!(status, 200, "the longest interval is accepted: {e}");
     Ok(())
 }
 

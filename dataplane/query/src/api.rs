@@ -735,7 +735,7 @@ impl QueryService {
             // Per thread: service -> interval start -> counts by level. Keyed by service
             // first so the hot path looks a service up by &str and clones it only once per
             // service, not once per entry; merged below.
-            type Acc = HashMap<String, ByStart>;
+            type Acc = CountCells;
             let level_mask = compiled.level_mask;
             // Whole blocks from their (minute, level) rollup when nothing else filters and the
             // interval is whole minutes (epoch-aligned buckets contain whole minutes).
@@ -743,10 +743,6 @@ impl QueryService {
                 if meta.rollup.is_empty() {
                     return false;
                 }
-                let by_start = match acc.get_mut(service) {
-                    Some(by_start) => by_start,
-                    None => acc.entry(service.to_string()).or_default(),
-                };
                 // Cells come in minute order: a run of cells in one interval is added at once.
                 let mut run: Option<(i64, [u64; 7])> = None;
                 for cell in &meta.rollup {
@@ -758,16 +754,20 @@ impl QueryService {
                     let counts = match &mut run {
                         Some((run_start, counts)) if *run_start == start => counts,
                         _ => {
-                            if let Some((done, counts)) = run.take() {
-                                add_counts(by_start.entry(done).or_default(), &counts);
+                            if let Some((done, counts)) = run.take()
+                                && let Some(slot) = acc.slot(service, done)
+                            {
+                                add_counts(slot, &counts);
                             }
                             &mut run.insert((start, [0; 7])).1
                         }
                     };
                     counts[level_slot(cell.level as i32)] += u64::from(cell.count);
                 }
-                if let Some((done, counts)) = run {
-                    add_counts(by_start.entry(done).or_default(), &counts);
+                if let Some((done, counts)) = run
+                    && let Some(slot) = acc.slot(service, done)
+                {
+                    add_counts(slot, &counts);
                 }
                 true
             };
@@ -781,13 +781,10 @@ impl QueryService {
             };
             let add = |acc: &mut Acc, service: &str, meta: &BlockMeta, counts: &[(i32, u64)]| {
                 let start = meta.min_ts.div_euclid(interval_ns) * interval_ns;
-                let by_start = match acc.get_mut(service) {
-                    Some(by_start) => by_start,
-                    None => acc.entry(service.to_string()).or_default(),
-                };
-                let slot = by_start.entry(start).or_default();
-                for (level, count) in counts {
-                    slot[level_slot(*level)] += count;
+                if let Some(slot) = acc.slot(service, start) {
+                    for (level, count) in counts {
+                        slot[level_slot(*level)] += count;
+                    }
                 }
             };
             let by_level =
@@ -797,14 +794,11 @@ impl QueryService {
                 });
             let (parts, scan) = store.scan_parallel_summarized(
                 &filter,
-                Acc::new,
+                Acc::default,
                 |acc, entry| {
                     let start = entry.timestamp.div_euclid(interval_ns) * interval_ns;
-                    if !acc.contains_key(entry.service.as_str()) {
-                        acc.insert(entry.service.clone(), ByStart::default());
-                    }
-                    if let Some(by_start) = acc.get_mut(entry.service.as_str()) {
-                        by_start.entry(start).or_default()[level_slot(entry.level)] += 1;
+                    if let Some(slot) = acc.slot(&entry.service, start) {
+                        slot[level_slot(entry.level)] += 1;
                     }
                 },
                 summary,
@@ -814,13 +808,21 @@ impl QueryService {
             let mut parts = parts.into_iter();
             let mut merged = parts.next().unwrap_or_default();
             for part in parts {
-                for (service, by_start) in part {
-                    let slots = merged.entry(service).or_default();
+                merged.overflowed |= part.overflowed;
+                for (service, by_start) in part.services {
                     for (start, by_level) in by_start {
-                        add_counts(slots.entry(start).or_default(), &by_level);
+                        if let Some(slot) = merged.slot(&service, start) {
+                            add_counts(slot, &by_level);
+                        }
                     }
                 }
             }
+            if merged.overflowed {
+                return Err(QueryError::BadRequest(format!(
+                    "interval: more than {MAX_STATS_CELLS} (service, interval) buckets; use a larger interval or a shorter time range"
+                )));
+            }
+            let merged = merged.services;
             // In key order, so that building the map does not sort.
             let mut services: Vec<_> = merged.into_iter().collect();
             services.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -840,6 +842,52 @@ impl QueryService {
         })
         .await
         .map_err(|e| QueryError::Internal(e.to_string()))?
+    }
+}
+
+/// The most (service, interval start) buckets one `/api/v1/stats` answer may have: an
+/// interval of a millisecond over a year of data would otherwise make one per entry.
+pub const MAX_STATS_CELLS: usize = 200_000;
+
+/// Counts by level per service and interval start, while counting; at most
+/// [`MAX_STATS_CELLS`] buckets, past which `overflowed` is set and nothing more is added.
+struct CountCells {
+    services: HashMap<String, ByStart>,
+    cells: usize,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl Default for CountCells {
+    fn default() -> Self {
+        CountCells {
+            services: HashMap::new(),
+            cells: 0,
+            limit: MAX_STATS_CELLS,
+            overflowed: false,
+        }
+    }
+}
+
+impl CountCells {
+    /// The counts of `service`'s bucket starting at `start`; `None` once the cap is reached.
+    fn slot(&mut self, service: &str, start: i64) -> Option<&mut [u64; 7]> {
+        if !self.services.contains_key(service) {
+            self.services
+                .insert(service.to_string(), ByStart::default());
+        }
+        let by_start = self.services.get_mut(service)?;
+        match by_start.entry(start) {
+            std::collections::hash_map::Entry::Occupied(slot) => Some(slot.into_mut()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                if self.cells >= self.limit {
+                    self.overflowed = true;
+                    return None;
+                }
+                self.cells += 1;
+                Some(slot.insert([0; 7]))
+            }
+        }
     }
 }
 
@@ -903,7 +951,7 @@ fn stats_interval(params: &HashMap<String, String>) -> Result<Duration, QueryErr
         None => Ok(Duration::from_secs(60)),
         Some(text) => parse_interval(text).ok_or_else(|| {
             QueryError::BadRequest(format!(
-                "interval: {text:?} is not a duration like 1m, 15m or 1h"
+                "interval: {text:?} is not a duration like 1m, 15m or 1h (at most 3650d)"
             ))
         }),
     }
@@ -927,21 +975,32 @@ fn stats_request(params: &HashMap<String, String>) -> QueryRequest {
     }
 }
 
-/// `500ms`, `30s`, `1m`, `15m`, `1h`, `1d`, `1w`.
+/// The longest duration [`parse_interval`] accepts: ten years, so that any accepted duration
+/// is a positive `i64` of nanoseconds with room to spare (a step or a bucket width divides by
+/// it, and a relative time subtracts it from now).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3650 * 86_400);
+
+/// `500ms`, `30s`, `1m`, `15m`, `1h`, `1d`, `1w`: more than zero and at most
+/// [`MAX_INTERVAL`].
 pub fn parse_interval(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let n: u64 = text[..split].parse().ok().filter(|n| *n > 0)?;
-    let secs = match &text[split..] {
-        "ms" => return Some(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 7 * 86_400,
-        _ => return None,
+    let duration = match &text[split..] {
+        "ms" => Duration::from_millis(n),
+        unit => {
+            let scale: u64 = match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                "w" => 7 * 86_400,
+                _ => return None,
+            };
+            Duration::from_secs(n.checked_mul(scale)?)
+        }
     };
-    Some(Duration::from_secs(secs))
+    (duration <= MAX_INTERVAL).then_some(duration)
 }
 
 fn header_tenant(headers: &HeaderMap) -> Option<String> {
@@ -1110,6 +1169,46 @@ async fn count_errors(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn intervals_are_positive_and_at_most_ten_years() {
+        assert_eq!(parse_interval("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_interval("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_interval("2w"), Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_interval("3650d"), Some(MAX_INTERVAL));
+        for text in [
+            "0s",
+            "3651d",
+            "522w",
+            // 2^55 s and 2^62 min: their nanoseconds (or seconds) wrap to 0.
+            "36028797018963968s",
+            "4611686018427387904m",
+            "18446744073709551615ms",
+            "7x",
+            "",
+        ] {
+            assert_eq!(parse_interval(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn count_cells_stop_at_their_limit_and_say_so() {
+        let mut cells = CountCells {
+            limit: 3,
+            ..CountCells::default()
+        };
+        for start in 0..3 {
+            cells.slot("a", start).expect("under the limit")[1] += 1;
+        }
+        // A bucket that exists still counts; a new one, in any service, does not.
+        cells.slot("a", 2).expect("an existing bucket")[1] += 1;
+        assert!(!cells.overflowed);
+        assert!(cells.slot("b", 0).is_none());
+        assert!(cells.slot("a", 9).is_none());
+        assert!(cells.overflowed);
+        assert_eq!(cells.cells, 3);
+        assert_eq!(cells.services["a"][&2][1], 2);
+    }
+
     use super::*;
 
     #[test]

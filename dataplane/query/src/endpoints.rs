@@ -48,7 +48,7 @@ fn duration_param(params: &Params, name: &str) -> Result<Option<Duration>, Query
         None => Ok(None),
         Some(text) => parse_interval(text).map(Some).ok_or_else(|| {
             QueryError::BadRequest(format!(
-                "{name}: {text:?} is not a duration like 30s, 5m or 1h"
+                "{name}: {text:?} is not a duration like 30s, 5m or 1h (at most 3650d)"
             ))
         }),
     }
