@@ -441,15 +441,73 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
         "{body}"
     );
 
+    // Actions that are not documents count too: each one is answered.
+    let deletes = "{\"delete\":{\"_index\":\"es\",\"_id\":\"x\"}}\n".repeat(1001);
+    let (status, body) = bulk_request(&node, "t", &deletes).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("more than 1000 actions")),
+        "{body}"
+    );
+    // Loki and OTLP: labels and resource attributes are copied into every record, so the
+    // mapping stops at the limit rather than after it.
+    let values: Vec<String> = (0..1001)
+        .map(|k| format!("[\"{}\",\"l{k}\"]", 1_700_000_000_000_000_000u64 + k))
+        .collect();
+    let loki = format!(
+        "{{\"streams\":[{{\"stream\":{{\"service\":\"lk\"}},\"values\":[{}]}}]}}",
+        values.join(",")
+    );
+    let json = [
+        ("X-Logcluster-Tenant", "t"),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, body) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/loki/api/v1/push",
+        &json,
+        loki.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("maxBatchRecords"), "{body}");
+    let records: Vec<String> = (0..1001)
+        .map(|k| format!("{{\"body\":{{\"stringValue\":\"o{k}\"}}}}"))
+        .collect();
+    let otlp = format!(
+        "{{\"resourceLogs\":[{{\"scopeLogs\":[{{\"logRecords\":[{}]}}]}}]}}",
+        records.join(",")
+    );
+    let (status, body) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/v1/logs",
+        &json,
+        otlp.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("maxBatchRecords"), "{body}");
+
     let metrics = node.metrics().await?;
-    for format in ["raw", "protobuf", "json", "elasticsearch"] {
+    for (format, refused) in [
+        ("raw", 1.0),
+        ("protobuf", 1.0),
+        ("json", 1.0),
+        ("elasticsearch", 2.0),
+        ("loki", 1.0),
+        ("otlp", 1.0),
+    ] {
         assert_eq!(
             metric_sum(
                 &metrics,
                 "logcluster_ingest_rejected_total",
                 &[&format!("format=\"{format}\""), "too_many_records"]
             ),
-            1.0,
+            refused,
             "{format}: {metrics}"
         );
     }
@@ -471,6 +529,102 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
         items.len() == 1500
     })
     .await?;
+    Ok(())
+}
+
+/// A Loki stream's labels and an OTLP resource's attributes are sent once and copied into
+/// each record: a small request must not map onto more memory than the ingest budget holds.
+#[tokio::test]
+async fn requests_whose_records_outgrow_the_ingest_budget_are_refused_and_nothing_stored()
+-> anyhow::Result<()> {
+    let node = TestNode::start(|raw, _| {
+        raw.ingest.max_frame_bytes = 256 * 1024;
+        raw.ingest.max_pending_bytes = 1024 * 1024;
+    })
+    .await?;
+    let json = [
+        ("X-Logcluster-Tenant", "t"),
+        ("Content-Type", "application/json"),
+    ];
+    // 100 labels of ~50 bytes on one stream, 200 empty lines: a ~30 KB body whose records
+    // would take some 3 MB.
+    let labels: Vec<String> = (0..100)
+        .map(|k| format!("\"label{k:03}\":\"{}\"", "v".repeat(40)))
+        .collect();
+    let values: Vec<String> = (0..200)
+        .map(|k| format!("[\"{}\",\"\"]", 1_700_000_000_000_000_000u64 + k))
+        .collect();
+    let loki = format!(
+        "{{\"streams\":[{{\"stream\":{{\"service\":\"wide\",{}}},\"values\":[{}]}}]}}",
+        labels.join(","),
+        values.join(",")
+    );
+    assert!(loki.len() < 40_000, "{}", loki.len());
+    let (status, body) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/loki/api/v1/push",
+        &json,
+        loki.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("maxPendingBytes"), "{body}");
+    let attributes: Vec<String> = (0..100)
+        .map(|k| {
+            format!(
+                "{{\"key\":\"attr{k:03}\",\"value\":{{\"stringValue\":\"{}\"}}}}",
+                "v".repeat(40)
+            )
+        })
+        .collect();
+    let records: Vec<String> = (0..200).map(|_| "{}".to_string()).collect();
+    let otlp = format!(
+        "{{\"resourceLogs\":[{{\"resource\":{{\"attributes\":[{}]}},\"scopeLogs\":[{{\"logRecords\":[{}]}}]}}]}}",
+        attributes.join(","),
+        records.join(",")
+    );
+    let (status, body) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/v1/logs",
+        &json,
+        otlp.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("maxPendingBytes"), "{body}");
+    let metrics = node.metrics().await?;
+    for format in ["loki", "otlp"] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "logcluster_ingest_rejected_total",
+                &[&format!("format=\"{format}\""), "too_large"]
+            ),
+            1.0,
+            "{format}: {metrics}"
+        );
+    }
+    // The room was given back: the same stream with a few lines is stored.
+    let few = format!(
+        "{{\"streams\":[{{\"stream\":{{\"service\":\"wide\",{}}},\"values\":[{}]}}]}}",
+        labels.join(","),
+        values[..5].join(",")
+    );
+    let (status, body) = common::http(
+        &node.http_addr(),
+        "POST",
+        "/loki/api/v1/push",
+        &json,
+        few.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 204, "{body}");
+    let items = node
+        .stored_when("t", "the five lines", |items| items.len() == 5)
+        .await?;
+    assert!(items.iter().all(|i| i["service"] == "wide"));
     Ok(())
 }
 

@@ -379,6 +379,16 @@ impl Pipeline {
         })
     }
 
+    /// `ingest.maxPendingBytes`, as the budget counts it (whole KiB).
+    pub fn budget_bytes(&self) -> usize {
+        self.budget_kib as usize * 1024
+    }
+
+    /// `ingest.maxBatchRecords`.
+    pub fn max_batch_records(&self) -> usize {
+        self.max_batch_records
+    }
+
     pub fn metrics(&self) -> &IngestMetrics {
         &self.metrics
     }

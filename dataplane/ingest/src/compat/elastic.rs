@@ -205,8 +205,17 @@ struct Item {
 #[derive(Debug, PartialEq)]
 struct BulkError(String);
 
+/// The start of the [`BulkError`] of a request of too many actions.
+const TOO_MANY_ACTIONS: &str = "the request holds more than";
+
 /// Splits a bulk body into its actions; documents stay as byte ranges of `body`.
-fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Vec<Item>, BulkError> {
+/// The request's actions; more than `max_items` of them (documents or not) is an error:
+/// each one is answered, and an answer item costs far more than its action line.
+fn parse_bulk(
+    body: &[u8],
+    path_index: Option<&str>,
+    max_items: usize,
+) -> Result<Vec<Item>, BulkError> {
     let mut lines = Vec::new();
     let mut start = 0;
     for (at, byte) in body.iter().enumerate() {
@@ -232,6 +241,11 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Vec<Item>, BulkEr
     let mut items = Vec::new();
     let mut next = lines.into_iter();
     while let Some((number, (s, e))) = next.next() {
+        if items.len() == max_items {
+            return Err(BulkError(format!(
+                "{TOO_MANY_ACTIONS} {max_items} actions (ingest.maxBatchRecords); send smaller requests"
+            )));
+        }
         let malformed = |detail: &str| {
             BulkError(format!(
                 "Malformed action/metadata line [{number}], {detail}"
@@ -387,8 +401,23 @@ async fn bulk(
             ),
         );
     }
-    let items = match parse_bulk(&body, path_index.as_deref()) {
+    let items = match parse_bulk(
+        &body,
+        path_index.as_deref(),
+        compat.pipeline.max_batch_records(),
+    ) {
         Ok(items) => items,
+        Err(BulkError(reason)) if reason.starts_with(TOO_MANY_ACTIONS) => {
+            compat
+                .pipeline
+                .metrics()
+                .count_rejected("elasticsearch", "too_many_records", 1);
+            return es_error(
+                StatusCode::BAD_REQUEST,
+                "illegal_argument_exception",
+                &reason,
+            );
+        }
         Err(BulkError(reason)) => {
             compat.protocol_error("elasticsearch", "malformed_bulk");
             return es_error(
@@ -420,7 +449,7 @@ async fn bulk(
         let items = Arc::new(items);
         let for_decode = items.clone();
         let result = compat
-            .ingest(source, len, move || {
+            .ingest(source, len, move |_| {
                 Ok(decode_documents(&body, &for_decode, &options))
             })
             .await;
@@ -542,7 +571,7 @@ mod tests {
     #[test]
     fn parses_actions_documents_and_blank_lines() {
         let body = b"{\"index\":{\"_index\":\"web\",\"_id\":\"a\"}}\r\n{\"message\":\"one\"}\n\n{\"create\":{}}\n{\"message\":\"two\"}\n{\"delete\":{\"_index\":\"x\",\"_id\":\"9\"}}\n{\"update\":{\"_id\":\"3\"}}\n{\"doc\":{}}\n";
-        let items = parse_bulk(body, Some("fallback")).expect("valid");
+        let items = parse_bulk(body, Some("fallback"), 100).expect("valid");
         let summary: Vec<_> = items
             .iter()
             .map(|i| {
@@ -586,17 +615,17 @@ mod tests {
             (b"[1]\n", "line [1]"),
         ];
         for (body, needle) in cases {
-            let error = parse_bulk(body, Some("i")).expect_err("malformed");
+            let error = parse_bulk(body, Some("i"), 100).expect_err("malformed");
             assert!(error.0.contains(needle), "{needle:?} not in {:?}", error.0);
         }
-        let error = parse_bulk(b"{\"index\":{}}\n{}\n", None).expect_err("no index");
+        let error = parse_bulk(b"{\"index\":{}}\n{}\n", None, 100).expect_err("no index");
         assert!(error.0.contains("index is missing"), "{error:?}");
     }
 
     #[test]
     fn documents_map_service_from_field_document_or_index() {
         let body = b"{\"index\":{\"_index\":\"checkout\"}}\n{\"@timestamp\":\"2026-11-23T10:00:00Z\",\"message\":\"a\",\"log.level\":\"warn\"}\n{\"index\":{\"_index\":\"checkout\",\"_id\":\"7\"}}\n{\"service\":{\"name\":\"billing\"},\"message\":\"b\",\"team\":\"pay\"}\n{\"index\":{\"_index\":\"checkout\"}}\nnot json\n";
-        let items = parse_bulk(body, None).expect("valid");
+        let items = parse_bulk(body, None, 100).expect("valid");
         let output = decode_documents(body, &items, &ElasticOptions::default());
         assert_eq!(output.records.len(), 2);
         let first = &output.records[0].entry;

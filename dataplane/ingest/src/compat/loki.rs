@@ -155,7 +155,7 @@ async fn push(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body)
     };
     let len = body.len();
     let Some(result) = compat
-        .ingest(source, len, move || {
+        .ingest(source, len, move |limits| {
             let request = if protobuf {
                 wire::PushRequest::decode(&body[..]).map_err(|e| {
                     (
@@ -171,7 +171,7 @@ async fn push(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body)
                     )
                 })?
             };
-            to_records(request).map_err(|e| (RejectReason::InvalidLabels, e))
+            to_records(request, &mut |bytes| limits.admit(bytes))
         })
         .await
     else {
@@ -195,14 +195,31 @@ async fn push(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body)
     }
 }
 
-/// Maps a push onto records; an unparsable label set refuses the whole push.
-pub fn to_records(request: wire::PushRequest) -> Result<DecodeOutput, String> {
+/// Maps a push onto records; an unparsable label set refuses the whole push, and so does
+/// `admit` (called with each record's size before it is made: see
+/// [`super::MapLimits::admit`]).
+pub fn to_records(
+    request: wire::PushRequest,
+    admit: &mut dyn FnMut(usize) -> Result<(), (RejectReason, String)>,
+) -> Result<DecodeOutput, (RejectReason, String)> {
     let mut output = DecodeOutput::default();
     for (n, stream) in request.streams.into_iter().enumerate() {
-        let labels = parse_labels(&stream.labels)
-            .map_err(|e| format!("stream {n}: labels {:?}: {e}", stream.labels))?;
+        let labels = parse_labels(&stream.labels).map_err(|e| {
+            (
+                RejectReason::InvalidLabels,
+                format!("stream {n}: labels {:?}: {e}", stream.labels),
+            )
+        })?;
         let base = base_entry(labels);
         for entry in stream.entries {
+            let metadata: usize = entry
+                .structured_metadata
+                .iter()
+                .map(|pair| {
+                    super::mapped_size(&LogEntry::default(), pair.name.len() + pair.value.len())
+                })
+                .sum();
+            admit(super::mapped_size(&base, entry.line.len()) + metadata)?;
             let mut record = base.clone();
             record.timestamp = entry
                 .timestamp
@@ -505,7 +522,7 @@ mod tests {
                 hash: 0,
             }],
         };
-        let output = to_records(request).expect("valid");
+        let output = to_records(request, &mut |_| Ok(())).expect("valid");
         let e = &output.records[0].entry;
         assert_eq!(e.service, "checkout");
         assert_eq!(e.level_enum(), Level::Warn);
@@ -523,7 +540,7 @@ mod tests {
     fn json_push_matches_protobuf_mapping() {
         let body = br#"{"streams":[{"stream":{"service":"billing","level":"error"},"values":[["1795428000000000007","boom",{"order":"42"}],["1795428001000000000","again"]]}]}"#;
         let request = from_json(body).expect("valid");
-        let output = to_records(request).expect("valid");
+        let output = to_records(request, &mut |_| Ok(())).expect("valid");
         assert_eq!(output.records.len(), 2);
         let e = &output.records[0].entry;
         assert_eq!(

@@ -152,19 +152,124 @@ impl Compat {
 
     /// Runs `decode` on a blocking thread and ingests the result through the pipeline, after
     /// reserving `len` bytes of the ingest budget; `None` when the budget is exhausted (the
-    /// caller answers "too many requests").
+    /// caller answers "too many requests"). `decode` admits each record it makes through
+    /// [`MapLimits::admit`], which holds the records' room in the budget until they are stored.
     pub async fn ingest<F>(&self, source: BatchSource, len: usize, decode: F) -> Option<BatchResult>
     where
-        F: FnOnce() -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
+        F: FnOnce(&mut MapLimits) -> Result<DecodeOutput, (RejectReason, String)> + Send + 'static,
     {
         let Some(reservation) = self.pipeline.try_reserve(len) else {
             self.pipeline.metrics().count_busy();
             return None;
         };
-        let result = self.pipeline.ingest_with(source, len, |_| decode()).await;
+        let limits = Arc::new(std::sync::Mutex::new(MapLimits::new(
+            self.pipeline.clone(),
+            self.pipeline.max_batch_records(),
+            len,
+        )));
+        let mapping = limits.clone();
+        let result = self
+            .pipeline
+            .ingest_with(source, len, move |_| {
+                let mut limits = mapping.lock().unwrap_or_else(|p| p.into_inner());
+                decode(&mut limits)
+            })
+            .await;
         drop(reservation);
+        let busy = limits.lock().unwrap_or_else(|p| p.into_inner()).busy;
+        if busy {
+            self.pipeline.metrics().count_busy();
+            return None;
+        }
         Some(result)
     }
+}
+
+/// What a compatible API's mapping may make of one request. Labels and resource attributes
+/// are sent once and copied into every record, so a small request could map onto millions of
+/// large records: the mapping stops past `ingest.maxBatchRecords` records (refused as a
+/// batch that holds too many), and each record's size is reserved in the ingest budget before
+/// it is made (in steps of [`MAP_STEP`]; the request is answered "too many requests" when
+/// the budget has no room). The room is held until the records are stored.
+pub struct MapLimits {
+    pipeline: Arc<Pipeline>,
+    max_records: usize,
+    records: usize,
+    /// Reserved and not yet used.
+    room: usize,
+    /// Reserved in all, the request's body included.
+    reserved: usize,
+    held: Vec<crate::pipeline::Reservation>,
+    /// The budget had no room for a record.
+    busy: bool,
+}
+
+/// Mapped records' room is reserved this much at a time.
+pub const MAP_STEP: usize = 256 * 1024;
+
+impl MapLimits {
+    /// `body`: the bytes the request already holds in the budget.
+    fn new(pipeline: Arc<Pipeline>, max_records: usize, body: usize) -> MapLimits {
+        MapLimits {
+            pipeline,
+            max_records,
+            records: 0,
+            room: 0,
+            reserved: body,
+            held: Vec::new(),
+            busy: false,
+        }
+    }
+
+    /// Admits one more record of about `bytes` (before it is made); an error once past the
+    /// record limit or when the ingest budget has no room.
+    pub fn admit(&mut self, bytes: usize) -> Result<(), (RejectReason, String)> {
+        self.records += 1;
+        if self.records > self.max_records {
+            let error = crate::decode::PayloadError::TooManyRecords(self.max_records);
+            return Err((error.reason(), error.to_string()));
+        }
+        while self.room < bytes {
+            let step = MAP_STEP.max(bytes - self.room);
+            // More than the whole budget could ever hold: a retry would fare no better.
+            if self.reserved + step > self.pipeline.budget_bytes() {
+                return Err((
+                    RejectReason::TooLarge,
+                    format!(
+                        "the request's records would take more than the node's ingest budget \
+                         (ingest.maxPendingBytes, {} bytes) in memory; send smaller requests",
+                        self.pipeline.budget_bytes()
+                    ),
+                ));
+            }
+            match self.pipeline.try_reserve(step) {
+                Some(reservation) => {
+                    self.held.push(reservation);
+                    self.room += step;
+                    self.reserved += step;
+                }
+                None => {
+                    self.busy = true;
+                    return Err((
+                        RejectReason::TooLarge,
+                        "the node has no room for this request's records now; retry later"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+        self.room -= bytes;
+        Ok(())
+    }
+}
+
+/// About what a record made of `base` plus a message of `message` bytes holds in memory
+/// ([`LogEntry::approx_size`](logcluster_proto::LogEntry::approx_size) and each field's map
+/// node and `String` headers).
+pub fn mapped_size(base: &logcluster_proto::LogEntry, message: usize) -> usize {
+    const PER_FIELD: usize = 96;
+    const PER_ENTRY: usize = 192;
+    PER_ENTRY + base.approx_size() + message + PER_FIELD * base.fields.len()
 }
 
 /// Undoes a body's `Content-Encoding`; the result may be at most `limit` bytes.

@@ -299,7 +299,7 @@ async fn export(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Bod
     };
     let len = body.len();
     let Some(result) = compat
-        .ingest(source, len, move || {
+        .ingest(source, len, move |limits| {
             let request = match encoding {
                 Encoding::Protobuf => {
                     wire::ExportLogsServiceRequest::decode(&body[..]).map_err(|e| {
@@ -316,7 +316,7 @@ async fn export(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Bod
                     )
                 })?,
             };
-            Ok(to_records(request))
+            to_records(request, &mut |bytes| limits.admit(bytes))
         })
         .await
     else {
@@ -335,8 +335,12 @@ async fn export(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Bod
     }
 }
 
-/// Maps a decoded request onto records.
-pub fn to_records(request: wire::ExportLogsServiceRequest) -> DecodeOutput {
+/// Maps a decoded request onto records; `admit` is called with each record's size before it
+/// is made, and its refusal refuses the request (see [`super::MapLimits::admit`]).
+pub fn to_records(
+    request: wire::ExportLogsServiceRequest,
+    admit: &mut dyn FnMut(usize) -> Result<(), (RejectReason, String)>,
+) -> Result<DecodeOutput, (RejectReason, String)> {
     let mut output = DecodeOutput::default();
     for resource_logs in request.resource_logs {
         let mut base = LogEntry::default();
@@ -355,6 +359,10 @@ pub fn to_records(request: wire::ExportLogsServiceRequest) -> DecodeOutput {
         for scope_logs in resource_logs.scope_logs {
             let scope = scope_logs.scope.map(|s| s.name).unwrap_or_default();
             for record in scope_logs.log_records {
+                admit(super::mapped_size(
+                    &base,
+                    scope.len() + record.encoded_len(),
+                ))?;
                 let mut entry = base.clone();
                 if !scope.is_empty() {
                     entry
@@ -369,7 +377,7 @@ pub fn to_records(request: wire::ExportLogsServiceRequest) -> DecodeOutput {
             }
         }
     }
-    output
+    Ok(output)
 }
 
 fn map_record(record: wire::LogRecord, entry: &mut LogEntry) {
@@ -764,7 +772,7 @@ mod tests {
 
     #[test]
     fn maps_resource_severity_ids_body_and_attributes() {
-        let output = to_records(sample());
+        let output = to_records(sample(), &mut |_| Ok(())).expect("mapped");
         assert_eq!(output.records.len(), 1);
         let e = &output.records[0].entry;
         assert_eq!(e.service, "checkout");
