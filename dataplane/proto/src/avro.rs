@@ -70,6 +70,12 @@ pub const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
 /// Default ceiling on the total datum bytes of one container after decompression.
 pub const MAX_DECODED_BYTES: usize = 32 * 1024 * 1024;
 
+/// Most values (record fields, array items, map entries, scalars) the datums of one container
+/// may decode to. An array item can take one byte on the wire and ~100 in memory once decoded
+/// and turned into JSON, so bytes alone do not bound a container's memory; the datums are
+/// walked and counted before any is decoded.
+pub const MAX_VALUES: usize = 2_000_000;
+
 /// Longest writer schema text accepted in a container header.
 const MAX_SCHEMA_BYTES: usize = 1024 * 1024;
 /// Most metadata entries accepted in a container header.
@@ -111,6 +117,8 @@ pub enum AvroError {
     TooLarge { limit: usize },
     #[error("avro container holds {records} records, more than {limit}")]
     TooManyRecords { records: usize, limit: usize },
+    #[error("avro container holds more than {limit} values (fields, array items, map entries)")]
+    TooManyValues { limit: usize },
     #[error("avro datum could not be decoded")]
     Decode(#[source] apache_avro::Error),
     #[error("avro container could not be written")]
@@ -273,7 +281,21 @@ fn decode_limited(
         });
     }
     let schema = parse_untrusted_schema(container.schema_text)?;
-    SchemaCheck::run(&schema)?;
+    let named = SchemaCheck::run(&schema)?;
+    let mut values = ValueCount {
+        named,
+        values: 0,
+        limit: MAX_VALUES,
+    };
+    for (data, count) in &container.blocks {
+        let mut cur = Cursor {
+            bytes: data,
+            pos: 0,
+        };
+        for _ in 0..*count {
+            values.walk(&schema, &mut cur)?;
+        }
+    }
     let canonical =
         matches!(&schema, Schema::Record(r) if r.name.fullname(None) == LOG_ENTRY_FULLNAME);
 
@@ -522,7 +544,8 @@ struct SchemaCheck<'s> {
 }
 
 impl<'s> SchemaCheck<'s> {
-    fn run(schema: &'s Schema) -> Result<(), AvroError> {
+    /// Checks `schema`; returns its named types by full name.
+    fn run(schema: &'s Schema) -> Result<HashMap<String, &'s Schema>, AvroError> {
         let mut check = SchemaCheck {
             named: HashMap::new(),
             active: HashSet::new(),
@@ -530,7 +553,7 @@ impl<'s> SchemaCheck<'s> {
         };
         check.collect(schema, 0)?;
         check.visit(schema, 0)?;
-        Ok(())
+        Ok(check.named)
     }
 
     fn collect(&mut self, schema: &'s Schema, depth: usize) -> Result<(), AvroError> {
@@ -634,6 +657,132 @@ impl<'s> SchemaCheck<'s> {
             ));
         }
         Ok(result)
+    }
+}
+
+/// Walks datums as apache-avro would decode them, counting their values without making any
+/// (see [`MAX_VALUES`]). Run after [`SchemaCheck`], so references resolve and the walk's depth
+/// is bounded by the schema's.
+struct ValueCount<'s> {
+    named: HashMap<String, &'s Schema>,
+    values: usize,
+    limit: usize,
+}
+
+impl ValueCount<'_> {
+    fn count(&mut self, n: usize) -> Result<(), AvroError> {
+        self.fits(n)?;
+        self.values += n;
+        Ok(())
+    }
+
+    /// Whether `n` more values would stay within the limit (a block's item count is checked
+    /// before its items are walked).
+    fn fits(&self, n: usize) -> Result<(), AvroError> {
+        if self.values.saturating_add(n) > self.limit {
+            return Err(AvroError::TooManyValues { limit: self.limit });
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self, schema: &Schema, cur: &mut Cursor<'_>) -> Result<(), AvroError> {
+        const WHAT: &str = "datum";
+        self.count(1)?;
+        match schema {
+            Schema::Null => {}
+            Schema::Boolean => {
+                cur.take(1, WHAT)?;
+            }
+            Schema::Int
+            | Schema::Long
+            | Schema::Enum(_)
+            | Schema::Date
+            | Schema::TimeMillis
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => {
+                cur.long(WHAT)?;
+            }
+            Schema::Float => {
+                cur.take(4, WHAT)?;
+            }
+            Schema::Double => {
+                cur.take(8, WHAT)?;
+            }
+            Schema::Duration => {
+                cur.take(12, WHAT)?;
+            }
+            Schema::Bytes | Schema::String | Schema::BigDecimal | Schema::Uuid => {
+                cur.bytes_value(WHAT)?;
+            }
+            Schema::Fixed(fixed) => {
+                cur.take(fixed.size, WHAT)?;
+            }
+            Schema::Decimal(decimal) => self.walk(&decimal.inner, cur)?,
+            Schema::Record(record) => {
+                for field in &record.fields {
+                    self.walk(&field.schema, cur)?;
+                }
+            }
+            Schema::Array(array) => {
+                while let Some(items) = Self::block_len(cur)? {
+                    self.fits(items)?;
+                    for _ in 0..items {
+                        self.walk(&array.items, cur)?;
+                    }
+                }
+            }
+            Schema::Map(map) => {
+                while let Some(entries) = Self::block_len(cur)? {
+                    self.fits(entries)?;
+                    for _ in 0..entries {
+                        cur.bytes_value(WHAT)?;
+                        self.walk(&map.types, cur)?;
+                    }
+                }
+            }
+            Schema::Union(union) => {
+                // apache-avro reads a union at the very end of the data as null.
+                if cur.at_end() {
+                    return Ok(());
+                }
+                let index = cur.long(WHAT)?;
+                let variant = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| union.variants().get(i))
+                    .ok_or(AvroError::BadBlock {
+                        block: 0,
+                        reason: "union index out of range",
+                    })?;
+                self.walk(variant, cur)?;
+            }
+            Schema::Ref { name } => {
+                let target = *self.named.get(&name.fullname(None)).ok_or_else(|| {
+                    AvroError::RefusedSchema(format!("unknown type reference {name}"))
+                })?;
+                self.walk(target, cur)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The item count of the next block of an array or map; `None` at its end.
+    fn block_len(cur: &mut Cursor<'_>) -> Result<Option<usize>, AvroError> {
+        let len = cur.long("datum")?;
+        if len == 0 {
+            return Ok(None);
+        }
+        if len < 0 {
+            // A negative count is followed by the block's size in bytes.
+            cur.long("datum")?;
+        }
+        Ok(Some(
+            usize::try_from(len.unsigned_abs()).unwrap_or(usize::MAX),
+        ))
     }
 }
 
@@ -824,6 +973,9 @@ mod tests {
             writer.append(record).expect("append");
         }
         let bytes = writer.into_inner().expect("flush");
+        // Per datum: the record, its 7 fields, the union's double, the array's item, the
+        // inner record's field.
+        assert_eq!(walk_container(&bytes), 3 * (1 + 7 + 1 + 1 + 1));
         let values = decode_container(&bytes).expect("decodes");
         assert_eq!(values.len(), 3);
         assert_eq!(
@@ -881,6 +1033,59 @@ mod tests {
         let bytes = container_with_schema(r#""long""#, "null", &[(1_000_000, &[2, 4])]);
         let err = decode_container(&bytes).expect_err("refused");
         assert!(matches!(err, AvroError::BadBlock { .. }), "{err}");
+    }
+
+    /// Walks every block of a container as [`decode_limited`] does; returns the values
+    /// counted, and checks that each block's datums end exactly where its data does.
+    fn walk_container(bytes: &[u8]) -> usize {
+        let container = Container::parse(bytes, MAX_DECODED_BYTES).expect("frames");
+        let schema = parse_untrusted_schema(container.schema_text).expect("schema");
+        let named = SchemaCheck::run(&schema).expect("accepted");
+        let mut values = ValueCount {
+            named,
+            values: 0,
+            limit: usize::MAX,
+        };
+        for (data, count) in &container.blocks {
+            let mut cur = Cursor {
+                bytes: data,
+                pos: 0,
+            };
+            for _ in 0..*count {
+                values.walk(&schema, &mut cur).expect("walks");
+            }
+            assert_eq!(cur.pos, data.len(), "the walk ends where the block does");
+        }
+        values.values
+    }
+
+    /// An item of an `array<long>` is one byte on the wire: two million of them deflate to a
+    /// few KB and would take hundreds of MB once decoded. They are counted first.
+    #[test]
+    fn arrays_of_one_byte_items_are_refused_past_the_value_limit() {
+        let datum = |items: i64| {
+            let mut data = Vec::new();
+            write_long(&mut data, items);
+            data.resize(data.len() + items as usize, 0);
+            write_long(&mut data, 0);
+            data
+        };
+        let schema = r#"{"type":"record","name":"R","fields":[{"name":"a","type":{"type":"array","items":"long"}}]}"#;
+        let big = datum(MAX_VALUES as i64 + 1);
+        let packed = miniz_oxide::deflate::compress_to_vec(&big, 9);
+        assert!(packed.len() < 64 * 1024, "{}", packed.len());
+        let bytes = container_with_schema(schema, "deflate", &[(1, &packed)]);
+        let err = decode_container(&bytes).expect_err("refused");
+        assert!(
+            matches!(err, AvroError::TooManyValues { limit } if limit == MAX_VALUES),
+            "{err}"
+        );
+        // Under the limit the same shape decodes, item for item.
+        let small = datum(1000);
+        let bytes = container_with_schema(schema, "null", &[(1, &small)]);
+        let values = decode_container(&bytes).expect("decodes");
+        assert_eq!(values[0]["a"].as_array().map(Vec::len), Some(1000));
+        assert_eq!(walk_container(&bytes), 1 + 1 + 1000);
     }
 
     #[test]
@@ -957,6 +1162,8 @@ mod tests {
         #[test]
         fn encode_then_decode_is_the_canonical_json(entries in proptest::collection::vec(arb_entry(), 0..8)) {
             let bytes = encode_container(&entries).expect("encodes");
+            // The walk that counts values reads each block exactly as the decoder does.
+            walk_container(&bytes);
             let values = decode_container(&bytes).expect("decodes");
             prop_assert_eq!(values.len(), entries.len());
             for (value, entry) in values.iter().zip(&entries) {
