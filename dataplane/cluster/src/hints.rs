@@ -85,6 +85,14 @@ pub struct Hint {
     pub request: AppendRequest,
 }
 
+/// One hint file as read by [`HintStore::take_oldest`].
+pub struct HintFile {
+    pub path: PathBuf,
+    pub hints: Vec<Hint>,
+    /// Whole records that failed their checksum or did not decode (skipped).
+    pub corrupt_records: usize,
+}
+
 impl HintStore {
     pub fn open(dir: PathBuf) -> Result<HintStore, HintError> {
         logcluster_common::durable::create_dir_all(&dir).map_err(io(&dir))?;
@@ -192,9 +200,11 @@ impl HintStore {
         Ok(())
     }
 
-    /// The oldest closed-or-closable hint file of a member and its readable records (a torn
-    /// or corrupt tail ends the list). Closes the file for appends first. Blocking.
-    pub fn take_oldest(&self, member: &str) -> Result<Option<(PathBuf, Vec<Hint>)>, HintError> {
+    /// The oldest closed-or-closable hint file of a member and its readable records. A torn
+    /// tail (a record cut short: its write was never acknowledged) ends the list; a whole
+    /// record whose checksum or body is wrong is skipped and counted, and the records after
+    /// it are still read. Closes the file for appends first. Blocking.
+    pub fn take_oldest(&self, member: &str) -> Result<Option<HintFile>, HintError> {
         let Some((seq, path)) = self.files(member).into_iter().next() else {
             return Ok(None);
         };
@@ -209,32 +219,48 @@ impl HintStore {
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(io(&path))?;
         let mut hints = Vec::new();
+        let mut corrupt_records = 0;
         let mut at = 0usize;
         while bytes.len() - at >= 16 {
             let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
             let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap_or([0; 4]));
-            let Some(body) = bytes.get(at + 8..at + 16 + len) else {
+            let Some(body) = at
+                .checked_add(16 + len)
+                .and_then(|end| bytes.get(at + 8..end))
+            else {
                 break;
             };
-            if crc32fast::hash(body) != crc {
-                break;
-            }
+            at += 16 + len;
+            let request = (crc32fast::hash(body) == crc)
+                .then(|| AppendRequest::decode(&body[8..]).ok())
+                .flatten();
+            let Some(request) = request else {
+                corrupt_records += 1;
+                continue;
+            };
             let written_ms = u64::from_be_bytes(body[..8].try_into().unwrap_or([0; 8]));
-            let Ok(request) = AppendRequest::decode(&body[8..]) else {
-                break;
-            };
             hints.push(Hint {
                 written_ms,
                 request,
             });
-            at += 16 + len;
         }
-        Ok(Some((path, hints)))
+        Ok(Some(HintFile {
+            path,
+            hints,
+            corrupt_records,
+        }))
     }
 
-    /// Deletes a delivered (or expired) file.
-    pub fn remove(&self, path: &Path) -> Result<(), HintError> {
-        std::fs::remove_file(path).map_err(io(path))
+    /// Deletes a file whose hints were all delivered (or expired). A file that had corrupt
+    /// records is kept beside the others as `<name>.corrupt` (never read again) for a look
+    /// at what was lost; the copies of its batches on the other replicas are what
+    /// anti-entropy repairs the owner from.
+    pub fn finish(&self, file: &HintFile) -> Result<(), HintError> {
+        if file.corrupt_records == 0 {
+            return std::fs::remove_file(&file.path).map_err(io(&file.path));
+        }
+        let kept = file.path.with_extension("log.corrupt");
+        std::fs::rename(&file.path, &kept).map_err(io(&file.path))
     }
 
     /// Whether a hint is older than the window.
@@ -272,10 +298,11 @@ mod tests {
         drop(store);
         let store = HintStore::open(dir.path().to_path_buf()).expect("reopen");
         assert_eq!(store.members(), vec!["storage-1".to_string()]);
-        let (path, _) = store
+        let path = store
             .take_oldest("storage-1")
             .expect("take")
-            .expect("a file");
+            .expect("a file")
+            .path;
         // Tear the last record.
         let len = std::fs::metadata(&path).expect("meta").len();
         OpenOptions::new()
@@ -283,19 +310,59 @@ mod tests {
             .open(&path)
             .and_then(|f| f.set_len(len - 3))
             .expect("truncate");
-        let (path, hints) = store
+        let file = store
             .take_oldest("storage-1")
             .expect("take")
             .expect("a file");
         assert_eq!(
-            hints
+            file.hints
                 .iter()
                 .map(|h| h.request.batch_uid)
                 .collect::<Vec<_>>(),
             vec![1, 2]
         );
-        store.remove(&path).expect("remove");
+        assert_eq!(file.corrupt_records, 0, "a torn tail is not corruption");
+        store.finish(&file).expect("remove");
+        assert!(!path.exists());
         assert!(store.members().is_empty());
         assert!(store.pending_bytes().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_record_is_skipped_counted_and_its_file_kept_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = HintStore::open(dir.path().to_path_buf()).expect("open");
+        for uid in 1..=3 {
+            store.append("storage-1", &request(uid)).expect("append");
+        }
+        let path = store
+            .take_oldest("storage-1")
+            .expect("take")
+            .expect("a file")
+            .path;
+        // Flip a byte in the body of the second record (records are the same size here).
+        let mut bytes = std::fs::read(&path).expect("read");
+        let record = bytes.len() / 3;
+        bytes[record + 20] ^= 0x55;
+        std::fs::write(&path, &bytes).expect("write");
+        let file = store
+            .take_oldest("storage-1")
+            .expect("take")
+            .expect("a file");
+        assert_eq!(
+            file.hints
+                .iter()
+                .map(|h| h.request.batch_uid)
+                .collect::<Vec<_>>(),
+            vec![1, 3],
+            "the records after the corrupt one are read"
+        );
+        assert_eq!(file.corrupt_records, 1);
+        store.finish(&file).expect("set aside");
+        assert!(!path.exists());
+        assert!(path.with_extension("log.corrupt").exists());
+        // Set aside for good: not read, not counted as pending.
+        assert!(store.take_oldest("storage-1").expect("take").is_none());
+        assert!(store.pending_bytes().values().all(|b| *b == 0));
     }
 }

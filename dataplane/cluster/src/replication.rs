@@ -88,6 +88,8 @@ pub struct ClusterMetrics {
     pub hints_written: Counter,
     pub hints_delivered: Counter,
     pub hints_expired: Counter,
+    /// Hint records that failed their checksum (or did not decode) when read for delivery.
+    pub hints_corrupt: Counter,
     pub hints_pending_bytes: Gauge,
     quorum_failures: Counter,
     pub read_repairs: Counter,
@@ -129,6 +131,11 @@ impl ClusterMetrics {
             "hints_expired",
             "Hinted batch parts dropped after the hint window",
             self.hints_expired.clone(),
+        );
+        r.register(
+            "hints_corrupt",
+            "Hint records that failed their checksum or did not decode when read for delivery (their file is kept as .corrupt)",
+            self.hints_corrupt.clone(),
         );
         r.register(
             "hints_pending_bytes",

@@ -179,13 +179,28 @@ pub async fn run_handoff(
 async fn take_oldest(
     hints: &Arc<HintStore>,
     member: &str,
-) -> Result<
-    Result<Option<(std::path::PathBuf, Vec<crate::hints::Hint>)>, crate::hints::HintError>,
-    tokio::task::JoinError,
-> {
+) -> Result<Result<Option<crate::hints::HintFile>, crate::hints::HintError>, tokio::task::JoinError>
+{
     let hints = hints.clone();
     let member = member.to_string();
     tokio::task::spawn_blocking(move || hints.take_oldest(&member)).await
+}
+
+/// Counts and logs the corrupt records of a hint file (once: the file is set aside as
+/// `.corrupt` after its readable hints are delivered).
+fn note_corrupt(cluster: &Arc<Cluster>, member: &str, file: &crate::hints::HintFile) {
+    if file.corrupt_records > 0 {
+        cluster
+            .metrics()
+            .hints_corrupt
+            .inc_by(file.corrupt_records as u64);
+        tracing::error!(
+            member,
+            file = %file.path.display(),
+            records = file.corrupt_records,
+            "hint records failed their checksum and cannot be delivered; the file is kept as .corrupt, and anti-entropy repairs the owner from the other replicas"
+        );
+    }
 }
 
 async fn deliver_member(
@@ -196,7 +211,7 @@ async fn deliver_member(
 ) {
     loop {
         let taken = take_oldest(hints, member).await;
-        let (path, records) = match taken {
+        let mut file = match taken {
             Ok(Ok(Some(found))) => found,
             Ok(Ok(None)) => return,
             Ok(Err(error)) => {
@@ -205,6 +220,8 @@ async fn deliver_member(
             }
             Err(_) => return,
         };
+        note_corrupt(cluster, member, &file);
+        let records = std::mem::take(&mut file.hints);
         let total = records.len();
         for hint in records {
             if HintStore::expired(&hint, window) {
@@ -232,7 +249,7 @@ async fn deliver_member(
                 }
             }
         }
-        if let Err(error) = hints.remove(&path) {
+        if let Err(error) = hints.finish(&file) {
             warn!(%error, "cannot delete a delivered hint file");
             return;
         }
@@ -251,9 +268,11 @@ async fn redirect_member(
 ) {
     loop {
         let taken = take_oldest(hints, member).await;
-        let Ok(Ok(Some((path, records)))) = taken else {
+        let Ok(Ok(Some(mut file))) = taken else {
             return;
         };
+        note_corrupt(cluster, member, &file);
+        let records = std::mem::take(&mut file.hints);
         for hint in records {
             if HintStore::expired(&hint, window) {
                 cluster.metrics().hints_expired.inc();
@@ -297,7 +316,7 @@ async fn redirect_member(
             }
             cluster.metrics().hints_delivered.inc();
         }
-        if let Err(error) = hints.remove(&path) {
+        if let Err(error) = hints.finish(&file) {
             warn!(%error, "cannot delete a redirected hint file");
             return;
         }
