@@ -10,7 +10,11 @@
 //! directory). A file is [`MAGIC`], then chunks, one per block that added ids:
 //! `"TRID" | first ordinal u32 | count u32 | crc32(first, count, ids) u32 | count × 16 bytes`.
 //! A chunk that fails its checksum makes only its own ordinals unreadable; reading resumes at
-//! the next chunk marker.
+//! the next chunk marker. A block that refers to an unreadable ordinal fails to decode as a
+//! whole (its rows are never served with a wrong or missing trace id), and its segment is
+//! quarantined like any segment with a corrupt block: in a cluster, anti-entropy restores
+//! its entries from the other replicas; blocks that refer only to readable ordinals, and the
+//! other tenants' books, are not affected.
 //!
 //! Durability: a window is written without fsync; [`TraceBook::sync`] runs before a segment
 //! whose blocks refer to it is sealed (the open segment is rebuilt from the WAL after a
