@@ -36,6 +36,8 @@ pub struct StorageMetrics {
     pub stored_bytes: Gauge,
     pub segments: Gauge,
     pub wal_truncated_bytes: Counter,
+    /// Damaged WAL records skipped at recovery (the records after them kept).
+    pub wal_corrupt_records: Counter,
     pub corrupt_segments: Counter,
     pub corrupt_blocks: Counter,
     pub retention_deleted_segments: Counter,
@@ -65,6 +67,7 @@ impl Default for StorageMetrics {
             stored_bytes: Gauge::default(),
             segments: Gauge::default(),
             wal_truncated_bytes: Counter::default(),
+            wal_corrupt_records: Counter::default(),
             corrupt_segments: Counter::default(),
             corrupt_blocks: Counter::default(),
             retention_deleted_segments: Counter::default(),
@@ -168,6 +171,11 @@ impl StorageMetrics {
             "wal_truncated_bytes",
             "Bytes cut from WAL tails at recovery (torn writes)",
             self.wal_truncated_bytes.clone(),
+        );
+        r.register(
+            "wal_corrupt_records",
+            "Damaged WAL records skipped at recovery, with intact records after them (which are kept)",
+            self.wal_corrupt_records.clone(),
         );
         r.register(
             "corrupt_segments",

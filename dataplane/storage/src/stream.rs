@@ -422,6 +422,12 @@ impl Stream {
                 warn!(path = %path.display(), bytes = replay.truncated_bytes, "truncated torn wal tail");
                 metrics.wal_truncated_bytes.inc_by(replay.truncated_bytes);
             }
+            if replay.corrupt_records > 0 {
+                tracing::error!(path = %path.display(), records = replay.corrupt_records, "damaged WAL records skipped (their batches are lost on this node; in a cluster anti-entropy restores them); the records after them were kept");
+                metrics
+                    .wal_corrupt_records
+                    .inc_by(replay.corrupt_records as u64);
+            }
             replayed.push((seq, replay));
         }
         let active_seq = next_seq;

@@ -90,6 +90,8 @@ pub struct Replay {
     pub valid_len: u64,
     /// Bytes that were cut off as a torn or corrupt tail.
     pub truncated_bytes: u64,
+    /// Damaged records in the middle of the log, skipped (never served).
+    pub corrupt_records: usize,
 }
 
 /// Creates a new WAL file with its header, fsynced, ready for appends.
@@ -140,10 +142,26 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
     } else {
         0
     };
+    let mut corrupt_records = 0;
     if pos == 8 {
-        while let Some((record, len)) = parse_record(&data[pos..]) {
-            records.push(record);
-            pos += len;
+        while pos < data.len() {
+            if let Some((record, len)) = parse_record(&data[pos..]) {
+                records.push(record);
+                pos += len;
+                continue;
+            }
+            // A whole record that fails its checksum (or does not read) with an intact record
+            // right after it is damage in the middle of the log: it is skipped and counted,
+            // and the records after it are kept. Anything else ends the log here (a torn
+            // tail: a write cut short is never followed by a record).
+            let Some(whole) = record_span(&data[pos..]) else {
+                break;
+            };
+            if parse_record(&data[pos + whole..]).is_none() {
+                break;
+            }
+            corrupt_records += 1;
+            pos += whole;
         }
     }
     let valid_len = pos as u64;
@@ -165,6 +183,7 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
         records,
         valid_len: valid_len.max(8),
         truncated_bytes: total.saturating_sub(valid_len.max(8)),
+        corrupt_records,
     })
 }
 
@@ -225,6 +244,13 @@ fn parse_record(buf: &[u8]) -> Option<(Record, usize)> {
         },
         len,
     ))
+}
+
+/// The length of the record at the start of `buf`, header included, when its length field
+/// is in range and the whole record is there (whatever its checksum).
+fn record_span(buf: &[u8]) -> Option<usize> {
+    let body_len = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
+    ((8..=MAX_RECORD_LEN).contains(&body_len) && buf.len() >= 8 + body_len).then_some(8 + body_len)
 }
 
 /// The batch uid and the encoded entries (a `LogBatch`) of the record at the start of
@@ -388,6 +414,56 @@ mod tests {
         let again = replay(&path).expect("replay");
         let uids: Vec<u64> = again.records.iter().map(|r| r.batch_uid).collect();
         assert_eq!(uids, [1, 3]);
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_is_skipped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal-1.log");
+        let mut file = create(&path).expect("create");
+        let mut ends = Vec::new();
+        for b in 1..=4u64 {
+            file.write_all(&encode_record(b, &[entry(b as i64)]))
+                .expect("write");
+            ends.push(file.metadata().expect("meta").len() as usize);
+        }
+        drop(file);
+        let mut bytes = std::fs::read(&path).expect("read");
+        // A byte of the second record's body (past its 8-byte header and 8-byte batch uid).
+        bytes[ends[0] + 20] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("write");
+        let replay = replay(&path).expect("replay");
+        assert_eq!(
+            replay
+                .records
+                .iter()
+                .map(|r| r.batch_uid)
+                .collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
+        assert_eq!(replay.corrupt_records, 1);
+        assert_eq!(
+            (replay.truncated_bytes, replay.valid_len),
+            (0, bytes.len() as u64)
+        );
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len(),
+            bytes.len() as u64
+        );
+        // Damage to a record's length, or to the last record, still ends the log there.
+        let mut torn = bytes.clone();
+        torn[ends[2] + 2] ^= 0x7f;
+        std::fs::write(&path, &torn).expect("write");
+        let again = super::replay(&path).expect("replay");
+        assert_eq!(
+            again
+                .records
+                .iter()
+                .map(|r| r.batch_uid)
+                .collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(again.valid_len, ends[2] as u64);
     }
 
     #[test]
