@@ -460,20 +460,7 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
         "{{\"streams\":[{{\"stream\":{{\"service\":\"lk\"}},\"values\":[{}]}}]}}",
         values.join(",")
     );
-    let json = [
-        ("X-Logcluster-Tenant", "t"),
-        ("Content-Type", "application/json"),
-    ];
-    let (status, body) = common::http(
-        &node.http_addr(),
-        "POST",
-        "/loki/api/v1/push",
-        &json,
-        loki.as_bytes(),
-    )
-    .await?;
-    assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("maxBatchRecords"), "{body}");
+    refused_400(&node, "/loki/api/v1/push", &loki, "maxBatchRecords").await?;
     let records: Vec<String> = (0..1001)
         .map(|k| format!("{{\"body\":{{\"stringValue\":\"o{k}\"}}}}"))
         .collect();
@@ -481,16 +468,7 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
         "{{\"resourceLogs\":[{{\"scopeLogs\":[{{\"logRecords\":[{}]}}]}}]}}",
         records.join(",")
     );
-    let (status, body) = common::http(
-        &node.http_addr(),
-        "POST",
-        "/v1/logs",
-        &json,
-        otlp.as_bytes(),
-    )
-    .await?;
-    assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("maxBatchRecords"), "{body}");
+    refused_400(&node, "/v1/logs", &otlp, "maxBatchRecords").await?;
 
     let metrics = node.metrics().await?;
     for (format, refused) in [
@@ -532,6 +510,19 @@ async fn a_batch_of_more_records_than_allowed_is_refused_whole() -> anyhow::Resu
     Ok(())
 }
 
+/// Posts `body` as JSON for tenant `t`; asserts a 400 whose answer mentions `says`.
+async fn refused_400(node: &TestNode, path: &str, body: &str, says: &str) -> anyhow::Result<()> {
+    let json = [
+        ("X-Logcluster-Tenant", "t"),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, answer) =
+        common::http(&node.http_addr(), "POST", path, &json, body.as_bytes()).await?;
+    assert_eq!(status, 400, "{path}: {answer}");
+    assert!(answer.to_string().contains(says), "{path}: {answer}");
+    Ok(())
+}
+
 /// A Loki stream's labels and an OTLP resource's attributes are sent once and copied into
 /// each record: a small request must not map onto more memory than the ingest budget holds.
 #[tokio::test]
@@ -560,16 +551,7 @@ async fn requests_whose_records_outgrow_the_ingest_budget_are_refused_and_nothin
         values.join(",")
     );
     assert!(loki.len() < 40_000, "{}", loki.len());
-    let (status, body) = common::http(
-        &node.http_addr(),
-        "POST",
-        "/loki/api/v1/push",
-        &json,
-        loki.as_bytes(),
-    )
-    .await?;
-    assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("maxPendingBytes"), "{body}");
+    refused_400(&node, "/loki/api/v1/push", &loki, "maxPendingBytes").await?;
     let attributes: Vec<String> = (0..100)
         .map(|k| {
             format!(
@@ -584,16 +566,7 @@ async fn requests_whose_records_outgrow_the_ingest_budget_are_refused_and_nothin
         attributes.join(","),
         records.join(",")
     );
-    let (status, body) = common::http(
-        &node.http_addr(),
-        "POST",
-        "/v1/logs",
-        &json,
-        otlp.as_bytes(),
-    )
-    .await?;
-    assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("maxPendingBytes"), "{body}");
+    refused_400(&node, "/v1/logs", &otlp, "maxPendingBytes").await?;
     let metrics = node.metrics().await?;
     for format in ["loki", "otlp"] {
         assert_eq!(

@@ -287,6 +287,10 @@ mod tests {
         }
     }
 
+    fn uids(file: &HintFile) -> Vec<u64> {
+        file.hints.iter().map(|h| h.request.batch_uid).collect()
+    }
+
     #[test]
     fn hints_survive_reopen_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -314,13 +318,7 @@ mod tests {
             .take_oldest("storage-1")
             .expect("take")
             .expect("a file");
-        assert_eq!(
-            file.hints
-                .iter()
-                .map(|h| h.request.batch_uid)
-                .collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert_eq!(uids(&file), vec![1, 2]);
         assert_eq!(file.corrupt_records, 0, "a torn tail is not corruption");
         store.finish(&file).expect("remove");
         assert!(!path.exists());
@@ -350,10 +348,7 @@ mod tests {
             .expect("take")
             .expect("a file");
         assert_eq!(
-            file.hints
-                .iter()
-                .map(|h| h.request.batch_uid)
-                .collect::<Vec<_>>(),
+            uids(&file),
             vec![1, 3],
             "the records after the corrupt one are read"
         );

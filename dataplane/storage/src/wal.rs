@@ -412,8 +412,11 @@ mod tests {
         file.write_all(&encode_record(3, &[entry(3)]))
             .expect("append");
         let again = replay(&path).expect("replay");
-        let uids: Vec<u64> = again.records.iter().map(|r| r.batch_uid).collect();
-        assert_eq!(uids, [1, 3]);
+        assert_eq!(uids(&again), [1, 3]);
+    }
+
+    fn uids(replay: &Replay) -> Vec<u64> {
+        replay.records.iter().map(|r| r.batch_uid).collect()
     }
 
     #[test]
@@ -433,14 +436,7 @@ mod tests {
         bytes[ends[0] + 20] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
         let replay = replay(&path).expect("replay");
-        assert_eq!(
-            replay
-                .records
-                .iter()
-                .map(|r| r.batch_uid)
-                .collect::<Vec<_>>(),
-            vec![1, 3, 4]
-        );
+        assert_eq!(uids(&replay), [1, 3, 4]);
         assert_eq!(replay.corrupt_records, 1);
         assert_eq!(
             (replay.truncated_bytes, replay.valid_len),
@@ -455,14 +451,7 @@ mod tests {
         torn[ends[2] + 2] ^= 0x7f;
         std::fs::write(&path, &torn).expect("write");
         let again = super::replay(&path).expect("replay");
-        assert_eq!(
-            again
-                .records
-                .iter()
-                .map(|r| r.batch_uid)
-                .collect::<Vec<_>>(),
-            vec![1, 3]
-        );
+        assert_eq!(uids(&again), [1, 3]);
         assert_eq!(again.valid_len, ends[2] as u64);
     }
 
