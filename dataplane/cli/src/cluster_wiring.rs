@@ -142,6 +142,7 @@ impl ClusterSink {
             Ok(SinkOutcome {
                 duplicates,
                 too_large,
+                too_many_streams: Vec::new(),
             })
         })
     }

@@ -139,6 +139,7 @@ pub fn storage_config(config: &NodeConfig) -> StorageConfig {
     storage.segment_max_age = config.segment_max_age;
     storage.block_target_bytes = config.block_target_bytes;
     storage.tail_memory_bytes = config.tail_memory_bytes;
+    storage.max_streams = config.max_streams;
     storage.zstd_level = config.zstd_level;
     storage.block_format = match config.block_format {
         BlockFormat::Templates => segment::FORMAT_TEMPLATES,

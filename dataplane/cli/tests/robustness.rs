@@ -601,6 +601,48 @@ async fn requests_whose_records_outgrow_the_ingest_budget_are_refused_and_nothin
     Ok(())
 }
 
+/// A sender that invents service names cannot make the node open streams without end: past
+/// `storage.maxStreams` the records of a new stream are refused (and counted), the batch's
+/// others stored.
+#[tokio::test]
+async fn records_of_new_streams_past_the_limit_are_refused_and_the_rest_stored()
+-> anyhow::Result<()> {
+    let node = TestNode::start(|raw, _| raw.storage.max_streams = 2).await?;
+    let mut c = node.connect().await?;
+    let lines: String = ["a", "b", "c", "a", "d"]
+        .iter()
+        .map(|service| format!("{{\"service\":\"{service}\",\"message\":\"m\"}}\n"))
+        .collect();
+    let ack = c.roundtrip(Format::Json, 1, "t", lines.as_bytes()).await?;
+    assert_eq!(ack.status, AckStatus::Partial, "{ack:?}");
+    assert_eq!((ack.accepted, ack.rejected), (3, 2), "{ack:?}");
+    assert!(ack.error.contains("storage.maxStreams"), "{}", ack.error);
+    let items = node
+        .stored_when("t", "the three records", |items| items.len() == 3)
+        .await?;
+    assert!(
+        items
+            .iter()
+            .all(|i| i["service"] == "a" || i["service"] == "b")
+    );
+    let metrics = node.metrics().await?;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "logcluster_ingest_rejected_total",
+            &["format=\"json\"", "too_many_streams"]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "logcluster_storage_streams_refused_total", &[]),
+        2.0,
+        "{metrics}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn records_that_grow_past_the_wal_record_limit_are_refused_and_the_rest_stored()
 -> anyhow::Result<()> {

@@ -115,6 +115,15 @@ pub async fn handle_append(
                     logcluster_storage::wal::MAX_RECORD_LEN
                 ));
             }
+            if !outcome.too_many_streams.is_empty() {
+                // The other parts are stored; this member is no holder of the refused ones, so
+                // the write counts as failed here (the sender may reach its quorum elsewhere).
+                return Err(format!(
+                    "replica write refused: {} entries would start a new stream on a member that holds its limit of {} streams (storage.maxStreams)",
+                    outcome.too_many_streams.len(),
+                    store.config().max_streams
+                ));
+            }
             AppendReply {
                 stored: outcome.stored as u64,
                 duplicates: outcome.duplicates as u64,

@@ -281,6 +281,14 @@ pub struct RawStorage {
     /// without the book must stay possible.
     #[serde(default = "default_true")]
     pub shared_trace_ids: bool,
+    /// Most streams (tenant × service) the node creates; appends that would create one more
+    /// are refused (`too_many_streams`) while the others are stored. Each stream keeps its
+    /// WAL and segments open, so a sender inventing service names must not exhaust the
+    /// node's files. In a cluster a storage member at its limit refuses that replica write,
+    /// and the batch is answered retry-later unless the write quorum is reached without it.
+    /// 0: no limit.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u64,
     #[serde(default)]
     pub retention: RawRetention,
 }
@@ -481,6 +489,9 @@ fn default_block_bytes() -> u64 {
 fn default_tail_memory_bytes() -> u64 {
     32 * 1024 * 1024
 }
+fn default_max_streams() -> u64 {
+    10_000
+}
 fn default_block_format() -> String {
     "templates".into()
 }
@@ -582,6 +593,7 @@ impl Default for RawStorage {
             zstd_level: default_zstd_level(),
             block_format: default_block_format(),
             shared_trace_ids: true,
+            max_streams: default_max_streams(),
             retention: RawRetention::default(),
         }
     }
@@ -731,6 +743,8 @@ pub struct NodeConfig {
     pub block_format: BlockFormat,
     /// `storage.sharedTraceIds`.
     pub shared_trace_ids: bool,
+    /// `storage.maxStreams` (0: no limit).
+    pub max_streams: usize,
     pub retention_max_age: Option<Duration>,
     pub retention_max_bytes: Option<u64>,
     pub query_max_limit: usize,
@@ -1118,6 +1132,7 @@ impl RawNodeConfig {
             zstd_level: self.storage.zstd_level,
             block_format,
             shared_trace_ids: self.storage.shared_trace_ids,
+            max_streams: usize::try_from(self.storage.max_streams).unwrap_or(usize::MAX),
             retention_max_age,
             retention_max_bytes: self.storage.retention.max_bytes,
             query_max_limit: self.query.max_limit as usize,

@@ -67,6 +67,9 @@ pub struct SinkOutcome {
     /// their stream's (or partition's) part of the batch would not fit in one write-ahead
     /// log record. Sending them again as they are cannot succeed.
     pub too_large: Vec<u32>,
+    /// Positions of entries refused because their stream would be new on a node that holds
+    /// `storage.maxStreams` streams; the others stored.
+    pub too_many_streams: Vec<u32>,
 }
 
 impl Sink for Arc<logcluster_storage::Store> {
@@ -112,6 +115,7 @@ fn stored(
             .map(|outcome| SinkOutcome {
                 duplicates: outcome.duplicates,
                 too_large: outcome.too_large,
+                too_many_streams: outcome.too_many_streams,
             })
             .map_err(|e| logcluster_common::error_chain(&e))
     })
@@ -989,25 +993,32 @@ impl Pipeline {
             Ok(SinkOutcome {
                 duplicates,
                 too_large,
+                too_many_streams,
             }) => {
-                let count = count - too_large.len() as u32;
-                if !too_large.is_empty() {
-                    self.count_rejected(
-                        source.format,
-                        RejectReason::PartTooLarge,
-                        too_large.len() as u64,
-                    );
-                    let refused = payload_indices(&errors, &too_large)
+                let count = count - too_large.len() as u32 - too_many_streams.len() as u32;
+                for (positions, reason, message) in [
+                    (&too_large, RejectReason::PartTooLarge, PART_TOO_LARGE),
+                    (
+                        &too_many_streams,
+                        RejectReason::TooManyStreams,
+                        TOO_MANY_STREAMS,
+                    ),
+                ] {
+                    if positions.is_empty() {
+                        continue;
+                    }
+                    self.count_rejected(source.format, reason, positions.len() as u64);
+                    let refused = payload_indices(&errors, positions)
                         .into_iter()
                         .map(|index| RecordError {
                             index,
-                            reason: decode::RejectReason::PartTooLarge,
-                            message: PART_TOO_LARGE.to_string(),
+                            reason,
+                            message: message.to_string(),
                         })
                         .collect::<Vec<_>>();
                     errors.extend(refused);
-                    errors.sort_by_key(|e| e.index);
                 }
+                errors.sort_by_key(|e| e.index);
                 let rejected = errors.len() as u32;
                 self.metrics.duplicate_entries.inc_by(duplicates as u64);
                 self.metrics
@@ -1281,6 +1292,7 @@ pub fn schema_view(entry: &LogEntry) -> serde_json::Value {
 }
 
 /// The error of an entry whose part of the batch was too large to store.
+const TOO_MANY_STREAMS: &str = "this record's tenant and service would be a new stream, and the node holds its limit of streams (storage.maxStreams); records of existing streams are stored";
 const PART_TOO_LARGE: &str = "this record's stream takes more than the 256 MiB limit of a write-ahead log record in this batch once decoded, or (in a cluster) the batch takes more than a replica request holds (for example JSON whose nested keys grow when flattened); the same batch is refused again, send fewer or smaller records per batch";
 
 /// Payload indices of the accepted entries at `positions` (ascending; sinks give them so, and

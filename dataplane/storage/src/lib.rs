@@ -76,6 +76,9 @@ pub struct StorageConfig {
     pub retention_max_bytes: Option<u64>,
     /// How many sealed segments per stream keep their batch ids for de-duplicating retries.
     pub dedup_segments: usize,
+    /// Most streams the store creates (those recovered count too); 0: no limit. A batch
+    /// part that would create one more is refused ([`StorageError::TooManyStreams`]).
+    pub max_streams: usize,
 }
 
 impl StorageConfig {
@@ -94,6 +97,7 @@ impl StorageConfig {
             retention_max_age: None,
             retention_max_bytes: None,
             dedup_segments: 4,
+            max_streams: 10_000,
         }
     }
 }
@@ -127,6 +131,12 @@ pub enum StorageError {
     RecordTooLarge { bytes: usize },
     #[error("the WAL could not be made durable: {0}")]
     Fsync(String),
+    /// The store holds `storage.maxStreams` streams: a part for a new (tenant, service) is
+    /// refused, the batch's other parts stored.
+    #[error(
+        "this node holds its limit of {limit} streams (storage.maxStreams): entries of a new tenant and service are refused"
+    )]
+    TooManyStreams { limit: usize },
     /// An open segment, or a trace-id window its blocks refer to, failed to sync before: it
     /// is not sealed until a restart (the WAL keeps its batches).
     #[error("not sealed: {0}")]

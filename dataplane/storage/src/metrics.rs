@@ -36,6 +36,8 @@ pub struct StorageMetrics {
     pub stored_bytes: Gauge,
     pub segments: Gauge,
     pub wal_truncated_bytes: Counter,
+    /// Entries refused because their stream would exceed `storage.maxStreams`.
+    pub streams_refused: Counter,
     /// Damaged WAL records skipped at recovery (the records after them kept).
     pub wal_corrupt_records: Counter,
     pub corrupt_segments: Counter,
@@ -67,6 +69,7 @@ impl Default for StorageMetrics {
             stored_bytes: Gauge::default(),
             segments: Gauge::default(),
             wal_truncated_bytes: Counter::default(),
+            streams_refused: Counter::default(),
             wal_corrupt_records: Counter::default(),
             corrupt_segments: Counter::default(),
             corrupt_blocks: Counter::default(),
@@ -176,6 +179,11 @@ impl StorageMetrics {
             "wal_corrupt_records",
             "Damaged WAL records skipped at recovery, with intact records after them (which are kept)",
             self.wal_corrupt_records.clone(),
+        );
+        r.register(
+            "streams_refused",
+            "Entries refused because their stream would be new and the node holds storage.maxStreams streams",
+            self.streams_refused.clone(),
         );
         r.register(
             "corrupt_segments",

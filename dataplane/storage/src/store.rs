@@ -27,6 +27,9 @@ pub struct AppendOutcome {
     pub too_large: Vec<u32>,
     /// The largest of those parts' record sizes.
     pub too_large_bytes: usize,
+    /// Positions of entries refused because their stream would be new and the store holds
+    /// `storage.maxStreams` ([`StorageError::TooManyStreams`]); the other streams are stored.
+    pub too_many_streams: Vec<u32>,
 }
 
 /// Summary figures for the stats log, metrics and the dashboard.
@@ -54,6 +57,23 @@ pub struct Store {
     metrics: StorageMetrics,
     commit_tx: mpsc::Sender<CommitRequest>,
     syncer: Arc<Syncer>,
+    /// When refusals of new streams were last logged.
+    refusal_log: EveryMinute,
+}
+
+/// A log line at most once a minute (the metric counts every case).
+#[derive(Default)]
+struct EveryMinute(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl EveryMinute {
+    fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
 }
 
 /// Directory name for a tenant or service: bytes outside `[A-Za-z0-9_-]` (and a leading
@@ -143,6 +163,7 @@ impl Store {
             metrics,
             commit_tx,
             syncer,
+            refusal_log: EveryMinute::default(),
         });
         store.refresh_gauges();
         Ok(store)
@@ -191,6 +212,10 @@ impl Store {
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
         if let Some(stream) = streams.get(&key) {
             return Ok(stream.clone());
+        }
+        let limit = self.config.max_streams;
+        if limit > 0 && streams.len() >= limit {
+            return Err(StorageError::TooManyStreams { limit });
         }
         let dir = stream_dir(&self.config.data_dir, tenant, service);
         let stream = Arc::new(Stream::open(
@@ -526,7 +551,22 @@ impl Store {
             // Every way out holds the stream: what it stored, or what it found already stored
             // (which may still wait for its fsync), is answered after its commit round.
             let stream = loop {
-                let stream = self.stream(&tenant, &service)?;
+                let stream = match self.stream(&tenant, &service) {
+                    Err(StorageError::TooManyStreams { limit }) => {
+                        self.metrics.streams_refused.inc_by(count as u64);
+                        if self.refusal_log.due() {
+                            warn!(
+                                tenant,
+                                service,
+                                limit,
+                                "refused entries of a new stream: the node holds storage.maxStreams streams (logged at most once a minute; logcluster_storage_streams_refused_total counts them)"
+                            );
+                        }
+                        outcome.too_many_streams.extend_from_slice(&positions);
+                        break None;
+                    }
+                    other => other?,
+                };
                 // Only the first try may find the stream busy: a part taken back from a
                 // removed stream, or filtered after a repair, waits.
                 let appended = match stream.append(

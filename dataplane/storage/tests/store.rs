@@ -1254,3 +1254,46 @@ async fn the_tails_of_many_streams_stay_within_the_memory_budget() {
     let held = usize::try_from(metrics.tail_bytes.get()).expect("not negative");
     assert!(held <= 2 * budget, "{held}");
 }
+
+/// Past `max_streams`, a part that would open a new stream is refused and counted, the
+/// batch's other streams are stored, and existing streams keep taking appends; the streams
+/// found on disk at a restart count against the limit.
+#[tokio::test]
+async fn new_streams_past_the_limit_are_refused_and_the_rest_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(dir.path());
+    config.max_streams = 2;
+    let metrics = StorageMetrics::default();
+    let store = Store::open(config.clone(), metrics.clone())
+        .await
+        .expect("open");
+    let batch = |uid: u64, services: &[&str]| -> Vec<LogEntry> {
+        services
+            .iter()
+            .enumerate()
+            .map(|(i, service)| entry("t", service, uid, i as u32, 10 + i as i64, Level::Info, "m"))
+            .collect()
+    };
+    let outcome = store
+        .append(1, batch(1, &["a", "b", "c", "a", "c"]))
+        .await
+        .expect("append");
+    assert_eq!(outcome.stored, 3);
+    assert_eq!(outcome.too_many_streams, [2, 4]);
+    assert_eq!(metrics.streams_refused.get(), 2);
+    assert_eq!(store.stats().streams, 2);
+    let outcome = store.append(2, batch(2, &["b"])).await.expect("append");
+    assert_eq!((outcome.stored, outcome.too_many_streams.len()), (1, 0));
+    drop(store);
+
+    let store = Store::open(config, StorageMetrics::default())
+        .await
+        .expect("reopen");
+    let outcome = store.append(3, batch(3, &["d"])).await.expect("append");
+    assert_eq!((outcome.stored, outcome.too_many_streams), (0, vec![0]));
+    let everything = |_: &LogEntry| true;
+    let page = store.query_top(&filter("t", &everything), 100, None);
+    let mut services: Vec<&str> = page.items.iter().map(|e| e.service.as_str()).collect();
+    services.sort_unstable();
+    assert_eq!(services, ["a", "a", "b", "b"]);
+}

@@ -128,6 +128,9 @@ pub enum RejectReason {
     /// A timestamp further ahead of the node's clock than `ingest.maxTimestampAhead` (set
     /// by the pipeline, not by decoders).
     FutureTimestamp,
+    /// Records of a new stream on a node that holds `storage.maxStreams` streams (set by the
+    /// pipeline from the sink's answer).
+    TooManyStreams,
 }
 
 impl RejectReason {
@@ -136,7 +139,10 @@ impl RejectReason {
     pub fn after_decoding(self) -> bool {
         matches!(
             self,
-            RejectReason::Schema | RejectReason::PartTooLarge | RejectReason::FutureTimestamp
+            RejectReason::Schema
+                | RejectReason::PartTooLarge
+                | RejectReason::FutureTimestamp
+                | RejectReason::TooManyStreams
         )
     }
 
@@ -158,6 +164,7 @@ impl RejectReason {
             RejectReason::Schema => "schema",
             RejectReason::TooManyRecords => "too_many_records",
             RejectReason::PartTooLarge => "part_too_large",
+            RejectReason::TooManyStreams => "too_many_streams",
             RejectReason::FutureTimestamp => "future_timestamp",
         }
     }
