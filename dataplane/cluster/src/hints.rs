@@ -214,6 +214,40 @@ impl HintStore {
                 open.remove(member);
             }
         }
+        read_file(path).map(Some)
+    }
+
+    /// Deletes a member's hint files whose last write is older than `window` (every hint in
+    /// them has expired), whether or not the member is reachable: hints for a member that
+    /// stays down must not fill the disk. Returns how many hints were dropped. Blocking.
+    pub fn expire(&self, member: &str, window: Duration) -> Result<usize, HintError> {
+        let mut dropped = 0;
+        for (seq, path) in self.files(member) {
+            let age = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok());
+            if age.is_none_or(|age| age <= window) {
+                continue;
+            }
+            {
+                // No append lands in a file being deleted: it is closed first.
+                let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+                if open.get(member).is_some_and(|o| o.seq == seq) {
+                    open.remove(member);
+                }
+            }
+            let file = read_file(path)?;
+            std::fs::remove_file(&file.path).map_err(io(&file.path))?;
+            dropped += file.hints.len() + file.corrupt_records;
+        }
+        Ok(dropped)
+    }
+}
+
+/// A hint file's records (see [`HintStore::take_oldest`]).
+fn read_file(path: PathBuf) -> Result<HintFile, HintError> {
+    {
         let mut bytes = Vec::new();
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -244,13 +278,15 @@ impl HintStore {
                 request,
             });
         }
-        Ok(Some(HintFile {
+        Ok(HintFile {
             path,
             hints,
             corrupt_records,
-        }))
+        })
     }
+}
 
+impl HintStore {
     /// Deletes a file whose hints were all delivered (or expired). A file that had corrupt
     /// records is kept beside the others as `<name>.corrupt` (never read again) for a look
     /// at what was lost; the copies of its batches on the other replicas are what
@@ -359,5 +395,38 @@ mod tests {
         // Set aside for good: not read, not counted as pending.
         assert!(store.take_oldest("storage-1").expect("take").is_none());
         assert!(store.pending_bytes().values().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn files_older_than_the_window_are_dropped_even_while_their_member_is_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = HintStore::open(dir.path().to_path_buf()).expect("open");
+        for uid in 1..=3 {
+            store.append("storage-1", &request(uid)).expect("append");
+        }
+        store.append("storage-2", &request(9)).expect("append");
+        let window = Duration::from_secs(3 * 3600);
+        assert_eq!(
+            store.expire("storage-1", window).expect("expire"),
+            0,
+            "recent"
+        );
+        // storage-1's file was last written four hours ago.
+        let (_, path) = store.files("storage-1").pop().expect("a file");
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now() - Duration::from_secs(4 * 3600)))
+            .expect("age the file");
+        assert_eq!(store.expire("storage-1", window).expect("expire"), 3);
+        assert!(!path.exists());
+        assert_eq!(store.members(), vec!["storage-2".to_string()]);
+        // The file that was open for appends is closed: the next hint starts a new one.
+        store.append("storage-1", &request(4)).expect("append");
+        let file = store
+            .take_oldest("storage-1")
+            .expect("take")
+            .expect("a file");
+        assert_eq!(uids(&file), vec![4]);
     }
 }

@@ -177,10 +177,37 @@ pub async fn run_handoff(
                 continue;
             }
             if !cluster.is_up(&member, &view) {
+                // Nothing is delivered to a member that is down, but what it has missed for
+                // longer than the window is dropped all the same (anti-entropy repairs it
+                // from the other replicas when it is back).
+                expire_member(&cluster, &hints, &member, window).await;
                 continue;
             }
             deliver_member(&cluster, &hints, &member, window).await;
         }
+    }
+}
+
+/// Drops a member's hint files older than the window (on a blocking thread), counted as
+/// expired.
+async fn expire_member(
+    cluster: &Arc<Cluster>,
+    hints: &Arc<HintStore>,
+    member: &str,
+    window: Duration,
+) {
+    let (store, name) = (hints.clone(), member.to_string());
+    match tokio::task::spawn_blocking(move || store.expire(&name, window)).await {
+        Ok(Ok(0)) | Err(_) => {}
+        Ok(Ok(dropped)) => {
+            cluster.metrics().hints_expired.inc_by(dropped as u64);
+            warn!(
+                member,
+                hints = dropped,
+                "dropped hints older than the hint window for a member that is down; anti-entropy repairs it from the other replicas"
+            );
+        }
+        Ok(Err(error)) => warn!(%error, member, "cannot expire hints"),
     }
 }
 
