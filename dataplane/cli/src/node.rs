@@ -139,7 +139,14 @@ pub fn storage_config(config: &NodeConfig) -> StorageConfig {
     storage.segment_max_age = config.segment_max_age;
     storage.block_target_bytes = config.block_target_bytes;
     storage.tail_memory_bytes = config.tail_memory_bytes;
-    storage.max_streams = config.max_streams;
+    // Not on a cluster's storage members yet: a member refusing a replica write for a new
+    // stream would see it hinted to another member instead, and a repair or hand-over must
+    // never be refused (its source deletes its copy once it succeeds).
+    storage.max_streams = if config.cluster.is_some() {
+        0
+    } else {
+        config.max_streams
+    };
     storage.zstd_level = config.zstd_level;
     storage.block_format = match config.block_format {
         BlockFormat::Templates => segment::FORMAT_TEMPLATES,

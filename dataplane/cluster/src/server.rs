@@ -116,8 +116,8 @@ pub async fn handle_append(
                 ));
             }
             if !outcome.too_many_streams.is_empty() {
-                // The other parts are stored; this member is no holder of the refused ones, so
-                // the write counts as failed here (the sender may reach its quorum elsewhere).
+                // Members run without the limit (see `storage.maxStreams`); were one set,
+                // never answer the refused entries as stored.
                 return Err(format!(
                     "replica write refused: {} entries would start a new stream on a member that holds its limit of {} streams (storage.maxStreams)",
                     outcome.too_many_streams.len(),

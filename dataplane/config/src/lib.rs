@@ -284,9 +284,9 @@ pub struct RawStorage {
     /// Most streams (tenant × service) the node creates; appends that would create one more
     /// are refused (`too_many_streams`) while the others are stored. Each stream keeps its
     /// WAL and segments open, so a sender inventing service names must not exhaust the
-    /// node's files. In a cluster a storage member at its limit refuses that replica write,
-    /// and the batch is answered retry-later unless the write quorum is reached without it.
-    /// 0: no limit.
+    /// node's files. Applied by a node without a `cluster` section; a cluster's storage
+    /// members do not apply it yet (a refused replica write would be hinted elsewhere, and
+    /// a hand-over must never be refused). 0: no limit.
     #[serde(default = "default_max_streams")]
     pub max_streams: u64,
     #[serde(default)]

@@ -498,6 +498,11 @@ impl Store {
                     bytes: part.too_large_bytes,
                 });
             }
+            if !part.too_many_streams.is_empty() {
+                return Err(StorageError::TooManyStreams {
+                    limit: store.config.max_streams,
+                });
+            }
             outcome.stored += part.stored;
             outcome.duplicates += part.duplicates;
             touched.extend(streams);

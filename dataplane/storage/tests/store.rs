@@ -1291,6 +1291,19 @@ async fn new_streams_past_the_limit_are_refused_and_the_rest_stored() {
         .expect("reopen");
     let outcome = store.append(3, batch(3, &["d"])).await.expect("append");
     assert_eq!((outcome.stored, outcome.too_many_streams), (0, vec![0]));
+    // A repair (hand-over, anti-entropy) stores everything or fails: its source deletes its
+    // copy once it succeeds.
+    let error = store
+        .append_missing(batch(4, &["e"]))
+        .await
+        .expect_err("a repair into a new stream past the limit fails");
+    assert!(
+        matches!(
+            error,
+            logcluster_storage::StorageError::TooManyStreams { limit: 2 }
+        ),
+        "{error}"
+    );
     let everything = |_: &LogEntry| true;
     let page = store.query_top(&filter("t", &everything), 100, None);
     let mut services: Vec<&str> = page.items.iter().map(|e| e.service.as_str()).collect();
