@@ -150,18 +150,15 @@ pub fn replay(path: &Path) -> Result<Replay, StorageError> {
                 pos += len;
                 continue;
             }
-            // A whole record that fails its checksum (or does not read) with an intact record
-            // right after it is damage in the middle of the log: it is skipped and counted,
-            // and the records after it are kept. Anything else ends the log here (a torn
-            // tail: a write cut short is never followed by a record).
-            let Some(whole) = record_span(&data[pos..]) else {
+            // Damage in the middle of the log (a record that fails its checksum or does not
+            // read, with an intact record somewhere after it) is skipped and counted, and the
+            // records after it are kept. Anything else ends the log here: a torn tail, since a
+            // write cut short is never followed by a record.
+            let Some(next) = next_intact_record(&data, pos) else {
                 break;
             };
-            if parse_record(&data[pos + whole..]).is_none() {
-                break;
-            }
             corrupt_records += 1;
-            pos += whole;
+            pos = next;
         }
     }
     let valid_len = pos as u64;
@@ -244,6 +241,27 @@ fn parse_record(buf: &[u8]) -> Option<(Record, usize)> {
         },
         len,
     ))
+}
+
+/// How far past damage [`next_intact_record`] looks for an intact record byte by byte
+/// (a lost page or a few takes far less).
+const RESYNC_SCAN: usize = 4 << 20;
+
+/// The offset of the first intact record after the damaged one at `at`: found by its
+/// length when that field is intact (the damage is in the body), else by trying each
+/// offset up to [`RESYNC_SCAN`] bytes on (a lost page takes length fields with it). An
+/// intact record is one whose length, checksum and entries all hold.
+fn next_intact_record(data: &[u8], at: usize) -> Option<usize> {
+    if let Some(whole) = record_span(&data[at..])
+        && parse_record(&data[at + whole..]).is_some()
+    {
+        return Some(at + whole);
+    }
+    let end = data.len().min(at.saturating_add(RESYNC_SCAN));
+    (at + 1..end).find(|&start| {
+        // Cheap checks first: a plausible length that fits, then the checksum and entries.
+        record_span(&data[start..]).is_some() && parse_record(&data[start..]).is_some()
+    })
 }
 
 /// The length of the record at the start of `buf`, header included, when its length field
@@ -453,6 +471,41 @@ mod tests {
         let again = super::replay(&path).expect("replay");
         assert_eq!(uids(&again), [1, 3]);
         assert_eq!(again.valid_len, ends[2] as u64);
+    }
+
+    #[test]
+    fn a_lost_page_over_several_records_is_skipped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal-1.log");
+        let mut file = create(&path).expect("create");
+        let mut starts = Vec::new();
+        for b in 1..=400u64 {
+            starts.push(file.metadata().expect("meta").len() as usize);
+            file.write_all(&encode_record(b, &[entry(b as i64)]))
+                .expect("write");
+        }
+        drop(file);
+        let mut bytes = std::fs::read(&path).expect("read");
+        // The page holding record 100's start zeroed: length fields and all.
+        let page = starts[99] / 4096 * 4096;
+        bytes[page..page + 4096].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let replay = replay(&path).expect("replay");
+        let kept = uids(&replay);
+        let lost: Vec<u64> = (1..=400).filter(|b| !kept.contains(b)).collect();
+        assert!(lost.contains(&100), "{lost:?}");
+        // Only the records the page touched are lost; all after it are kept, in order.
+        let touched = |b: u64| {
+            let (start, end) = (
+                starts[b as usize - 1],
+                starts.get(b as usize).copied().unwrap_or(bytes.len()),
+            );
+            start < page + 4096 && end > page
+        };
+        assert_eq!(lost, (1..=400).filter(|&b| touched(b)).collect::<Vec<_>>());
+        assert!(kept.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(replay.corrupt_records, 1, "one damaged run");
+        assert_eq!(replay.truncated_bytes, 0);
     }
 
     #[test]
