@@ -247,43 +247,70 @@ impl HintStore {
 
 /// A hint file's records (see [`HintStore::take_oldest`]).
 fn read_file(path: PathBuf) -> Result<HintFile, HintError> {
-    {
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(io(&path))?;
-        let mut hints = Vec::new();
-        let mut corrupt_records = 0;
-        let mut at = 0usize;
-        while bytes.len() - at >= 16 {
-            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
-            let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap_or([0; 4]));
-            let Some(body) = at
-                .checked_add(16 + len)
-                .and_then(|end| bytes.get(at + 8..end))
-            else {
-                break;
-            };
-            at += 16 + len;
-            let request = (crc32fast::hash(body) == crc)
-                .then(|| AppendRequest::decode(&body[8..]).ok())
-                .flatten();
-            let Some(request) = request else {
-                corrupt_records += 1;
-                continue;
-            };
-            let written_ms = u64::from_be_bytes(body[..8].try_into().unwrap_or([0; 8]));
-            hints.push(Hint {
-                written_ms,
-                request,
-            });
+    let mut bytes = Vec::new();
+    File::open(&path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io(&path))?;
+    let mut hints = Vec::new();
+    let mut corrupt_records = 0;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        if let Some((hint, len)) = hint_at(&bytes[at..]) {
+            hints.push(hint);
+            at += len;
+            continue;
         }
-        Ok(HintFile {
-            path,
-            hints,
-            corrupt_records,
-        })
+        // Damage (its checksum or body wrong, or its length field hit too) with an intact
+        // record after it: skipped and counted, the records after it read. Nothing intact
+        // after it: a torn tail (a write never acknowledged), which ends the list.
+        match (at + 1..bytes.len())
+            .find(|&next| plausible(&bytes[next..]) && hint_at(&bytes[next..]).is_some())
+        {
+            Some(next) => {
+                corrupt_records += 1;
+                at = next;
+            }
+            None => break,
+        }
     }
+    Ok(HintFile {
+        path,
+        hints,
+        corrupt_records,
+    })
+}
+
+/// Whether a hint record could start at `bytes`: its write time (milliseconds since the
+/// epoch, after its length and checksum) lies between 2017 and a day from now. Checked before
+/// the checksum when searching past damage, so that a damaged length is not followed by a
+/// checksum over most of the file at every offset.
+fn plausible(bytes: &[u8]) -> bool {
+    const EARLIEST_MS: u64 = 1_500_000_000_000;
+    bytes
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .is_some_and(|ms| (EARLIEST_MS..now_ms() + 86_400_000).contains(&ms))
+}
+
+/// The hint record at the start of `bytes` and its length, when its length, checksum and
+/// request all hold.
+fn hint_at(bytes: &[u8]) -> Option<(Hint, usize)> {
+    let len = u32::from_be_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_be_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let body = bytes.get(8..16usize.checked_add(len)?)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let request = AppendRequest::decode(&body[8..]).ok()?;
+    let written_ms = u64::from_be_bytes(body[..8].try_into().ok()?);
+    Some((
+        Hint {
+            written_ms,
+            request,
+        },
+        16 + len,
+    ))
 }
 
 impl HintStore {
@@ -428,5 +455,29 @@ mod tests {
             .expect("take")
             .expect("a file");
         assert_eq!(uids(&file), vec![4]);
+    }
+
+    #[test]
+    fn a_damaged_length_field_loses_only_its_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = HintStore::open(dir.path().to_path_buf()).expect("open");
+        for uid in 1..=3 {
+            store.append("storage-1", &request(uid)).expect("append");
+        }
+        let path = store.files("storage-1").pop().expect("a file").1;
+        let mut bytes = std::fs::read(&path).expect("read");
+        // The second record's length now runs past the end of the file.
+        let record = bytes.len() / 3;
+        bytes[record] = 0x7f;
+        std::fs::write(&path, &bytes).expect("write");
+        let file = store
+            .take_oldest("storage-1")
+            .expect("take")
+            .expect("a file");
+        assert_eq!(uids(&file), vec![1, 3]);
+        assert_eq!(
+            file.corrupt_records, 1,
+            "kept aside, not deleted as delivered"
+        );
     }
 }

@@ -259,10 +259,18 @@ fn next_intact_record(data: &[u8], at: usize) -> Option<usize> {
     }
     let end = data.len().min(at.saturating_add(RESYNC_SCAN));
     (at + 1..end).find(|&start| {
-        // Cheap checks first: a plausible length that fits, then the checksum and entries.
-        record_span(&data[start..]).is_some() && parse_record(&data[start..]).is_some()
+        // Cheap checks first (a length that fits and is at most RESYNC_RECORD, a body whose
+        // batch follows its uid with an entry's field key), then checksum and entries.
+        let rest = &data[start..];
+        record_span(rest).is_some_and(|whole| whole <= RESYNC_RECORD)
+            && rest.get(16) == Some(&0x0a)
+            && parse_record(rest).is_some()
     })
 }
+
+/// The largest record [`next_intact_record`]'s offset-by-offset search accepts (a frame's
+/// default maximum): larger ones after damage end the log as before.
+const RESYNC_RECORD: usize = 8 << 20;
 
 /// The length of the record at the start of `buf`, header included, when its length field
 /// is in range and the whole record is there (whatever its checksum).
