@@ -935,7 +935,7 @@ impl Pipeline {
                 });
                 continue;
             } else {
-                entry.set_times(timestamp, received_at);
+                entry.set_times(timestamp.min(LAST_TIMESTAMP), received_at);
             }
             entry.enrich(&self.enrichment);
             entries.push((position as u32, entry));
@@ -1292,6 +1292,11 @@ pub fn schema_view(entry: &LogEntry) -> serde_json::Value {
 }
 
 /// The error of an entry whose part of the batch was too large to store.
+/// The latest timestamp an entry is stored with (a nanosecond before `i64::MAX`, in 2262):
+/// time ranges end before their `to`, so a whole stream is read over `..i64::MAX`, and an
+/// entry stamped `i64::MAX` would be left out of hand-overs and repairs.
+const LAST_TIMESTAMP: i64 = i64::MAX - 1;
+
 const TOO_MANY_STREAMS: &str = "this record's tenant and service would be a new stream, and the node holds its limit of streams (storage.maxStreams); records of existing streams are stored";
 const PART_TOO_LARGE: &str = "this record's stream takes more than the 256 MiB limit of a write-ahead log record in this batch once decoded, or (in a cluster) the batch takes more than a replica request holds (for example JSON whose nested keys grow when flattened); the same batch is refused again, send fewer or smaller records per batch";
 
@@ -1356,6 +1361,13 @@ mod tests {
     }
 
     fn pipeline(sink: Box<dyn Sink>) -> Arc<Pipeline> {
+        pipeline_ahead(sink, Some(std::time::Duration::from_secs(3600)))
+    }
+
+    fn pipeline_ahead(
+        sink: Box<dyn Sink>,
+        max_timestamp_ahead: Option<std::time::Duration>,
+    ) -> Arc<Pipeline> {
         Pipeline::new(
             sink,
             SchemaRegistry::new(),
@@ -1368,9 +1380,40 @@ mod tests {
                 max_connections: 8,
                 idle_timeout: None,
                 frame_timeout: None,
-                max_timestamp_ahead: Some(std::time::Duration::from_secs(3600)),
+                max_timestamp_ahead,
             },
         )
+    }
+
+    /// With no limit ahead, the latest timestamps are kept, save `i64::MAX` itself: a time
+    /// range ends before its `to`, so reads of a whole stream (`..i64::MAX`: hand-overs,
+    /// repairs) would leave such an entry out.
+    #[test]
+    fn a_record_stamped_at_the_end_of_time_is_stored_a_nanosecond_earlier() {
+        let pipeline = pipeline_ahead(Box::new(PanickingSink), None);
+        let output = DecodeOutput {
+            records: [i64::MAX, i64::MAX - 1, 1_700_000_000_000_000_000]
+                .into_iter()
+                .map(|timestamp| decode::Decoded {
+                    entry: LogEntry {
+                        timestamp,
+                        message: "m".into(),
+                        ..LogEntry::default()
+                    },
+                    original: None,
+                })
+                .collect(),
+            ..DecodeOutput::default()
+        };
+        let prepared = pipeline.prepare(&source(), output, &pipeline.schemas.current());
+        let Accepted::Entries(entries) = prepared.accepted else {
+            panic!("prepare stores nothing");
+        };
+        let stamps: Vec<i64> = entries.iter().map(|e| e.timestamp).collect();
+        assert_eq!(
+            stamps,
+            [i64::MAX - 1, i64::MAX - 1, 1_700_000_000_000_000_000]
+        );
     }
 
     fn source() -> BatchSource {
