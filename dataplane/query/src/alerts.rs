@@ -182,6 +182,8 @@ struct Group {
     value: Option<f64>,
     active_since: Option<i64>,
     resolved_at: Option<i64>,
+    /// Since when the group has had no value while neither pending nor firing.
+    idle_since: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -228,7 +230,34 @@ pub struct Alerts {
     rules: Mutex<Loaded>,
     status: Mutex<HashMap<String, RuleStatus>>,
     metrics: AlertMetrics,
-    notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    notices: tokio::sync::mpsc::Sender<Notice>,
+}
+
+/// Notifications waiting for the webhook, at most; past it a new one is dropped (counted as
+/// `dropped`): a webhook that is down must not make them pile up in memory.
+const QUEUED_NOTICES: usize = 1024;
+
+/// A group that is neither pending nor firing, and has had no value for this long, is
+/// forgotten: label sets that stop appearing (pods, hosts) must not be kept and stepped on
+/// every evaluation for good.
+const IDLE_GROUP_NANOS: i64 = 3600 * 1_000_000_000;
+
+/// Marks the groups without a value this time that are neither pending nor firing as idle
+/// (since `now`, unless they already were), and forgets those idle for
+/// [`IDLE_GROUP_NANOS`].
+fn forget_idle_groups(
+    groups: &mut BTreeMap<String, Group>,
+    seen: &std::collections::HashSet<String>,
+    now: i64,
+) {
+    groups.retain(|key, group| {
+        if seen.contains(key) || matches!(group.state, State::Pending | State::Firing) {
+            group.idle_since = None;
+            return true;
+        }
+        let since = *group.idle_since.get_or_insert(now);
+        now - since < IDLE_GROUP_NANOS
+    });
 }
 
 fn labels_key(labels: &BTreeMap<String, String>) -> String {
@@ -265,7 +294,7 @@ impl Alerts {
             "Rule files or rules that could not be loaded",
             metrics.rule_errors.clone(),
         );
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUED_NOTICES);
         let alerts = Arc::new(Alerts {
             settings,
             rules: Mutex::new((Vec::new(), Vec::new(), BTreeMap::new())),
@@ -398,18 +427,19 @@ impl Alerts {
                     values
                 }
             };
-            let mut seen = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for (labels, value) in values {
                 let labels: BTreeMap<String, String> =
                     serde_json::from_value(labels).unwrap_or_default();
                 let key = labels_key(&labels);
-                seen.push(key.clone());
+                seen.insert(key.clone());
                 let group = entry.groups.entry(key).or_insert_with(|| Group {
                     labels,
                     state: State::Inactive,
                     value: None,
                     active_since: None,
                     resolved_at: None,
+                    idle_since: None,
                 });
                 group.value = Some(value);
                 let holds = rule.op.holds(value, rule.raw.threshold);
@@ -425,6 +455,7 @@ impl Alerts {
                 let holds = zero.is_some_and(|v| rule.op.holds(v, rule.raw.threshold));
                 self.step(&rule, group, holds, now);
             }
+            forget_idle_groups(&mut entry.groups, &seen, now);
             let firing = entry
                 .groups
                 .values()
@@ -469,9 +500,16 @@ impl Alerts {
         };
         if before != group.state && matches!(group.state, State::Firing | State::Resolved) {
             info!(rule = %rule.raw.name, state = group.state.name(), value = ?group.value, "alert state changed");
-            let _ = self.notices.send(Notice {
+            let queued = self.notices.try_send(Notice {
                 body: notification(rule, group),
             });
+            if queued.is_err() {
+                self.metrics
+                    .notifications
+                    .get_or_create(&vec![("result".into(), "dropped".into())])
+                    .inc();
+                tracing::warn!(rule = %rule.raw.name, "alert notification dropped: {QUEUED_NOTICES} are already waiting for the webhook");
+            }
         }
     }
 
@@ -579,7 +617,7 @@ fn notification(rule: &Rule, group: &Group) -> Value {
 async fn deliver(
     url: Option<String>,
     metrics: AlertMetrics,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Notice>,
+    mut rx: tokio::sync::mpsc::Receiver<Notice>,
 ) {
     while let Some(notice) = rx.recv().await {
         let Some(url) = &url else {
@@ -676,6 +714,41 @@ mod tests {
                 .expect_err("for")
                 .starts_with("for:")
         );
+    }
+
+    #[test]
+    fn groups_without_values_are_forgotten_after_an_hour_unless_active() {
+        let group = |state| Group {
+            labels: BTreeMap::new(),
+            state,
+            value: None,
+            active_since: None,
+            resolved_at: None,
+            idle_since: None,
+        };
+        let mut groups: BTreeMap<String, Group> = [
+            ("seen".to_string(), group(State::Inactive)),
+            ("gone".to_string(), group(State::Resolved)),
+            ("firing".to_string(), group(State::Firing)),
+        ]
+        .into();
+        let seen: std::collections::HashSet<String> = ["seen".to_string()].into();
+        let hour = IDLE_GROUP_NANOS;
+        forget_idle_groups(&mut groups, &seen, 0);
+        forget_idle_groups(&mut groups, &seen, hour - 1);
+        assert_eq!(groups.len(), 3, "not yet an hour");
+        forget_idle_groups(&mut groups, &seen, hour);
+        assert_eq!(
+            groups.keys().collect::<Vec<_>>(),
+            ["firing", "seen"],
+            "the idle one is forgotten; a firing one and a seen one stay"
+        );
+        // A group that comes back starts its idle time anew.
+        groups.insert("back".into(), group(State::Inactive));
+        forget_idle_groups(&mut groups, &std::collections::HashSet::new(), 2 * hour);
+        let with_back: std::collections::HashSet<String> = ["back".to_string()].into();
+        forget_idle_groups(&mut groups, &with_back, 3 * hour);
+        assert!(groups["back"].idle_since.is_none());
     }
 
     #[test]
