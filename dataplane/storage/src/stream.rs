@@ -27,6 +27,8 @@ pub struct Sealed {
     pub size: u64,
     pub min_ts: i64,
     pub max_ts: i64,
+    /// Original batch uids of entries stored in it by repair writes.
+    repaired_uids: Vec<u64>,
 }
 
 /// What a query needs of a stream, taken under the lock in O(segments + blocks) Arc clones.
@@ -830,6 +832,17 @@ impl Stream {
         // again, not answered as a duplicate (pruned under the same lock, so no append sees
         // the segment gone but its batches still known).
         inner.uids_recent.retain(|(s, _)| *s != seq);
+        // Nor are the batches repaired into it: the stream's set of them would otherwise only
+        // ever grow.
+        if !segment.repaired_uids.is_empty() {
+            let inner = &mut *inner;
+            inner.repaired = inner
+                .sealed
+                .iter()
+                .flat_map(|s| s.repaired_uids.iter().copied())
+                .chain(inner.repaired_current.iter().copied())
+                .collect();
+        }
         drop(inner);
         self.bump();
         Some(segment)
@@ -875,6 +888,7 @@ fn sealed_from(seq: u64, path: PathBuf, file: File, index: SegmentIndex, size: u
         max_ts: index.max_ts(),
         blocks: index.blocks.into_iter().map(Arc::new).collect(),
         size,
+        repaired_uids: index.repaired_uids,
     }
 }
 
@@ -1316,6 +1330,40 @@ mod tests {
         let metrics = StorageMetrics::default();
         let stream = open_stream(dir.path(), &config, &metrics);
         (dir, config, metrics, stream)
+    }
+
+    /// The batches repaired into a segment are forgotten with it (retention, quarantine):
+    /// the stream's set of repaired batches does not only grow.
+    #[test]
+    fn a_segment_taken_out_takes_its_repaired_batches_with_it() {
+        let (_dir, config, metrics, stream) = new_stream(|dir| {
+            let mut config = StorageConfig::new(dir);
+            config.segment_max_age = Duration::ZERO;
+            config
+        });
+        // Entries of batch 7 written under another record uid, as a repair writes them.
+        let entries: Vec<LogEntry> = (0..3)
+            .map(|i| LogEntry {
+                id: logcluster_proto::ids::entry_id(7, i),
+                tenant: "acme".into(),
+                service: "api".into(),
+                timestamp: 1_000 + i64::from(i),
+                message: "repaired".into(),
+                ..LogEntry::default()
+            })
+            .collect();
+        stream
+            .append_owned(99, entries, &config, &metrics)
+            .expect("append");
+        assert!(stream.lock().repaired.contains(&7));
+        assert!(stream.rotate_if_old(&config, &metrics).expect("seal"));
+        assert!(
+            stream.lock().repaired.contains(&7),
+            "kept while its segment is"
+        );
+        let seq = stream.lock().sealed[0].seq;
+        assert!(stream.take_sealed(seq).is_some());
+        assert!(stream.lock().repaired.is_empty());
     }
 
     /// Closes `stream` and returns what it holds when opened again (the WAL replayed).
