@@ -45,6 +45,8 @@ pub struct StorageMetrics {
     pub retention_deleted_segments: Counter,
     pub trace_windows_deleted: Counter,
     pub streams_handed_over: Counter,
+    /// Streams removed because they held nothing (retention took all their data).
+    pub streams_removed_empty: Counter,
 }
 
 impl Default for StorageMetrics {
@@ -76,6 +78,7 @@ impl Default for StorageMetrics {
             retention_deleted_segments: Counter::default(),
             trace_windows_deleted: Counter::default(),
             streams_handed_over: Counter::default(),
+            streams_removed_empty: Counter::default(),
         }
     }
 }
@@ -204,6 +207,11 @@ impl StorageMetrics {
             "trace_windows_deleted",
             "Trace-id book windows deleted because no block refers to them any more",
             self.trace_windows_deleted.clone(),
+        );
+        r.register(
+            "streams_removed_empty",
+            "Streams removed because they held nothing any more (their segments all deleted by retention)",
+            self.streams_removed_empty.clone(),
         );
         r.register(
             "streams_handed_over",

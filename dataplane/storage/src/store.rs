@@ -753,6 +753,38 @@ impl Store {
         service: &str,
         generation: u64,
     ) -> Result<bool, StorageError> {
+        let removed = self.remove_stream(tenant, service, generation)?;
+        if removed {
+            self.metrics.streams_handed_over.inc();
+        }
+        Ok(removed)
+    }
+
+    /// Removes the streams that hold nothing (see [`Stream::empty_generation`]): their
+    /// directory, files and slot under `storage.maxStreams`. Streams come from the records'
+    /// tenants and services, and those come and go; a stream whose data retention deleted
+    /// must not stay open for good. Returns how many were removed.
+    pub fn remove_empty_streams(&self) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        for stream in self.all_streams() {
+            let Some(generation) = stream.empty_generation() else {
+                continue;
+            };
+            if self.remove_stream(&stream.tenant, &stream.service, generation)? {
+                removed += 1;
+            }
+        }
+        self.metrics.streams_removed_empty.inc_by(removed as u64);
+        Ok(removed)
+    }
+
+    /// [`Store::remove_stream_if_unchanged`] without the hand-over's count.
+    fn remove_stream(
+        &self,
+        tenant: &str,
+        service: &str,
+        generation: u64,
+    ) -> Result<bool, StorageError> {
         let key = (tenant.to_string(), service.to_string());
         let (stream, doomed) = {
             let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
@@ -779,15 +811,13 @@ impl Store {
                     .unwrap_or(0)
             ));
             let doomed = stream.dir.with_file_name(doomed_name);
-            std::fs::rename(&stream.dir, &doomed).map_err(|source| {
-                StorageError::io("rename handed-over stream", &stream.dir, source)
-            })?;
+            std::fs::rename(&stream.dir, &doomed)
+                .map_err(|source| StorageError::io("rename removed stream", &stream.dir, source))?;
             (stream, doomed)
         };
         drop(stream);
         std::fs::remove_dir_all(&doomed)
-            .map_err(|source| StorageError::io("delete handed-over stream", &doomed, source))?;
-        self.metrics.streams_handed_over.inc();
+            .map_err(|source| StorageError::io("delete removed stream", &doomed, source))?;
         Ok(true)
     }
 
@@ -890,6 +920,9 @@ impl Store {
                     total = total.saturating_sub(size);
                 }
             }
+        }
+        if let Err(error) = self.remove_empty_streams() {
+            first_error.get_or_insert(error);
         }
         if let Err(error) = self.remove_unreferenced_trace_ids() {
             first_error.get_or_insert(error);

@@ -533,6 +533,22 @@ impl Stream {
         true
     }
 
+    /// The stream's generation when it holds nothing at all: no sealed segment, no record in
+    /// its WAL (written or waiting), no block, no tail. Such a stream (its segments all gone
+    /// to retention, or its only batch refused) can be removed with
+    /// [`Stream::mark_removed_if`].
+    pub fn empty_generation(&self) -> Option<u64> {
+        let inner = self.lock();
+        let empty = inner.sealed.is_empty()
+            && inner.wal_bytes <= wal::WAL_MAGIC.len() as u64
+            && inner.unwritten.is_empty()
+            && !inner.dirty
+            && inner.open_blocks.is_empty()
+            && inner.tail.is_empty()
+            && !inner.removed;
+        empty.then(|| self.generation())
+    }
+
     /// The content version (see the field).
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)

@@ -1310,3 +1310,55 @@ async fn new_streams_past_the_limit_are_refused_and_the_rest_stored() {
     services.sort_unstable();
     assert_eq!(services, ["a", "a", "b", "b"]);
 }
+
+/// A stream whose data retention deleted is removed (directory, files, and its slot under
+/// `max_streams`), so streams of services that come and go do not stay open for good.
+#[tokio::test]
+async fn streams_emptied_by_retention_are_removed_and_free_their_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(dir.path());
+    config.max_streams = 1;
+    config.segment_max_age = std::time::Duration::ZERO;
+    config.retention_max_age = Some(std::time::Duration::from_secs(3600));
+    let metrics = StorageMetrics::default();
+    let store = Store::open(config, metrics.clone()).await.expect("open");
+    // Stamped a day ago: past retention as soon as its segment is sealed.
+    let old = logcluster_proto::time::now_nanos() - 86_400 * 1_000_000_000;
+    let entries = vec![entry("t", "old", 1, 0, old, Level::Info, "m")];
+    assert_eq!(store.append(1, entries).await.expect("append").stored, 1);
+    let fresh = |uid: u64, service: &str| {
+        vec![entry(
+            "t",
+            service,
+            uid,
+            0,
+            logcluster_proto::time::now_nanos(),
+            Level::Info,
+            "m",
+        )]
+    };
+    let refused = store.append(2, fresh(2, "new")).await.expect("append");
+    assert_eq!(
+        refused.too_many_streams,
+        [0],
+        "the limit of one stream holds"
+    );
+    store.maintain().expect("maintain");
+    assert_eq!(metrics.retention_deleted_segments.get(), 1);
+    assert_eq!(metrics.streams_removed_empty.get(), 1);
+    assert_eq!(store.stats().streams, 0);
+    assert!(!dir.path().join("streams/t/old").exists());
+    let outcome = store.append(3, fresh(3, "new")).await.expect("append");
+    assert_eq!((outcome.stored, outcome.too_many_streams.len()), (1, 0));
+    // A stream that holds data is never removed.
+    store.maintain().expect("maintain");
+    assert_eq!(store.stats().streams, 1);
+    let everything = |_: &LogEntry| true;
+    assert_eq!(
+        store
+            .query_top(&filter("t", &everything), 10, None)
+            .items
+            .len(),
+        1
+    );
+}
