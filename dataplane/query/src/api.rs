@@ -1103,9 +1103,14 @@ async fn post_local_query(
             return QueryError::BadRequest(format!("request body: {error}")).into_response();
         }
     };
-    if let Some(tenant) = header_tenant(&headers) {
-        request.tenant_id = Some(tenant);
+    // The same tenant rules as every query route: with tenant tokens, the token's tenant.
+    match service.tenant_of(&headers, request.tenant_id.as_deref()) {
+        Ok(tenant) => request.tenant_id = tenant,
+        Err(error) => return error.into_response(),
     }
+    let Ok(_permit) = service.running.try_acquire() else {
+        return QueryError::Busy.into_response();
+    };
     match service.local_page(request).await {
         Ok(page) => axum::Json(json!({
             "items": page.items.iter().map(logcluster_proto::json::to_json).collect::<Vec<_>>(),
@@ -1169,6 +1174,66 @@ async fn count_errors(
 
 #[cfg(test)]
 mod tests {
+    /// The member-local query route follows the tenant tokens like every query route: a
+    /// request without a token, or naming another tenant than its token's, reads nothing.
+    #[tokio::test]
+    async fn the_local_query_route_requires_the_tenant_token() {
+        use logcluster_proto::LogEntry;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(
+            logcluster_storage::StorageConfig::new(dir.path()),
+            logcluster_storage::StorageMetrics::default(),
+        )
+        .await
+        .expect("store");
+        for (uid, tenant) in [(1, "a"), (2, "b")] {
+            let entry = LogEntry {
+                id: logcluster_proto::ids::entry_id(uid, 0),
+                tenant: tenant.into(),
+                service: "s".into(),
+                timestamp: 1_700_000_000_000_000_000,
+                message: format!("of {tenant}"),
+                ..LogEntry::default()
+            };
+            store.append(uid, vec![entry]).await.expect("append");
+        }
+        let service = QueryService::new(
+            store,
+            QueryLimits {
+                max_limit: 100,
+                timeout: Duration::from_secs(5),
+                max_concurrent: 2,
+                default_tenant: "default".into(),
+                max_scan_bytes: 1 << 30,
+                max_groups: 1000,
+                tenant_tokens: [("tok-a".to_string(), "a".to_string())].into(),
+            },
+        );
+        let ask = |headers: &[(&'static str, &'static str)], body: &'static str| {
+            let service = service.clone();
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(*name, value.parse().expect("header"));
+            }
+            async move {
+                let response =
+                    post_local_query(State(service), map, axum::body::Bytes::from(body)).await;
+                let status = response.status().as_u16();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .expect("body");
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        let (status, _) = ask(&[("x-logcluster-tenant", "b")], "{}").await;
+        assert_eq!(status, 401, "no token");
+        let (status, _) = ask(&[("authorization", "Bearer tok-a")], r#"{"tenant_id":"b"}"#).await;
+        assert_eq!(status, 403, "another tenant than the token's");
+        let (status, body) = ask(&[("authorization", "Bearer tok-a")], "{}").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("of a") && !body.contains("of b"), "{body}");
+    }
+
     #[test]
     fn intervals_are_positive_and_at_most_ten_years() {
         assert_eq!(parse_interval("1500ms"), Some(Duration::from_millis(1500)));

@@ -235,7 +235,9 @@ pub(crate) async fn sync_streams(
                         StorageError::Fsync(format!("{}/{}: {e}", stream.tenant, stream.service));
                     stream.mark_sync_failed(&error.to_string());
                     error
-                })
+                })?;
+                // A seal's sync of the same file may have been the one told of an error.
+                stream.check_synced()
             })();
             (stream, outcome)
         });
@@ -301,6 +303,14 @@ fn sync_file_system(
             for stream in dirty {
                 stream.mark_sync_failed(&error);
                 failures.stream(stream, error.clone());
+            }
+        } else {
+            // As after an fsync (see `Stream::check_synced`): a seal's sync of a WAL may have
+            // been told of an error that a later sync no longer reports.
+            for stream in dirty {
+                if let Err(error) = stream.check_synced() {
+                    failures.stream(stream, logcluster_common::error_chain(&error));
+                }
             }
         }
     }
@@ -496,6 +506,45 @@ mod tests {
         round(streams, &good, &metrics)
             .await
             .expect("other streams");
+    }
+
+    /// The stream whose sync fails (as a seal's sync of the same WAL would) while
+    /// [`seal_saw_the_error`] runs as a round's fsync.
+    static FAILS_MEANWHILE: std::sync::Mutex<Option<Arc<Stream>>> = std::sync::Mutex::new(None);
+
+    /// A round's fsync that succeeds while another sync of the same file, sharing its error
+    /// record, is the one told of the write error.
+    fn seal_saw_the_error(file: &File) -> std::io::Result<()> {
+        if let Some(stream) = FAILS_MEANWHILE.lock().expect("lock").take() {
+            stream.mark_sync_failed("EIO, reported to the seal's sync");
+        }
+        file.sync_data()
+    }
+
+    /// A round's fsync that succeeds proves nothing when a sync of the same WAL through the
+    /// other handle failed meanwhile (the kernel tells one of them): the round fails too.
+    #[tokio::test]
+    async fn a_round_fails_when_another_sync_of_its_wal_failed_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = StorageMetrics::default();
+        let streams = dirty_streams(dir.path(), 2, &metrics);
+        *FAILS_MEANWHILE.lock().expect("lock") = Some(streams[0].clone());
+        let syncer = Arc::new(Syncer {
+            file_system_failed: Default::default(),
+            file_system: None,
+            fsync: seal_saw_the_error,
+            syncfs: broken,
+        });
+        let Err(failures) = sync_streams(streams.clone(), &syncer, &metrics).await else {
+            panic!("the failed stream's batches must not be acknowledged");
+        };
+        assert_eq!(failures.streams.len(), 1, "the other stream synced");
+        assert!(
+            failures
+                .of(&streams[..1])
+                .is_some_and(|e| e.contains("EIO"))
+        );
+        assert!(failures.of(&streams[1..]).is_none());
     }
 
     /// Below `SYNCFS_FROM` each dirty WAL is fsynced; a failed fsync is final for its stream

@@ -353,6 +353,20 @@ impl Stream {
         // durable before, and creating a stream holds every append of the store up.
         let mut unsynced_dirs = logcluster_common::durable::create_dir_all_unsynced(&dir)
             .map_err(|source| StorageError::io("create stream dir", &dir, source))?;
+        if !unsynced_dirs.is_empty() {
+            // The tenant's directory may be new too, made by another of its streams whose
+            // first sync has not come yet (or never will: its batch refused): its entry, and
+            // its own, are synced with this stream's too.
+            let tenant = dir.parent();
+            for ancestor in [tenant, tenant.and_then(Path::parent)]
+                .into_iter()
+                .flatten()
+            {
+                if !unsynced_dirs.iter().any(|d| d == ancestor) {
+                    unsynced_dirs.insert(0, ancestor.to_path_buf());
+                }
+            }
+        }
         let mut sealed_seqs = Vec::new();
         let mut wal_seqs = Vec::new();
         let entries = std::fs::read_dir(&dir)
@@ -710,6 +724,14 @@ impl Stream {
         Ok(Some(file))
     }
 
+    /// An error if a sync of the WAL failed meanwhile. A round fsyncs a duplicate of the WAL's
+    /// handle, which shares the kernel's record of write-back errors with the handle a seal
+    /// syncs: an error is reported to one of the two fsyncs only, so a round's fsync that
+    /// succeeds proves nothing if the other one failed.
+    pub fn check_synced(&self) -> Result<(), StorageError> {
+        self.lock().refuse_after_failed_sync()
+    }
+
     /// Whether anything was unsynced ([`Stream::take_dirty_wal`] for a sync of the whole
     /// file system, which needs no handle of the WAL).
     pub fn take_dirty(&self) -> Result<bool, StorageError> {
@@ -765,7 +787,9 @@ impl Stream {
         metrics: &StorageMetrics,
     ) -> Result<bool, StorageError> {
         let mut inner = self.lock();
-        if inner.wal_bytes > wal::WAL_MAGIC.len() as u64
+        // A removed stream is not sealed: its paths may be a new incarnation's.
+        if !inner.removed
+            && inner.wal_bytes > wal::WAL_MAGIC.len() as u64
             && inner.opened_at.elapsed() >= config.segment_max_age
             && inner.sealing_due()
         {
@@ -842,6 +866,11 @@ impl Stream {
     /// Removes a sealed segment from the stream's read set (its file stays for the caller).
     fn take_sealed(&self, seq: u64) -> Option<Arc<Sealed>> {
         let mut inner = self.lock();
+        // A removed stream's files are not at its paths any more (a new incarnation's may
+        // be): nothing is deleted or quarantined through it.
+        if inner.removed {
+            return None;
+        }
         let pos = inner.sealed.iter().position(|s| s.seq == seq)?;
         let segment = inner.sealed.remove(pos);
         // Its batches are no longer held here: a retry, hint or repair of one is stored
@@ -989,6 +1018,12 @@ impl Inner {
     /// Fsyncs the directories a new stream's files need (see `unsynced_dirs`); a failure is
     /// final, as a failed WAL sync is.
     fn sync_dirs(&mut self) -> Result<(), StorageError> {
+        if self.removed {
+            // Renamed away by a removal (its content was handed over first, or it held
+            // nothing): there is no directory entry of it left to make durable.
+            self.unsynced_dirs.clear();
+            return Ok(());
+        }
         while let Some(dir) = self.unsynced_dirs.last() {
             if let Err(source) = logcluster_common::durable::sync_dir(dir) {
                 let error = StorageError::io("sync directory", dir, source);
@@ -1346,6 +1381,69 @@ mod tests {
         let metrics = StorageMetrics::default();
         let stream = open_stream(dir.path(), &config, &metrics);
         (dir, config, metrics, stream)
+    }
+
+    /// A new stream in a tenant directory that another stream made (and may not have synced
+    /// yet) syncs the tenant's directory and its entry too.
+    #[test]
+    fn a_new_stream_syncs_its_tenant_directory_and_its_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let streams = dir.path().join("streams");
+        std::fs::create_dir_all(streams.join("t")).expect("the tenant's directory");
+        let config = StorageConfig::new(dir.path());
+        let metrics = StorageMetrics::default();
+        let book = Arc::new(TraceBook::open(&dir.path().join("book")).expect("book"));
+        let stream = Stream::open(
+            "t",
+            "b",
+            streams.join("t").join("b"),
+            &config,
+            &metrics,
+            book,
+        )
+        .expect("open");
+        let pending = stream.lock().unsynced_dirs.clone();
+        // Outermost first; the stream's own directory holds its WAL's entry.
+        assert_eq!(
+            pending,
+            [streams.clone(), streams.join("t"), streams.join("t").join("b")]
+        );
+    }
+
+    /// Once removed (a hand-over, or nothing left), a stream neither seals, deletes nor
+    /// syncs anything through its paths, which a new incarnation may own.
+    #[test]
+    fn a_removed_stream_touches_no_file_through_its_paths() {
+        let (dir, config, metrics, stream) = new_stream(|dir| {
+            let mut config = StorageConfig::new(dir);
+            config.segment_max_age = Duration::ZERO;
+            config
+        });
+        let entry = |uid: u64| LogEntry {
+            id: logcluster_proto::ids::entry_id(uid, 0),
+            tenant: "acme".into(),
+            service: "api".into(),
+            timestamp: 1_000,
+            message: "m".into(),
+            ..LogEntry::default()
+        };
+        stream
+            .append_owned(1, vec![entry(1)], &config, &metrics)
+            .expect("append");
+        assert!(stream.rotate_if_old(&config, &metrics).expect("seal"));
+        stream
+            .append_owned(2, vec![entry(2)], &config, &metrics)
+            .expect("append");
+        let seq = stream.lock().sealed[0].seq;
+        assert!(stream.mark_removed_if(stream.generation()));
+        // Its directory goes away, as a removal renames it.
+        std::fs::rename(dir.path().join("stream"), dir.path().join("gone")).expect("rename");
+        assert!(!stream.rotate_if_old(&config, &metrics).expect("no seal"));
+        assert!(!stream.delete_sealed(seq).expect("no delete"));
+        assert!(!stream.quarantine_sealed(seq).expect("no quarantine"));
+        // Its pending commit round does not fail the node over the missing directory.
+        stream.take_dirty_wal().expect("no directory to sync");
+        assert_eq!(metrics.wal_sync_failures.get(), 0);
     }
 
     /// The batches repaired into a segment are forgotten with it (retention, quarantine):
