@@ -1031,7 +1031,7 @@ impl QueryService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let Some(tenant) = token.and_then(|t| self.limits.tenant_tokens.get(t)) else {
+        let Some(tenant) = token.and_then(|t| token_tenant(&self.limits.tenant_tokens, t)) else {
             return Err(QueryError::Unauthorized(
                 "a valid bearer token is required (Authorization: Bearer <token>)".into(),
             ));
@@ -1045,6 +1045,24 @@ impl QueryService {
         }
         Ok(Some(tenant.clone()))
     }
+}
+
+/// The tenant of `token`: every configured token is compared in full, whatever matches, so
+/// that answer times do not tell how much of a guess was right.
+fn token_tenant<'a>(tokens: &'a BTreeMap<String, String>, token: &str) -> Option<&'a String> {
+    let mut found = None;
+    for (known, tenant) in tokens {
+        let same = known.len() == token.len()
+            && known
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0;
+        if std::hint::black_box(same) {
+            found = Some(tenant);
+        }
+    }
+    found
 }
 
 async fn post_query(
@@ -1232,6 +1250,26 @@ mod tests {
         let (status, body) = ask(&[("authorization", "Bearer tok-a")], "{}").await;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("of a") && !body.contains("of b"), "{body}");
+    }
+
+    #[test]
+    fn tokens_find_their_tenant_and_nothing_else() {
+        let tokens: BTreeMap<String, String> = [
+            ("tok-a".to_string(), "a".to_string()),
+            ("tok-bb".to_string(), "b".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            token_tenant(&tokens, "tok-a").map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(
+            token_tenant(&tokens, "tok-bb").map(String::as_str),
+            Some("b")
+        );
+        for wrong in ["", "tok-", "tok-b", "tok-ab", "tok-bbb", "TOK-A"] {
+            assert_eq!(token_tenant(&tokens, wrong), None, "{wrong:?}");
+        }
     }
 
     #[test]

@@ -1406,7 +1406,11 @@ mod tests {
         // Outermost first; the stream's own directory holds its WAL's entry.
         assert_eq!(
             pending,
-            [streams.clone(), streams.join("t"), streams.join("t").join("b")]
+            [
+                streams.clone(),
+                streams.join("t"),
+                streams.join("t").join("b")
+            ]
         );
     }
 
