@@ -54,7 +54,8 @@ pub struct Context {
     /// pod, so nobody still writes to a member that is about to go.
     pub drain_settle: Duration,
     /// Since when each leaving pod has reported drained without interruption.
-    pub drained_since: std::sync::Mutex<BTreeMap<String, std::time::Instant>>,
+    /// (LogCluster as `namespace/name`, pod) → since when its drain has held.
+    pub drained_since: std::sync::Mutex<BTreeMap<(String, String), std::time::Instant>>,
 }
 
 impl Context {
@@ -308,19 +309,22 @@ async fn drain_states(
 }
 
 /// Keeps a leaving pod's `drained` only once it has held for `drain_settle`.
+/// `scope` names the LogCluster (namespace and name): each one's clocks are its own, however
+/// many clusters the operator reconciles, and pods of the same name in two namespaces.
 fn settled(
     ctx: &Context,
+    scope: &str,
     states: BTreeMap<String, Option<bool>>,
 ) -> BTreeMap<String, Option<bool>> {
     let mut since = ctx.drained_since.lock().unwrap_or_else(|p| p.into_inner());
-    since.retain(|pod, _| states.get(pod) == Some(&Some(true)));
+    since.retain(|(owner, pod), _| owner != scope || states.get(pod) == Some(&Some(true)));
     states
         .into_iter()
         .map(|(pod, state)| {
             let state = match state {
                 Some(true) => {
                     let first = *since
-                        .entry(pod.clone())
+                        .entry((scope.to_string(), pod.clone()))
                         .or_insert_with(std::time::Instant::now);
                     Some(first.elapsed() >= ctx.drain_settle)
                 }
@@ -438,36 +442,62 @@ pub async fn reconcile(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action,
     }
 
     // Pods that still exist count: members stay marked leaving until they are gone, so a
-    // terminating pod never rejoins the ring.
+    // terminating pod never rejoins the ring. But once the StatefulSet was shrunk to the
+    // desired size (its drain was confirmed then), it is not raised again because those
+    // pods, shutting down, no longer answer their drain status.
+    let applied = sts
+        .as_ref()
+        .and_then(|s| s.spec.as_ref().and_then(|spec| spec.replicas));
     let current = sts.as_ref().and_then(|s| {
-        let spec = s.spec.as_ref().and_then(|spec| spec.replicas);
         let existing = s.status.as_ref().map(|st| st.replicas);
-        spec.max(existing)
+        applied.max(existing)
     });
     let desired = lc.spec.storage.replicas;
+    let shrunk = applied.is_some_and(|applied| applied <= desired);
     let leaving_candidates: Vec<String> = match current {
         Some(current) if current > desired => (desired..current)
             .map(|i| build::storage_pod(&lc, i))
             .collect(),
         _ => Vec::new(),
     };
-    let drained = settled(&ctx, drain_states(&ctx, &lc, &leaving_candidates).await);
+    let scope = format!("{}/{}", lc.namespace().unwrap_or_default(), lc.name_any());
+    let drained = settled(
+        &ctx,
+        &scope,
+        drain_states(&ctx, &lc, &leaving_candidates).await,
+    );
     let forced = lc
         .annotations()
         .get("logcluster.io/force-scale-down")
         .is_some_and(|v| v == "true");
-    let (plan, phase): (StoragePlan, Phase) = scaling::plan(
+    let (mut plan, phase): (StoragePlan, Phase) = scaling::plan(
         |i| build::storage_pod(&lc, i),
         desired,
         current,
         |pod| {
-            if forced {
+            if forced || shrunk {
                 Some(true)
             } else {
                 drained.get(pod).copied().flatten()
             }
         },
     );
+    // Pods of a shrunk StatefulSet go away in any order (`Parallel`): while any is left, the
+    // members marked leaving before stay marked, so that one still shutting down whose
+    // ordinal is above what the StatefulSet still counts never rejoins the ring.
+    if shrunk && current.is_some_and(|current| current > desired) {
+        let before = lc
+            .status
+            .as_ref()
+            .map(|status| status.leaving_members.clone())
+            .unwrap_or_default();
+        for pod in before {
+            if !plan.leaving.contains(&pod) {
+                plan.leaving.push(pod);
+            }
+        }
+        plan.leaving.sort();
+    }
     let (tls, tls_version) = tls_material(&ctx, &lc).await?;
     let objects = build::all(&lc, &plan, tls.as_ref(), &tls_version).map_err(Error::Build)?;
     for object in &objects {
@@ -603,6 +633,34 @@ pub fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each LogCluster's drain clocks are its own: a pass over another cluster (or over
+    /// the same pod names in another namespace) neither resets nor reuses them.
+    #[tokio::test]
+    async fn drain_clocks_are_kept_per_logcluster() {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let mut ctx = Context::new(Client::new(service, "default"), None);
+        ctx.drain_settle = std::time::Duration::from_millis(200);
+        let drained = |pod: &str| BTreeMap::from([(pod.to_string(), Some(true))]);
+        assert_eq!(
+            settled(&ctx, "a/lc", drained("lc-storage-3"))["lc-storage-3"],
+            Some(false)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        // Another cluster's pass, with a pod of the same name, starts its own clock...
+        assert_eq!(
+            settled(&ctx, "b/lc", drained("lc-storage-3"))["lc-storage-3"],
+            Some(false)
+        );
+        // ... and leaves the first one's running: it has held long enough.
+        assert_eq!(
+            settled(&ctx, "a/lc", drained("lc-storage-3"))["lc-storage-3"],
+            Some(true)
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

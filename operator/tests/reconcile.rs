@@ -456,8 +456,23 @@ async fn drained_must_hold_for_the_settle_time_and_pods_stay_leaving_until_gone(
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let calls = pass(&api, &ctx).await?;
     assert_eq!(replicas(&calls), 3, "both held long enough: shrink");
-    // The StatefulSet says 3 but five pods still exist (terminating): still marked leaving.
+    // The StatefulSet says 3 but five pods still exist (terminating): still marked leaving,
+    // and the StatefulSet is not raised again although, shutting down, they no longer
+    // answer their drain status.
     api.put(STS_PATH, statefulset(3, 5, "10Gi"));
+    states.lock().expect("states").clear();
+    let calls = pass(&api, &ctx).await?;
+    assert_eq!(replicas(&calls), 3);
+    assert_eq!(
+        status_patch(&calls)["leavingMembers"],
+        json!(["lc-storage-3", "lc-storage-4"])
+    );
+    // lc-storage-3 went first: the StatefulSet counts four pods, and lc-storage-4, still
+    // shutting down, stays marked leaving (from the status the last pass wrote).
+    let mut lc = logcluster(json!({"storage": {"replicas": 3}}));
+    lc["status"] = json!({"leavingMembers": ["lc-storage-3", "lc-storage-4"]});
+    api.put(LC_PATH, lc);
+    api.put(STS_PATH, statefulset(3, 4, "10Gi"));
     let calls = pass(&api, &ctx).await?;
     assert_eq!(replicas(&calls), 3);
     assert_eq!(
