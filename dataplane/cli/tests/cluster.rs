@@ -354,6 +354,29 @@ async fn reads_say_partial_when_fewer_than_the_read_quorum_answer() -> anyhow::R
     Ok(())
 }
 
+/// Storage members that cut pages shorter than the query node asks (their own
+/// `query.maxLimit`) still let a paged read return every entry exactly once: a merged page
+/// ends where the members with more to give stopped.
+#[tokio::test]
+async fn pages_stay_whole_when_members_answer_fewer_than_asked() -> anyhow::Result<()> {
+    fn small_member_pages(raw: &mut logcluster_config::RawNodeConfig) {
+        if raw.roles == [logcluster_config::Role::Storage] {
+            raw.query.max_limit = 7;
+        }
+    }
+    // Five members for three replicas: each holds a different part of the data.
+    let sandbox = ClusterSandbox::start_with(5, small_member_pages).await?;
+    let mut client = sandbox.connect().await?;
+    let (ok, other) = send_batches(&mut client, "pages", 1, 6).await?;
+    assert!(other.is_empty(), "{other:?}");
+    let acked: HashSet<u64> = ok.into_iter().collect();
+    // One query-node page of up to 1000 against members answering 7 at a time (every
+    // acknowledged entry is on two members at least, and all are asked).
+    let items = sandbox.query_all("pages").await?;
+    assert_exactly_once(&items, &acked, &|| sandbox.logs());
+    Ok(())
+}
+
 fn with_anti_entropy(raw: &mut logcluster_config::RawNodeConfig) {
     if let Some(cluster) = raw.cluster.as_mut() {
         cluster.anti_entropy_interval = "1s".into();

@@ -238,6 +238,18 @@ pub async fn query(
     let mut seen: HashSet<&str> = HashSet::new();
     merged.retain(|e| seen.insert(e.id.as_str()));
     let any_full = answers.iter().any(|a| a.meta.full);
+    // A member whose page was full may hold more entries older than its last one (a member
+    // can also cut pages shorter than asked, at its own `query.maxLimit`): the page ends at
+    // the newest of those last entries, and the next page goes on from there.
+    let horizon = answers
+        .iter()
+        .filter(|a| a.meta.full)
+        .filter_map(|a| a.items.last())
+        .map(|e| (e.timestamp, e.id.as_str()))
+        .max();
+    if let Some(horizon) = horizon {
+        merged.retain(|e| (e.timestamp, e.id.as_str()) >= horizon);
+    }
     merged.truncate(limit);
     let items: Vec<LogEntry> = merged.into_iter().cloned().collect();
     let next_cursor = if items.len() >= limit || (any_full && !items.is_empty()) {
@@ -399,6 +411,13 @@ pub async fn level_counts(
             stats.events_scanned += member_stats.events_scanned;
             stats.objects_skipped += member_stats.objects_skipped;
             stats.objects_from_index += member_stats.objects_from_index;
+            // A member that left something out (a corrupt block) says so, as in a search.
+            if member_stats.partial {
+                stats.partial = true;
+                stats.partial_reason = member_stats
+                    .partial_reason
+                    .map(|reason| format!("{member}: {reason}"));
+            }
         }
         for row in value["counts"].as_array().into_iter().flatten() {
             let (Some(service), Some(start)) = (row[0].as_str(), row[1].as_i64()) else {

@@ -76,7 +76,13 @@ fn match_custom(value: &Value, field: &FieldValue) -> bool {
         Value::Exact(expected) => match &field.kind {
             Some(Kind::Str(s)) => s == expected,
             Some(Kind::Json(s)) => is_json_like(expected) && s == expected,
-            Some(Kind::Int(_) | Kind::Float(_)) => expected
+            // An integer against an integer exactly: an f64 holds integers exactly only up
+            // to 2^53, past which `id:1234567890123456790` would equal 1234567890123456789.
+            Some(Kind::Int(i)) => match expected.parse::<i64>() {
+                Ok(n) => n == *i,
+                Err(_) => expected.parse::<f64>().is_ok_and(|n| n == *i as f64),
+            },
+            Some(Kind::Float(_)) => expected
                 .parse::<f64>()
                 .is_ok_and(|n| field.as_f64() == Some(n)),
             Some(Kind::Bool(b)) => expected == if *b { "true" } else { "false" },

@@ -1058,3 +1058,19 @@ proptest! {
         }
     }
 }
+
+/// Integer fields equal integers exactly, past the 2^53 an f64 holds (snowflake-style ids).
+#[test]
+fn large_integer_fields_match_exactly() {
+    let mut entry = sample_entry();
+    entry.fields.insert(
+        "order_id".into(),
+        FieldValue::int(1_234_567_890_123_456_789),
+    );
+    assert!(matches("order_id:1234567890123456789", &entry));
+    assert!(!matches("order_id:1234567890123456790", &entry));
+    assert!(!matches("order_id:1234567890123456788", &entry));
+    // Whole numbers written as decimals still equal the integer.
+    assert!(matches("duration_ms:742.0", &entry));
+    assert!(!matches("duration_ms:742.5", &entry));
+}
