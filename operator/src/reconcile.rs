@@ -353,23 +353,66 @@ fn immutable_storage_changes(lc: &LogCluster, sts: Option<&StatefulSet>) -> Vec<
         .and_then(|r| r.requests.as_ref())
         .and_then(|r| r.get("storage"))
         .map(|q| q.0.clone());
+    // The API server keeps a quantity in its canonical spelling (`2048Mi` comes back `2Gi`):
+    // sizes are compared by what they mean.
     if let Some(size) = size
-        && size != lc.spec.storage.size
+        && !same_quantity(&size, &lc.spec.storage.size)
     {
         problems.push(format!(
             "storage.size cannot change from {size} to {} after creation (volume claims are immutable); revert it, and expand the PersistentVolumeClaims directly if the StorageClass allows",
             lc.spec.storage.size
         ));
     }
-    if lc.spec.storage.storage_class_name.is_some()
-        && claim.storage_class_name != lc.spec.storage.storage_class_name
-    {
+    // Unset counts as a change too: the claim template would lose its class.
+    if claim.storage_class_name != lc.spec.storage.storage_class_name {
         problems.push(format!(
             "storage.storageClassName cannot change from {:?} to {:?} after creation (volume claims are immutable)",
             claim.storage_class_name, lc.spec.storage.storage_class_name
         ));
     }
     problems
+}
+
+/// Whether two Kubernetes quantities (`10Gi`, `10240Mi`, `1.5G`, `500M`) are the same amount;
+/// spellings this does not read are compared as text.
+fn same_quantity(a: &str, b: &str) -> bool {
+    match (quantity(a), quantity(b)) {
+        // a = na / da, b = nb / db
+        (Some((na, da)), Some((nb, db))) => na.checked_mul(db) == nb.checked_mul(da),
+        _ => a.trim() == b.trim(),
+    }
+}
+
+/// A quantity as a fraction (numerator, denominator) of bytes.
+fn quantity(text: &str) -> Option<(u128, u128)> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.len() > 18 {
+        return None;
+    }
+    let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
+    let denominator = 10u128.checked_pow(fraction.len() as u32)?;
+    Some((digits.checked_mul(multiplier)?, denominator))
 }
 
 /// One reconcile pass.
@@ -395,6 +438,20 @@ pub async fn reconcile(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action,
         .err()
         .unwrap_or_default();
     problems.extend(immutable_storage_changes(&lc, sts.as_ref()));
+    // What every pod will load: the data plane's own checks of each role's configuration, so
+    // that a spec the nodes would refuse is reported here instead of crash-looping the pods
+    // one rollout at a time.
+    if problems.is_empty() {
+        for role in [
+            logcluster_config::Role::Storage,
+            logcluster_config::Role::Ingestor,
+            logcluster_config::Role::Query,
+        ] {
+            if let Err(error) = build::node_config(&lc, role).validate() {
+                problems.push(format!("the {role:?} nodes' configuration: {error}"));
+            }
+        }
+    }
     if let Some(secret) = &lc.spec.tls.secret_name {
         // A user-provided certificate must exist (pods would hang in ContainerCreating).
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -660,6 +717,28 @@ mod tests {
             settled(&ctx, "a/lc", drained("lc-storage-3"))["lc-storage-3"],
             Some(true)
         );
+    }
+
+    #[test]
+    fn quantities_compare_by_amount() {
+        for (a, b) in [
+            ("2048Mi", "2Gi"),
+            ("1.5Gi", "1536Mi"),
+            ("10Gi", "10Gi"),
+            ("1G", "1000M"),
+            ("1024", "1Ki"),
+            ("0.5Ki", "512"),
+        ] {
+            assert!(same_quantity(a, b), "{a} = {b}");
+        }
+        for (a, b) in [
+            ("10Gi", "10G"),
+            ("1Gi", "2Gi"),
+            ("1.5Gi", "1Gi"),
+            ("1x", "1y"),
+        ] {
+            assert!(!same_quantity(a, b), "{a} != {b}");
+        }
     }
 
     #[test]

@@ -274,6 +274,34 @@ async fn a_changed_spec_patches_what_changed_and_keeps_the_certificate() -> anyh
     Ok(())
 }
 
+/// A spec the operator's own checks pass but the nodes would refuse (the data plane checks
+/// each role's rendered configuration) is reported, not rolled out to crash-looping pods.
+#[tokio::test]
+async fn a_spec_the_nodes_would_refuse_sets_degraded_and_applies_nothing() -> anyhow::Result<()> {
+    let api = FakeApi::start();
+    api.put(LC_PATH, logcluster(json!({"defaultTenant": ""})));
+    let ctx = context(&api, drain_server(Arc::default()).await);
+    let calls = pass(&api, &ctx).await?;
+    assert!(
+        calls.iter().all(|c| !c.is_apply()),
+        "nothing may be applied: {calls:?}"
+    );
+    let status = status_patch(&calls);
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(
+        degraded["reason"].as_str(),
+        Some("InvalidSpec"),
+        "{degraded}"
+    );
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("configuration") && m.contains("defaultTenant")),
+        "{degraded}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_invalid_spec_sets_degraded_and_applies_nothing() -> anyhow::Result<()> {
     let api = FakeApi::start();
