@@ -560,6 +560,19 @@ pub async fn reconcile(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action,
     for object in &objects {
         apply(&ctx.client, &ns, object).await?;
     }
+    // The force annotation is for one scale-down: once it shrank the StatefulSet it is taken
+    // off, so that a later scale-down (perhaps months on) waits for its drain again.
+    if forced && matches!(phase, Phase::Shrinking) && !shrunk {
+        let api: Api<LogCluster> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch(
+            &lc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {"logcluster.io/force-scale-down": null}}
+            })),
+        )
+        .await?;
+    }
     if matches!(phase, Phase::Shrinking) {
         publish(
             &ctx,

@@ -533,6 +533,16 @@ async fn force_scale_down_skips_an_unreachable_members_drain() -> anyhow::Result
         3,
         "the user overrode it"
     );
+    // Taken off once used: the next scale-down waits for its drain again.
+    assert!(
+        calls.iter().any(|c| c.method == "PATCH"
+            && c.path.ends_with("/logclusters/lc")
+            && c.body["metadata"]["annotations"]["logcluster.io/force-scale-down"].is_null()
+            && c.body["metadata"]["annotations"]
+                .as_object()
+                .is_some_and(|a| a.contains_key("logcluster.io/force-scale-down"))),
+        "{calls:?}"
+    );
     Ok(())
 }
 

@@ -194,6 +194,33 @@ async fn ask_all(
     (members, answers)
 }
 
+/// Folds one member's answer to a counts request into `counts` (replicas hold the same
+/// entries: the larger count of each cell) and `stats`.
+fn merge_counts_answer(counts: &mut LevelCounts, stats: &mut Stats, member: &str, value: &Value) {
+    if let Ok(member_stats) = serde_json::from_value::<Stats>(value["stats"].clone()) {
+        stats.objects_read += member_stats.objects_read;
+        stats.events_scanned += member_stats.events_scanned;
+        stats.objects_skipped += member_stats.objects_skipped;
+        stats.objects_from_index += member_stats.objects_from_index;
+        // A member that left something out (a corrupt block) says so, as in a search.
+        if member_stats.partial {
+            stats.partial = true;
+            stats.partial_reason = member_stats
+                .partial_reason
+                .map(|reason| format!("{member}: {reason}"));
+        }
+    }
+    for row in value["counts"].as_array().into_iter().flatten() {
+        let (Some(service), Some(start)) = (row[0].as_str(), row[1].as_i64()) else {
+            continue;
+        };
+        let slot = counts.entry((service.to_string(), start)).or_default();
+        for (i, count) in row[2].as_array().into_iter().flatten().enumerate().take(7) {
+            slot[i] = slot[i].max(count.as_u64().unwrap_or(0));
+        }
+    }
+}
+
 /// Runs a page query across the cluster.
 pub async fn query(
     cluster: &Arc<Cluster>,
@@ -406,28 +433,7 @@ pub async fn level_counts(
             }
         };
         answered += 1;
-        if let Ok(member_stats) = serde_json::from_value::<Stats>(value["stats"].clone()) {
-            stats.objects_read += member_stats.objects_read;
-            stats.events_scanned += member_stats.events_scanned;
-            stats.objects_skipped += member_stats.objects_skipped;
-            stats.objects_from_index += member_stats.objects_from_index;
-            // A member that left something out (a corrupt block) says so, as in a search.
-            if member_stats.partial {
-                stats.partial = true;
-                stats.partial_reason = member_stats
-                    .partial_reason
-                    .map(|reason| format!("{member}: {reason}"));
-            }
-        }
-        for row in value["counts"].as_array().into_iter().flatten() {
-            let (Some(service), Some(start)) = (row[0].as_str(), row[1].as_i64()) else {
-                continue;
-            };
-            let slot = counts.entry((service.to_string(), start)).or_default();
-            for (i, count) in row[2].as_array().into_iter().flatten().enumerate().take(7) {
-                slot[i] = slot[i].max(count.as_u64().unwrap_or(0));
-            }
-        }
+        merge_counts_answer(&mut counts, &mut stats, &member, &value);
     }
     stats.replicas_answered = Some(answered);
     let rf = cluster.view().ring.replicas_per_partition().max(1);
@@ -450,4 +456,36 @@ pub fn encode_counts(counts: &LevelCounts, stats: &Stats) -> Vec<u8> {
         .map(|((service, start), by_level)| json!([service, start, by_level]))
         .collect();
     serde_json::to_vec(&json!({ "counts": rows, "stats": stats })).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts from replicas merge cell by cell (the larger count), and one replica that left
+    /// something out makes the answer partial, naming it.
+    #[test]
+    fn a_members_partial_counts_make_the_merged_answer_partial() {
+        let mut counts = LevelCounts::new();
+        let mut stats = Stats::default();
+        let whole = serde_json::json!({
+            "stats": {"objects_read": 2, "events_scanned": 10, "objects_skipped": 0, "duration_ms": 1, "partial": false},
+            "counts": [["api", 60, [0, 0, 0, 4, 0, 0, 0]]],
+        });
+        let missing_a_block = serde_json::json!({
+            "stats": {"objects_read": 1, "events_scanned": 6, "objects_skipped": 0, "duration_ms": 1,
+                      "partial": true, "partial_reason": "1 corrupt block skipped"},
+            "counts": [["api", 60, [0, 0, 0, 3, 0, 0, 0]]],
+        });
+        merge_counts_answer(&mut counts, &mut stats, "storage-0", &whole);
+        assert!(!stats.partial);
+        merge_counts_answer(&mut counts, &mut stats, "storage-1", &missing_a_block);
+        assert_eq!(counts[&("api".to_string(), 60)][3], 4);
+        assert_eq!(stats.events_scanned, 16);
+        assert!(stats.partial);
+        assert_eq!(
+            stats.partial_reason.as_deref(),
+            Some("storage-1: 1 corrupt block skipped")
+        );
+    }
 }
