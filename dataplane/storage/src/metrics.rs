@@ -43,6 +43,8 @@ pub struct StorageMetrics {
     pub corrupt_segments: Counter,
     pub corrupt_blocks: Counter,
     pub retention_deleted_segments: Counter,
+    /// Quarantined copies (`*.corrupt`) deleted by retention.
+    pub retention_deleted_quarantined: Counter,
     pub trace_windows_deleted: Counter,
     pub streams_handed_over: Counter,
     /// Streams removed because they held nothing (retention took all their data).
@@ -76,6 +78,7 @@ impl Default for StorageMetrics {
             corrupt_segments: Counter::default(),
             corrupt_blocks: Counter::default(),
             retention_deleted_segments: Counter::default(),
+            retention_deleted_quarantined: Counter::default(),
             trace_windows_deleted: Counter::default(),
             streams_handed_over: Counter::default(),
             streams_removed_empty: Counter::default(),
@@ -197,6 +200,11 @@ impl StorageMetrics {
             "corrupt_blocks",
             "Blocks skipped because they failed verification or could not be read",
             self.corrupt_blocks.clone(),
+        );
+        r.register(
+            "retention_deleted_quarantined",
+            "Quarantined copies (*.corrupt) deleted by retention (past its age, or first when over its bytes)",
+            self.retention_deleted_quarantined.clone(),
         );
         r.register(
             "retention_deleted_segments",

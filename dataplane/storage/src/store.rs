@@ -59,6 +59,9 @@ pub struct Store {
     syncer: Arc<Syncer>,
     /// When refusals of new streams were last logged.
     refusal_log: EveryMinute,
+    /// Bytes of the quarantined copies (`*.corrupt`) in the streams' directories, as the last
+    /// maintenance pass found them (they count in `stored_bytes` and for retention).
+    quarantined_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// A log line at most once a minute (the metric counts every case).
@@ -74,6 +77,20 @@ impl EveryMinute {
         }
         due
     }
+}
+
+/// The quarantined copies (`*.corrupt`) in a stream's directory: (modified, bytes, path).
+fn quarantined_in(dir: &std::path::Path) -> Vec<(std::time::SystemTime, u64, std::path::PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".corrupt"))
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), entry.path()))
+        })
+        .collect()
 }
 
 /// Directory name for a tenant or service: bytes outside `[A-Za-z0-9_-]` (and a leading
@@ -164,6 +181,7 @@ impl Store {
             commit_tx,
             syncer,
             refusal_log: EveryMinute::default(),
+            quarantined_bytes: Default::default(),
         });
         store.refresh_gauges();
         Ok(store)
@@ -770,6 +788,14 @@ impl Store {
             let Some(generation) = stream.empty_generation() else {
                 continue;
             };
+            // Its quarantined copies are kept until retention deletes them.
+            if stream
+                .quarantined
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && !quarantined_in(&stream.dir).is_empty()
+            {
+                continue;
+            }
             if self.remove_stream(&stream.tenant, &stream.service, generation)? {
                 removed += 1;
             }
@@ -890,6 +916,24 @@ impl Store {
                 }
             }
         }
+        // Quarantined copies are kept for a look at what was lost until retention wants them:
+        // past the age limit, and first when over the byte limit.
+        let mut quarantined = self.quarantined_files();
+        if let Some(max_age) = self.config.retention_max_age {
+            let mut kept = Vec::with_capacity(quarantined.len());
+            for (modified, size, path) in quarantined {
+                if modified.elapsed().is_ok_and(|age| age > max_age) {
+                    self.delete_quarantined(&path)?;
+                } else {
+                    kept.push((modified, size, path));
+                }
+            }
+            quarantined = kept;
+        }
+        self.quarantined_bytes.store(
+            quarantined.iter().map(|(_, size, _)| size).sum(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Some(max_age) = self.config.retention_max_age {
             let cutoff = logcluster_proto::time::now_nanos() - max_age.as_nanos() as i64;
             for stream in self.all_streams() {
@@ -903,6 +947,15 @@ impl Store {
         }
         if let Some(max_bytes) = self.config.retention_max_bytes {
             let mut total = self.stats().stored_bytes;
+            for (_, size, path) in &quarantined {
+                if total <= max_bytes {
+                    break;
+                }
+                self.delete_quarantined(path)?;
+                total = total.saturating_sub(*size);
+                self.quarantined_bytes
+                    .fetch_sub(*size, std::sync::atomic::Ordering::Relaxed);
+            }
             let mut all: Vec<(i64, u64, u64, Arc<Stream>)> = Vec::new();
             for stream in self.all_streams() {
                 for sealed in stream.sealed() {
@@ -975,7 +1028,36 @@ impl Store {
                 sealed.iter().map(|s| s.size).sum::<u64>() + stream.active_bytes();
         }
         stats.stored_bytes += self.books().iter().map(|(_, b)| b.bytes()).sum::<u64>();
+        stats.stored_bytes += self
+            .quarantined_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
         stats
+    }
+
+    /// The quarantined copies (`*.corrupt`: segments, open segments) in the streams'
+    /// directories, oldest first: (modified, bytes, path).
+    fn quarantined_files(&self) -> Vec<(std::time::SystemTime, u64, std::path::PathBuf)> {
+        let mut files: Vec<_> = self
+            .all_streams()
+            .iter()
+            .filter(|stream| {
+                stream
+                    .quarantined
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .flat_map(|stream| quarantined_in(&stream.dir))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Deletes a quarantined copy for retention; counted.
+    fn delete_quarantined(&self, path: &std::path::Path) -> Result<(), StorageError> {
+        std::fs::remove_file(path)
+            .map_err(|source| StorageError::io("delete quarantined copy", path, source))?;
+        info!(path = %path.display(), "retention: deleted a quarantined copy");
+        self.metrics.retention_deleted_quarantined.inc();
+        Ok(())
     }
 
     /// Fsyncs every dirty WAL (periodic flush under `FsyncPolicy::Interval`, and shutdown).

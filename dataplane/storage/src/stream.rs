@@ -178,6 +178,9 @@ pub struct Stream {
     /// rebalancing deletes a handed-over stream only if it did not change meanwhile, and
     /// anti-entropy reuses a stream's digests while it is unchanged.
     generation: std::sync::atomic::AtomicU64,
+    /// Whether the directory may hold quarantined copies (`*.corrupt`): found at open, or
+    /// made since. Maintenance looks for them only in such streams.
+    pub(crate) quarantined: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -369,6 +372,7 @@ impl Stream {
         }
         let mut sealed_seqs = Vec::new();
         let mut wal_seqs = Vec::new();
+        let mut has_quarantined = false;
         let entries = std::fs::read_dir(&dir)
             .map_err(|source| StorageError::io("list stream dir", &dir, source))?;
         for entry in entries {
@@ -382,6 +386,8 @@ impl Stream {
             } else if name.ends_with(".open") || name.ends_with(".tmp") {
                 // Rebuilt from the WAL below.
                 let _ = std::fs::remove_file(entry.path());
+            } else if name.ends_with(".corrupt") {
+                has_quarantined = true;
             }
         }
         sealed_seqs.sort_unstable();
@@ -406,6 +412,7 @@ impl Stream {
                 Err(error @ StorageError::CorruptSegment { .. }) => {
                     warn!(%error, path = %path.display(), "quarantining corrupt segment");
                     metrics.corrupt_segments.inc();
+                    has_quarantined = true;
                     match std::fs::rename(&path, path.with_extension("seg.corrupt")) {
                         Ok(()) => quarantined.push(*seq),
                         // Left in place and skipped; a WAL of it is deleted below as for any
@@ -528,6 +535,7 @@ impl Stream {
             generation: std::sync::atomic::AtomicU64::new(
                 NEXT_GENERATION_BASE.fetch_add(1 << 40, std::sync::atomic::Ordering::Relaxed),
             ),
+            quarantined: std::sync::atomic::AtomicBool::new(has_quarantined),
         })
     }
 
@@ -900,6 +908,8 @@ impl Stream {
             return Ok(false);
         };
         let target = segment.path.with_extension("corrupt");
+        self.quarantined
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         std::fs::rename(&segment.path, &target)
             .map_err(|source| StorageError::io("quarantine segment", &segment.path, source))?;
         segment::sync_dir(&target)?;

@@ -1362,3 +1362,52 @@ async fn streams_emptied_by_retention_are_removed_and_free_their_slot() {
         1
     );
 }
+
+/// Quarantined copies (`*.corrupt`) count in the stored bytes and are kept for a look until
+/// retention wants them: past its age, and first when over its bytes.
+#[tokio::test]
+async fn quarantined_copies_count_and_go_to_retention_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = small_config(dir.path());
+    config.retention_max_age = Some(std::time::Duration::from_secs(3600));
+    {
+        let store = Store::open(config.clone(), StorageMetrics::default())
+            .await
+            .expect("open");
+        let now = logcluster_proto::time::now_nanos();
+        let entries = vec![entry("t", "q", 1, 0, now, Level::Info, "m")];
+        store.append(1, entries).await.expect("append");
+    }
+    let stream_dir = dir.path().join("streams/t/q");
+    let old = stream_dir.join("seg-0000000000000007.seg.corrupt");
+    let recent = stream_dir.join("seg-0000000000000008.seg.corrupt");
+    std::fs::write(&old, vec![1u8; 1000]).expect("write");
+    std::fs::write(&recent, vec![2u8; 500]).expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .and_then(|f| {
+            f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        })
+        .expect("age it");
+
+    let metrics = StorageMetrics::default();
+    let store = Store::open(config.clone(), metrics.clone())
+        .await
+        .expect("reopen");
+    let before = store.stats().stored_bytes;
+    store.maintain().expect("maintain");
+    assert!(!old.exists(), "past the age limit");
+    assert!(recent.exists(), "kept for a look");
+    assert_eq!(metrics.retention_deleted_quarantined.get(), 1);
+    assert_eq!(store.stats().stored_bytes, before + 500);
+    drop(store);
+
+    // Over the byte limit, the quarantined copy goes before any segment.
+    config.retention_max_bytes = Some(1);
+    let metrics = StorageMetrics::default();
+    let store = Store::open(config, metrics.clone()).await.expect("reopen");
+    store.maintain().expect("maintain");
+    assert!(!recent.exists());
+    assert_eq!(metrics.retention_deleted_quarantined.get(), 1);
+}
