@@ -135,10 +135,27 @@ fn is_quantity(text: &str) -> bool {
     let suffix = &text[digits.len()..];
     !digits.is_empty()
         && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && matches!(
-            suffix,
-            "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "k" | "M" | "G" | "T" | "P" | "E"
-        )
+        && quantity_multiplier(suffix).is_some()
+}
+
+/// What a quantity's suffix multiplies by (binary `Ki`…`Ei`, decimal `k`…`E`, none).
+pub(crate) fn quantity_multiplier(suffix: &str) -> Option<u128> {
+    Some(match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -350,6 +350,23 @@ mod tests {
         }
     }
 
+    /// A hint store in `dir` holding hints of batches 1, 2 and 3 for storage-1.
+    fn three_hints(dir: &Path) -> HintStore {
+        let store = HintStore::open(dir.to_path_buf()).expect("open");
+        for uid in 1..=3 {
+            store.append("storage-1", &request(uid)).expect("append");
+        }
+        store
+    }
+
+    /// The oldest hint file of storage-1 (there must be one).
+    fn oldest(store: &HintStore) -> HintFile {
+        store
+            .take_oldest("storage-1")
+            .expect("take")
+            .expect("a file")
+    }
+
     fn uids(file: &HintFile) -> Vec<u64> {
         file.hints.iter().map(|h| h.request.batch_uid).collect()
     }
@@ -357,19 +374,12 @@ mod tests {
     #[test]
     fn hints_survive_reopen_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = HintStore::open(dir.path().to_path_buf()).expect("open");
-        for uid in 1..=3 {
-            store.append("storage-1", &request(uid)).expect("append");
-        }
+        let store = three_hints(dir.path());
         assert!(store.append("../evil", &request(9)).is_err());
         drop(store);
         let store = HintStore::open(dir.path().to_path_buf()).expect("reopen");
         assert_eq!(store.members(), vec!["storage-1".to_string()]);
-        let path = store
-            .take_oldest("storage-1")
-            .expect("take")
-            .expect("a file")
-            .path;
+        let path = oldest(&store).path;
         // Tear the last record.
         let len = std::fs::metadata(&path).expect("meta").len();
         OpenOptions::new()
@@ -377,10 +387,7 @@ mod tests {
             .open(&path)
             .and_then(|f| f.set_len(len - 3))
             .expect("truncate");
-        let file = store
-            .take_oldest("storage-1")
-            .expect("take")
-            .expect("a file");
+        let file = oldest(&store);
         assert_eq!(uids(&file), vec![1, 2]);
         assert_eq!(file.corrupt_records, 0, "a torn tail is not corruption");
         store.finish(&file).expect("remove");
@@ -392,24 +399,14 @@ mod tests {
     #[test]
     fn a_corrupt_record_is_skipped_counted_and_its_file_kept_aside() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = HintStore::open(dir.path().to_path_buf()).expect("open");
-        for uid in 1..=3 {
-            store.append("storage-1", &request(uid)).expect("append");
-        }
-        let path = store
-            .take_oldest("storage-1")
-            .expect("take")
-            .expect("a file")
-            .path;
+        let store = three_hints(dir.path());
+        let path = oldest(&store).path;
         // Flip a byte in the body of the second record (records are the same size here).
         let mut bytes = std::fs::read(&path).expect("read");
         let record = bytes.len() / 3;
         bytes[record + 20] ^= 0x55;
         std::fs::write(&path, &bytes).expect("write");
-        let file = store
-            .take_oldest("storage-1")
-            .expect("take")
-            .expect("a file");
+        let file = oldest(&store);
         assert_eq!(
             uids(&file),
             vec![1, 3],
@@ -427,10 +424,7 @@ mod tests {
     #[test]
     fn files_older_than_the_window_are_dropped_even_while_their_member_is_down() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = HintStore::open(dir.path().to_path_buf()).expect("open");
-        for uid in 1..=3 {
-            store.append("storage-1", &request(uid)).expect("append");
-        }
+        let store = three_hints(dir.path());
         store.append("storage-2", &request(9)).expect("append");
         let window = Duration::from_secs(3 * 3600);
         assert_eq!(
@@ -450,30 +444,21 @@ mod tests {
         assert_eq!(store.members(), vec!["storage-2".to_string()]);
         // The file that was open for appends is closed: the next hint starts a new one.
         store.append("storage-1", &request(4)).expect("append");
-        let file = store
-            .take_oldest("storage-1")
-            .expect("take")
-            .expect("a file");
+        let file = oldest(&store);
         assert_eq!(uids(&file), vec![4]);
     }
 
     #[test]
     fn a_damaged_length_field_loses_only_its_record() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = HintStore::open(dir.path().to_path_buf()).expect("open");
-        for uid in 1..=3 {
-            store.append("storage-1", &request(uid)).expect("append");
-        }
+        let store = three_hints(dir.path());
         let path = store.files("storage-1").pop().expect("a file").1;
         let mut bytes = std::fs::read(&path).expect("read");
         // The second record's length now runs past the end of the file.
         let record = bytes.len() / 3;
         bytes[record] = 0x7f;
         std::fs::write(&path, &bytes).expect("write");
-        let file = store
-            .take_oldest("storage-1")
-            .expect("take")
-            .expect("a file");
+        let file = oldest(&store);
         assert_eq!(uids(&file), vec![1, 3]);
         assert_eq!(
             file.corrupt_records, 1,

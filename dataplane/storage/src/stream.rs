@@ -1424,29 +1424,24 @@ mod tests {
         );
     }
 
+    /// Defaults, and a segment sealed by the next age check (`rotate_if_old`).
+    fn sealing_at_once(dir: &Path) -> StorageConfig {
+        let mut config = StorageConfig::new(dir);
+        config.segment_max_age = Duration::ZERO;
+        config
+    }
+
     /// Once removed (a hand-over, or nothing left), a stream neither seals, deletes nor
     /// syncs anything through its paths, which a new incarnation may own.
     #[test]
     fn a_removed_stream_touches_no_file_through_its_paths() {
-        let (dir, config, metrics, stream) = new_stream(|dir| {
-            let mut config = StorageConfig::new(dir);
-            config.segment_max_age = Duration::ZERO;
-            config
-        });
-        let entry = |uid: u64| LogEntry {
-            id: logcluster_proto::ids::entry_id(uid, 0),
-            tenant: "acme".into(),
-            service: "api".into(),
-            timestamp: 1_000,
-            message: "m".into(),
-            ..LogEntry::default()
-        };
+        let (dir, config, metrics, stream) = new_stream(sealing_at_once);
         stream
-            .append_owned(1, vec![entry(1)], &config, &metrics)
+            .append_owned(1, uid_batch(1, 1, ""), &config, &metrics)
             .expect("append");
         assert!(stream.rotate_if_old(&config, &metrics).expect("seal"));
         stream
-            .append_owned(2, vec![entry(2)], &config, &metrics)
+            .append_owned(2, uid_batch(2, 1, ""), &config, &metrics)
             .expect("append");
         let seq = stream.lock().sealed[0].seq;
         assert!(stream.mark_removed_if(stream.generation()));
@@ -1464,24 +1459,10 @@ mod tests {
     /// the stream's set of repaired batches does not only grow.
     #[test]
     fn a_segment_taken_out_takes_its_repaired_batches_with_it() {
-        let (_dir, config, metrics, stream) = new_stream(|dir| {
-            let mut config = StorageConfig::new(dir);
-            config.segment_max_age = Duration::ZERO;
-            config
-        });
+        let (_dir, config, metrics, stream) = new_stream(sealing_at_once);
         // Entries of batch 7 written under another record uid, as a repair writes them.
-        let entries: Vec<LogEntry> = (0..3)
-            .map(|i| LogEntry {
-                id: logcluster_proto::ids::entry_id(7, i),
-                tenant: "acme".into(),
-                service: "api".into(),
-                timestamp: 1_000 + i64::from(i),
-                message: "repaired".into(),
-                ..LogEntry::default()
-            })
-            .collect();
         stream
-            .append_owned(99, entries, &config, &metrics)
+            .append_owned(99, uid_batch(7, 3, "repaired"), &config, &metrics)
             .expect("append");
         assert!(stream.lock().repaired.contains(&7));
         assert!(stream.rotate_if_old(&config, &metrics).expect("seal"));

@@ -441,25 +441,30 @@ mod tests {
         assert_eq!(uids(&again), [1, 3]);
     }
 
+    /// A WAL of `n` one-entry records of batches 1..=n, and where each record starts.
+    fn wal_of(n: u64) -> (tempfile::TempDir, std::path::PathBuf, Vec<usize>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal-1.log");
+        let mut file = create(&path).expect("create");
+        let mut starts = Vec::new();
+        for b in 1..=n {
+            starts.push(file.metadata().expect("meta").len() as usize);
+            file.write_all(&encode_record(b, &[entry(b as i64)]))
+                .expect("write");
+        }
+        (dir, path, starts)
+    }
+
     fn uids(replay: &Replay) -> Vec<u64> {
         replay.records.iter().map(|r| r.batch_uid).collect()
     }
 
     #[test]
     fn a_damaged_record_in_the_middle_is_skipped_and_the_rest_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("wal-1.log");
-        let mut file = create(&path).expect("create");
-        let mut ends = Vec::new();
-        for b in 1..=4u64 {
-            file.write_all(&encode_record(b, &[entry(b as i64)]))
-                .expect("write");
-            ends.push(file.metadata().expect("meta").len() as usize);
-        }
-        drop(file);
+        let (_dir, path, starts) = wal_of(4);
         let mut bytes = std::fs::read(&path).expect("read");
         // A byte of the second record's body (past its 8-byte header and 8-byte batch uid).
-        bytes[ends[0] + 20] ^= 0x40;
+        bytes[starts[1] + 20] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
         let replay = replay(&path).expect("replay");
         assert_eq!(uids(&replay), [1, 3, 4]);
@@ -474,25 +479,16 @@ mod tests {
         );
         // Damage to a record's length, or to the last record, still ends the log there.
         let mut torn = bytes.clone();
-        torn[ends[2] + 2] ^= 0x7f;
+        torn[starts[3] + 2] ^= 0x7f;
         std::fs::write(&path, &torn).expect("write");
         let again = super::replay(&path).expect("replay");
         assert_eq!(uids(&again), [1, 3]);
-        assert_eq!(again.valid_len, ends[2] as u64);
+        assert_eq!(again.valid_len, starts[3] as u64);
     }
 
     #[test]
     fn a_lost_page_over_several_records_is_skipped_and_the_rest_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("wal-1.log");
-        let mut file = create(&path).expect("create");
-        let mut starts = Vec::new();
-        for b in 1..=400u64 {
-            starts.push(file.metadata().expect("meta").len() as usize);
-            file.write_all(&encode_record(b, &[entry(b as i64)]))
-                .expect("write");
-        }
-        drop(file);
+        let (_dir, path, starts) = wal_of(400);
         let mut bytes = std::fs::read(&path).expect("read");
         // The page holding record 100's start zeroed: length fields and all.
         let page = starts[99] / 4096 * 4096;
